@@ -1,0 +1,263 @@
+"""`logline`: thin commands over the library. Each prints what it did and exits non-zero with
+a reason code when it refuses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import db, keys, ledger, manifest, migrate, rows, seed, verify
+from .canonical import FIELDS, normalise, now_at
+from .config import Home, row_dir
+from .errors import LoglineError
+from .proofs import check_proofs, public_key_hex, seal
+from .queries import q
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@contextmanager
+def progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on a terminal; silent otherwise (logs and pipes stay clean)."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _home() -> Home:
+    return Home.from_env()
+
+
+def _root(home: Home) -> str:
+    return home.root_public_key()
+
+
+@command("init")
+def cmd_init(args: argparse.Namespace) -> int:
+    home = _home()
+    home.path.mkdir(parents=True, exist_ok=True)
+    key, created = keys.ensure_operator_key(home)
+    out(f"home      {home.path}")
+    out(f"key       {'created' if created else 'kept'} {home.operator_key} "
+        f"(public {public_key_hex(key)})")
+    database = db.resolve(home)
+    out(f"database  {database.dbname} ({'LOGLINE_DATABASE_URL' if _external() else 'embedded'})")
+    applied = migrate.migrate(database)
+    out(f"migrate   {', '.join(applied) if applied else 'up to date'}")
+    with database.connect("kernel") as conn:
+        results = seed.seed(conn, [row_dir()], key)
+    _print_seed(results)
+    out("\nnext: logline verify      (check every span's hash, signature and chain)")
+    return 0
+
+
+def _external() -> bool:
+    import os
+    return bool(os.environ.get("LOGLINE_DATABASE_URL"))
+
+
+@command("migrate")
+def cmd_migrate(args: argparse.Namespace) -> int:
+    applied = migrate.migrate(db.resolve(_home()))
+    out(f"applied {', '.join(applied)}" if applied else "up to date")
+    return 0
+
+
+@command("keys")
+def cmd_keys(args: argparse.Namespace) -> int:
+    home = _home()
+    if args.keys_command == "gen":
+        if args.out:
+            key = keys.write_new_key(Path(args.out))
+            out(f"created {args.out}\npublic key {public_key_hex(key)}")
+        else:
+            key, created = keys.ensure_operator_key(home)
+            if not created:
+                raise LoglineError("KEY_EXISTS", "the operator key already exists",
+                                   str(home.operator_key))
+            out(f"created {home.operator_key}\npublic key {public_key_hex(key)}")
+        return 0
+    if args.keys_command == "show":
+        path = Path(args.key) if args.key else home.operator_key
+        out(public_key_hex(keys.load_key(path)))
+        return 0
+    root = keys.operator_key(home)
+    with db.resolve(home).connect("kernel") as conn:
+        span = manifest.set_trust(conn, root, args.public_key, getattr(args, "name", None),
+                                  trusted=args.keys_command == "trust")
+    verb = "trusted" if args.keys_command == "trust" else "no longer trusted"
+    out(f"{args.public_key} {verb}: manifest seq {span['seq']} ({span['curr_hash'][:16]})")
+    return 0
+
+
+@command("sign")
+def cmd_sign(args: argparse.Namespace) -> int:
+    home = _home()
+    key = keys.load_key(Path(args.key)) if args.key else keys.operator_key(home)
+    signer = public_key_hex(key)
+    for path in rows.expand(Path(p) for p in args.paths):
+        signed, kept, records = 0, 0, []
+        for row in rows.read(path):
+            try:
+                record, changed = _sign_row(row.data, key, signer)
+            except LoglineError as exc:
+                raise exc.at(row.where) from None
+            records.append(record)
+            signed, kept = signed + changed, kept + (not changed)
+        rows.write(path, records)
+        out(f"{path}: {signed} signed, {kept} already signed")
+    return 0
+
+
+def _sign_row(data: dict[str, Any], key: Any, signer: str) -> tuple[dict[str, Any], bool]:
+    if data.get("signature") and data.get("public_key") == signer:
+        if check_proofs(normalise(data)).ok:
+            return data, False
+    draft = {k: v for k, v in data.items() if k not in ("curr_hash", "signature", "public_key")}
+    draft["at"] = draft.get("at") or now_at()
+    span = seal(normalise(draft), key)
+    return {f: span[f] for f in FIELDS if span[f] is not None}, True
+
+
+@command("seed")
+def cmd_seed(args: argparse.Namespace) -> int:
+    home = _home()
+    key = keys.operator_key(home)
+    paths = [Path(p) for p in args.paths] or [row_dir()]
+    with db.resolve(home).connect("kernel") as conn:
+        _print_seed(seed.seed(conn, paths, key))
+    return 0
+
+
+def _print_seed(results: Sequence[seed.SeedResult]) -> None:
+    appended = sum(r.appended for r in results)
+    for r in results:
+        out(f"seed      {r.path}: {r.appended} appended, {r.unchanged} unchanged")
+    out(f"seed      {appended} span(s) appended from {len(results)} file(s)")
+
+
+@command("verify")
+def cmd_verify(args: argparse.Namespace) -> int:
+    home = _home()
+    with db.resolve(home).connect("kernel") as conn:
+        total = conn.execute(q("count_spans")).fetchone()["n"]
+        with progress(total, "verifying") as advance:
+            report = verify.verify(conn, _root(home), jobs=args.jobs, progress=advance)
+    if args.json:
+        out(json.dumps(report.as_dict(), indent=2))
+    else:
+        rate = report.spans / report.seconds if report.seconds else 0
+        out(f"verified {report.spans} spans of {report.ids} ids in {report.seconds:.2f}s "
+            f"({rate:,.0f}/s, {report.jobs} jobs)")
+        for f in report.failures:
+            out(f"FAIL {f.id} seq {f.seq} {f.reason}: {f.detail}")
+        out("ok: every hash, signature, key and chain checks out" if report.ok
+            else f"{len(report.failures)} failure(s)")
+    return 0 if report.ok else 1
+
+
+@command("spans")
+def cmd_spans(args: argparse.Namespace) -> int:
+    params = {"entity_type": args.entity_type, "status": args.status, "tenant_id": args.tenant,
+              "limit": args.limit}
+    with db.resolve(_home()).connect("kernel") as conn:
+        spans = [ledger.span_from_row(r) for r in conn.execute(q("list_spans"), params)]
+    if args.json:
+        for span in spans:
+            out(json.dumps({k: v for k, v in span.items() if v is not None}, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("at", "id", "seq", "entity_type", "status", "tenant", "who", "this")
+    for s in spans:
+        table.add_row(s["at"], s["id"], str(s["seq"]), s["entity_type"], s["status"] or "",
+                      s["tenant_id"] or "", s["who"], (s["this"] or "")[:40])
+    Console().print(table)
+    return 0
+
+
+@command("db")
+def cmd_db(args: argparse.Namespace) -> int:
+    home = _home()
+    if args.db_command == "stop":
+        out("stopped" if db.stop_embedded(home) else "not running")
+    elif args.db_command == "url":
+        out(db.resolve(home).url(args.role))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="logline", description="LogLine: a ledger of signed spans "
+                                "on PostgreSQL. State lives in $LOGLINE_HOME (default ./.logline)."
+                                " LOGLINE_DATABASE_URL selects an external server.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("init", help="create key, database and schema; seed ROW/ (idempotent)")
+    sub.add_parser("migrate", help="apply pending schema migrations")
+    k = sub.add_parser("keys", help="the operator key and the keys the manifest trusts")
+    ks = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = ks.add_parser("gen", help="create the operator key (or --out a new key file)")
+    gen.add_argument("--out", help="write a new key to this file instead")
+    show = ks.add_parser("show", help="print the public key")
+    show.add_argument("--key", help="a key file (default: the operator key)")
+    trust = ks.add_parser("trust", help="trust a public key (appends a manifest version)")
+    trust.add_argument("public_key")
+    trust.add_argument("--name", required=True, help="who the key belongs to")
+    untrust = ks.add_parser("untrust", help="stop trusting a public key")
+    untrust.add_argument("public_key")
+    s = sub.add_parser("sign", help="sign NDJSON rows in place")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--key", help="key file to sign with (default: the operator key)")
+    sd = sub.add_parser("seed", help="load NDJSON rows into the ledger (default: ROW/)")
+    sd.add_argument("paths", nargs="*", metavar="PATH")
+    v = sub.add_parser("verify", help="check every span: hash, signature, trust, chain")
+    v.add_argument("--json", action="store_true", help="machine-readable report")
+    v.add_argument("--jobs", type=int, default=None, help="processes (default: all cores)")
+    sp = sub.add_parser("spans", help="list the latest version of spans")
+    sp.add_argument("--entity-type")
+    sp.add_argument("--status")
+    sp.add_argument("--tenant")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--json", action="store_true", help="one span per line (NDJSON)")
+    d = sub.add_parser("db", help="the database server")
+    ds = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    ds.add_parser("stop", help="stop the embedded server")
+    url = ds.add_parser("url", help="print a connection string")
+    url.add_argument("--role", choices=["admin", "app", "kernel"], default="app")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LoglineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

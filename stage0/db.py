@@ -1,0 +1,131 @@
+"""The only module that knows the driver: where the database is, and how to connect to it.
+
+With LOGLINE_DATABASE_URL unset, LogLine starts (or reuses) an embedded PostgreSQL 16 from
+`pgserver` whose data lives in $LOGLINE_HOME/pgdata and which keeps running between commands
+(`logline db stop` stops it). LOGLINE_DATABASE_URL points at any other server instead; it is
+the administrative connection (migrations). The application and kernel connections log in as
+the roles `logline_app` and `logline_kernel` on the same server (LOGLINE_APP_DATABASE_URL and
+LOGLINE_KERNEL_DATABASE_URL override them, e.g. to carry passwords).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
+
+from .config import Home
+from .errors import LoglineError
+
+Role = Literal["admin", "app", "kernel"]
+ROLE_NAMES = {"app": "logline_app", "kernel": "logline_kernel"}
+EMBEDDED_DBNAME = "logline"
+_SAFE = 2**53 - 1
+
+
+def _parse_int(text: str) -> int | float:
+    # jsonb stores numbers as decimals; a float such as 1e300 comes back as digits. A span
+    # never holds an integer beyond 2^53 (normalise refuses it), so such digits were a float.
+    value = int(text)
+    return value if -_SAFE <= value <= _SAFE else float(value)
+
+
+def loads(data: str | bytes) -> Any:
+    return json.loads(data, parse_int=_parse_int)
+
+
+@dataclass(frozen=True)
+class Database:
+    """Connection strings for the three roles of one LogLine database."""
+
+    admin_url: str
+
+    def url(self, role: Role = "app") -> str:
+        if role == "admin":
+            return self.admin_url
+        override = os.environ.get(f"LOGLINE_{role.upper()}_DATABASE_URL")
+        if override:
+            return override
+        params = conninfo_to_dict(self.admin_url)
+        params.pop("password", None)
+        params["user"] = ROLE_NAMES[role]
+        return make_conninfo(**params)
+
+    def with_dbname(self, dbname: str) -> Database:
+        return Database(make_conninfo(self.admin_url, dbname=dbname))
+
+    @property
+    def dbname(self) -> str:
+        return conninfo_to_dict(self.admin_url).get("dbname", "")
+
+    def connect(self, role: Role = "app", autocommit: bool = False) -> psycopg.Connection:
+        try:
+            conn = psycopg.connect(self.url(role), autocommit=autocommit, row_factory=dict_row)
+        except psycopg.OperationalError as exc:
+            raise LoglineError("DB_UNAVAILABLE", f"cannot connect as {role}: {exc}".strip()) \
+                from None
+        configure(conn)
+        return conn
+
+
+def configure(conn: psycopg.Connection) -> None:
+    set_json_loads(loads, conn)
+
+
+def embedded(home: Home) -> Database:
+    """Start the embedded server if it is not running, and make sure our database exists."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
+        import pgserver
+
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    home.path.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(home.pgdata, cleanup_mode=None)
+    base = Database(server.get_uri())
+    with base.connect("admin", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                              (EMBEDDED_DBNAME,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
+    return base.with_dbname(EMBEDDED_DBNAME)
+
+
+def resolve(home: Home | None = None) -> Database:
+    """The database this process works on: LOGLINE_DATABASE_URL, else the embedded one."""
+    url = os.environ.get("LOGLINE_DATABASE_URL")
+    if url:
+        return Database(url)
+    return embedded(home or Home.from_env())
+
+
+def stop_embedded(home: Home) -> bool:
+    """Stop the embedded server of this home, if it runs. True when one was stopped."""
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    if not (home.pgdata / "postmaster.pid").exists():
+        return False
+    user = "pgserver" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=home.pgdata, user=user)
+    del pgserver
+    return True
+
+
+@contextmanager
+def as_identity(conn: psycopg.Connection, user_id: str, tenant_id: str | None) -> Iterator[None]:
+    """One transaction with the caller's identity set locally (never on the session)."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('app.user_id', %s, true), "
+                     "set_config('app.tenant_id', %s, true)", (user_id, tenant_id or ""))
+        yield

@@ -1,0 +1,63 @@
+"""Ed25519 key files: 64 hex characters of seed, one line, mode 0600. Never printed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from .config import Home
+from .errors import LoglineError
+from .proofs import public_key_hex
+
+
+def write_new_key(path: Path) -> SigningKey:
+    """Create a key file that did not exist (never overwrites a key)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = SigningKey.generate()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise LoglineError("KEY_EXISTS", "a key already exists here; refusing to overwrite it",
+                           str(path)) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(bytes(key).hex() + "\n")
+    return key
+
+
+def load_key(path: Path) -> SigningKey:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise LoglineError("KEY_NOT_FOUND", "no key file; create one with `logline keys gen`",
+                           str(path)) from None
+    if path.stat().st_mode & 0o077:
+        raise LoglineError("KEY_PERMISSIONS", "key file is readable by others; chmod 600 it",
+                           str(path))
+    try:
+        seed = bytes.fromhex(text)
+        if len(seed) != 32:
+            raise ValueError
+    except ValueError:
+        raise LoglineError("KEY_INVALID", "not a 32-byte hex Ed25519 seed", str(path)) from None
+    return SigningKey(seed)
+
+
+def ensure_operator_key(home: Home) -> tuple[SigningKey, bool]:
+    """The operator (root) key, created and pinned on first use. Returns (key, created)."""
+    created = not home.operator_key.exists()
+    key = write_new_key(home.operator_key) if created else load_key(home.operator_key)
+    config = home.read_config()
+    pinned = config.get("root_public_key")
+    if pinned and pinned != public_key_hex(key):
+        raise LoglineError("ROOT_KEY_MISMATCH", "the operator key is not the pinned root key "
+                           f"{pinned}", str(home.operator_key))
+    if not pinned:
+        config["root_public_key"] = public_key_hex(key)
+        home.write_config(config)
+    return key, created
+
+
+def operator_key(home: Home) -> SigningKey:
+    return load_key(home.operator_key)

@@ -1,0 +1,148 @@
+"""Appending to and reading from the ledger: the one write path every caller goes through.
+
+append() normalises, chains (seq and prev_hash from the current head), hashes and signs each
+unsigned span, checks the proofs and trust of spans that arrive signed, and inserts them in one
+transaction. PostgreSQL re-checks the chain (ledger.on_append) so no caller can fork a span.
+Chaining is optimistic: on a concurrent append to the same id the batch is re-chained and
+re-signed, never blocked behind a lock while Python signs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from nacl.signing import SigningKey
+from psycopg.types.json import Jsonb
+
+from .canonical import FIELDS, JSON_FIELDS, format_at, normalise, now_at
+from .errors import LoglineError
+from .proofs import check_proofs, seal
+from .queries import q
+
+_COPY = f"COPY ledger.universal_registry ({', '.join(FIELDS)}) FROM STDIN"
+_CHAIN_CODES = ("LEDGER_SEQ_CONFLICT", "LEDGER_PREV_HASH_MISMATCH", "LEDGER_SEQ_GAP")
+MAX_CHAIN_RETRIES = 5
+
+
+def span_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A database row (as selected with queries.SPAN_COLUMNS) back to a normalised span."""
+    span = {f: row[f] for f in FIELDS}
+    for f in ("id", "parent_id"):
+        if span[f] is not None:
+            span[f] = str(span[f])
+    if span["related_to"] is not None:
+        span["related_to"] = [str(u) for u in span["related_to"]]
+    if isinstance(span["at"], datetime):
+        span["at"] = format_at(span["at"])
+    return span
+
+
+def is_signed(span: Mapping[str, Any]) -> bool:
+    return span.get("signature") is not None
+
+
+def prepare(raw: Mapping[str, Any], heads: dict[str, tuple[int, str]],
+            key: SigningKey, trusted: frozenset[str] | None) -> dict[str, Any]:
+    """One span ready to insert. `heads` (id -> (seq, curr_hash)) is advanced in place so a
+    batch may carry several versions of one id."""
+    if is_signed(raw):
+        span = normalise(raw)
+        check = check_proofs(span)
+        if not check.ok:
+            raise LoglineError(check.reason or "PROOF_INVALID", check.detail, span["id"])
+        if trusted is not None and span["public_key"] not in trusted:
+            raise LoglineError("KEY_UNTRUSTED", f"signed by {span['public_key']}, which the "
+                               "manifest does not trust (`logline keys trust`)", span["id"])
+    else:
+        draft = dict(raw)
+        draft.setdefault("id", str(uuid.uuid4()))
+        draft["at"] = draft.get("at") or now_at()
+        span_id = str(draft["id"]).lower()
+        if "seq" not in draft and span_id in heads:
+            draft["seq"], draft["prev_hash"] = heads[span_id][0] + 1, heads[span_id][1]
+        span = seal(normalise(draft), key)
+    heads[span["id"]] = (span["seq"], span["curr_hash"])
+    return span
+
+
+def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+           trusted: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """Append spans in one transaction (all or nothing); return them as stored.
+
+    Unsigned spans without `seq` become the next version of their id (or seq 0 of a new id)
+    and are signed with `key`. Signed spans are stored exactly as given after their hash,
+    signature and (when `trusted` is given) key have been checked.
+    """
+    for attempt in range(MAX_CHAIN_RETRIES):
+        try:
+            with conn.transaction():
+                prepared = _prepare_all(conn, spans, key, trusted)
+                insert(conn, prepared)
+            return prepared
+        except LoglineError as exc:
+            retry = exc.code in _CHAIN_CODES and not any(is_signed(s) for s in spans)
+            if not retry or attempt == MAX_CHAIN_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+                 trusted: frozenset[str] | None) -> list[dict[str, Any]]:
+    ids = [str(s["id"]).lower() for s in spans
+           if s.get("id") is not None and "seq" not in s and not is_signed(s)]
+    heads = current_heads(conn, ids)
+    out = []
+    for i, raw in enumerate(spans):
+        try:
+            out.append(prepare(raw, heads, key, trusted))
+        except LoglineError as exc:
+            raise exc.at(f"span[{i}]") if len(spans) > 1 else exc
+    return out
+
+
+def current_heads(conn: psycopg.Connection, ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+    ids = list(set(ids))
+    if not ids:
+        return {}
+    return {r["id"]: (r["seq"], r["curr_hash"]) for r in conn.execute(q("heads_for"),
+                                                                        {"ids": ids})}
+
+
+def _copy_value(field: str, value: Any) -> Any:
+    return Jsonb(value) if field in JSON_FIELDS and value is not None else value
+
+
+def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]]) -> None:
+    """Insert prepared spans with COPY (the triggers still check every row)."""
+    try:
+        with conn.cursor() as cur, cur.copy(_COPY) as copy:
+            for span in spans:
+                copy.write_row([_copy_value(f, span[f]) for f in FIELDS])
+    except psycopg.Error as exc:
+        raise ledger_error(exc) from None
+
+
+def ledger_error(exc: psycopg.Error) -> LoglineError:
+    """A database refusal as a LoglineError with the trigger's reason code."""
+    message = (exc.diag.message_primary or str(exc)).strip()
+    code, sep, rest = message.partition(": ")
+    if sep and code.replace("_", "").isupper():
+        return LoglineError(code, rest)
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return LoglineError("LEDGER_DUPLICATE", message)
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return LoglineError("LEDGER_FORBIDDEN", message)
+    return LoglineError("LEDGER_REJECTED", message)
+
+
+def head(conn: psycopg.Connection, span_id: str) -> dict[str, Any] | None:
+    row = conn.execute(q("head_lookup"), {"id": span_id}).fetchone()
+    return span_from_row(row) if row else None
+
+
+def versions(conn: psycopg.Connection, span_id: str) -> list[dict[str, Any]]:
+    return [span_from_row(r) for r in conn.execute(q("all_versions"), {"id": span_id})]

@@ -1,0 +1,80 @@
+"""The manifest span (latest version wins) and the trust it grants.
+
+The manifest must be signed by the root key pinned in $LOGLINE_HOME/config.json; its
+`metadata.trusted_keys` ([{name, public_key}]) lists the other keys whose signatures count.
+The root key is always trusted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from nacl.signing import SigningKey
+
+from . import ledger
+from .errors import LoglineError
+from .proofs import check_proofs, public_key_hex
+
+MANIFEST_ID = "00000000-0000-4000-8000-0000000000aa"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def latest(conn: psycopg.Connection, root_key: str) -> dict[str, Any]:
+    """The latest manifest, after checking it is intact and signed by the root key."""
+    span = ledger.head(conn, MANIFEST_ID)
+    if span is None:
+        raise LoglineError("MANIFEST_NOT_FOUND", "no manifest in the ledger; run `logline seed`",
+                           MANIFEST_ID)
+    check = check_proofs(span)
+    if not check.ok:
+        raise LoglineError("MANIFEST_UNTRUSTED", f"{check.reason}: {check.detail}", MANIFEST_ID)
+    if span["public_key"] != root_key:
+        raise LoglineError("MANIFEST_UNTRUSTED", f"signed by {span['public_key']}, not by the "
+                           f"pinned root key {root_key}", MANIFEST_ID)
+    return span
+
+
+def trusted_keys(manifest: dict[str, Any] | None, root_key: str) -> frozenset[str]:
+    entries = ((manifest or {}).get("metadata") or {}).get("trusted_keys") or []
+    return frozenset([root_key, *(e.get("public_key") for e in entries if isinstance(e, dict))])
+
+
+def trust_set(conn: psycopg.Connection, root_key: str) -> frozenset[str]:
+    try:
+        return trusted_keys(latest(conn, root_key), root_key)
+    except LoglineError as exc:
+        if exc.code == "MANIFEST_NOT_FOUND":
+            return frozenset([root_key])
+        raise
+
+
+def merge_trusted(entries: list[dict], current: list[dict]) -> list[dict]:
+    """Keys trusted in the ledger stay trusted when a manifest row is re-seeded: trust is
+    granted and withdrawn with `logline keys trust/untrust`, never by omission."""
+    merged = {e["public_key"]: e for e in current}
+    merged.update({e["public_key"]: e for e in entries})
+    return sorted(merged.values(), key=lambda e: (e.get("name", ""), e["public_key"]))
+
+
+def set_trust(conn: psycopg.Connection, root: SigningKey, public_key: str,
+              name: str | None, trusted: bool) -> dict[str, Any]:
+    """Append the next manifest version with `public_key` added or removed."""
+    public_key = public_key.strip().lower()
+    if not _HEX64.match(public_key):
+        raise LoglineError("KEY_INVALID", "a public key is 64 hex characters", public_key[:80])
+    if public_key == public_key_hex(root):
+        raise LoglineError("KEY_IS_ROOT", "the root key is always trusted and cannot be removed")
+    current = latest(conn, public_key_hex(root))
+    metadata = dict(current.get("metadata") or {})
+    entries = [e for e in metadata.get("trusted_keys") or [] if e.get("public_key") != public_key]
+    if trusted:
+        entries.append({"name": name or public_key[:12], "public_key": public_key})
+    elif len(entries) == len(metadata.get("trusted_keys") or []):
+        raise LoglineError("KEY_NOT_TRUSTED", "this key is not in the manifest", public_key)
+    metadata["trusted_keys"] = entries
+    draft = {k: v for k, v in current.items()
+             if k not in ("seq", "prev_hash", "curr_hash", "signature", "public_key", "at")}
+    draft["metadata"] = metadata
+    return ledger.append(conn, [draft], root)[0]

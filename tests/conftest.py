@@ -1,0 +1,111 @@
+"""Test fixtures: one real PostgreSQL per test session, a migrated template database built
+once, and a fresh clone of it per test (CREATE DATABASE ... TEMPLATE: fast and isolated).
+
+The server is LOGLINE_DATABASE_URL when set (CI runs the suite once against Debian's
+PostgreSQL 15 that way), else an embedded pgserver in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from stage0 import db, keys, migrate, seed
+from stage0.config import Home, row_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("LOGLINE_DATABASE_URL")
+    if url:
+        return url
+    home = Home(tmp_path_factory.mktemp("pg"))
+    return db.embedded(home).admin_url
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> db.Database:
+    return db.Database(_server_url(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def has_pgvector(server: db.Database) -> bool:
+    with server.connect("admin") as conn:
+        return bool(conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone())
+
+
+@pytest.fixture(scope="session")
+def template(server: db.Database) -> Iterator[str]:
+    name = f"logline_tpl_{os.getpid()}"
+    with server.connect("admin", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrate.migrate(server.with_dbname(name))
+    yield name
+    with server.connect("admin", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database(server: db.Database, template: str) -> Iterator[db.Database]:
+    """A migrated, empty ledger of its own for this test."""
+    name = f"logline_t_{uuid.uuid4().hex[:12]}"
+    with server.connect("admin", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield server.with_dbname(name)
+    with server.connect("admin", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
+    """An initialised $LOGLINE_HOME (operator key pinned as root)."""
+    h = Home(tmp_path / "home")
+    keys.ensure_operator_key(h)
+    monkeypatch.setenv("LOGLINE_HOME", str(h.path))
+    return h
+
+
+@pytest.fixture
+def operator(home: Home):
+    return keys.operator_key(home)
+
+
+@pytest.fixture
+def seeded(database: db.Database, operator) -> db.Database:
+    """A ledger holding ROW/ as `logline init` would seed it."""
+    with database.connect("kernel") as conn:
+        seed.seed(conn, [row_dir()], operator)
+    return database
+
+
+@pytest.fixture
+def kernel_conn(seeded: db.Database) -> Iterator[psycopg.Connection]:
+    with seeded.connect("kernel") as conn:
+        yield conn
+
+
+@pytest.fixture
+def cli(home: Home, seeded: db.Database):
+    """Run the real `logline` CLI in a subprocess against this test's ledger."""
+
+    def run(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "LOGLINE_HOME": str(home.path),
+               "LOGLINE_DATABASE_URL": seeded.admin_url}
+        proc = subprocess.run([sys.executable, "-m", "stage0.cli", *args], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"logline {' '.join(args)} exited {proc.returncode}\n"
+                                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    return run
