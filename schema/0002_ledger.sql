@@ -40,6 +40,10 @@ CREATE TABLE ledger.universal_registry (
   public_key   text        NOT NULL CHECK (public_key ~ '^[0-9a-f]{64}$'),
   metadata     jsonb,
   content      jsonb,
+  -- Ledger-wide hash chain over append order: sha256 of the previous row's chain_hash, this
+  -- row's position and curr_hash. Signatures cover a span's content; this covers the order and
+  -- completeness of the ledger itself (positions, removed rows). Computed by ledger.on_append.
+  chain_hash   text        NOT NULL CHECK (chain_hash ~ '^[0-9a-f]{64}$'),
   PRIMARY KEY (id, seq),
   CONSTRAINT first_version_has_no_prev CHECK ((seq = 0) = (prev_hash IS NULL))
 );
@@ -85,6 +89,7 @@ CREATE FUNCTION ledger.on_append() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ledger AS $$
 DECLARE
   head ledger.span_heads%ROWTYPE;
+  prev_chain text;
 BEGIN
   -- Held to commit; re-entrant within the transaction. Key: 'LogLine' as an int8.
   PERFORM pg_advisory_xact_lock(5514346441049466213);
@@ -115,6 +120,11 @@ BEGIN
     END IF;
   END IF;
   NEW.position := nextval('ledger.position_seq');
+  -- Under the lock, the row with the highest position is this row's predecessor.
+  SELECT r.chain_hash INTO prev_chain FROM ledger.universal_registry r
+    ORDER BY r.position DESC LIMIT 1;
+  NEW.chain_hash := encode(sha256(convert_to(
+    coalesce(prev_chain, '') || ':' || NEW.position || ':' || NEW.curr_hash, 'UTF8')), 'hex');
   UPDATE ledger.span_heads SET seq = NEW.seq, curr_hash = NEW.curr_hash, position = NEW.position,
     entity_type = NEW.entity_type, status = NEW.status, owner_id = NEW.owner_id,
     tenant_id = NEW.tenant_id, visibility = NEW.visibility, is_deleted = NEW.is_deleted,
@@ -167,7 +177,9 @@ CREATE POLICY span_read ON ledger.universal_registry FOR SELECT TO logline_app U
 CREATE POLICY span_append ON ledger.universal_registry FOR INSERT TO logline_app WITH CHECK (
   owner_id = current_setting('app.user_id', true)
   AND tenant_id = current_setting('app.tenant_id', true));
--- The append trigger (SECURITY DEFINER, so it runs as the owner) maintains the heads.
+-- The append trigger (SECURITY DEFINER, so it runs as the owner) maintains the heads and
+-- reads the chain tip.
+CREATE POLICY owner_read ON ledger.universal_registry FOR SELECT TO logline_owner USING (true);
 CREATE POLICY head_maintain ON ledger.span_heads TO logline_owner USING (true) WITH CHECK (true);
 CREATE POLICY head_read ON ledger.span_heads FOR SELECT TO logline_app USING (
   visibility = 'public'

@@ -57,7 +57,8 @@ def _text(value: Any, field: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise _bad(field, "contains a lone surrogate: not valid Unicode", "SPAN_INVALID_UNICODE")
+        raise _bad(field, "contains a lone surrogate: not valid Unicode",
+                   "SPAN_INVALID_UNICODE") from None
     return value
 
 

@@ -172,6 +172,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"({rate:,.0f}/s, {report.jobs} jobs)")
         for f in report.failures:
             out(f"FAIL {f.id} seq {f.seq} {f.reason}: {f.detail}")
+        if report.tip:
+            out(f"ledger tip: position {report.tip['position']} {report.tip['chain_hash']}")
         out("ok: every hash, signature, key and chain checks out" if report.ok
             else f"{len(report.failures)} failure(s)")
     return 0 if report.ok else 1

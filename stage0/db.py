@@ -80,18 +80,23 @@ def configure(conn: psycopg.Connection) -> None:
     set_json_loads(loads, conn)
 
 
-def embedded(home: Home) -> Database:
-    """Start the embedded server if it is not running, and make sure our database exists."""
+def _pgserver() -> Any:
     import logging
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
         import pgserver
+        import pgserver._commands
 
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    return pgserver
+
+
+def embedded(home: Home) -> Database:
+    """Start the embedded server if it is not running, and make sure our database exists."""
     home.path.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(home.pgdata, cleanup_mode=None)
+    server = _pgserver().get_server(home.pgdata, cleanup_mode=None)
     base = Database(server.get_uri())
     with base.connect("admin", autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
@@ -111,14 +116,10 @@ def resolve(home: Home | None = None) -> Database:
 
 def stop_embedded(home: Home) -> bool:
     """Stop the embedded server of this home, if it runs. True when one was stopped."""
-    import pgserver
-    from pgserver._commands import pg_ctl
-
     if not (home.pgdata / "postmaster.pid").exists():
         return False
     user = "pgserver" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=home.pgdata, user=user)
-    del pgserver
+    _pgserver()._commands.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=home.pgdata, user=user)
     return True
 
 

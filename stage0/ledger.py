@@ -100,7 +100,7 @@ def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], k
         try:
             out.append(prepare(raw, heads, key, trusted))
         except LoglineError as exc:
-            raise exc.at(f"span[{i}]") if len(spans) > 1 else exc
+            raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
     return out
 
 

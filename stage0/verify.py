@@ -6,6 +6,7 @@ server-side cursor; chain and trust checks run in order in the parent. Nothing i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ class Report:
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     jobs: int = 1
+    tip: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -46,7 +48,8 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "spans": self.spans, "ids": self.ids, "jobs": self.jobs,
-                "seconds": round(self.seconds, 3), "failures": [asdict(f) for f in self.failures]}
+                "seconds": round(self.seconds, 3), "tip": self.tip,
+                "failures": [asdict(f) for f in self.failures]}
 
 
 def _proof_failures(spans: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
@@ -126,6 +129,7 @@ def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
                 progress(len(spans))
         for item in pending:
             _collect(item, fail)
+    report.tip = _check_ledger_chain(conn, report.failures)
     for row in conn.execute(q("heads_inconsistent")):
         detail = ("the head projection disagrees with the stored versions"
                   if row["reason"] == "HEAD_MISMATCH" else "stored versions have no head")
@@ -134,6 +138,29 @@ def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
     report.failures.sort(key=lambda f: (f.id, f.seq, f.reason))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def chain_link(prev: str | None, position: int, curr_hash: str) -> str:
+    """The ledger-wide chain hash, as ledger.on_append computes it."""
+    return hashlib.sha256(f"{prev or ''}:{position}:{curr_hash}".encode()).hexdigest()
+
+
+def _check_ledger_chain(conn: psycopg.Connection, failures: list[Failure]) -> dict | None:
+    """Walk the ledger in position order: every row must extend the chain of the row before
+    it, so an edited position or a removed row shows up where it happened. Returns the tip."""
+    prev: str | None = None
+    tip = None
+    with conn.transaction(), conn.cursor(name="verify_chain") as cur:
+        cur.itersize = 10 * CHUNK
+        cur.execute(q("stream_ledger_chain"))
+        for row in cur:
+            if chain_link(prev, row["position"], row["curr_hash"]) != row["chain_hash"]:
+                failures.append(Failure(row["id"], row["seq"], "LEDGER_CHAIN_BROKEN",
+                                        f"chain_hash at position {row['position']} does not "
+                                        "extend the row before it (edited or removed rows)"))
+            prev = row["chain_hash"]
+            tip = {"position": row["position"], "chain_hash": prev}
+    return tip
 
 
 def _collect(item: tuple[list[dict], Future], fail: Callable[..., None]) -> None:

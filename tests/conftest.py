@@ -23,17 +23,15 @@ from stage0.config import Home, row_dir
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[db.Database]:
     url = os.environ.get("LOGLINE_DATABASE_URL")
     if url:
-        return url
+        yield db.Database(url)
+        return
     home = Home(tmp_path_factory.mktemp("pg"))
-    return db.embedded(home).admin_url
-
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> db.Database:
-    return db.Database(_server_url(tmp_path_factory))
+    yield db.embedded(home)
+    db.stop_embedded(home)
 
 
 @pytest.fixture(scope="session")

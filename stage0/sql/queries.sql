@@ -51,3 +51,7 @@ WHERE NOT EXISTS (SELECT 1 FROM ledger.span_heads h WHERE h.id = r.id) GROUP BY 
 
 -- name: position_high_water
 SELECT last_value AS high FROM ledger.position_seq
+
+-- name: stream_ledger_chain
+SELECT position, id::text AS id, seq, curr_hash, chain_hash FROM ledger.universal_registry
+ORDER BY position
