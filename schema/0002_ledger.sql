@@ -35,9 +35,12 @@ CREATE TABLE ledger.universal_registry (
   duration_ms  integer,
   trace_id     text,
   prev_hash    text        CHECK (prev_hash ~ '^[0-9a-f]{64}$'),
-  curr_hash    text        NOT NULL CHECK (curr_hash ~ '^[0-9a-f]{64}$'),
-  signature    text        NOT NULL CHECK (signature ~ '^[0-9a-f]{128}$'),
-  public_key   text        NOT NULL CHECK (public_key ~ '^[0-9a-f]{64}$'),
+  -- Proof columns are nullable on purpose: the database cannot check Ed25519, so a missing
+  -- proof is reported by `verify` and refused by the loader (SIGNATURE_MISSING) like a wrong
+  -- one, instead of being a different kind of failure. The write path always fills them.
+  curr_hash    text        CHECK (curr_hash ~ '^[0-9a-f]{64}$'),
+  signature    text        CHECK (signature ~ '^[0-9a-f]{128}$'),
+  public_key   text        CHECK (public_key ~ '^[0-9a-f]{64}$'),
   metadata     jsonb,
   content      jsonb,
   -- Ledger-wide hash chain over append order: sha256 of the previous row's chain_hash, this
@@ -54,7 +57,7 @@ CREATE TABLE ledger.universal_registry (
 CREATE TABLE ledger.span_heads (
   id           uuid        PRIMARY KEY,
   seq          integer     NOT NULL,
-  curr_hash    text        NOT NULL,
+  curr_hash    text,
   position     bigint      NOT NULL,
   entity_type  text        NOT NULL,
   status       text,
@@ -124,7 +127,8 @@ BEGIN
   SELECT r.chain_hash INTO prev_chain FROM ledger.universal_registry r
     ORDER BY r.position DESC LIMIT 1;
   NEW.chain_hash := encode(sha256(convert_to(
-    coalesce(prev_chain, '') || ':' || NEW.position || ':' || NEW.curr_hash, 'UTF8')), 'hex');
+    coalesce(prev_chain, '') || ':' || NEW.position || ':' || coalesce(NEW.curr_hash, ''),
+    'UTF8')), 'hex');
   UPDATE ledger.span_heads SET seq = NEW.seq, curr_hash = NEW.curr_hash, position = NEW.position,
     entity_type = NEW.entity_type, status = NEW.status, owner_id = NEW.owner_id,
     tenant_id = NEW.tenant_id, visibility = NEW.visibility, is_deleted = NEW.is_deleted,

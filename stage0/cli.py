@@ -200,6 +200,40 @@ def cmd_spans(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_arg(text: str | None, flag: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return rows.parse_line(text)
+    except ValueError as exc:
+        raise LoglineError("INPUT_BAD_JSON", str(exc), flag) from None
+
+
+@command("boot")
+def cmd_boot(args: argparse.Namespace) -> int:
+    from .loader import Loader
+
+    home = _home()
+    with Loader(db.resolve(home), home) as loader:
+        output = loader.boot(args.function_id, _json_arg(args.input, "--input"),
+                             user_id=args.user, tenant_id=args.tenant)
+    out(json.dumps(output, indent=2, ensure_ascii=False))
+    return 0
+
+
+@command("schedule")
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from .requests import schedule
+
+    home = _home()
+    with db.resolve(home).connect("kernel") as conn:
+        request = schedule(conn, keys.operator_key(home), args.function_id,
+                           _json_arg(args.input, "--input"), user_id=args.user,
+                           tenant_id=args.tenant, idempotency_key=args.idempotency_key)
+    out(request["id"])
+    return 0
+
+
 @command("db")
 def cmd_db(args: argparse.Namespace) -> int:
     home = _home()
@@ -242,6 +276,17 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--tenant")
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--json", action="store_true", help="one span per line (NDJSON)")
+    b = sub.add_parser("boot", help="verify and run a kernel by id (prints its output)")
+    b.add_argument("function_id")
+    b.add_argument("--input", help="JSON input for the kernel")
+    b.add_argument("--user", default="system", help="identity the kernel runs for")
+    b.add_argument("--tenant", default="system")
+    sc = sub.add_parser("schedule", help="append a scheduled request for a function")
+    sc.add_argument("function_id")
+    sc.add_argument("--input", help="JSON input for the function")
+    sc.add_argument("--user", help="requester (default: the function's owner)")
+    sc.add_argument("--tenant", help="tenant (default: the function's tenant)")
+    sc.add_argument("--idempotency-key", help="schedule at most once per key and tenant")
     d = sub.add_parser("db", help="the database server")
     ds = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     ds.add_parser("stop", help="stop the embedded server")

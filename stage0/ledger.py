@@ -84,7 +84,10 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
                 insert(conn, prepared)
             return prepared
         except LoglineError as exc:
-            retry = exc.code in _CHAIN_CODES and not any(is_signed(s) for s in spans)
+            # Only spans we chained ourselves can be re-chained; a caller that pinned seq
+            # (or signed the span) asked for exactly that version.
+            retry = exc.code in _CHAIN_CODES and not any(
+                is_signed(s) or s.get("seq") is not None for s in spans)
             if not retry or attempt == MAX_CHAIN_RETRIES - 1:
                 raise
     raise AssertionError("unreachable")

@@ -154,7 +154,7 @@ def _check_ledger_chain(conn: psycopg.Connection, failures: list[Failure]) -> di
         cur.itersize = 10 * CHUNK
         cur.execute(q("stream_ledger_chain"))
         for row in cur:
-            if chain_link(prev, row["position"], row["curr_hash"]) != row["chain_hash"]:
+            if chain_link(prev, row["position"], row["curr_hash"] or "") != row["chain_hash"]:
                 failures.append(Failure(row["id"], row["seq"], "LEDGER_CHAIN_BROKEN",
                                         f"chain_hash at position {row['position']} does not "
                                         "extend the row before it (edited or removed rows)"))

@@ -55,3 +55,6 @@ SELECT last_value AS high FROM ledger.position_seq
 -- name: stream_ledger_chain
 SELECT position, id::text AS id, seq, curr_hash, chain_hash FROM ledger.universal_registry
 ORDER BY position
+
+-- name: claim_requests
+SELECT {columns}, position FROM ledger.claim_requests_v1(%(batch)s)

@@ -1,0 +1,209 @@
+"""policy_agent: evaluate active policies on new spans and carry out what they ask.
+
+Each active `policy` span holds sandboxed code whose main(span) returns a list of actions:
+  {"run": "run_code", "span_id": F}   -> a scheduled request for function F
+  {"emit_span": {...}}                -> that span, owned by the policy, in the span's tenant
+  {"count": {"name": N, "labels": {...}}} -> +1 on the rollup span for (policy, N, labels)
+A policy sees the new spans of its own tenant (a policy of the system tenant with
+metadata.scope = "all_tenants" sees every tenant's), filtered by metadata.on_entity_types.
+Progress is a `policy_cursor` span per policy holding the last global append position seen,
+appended in the same transaction as the actions: a crash repeats nothing and skips nothing.
+Positions become visible in commit order, so a late-committing writer is never jumped over.
+Failures become `policy_error` spans; the cursor still moves past the span that failed.
+
+Input: {"batch": 200}. Output: {"policies": n, "evaluated": n, "actions": n, "errors": n}.
+"""
+
+KERNEL_ID = "00000000-0000-4000-8000-000000000004"
+NAME = "policy_agent"
+
+POLICIES = (
+    "SELECT r.id::text AS id, r.seq, r.name, r.code, r.owner_id, r.tenant_id, r.metadata "
+    "FROM ledger.span_heads h JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
+    "WHERE h.entity_type = 'policy' AND h.status = 'active' AND NOT h.is_deleted "
+    "ORDER BY h.position"
+)
+NEW_IN_TENANT = (
+    "SELECT id::text AS id, seq, entity_type, who, did, this, at, parent_id::text AS parent_id, "
+    "owner_id, tenant_id, visibility, status, name, input, output, error, duration_ms, "
+    "trace_id, metadata, position FROM ledger.universal_registry "
+    "WHERE tenant_id = %(tenant)s AND position > %(after)s "
+    "AND (%(types)s::text[] IS NULL OR entity_type = ANY(%(types)s::text[])) "
+    "ORDER BY position LIMIT %(limit)s"
+)
+NEW_IN_ALL = (
+    "SELECT id::text AS id, seq, entity_type, who, did, this, at, parent_id::text AS parent_id, "
+    "owner_id, tenant_id, visibility, status, name, input, output, error, duration_ms, "
+    "trace_id, metadata, position FROM ledger.universal_registry "
+    "WHERE position > %(after)s "
+    "AND (%(types)s::text[] IS NULL OR entity_type = ANY(%(types)s::text[])) "
+    "ORDER BY position LIMIT %(limit)s"
+)
+OWN_OUTPUT = ("policy_cursor", "policy_error", "rollup")
+DRIVER = """
+
+def logline_policy_batch(spans):
+    results = []
+    for span in spans:
+        try:
+            actions = main(span)
+            results.append({"ok": True, "actions": actions or []})
+        except Exception as exc:
+            results.append({"ok": False, "error": repr(exc)[:1000]})
+    return results
+"""
+
+
+def cursor_of(ctx, policy):
+    cursor_id = ctx.stable_id("policy_cursor", policy["id"])
+    head = ctx.head(cursor_id)
+    after = (head["metadata"] or {}).get("position", 0) if head else 0
+    return cursor_id, head, after
+
+
+def new_spans(ctx, policy, after, limit):
+    meta = policy.get("metadata") or {}
+    params = {"after": after, "limit": limit, "types": meta.get("on_entity_types"),
+              "tenant": policy["tenant_id"]}
+    global_scope = meta.get("scope") == "all_tenants" and policy["tenant_id"] == "system"
+    rows = ctx.sql(NEW_IN_ALL if global_scope else NEW_IN_TENANT, params)
+    return [r for r in rows if r["entity_type"] not in OWN_OUTPUT
+            and (r.get("metadata") or {}).get("policy_id") != policy["id"]]
+
+
+def emitted(ctx, policy, span, spec):
+    out = dict(spec)
+    out["who"] = out.get("who") or policy.get("name") or "policy"
+    out["this"] = out.get("this") or span["id"]
+    out["did"] = out.get("did") or "emitted"
+    out["owner_id"] = "policy:" + (policy.get("name") or policy["id"])
+    out["tenant_id"] = span["tenant_id"]
+    out["visibility"] = out.get("visibility") or "tenant"
+    out["trace_id"] = out.get("trace_id") or span.get("trace_id")
+    out["parent_id"] = out.get("parent_id") or span["id"]
+    out["metadata"] = dict(out.get("metadata") or {}, policy_id=policy["id"])
+    return out
+
+
+def scheduled_request(policy, span, action):
+    return {
+        "entity_type": "request", "who": policy.get("name") or "policy", "did": "scheduled",
+        "this": action["span_id"], "parent_id": action["span_id"],
+        "owner_id": "policy:" + (policy.get("name") or policy["id"]),
+        "tenant_id": span["tenant_id"], "visibility": "tenant", "status": "scheduled",
+        "input": action.get("input"), "trace_id": span.get("trace_id"),
+        "metadata": {"policy_id": policy["id"], "caused_by": span["id"],
+                     "idempotency_key": "policy:" + policy["id"] + ":" + span["id"] + ":"
+                     + action["span_id"]},
+    }
+
+
+def rollups(ctx, policy, counts):
+    """One next version per rollup key, carrying the running count."""
+    out = []
+    for key in sorted(counts):
+        name, tenant, labels, n = counts[key]
+        rollup_id = ctx.stable_id("rollup", policy["id"], key)
+        head = ctx.head(rollup_id)
+        total = ((head or {}).get("metadata") or {}).get("count", 0) + n
+        out.append(chained(head, {
+            "id": rollup_id, "entity_type": "rollup", "who": policy.get("name") or "policy",
+            "did": "counted", "this": name, "owner_id": "policy:" + (policy.get("name") or
+                                                                      policy["id"]),
+            "tenant_id": tenant, "visibility": "tenant", "status": "open",
+            "metadata": {"policy_id": policy["id"], "name": name, "labels": labels,
+                         "count": total},
+        }))
+    return out
+
+
+def chained(head, span):
+    """Pin `span` as the next version of `head`: a concurrent agent's append then conflicts
+    and its whole transaction (actions included) rolls back, instead of both succeeding."""
+    span["seq"] = head["seq"] + 1 if head else 0
+    if head:
+        span["prev_hash"] = head["curr_hash"]
+    return span
+
+
+def error_span(policy, span, message):
+    return {
+        "entity_type": "policy_error", "who": NAME, "did": "failed",
+        "this": policy.get("name") or policy["id"], "parent_id": policy["id"],
+        "related_to": [span["id"]], "owner_id": "policy:" + (policy.get("name") or policy["id"]),
+        "tenant_id": span["tenant_id"], "visibility": "tenant", "status": "error",
+        "error": {"code": "POLICY_ERROR", "message": message[:2000]},
+        "metadata": {"policy_id": policy["id"]},
+    }
+
+
+def actions_for(ctx, policy, span, actions, counts):
+    spans = []
+    if not isinstance(actions, list):
+        return [error_span(policy, span, "policy returned " + repr(actions)[:200]
+                           + ", not a list of actions")]
+    for action in actions:
+        if not isinstance(action, dict):
+            spans.append(error_span(policy, span, "action is not an object: "
+                                    + repr(action)[:200]))
+        elif action.get("run") == "run_code" and action.get("span_id"):
+            spans.append(scheduled_request(policy, span, action))
+        elif isinstance(action.get("emit_span"), dict):
+            spans.append(emitted(ctx, policy, span, action["emit_span"]))
+        elif isinstance(action.get("count"), dict) and action["count"].get("name"):
+            labels = action["count"].get("labels") or {}
+            key = action["count"]["name"] + "|" + span["tenant_id"] + "|" + ctx.json_dumps(labels)
+            prev = counts.get(key)
+            counts[key] = (action["count"]["name"], span["tenant_id"], labels,
+                           (prev[3] if prev else 0) + 1)
+        else:
+            spans.append(error_span(policy, span, "unknown action " + repr(action)[:200]))
+    return spans
+
+
+def evaluate(ctx, policy, batch):
+    cursor_id, cursor, after = cursor_of(ctx, policy)
+    spans = new_spans(ctx, policy, after, batch)
+    timeout = int((policy.get("metadata") or {}).get("timeout_ms", 3000))
+    results = []
+    if spans:
+        run = ctx.sandbox((policy["code"] or "") + DRIVER, spans, timeout,
+                          "logline_policy_batch")
+        if run["ok"] and isinstance(run["output"], list) and len(run["output"]) == len(spans):
+            results = run["output"]
+        else:
+            error = run.get("error") or {"message": "bad batch output"}
+            results = [{"ok": False, "error": str(error.get("message"))} for _ in spans]
+    out, counts, errors = [], {}, 0
+    for span, result in zip(spans, results, strict=True):
+        if result.get("ok"):
+            out.extend(actions_for(ctx, policy, span, result.get("actions"), counts))
+        else:
+            errors += 1
+            out.append(error_span(policy, span, str(result.get("error"))))
+    out.extend(rollups(ctx, policy, counts))
+    last = spans[-1]["position"] if spans else after
+    if last != after:
+        out.append(chained(cursor, {
+            "id": cursor_id, "entity_type": "policy_cursor", "who": NAME, "did": "advanced",
+            "this": policy.get("name") or policy["id"], "parent_id": policy["id"],
+            "owner_id": policy["owner_id"], "tenant_id": policy["tenant_id"],
+            "visibility": "private", "status": "active",
+            "metadata": {"policy_id": policy["id"], "position": last},
+        }))
+    if out:
+        ctx.append(out)
+    return len(spans), len(out), errors
+
+
+def main(ctx):
+    batch = int((ctx.input or {}).get("batch", 200))
+    totals = {"policies": 0, "evaluated": 0, "actions": 0, "errors": 0}
+    for policy in ctx.sql(POLICIES):
+        with ctx.transaction():
+            evaluated, actions, errors = evaluate(ctx, policy, batch)
+        totals["policies"] += 1
+        totals["evaluated"] += evaluated
+        totals["actions"] += actions
+        totals["errors"] += errors
+    return totals
