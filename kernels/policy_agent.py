@@ -39,6 +39,17 @@ NEW_IN_ALL = (
     "AND (%(types)s::text[] IS NULL OR entity_type = ANY(%(types)s::text[])) "
     "ORDER BY position LIMIT %(limit)s"
 )
+SWEEP_EXPIRED = (
+    "SELECT r.id::text AS id, r.seq, r.entity_type, r.who, r.this, r.at, r.owner_id, "
+    "r.tenant_id, r.visibility, r.status, r.name, r.trace_id, r.metadata, h.position "
+    "FROM ledger.span_heads h JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
+    "WHERE h.entity_type = ANY(%(types)s::text[]) AND NOT h.is_deleted "
+    "AND (%(tenant)s::text IS NULL OR h.tenant_id = %(tenant)s) "
+    "AND r.metadata ->> 'ttl_at' <= %(now)s "
+    "AND NOT EXISTS (SELECT 1 FROM ledger.universal_registry p WHERE p.parent_id = r.id "
+    "AND p.entity_type = 'status_patch' AND p.status = 'archived') "
+    "ORDER BY h.position LIMIT %(limit)s"
+)
 OWN_OUTPUT = ("policy_cursor", "policy_error", "rollup")
 DRIVER = """
 
@@ -63,12 +74,23 @@ def cursor_of(ctx, policy):
 
 def new_spans(ctx, policy, after, limit):
     meta = policy.get("metadata") or {}
+    if meta.get("sweep_entity_types"):
+        # Sweep policies look at what is current and expired, not at what is new; the
+        # archived status_patch they emit keeps a span from being swept twice.
+        global_scope = meta.get("scope") == "all_tenants" and policy["tenant_id"] == "system"
+        rows = ctx.sql(SWEEP_EXPIRED, {"types": meta["sweep_entity_types"], "now": ctx.now(),
+                                       "tenant": None if global_scope else policy["tenant_id"],
+                                       "limit": limit})
+        return after, rows
     params = {"after": after, "limit": limit, "types": meta.get("on_entity_types"),
               "tenant": policy["tenant_id"]}
     global_scope = meta.get("scope") == "all_tenants" and policy["tenant_id"] == "system"
     rows = ctx.sql(NEW_IN_ALL if global_scope else NEW_IN_TENANT, params)
-    return [r for r in rows if r["entity_type"] not in OWN_OUTPUT
-            and (r.get("metadata") or {}).get("policy_id") != policy["id"]]
+    # The cursor moves past everything read, including what the policy does not look at, so a
+    # page full of the agent's own output can never stall it.
+    last = rows[-1]["position"] if rows else after
+    return last, [r for r in rows if r["entity_type"] not in OWN_OUTPUT
+                  and (r.get("metadata") or {}).get("policy_id") != policy["id"]]
 
 
 def emitted(ctx, policy, span, spec):
@@ -163,7 +185,7 @@ def actions_for(ctx, policy, span, actions, counts):
 
 def evaluate(ctx, policy, batch):
     cursor_id, cursor, after = cursor_of(ctx, policy)
-    spans = new_spans(ctx, policy, after, batch)
+    last, spans = new_spans(ctx, policy, after, batch)
     timeout = int((policy.get("metadata") or {}).get("timeout_ms", 3000))
     results = []
     if spans:
@@ -182,7 +204,6 @@ def evaluate(ctx, policy, batch):
             errors += 1
             out.append(error_span(policy, span, str(result.get("error"))))
     out.extend(rollups(ctx, policy, counts))
-    last = spans[-1]["position"] if spans else after
     if last != after:
         out.append(chained(cursor, {
             "id": cursor_id, "entity_type": "policy_cursor", "who": NAME, "did": "advanced",
@@ -200,8 +221,12 @@ def main(ctx):
     batch = int((ctx.input or {}).get("batch", 200))
     totals = {"policies": 0, "evaluated": 0, "actions": 0, "errors": 0}
     for policy in ctx.sql(POLICIES):
-        with ctx.transaction():
-            evaluated, actions, errors = evaluate(ctx, policy, batch)
+        try:
+            with ctx.transaction():
+                evaluated, actions, errors = evaluate(ctx, policy, batch)
+        except Exception as exc:  # e.g. another agent advanced this cursor first: retry later
+            ctx.log("policy_skipped", policy_id=policy["id"], reason=str(exc)[:300])
+            continue
         totals["policies"] += 1
         totals["evaluated"] += evaluated
         totals["actions"] += actions

@@ -70,6 +70,7 @@ def main(ctx):
         raise ValueError("span " + function["id"] + " is not a function")
     if function["tenant_id"] != tenant and function["visibility"] != "public":
         raise ValueError("function " + function["id"] + " belongs to another tenant")
+    trace_id = (request or {}).get("trace_id") or ctx.trace_id
     limit, forced = quota(ctx, tenant, request)
     if not forced and over_quota(ctx, tenant, limit):
         return violation(ctx, function, request, user, tenant, limit)
@@ -93,7 +94,7 @@ def main(ctx):
         "tenant_id": tenant, "visibility": (request or {}).get("visibility") or "tenant",
         "status": "complete" if result["ok"] else "error", "input": payload,
         "output": result["output"] if result["ok"] else None, "error": result["error"],
-        "duration_ms": result["duration_ms"], "trace_id": ctx.trace_id,
+        "duration_ms": result["duration_ms"], "trace_id": trace_id,
         "metadata": {"function_seq": function["seq"], "function_hash": function["curr_hash"],
                      "cpu_ms": result.get("cpu_ms"), "stdout": result.get("stdout") or None,
                      "kernel": ctx.kernel},
@@ -103,7 +104,7 @@ def main(ctx):
         spans.append({
             "entity_type": "status_patch", "who": NAME, "did": "labelled", "this": "slow",
             "parent_id": execution["id"], "owner_id": user, "tenant_id": tenant,
-            "visibility": execution["visibility"], "status": "slow", "trace_id": ctx.trace_id,
+            "visibility": execution["visibility"], "status": "slow", "trace_id": trace_id,
             "metadata": {"duration_ms": result["duration_ms"], "slow_ms": slow_ms},
         })
     if request:

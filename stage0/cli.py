@@ -234,6 +234,28 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("worker")
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import Worker
+
+    home = _home()
+    worker = Worker(db.resolve(home), home, worker_id=args.id, sandbox_size=args.sandbox)
+    worker.install_signal_handlers()
+    worker.run(max_cycles=1 if args.once else None)
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    cmd_init(args)
+    out("")
+    home = _home()
+    result = run_demo(db.resolve(home), home, out)
+    return 0 if result["verify_ok"] else 1
+
+
 @command("db")
 def cmd_db(args: argparse.Namespace) -> int:
     home = _home()
@@ -287,6 +309,11 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--user", help="requester (default: the function's owner)")
     sc.add_argument("--tenant", help="tenant (default: the function's tenant)")
     sc.add_argument("--idempotency-key", help="schedule at most once per key and tenant")
+    w = sub.add_parser("worker", help="run observer, request worker and policy agent")
+    w.add_argument("--id", help="worker id in logs and spans (default worker-PID)")
+    w.add_argument("--once", action="store_true", help="one cycle of each kernel, then exit")
+    w.add_argument("--sandbox", type=int, default=2, help="sandbox processes (default 2)")
+    sub.add_parser("demo", help="init, then function -> request -> execution -> policies")
     d = sub.add_parser("db", help="the database server")
     ds = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     ds.add_parser("stop", help="stop the embedded server")

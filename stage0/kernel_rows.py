@@ -1,10 +1,10 @@
 """Build ROW/kernels/*.ndjson and ROW/policies/*.ndjson from the Python sources in kernels/.
 
 A kernel module declares KERNEL_ID and NAME; a policy module (kernels/policies/) declares
-POLICY_ID, NAME and optionally ON_ENTITY_TYPES, SCOPE, TIMEOUT_MS. The module's source text is
-the span's `code`, its docstring's first line the description. The rows are unsigned: the
-operator signs them at seed time. `python tools/build_rows.py` regenerates them and a test
-fails when they drift from the sources.
+POLICY_ID, NAME and optionally ON_ENTITY_TYPES, SWEEP_ENTITY_TYPES, SCOPE, TIMEOUT_MS. The
+module's source text is the span's `code`, its docstring's first line the description. The
+rows are unsigned: the operator signs them at seed time. `python tools/build_rows.py`
+regenerates them and a test fails when they drift from the sources.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def policy_row(path: Path) -> dict[str, Any]:
     source, c, description = _common(path)
     metadata = {"source": str(path.relative_to(PROJECT_ROOT)),
                 "on_entity_types": c.get("ON_ENTITY_TYPES"), "scope": c.get("SCOPE", "tenant"),
+                "sweep_entity_types": c.get("SWEEP_ENTITY_TYPES"),
                 "timeout_ms": c.get("TIMEOUT_MS", 3000)}
     return {
         "id": c["POLICY_ID"], "entity_type": "policy", "who": "logline", "did": "defined",

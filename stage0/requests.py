@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -33,7 +34,8 @@ def schedule(conn: psycopg.Connection, key: SigningKey, function_id: str, input:
         "entity_type": "request", "who": user_id or function["owner_id"], "did": "scheduled",
         "this": function.get("name") or function_id, "parent_id": function["id"],
         "owner_id": user_id or function["owner_id"], "tenant_id": tenant,
-        "visibility": "tenant", "status": "scheduled", "input": input, "trace_id": trace_id,
+        "visibility": "tenant", "status": "scheduled", "input": input,
+        "trace_id": trace_id or str(uuid.uuid4()),
         "metadata": metadata,
     }
     try:

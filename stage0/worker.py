@@ -1,0 +1,144 @@
+"""`logline worker`: one long-running process that keeps the ledger's kernels turning.
+
+It boots observer_bot, request_worker and policy_agent by id through the stage-0 loader, on the
+schedules in the manifest (metadata.schedule.<kernel>.every_ms), and earlier when a NOTIFY on
+`timeline_updates` says there is work: a new request wakes the request worker at once, any
+new span wakes the policy agent. NOTIFY only wakes; the ledger is the truth, so a lost
+notification costs at most one poll interval. Several workers, on one machine or many, share
+one PostgreSQL: claims skip rows other workers hold, scheduling is idempotent and policy
+cursors are chained, so adding workers adds throughput and nothing runs twice.
+
+SIGTERM/SIGINT: the current kernel call finishes (its transaction commits or rolls back as a
+whole), then the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from .config import Home
+from .db import Database
+from .errors import LoglineError
+from .loader import Loader
+
+KERNELS = {"observer_bot": "00000000-0000-4000-8000-000000000002",
+           "request_worker": "00000000-0000-4000-8000-000000000003",
+           "policy_agent": "00000000-0000-4000-8000-000000000004"}
+DEFAULT_EVERY_MS = {"observer_bot": 2000, "request_worker": 2000, "policy_agent": 5000}
+#: Spans the kernels write about their own work: they wake nobody.
+QUIET = ("policy_cursor", "policy_error", "rollup", "boot_event", "boot_refused")
+#: How long a burst of notifications may delay the policy agent (it batches them).
+POLICY_DEBOUNCE_S = 0.05
+
+
+@dataclass
+class Due:
+    """When each kernel should next run."""
+
+    at: dict[str, float] = field(default_factory=dict)
+
+    def now(self, name: str) -> None:
+        self.at[name] = 0.0
+
+    def wait_s(self) -> float:
+        return max(0.0, min(self.at.values()) - time.monotonic())
+
+
+class Worker:
+    def __init__(self, database: Database, home: Home, worker_id: str | None = None,
+                 sandbox_size: int = 2, kernels: tuple[str, ...] = tuple(KERNELS)) -> None:
+        self.database = database
+        self.home = home
+        self.worker_id = worker_id or f"worker-{os.getpid()}"
+        self.kernels = kernels
+        self.stop = threading.Event()
+        self.sandbox_size = sandbox_size
+        self.stats = {name: 0 for name in kernels}
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+
+    def run(self, max_cycles: int | None = None) -> None:
+        from .sandbox import SandboxPool
+
+        with SandboxPool(size=self.sandbox_size) as pool, \
+                Loader(self.database, self.home, sandbox=pool,
+                       worker_id=self.worker_id) as loader:
+            self.loader = loader
+            listener = self.database.connect("kernel", autocommit=True)
+            listener.execute("LISTEN timeline_updates")
+            due = Due({name: 0.0 for name in self.kernels})
+            loader.log("worker_started", kernels=list(self.kernels))
+            cycles = 0
+            try:
+                while not self.stop.is_set():
+                    self._run_due(due)
+                    cycles += 1
+                    if max_cycles is not None and cycles >= max_cycles:
+                        break
+                    self._wait(listener, due)
+            finally:
+                listener.close()
+                loader.log("worker_stopped", **self.stats)
+
+    def _every_s(self, name: str) -> float:
+        schedule = (self.loader.manifest_metadata().get("schedule") or {}).get(name) or {}
+        return float(schedule.get("every_ms", DEFAULT_EVERY_MS[name])) / 1000
+
+    def _input(self, name: str) -> dict[str, Any]:
+        schedule = (self.loader.manifest_metadata().get("schedule") or {}).get(name) or {}
+        return {k: v for k, v in schedule.items() if k != "every_ms"}
+
+    def _run_due(self, due: Due) -> None:
+        for name in self.kernels:
+            if self.stop.is_set() or due.at[name] > time.monotonic():
+                continue
+            self._boot(name)
+            due.at[name] = time.monotonic() + self._every_s(name)
+
+    def _boot(self, name: str) -> None:
+        """Run one kernel; the request worker drains: it runs again while batches come full."""
+        while not self.stop.is_set():
+            try:
+                output = self.loader.boot(KERNELS[name], self._input(name))
+            except LoglineError as exc:
+                self.loader.log("kernel_failed", kernel=name, code=exc.code,
+                                message=exc.message[:500])
+                return
+            self.stats[name] += 1
+            if name != "request_worker" or not output.get("claimed"):
+                return
+            self.loader.log("requests_done", claimed=output["claimed"])
+
+    def _wait(self, listener: psycopg.Connection, due: Due) -> None:
+        """Sleep until the next kernel is due, a relevant NOTIFY arrives, or we are stopped."""
+        timeout = min(due.wait_s(), 0.5)  # bounded so a stop request is seen promptly
+        if timeout <= 0:
+            return
+        for note in listener.notifies(timeout=timeout):
+            self._wake(note.payload, due)
+            # Collect the rest of a burst before acting on it.
+            for more in listener.notifies(timeout=POLICY_DEBOUNCE_S):
+                self._wake(more.payload, due)
+            return
+
+    def _wake(self, payload: str, due: Due) -> None:
+        try:
+            entity_type = json.loads(payload).get("entity_type")
+        except ValueError:
+            return
+        if entity_type == "request" and "request_worker" in due.at:
+            due.now("request_worker")
+        if entity_type == "function" and "observer_bot" in due.at:
+            due.now("observer_bot")
+        if "policy_agent" in due.at and entity_type not in QUIET:
+            due.at["policy_agent"] = min(due.at["policy_agent"], time.monotonic() + 0.2)
