@@ -66,7 +66,10 @@ class Database:
     def dbname(self) -> str:
         return conninfo_to_dict(self.admin_url).get("dbname", "")
 
-    def connect(self, role: Role = "app", autocommit: bool = False) -> psycopg.Connection:
+    def connect(self, role: Role = "app", autocommit: bool = True) -> psycopg.Connection:
+        """A connection in autocommit mode by default: work that must be atomic says so with
+        `with conn.transaction()`, and no implicit transaction is ever left open holding
+        the append lock."""
         try:
             conn = psycopg.connect(self.url(role), autocommit=autocommit, row_factory=dict_row)
         except psycopg.OperationalError as exc:

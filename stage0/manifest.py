@@ -66,15 +66,20 @@ def set_trust(conn: psycopg.Connection, root: SigningKey, public_key: str,
         raise LoglineError("KEY_INVALID", "a public key is 64 hex characters", public_key[:80])
     if public_key == public_key_hex(root):
         raise LoglineError("KEY_IS_ROOT", "the root key is always trusted and cannot be removed")
-    current = latest(conn, public_key_hex(root))
-    metadata = dict(current.get("metadata") or {})
-    entries = [e for e in metadata.get("trusted_keys") or [] if e.get("public_key") != public_key]
+    current = (latest(conn, public_key_hex(root)).get("metadata") or {}).get("trusted_keys") or []
+    entries = [e for e in current if e.get("public_key") != public_key]
     if trusted:
         entries.append({"name": name or public_key[:12], "public_key": public_key})
-    elif len(entries) == len(metadata.get("trusted_keys") or []):
+    elif len(entries) == len(current):
         raise LoglineError("KEY_NOT_TRUSTED", "this key is not in the manifest", public_key)
-    metadata["trusted_keys"] = entries
+    return amend(conn, root, trusted_keys=entries)
+
+
+def amend(conn: psycopg.Connection, root: SigningKey, **changes: Any) -> dict[str, Any]:
+    """Append the next manifest version with these metadata keys replaced, signed by root."""
+    current = latest(conn, public_key_hex(root))
     draft = {k: v for k, v in current.items()
              if k not in ("seq", "prev_hash", "curr_hash", "signature", "public_key", "at")}
-    draft["metadata"] = metadata
+    draft["metadata"] = {**(current.get("metadata") or {}), **changes}
+    draft["seq"], draft["prev_hash"] = current["seq"] + 1, current["curr_hash"]
     return ledger.append(conn, [draft], root)[0]
