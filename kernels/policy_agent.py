@@ -219,7 +219,7 @@ def evaluate(ctx, policy, batch):
 
 def main(ctx):
     batch = int((ctx.input or {}).get("batch", 200))
-    totals = {"policies": 0, "evaluated": 0, "actions": 0, "errors": 0}
+    policies = evaluated_total = actions_total = errors_total = 0
     for policy in ctx.sql(POLICIES):
         try:
             with ctx.transaction():
@@ -227,8 +227,9 @@ def main(ctx):
         except Exception as exc:  # e.g. another agent advanced this cursor first: retry later
             ctx.log("policy_skipped", policy_id=policy["id"], reason=str(exc)[:300])
             continue
-        totals["policies"] += 1
-        totals["evaluated"] += evaluated
-        totals["actions"] += actions
-        totals["errors"] += errors
-    return totals
+        policies += 1
+        evaluated_total += evaluated
+        actions_total += actions
+        errors_total += errors
+    return {"policies": policies, "evaluated": evaluated_total, "actions": actions_total,
+            "errors": errors_total}

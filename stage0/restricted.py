@@ -42,6 +42,10 @@ def _inplacevar(op: str, x: Any, y: Any) -> Any:
     return ops[op]()
 
 
+def _apply(function: Any, *args: Any, **kwargs: Any) -> Any:
+    return function(*args, **kwargs)
+
+
 def guards() -> dict[str, Any]:
     return {
         "__builtins__": BUILTINS,
@@ -50,6 +54,7 @@ def guards() -> dict[str, Any]:
         "_getiter_": default_guarded_getiter,
         "_write_": full_write_guard,
         "_inplacevar_": _inplacevar,
+        "_apply_": _apply,
         "_unpack_sequence_": guarded_unpack_sequence,
         "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
         "__name__": "kernel",
