@@ -114,20 +114,28 @@ def test_a_file_is_all_or_nothing_and_the_error_names_file_and_line(cli, seeded,
     assert spans_json(cli, "--entity-type", "widget") == []
 
 
-def test_a_bad_file_refuses_the_whole_seed_command(cli, seeded, tmp_path):
-    """Stronger than "a file is all-or-nothing": `logline seed A B` runs in one transaction, so
-    a bad B also leaves A out (nothing is reported as appended, and nothing is)."""
+def test_files_are_independent_units(cli, seeded, tmp_path):
+    """A file is all-or-nothing: the bad file leaves nothing, files named before it stay."""
     ok = write_rows(tmp_path / "a_ok.ndjson", [row(entity_type="gadget")])
     bad = write_rows(tmp_path / "b_bad.ndjson", [row(entity_type="gadget"), {"id": "x"}])
     before = count_spans(seeded)
     proc = cli("seed", str(ok), str(bad), check=False)
     assert proc.returncode == 2
     assert f"{bad}:2" in proc.stderr
-    assert "appended" not in proc.stdout
-    assert count_spans(seeded) == before
-    cli("seed", str(ok))  # once the bad file is out of the way, the good one seeds
+    assert count_spans(seeded) == before + 1
     assert [s["id"] for s in spans_json(cli, "--entity-type", "gadget")] == [
         json.loads(ok.read_text())["id"]]
+
+
+@pytest.mark.xfail(strict=True, reason="stage0/cli.py cmd_seed prints the per-file results only "
+                   "after every file succeeded: when a later file fails, the user is not told "
+                   "that earlier files were appended (print each file's result as it commits)")
+def test_a_failed_seed_reports_the_files_it_did_append(cli, tmp_path):
+    ok = write_rows(tmp_path / "a_ok.ndjson", [row()])
+    bad = write_rows(tmp_path / "b_bad.ndjson", [{"id": "x"}])
+    proc = cli("seed", str(ok), str(bad), check=False)
+    assert proc.returncode == 2
+    assert f"{ok}: 1 appended" in proc.stdout
 
 
 def test_seed_of_a_directory_takes_ndjson_files_only(cli, tmp_path):

@@ -1,0 +1,385 @@
+"""The `logline` CLI as a user meets it (issue 2, items 5 and 7): init, keys, trust, sign,
+error messages and help. Every command runs as a real subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stage0 import cli as cli_module
+from stage0 import ledger
+from stage0.canonical import normalise
+from stage0.proofs import check_proofs, public_key_hex
+
+DB_ENV = ("LOGLINE_DATABASE_URL", "LOGLINE_APP_DATABASE_URL", "LOGLINE_KERNEL_DATABASE_URL")
+
+
+def logline(*args: str, env: dict[str, str], cwd: Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stage0.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def bare_env(tmp_path: Path) -> dict[str, str]:
+    """No database configured and a LOGLINE_HOME that does not exist yet."""
+    env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
+    env["LOGLINE_HOME"] = str(tmp_path / "fresh-home")
+    return env
+
+
+def row(**fields: Any) -> dict[str, Any]:
+    base = {"id": str(uuid.uuid4()), "entity_type": "policy_draft", "who": "alice",
+            "did": "wrote", "this": "a policy", "owner_id": "alice", "tenant_id": "acme"}
+    base.update(fields)
+    return base
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def count_spans(database) -> int:
+    with database.connect("kernel") as conn:
+        return conn.execute("SELECT count(*) AS n FROM ledger.universal_registry").fetchone()["n"]
+
+
+def manifest(cli) -> dict[str, Any]:
+    [span] = [json.loads(x) for x in cli("spans", "--entity-type", "manifest", "--json")
+              .stdout.splitlines()]
+    return span
+
+
+# --- init ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_init_twice_in_an_empty_directory_on_the_embedded_server(tmp_path, bare_env):
+    """The README's first command, on the product's default path: the embedded server, even
+    when the suite itself runs against another PostgreSQL (LOGLINE_DATABASE_URL)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {**bare_env, "LOGLINE_HOME": str(project / ".logline")}
+    try:
+        first = logline("init", env=env, cwd=project, timeout=300)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "key       created" in first.stdout
+        assert "(embedded)" in first.stdout
+        assert "next: logline verify" in first.stdout
+
+        second = logline("init", env=env, cwd=project, timeout=300)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "key       kept" in second.stdout
+        assert "migrate   up to date" in second.stdout
+        assert "seed      0 span(s) appended" in second.stdout
+
+        verified = logline("verify", env=env, cwd=project, timeout=300)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "ok: every hash, signature, key and chain checks out" in verified.stdout
+        assert sorted(p.name for p in project.iterdir()) == [".logline"]
+        key = project / ".logline" / "keys" / "operator.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    finally:
+        stopped = logline("db", "stop", env=env, cwd=project, timeout=120)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
+    assert not (project / ".logline" / "pgdata" / "postmaster.pid").exists()
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def test_keys_gen_creates_a_private_operator_key_and_never_prints_it(bare_env):
+    proc = logline("keys", "gen", env=bare_env)
+    assert proc.returncode == 0, proc.stderr
+    key = Path(bare_env["LOGLINE_HOME"]) / "keys" / "operator.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    secret = key.read_text().strip()
+    assert len(secret) == 64
+    assert secret not in proc.stdout + proc.stderr
+    assert secret.upper() not in (proc.stdout + proc.stderr).upper()
+    shown = logline("keys", "show", env=bare_env)
+    assert shown.stdout.strip() in proc.stdout  # it prints the public key instead
+
+
+def test_keys_gen_refuses_to_replace_the_operator_key(bare_env):
+    assert logline("keys", "gen", env=bare_env).returncode == 0
+    key = Path(bare_env["LOGLINE_HOME"]) / "keys" / "operator.key"
+    before = key.read_bytes()
+    proc = logline("keys", "gen", env=bare_env)
+    assert proc.returncode == 2
+    assert "KEY_EXISTS" in proc.stderr and str(key) in proc.stderr
+    assert key.read_bytes() == before
+
+
+def test_keys_show_prints_the_public_key(cli, operator):
+    assert cli("keys", "show").stdout.strip() == public_key_hex(operator)
+
+
+def test_keys_gen_out_makes_an_author_key(cli, home, tmp_path):
+    operator_before = home.operator_key.read_bytes()
+    path = tmp_path / "author.key"
+    proc = cli("keys", "gen", "--out", str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() not in proc.stdout + proc.stderr
+    public = cli("keys", "show", "--key", str(path)).stdout.strip()
+    assert len(public) == 64 and public in proc.stdout
+    assert public != cli("keys", "show").stdout.strip()
+    assert home.operator_key.read_bytes() == operator_before
+
+
+def test_keys_gen_out_refuses_an_existing_file(cli, tmp_path):
+    path = tmp_path / "taken.key"
+    path.write_text("precious\n")
+    proc = cli("keys", "gen", "--out", str(path), check=False)
+    assert proc.returncode == 2 and "KEY_EXISTS" in proc.stderr
+    assert path.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("command", [("keys", "show", "--key", "{key}"),
+                                     ("sign", "{rows}", "--key", "{key}"),
+                                     ("seed", "{rows}")])
+def test_a_key_file_readable_by_others_is_refused(cli, home, seeded, tmp_path, command):
+    rows = write_rows(tmp_path / "r.ndjson", [row()])
+    key = tmp_path / "author.key"
+    cli("keys", "gen", "--out", str(key))
+    if command[0] == "seed":
+        key = home.operator_key  # seed signs with the operator key
+    key.chmod(0o644)
+    before_rows, before_count = rows.read_bytes(), count_spans(seeded)
+    proc = cli(*(a.format(key=key, rows=rows) for a in command), check=False)
+    assert proc.returncode == 2
+    assert "KEY_PERMISSIONS" in proc.stderr and str(key) in proc.stderr
+    assert rows.read_bytes() == before_rows
+    assert count_spans(seeded) == before_count
+
+
+def test_a_missing_key_file_is_named(cli, tmp_path):
+    proc = cli("sign", str(write_rows(tmp_path / "r.ndjson", [row()])), "--key",
+               str(tmp_path / "nope.key"), check=False)
+    assert proc.returncode == 2
+    assert "KEY_NOT_FOUND" in proc.stderr and "nope.key" in proc.stderr
+
+
+# --- trust --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def author(cli, tmp_path) -> tuple[Path, str]:
+    """alice's key file and public key (not trusted yet)."""
+    path = tmp_path / "alice.key"
+    cli("keys", "gen", "--out", str(path))
+    return path, cli("keys", "show", "--key", str(path)).stdout.strip()
+
+
+@pytest.fixture
+def authored(cli, author, tmp_path) -> Path:
+    """An NDJSON file of two rows signed by alice with `logline sign --key`."""
+    path = write_rows(tmp_path / "alice.ndjson", [row(), row(this="another policy")])
+    out = cli("sign", str(path), "--key", str(author[0])).stdout
+    assert "2 signed" in out
+    return path
+
+
+def test_seed_refuses_rows_signed_by_an_untrusted_key(cli, seeded, author, authored):
+    before = count_spans(seeded)
+    proc = cli("seed", str(authored), check=False)
+    assert proc.returncode == 2
+    assert "KEY_UNTRUSTED" in proc.stderr
+    assert author[1] in proc.stderr
+    assert str(authored) in proc.stderr
+    assert count_spans(seeded) == before
+
+
+def test_trusting_the_author_key_lets_its_rows_seed(cli, seeded, author, authored):
+    proc = cli("keys", "trust", author[1], "--name", "alice")
+    assert "manifest seq 1" in proc.stdout
+    span = manifest(cli)
+    assert span["seq"] == 1
+    assert {"name": "alice", "public_key": author[1]} in span["metadata"]["trusted_keys"]
+    assert span["metadata"]["kernels"]  # the rest of the manifest is carried over
+
+    assert "2 appended" in cli("seed", str(authored)).stdout
+    before = count_spans(seeded)
+    assert "0 appended, 2 unchanged" in cli("seed", str(authored)).stdout
+    assert count_spans(seeded) == before
+    with seeded.connect("kernel") as conn:
+        for r in read_rows(authored):
+            assert ledger.head(conn, r["id"]) == normalise(r)  # stored exactly as signed
+    assert cli("verify").returncode == 0
+
+
+def test_reseeding_row_keeps_the_author_trusted(cli, author, authored):
+    cli("keys", "trust", author[1], "--name", "alice")
+    out = cli("seed").stdout
+    assert "manifest.ndjson: 0 appended" in out
+    span = manifest(cli)
+    assert span["seq"] == 1
+    assert author[1] in [e["public_key"] for e in span["metadata"]["trusted_keys"]]
+    assert "2 appended" in cli("seed", str(authored)).stdout
+
+
+def test_untrusting_the_author_makes_verify_name_its_spans(cli, author, authored):
+    cli("keys", "trust", author[1], "--name", "alice")
+    cli("seed", str(authored))
+    assert "manifest seq 2" in cli("keys", "untrust", author[1]).stdout
+    assert author[1] not in json.dumps(manifest(cli)["metadata"])
+
+    proc = cli("verify", check=False)
+    assert proc.returncode == 1
+    for r in read_rows(authored):
+        assert f"FAIL {r['id']} seq 0 KEY_UNTRUSTED" in proc.stdout
+    report = json.loads(cli("verify", "--json", check=False).stdout)
+    assert not report["ok"]
+    assert {(f["id"], f["reason"]) for f in report["failures"]} == {
+        (r["id"], "KEY_UNTRUSTED") for r in read_rows(authored)}
+
+
+@pytest.mark.parametrize("args,code", [
+    (("trust", "not-a-key", "--name", "x"), "KEY_INVALID"),
+    (("trust", "ab" * 33, "--name", "x"), "KEY_INVALID"),
+    (("untrust", "ab" * 32), "KEY_NOT_TRUSTED"),
+    (("trust", "{root}", "--name", "me"), "KEY_IS_ROOT"),
+    (("untrust", "{root}"), "KEY_IS_ROOT"),
+])
+def test_trust_refusals(cli, seeded, operator, args, code):
+    before = count_spans(seeded)
+    proc = cli("keys", *(a.format(root=public_key_hex(operator)) for a in args), check=False)
+    assert proc.returncode == 2 and code in proc.stderr
+    assert count_spans(seeded) == before
+
+
+# --- sign ---------------------------------------------------------------------------------
+
+
+def test_sign_signs_rows_in_place_in_normal_form(cli, operator, tmp_path):
+    raw = [row(id=str(uuid.uuid4()).upper(), at="2025-03-01T10:00:00.123456+01:00",
+               metadata={"b": 1, "a": [1.5, "x"]}),
+           row()]  # no `at`: signing stamps one
+    path = write_rows(tmp_path / "r.ndjson", raw)
+    out = cli("sign", str(path)).stdout
+    assert f"{path}: 2 signed, 0 already signed" in out
+    signed = read_rows(path)
+    for before, after in zip(raw, signed, strict=True):
+        assert after["public_key"] == public_key_hex(operator)
+        assert len(after["curr_hash"]) == 64 and len(after["signature"]) == 128
+        assert check_proofs(normalise(after)).ok
+        assert after == {k: v for k, v in normalise(after).items() if v is not None}
+        assert after["id"] == before["id"].lower()
+        assert (after["seq"], after["visibility"], after["is_deleted"]) == (0, "private", False)
+    assert signed[0]["at"] == "2025-03-01T09:00:00.123Z"
+    assert signed[1]["at"].endswith("Z") and len(signed[1]["at"]) == 24
+
+
+def test_sign_twice_leaves_the_file_byte_identical(cli, tmp_path):
+    path = write_rows(tmp_path / "r.ndjson", [row(), row(this="ünïcødé 😀")])
+    cli("sign", str(path))
+    once = path.read_bytes()
+    out = cli("sign", str(path)).stdout
+    assert "0 signed, 2 already signed" in out
+    assert path.read_bytes() == once
+
+
+def test_sign_resigns_an_edited_row(cli, tmp_path):
+    path = write_rows(tmp_path / "r.ndjson", [row(), row()])
+    cli("sign", str(path))
+    first, second = read_rows(path)
+    second_edited = {**second, "this": "edited by hand"}
+    write_rows(path, [first, second_edited])
+    out = cli("sign", str(path)).stdout
+    assert "1 signed, 1 already signed" in out
+    again_first, again_second = read_rows(path)
+    assert again_first == first
+    assert again_second["this"] == "edited by hand"
+    assert again_second["curr_hash"] != second["curr_hash"]
+    assert again_second["at"] == second["at"]
+    assert check_proofs(normalise(again_second)).ok
+
+
+def test_sign_refuses_a_bad_row_and_leaves_the_file_untouched(cli, tmp_path):
+    path = tmp_path / "r.ndjson"
+    path.write_text(json.dumps(row()) + "\n" + json.dumps(row(visibility="world")) + "\n")
+    before = path.read_bytes()
+    proc = cli("sign", str(path), check=False)
+    assert proc.returncode == 2
+    assert f"{path}:2: visibility: SPAN_INVALID_VISIBILITY" in proc.stderr
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_rows_signed_by_the_operator_seed_exactly_as_signed(cli, seeded, tmp_path):
+    path = write_rows(tmp_path / "r.ndjson", [row()])
+    cli("sign", str(path))
+    [signed] = read_rows(path)
+    assert "1 appended" in cli("seed", str(path)).stdout
+    with seeded.connect("kernel") as conn:
+        assert ledger.head(conn, signed["id"]) == normalise(signed)
+
+
+# --- error messages -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["seed", "sign"])
+def test_a_missing_row_file_is_named(cli, tmp_path, command):
+    missing = tmp_path / "nope.ndjson"
+    proc = cli(command, str(missing), check=False)
+    assert proc.returncode == 2
+    assert f"{missing}: ROW_NOT_FOUND" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [("verify",), ("seed",), ("spans",), ("migrate",),
+                                     ("init",), ("keys", "trust", "ab" * 32, "--name", "x")])
+def test_an_unreachable_database_is_a_clear_error(home, tmp_path, command):
+    closed = tmp_path / "no-server-here"
+    closed.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
+    env.update(LOGLINE_HOME=str(home.path),
+               LOGLINE_DATABASE_URL=f"postgresql:///logline?host={closed}&connect_timeout=5")
+    proc = logline(*command, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "DB_UNAVAILABLE" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --- help ---------------------------------------------------------------------------------
+
+
+def _help_lines() -> dict[str, str]:
+    sub = next(a for a in cli_module.parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    return {action.dest: action.help for action in sub._choices_actions}
+
+
+@pytest.mark.parametrize("command", sorted(cli_module.COMMANDS))
+def test_every_command_has_help(bare_env, command):
+    proc = logline(command, "--help", env=bare_env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: logline {command}")
+    assert proc.stderr == ""
+    assert _help_lines()[command]  # listed with a summary in `logline --help`
+    assert _help_lines()[command] in logline("--help", env=bare_env).stdout
+
+
+@pytest.mark.xfail(strict=True, reason="stage0/cli.py parser(): sub.add_parser(name, help=...) "
+                   "sets only the summary shown by `logline --help`; `logline <cmd> --help` "
+                   "shows usage and options but never says what the command does (pass "
+                   "description=the same text, and help= for each positional/option)")
+@pytest.mark.parametrize("command", sorted(cli_module.COMMANDS))
+def test_every_command_help_says_what_it_does(bare_env, command):
+    proc = logline(command, "--help", env=bare_env)
+    assert _help_lines()[command] in proc.stdout
