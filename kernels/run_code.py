@@ -1,15 +1,16 @@
-"""run_code: run one user function span in the sandbox and record its execution.
+"""run_code: run user function spans in the sandbox and record their executions.
 
-Input: {"span_id": "<function id>", "input": <optional JSON, default the function's input>,
-        "request": <optional request span claimed by request_worker>}
-Output: the execution span (or the policy_violation span when the tenant is over its quota).
+Input, one run:   {"span_id": "<function id>", "input": <optional JSON>}
+Input, a batch:   {"requests": [<request spans claimed by request_worker>]}
+Output: the execution span (or policy_violation span) of a single run; for a batch,
+{"results": [{"request_id", "span_id", "entity_type", "status"}]}.
 
-The function must verify (hash, signature, trusted key) and belong to the caller's tenant (or
+Each function must verify (hash, signature, trusted key) and belong to the caller's tenant (or
 be public). The per-tenant daily quota is checked before running and again, under the ledger's
-append lock, right before the execution is recorded, so two workers can never both take the
-last slot. A request signed by the manifest's override key with metadata.force = true bypasses
-the quota. A request is completed (its next seq: complete | error | denied) in the same
-transaction as its execution.
+append lock, right before anything is recorded, so two workers can never both take the last
+slot. A request signed by the manifest's override key with metadata.force = true bypasses the
+quota. Each request is completed (its next seq: complete | error | denied) in the same
+transaction as its execution; a batch is recorded in one append.
 """
 
 KERNEL_ID = "00000000-0000-4000-8000-000000000001"
@@ -23,91 +24,138 @@ COUNT_TODAY = (
 CHAIN_FIELDS = ("at", "seq", "prev_hash", "curr_hash", "signature", "public_key")
 
 
-def next_version(span, status, metadata):
+def next_version(span, status, changes):
     """The next seq of `span`, chained explicitly to the version we hold."""
     out = {k: v for k, v in span.items() if k not in CHAIN_FIELDS}
     out["seq"] = span["seq"] + 1
     out["prev_hash"] = span["curr_hash"]
     out["status"] = status
-    out["metadata"] = dict(span.get("metadata") or {}, **metadata)
+    out["metadata"] = dict(span.get("metadata") or {}, **changes)
     return out
 
 
-def quota(ctx, tenant, request):
-    throttle = ctx.manifest.get("throttle") or {}
-    limit = throttle.get("per_tenant_daily_exec_limit", 100)
+def is_forced(ctx, request):
     override = ctx.manifest.get("override_pubkey_hex")
-    forced = bool(request and override and request.get("public_key") == override
-                  and (request.get("metadata") or {}).get("force") is True)
-    return limit, forced
+    return bool(request and override and request.get("public_key") == override
+                and (request.get("metadata") or {}).get("force") is True)
 
 
-def over_quota(ctx, tenant, limit):
-    return ctx.sql_one(COUNT_TODAY, {"tenant": tenant})["n"] >= limit
+def quota_take(ctx, quota, tenant, forced):
+    """Take one of the tenant's executions for today; False when none is left.
+    `quota` holds {"limit", "used": {tenant: count}}; counts are read once per tenant."""
+    used = quota["used"]
+    if tenant not in used:
+        used[tenant] = ctx.sql_one(COUNT_TODAY, {"tenant": tenant})["n"]
+    if forced:
+        return True
+    if used[tenant] >= quota["limit"]:
+        return False
+    used[tenant] = used[tenant] + 1
+    return True
 
 
-def violation(ctx, function, request, user, tenant, limit):
-    span = {
-        "entity_type": "policy_violation", "who": NAME, "did": "refused",
-        "this": "per_tenant_daily_exec_limit", "parent_id": function["id"],
-        "related_to": [request["id"]] if request else None, "owner_id": user,
-        "tenant_id": tenant, "visibility": "tenant", "status": "over_quota",
-        "trace_id": ctx.trace_id, "metadata": {"limit": limit, "function_id": function["id"]},
-    }
-    spans = [span]
+def violation(ctx, job, limit):
+    request = job["request"]
+    spans = [{
+        "id": ctx.new_id(), "seq": 0, "entity_type": "policy_violation", "who": NAME,
+        "did": "refused", "this": "per_tenant_daily_exec_limit",
+        "parent_id": job["function"]["id"], "related_to": [request["id"]] if request else None,
+        "owner_id": job["user"], "tenant_id": job["tenant"], "visibility": "tenant",
+        "status": "over_quota", "trace_id": job["trace_id"],
+        "metadata": {"limit": limit, "function_id": job["function"]["id"]},
+    }]
     if request:
         spans.append(next_version(request, "denied", {"reason": "QUOTA_EXCEEDED"}))
-    return ctx.append(spans)[0]
+    return spans
 
 
-def main(ctx):
-    args = ctx.input or {}
-    request = args.get("request")
-    user = request["owner_id"] if request else ctx.identity["user_id"]
-    tenant = request["tenant_id"] if request else ctx.identity["tenant_id"]
-    function = ctx.verified(args["span_id"])
-    if function["entity_type"] != "function":
-        raise ValueError("span " + function["id"] + " is not a function")
-    if function["tenant_id"] != tenant and function["visibility"] != "public":
-        raise ValueError("function " + function["id"] + " belongs to another tenant")
-    trace_id = (request or {}).get("trace_id") or ctx.trace_id
-    limit, forced = quota(ctx, tenant, request)
-    if not forced and over_quota(ctx, tenant, limit):
-        return violation(ctx, function, request, user, tenant, limit)
-
-    payload = args.get("input")
-    if payload is None:
-        payload = (request or {}).get("input")
-    if payload is None:
-        payload = function.get("input")
-    policy = ctx.manifest.get("policy") or {}
-    slow_ms = policy.get("slow_ms", 5000)
-    result = ctx.sandbox(function["code"] or "", payload, policy.get("timeout_ms", 30000))
-
-    ctx.lock_appends()
-    if not forced and over_quota(ctx, tenant, limit):
-        return violation(ctx, function, request, user, tenant, limit)
-    execution = {
-        "id": ctx.new_id(), "entity_type": "execution", "who": NAME, "did": "executed",
-        "this": function.get("name") or function["id"], "parent_id": function["id"],
-        "related_to": [request["id"]] if request else None, "owner_id": user,
-        "tenant_id": tenant, "visibility": (request or {}).get("visibility") or "tenant",
-        "status": "complete" if result["ok"] else "error", "input": payload,
+def execution(ctx, job, result, slow_ms):
+    request, function = job["request"], job["function"]
+    span = {
+        "id": ctx.new_id(), "seq": 0, "entity_type": "execution", "who": NAME,
+        "did": "executed", "this": function.get("name") or function["id"],
+        "parent_id": function["id"], "related_to": [request["id"]] if request else None,
+        "owner_id": job["user"], "tenant_id": job["tenant"],
+        "visibility": (request or {}).get("visibility") or "tenant",
+        "status": "complete" if result["ok"] else "error", "input": job["input"],
         "output": result["output"] if result["ok"] else None, "error": result["error"],
-        "duration_ms": result["duration_ms"], "trace_id": trace_id,
+        "duration_ms": result["duration_ms"], "trace_id": job["trace_id"],
         "metadata": {"function_seq": function["seq"], "function_hash": function["curr_hash"],
                      "cpu_ms": result.get("cpu_ms"), "stdout": result.get("stdout") or None,
                      "kernel": ctx.kernel},
     }
-    spans = [execution]
+    spans = [span]
     if result["duration_ms"] > slow_ms:
         spans.append({
-            "entity_type": "status_patch", "who": NAME, "did": "labelled", "this": "slow",
-            "parent_id": execution["id"], "owner_id": user, "tenant_id": tenant,
-            "visibility": execution["visibility"], "status": "slow", "trace_id": trace_id,
+            "id": ctx.new_id(), "seq": 0, "entity_type": "status_patch", "who": NAME,
+            "did": "labelled", "this": "slow", "parent_id": span["id"],
+            "owner_id": job["user"], "tenant_id": job["tenant"],
+            "visibility": span["visibility"], "status": "slow", "trace_id": job["trace_id"],
             "metadata": {"duration_ms": result["duration_ms"], "slow_ms": slow_ms},
         })
     if request:
-        spans.append(next_version(request, execution["status"],
-                                  {"execution_id": execution["id"]}))
-    return ctx.append(spans)[0]
+        spans.append(next_version(request, span["status"], {"execution_id": span["id"]}))
+    return spans
+
+
+def prepare(ctx, span_id, request, payload, verified):
+    """Everything needed to run one function for one caller, after the trust checks."""
+    user = request["owner_id"] if request else ctx.identity["user_id"]
+    tenant = request["tenant_id"] if request else ctx.identity["tenant_id"]
+    if span_id not in verified:
+        verified[span_id] = ctx.verified(span_id)
+    function = verified[span_id]
+    if function["entity_type"] != "function":
+        raise ValueError("span " + function["id"] + " is not a function")
+    if function["tenant_id"] != tenant and function["visibility"] != "public":
+        raise ValueError("function " + function["id"] + " belongs to another tenant")
+    if payload is None:
+        payload = (request or {}).get("input")
+    if payload is None:
+        payload = function.get("input")
+    trace_id = (request or {}).get("trace_id") or ctx.trace_id
+    return {"function": function, "request": request, "user": user, "tenant": tenant,
+            "input": payload, "trace_id": trace_id, "forced": is_forced(ctx, request)}
+
+
+def run_jobs(ctx, jobs):
+    """Run, then record every job in one append under the append lock. Returns span lists."""
+    policy = ctx.manifest.get("policy") or {}
+    slow_ms = policy.get("slow_ms", 5000)
+    limit = (ctx.manifest.get("throttle") or {}).get("per_tenant_daily_exec_limit", 100)
+    quota = {"limit": limit, "used": {}}
+    results = []
+    for job in jobs:
+        if quota_take(ctx, quota, job["tenant"], job["forced"]):
+            results.append(ctx.sandbox(job["function"]["code"] or "", job["input"],
+                                       policy.get("timeout_ms", 30000)))
+        else:
+            results.append(None)
+    ctx.lock_appends()
+    quota = {"limit": limit, "used": {}}  # recount now that nobody else can append
+    recorded = []
+    for job, result in zip(jobs, results, strict=True):
+        if result is None or not quota_take(ctx, quota, job["tenant"], job["forced"]):
+            recorded.append(violation(ctx, job, limit))
+        else:
+            recorded.append(execution(ctx, job, result, slow_ms))
+    everything = []
+    for spans in recorded:
+        everything.extend(spans)
+    ctx.append(everything)
+    return recorded
+
+
+def main(ctx):
+    args = ctx.input or {}
+    verified = {}
+    if "requests" in args:
+        jobs = [prepare(ctx, r["parent_id"], r, None, verified) for r in args["requests"]]
+        results = []
+        for job, spans in zip(jobs, run_jobs(ctx, jobs), strict=True):
+            results.append({"request_id": job["request"]["id"], "span_id": spans[0]["id"],
+                            "entity_type": spans[0]["entity_type"],
+                            "status": spans[0]["status"]})
+        return {"results": results}
+    job = prepare(ctx, args["span_id"], None, args.get("input"), verified)
+    return ctx.head(run_jobs(ctx, [job])[0][0]["id"])

@@ -24,7 +24,6 @@ import psycopg
 from . import ledger
 from .canonical import format_at, now_at
 from .errors import LoglineError
-from .proofs import check_proofs
 from .queries import q
 
 if TYPE_CHECKING:
@@ -114,9 +113,7 @@ class KernelContext:
         span = ledger.head(self._conn, span_id)
         if span is None:
             raise LoglineError("FUNCTION_NOT_FOUND", "no such span", span_id)
-        check = check_proofs(span)
-        if not check.ok:
-            raise LoglineError(check.reason or "PROOF_INVALID", check.detail, span_id)
+        self._loader.check_span(span)
         if span["public_key"] not in self._loader.trusted():
             raise LoglineError("KEY_UNTRUSTED", f"signed by untrusted {span['public_key']}",
                                span_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import psycopg
@@ -26,6 +27,10 @@ from .queries import q
 _COPY = f"COPY ledger.universal_registry ({', '.join(FIELDS)}) FROM STDIN"
 _CHAIN_CODES = ("LEDGER_SEQ_CONFLICT", "LEDGER_PREV_HASH_MISMATCH", "LEDGER_SEQ_GAP")
 MAX_CHAIN_RETRIES = 5
+SMALL_BATCH = 32
+_TYPES = {"id": "uuid", "parent_id": "uuid", "seq": "integer", "duration_ms": "integer",
+          "at": "timestamptz", "related_to": "uuid[]", "is_deleted": "boolean",
+          **{f: "jsonb" for f in JSON_FIELDS}}
 
 
 def span_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,6 +82,12 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
     and are signed with `key`. Signed spans are stored exactly as given after their hash,
     signature and (when `trusted` is given) key have been checked.
     """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        # Inside the caller's transaction: the caller owns atomicity (and any retry), and a
+        # savepoint per append would cost two round trips on the hot path.
+        prepared = _prepare_all(conn, spans, key, trusted)
+        insert(conn, prepared)
+        return prepared
     for attempt in range(MAX_CHAIN_RETRIES):
         try:
             with conn.transaction():
@@ -120,13 +131,25 @@ def _copy_value(field: str, value: Any) -> Any:
 
 
 def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]]) -> None:
-    """Insert prepared spans with COPY (the triggers still check every row)."""
+    """Insert prepared spans: one multi-row INSERT for small batches (one round trip), COPY
+    for large ones. The triggers check every row either way."""
     try:
+        if len(spans) <= SMALL_BATCH:
+            conn.execute(_insert_sql(len(spans)),
+                         [_copy_value(f, span[f]) for span in spans for f in FIELDS])
+            return
         with conn.cursor() as cur, cur.copy(_COPY) as copy:
             for span in spans:
                 copy.write_row([_copy_value(f, span[f]) for f in FIELDS])
     except psycopg.Error as exc:
         raise ledger_error(exc) from None
+
+
+@cache
+def _insert_sql(rows: int) -> str:
+    casts = ", ".join(f"%s::{_TYPES.get(f, 'text')}" for f in FIELDS)
+    values = ", ".join(f"({casts})" for _ in range(rows))
+    return f"INSERT INTO ledger.universal_registry ({', '.join(FIELDS)}) VALUES {values}"
 
 
 def ledger_error(exc: psycopg.Error) -> LoglineError:

@@ -59,6 +59,8 @@ class Loader:
         self._owns_sandbox = sandbox is None
         self._loaded: dict[str, Loaded] = {}
         self._manifest: dict[str, Any] | None = None
+        self._verified_in_boot: set[str] = set()
+        self._verified_spans: dict[str, str] = {}
 
     def close(self) -> None:
         if self._sandbox is not None and self._owns_sandbox:
@@ -73,9 +75,8 @@ class Loader:
 
     # --- trust --------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
-        head = ledger.head(self.conn, manifest.MANIFEST_ID)
-        if self._manifest is None or head is None or \
-                head["curr_hash"] != self._manifest["curr_hash"]:
+        """The manifest as of the start of the current top-level boot (re-read per boot)."""
+        if self._manifest is None:
             self._manifest = manifest.latest(self.conn, self.root)
         return self._manifest
 
@@ -90,16 +91,22 @@ class Loader:
              tenant_id: str = "system", trace_id: str | None = None) -> Any:
         """Verify, record and run a kernel once in its own transaction; return its output."""
         trace_id = trace_id or str(uuid.uuid4())
+        self._manifest = None  # every boot sees the latest manifest
+        self._verified_in_boot = set()
         loaded = self.load(function_id, user_id, tenant_id, trace_id)
         with self.conn.transaction():
             return self._run(loaded, input, user_id, tenant_id, trace_id)
 
     def call(self, function_id: str, input: Any, user_id: str, tenant_id: str,
              trace_id: str) -> Any:
-        """Run a kernel from inside another kernel's transaction (a savepoint)."""
-        loaded = self.load(function_id, user_id, tenant_id, trace_id)
-        with self.conn.transaction():
-            return self._run(loaded, input, user_id, tenant_id, trace_id)
+        """Run a kernel inside the calling kernel's transaction. Verified once per top-level
+        boot: a batch of calls pays for one verification, and the next boot sees a new seq."""
+        function_id = str(function_id).lower()
+        loaded = self._loaded.get(function_id)
+        if loaded is None or function_id not in self._verified_in_boot:
+            loaded = self.load(function_id, user_id, tenant_id, trace_id)
+            self._verified_in_boot.add(function_id)
+        return self._run(loaded, input, user_id, tenant_id, trace_id)
 
     def load(self, function_id: str, user_id: str = "system", tenant_id: str = "system",
              trace_id: str | None = None) -> Loaded:
@@ -163,6 +170,19 @@ class Loader:
             raise LoglineError("KERNEL_ERROR", f"{type(exc).__name__}: {exc}",
                                loaded.span.get("name") or loaded.span["id"]) from exc
         return _jsonable_output(result, loaded.span.get("name") or loaded.span["id"])
+
+    def check_span(self, span: dict[str, Any]) -> None:
+        """Hash and signature of a span; a span already verified with this exact digest
+        skips the (costly) signature check."""
+        raw = digest(span).hex()
+        if raw == span["curr_hash"] and self._verified_spans.get(span["id"]) == raw:
+            return
+        check = check_proofs(span)
+        if not check.ok:
+            raise LoglineError(check.reason or "PROOF_INVALID", check.detail, span["id"])
+        if len(self._verified_spans) > 10_000:
+            self._verified_spans.clear()
+        self._verified_spans[span["id"]] = raw
 
     # --- records ------------------------------------------------------------------------
     def _refuse(self, function_id: str, exc: LoglineError, user_id: str, tenant_id: str,
