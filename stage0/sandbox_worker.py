@@ -1,0 +1,909 @@
+"""The sandbox worker: one warm OS process that runs untrusted code (function spans, policies).
+
+Started by stage0.sandbox.SandboxPool as `python -I <this file> CONFIG_JSON` with an empty
+environment. It imports only the standard library, RestrictedPython and blake3 (never
+stage0: it runs with -I, so nothing of the host application is importable), then hardens
+itself once:
+
+1. imports and warms every module user code may use (nothing is imported after this point);
+2. as root: unshares a new, empty network namespace, chroots into an empty read-only
+   directory, sets the process limits (address space, files, file size 0, core 0, processes
+   0), drops to `nobody` (setgroups/setgid/setuid) and sets no_new_privs and non-dumpable;
+   not as root: tries an unprivileged user+network namespace, sets the same limits;
+3. reports what applied in a `ready` frame.
+
+Then it serves length-prefixed JSON frames (4-byte big-endian length, UTF-8 JSON) on its
+original stdin/stdout; fds 0 and 1 are pointed at /dev/null so nothing the process prints can
+corrupt the protocol. User `print` goes to a bounded collector and comes back as `stdout`.
+
+Per run: CPU time (ITIMER_PROF, default action kills the process, plus RLIMIT_CPU as a
+backstop; the parent sees SIGPROF/SIGXCPU), address space (RLIMIT_AS soft limit), recursion
+depth, output size. The parent enforces wall time by killing the process. Each run gets fresh
+globals and a fresh builtins dict; allowed modules are read-only proxies over curated
+attributes, `random` is a fresh generator per run and the decimal context is reset per run,
+so nothing one run does is visible to the next. docs/sandbox.md describes the threat model.
+"""
+
+from __future__ import annotations
+
+import _strptime  # noqa: F401  (lazy imports of allowed modules: nothing may load later)
+import ast
+import bisect  # noqa: F401
+import collections
+import copy  # noqa: F401
+import ctypes
+import datetime
+import decimal
+import functools
+import hashlib
+import heapq  # noqa: F401  (Counter.most_common imports it lazily)
+import itertools
+import json
+import math
+import operator
+import os
+import pwd
+import random
+import re
+import resource
+import signal
+import socket
+import statistics
+import string
+import struct
+import sys
+import types
+from collections import OrderedDict
+from typing import Any
+
+from blake3 import blake3
+from RestrictedPython import (
+    PrintCollector,
+    compile_restricted_exec,
+    limited_builtins,
+    safe_builtins,
+    utility_builtins,
+)
+from RestrictedPython.Guards import (
+    guarded_iter_unpack_sequence,
+    guarded_unpack_sequence,
+    safer_getattr,
+)
+from RestrictedPython.transformer import (
+    INSPECT_ATTRIBUTES,
+    IOPERATOR_TO_STR,
+    RestrictingNodeTransformer,
+    copy_locations,
+)
+
+FILENAME = "<sandbox>"
+MAX_SAFE_INTEGER = 2**53 - 1  # same bounds as stage0.canonical: outputs must fit in a span
+MAX_JSON_DEPTH = 64
+MAX_MESSAGE = 1000
+CODE_CACHE_SIZE = 512
+MB = 1024 * 1024
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+
+
+# --------------------------------------------------------------------------- errors and state
+
+class SandboxForbidden(Exception):
+    """Raised by a guard. The refusal is also recorded, so catching it does not hide it."""
+
+
+class _RunState:
+    __slots__ = ("violation", "stdout", "stdout_len", "stdout_limit", "stdout_truncated",
+                 "random")
+
+    def reset(self, stdout_limit: int) -> None:
+        self.violation: str | None = None
+        self.stdout: list[str] = []
+        self.stdout_len = 0
+        self.stdout_limit = stdout_limit
+        self.stdout_truncated = False
+        self.random: _Module | None = None
+
+
+STATE = _RunState()
+STATE.reset(0)
+
+
+def _violate(message: str) -> None:
+    if STATE.violation is None:
+        STATE.violation = message
+    raise SandboxForbidden(message)
+
+
+# --------------------------------------------------------------------------- allowed modules
+
+class _Module:
+    """A read-only view of an allowed module: only curated attributes, no writes.
+
+    Unknown attributes raise SandboxForbidden, never AttributeError: `from m import x` falls
+    back to sys.modules["<m.__name__>.x"] on AttributeError, which would hand out real
+    submodules (json.decoder, collections.abc).
+    """
+
+    __slots__ = ("_name", "_attrs")
+
+    def __init__(self, name: str, attrs: dict[str, Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_attrs", types.MappingProxyType(dict(attrs)))
+
+    def __getattr__(self, attr: str) -> Any:
+        try:
+            return self._attrs[attr]
+        except KeyError:
+            _violate(f"{self._name}.{attr} is not available in the sandbox")
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        _violate(f"cannot modify module {self._name}")
+
+    def __delattr__(self, attr: str) -> None:
+        _violate(f"cannot modify module {self._name}")
+
+    def __repr__(self) -> str:
+        return f"<sandboxed module {self._name}>"
+
+
+def _pick(module: Any, names: str) -> dict[str, Any]:
+    return {n: getattr(module, n) for n in names.split()}
+
+
+def _as_bytes(data: Any) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytes):
+        return data
+    raise TypeError(f"expected str or bytes, got {type(data).__name__}")
+
+
+def _sha256(data: Any = b"") -> Any:
+    return hashlib.sha256(_as_bytes(data))
+
+
+def _blake2b(data: Any = b"", digest_size: int = 64) -> Any:
+    return hashlib.blake2b(_as_bytes(data), digest_size=digest_size)
+
+
+_STATISTICS = ("NormalDist StatisticsError correlation covariance fmean geometric_mean "
+               "harmonic_mean linear_regression mean median median_grouped median_high "
+               "median_low mode multimode pstdev pvariance quantiles stdev variance")
+_DECIMAL = ("Decimal Context localcontext DecimalException InvalidOperation DivisionByZero "
+            "Inexact Rounded Overflow Underflow Subnormal Clamped FloatOperation MAX_PREC "
+            "MAX_EMAX MIN_EMIN MIN_ETINY ROUND_UP ROUND_DOWN ROUND_CEILING ROUND_FLOOR "
+            "ROUND_HALF_UP ROUND_HALF_DOWN ROUND_HALF_EVEN ROUND_05UP")
+_RANDOM = ("random uniform randint randrange choice choices sample shuffle gauss "
+           "normalvariate triangular expovariate betavariate getrandbits seed")
+
+#: Curated attributes per allowed module. Deliberately left out: anything that reads or
+#: writes attributes by name (functools.update_wrapper/wraps merge __dict__/__globals__),
+#: generates code (collections.namedtuple), shares mutable state (decimal.getcontext,
+#: DefaultContext, BasicContext), formats with attribute access (string.Formatter), and
+#: every submodule (json.decoder, collections.abc, statistics.sys).
+MODULES: dict[str, _Module] = {
+    "math": _Module("math", {n: getattr(math, n) for n in dir(math) if not n.startswith("_")}),
+    "json": _Module("json", _pick(json, "dumps loads JSONDecodeError")),
+    "re": _Module("re", _pick(
+        re, "compile search match fullmatch split findall finditer sub subn escape error "
+            "IGNORECASE I MULTILINE M DOTALL S VERBOSE X ASCII A UNICODE U NOFLAG")),
+    "datetime": _Module("datetime", _pick(
+        datetime, "date time datetime timedelta timezone MINYEAR MAXYEAR UTC")),
+    "itertools": _Module("itertools", {n: getattr(itertools, n) for n in dir(itertools)
+                                       if not n.startswith("_")}),
+    "functools": _Module("functools", _pick(
+        functools, "reduce partial cmp_to_key lru_cache cache")),
+    "collections": _Module("collections", _pick(
+        collections, "Counter OrderedDict defaultdict deque ChainMap")),
+    "statistics": _Module("statistics", _pick(statistics, _STATISTICS)),
+    "string": _Module("string", _pick(
+        string, "ascii_letters ascii_lowercase ascii_uppercase digits hexdigits octdigits "
+                "punctuation printable whitespace capwords Template")),
+    "decimal": _Module("decimal", _pick(decimal, _DECIMAL)),
+    "hashlib": _Module("hashlib", {"sha256": _sha256, "blake2b": _blake2b}),
+    "random": _Module("random", {}),  # replaced by a fresh generator in every run
+}
+ALLOWED_MODULES = frozenset(MODULES)
+
+
+def _module(name: str) -> _Module:
+    if name == "random":
+        if STATE.random is None:
+            STATE.random = _Module("random", _pick(random.Random(), _RANDOM))
+        return STATE.random
+    return MODULES[name]
+
+
+# --------------------------------------------------------------------------- guards
+
+#: Attribute names refused on every object (on top of RestrictedPython's "_" prefix rule).
+FORBIDDEN_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {"mro"}
+
+
+def guarded_getattr(ob: Any, name: Any, *default: Any) -> Any:
+    """`_getattr_` and the `getattr` builtin: refusals are recorded (see SandboxForbidden)."""
+    if type(name) is not str:
+        raise TypeError("attribute name must be a string")
+    if name.startswith("_") or name in FORBIDDEN_ATTRS:
+        _violate(f'access to attribute "{name}" is not allowed')
+    if name in ("format", "format_map") and (
+            isinstance(ob, str) or (isinstance(ob, type) and issubclass(ob, str))):
+        _violate("str.format and str.format_map are not allowed (use f-strings or %)")
+    if name == "obj" and isinstance(ob, BaseException):
+        _violate('access to attribute "obj" of an exception is not allowed')
+    return safer_getattr(ob, name, default[0] if default else _MISSING)
+
+
+_MISSING = object()
+
+
+def _getattr_raising(ob: Any, name: Any, *default: Any) -> Any:
+    value = guarded_getattr(ob, name, *default)
+    if value is _MISSING:
+        raise AttributeError(f"{type(ob).__name__!r} object has no attribute {name!r}")
+    return value
+
+
+def guarded_hasattr(ob: Any, name: Any) -> bool:
+    return guarded_getattr(ob, name, _MISSING) is not _MISSING
+
+
+def guarded_getitem(ob: Any, index: Any) -> Any:
+    return ob[index]
+
+
+_WRITABLE = (dict, list, collections.deque)
+
+
+def guarded_write(ob: Any) -> Any:
+    """`_write_`: items of containers the run built may change; nothing else may.
+
+    Stricter than RestrictedPython's full_write_guard (no `_guarded_writes` protocol) and
+    wider for containers (dict/list/deque subclasses such as Counter and defaultdict).
+    """
+    if isinstance(ob, _WRITABLE):
+        return ob
+    if isinstance(ob, _Module):
+        _violate(f"cannot modify module {ob._name}")
+    _violate(f"cannot modify attributes or items of {type(ob).__name__} objects")
+
+
+_INPLACE = {
+    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
+    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow,
+    "<<=": operator.ilshift, ">>=": operator.irshift, "|=": operator.ior,
+    "^=": operator.ixor, "&=": operator.iand, "@=": operator.imatmul,
+}
+
+
+def guarded_inplacevar(op: str, target: Any, value: Any) -> Any:
+    return _INPLACE[op](target, value)
+
+
+def guarded_apply(func: Any, *args: Any, **kwargs: Any) -> Any:
+    return func(*args, **kwargs)
+
+
+def guarded_import(name: Any, globals: Any = None, locals: Any = None,
+                   fromlist: Any = (), level: int = 0) -> Any:
+    if level != 0 or name not in ALLOWED_MODULES:
+        allowed = ", ".join(sorted(ALLOWED_MODULES))
+        _violate(f"import of {name!r} is not allowed (allowed: {allowed})")
+    return _module(name)
+
+
+class BoundedPrint(PrintCollector):
+    """`_print_`: every print of a run goes into one bounded buffer (`printed` reads it)."""
+
+    def __init__(self, _getattr_: Any = None) -> None:
+        super().__init__(_getattr_)
+
+    def write(self, text: str) -> None:
+        room = STATE.stdout_limit - STATE.stdout_len
+        if room <= 0:
+            STATE.stdout_truncated = STATE.stdout_truncated or bool(text)
+            return
+        if len(text) > room:
+            text = text[:room]
+            STATE.stdout_truncated = True
+        STATE.stdout.append(text)
+        STATE.stdout_len += len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def __call__(self) -> str:
+        return "".join(STATE.stdout)
+
+
+def _refused(name: str) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        _violate(f"{name}() is not available in the sandbox")
+    refuse.__name__ = name
+    return refuse
+
+
+#: Builtins that exist in Python but not here: calling them is a recorded refusal.
+REFUSED_BUILTINS = (
+    "eval exec compile open input help breakpoint globals locals vars dir type object super "
+    "memoryview bytearray classmethod staticmethod property exit quit license credits "
+    "copyright setattr delattr aiter anext"
+).split()
+
+
+def _base_builtins() -> dict[str, Any]:
+    b = dict(safe_builtins)
+    for name in ("__build_class__", "setattr", "delattr", "_getattr_"):
+        b.pop(name, None)
+    # utility_builtins also carries math/random/string modules; only its types are taken.
+    b.update({k: utility_builtins[k] for k in ("set", "frozenset")})
+    # limited_builtins' list/tuple refuse strings and its range stops at 1000 elements;
+    # the plain ones are used (the CPU and memory limits bound them).
+    b.update({k: v for k, v in limited_builtins.items() if k not in ("range", "list", "tuple")})
+    b.update({
+        "list": list, "tuple": tuple, "dict": dict, "range": range, "sorted": sorted,
+        "reversed": reversed, "zip": zip, "enumerate": enumerate, "map": map,
+        "filter": filter, "min": min, "max": max, "sum": sum, "any": any, "all": all,
+        "iter": iter, "next": next, "bytes": bytes,
+        "getattr": _getattr_raising, "hasattr": guarded_hasattr,
+        "__import__": guarded_import,
+    })
+    for name in REFUSED_BUILTINS:
+        b[name] = _refused(name)
+    return b
+
+
+BASE_BUILTINS = _base_builtins()
+
+
+def _fresh_globals() -> dict[str, Any]:
+    return {
+        "__builtins__": dict(BASE_BUILTINS),
+        "__name__": "sandbox",
+        "_getattr_": _getattr_raising,
+        "_getitem_": guarded_getitem,
+        "_getiter_": iter,
+        "_write_": guarded_write,
+        "_inplacevar_": guarded_inplacevar,
+        "_apply_": guarded_apply,
+        "_unpack_sequence_": guarded_unpack_sequence,
+        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+        "_print_": BoundedPrint,
+    }
+
+
+# --------------------------------------------------------------------------- compile policy
+
+class SandboxPolicy(RestrictingNodeTransformer):
+    """RestrictedPython's policy, plus: no classes, only allowlisted imports, no `.mro`,
+    and `x[k] op= v` (refused by RestrictedPython) rewritten through the guards."""
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> Any:
+        self.error(node, "class definitions are not allowed in the sandbox")
+        return node
+
+    def _check_module(self, node: ast.AST, name: str | None) -> None:
+        if not name or name not in ALLOWED_MODULES:
+            allowed = ", ".join(sorted(ALLOWED_MODULES))
+            self.error(node, f"import of {name!r} is not allowed (allowed: {allowed})")
+
+    def visit_Import(self, node: ast.Import) -> Any:
+        for alias in node.names:
+            self._check_module(node, alias.name)
+        return super().visit_Import(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> Any:
+        if node.level:
+            self.error(node, "relative imports are not allowed")
+        else:
+            self._check_module(node, node.module)
+        return super().visit_ImportFrom(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> Any:
+        if node.attr in FORBIDDEN_ATTRS and node.attr not in INSPECT_ATTRIBUTES:
+            self.error(node, f'"{node.attr}" is a restricted name in the sandbox.')
+        return super().visit_Attribute(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> Any:
+        target = node.target
+        if not isinstance(target, ast.Subscript) or isinstance(target.slice, ast.Slice):
+            return super().visit_AugAssign(node)
+        op = IOPERATOR_TO_STR[type(node.op)]
+        container = self.visit(target.value)
+        key = self.visit(target.slice)
+        value = self.visit(node.value)
+        t, k = self.gen_tmp_name(), self.gen_tmp_name()
+
+        def name(n: str, ctx: ast.expr_context | None = None) -> ast.Name:
+            return ast.Name(n, ctx or ast.Load())
+
+        def call(f: str, *args: ast.expr) -> ast.Call:
+            return ast.Call(func=name(f), args=list(args), keywords=[])
+
+        stmts: list[ast.stmt] = [
+            ast.Assign(targets=[name(t, ast.Store())], value=container),
+            ast.Assign(targets=[name(k, ast.Store())], value=key),
+            ast.Assign(
+                targets=[ast.Subscript(value=call("_write_", name(t)), slice=name(k),
+                                       ctx=ast.Store())],
+                value=call("_inplacevar_", ast.Constant(op), call("_getitem_", name(t), name(k)),
+                           value)),
+        ]
+        for stmt in stmts:
+            copy_locations(stmt, node)
+        return stmts
+
+
+class CompileRefused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_CODE_CACHE: OrderedDict[bytes, Any] = OrderedDict()
+
+
+def compile_user_code(source: str, use_cache: bool = True) -> types.CodeType:
+    key = blake3(source.encode("utf-8", "surrogatepass")).digest() if use_cache else b""
+    if use_cache:
+        hit = _CODE_CACHE.get(key)
+        if hit is not None:
+            _CODE_CACHE.move_to_end(key)
+            if isinstance(hit, CompileRefused):
+                raise hit
+            return hit
+    try:
+        result = _compile(source)
+    except CompileRefused as refusal:
+        result = refusal
+    if use_cache:
+        _CODE_CACHE[key] = result
+        while len(_CODE_CACHE) > CODE_CACHE_SIZE:
+            _CODE_CACHE.popitem(last=False)
+    if isinstance(result, CompileRefused):
+        raise result
+    return result
+
+
+def _compile(source: str) -> types.CodeType:
+    try:
+        tree = ast.parse(source, FILENAME, "exec")
+    except SyntaxError as e:
+        raise CompileRefused("SANDBOX_COMPILE_ERROR", f"line {e.lineno}: {e.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise CompileRefused("SANDBOX_COMPILE_ERROR", f"cannot parse: {e}") from None
+    try:
+        result = compile_restricted_exec(tree, FILENAME, policy=SandboxPolicy)
+    except (RecursionError, MemoryError):
+        raise CompileRefused("SANDBOX_COMPILE_ERROR", "code is nested too deeply") from None
+    except SyntaxError as e:  # compile() of the transformed tree (e.g. 'return' outside def)
+        raise CompileRefused("SANDBOX_COMPILE_ERROR", f"line {e.lineno}: {e.msg}") from None
+    if result.errors:
+        first = result.errors[0]
+        if first.startswith("Line "):
+            first = "line " + first[5:]
+        more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+        raise CompileRefused("SANDBOX_FORBIDDEN", first + more)
+    return result.code
+
+
+# --------------------------------------------------------------------------- JSON checks
+
+class NotJson(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def encode_output(value: Any, limit: int) -> bytes:
+    """Refuse anything that is not plain JSON the ledger can store; bound the size."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    estimate = 0
+    while stack:
+        v, depth = stack.pop()
+        t = type(v)
+        if v is None or t is bool:
+            estimate += 4
+        elif t is int:
+            if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                raise NotJson("SANDBOX_OUTPUT_NOT_JSON",
+                              "output holds an integer beyond +-(2^53-1)")
+            estimate += 1
+        elif t is float:
+            if v != v or v in (math.inf, -math.inf):
+                raise NotJson("SANDBOX_OUTPUT_NOT_JSON", "output holds NaN or Infinity")
+            estimate += 1
+        elif t is str:
+            estimate += len(v) + 2
+        elif t is list or t is tuple or t is dict:
+            if depth >= MAX_JSON_DEPTH:
+                raise NotJson("SANDBOX_OUTPUT_NOT_JSON",
+                              f"output nests deeper than {MAX_JSON_DEPTH} levels")
+            estimate += 2 + len(v)
+            if t is dict:
+                for k, item in v.items():
+                    if type(k) is not str:
+                        raise NotJson("SANDBOX_OUTPUT_NOT_JSON",
+                                      f"output holds an object key of type {type(k).__name__}")
+                    estimate += len(k) + 3
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in v)
+        else:
+            raise NotJson("SANDBOX_OUTPUT_NOT_JSON",
+                          f"output holds a {t.__name__}, which is not a JSON value")
+        if estimate > limit:
+            raise NotJson("SANDBOX_OUTPUT_TOO_LARGE", f"output is larger than {limit} bytes")
+    try:
+        data = json.dumps(value, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        raise NotJson("SANDBOX_OUTPUT_NOT_JSON",
+                      "output holds a string with a lone surrogate (not valid Unicode)") from None
+    if len(data) > limit:
+        raise NotJson("SANDBOX_OUTPUT_TOO_LARGE",
+                      f"output is {len(data)} bytes, larger than {limit}")
+    return data
+
+
+def _clean_text(text: str, limit: int) -> str:
+    text = text[:limit].replace("\x00", "\ufffd")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+# --------------------------------------------------------------------------- limits
+
+class Walls:
+    """Process-wide numbers set once at start (address-space baseline and hard limit)."""
+    hard_as: int = resource.RLIM_INFINITY
+    baseline: int = 0
+    baseline_rss_mb: float = 0.0
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _arm(cpu_ms: int, memory_mb: int, used: float) -> None:
+    decimal.setcontext(decimal.Context())
+    signal.setitimer(signal.ITIMER_PROF, cpu_ms / 1000)
+    resource.setrlimit(resource.RLIMIT_CPU,
+                       (math.ceil(used + cpu_ms / 1000) + 1, resource.RLIM_INFINITY))
+    if Walls.hard_as != resource.RLIM_INFINITY:
+        soft = min(Walls.hard_as, Walls.baseline + memory_mb * MB)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, Walls.hard_as))
+
+
+def _disarm() -> None:
+    signal.setitimer(signal.ITIMER_PROF, 0)
+    if Walls.hard_as != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_AS, (Walls.hard_as, Walls.hard_as))
+    resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def _depth() -> int:
+    f: Any = sys._getframe()
+    n = 0
+    while f is not None:
+        n += 1
+        f = f.f_back
+    return n
+
+
+# --------------------------------------------------------------------------- running
+
+def _user_line(tb: Any) -> int | None:
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": _clean_text(message, MAX_MESSAGE)}
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a message that cannot be rendered is still an error
+        text = ""
+    line = _user_line(exc.__traceback__)
+    where = f"line {line}: " if line else ""
+    name = type(exc).__name__
+    return f"{where}{name}: {text[:MAX_MESSAGE]}" if text else f"{where}{name}"
+
+
+def execute(req: dict[str, Any]) -> tuple[dict[str, Any] | None, bytes | None, bool]:
+    """Run one request. Returns (error or None, output JSON bytes or None, retire)."""
+    limits = req["limits"]
+    try:
+        code = compile_user_code(req["code"], req.get("cache", True))
+    except CompileRefused as refusal:
+        return _error(refusal.code, refusal.message), None, False
+    entry = req.get("entry", "main")
+    g = _fresh_globals()
+    old_limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(_depth() + limits["recursion"])
+    try:
+        exec(code, g)
+        fn = g.get(entry)
+        if not isinstance(fn, types.FunctionType):
+            what = "is not defined" if fn is None else "is not a function"
+            return _error("SANDBOX_NO_ENTRY", f"entry point {entry!r} {what}"), None, False
+        nargs = fn.__code__.co_argcount
+        if nargs >= 2:
+            value = fn(req["input"], req.get("context") or {})
+        elif nargs == 1 or fn.__code__.co_flags & 0x04:
+            value = fn(req["input"])
+        else:
+            return _error("SANDBOX_NO_ENTRY",
+                          f"{entry}() must take the input as its first parameter"), None, False
+    except SandboxForbidden as e:
+        return _error("SANDBOX_FORBIDDEN", STATE.violation or str(e)), None, False
+    except RecursionError as e:
+        return _error("SANDBOX_RECURSION", _describe(e) + f" (limit {limits['recursion']})"), \
+            None, False
+    except MemoryError:
+        return _error("SANDBOX_MEMORY_LIMIT",
+                      f"memory limit of {limits['memory_mb']} MB exceeded"), None, True
+    except BaseException as e:  # noqa: BLE001 - SystemExit & co. from user code are errors too
+        return _error("SANDBOX_RUNTIME_ERROR", _describe(e)), None, False
+    finally:
+        sys.setrecursionlimit(old_limit)
+    if STATE.violation is not None:
+        return _error("SANDBOX_FORBIDDEN", STATE.violation), None, False
+    try:
+        return None, encode_output(value, limits["output_bytes"]), False
+    except NotJson as e:
+        return _error(e.code, e.message), None, False
+    except MemoryError:
+        return _error("SANDBOX_MEMORY_LIMIT",
+                      f"memory limit of {limits['memory_mb']} MB exceeded"), None, True
+    except (ValueError, RecursionError) as e:
+        return _error("SANDBOX_OUTPUT_NOT_JSON", f"output cannot be encoded: {e}"), None, False
+
+
+def handle_run(req: dict[str, Any]) -> tuple[bytes, bool]:
+    limits = req["limits"]
+    STATE.reset(limits["stdout_bytes"])
+    cpu0 = _cpu_seconds()
+    _arm(limits["cpu_ms"], limits["memory_mb"], cpu0)
+    try:
+        error, output, retire = execute(req)
+    except MemoryError:
+        error = _error("SANDBOX_MEMORY_LIMIT",
+                       f"memory limit of {limits['memory_mb']} MB exceeded")
+        output, retire = None, True
+    finally:
+        _disarm()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu1 = usage.ru_utime + usage.ru_stime
+    stdout = _clean_text("".join(STATE.stdout), limits["stdout_bytes"]) if STATE.stdout else ""
+    truncated = STATE.stdout_truncated
+    STATE.reset(0)
+    # A worker whose heap grew a lot is replaced: the next run starts from a clean one.
+    retire = retire or usage.ru_maxrss / 1024 > Walls.baseline_rss_mb + 64
+    meta = {
+        "type": "result",
+        "ok": error is None,
+        "error": error,
+        "retire": retire,
+        "cpu_ms": round((cpu1 - cpu0) * 1000),
+        "cpu_total_ms": round(cpu1 * 1000),
+        "stdout_truncated": truncated,
+        "stdout": stdout,
+    }
+    head = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if output is None:
+        return head, retire
+    return head[:-1] + b',"output":' + output + b"}", retire
+
+
+def handle_probe(req: dict[str, Any]) -> bytes:
+    """Report what the second wall (namespace, chroot, privileges, rlimits) does, from
+    trusted code: used by the tests and docs/sandbox.md, never reachable by user code.
+    Each wall is tested on its own: RLIMIT_NOFILE first, then lifted to its hard limit for
+    the other checks (which would otherwise all fail with EMFILE)."""
+    out: dict[str, Any] = {
+        "type": "probe", "pid": os.getpid(), "uid": os.getuid(), "euid": os.geteuid(),
+        "gid": os.getgid(), "groups": os.getgroups(), "environ": sorted(os.environ),
+        "rlimits": {name: list(resource.getrlimit(getattr(resource, name))) for name in
+                    ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE",
+                     "RLIMIT_NPROC", "RLIMIT_CPU")},
+    }
+
+    def attempt(key: str, action: Any) -> None:
+        try:
+            out[key] = action()
+        except Exception as e:  # noqa: BLE001 - the refusal is the finding
+            out[key] = f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
+
+    def open_fd() -> str:
+        os.close(os.open("/", os.O_RDONLY))
+        return "opened"
+
+    def write_file() -> str:
+        fd = os.open(req.get("write_path") or "/sandbox-probe",
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+        return "written"
+
+    def connect() -> str:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(("127.0.0.1", int(req.get("port") or 9)))
+        return "connected"
+
+    def fork() -> str:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        return "forked"
+
+    attempt("open_fd", open_fd)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        attempt("root_listing", lambda: os.listdir("/")[:20])
+        attempt("write", write_file)
+        attempt("connect", connect)
+        attempt("fork", fork)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return json.dumps(out).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- protocol
+
+def _read_exact(fd: int, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def _send(fd: int, payload: bytes) -> None:
+    data = struct.pack(">I", len(payload)) + payload
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _vsz() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def harden(config: dict[str, Any]) -> dict[str, Any]:
+    """Apply the process-level walls once. Returns what applied (sent in `ready`)."""
+    info: dict[str, Any] = {"netns": False, "chroot": False, "dropped_to": None}
+    libc = _libc()
+    root = os.geteuid() == 0
+    nobody = pwd.getpwnam(config.get("user") or "nobody") if root else None  # before chroot
+    if root:
+        info["netns"] = libc.unshare(CLONE_NEWNET) == 0
+        jail = config.get("chroot")
+        if jail:
+            os.chroot(jail)
+            os.chdir("/")
+            info["chroot"] = True
+    else:
+        info["netns"] = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
+        os.chdir("/")
+    Walls.hard_as = Walls.baseline + (config["memory_mb"] + 64) * MB
+    highest = max(config["fds"])
+    resource.setrlimit(resource.RLIMIT_AS, (Walls.hard_as, Walls.hard_as))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, highest + 9))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
+    if nobody is not None:
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:  # pragma: no cover - would mean the drop did not happen
+            raise RuntimeError("privilege drop failed: setuid(0) succeeded")
+        info["dropped_to"] = nobody.pw_name
+    info["no_new_privs"] = libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    return info
+
+
+def _warm() -> None:
+    """Exercise every allowed module and the whole run path once, before the walls go up
+    (afterwards nothing can be imported: the filesystem is gone)."""
+    hashlib.sha256(b"").hexdigest()
+    hashlib.blake2b(b"").hexdigest()
+    datetime.datetime.strptime("2024-01-02", "%Y-%m-%d").isoformat()
+    datetime.datetime.now(datetime.UTC).astimezone()
+    re.compile(r"(\w+)\s").findall("warm up ")
+    json.loads(json.dumps({"a": [1, 2.5, None]}))
+    str(decimal.Decimal("1.10") + 1)
+    statistics.mean([1, 2, 3])
+    statistics.stdev([1.0, 2.0, 3.0])
+    random.Random().random()
+    for codec in ("ascii", "latin-1", "utf-16", "utf-32", "utf-8-sig", "cp1252", "idna"):
+        "e".encode(codec).decode(codec)
+    warm = {"type": "run", "code": "import math\ndef main(x):\n    print(x)\n    return x",
+            "input": 1, "cache": False,
+            "limits": {"cpu_ms": 10000, "memory_mb": 1024, "recursion": 200,
+                       "output_bytes": 1024, "stdout_bytes": 1024}}
+    handle_run(warm)
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"memory_mb": 256}
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    try:
+        Walls.baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        _warm()
+        Walls.baseline = _vsz()
+        Walls.baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        config["fds"] = [proto_in, proto_out, 2]
+        info = harden(config)
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which refuses to start
+        _send(proto_out, json.dumps({"type": "fatal",
+                                     "message": f"{type(e).__name__}: {e}"}).encode("utf-8"))
+        sys.exit(2)
+    info.update({"type": "ready", "pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(),
+                 "baseline_mb": round(Walls.baseline / MB, 1),
+                 "cpu_total_ms": round(_cpu_seconds() * 1000)})
+    _send(proto_out, json.dumps(info).encode("utf-8"))
+    while True:
+        try:
+            (n,) = struct.unpack(">I", _read_exact(proto_in, 4))
+            req = json.loads(_read_exact(proto_in, n))
+        except EOFError:
+            return
+        kind = req.get("type")
+        retire = False
+        try:
+            if kind == "run":
+                reply, retire = handle_run(req)
+            elif kind == "probe":
+                reply = handle_probe(req)
+            else:
+                return
+        except Exception as e:  # noqa: BLE001 - a worker bug: report it, then get replaced
+            error = _error("SANDBOX_WORKER_DIED", f"internal error: {type(e).__name__}: {e}")
+            reply = json.dumps({"type": "result", "ok": False, "error": error,
+                                "retire": True}).encode("utf-8")
+            retire = True
+        _send(proto_out, reply)
+        if retire:
+            return
+
+
+if __name__ == "__main__":
+    main()
