@@ -206,7 +206,7 @@ def spans(payload: st.SearchStrategy = ANY_JSON) -> st.SearchStrategy:
         lambda s: {**s, "prev_hash": "ab" * 32} if "seq" in s else s)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(spans())
 @example(_base(metadata={"\U0001F600": 1, "\ue000": 2}, input=[-0.0, 1e21, 5e-324]))
 def test_canonical_bytes_equal_rfc8785_byte_for_byte(span):
@@ -214,7 +214,7 @@ def test_canonical_bytes_equal_rfc8785_byte_for_byte(span):
     assert canonical_bytes(normal) == rfc8785.dumps(signing_view(normal))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(spans(FLOATLESS_BMP_KEYS))
 def test_fast_path_equals_rfc8785_when_it_is_taken(span):
     """_fast_jcs is used exactly when no JSON field holds a float or an astral-plane key;
