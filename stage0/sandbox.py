@@ -47,6 +47,7 @@ ERROR_CODES = (
 _CPU_SIGNALS = {signal.SIGXCPU, signal.SIGPROF}
 _FRAME_OVERHEAD = 64 * 1024
 _START_TIMEOUT_S = 30.0
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -368,12 +369,11 @@ class SandboxPool:
                 "limits": {"cpu_ms": lim.cpu_ms, "memory_mb": lim.memory_mb,
                            "recursion": lim.recursion, "output_bytes": lim.output_bytes,
                            "stdout_bytes": lim.stdout_bytes}}
-        data = json.dumps(input, ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
+        data = _ENCODER.encode(input).encode("utf-8")
         if len(data) > lim.input_bytes:
             return _failure("SANDBOX_INPUT_TOO_LARGE",
                             f"input is {len(data)} bytes, larger than {lim.input_bytes}")
-        body = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        body = _ENCODER.encode(head).encode("utf-8")
         return body[:-1] + b',"input":' + data + b"}"
 
     def _exchange(self, worker: _Worker, payload: bytes, lim: Limits, t0: float) -> RunResult:

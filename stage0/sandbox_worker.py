@@ -501,6 +501,9 @@ class NotJson(Exception):
         self.message = message
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def encode_output(value: Any, limit: int) -> bytes:
     """Refuse anything that is not plain JSON the ledger can store; bound the size."""
     stack: list[tuple[Any, int]] = [(value, 0)]
@@ -541,8 +544,7 @@ def encode_output(value: Any, limit: int) -> bytes:
         if estimate > limit:
             raise NotJson("SANDBOX_OUTPUT_TOO_LARGE", f"output is larger than {limit} bytes")
     try:
-        data = json.dumps(value, ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
+        data = _ENCODER.encode(value).encode("utf-8")
     except UnicodeEncodeError:
         raise NotJson("SANDBOX_OUTPUT_NOT_JSON",
                       "output holds a string with a lone surrogate (not valid Unicode)") from None
@@ -560,10 +562,12 @@ def _clean_text(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------- limits
 
 class Walls:
-    """Process-wide numbers set once at start (address-space baseline and hard limit)."""
+    """Process-wide numbers set once at start, and the limits currently in force."""
     hard_as: int = resource.RLIM_INFINITY
     baseline: int = 0
     baseline_rss_mb: float = 0.0
+    cpu_soft: float = math.inf  # current RLIMIT_CPU soft limit, seconds
+    as_mb: int | None = None  # memory_mb the RLIMIT_AS soft limit is set for
 
 
 def _cpu_seconds() -> float:
@@ -572,20 +576,28 @@ def _cpu_seconds() -> float:
 
 
 def _arm(cpu_ms: int, memory_mb: int, used: float) -> None:
+    """Limits for one run. Syscalls only where something changes: the RLIMIT_CPU backstop
+    stays put while it is between 0.5 s and 2 s above what this run may use, and RLIMIT_AS
+    while the run asks for the same memory as the last one."""
     decimal.setcontext(decimal.Context())
     signal.setitimer(signal.ITIMER_PROF, cpu_ms / 1000)
-    resource.setrlimit(resource.RLIMIT_CPU,
-                       (math.ceil(used + cpu_ms / 1000) + 1, resource.RLIM_INFINITY))
-    if Walls.hard_as != resource.RLIM_INFINITY:
+    allowed = used + cpu_ms / 1000
+    if not allowed + 0.5 <= Walls.cpu_soft <= allowed + 2:
+        Walls.cpu_soft = math.ceil(allowed) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (Walls.cpu_soft, resource.RLIM_INFINITY))
+    if Walls.hard_as != resource.RLIM_INFINITY and Walls.as_mb != memory_mb:
         soft = min(Walls.hard_as, Walls.baseline + memory_mb * MB)
         resource.setrlimit(resource.RLIMIT_AS, (soft, Walls.hard_as))
+        Walls.as_mb = memory_mb
 
 
-def _disarm() -> None:
+def _disarm(out_of_memory: bool) -> None:
+    """The CPU timer stops; the address-space limit stays (the worker's own work between runs
+    is small) unless the run ran out of memory, when the reply needs the headroom."""
     signal.setitimer(signal.ITIMER_PROF, 0)
-    if Walls.hard_as != resource.RLIM_INFINITY:
+    if out_of_memory and Walls.hard_as != resource.RLIM_INFINITY:
         resource.setrlimit(resource.RLIMIT_AS, (Walls.hard_as, Walls.hard_as))
-    resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        Walls.as_mb = None
 
 
 def _depth() -> int:
@@ -678,14 +690,16 @@ def handle_run(req: dict[str, Any]) -> tuple[bytes, bool]:
     STATE.reset(limits["stdout_bytes"])
     cpu0 = _cpu_seconds()
     _arm(limits["cpu_ms"], limits["memory_mb"], cpu0)
+    out_of_memory = True
     try:
         error, output, retire = execute(req)
+        out_of_memory = retire
     except MemoryError:
         error = _error("SANDBOX_MEMORY_LIMIT",
                        f"memory limit of {limits['memory_mb']} MB exceeded")
         output, retire = None, True
     finally:
-        _disarm()
+        _disarm(out_of_memory)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu1 = usage.ru_utime + usage.ru_stime
     stdout = _clean_text("".join(STATE.stdout), limits["stdout_bytes"]) if STATE.stdout else ""
@@ -703,7 +717,7 @@ def handle_run(req: dict[str, Any]) -> tuple[bytes, bool]:
         "stdout_truncated": truncated,
         "stdout": stdout,
     }
-    head = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    head = _ENCODER.encode(meta).encode("utf-8")
     if output is None:
         return head, retire
     return head[:-1] + b',"output":' + output + b"}", retire
@@ -769,14 +783,27 @@ def handle_probe(req: dict[str, Any]) -> bytes:
 
 # --------------------------------------------------------------------------- protocol
 
-def _read_exact(fd: int, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
+class _Reader:
+    """Frames from a pipe, reading as much as is there (one syscall per small frame)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = os.read(self.fd, max(65536, n - len(self.buf)))
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+
+    def frame(self) -> bytes:
+        self._fill(4)
+        (n,) = struct.unpack(">I", self.buf[:4])
+        self._fill(4 + n)
+        data = bytes(self.buf[4:4 + n])
+        del self.buf[:4 + n]
+        return data
 
 
 def _send(fd: int, payload: bytes) -> None:
@@ -880,10 +907,10 @@ def main() -> None:
                  "baseline_mb": round(Walls.baseline / MB, 1),
                  "cpu_total_ms": round(_cpu_seconds() * 1000)})
     _send(proto_out, json.dumps(info).encode("utf-8"))
+    reader = _Reader(proto_in)
     while True:
         try:
-            (n,) = struct.unpack(">I", _read_exact(proto_in, 4))
-            req = json.loads(_read_exact(proto_in, n))
+            req = json.loads(reader.frame())
         except EOFError:
             return
         kind = req.get("type")

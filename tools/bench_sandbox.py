@@ -6,8 +6,9 @@ bytecode cached by BLAKE3 code hash (the default) next to compiling on every cal
 
 Each mode gets its own warm pool of `--size` workers, driven by `--threads` callers for
 `--seconds` after a short warm-up. Also prints p50/p99 latency of one run (parent side:
-validate input, frame, pipe round trip, worker compile-or-lookup, run, validate output). The
-machine's load matters: on a shared 2-core box, other processes' CPU shows up directly.
+validate input, frame, pipe round trip, worker compile-or-lookup, run, validate output), and
+the CPU one run costs in this process and in the worker (from /proc): on a busy machine the
+rate falls with the load, the CPU per run barely moves.
 A benchmark never fails: it reports.
 """
 
@@ -28,6 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stage0.sandbox import Limits, SandboxPool  # noqa: E402
 
 CODE = "def main(input):\n    return {'n': input['n'] + 1}\n"
+
+
+def _proc_cpu_s(pids: list[int]) -> float:
+    """utime + stime of these processes (Linux /proc), seconds."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def measure(cache: bool, seconds: float, threads: int, size: int) -> dict[str, float]:
@@ -51,6 +64,8 @@ def measure(cache: bool, seconds: float, threads: int, size: int) -> dict[str, f
                 n += 1
             counts[k] = n
 
+        pids = [w["pid"] for w in pool.worker_info()]
+        worker_cpu0, parent_cpu0 = _proc_cpu_s(pids), time.process_time()
         started = time.monotonic()
         workers = [threading.Thread(target=drive, args=(k,)) for k in range(threads)]
         for t in workers:
@@ -58,8 +73,13 @@ def measure(cache: bool, seconds: float, threads: int, size: int) -> dict[str, f
         for t in workers:
             t.join()
         elapsed = time.monotonic() - started
+        parent_cpu = time.process_time() - parent_cpu0
+        worker_cpu = _proc_cpu_s(pids) - worker_cpu0
     lat = sorted(x for per in latencies for x in per)
+    runs = max(1, sum(counts))
     return {
+        "parent_cpu_us": parent_cpu / runs * 1e6,
+        "worker_cpu_us": worker_cpu / runs * 1e6,
         "runs": sum(counts),
         "runs_per_s": sum(counts) / elapsed,
         "p50_us": statistics.median(lat) * 1e6,
@@ -85,6 +105,10 @@ def main() -> None:
     print(f"{'runs/s':24}{cached['runs_per_s']:>18,.0f}{compiled['runs_per_s']:>22,.0f}")
     print(f"{'p50 latency (us)':24}{cached['p50_us']:>18,.0f}{compiled['p50_us']:>22,.0f}")
     print(f"{'p99 latency (us)':24}{cached['p99_us']:>18,.0f}{compiled['p99_us']:>22,.0f}")
+    print(f"{'parent CPU/run (us)':24}{cached['parent_cpu_us']:>18,.0f}"
+          f"{compiled['parent_cpu_us']:>22,.0f}")
+    print(f"{'worker CPU/run (us)':24}{cached['worker_cpu_us']:>18,.0f}"
+          f"{compiled['worker_cpu_us']:>22,.0f}")
     print(f"{'wrong outputs':24}{cached['failures']:>18}{compiled['failures']:>22}")
     print(f"speed-up from the cache: {cached['runs_per_s'] / compiled['runs_per_s']:.1f}x")
     if args.json:
