@@ -159,6 +159,14 @@ def error_span(policy, span, message):
     }
 
 
+def one_by_one(ctx, policy, span, timeout):
+    run = ctx.sandbox(policy["code"] or "", span, timeout)
+    if run["ok"]:
+        return {"ok": True, "actions": run["output"] or []}
+    error = run.get("error") or {}
+    return {"ok": False, "error": str(error.get("code")) + ": " + str(error.get("message"))}
+
+
 def actions_for(ctx, policy, span, actions, counts):
     spans = []
     if not isinstance(actions, list):
@@ -194,8 +202,8 @@ def evaluate(ctx, policy, batch):
         if run["ok"] and isinstance(run["output"], list) and len(run["output"]) == len(spans):
             results = run["output"]
         else:
-            error = run.get("error") or {"message": "bad batch output"}
-            results = [{"ok": False, "error": str(error.get("message"))} for _ in spans]
+            # One span hit a limit or a refusal: evaluate one by one so only it fails.
+            results = [one_by_one(ctx, policy, span, timeout) for span in spans]
     out, counts, errors = [], {}, 0
     for span, result in zip(spans, results, strict=True):
         if result.get("ok"):
