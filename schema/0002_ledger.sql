@@ -15,9 +15,11 @@ CREATE TABLE ledger.universal_registry (
   who          text        NOT NULL,
   did          text,
   "this"       text        NOT NULL,
-  at           timestamptz NOT NULL,
+  -- Millisecond precision, one-dimensional arrays from 1: what the canonical form can express.
+  -- Anything else would read back differently from what was stored and hide an edit.
+  at           timestamptz NOT NULL CHECK (at = date_trunc('milliseconds', at)),
   parent_id    uuid,
-  related_to   uuid[],
+  related_to   uuid[] CHECK (array_ndims(related_to) = 1 AND array_lower(related_to, 1) = 1),
   owner_id     text        CHECK (length(owner_id) BETWEEN 1 AND 200),
   tenant_id    text        CHECK (length(tenant_id) BETWEEN 1 AND 200),
   visibility   text        NOT NULL DEFAULT 'private'
@@ -105,8 +107,12 @@ BEGIN
     INSERT INTO ledger.span_heads VALUES (NEW.id, NEW.seq, NEW.curr_hash, 0, NEW.entity_type,
       NEW.status, NEW.owner_id, NEW.tenant_id, NEW.visibility, NEW.is_deleted, NEW.at);
   ELSE
+    IF NEW.seq > head.seq + 1 THEN
+      RAISE EXCEPTION 'LEDGER_SEQ_GAP: span % seq % skips versions: the head is seq % (expected %)',
+        NEW.id, NEW.seq, head.seq, head.seq + 1 USING ERRCODE = 'LL001';
+    END IF;
     IF NEW.seq <> head.seq + 1 THEN
-      RAISE EXCEPTION 'LEDGER_SEQ_CONFLICT: span % seq % but the head is seq % (expected %)',
+      RAISE EXCEPTION 'LEDGER_SEQ_CONFLICT: span % seq % already exists: the head is seq % (expected %)',
         NEW.id, NEW.seq, head.seq, head.seq + 1 USING ERRCODE = 'LL001';
     END IF;
     -- The head's hash is not echoed: the appender may not be allowed to read that span.

@@ -41,6 +41,8 @@ FIELDS = (
 )
 REQUIRED = ("id", "entity_type", "who", "this", "at")
 VISIBILITIES = ("private", "tenant", "public")
+#: Length bounds the ledger's CHECK constraints enforce (NOTIFY envelopes carry these fields).
+LENGTHS = {"entity_type": 100, "owner_id": 200, "tenant_id": 200}
 UNSIGNED = ("curr_hash", "signature")
 
 
@@ -102,7 +104,11 @@ def parse_at(value: Any, field: str = "at") -> datetime:
         raise _bad(field, "must be an ISO 8601 timestamp string", "SPAN_INVALID_TIMESTAMP")
     if value.tzinfo is None:
         raise _bad(field, "timestamp needs a time zone (use Z for UTC)", "SPAN_INVALID_TIMESTAMP")
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise _bad(field, "falls outside years 0001-9999 once converted to UTC",
+                   "SPAN_INVALID_TIMESTAMP") from None
     return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
 
 
@@ -196,6 +202,9 @@ def normalise(span: Mapping[str, Any]) -> dict[str, Any]:
     out["seq"] = 0 if out["seq"] is None else out["seq"]
     out["visibility"] = out["visibility"] or "private"
     out["is_deleted"] = bool(out["is_deleted"])
+    for field, upper in LENGTHS.items():
+        if out[field] is not None and not 1 <= len(out[field]) <= upper:
+            raise _bad(field, f"must be 1 to {upper} characters", "SPAN_OUT_OF_RANGE")
     if out["visibility"] not in VISIBILITIES:
         raise _bad("visibility", f"must be one of {', '.join(VISIBILITIES)}, "
                                  f"got {out['visibility']!r}", "SPAN_INVALID_VISIBILITY")

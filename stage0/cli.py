@@ -66,8 +66,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     applied = migrate.migrate(database)
     out(f"migrate   {', '.join(applied) if applied else 'up to date'}")
     with database.connect("kernel") as conn:
-        results = seed.seed(conn, [row_dir()], key)
-    _print_seed(results)
+        _print_total(seed.seed(conn, [row_dir()], key, on_file=_print_file))
     out("\nnext: logline verify      (check every span's hash, signature and chain)")
     return 0
 
@@ -146,14 +145,16 @@ def cmd_seed(args: argparse.Namespace) -> int:
     key = keys.operator_key(home)
     paths = [Path(p) for p in args.paths] or [row_dir()]
     with db.resolve(home).connect("kernel") as conn:
-        _print_seed(seed.seed(conn, paths, key))
+        _print_total(seed.seed(conn, paths, key, on_file=_print_file))
     return 0
 
 
-def _print_seed(results: Sequence[seed.SeedResult]) -> None:
+def _print_file(r: seed.SeedResult) -> None:
+    out(f"seed      {r.path}: {r.appended} appended, {r.unchanged} unchanged")
+
+
+def _print_total(results: Sequence[seed.SeedResult]) -> None:
     appended = sum(r.appended for r in results)
-    for r in results:
-        out(f"seed      {r.path}: {r.appended} appended, {r.unchanged} unchanged")
     out(f"seed      {appended} span(s) appended from {len(results)} file(s)")
 
 
@@ -192,11 +193,14 @@ def cmd_spans(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("at", "id", "seq", "entity_type", "status", "tenant", "who", "this")
+    table = Table("at", "id", "seq", "entity_type", "status", "tenant", "this")
+    for column in table.columns[:2]:
+        column.no_wrap, column.min_width = True, 24 if column.header == "at" else 36
+    table.columns[-1].no_wrap, table.columns[-1].overflow = True, "ellipsis"
     for s in spans:
         table.add_row(s["at"], s["id"], str(s["seq"]), s["entity_type"], s["status"] or "",
-                      s["tenant_id"] or "", s["who"], (s["this"] or "")[:40])
-    Console().print(table)
+                      s["tenant_id"] or "", s["this"] or "")
+    Console(width=max(Console().width, 160)).print(table)
     return 0
 
 
@@ -266,58 +270,74 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _about(text: str) -> dict[str, str]:
+    """The same words in the command list and at the top of the command's own --help."""
+    return {"help": text, "description": text}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logline", description="LogLine: a ledger of signed spans "
                                 "on PostgreSQL. State lives in $LOGLINE_HOME (default ./.logline)."
                                 " LOGLINE_DATABASE_URL selects an external server.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("init", help="create key, database and schema; seed ROW/ (idempotent)")
-    sub.add_parser("migrate", help="apply pending schema migrations")
-    k = sub.add_parser("keys", help="the operator key and the keys the manifest trusts")
+    sub.add_parser("init", **_about("create key, database and schema; seed ROW/ (idempotent)"))
+    sub.add_parser("migrate", **_about("apply pending schema migrations"))
+    k = sub.add_parser("keys", **_about("the operator key and the keys the manifest trusts"))
     ks = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    gen = ks.add_parser("gen", help="create the operator key (or --out a new key file)")
+    gen = ks.add_parser("gen", **_about("create the operator key (or --out a new key file)"))
     gen.add_argument("--out", help="write a new key to this file instead")
-    show = ks.add_parser("show", help="print the public key")
+    show = ks.add_parser("show", **_about("print the public key"))
     show.add_argument("--key", help="a key file (default: the operator key)")
-    trust = ks.add_parser("trust", help="trust a public key (appends a manifest version)")
+    trust = ks.add_parser("trust", **_about("trust a public key (appends a manifest version)"))
     trust.add_argument("public_key")
     trust.add_argument("--name", required=True, help="who the key belongs to")
-    untrust = ks.add_parser("untrust", help="stop trusting a public key")
+    untrust = ks.add_parser("untrust", **_about("stop trusting a public key"))
     untrust.add_argument("public_key")
-    s = sub.add_parser("sign", help="sign NDJSON rows in place")
+    s = sub.add_parser("sign", **_about("sign NDJSON rows in place"))
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--key", help="key file to sign with (default: the operator key)")
-    sd = sub.add_parser("seed", help="load NDJSON rows into the ledger (default: ROW/)")
+    sd = sub.add_parser("seed", **_about("load NDJSON rows into the ledger (default: ROW/)"))
     sd.add_argument("paths", nargs="*", metavar="PATH")
-    v = sub.add_parser("verify", help="check every span: hash, signature, trust, chain")
+    v = sub.add_parser("verify", **_about("check every span: hash, signature, trust, chain"))
     v.add_argument("--json", action="store_true", help="machine-readable report")
-    v.add_argument("--jobs", type=int, default=None, help="processes (default: all cores)")
-    sp = sub.add_parser("spans", help="list the latest version of spans")
+    v.add_argument("--jobs", type=_positive, default=None,
+                   help="processes (default: all cores)")
+    sp = sub.add_parser("spans", **_about("list the latest version of spans"))
     sp.add_argument("--entity-type")
     sp.add_argument("--status")
     sp.add_argument("--tenant")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--limit", type=_positive, default=50, help="at most N spans (default 50)")
     sp.add_argument("--json", action="store_true", help="one span per line (NDJSON)")
-    b = sub.add_parser("boot", help="verify and run a kernel by id (prints its output)")
+    b = sub.add_parser("boot", **_about("verify and run a kernel by id (prints its output)"))
     b.add_argument("function_id")
     b.add_argument("--input", help="JSON input for the kernel")
     b.add_argument("--user", default="system", help="identity the kernel runs for")
     b.add_argument("--tenant", default="system")
-    sc = sub.add_parser("schedule", help="append a scheduled request for a function")
+    sc = sub.add_parser("schedule", **_about("append a scheduled request for a function"))
     sc.add_argument("function_id")
     sc.add_argument("--input", help="JSON input for the function")
     sc.add_argument("--user", help="requester (default: the function's owner)")
     sc.add_argument("--tenant", help="tenant (default: the function's tenant)")
     sc.add_argument("--idempotency-key", help="schedule at most once per key and tenant")
-    w = sub.add_parser("worker", help="run observer, request worker and policy agent")
+    w = sub.add_parser("worker", **_about("run observer, request worker and policy agent"))
     w.add_argument("--id", help="worker id in logs and spans (default worker-PID)")
     w.add_argument("--once", action="store_true", help="one cycle of each kernel, then exit")
     w.add_argument("--sandbox", type=int, default=2, help="sandbox processes (default 2)")
-    sub.add_parser("demo", help="init, then function -> request -> execution -> policies")
-    d = sub.add_parser("db", help="the database server")
+    sub.add_parser("demo", **_about("init, then function -> request -> execution -> policies"))
+    d = sub.add_parser("db", **_about("the database server"))
     ds = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    ds.add_parser("stop", help="stop the embedded server")
-    url = ds.add_parser("url", help="print a connection string")
+    ds.add_parser("stop", **_about("stop the embedded server"))
+    url = ds.add_parser("url", **_about("print a connection string"))
     url.add_argument("--role", choices=["admin", "app", "kernel"], default="app")
     return p
 

@@ -10,6 +10,7 @@ re-signed, never blocked behind a lock while Python signs.
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
@@ -28,6 +29,7 @@ _COPY = f"COPY ledger.universal_registry ({', '.join(FIELDS)}) FROM STDIN"
 _CHAIN_CODES = ("LEDGER_SEQ_CONFLICT", "LEDGER_PREV_HASH_MISMATCH", "LEDGER_SEQ_GAP")
 MAX_CHAIN_RETRIES = 5
 SMALL_BATCH = 32
+INSERT_CHUNK = 500  # 500 rows x 30 columns stays under PostgreSQL's 65,535 parameters
 _TYPES = {"id": "uuid", "parent_id": "uuid", "seq": "integer", "duration_ms": "integer",
           "at": "timestamptz", "related_to": "uuid[]", "is_deleted": "boolean",
           **{f: "jsonb" for f in JSON_FIELDS}}
@@ -134,15 +136,28 @@ def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]]) -> None
     """Insert prepared spans: one multi-row INSERT for small batches (one round trip), COPY
     for large ones. The triggers check every row either way."""
     try:
-        if len(spans) <= SMALL_BATCH:
-            conn.execute(_insert_sql(len(spans)),
-                         [_copy_value(f, span[f]) for span in spans for f in FIELDS])
+        if len(spans) <= SMALL_BATCH or _row_security(conn):
+            # PostgreSQL refuses COPY FROM under row-level security: the app role inserts.
+            for start in range(0, len(spans), INSERT_CHUNK):
+                chunk = spans[start:start + INSERT_CHUNK]
+                conn.execute(_insert_sql(len(chunk)),
+                             [_copy_value(f, span[f]) for span in chunk for f in FIELDS])
             return
         with conn.cursor() as cur, cur.copy(_COPY) as copy:
             for span in spans:
                 copy.write_row([_copy_value(f, span[f]) for f in FIELDS])
     except psycopg.Error as exc:
         raise ledger_error(exc) from None
+
+
+_RLS: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
+
+
+def _row_security(conn: psycopg.Connection) -> bool:
+    if conn not in _RLS:
+        _RLS[conn] = conn.execute(
+            "SELECT row_security_active('ledger.universal_registry') AS on").fetchone()["on"]
+    return _RLS[conn]
 
 
 @cache

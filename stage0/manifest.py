@@ -50,6 +50,21 @@ def trust_set(conn: psycopg.Connection, root_key: str) -> frozenset[str]:
         raise
 
 
+def check_trusted_keys(entries: Any) -> list[dict]:
+    """`metadata.trusted_keys` must be a list of {name, public_key (64 hex)}."""
+    where = "metadata.trusted_keys"
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise LoglineError("MANIFEST_INVALID", "must be a list of {name, public_key}", where)
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or \
+                not _HEX64.match(str(entry.get("public_key", ""))):
+            raise LoglineError("MANIFEST_INVALID", "each entry needs a name and a public_key "
+                               "of 64 lowercase hex characters", f"{where}[{i}]")
+    return entries
+
+
 def merge_trusted(entries: list[dict], current: list[dict]) -> list[dict]:
     """Keys trusted in the ledger stay trusted when a manifest row is re-seeded: trust is
     granted and withdrawn with `logline keys trust/untrust`, never by omission."""

@@ -16,6 +16,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from .canonical import canonical_bytes
+from .errors import LoglineError
 
 
 def digest(span: Mapping[str, Any]) -> bytes:
@@ -48,7 +49,10 @@ def check_proofs(span: Mapping[str, Any]) -> Check:
     """Hash and signature of a normalised span (trust and chain are checked elsewhere)."""
     if not span.get("curr_hash"):
         return Check(False, "HASH_MISSING", "span has no curr_hash")
-    raw = digest(span)
+    try:
+        raw = digest(span)
+    except LoglineError as exc:  # stored content no signer could have produced
+        return Check(False, "HASH_MISMATCH", f"content cannot be canonicalised: {exc}")
     if raw.hex() != span["curr_hash"]:
         return Check(False, "HASH_MISMATCH",
                      f"content hashes to {raw.hex()}, stored curr_hash is {span['curr_hash']}")

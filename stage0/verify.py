@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.types.json import set_json_loads
 
 from . import manifest
+from .db import strict_loads
 from .errors import LoglineError
 from .ledger import span_from_row
 from .proofs import check_proofs
@@ -104,6 +106,7 @@ def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
     """Check the whole ledger. `conn` must see every row (the kernel role or a superuser)."""
     started = time.perf_counter()
     jobs = jobs or os.cpu_count() or 1
+    set_json_loads(strict_loads, conn)  # read numbers exactly as stored, not as Python rounds
     report = Report(jobs=jobs)
 
     def fail(span: dict[str, Any], reason: str, detail: str) -> None:

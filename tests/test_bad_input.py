@@ -99,12 +99,6 @@ def _too_large(key: SigningKey) -> list[bytes]:
     return [line(row()), line(row(code="x" * MAX_SPAN_BYTES))]
 
 
-LOCATED_LATE = pytest.mark.xfail(
-    strict=True,
-    reason="seed.seed_file locates errors raised by ledger.append (proofs, trust, size, the "
-           "chain trigger) only as '<file>: span[i]' (an index among the *changed* rows) or "
-           "'<file>', never as <file>:<line>",
-)
 
 CASES = {
     "malformed JSON": Case("ROW_BAD_JSON", b'{"id": "00000000-0000-4000-8000-000000000001",'),
@@ -166,7 +160,7 @@ APPEND_STAGE = {"tampered signed row", "signature of another span", "seq gap on 
 
 def _params(mark_late: bool) -> list:
     return [pytest.param(CASES[name], id=name,
-                         marks=[LOCATED_LATE] if mark_late and name in APPEND_STAGE else [])
+                         marks=[])
             for name in CASES]
 
 
@@ -209,9 +203,6 @@ def test_seq_gap_on_an_existing_id_is_refused(cli, seeded, operator, tmp_path):
     assert count_spans(seeded) == before
 
 
-@pytest.mark.xfail(strict=True, reason="the append trigger (schema/0002_ledger.sql, "
-                   "ledger.on_append) reports LEDGER_SEQ_CONFLICT for seq > head + 1; a gap is "
-                   "not a conflict (retrying cannot help) and should be LEDGER_SEQ_GAP")
 def test_seq_gap_on_an_existing_id_is_called_a_gap(cli, operator, tmp_path):
     path = tmp_path / "gap.ndjson"
     path.write_bytes(b"\n".join(_seq_gap_existing_id(operator)) + b"\n")
@@ -243,10 +234,6 @@ def test_row_just_under_the_size_limit_is_accepted(seeded, operator, tmp_path):
         assert ledger.head(conn, big["id"])["code"] == big["code"]
 
 
-@pytest.mark.xfail(strict=True, reason="seed._draft calls manifest.merge_trusted, which indexes "
-                   "e['public_key'] on every metadata.trusted_keys entry without validating it: "
-                   "an entry without public_key raises KeyError (a traceback, exit 1) instead "
-                   "of a reason code naming file:line and the field")
 @pytest.mark.parametrize("entries", [[{"name": "bob"}], "not-a-list"], ids=["no key", "string"])
 def test_malformed_trusted_keys_in_a_manifest_row(cli, seeded, tmp_path, entries):
     manifest_row = row(id=MANIFEST_ID, entity_type="manifest", owner_id="system",

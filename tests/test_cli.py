@@ -375,10 +375,6 @@ def test_every_command_has_help(bare_env, command):
     assert _help_lines()[command] in logline("--help", env=bare_env).stdout
 
 
-@pytest.mark.xfail(strict=True, reason="stage0/cli.py parser(): sub.add_parser(name, help=...) "
-                   "sets only the summary shown by `logline --help`; `logline <cmd> --help` "
-                   "shows usage and options but never says what the command does (pass "
-                   "description=the same text, and help= for each positional/option)")
 @pytest.mark.parametrize("command", sorted(cli_module.COMMANDS))
 def test_every_command_help_says_what_it_does(bare_env, command):
     proc = logline(command, "--help", env=bare_env)

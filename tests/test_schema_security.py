@@ -435,10 +435,6 @@ def test_rls_app_inserts_only_as_itself(seeded, operator):
     assert owners == [{"id": mine["id"], "owner_id": "alice", "tenant_id": "A"}]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stage0/ledger.py insert() uses COPY (for batches above SMALL_BATCH), and PostgreSQL "
-    "refuses COPY FROM for a role under row-level security ('COPY FROM not supported with "
-    "row-level security'): the app role cannot append a large batch through ledger.append"))
 def test_app_role_appends_through_ledger_append(seeded, operator):
     with seeded.connect("app") as conn:
         with db.as_identity(conn, "alice", "A"):
@@ -483,7 +479,7 @@ def test_chain_new_id_must_start_at_seq_0(kernel, operator):
 
 def test_chain_seq_gap_refused(kernel, operator, chained):
     gap = next_version(operator, chained, seq=chained["seq"] + 2)
-    _refused(kernel, gap, "LEDGER_SEQ_CONFLICT")
+    _refused(kernel, gap, "LEDGER_SEQ_GAP")
     assert head_row(kernel, chained["id"])["seq"] == 1
 
 

@@ -43,7 +43,13 @@ LIMIT %(limit)s
 -- and ids that have rows but no head. Either means someone wrote around the append trigger.
 SELECT h.id::text AS id, h.seq, 'HEAD_MISMATCH' AS reason FROM ledger.span_heads h
 WHERE NOT EXISTS (SELECT 1 FROM ledger.universal_registry r WHERE r.id = h.id AND r.seq = h.seq
-                  AND r.curr_hash = h.curr_hash AND r.position = h.position)
+                  AND r.curr_hash IS NOT DISTINCT FROM h.curr_hash AND r.position = h.position
+                  AND r.entity_type = h.entity_type
+                  AND r.status IS NOT DISTINCT FROM h.status
+                  AND r.owner_id IS NOT DISTINCT FROM h.owner_id
+                  AND r.tenant_id IS NOT DISTINCT FROM h.tenant_id
+                  AND r.visibility = h.visibility AND r.is_deleted = h.is_deleted
+                  AND r.at = h.at)
    OR EXISTS (SELECT 1 FROM ledger.universal_registry r WHERE r.id = h.id AND r.seq > h.seq)
 UNION ALL
 SELECT r.id::text, max(r.seq), 'HEAD_MISSING' FROM ledger.universal_registry r
