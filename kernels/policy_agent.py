@@ -50,6 +50,14 @@ SWEEP_EXPIRED = (
     "AND p.entity_type = 'status_patch' AND p.status = 'archived') "
     "ORDER BY h.position LIMIT %(limit)s"
 )
+#: What an emit_span may set; ownership, tenant, identity and proofs are the agent's.
+EMIT_FIELDS = ("entity_type", "who", "did", "this", "status", "parent_id", "related_to",
+               "visibility", "name", "description", "input", "output", "error",
+               "duration_ms", "trace_id", "metadata", "content")
+#: Kinds a policy may not mint: code, trust, scheduling (use the `run` action) and the
+#: kernels' own records. Emitted spans are signed by the operator key, so this matters.
+EMIT_FORBIDDEN = ("manifest", "function", "policy", "request", "execution", "policy_cursor",
+                  "rollup", "boot_event", "boot_refused", "api_key")
 OWN_OUTPUT = ("policy_cursor", "policy_error", "rollup")
 DRIVER = """
 
@@ -93,8 +101,18 @@ def new_spans(ctx, policy, after, limit):
                   and (r.get("metadata") or {}).get("policy_id") != policy["id"]]
 
 
-def emitted(ctx, policy, span, spec):
+def emitted(ctx, policy, span, spec, index):
+    """The span an emit_span action asks for, or None with the reason it is refused.
+    Its id is derived from (policy, span version, action index) at seq 0, so the same action
+    can never be applied twice, even by two agents racing on a sweep."""
+    unknown = [k for k in spec if k not in EMIT_FIELDS]
+    if unknown:
+        return None, "emit_span may not set " + ", ".join(sorted(unknown))
+    if not isinstance(spec.get("entity_type"), str) or spec["entity_type"] in EMIT_FORBIDDEN:
+        return None, "emit_span needs an entity_type other than " + ", ".join(EMIT_FORBIDDEN)
     out = dict(spec)
+    out["id"] = ctx.stable_id("emit", policy["id"], span["id"], span["seq"], index)
+    out["seq"] = 0
     out["who"] = out.get("who") or policy.get("name") or "policy"
     out["this"] = out.get("this") or span["id"]
     out["did"] = out.get("did") or "emitted"
@@ -104,7 +122,10 @@ def emitted(ctx, policy, span, spec):
     out["trace_id"] = out.get("trace_id") or span.get("trace_id")
     out["parent_id"] = out.get("parent_id") or span["id"]
     out["metadata"] = dict(out.get("metadata") or {}, policy_id=policy["id"])
-    return out
+    problem = ctx.check_span(out)
+    if problem:
+        return None, problem
+    return out, None
 
 
 def scheduled_request(policy, span, action):
@@ -148,14 +169,14 @@ def chained(head, span):
     return span
 
 
-def error_span(policy, span, message):
+def error_span(policy, span, message, cause="POLICY_ERROR"):
     return {
         "entity_type": "policy_error", "who": NAME, "did": "failed",
         "this": policy.get("name") or policy["id"], "parent_id": policy["id"],
         "related_to": [span["id"]], "owner_id": "policy:" + (policy.get("name") or policy["id"]),
         "tenant_id": span["tenant_id"], "visibility": "tenant", "status": "error",
         "error": {"code": "POLICY_ERROR", "message": message[:2000]},
-        "metadata": {"policy_id": policy["id"]},
+        "metadata": {"policy_id": policy["id"], "cause": cause},
     }
 
 
@@ -164,7 +185,7 @@ def one_by_one(ctx, policy, span, timeout):
     if run["ok"]:
         return {"ok": True, "actions": run["output"] or []}
     error = run.get("error") or {}
-    return {"ok": False, "error": str(error.get("code")) + ": " + str(error.get("message"))}
+    return {"ok": False, "code": error.get("code"), "error": str(error.get("message"))}
 
 
 def actions_for(ctx, policy, span, actions, counts):
@@ -179,7 +200,8 @@ def actions_for(ctx, policy, span, actions, counts):
         elif action.get("run") == "run_code" and action.get("span_id"):
             spans.append(scheduled_request(policy, span, action))
         elif isinstance(action.get("emit_span"), dict):
-            spans.append(emitted(ctx, policy, span, action["emit_span"]))
+            out, problem = emitted(ctx, policy, span, action["emit_span"], len(spans))
+            spans.append(out or error_span(policy, span, problem))
         elif isinstance(action.get("count"), dict) and action["count"].get("name"):
             labels = action["count"].get("labels") or {}
             key = action["count"]["name"] + "|" + span["tenant_id"] + "|" + ctx.json_dumps(labels)
@@ -210,7 +232,8 @@ def evaluate(ctx, policy, batch):
             out.extend(actions_for(ctx, policy, span, result.get("actions"), counts))
         else:
             errors += 1
-            out.append(error_span(policy, span, str(result.get("error"))))
+            out.append(error_span(policy, span, str(result.get("error")),
+                                  result.get("code") or "POLICY_RAISED"))
     out.extend(rollups(ctx, policy, counts))
     if last != after:
         out.append(chained(cursor, {
@@ -229,6 +252,11 @@ def main(ctx):
     batch = int((ctx.input or {}).get("batch", 200))
     policies = evaluated_total = actions_total = errors_total = 0
     for policy in ctx.sql(POLICIES):
+        try:
+            ctx.verified(policy["id"])  # hash, signature, trusted key: else it does not run
+        except Exception as exc:
+            ctx.log("policy_unverified", policy_id=policy["id"], reason=str(exc)[:300])
+            continue
         try:
             with ctx.transaction():
                 evaluated, actions, errors = evaluate(ctx, policy, batch)

@@ -35,8 +35,11 @@ def next_version(span, status, changes):
 
 
 def is_forced(ctx, request):
+    """Only a request signed by the override key itself; never by the key that signs on
+    behalf of users and policies, even if a deployment configured it as the override."""
     override = ctx.manifest.get("override_pubkey_hex")
-    return bool(request and override and request.get("public_key") == override
+    return bool(request and override and override != ctx.signer_public_key
+                and request.get("public_key") == override
                 and (request.get("metadata") or {}).get("force") is True)
 
 

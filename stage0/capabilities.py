@@ -22,7 +22,7 @@ import blake3
 import psycopg
 
 from . import ledger
-from .canonical import format_at, now_at
+from .canonical import format_at, normalise, now_at
 from .errors import LoglineError
 from .queries import q
 
@@ -64,6 +64,7 @@ class KernelContext:
         self.identity = {"user_id": user_id, "tenant_id": tenant_id}
         self.trace_id = trace_id
         self.manifest = loader.manifest_metadata()
+        self.signer_public_key = loader.signer_public_key
         import os
         self.env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
 
@@ -99,6 +100,14 @@ class KernelContext:
     def append(self, spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Normalise, chain, hash, sign (operator key) and append, all or nothing."""
         return ledger.append(self._conn, spans, self._loader.key)
+
+    def check_span(self, span: dict[str, Any]) -> str | None:
+        """Why `span` could not be appended as it is (normal form), or None if it could."""
+        try:
+            normalise({"at": now_at(), **span})
+        except LoglineError as exc:
+            return str(exc)
+        return None
 
     def head(self, span_id: str) -> dict[str, Any] | None:
         return ledger.head(self._conn, span_id)

@@ -13,6 +13,7 @@ re-check only that the head is unchanged (one indexed query); a new seq is verif
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -26,7 +27,7 @@ from .config import Home
 from .db import Database
 from .errors import LoglineError
 from .keys import operator_key
-from .proofs import check_proofs, digest
+from .proofs import check_proofs, digest, public_key_hex
 from .restricted import load_main
 
 
@@ -50,10 +51,12 @@ def _jsonable_output(value: Any, name: str) -> Any:
 class Loader:
     def __init__(self, database: Database, home: Home, sandbox: Any = None,
                  worker_id: str | None = None) -> None:
+        self.database = database
         self.conn = database.connect("kernel", autocommit=True)
         self.home = home
         self.key = operator_key(home)
         self.root = home.root_public_key()
+        self.signer_public_key = public_key_hex(self.key)
         self.worker_id = worker_id or f"stage0-{uuid.uuid4().hex[:8]}"
         self._sandbox = sandbox
         self._owns_sandbox = sandbox is None
@@ -81,7 +84,8 @@ class Loader:
         return self._manifest
 
     def manifest_metadata(self) -> dict[str, Any]:
-        return dict(self.manifest().get("metadata") or {})
+        """A deep copy: a kernel that edits what it was given changes nothing for others."""
+        return copy.deepcopy(self.manifest().get("metadata") or {})
 
     def trusted(self) -> frozenset[str]:
         return manifest.trusted_keys(self.manifest(), self.root)
@@ -188,13 +192,15 @@ class Loader:
     def _refuse(self, function_id: str, exc: LoglineError, user_id: str, tenant_id: str,
                 trace_id: str | None) -> None:
         target = {"id": function_id, "name": None, "seq": None, "curr_hash": None}
-        self._record("boot_refused", "refused", target, user_id, tenant_id, trace_id,
-                     {"reason": exc.code, "message": exc.message}, status="refused")
+        with self.database.connect("kernel") as own:  # survives the caller's rollback
+            self._record("boot_refused", "refused", target, user_id, tenant_id, trace_id,
+                         {"reason": exc.code, "message": exc.message}, status="refused",
+                         conn=own)
         self.log("boot_refused", function_id=function_id, reason=exc.code)
 
     def _record(self, entity_type: str, did: str, target: dict[str, Any], user_id: str,
                 tenant_id: str, trace_id: str | None, error: dict[str, Any],
-                status: str = "ok") -> None:
+                status: str = "ok", conn: Any = None) -> None:
         span = {
             "entity_type": entity_type, "who": "stage0", "did": did,
             "this": target.get("name") or target["id"], "parent_id": target["id"],
@@ -203,7 +209,7 @@ class Loader:
             "metadata": {"function_seq": target.get("seq"),
                          "function_hash": target.get("curr_hash"), "worker": self.worker_id},
         }
-        ledger.append(self.conn, [span], self.key)
+        ledger.append(conn or self.conn, [span], self.key)
 
     # --- sandbox ------------------------------------------------------------------------
     def run_untrusted(self, code: str, input: Any, timeout_ms: int | None,

@@ -553,9 +553,6 @@ def test_kernel_sql_refusal_is_a_reason_code_not_a_traceback(cli, kernel_conn, o
         kernel_conn.execute("UPDATE ledger.universal_registry SET status = NULL")
 
 
-@pytest.mark.xfail(strict=True, reason="capabilities.py: ctx.manifest is a shallow copy of the "
-                   "loader's cached manifest metadata, so a kernel's writes to a nested dict "
-                   "(throttle, policy) change what the kernels it calls see in the same boot")
 def test_kernel_cannot_change_the_manifest_other_kernels_see(loader, kernel_conn, operator):
     set_limit(kernel_conn, operator, 1)
     fn = user_function(kernel_conn, operator, ECHO, tenant="system")

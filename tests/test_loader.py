@@ -90,7 +90,8 @@ def test_unsigned_function_is_refused(loader, seeded, kernel_conn, operator):
     with seeded.connect("admin") as admin:
         admin.execute("INSERT INTO ledger.universal_registry (id, seq, entity_type, who, this, "
                       "at, code, owner_id, tenant_id, visibility) VALUES (%s, 0, 'function', "
-                      "'mallory', 'x', now(), %s, 'system', 'system', 'public')", (fid, ECHO))
+                      "'mallory', 'x', date_trunc('milliseconds', now()), %s, 'system', 'system', "
+                      "'public')", (fid, ECHO))
     allow(kernel_conn, operator, fid)
     with pytest.raises(BootRefused) as refused:
         loader.boot(fid)

@@ -284,8 +284,6 @@ def test_ttl_reaper_archives_expired_memory_exactly_once(loader, kernel_conn, op
         (expired["id"], "archived", "acme"), (block["id"], "archived", "globex")])
 
 
-@pytest.mark.xfail(strict=True, reason="policy_agent: a sweep policy (ttl_reaper) keeps no "
-                   "cursor, so two concurrent agents both archive the same expired span")
 def test_ttl_reaper_archives_once_under_two_agents(seeded, home, pool, kernel_conn, operator):
     with Loader(seeded, home, sandbox=pool) as a, Loader(seeded, home, sandbox=pool) as b:
         agent(a)
@@ -366,10 +364,6 @@ def test_policy_returning_garbage_yields_policy_error(loader, kernel_conn, opera
         position(kernel_conn, notes[-1]["id"])
 
 
-@pytest.mark.xfail(strict=True, reason="policy_agent: an emit_span the ledger refuses (unknown "
-                   "field, bad visibility, no entity_type) rolls back the policy's "
-                   "whole batch, cursor included, so the policy is stuck on that span "
-                   "forever with no policy_error")
 @pytest.mark.parametrize("spec", [{"entity_type": "flag", "colour": "red"},
                                   {"entity_type": "flag", "visibility": "everyone"}, {}])
 def test_policy_emitting_an_invalid_span_yields_policy_error(loader, kernel_conn, operator,
@@ -510,8 +504,6 @@ def test_agent_that_read_a_batch_before_another_committed_it_does_not_apply_it(
     assert cursor(kernel_conn, policy["id"])["seq"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="policy_agent runs policy code without checking its "
-                   "hash, signature or key trust (kernels/policy_agent.py POLICIES/evaluate)")
 @pytest.mark.parametrize("how", ["untrusted_key", "edited_behind_the_back"])
 def test_unverified_policy_does_not_run(loader, seeded, kernel_conn, operator, how):
     code = SEEN
