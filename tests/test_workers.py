@@ -430,6 +430,55 @@ def test_worker_that_loses_its_database_keeps_serving_or_exits_with_a_structured
     assert not unstructured, "\n".join(unstructured[-8:])
 
 
+# --- a worker on another machine ------------------------------------------------------------
+
+
+def machine_home(tmp_path: Path, root_public_key: str, name: str):
+    """The $LOGLINE_HOME of another machine: its own signing key, the operator's root pinned."""
+    from stage0 import keys
+    from stage0.config import Home
+
+    other = Home(tmp_path / name)
+    key = keys.write_new_key(other.operator_key)
+    other.write_config({"root_public_key": root_public_key})
+    return other, key.verify_key.encode().hex()
+
+
+@pytest.mark.slow
+def test_a_worker_with_its_own_trusted_key_signs_what_it_records(conn, operator, home, env,
+                                                                 workers, tmp_path):
+    other, public = machine_home(tmp_path, home.root_public_key(), "machine-2")
+    manifest.set_trust(conn, operator, public, "machine-2", trusted=True)
+    fn = add_function(conn, operator)
+    ids = schedule_many(conn, operator, fn, [{"i": i} for i in range(5)])
+    env["LOGLINE_HOME"] = str(other.path)
+    worker = workers("machine-2")
+    wait_until(lambda: all_done(conn, ids), 60, "the other machine's worker to run them")
+    assert_exactly_once(conn, ids)
+    signers = {r["public_key"] for r in conn.execute(
+        "SELECT public_key FROM ledger.universal_registry WHERE entity_type IN "
+        "('execution', 'boot_event') OR (entity_type = 'request' AND seq > 0)")}
+    assert signers == {public}
+    assert_verifies(conn, home)
+    assert worker.proc.poll() is None, worker.describe()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a worker whose signing key the manifest does not trust "
+                   "starts anyway and fills the ledger with spans that fail verify "
+                   "(KEY_UNTRUSTED); it should refuse to start, with a reason code")
+def test_a_worker_with_an_untrusted_key_records_nothing_unverifiable(conn, operator, home, env,
+                                                                     workers, tmp_path):
+    other, _ = machine_home(tmp_path, home.root_public_key(), "rogue")
+    fn = add_function(conn, operator)
+    ids = schedule_many(conn, operator, fn, [{"i": 1}])
+    env["LOGLINE_HOME"] = str(other.path)
+    worker = workers("rogue")
+    wait_until(lambda: worker.proc.poll() is not None or all_done(conn, ids), 30,
+               "the worker to refuse to start or to run the request")
+    assert_verifies(conn, home)
+
+
 # --- NOTIFY wake-up and new kernel versions ------------------------------------------------
 
 
