@@ -213,10 +213,12 @@ def actions_for(ctx, policy, span, actions, counts):
     return spans
 
 
-def evaluate(ctx, policy, batch):
+def evaluate(ctx, policy, batch, cap_ms):
+    """Run the policy on its new spans and return (evaluated, spans to append, errors).
+    Appends nothing: see main()."""
     cursor_id, cursor, after = cursor_of(ctx, policy)
     last, spans = new_spans(ctx, policy, after, batch)
-    timeout = int((policy.get("metadata") or {}).get("timeout_ms", 3000))
+    timeout = min(int((policy.get("metadata") or {}).get("timeout_ms", 3000)), cap_ms)
     results = []
     if spans:
         run = ctx.sandbox((policy["code"] or "") + DRIVER, spans, timeout,
@@ -243,26 +245,32 @@ def evaluate(ctx, policy, batch):
             "visibility": "private", "status": "active",
             "metadata": {"policy_id": policy["id"], "position": last},
         }))
-    if out:
-        ctx.append(out)
-    return len(spans), len(out), errors
+    return len(spans), out, errors
 
 
 def main(ctx):
+    """Evaluate every policy first, then record each policy's output in its own savepoint.
+    Recording takes the ledger's append lock until this boot commits; doing it after all the
+    sandboxed policy code has run means no policy's code ever runs while writers wait."""
     batch = int((ctx.input or {}).get("batch", 200))
-    policies = evaluated_total = actions_total = errors_total = 0
+    cap_ms = int((ctx.manifest.get("policy") or {}).get("timeout_ms", 30000))
+    plans = []
     for policy in ctx.sql(POLICIES):
         try:
             ctx.verified(policy["id"])  # hash, signature, trusted key: else it does not run
+            plans.append((policy, evaluate(ctx, policy, batch, cap_ms)))
         except Exception as exc:
             ctx.log("policy_unverified", policy_id=policy["id"], reason=str(exc)[:300])
-            continue
+    policies = evaluated_total = actions_total = errors_total = 0
+    for policy, (evaluated, out, errors) in plans:
         try:
-            with ctx.transaction():
-                evaluated, actions, errors = evaluate(ctx, policy, batch)
+            if out:
+                with ctx.transaction():
+                    ctx.append(out)
         except Exception as exc:  # e.g. another agent advanced this cursor first: retry later
             ctx.log("policy_skipped", policy_id=policy["id"], reason=str(exc)[:300])
             continue
+        actions = len(out)
         policies += 1
         evaluated_total += evaluated
         actions_total += actions

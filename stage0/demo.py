@@ -13,6 +13,7 @@ from . import keys, ledger, verify
 from .config import Home
 from .db import Database
 from .loader import Loader
+from .queries import q
 from .requests import schedule
 from .worker import KERNELS
 
@@ -29,6 +30,7 @@ DEMO_FUNCTION = '''def main(input):
 def run_demo(database: Database, home: Home, out: Callable[[str], None]) -> dict[str, Any]:
     key = keys.operator_key(home)
     with database.connect("kernel") as conn:
+        start = conn.execute(q("position_high_water")).fetchone()["high"] or 0
         [function] = ledger.append(conn, [{
             "entity_type": "function", "who": "demo-user", "did": "defined", "this": "fibonacci",
             "name": "fibonacci", "code": DEMO_FUNCTION, "language": "python",
@@ -44,11 +46,19 @@ def run_demo(database: Database, home: Home, out: Callable[[str], None]) -> dict
         out(f"4. policy_agent       {policies['policies']} policies, {policies['actions']} "
             "action span(s)")
     with database.connect("kernel") as conn:
+        boots = conn.execute(
+            "SELECT position, this, metadata FROM ledger.universal_registry "
+            "WHERE entity_type = 'boot_event' AND position > %s ORDER BY position",
+            (start,)).fetchall()
+        out("\nboots (stage 0 verified each kernel: manifest, hash, signature, trust, chain):")
+        for row in boots:
+            out(f"  #{row['position']:<6} boot_event     {row['this']:<15} seq "
+                f"{row['metadata']['function_seq']} {row['metadata']['function_hash'][:16]}")
         trace = conn.execute(
             "SELECT position, entity_type, seq, status, who, this, duration_ms, output "
             "FROM ledger.universal_registry WHERE trace_id = %s ORDER BY position",
             (request["trace_id"],)).fetchall()
-        out("\ntrace:")
+        out("\ntrace of the request:")
         for row in trace:
             extra = f" {row['duration_ms']} ms -> {row['output']}" if row["output"] else ""
             out(f"  #{row['position']:<6} {row['entity_type']:<14} seq {row['seq']} "

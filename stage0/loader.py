@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.pq import TransactionStatus
+
 from . import ledger, manifest
+from .canonical import now_at
 from .capabilities import KernelContext
 from .config import Home
 from .db import Database
@@ -64,6 +66,7 @@ class Loader:
         self._manifest: dict[str, Any] | None = None
         self._verified_in_boot: set[str] = set()
         self._verified_spans: dict[str, str] = {}
+        self._records: list[tuple[Any, ...]] = []
 
     def close(self) -> None:
         if self._sandbox is not None and self._owns_sandbox:
@@ -97,9 +100,12 @@ class Loader:
         trace_id = trace_id or str(uuid.uuid4())
         self._manifest = None  # every boot sees the latest manifest
         self._verified_in_boot = set()
-        loaded = self.load(function_id, user_id, tenant_id, trace_id)
-        with self.conn.transaction():
-            return self._run(loaded, input, user_id, tenant_id, trace_id)
+        try:
+            loaded = self.load(function_id, user_id, tenant_id, trace_id)
+            with self.conn.transaction():
+                return self._run(loaded, input, user_id, tenant_id, trace_id)
+        finally:
+            self._flush_records()
 
     def call(self, function_id: str, input: Any, user_id: str, tenant_id: str,
              trace_id: str) -> Any:
@@ -124,7 +130,7 @@ class Loader:
         except LoglineError as exc:
             self._refuse(function_id, exc, user_id, tenant_id, trace_id)
             raise BootRefused(exc.code, exc.message, function_id) from None
-        self._record("boot_event", "booted", span, user_id, tenant_id, trace_id, {})
+        self._queue("boot_event", "booted", span, user_id, tenant_id, trace_id, {}, "ok")
         self._loaded[function_id] = Loaded(span, main)
         return self._loaded[function_id]
 
@@ -192,15 +198,26 @@ class Loader:
     def _refuse(self, function_id: str, exc: LoglineError, user_id: str, tenant_id: str,
                 trace_id: str | None) -> None:
         target = {"id": function_id, "name": None, "seq": None, "curr_hash": None}
-        with self.database.connect("kernel") as own:  # survives the caller's rollback
-            self._record("boot_refused", "refused", target, user_id, tenant_id, trace_id,
-                         {"reason": exc.code, "message": exc.message}, status="refused",
-                         conn=own)
+        self._queue("boot_refused", "refused", target, user_id, tenant_id, trace_id,
+                    {"reason": exc.code, "message": exc.message}, "refused")
         self.log("boot_refused", function_id=function_id, reason=exc.code)
+
+    def _queue(self, *record: Any) -> None:
+        """Boot records are appended outside any kernel transaction: inside one they would
+        take the ledger's append lock while sandboxed code still runs (stalling every writer),
+        and a rollback of the caller would erase them."""
+        self._records.append(record)
+        if self.conn.info.transaction_status == TransactionStatus.IDLE:
+            self._flush_records()
+
+    def _flush_records(self) -> None:
+        records, self._records = self._records, []
+        for record in records:
+            self._record(*record)
 
     def _record(self, entity_type: str, did: str, target: dict[str, Any], user_id: str,
                 tenant_id: str, trace_id: str | None, error: dict[str, Any],
-                status: str = "ok", conn: Any = None) -> None:
+                status: str) -> None:
         span = {
             "entity_type": entity_type, "who": "stage0", "did": did,
             "this": target.get("name") or target["id"], "parent_id": target["id"],
@@ -209,7 +226,7 @@ class Loader:
             "metadata": {"function_seq": target.get("seq"),
                          "function_hash": target.get("curr_hash"), "worker": self.worker_id},
         }
-        ledger.append(conn or self.conn, [span], self.key)
+        ledger.append(self.conn, [span], self.key)
 
     # --- sandbox ------------------------------------------------------------------------
     def run_untrusted(self, code: str, input: Any, timeout_ms: int | None,
@@ -224,6 +241,10 @@ class Loader:
         return asdict(self._sandbox.run(code, input, entry=entry, limits=limits))
 
     def log(self, event: str, **fields: Any) -> None:
-        line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": event,
-                "worker": self.worker_id, **fields}
-        print(json.dumps(line, default=str), file=sys.stderr, flush=True)
+        log(event, worker=self.worker_id, **fields)
+
+
+def log(event: str, **fields: Any) -> None:
+    """One structured line on stderr: UTC timestamp, an `action`, and the fields."""
+    line = {"ts": now_at(), "action": event, **fields}
+    print(json.dumps(line, default=str), file=sys.stderr, flush=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -245,8 +245,7 @@ class SandboxPool:
         self.replaced = 0
         self._jail: str | None = None
         if os.geteuid() == 0:
-            self._jail = tempfile.mkdtemp(prefix="logline-sandbox-root-")
-            os.chmod(self._jail, 0o555)
+            self._jail = _shared_jail()
         self._all: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _cleanup, self._all, self._jail)
         started = [_spawn(self.limits.memory_mb, self._jail) for _ in range(size)]
@@ -490,8 +489,26 @@ class SandboxPool:
 def _cleanup(workers: list[_Worker], jail: str | None) -> None:
     _reap_all(list(workers))
     workers.clear()
-    if jail:
-        shutil.rmtree(jail, ignore_errors=True)
+
+
+_JAIL = os.path.join(tempfile.gettempdir(), "logline-sandbox-root")
+
+
+def _shared_jail() -> str:
+    """The empty, read-only directory workers chroot into. One per machine, reused by every
+    pool, so a pool whose process is SIGKILLed leaves nothing behind. Used only if it is
+    root's, not writable by anyone and empty; otherwise a private one is made."""
+    try:
+        os.mkdir(_JAIL, 0o555)
+    except FileExistsError:
+        pass
+    st = os.lstat(_JAIL)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o222 \
+            and not os.listdir(_JAIL):
+        return _JAIL
+    jail = tempfile.mkdtemp(prefix="logline-sandbox-root-")
+    os.chmod(jail, 0o555)
+    return jail
 
 
 def _ms(seconds: float) -> int:

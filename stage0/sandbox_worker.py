@@ -886,6 +886,10 @@ def _warm() -> None:
 
 
 def main() -> None:
+    # A service manager's stop signal goes to the whole process group: the parent decides
+    # when a worker ends (it finishes in-flight runs, then closes the pipe or SIGKILLs).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"memory_mb": 256}
     proto_in, proto_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)

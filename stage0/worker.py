@@ -27,7 +27,7 @@ import psycopg
 from .config import Home
 from .db import Database
 from .errors import LoglineError
-from .loader import Loader
+from .loader import Loader, log
 
 KERNELS = {"observer_bot": "00000000-0000-4000-8000-000000000002",
            "request_worker": "00000000-0000-4000-8000-000000000003",
@@ -68,13 +68,34 @@ class Worker:
             signal.signal(sig, lambda *_: self.stop.set())
 
     def run(self, max_cycles: int | None = None) -> None:
+        """Serve until stopped. A lost database is waited for and reconnected to (with
+        backoff); a key the manifest does not trust stops the worker before it writes."""
         from .sandbox import SandboxPool
 
-        with SandboxPool(size=self.sandbox_size) as pool, \
-                Loader(self.database, self.home, sandbox=pool,
-                       worker_id=self.worker_id) as loader:
+        backoff = 0.5
+        with SandboxPool(size=self.sandbox_size) as pool:
+            while not self.stop.is_set():
+                try:
+                    self._serve(pool, max_cycles)
+                    return
+                except (psycopg.OperationalError, LoglineError) as exc:
+                    if isinstance(exc, LoglineError) and exc.code != "DB_UNAVAILABLE":
+                        raise
+                    log("database_lost", worker=self.worker_id, error=str(exc).strip()[:300],
+                        retry_in_s=backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+
+    def _serve(self, pool: Any, max_cycles: int | None) -> None:
+        with Loader(self.database, self.home, sandbox=pool,
+                    worker_id=self.worker_id) as loader, \
+                self.database.connect("kernel") as listener:
             self.loader = loader
-            listener = self.database.connect("kernel", autocommit=True)
+            if loader.signer_public_key not in loader.trusted():
+                raise LoglineError("KEY_UNTRUSTED", f"this worker signs with "
+                                   f"{loader.signer_public_key}, which the manifest does not "
+                                   "trust: everything it wrote would fail verify "
+                                   "(`logline keys trust`)")
             listener.execute("LISTEN timeline_updates")
             due = Due({name: 0.0 for name in self.kernels})
             loader.log("worker_started", kernels=list(self.kernels))
@@ -87,7 +108,6 @@ class Worker:
                         break
                     self._wait(listener, due)
             finally:
-                listener.close()
                 loader.log("worker_stopped", **self.stats)
 
     def _every_s(self, name: str) -> float:
@@ -111,6 +131,8 @@ class Worker:
             try:
                 output = self.loader.boot(KERNELS[name], self._input(name))
             except LoglineError as exc:
+                if self.loader.conn.broken:  # not the kernel's fault: reconnect (see run)
+                    raise psycopg.OperationalError(exc.message) from None
                 self.loader.log("kernel_failed", kernel=name, code=exc.code,
                                 message=exc.message[:500])
                 return
@@ -124,12 +146,12 @@ class Worker:
         timeout = min(due.wait_s(), 0.5)  # bounded so a stop request is seen promptly
         if timeout <= 0:
             return
-        for note in listener.notifies(timeout=timeout):
+        # One notifies() generator at a time: psycopg holds the connection while one is open.
+        notes = list(listener.notifies(timeout=timeout, stop_after=1))
+        if notes:  # collect the rest of a burst before acting on it
+            notes += listener.notifies(timeout=POLICY_DEBOUNCE_S)
+        for note in notes:
             self._wake(note.payload, due)
-            # Collect the rest of a burst before acting on it.
-            for more in listener.notifies(timeout=POLICY_DEBOUNCE_S):
-                self._wake(more.payload, due)
-            return
 
     def _wake(self, payload: str, due: Due) -> None:
         try:

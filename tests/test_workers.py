@@ -234,9 +234,6 @@ def idle(conn, worker: WorkerProcess) -> bool:
 #: outer listener.notifies() loop is still open; psycopg 3 holds the connection's
 #: (non-reentrant) lock for a generator's whole life, so the first NOTIFY that arrives while
 #: the worker waits deadlocks it for good. Everything after a worker's first cycle needs it.
-NOTIFY_DEADLOCK = pytest.mark.xfail(
-    strict=True, reason="worker.py _wait: nested listener.notifies() deadlocks on the first "
-    "NOTIFY (psycopg holds conn.lock for a notifies() generator's life)")
 
 
 # --- exactly once with several workers ----------------------------------------------------
@@ -254,7 +251,6 @@ def test_three_workers_run_300_requests_exactly_once(conn, operator, home, worke
     assert_verifies(conn, home)
 
 
-@NOTIFY_DEADLOCK
 @pytest.mark.slow
 def test_two_workers_never_run_a_request_twice_and_both_do_work(conn, operator, workers):
     fn = add_function(conn, operator)
@@ -383,9 +379,6 @@ def test_sigterm_mid_run_exits_zero_and_its_batch_is_recorded_or_released(conn, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="SIGTERM to the whole group, as `systemctl stop` sends "
-                   "it to every process of the unit, kills the sandbox processes mid-run: "
-                   "the in-flight runs are recorded as failed executions")
 def test_sigterm_to_worker_and_sandbox_finishes_in_flight_runs(conn, operator, workers):
     fn = add_function(conn, operator)
     ids = schedule_many(conn, operator, fn, [{"i": i, "ms": 300} for i in range(24)])
@@ -410,8 +403,6 @@ def test_sigterm_to_worker_and_sandbox_finishes_in_flight_runs(conn, operator, w
     assert set(request_heads(conn, ids).values()) <= {"complete", "scheduled"}
 
 
-@pytest.mark.xfail(strict=True, reason="a lost database connection (server restart, failover, "
-                   "pg_terminate_backend) ends the worker with a raw Python traceback on stderr")
 def test_worker_that_loses_its_database_keeps_serving_or_exits_with_a_structured_log(
         conn, operator, workers):
     fn = add_function(conn, operator)
@@ -464,9 +455,6 @@ def test_a_worker_with_its_own_trusted_key_signs_what_it_records(conn, operator,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a worker whose signing key the manifest does not trust "
-                   "starts anyway and fills the ledger with spans that fail verify "
-                   "(KEY_UNTRUSTED); it should refuse to start, with a reason code")
 def test_a_worker_with_an_untrusted_key_records_nothing_unverifiable(conn, operator, home, env,
                                                                      workers, tmp_path):
     other, _ = machine_home(tmp_path, home.root_public_key(), "rogue")
@@ -482,7 +470,6 @@ def test_a_worker_with_an_untrusted_key_records_nothing_unverifiable(conn, opera
 # --- NOTIFY wake-up and new kernel versions ------------------------------------------------
 
 
-@NOTIFY_DEADLOCK
 def test_a_request_wakes_an_idle_worker_at_once_not_at_the_next_poll(conn, operator, workers):
     schedule = manifest.latest(conn, operator.verify_key.encode().hex())["metadata"]["schedule"]
     manifest.amend(conn, operator, schedule={
@@ -509,7 +496,6 @@ def next_version(conn, operator, kernel_id: str, marker: str) -> dict[str, Any]:
     return span
 
 
-@NOTIFY_DEADLOCK
 @pytest.mark.slow
 def test_a_new_kernel_seq_is_used_without_a_restart(conn, operator, workers):
     fn = add_function(conn, operator)
@@ -694,9 +680,6 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Loader.call appends run_code's boot_event inside the "
-                   "request_worker transaction: the first batch of every worker (and the first "
-                   "after a new run_code seq) holds the ledger-wide append lock while it runs")
 def test_appends_are_not_blocked_while_a_first_batch_runs(conn, seeded, home, operator):
     fn = add_function(conn, operator)
     schedule_many(conn, operator, fn, [{"i": i, "ms": 500} for i in range(6)])
@@ -728,9 +711,6 @@ def main(span):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="policy_agent evaluates every policy in one transaction: "
-                   "once one policy has appended (an action or its cursor), the ledger-wide "
-                   "append lock is held while the next policies' untrusted code runs")
 def test_appends_are_not_blocked_while_a_policy_runs(conn, seeded, home, operator):
     def policy(name: str, code: str) -> dict[str, Any]:
         return {"entity_type": "policy", "who": "tester", "did": "defined", "this": name,
@@ -745,11 +725,10 @@ def test_appends_are_not_blocked_while_a_policy_runs(conn, seeded, home, operato
     with named_loader(seeded, home, "agent") as loader:
         thread, result = in_thread(lambda: loader.boot(KERNELS["policy_agent"], {"batch": 50}))
 
-        def slow_policy_running() -> bool:  # echo has appended; slow is in the sandbox
+        def slow_policy_running() -> bool:  # the agent is evaluating: its code is running
             b = backend(conn, "agent")
             return bool(b and b["state"].startswith("idle in transaction")
-                        and "tenant_id = $1 AND position >" in b["query"]
-                        and b["append_lock"])
+                        and "tenant_id = $1 AND position >" in b["query"])
 
         wait_until(slow_policy_running, 30, "the slow policy to be running")
         took = time_an_append(conn, operator)
@@ -788,10 +767,6 @@ def test_refused_run_code_inside_the_request_worker_leaves_a_boot_refused_span(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Loader._refuse appends boot_refused on a second "
-                   "connection, which waits for the append lock that the request_worker's own "
-                   "transaction holds once it has recorded the first request's error: the "
-                   "worker hangs for good, and with it every append to the ledger")
 def test_a_refused_run_code_in_a_batch_of_two_does_not_hang_the_request_worker(
         conn, seeded, home, operator):
     fn = add_function(conn, operator)

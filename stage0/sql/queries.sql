@@ -31,29 +31,35 @@ SELECT id::text AS id, seq, curr_hash FROM ledger.span_heads ORDER BY id
 SELECT count(*) AS n FROM ledger.universal_registry
 
 -- name: list_spans
-SELECT {columns}, position FROM ledger.latest_spans
-WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s)
-  AND (%(status)s::text IS NULL OR status = %(status)s)
-  AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
-ORDER BY position DESC
+-- Filters on the head projection (indexed, one row per id), then reads those rows.
+SELECT {r_columns}, r.position FROM ledger.span_heads h
+JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+WHERE (%(entity_type)s::text IS NULL OR h.entity_type = %(entity_type)s)
+  AND (%(status)s::text IS NULL OR h.status = %(status)s)
+  AND (%(tenant_id)s::text IS NULL OR h.tenant_id = %(tenant_id)s)
+ORDER BY h.position DESC
 LIMIT %(limit)s
 
 -- name: heads_inconsistent
--- Heads whose row is missing, whose hash or position differs, or that are not the last version;
--- and ids that have rows but no head. Either means someone wrote around the append trigger.
-SELECT h.id::text AS id, h.seq, 'HEAD_MISMATCH' AS reason FROM ledger.span_heads h
-WHERE NOT EXISTS (SELECT 1 FROM ledger.universal_registry r WHERE r.id = h.id AND r.seq = h.seq
-                  AND r.curr_hash IS NOT DISTINCT FROM h.curr_hash AND r.position = h.position
-                  AND r.entity_type = h.entity_type
-                  AND r.status IS NOT DISTINCT FROM h.status
-                  AND r.owner_id IS NOT DISTINCT FROM h.owner_id
-                  AND r.tenant_id IS NOT DISTINCT FROM h.tenant_id
-                  AND r.visibility = h.visibility AND r.is_deleted = h.is_deleted
-                  AND r.at = h.at)
-   OR EXISTS (SELECT 1 FROM ledger.universal_registry r WHERE r.id = h.id AND r.seq > h.seq)
+-- Heads that disagree with their row (missing, or any projected column different), heads
+-- that are not the last stored version, and ids with rows but no head. Either means someone
+-- wrote around the append trigger. Joins and one aggregate: linear in the ledger's size.
+WITH last AS (
+  SELECT id, max(seq) AS seq FROM ledger.universal_registry GROUP BY id
+)
+SELECT h.id::text AS id, h.seq, 'HEAD_MISMATCH' AS reason
+FROM ledger.span_heads h
+LEFT JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+WHERE r.id IS NULL
+   OR r.curr_hash IS DISTINCT FROM h.curr_hash OR r.position <> h.position
+   OR r.entity_type <> h.entity_type OR r.status IS DISTINCT FROM h.status
+   OR r.owner_id IS DISTINCT FROM h.owner_id OR r.tenant_id IS DISTINCT FROM h.tenant_id
+   OR r.visibility <> h.visibility OR r.is_deleted <> h.is_deleted OR r.at <> h.at
 UNION ALL
-SELECT r.id::text, max(r.seq), 'HEAD_MISSING' FROM ledger.universal_registry r
-WHERE NOT EXISTS (SELECT 1 FROM ledger.span_heads h WHERE h.id = r.id) GROUP BY r.id
+SELECT coalesce(h.id, l.id)::text, coalesce(l.seq, h.seq),
+       CASE WHEN h.id IS NULL THEN 'HEAD_MISSING' ELSE 'HEAD_MISMATCH' END
+FROM last l FULL JOIN ledger.span_heads h ON h.id = l.id
+WHERE h.id IS NULL OR (l.id IS NOT NULL AND l.seq > h.seq)
 
 -- name: position_high_water
 SELECT last_value AS high FROM ledger.position_seq
