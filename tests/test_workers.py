@@ -811,7 +811,10 @@ def test_demo_in_an_empty_directory_on_the_embedded_database(tmp_path):
     assert "(embedded)" in demo.stdout
     out = demo.stdout
     assert "scheduled request" in out and "claimed 1 request(s)" in out
-    trace = out.split("trace:", 1)[1].splitlines()
+    boots = out.split("boots", 1)[1].split("trace of the request:", 1)[0]
+    assert {"request_worker", "run_code", "policy_agent"} <= set(
+        line.split()[2] for line in boots.splitlines() if "boot_event" in line), boots
+    trace = out.split("trace of the request:", 1)[1].splitlines()
     kinds = [line.split()[1] for line in trace if line.strip().startswith("#")]
     assert kinds[:3] == ["request", "execution", "request"], trace
     assert "'fib': [0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89]" in out
