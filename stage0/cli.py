@@ -260,6 +260,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result["verify_ok"] else 1
 
 
+@command("apikey")
+def cmd_apikey(args: argparse.Namespace) -> int:
+    from . import apikeys
+
+    home = _home()
+    with db.resolve(home).connect("kernel") as conn:
+        if args.apikey_command == "create":
+            token, span = apikeys.create(conn, keys.operator_key(home), args.user, args.tenant,
+                                         tuple(args.role or apikeys.DEFAULT_ROLES))
+            meta = span["metadata"]
+            out(f"key id  {meta['key_id']}  user {args.user}  tenant {args.tenant}  "
+                f"roles {','.join(meta['roles'])}")
+            out("shown once; only its hash is stored:")
+            out(token)
+        elif args.apikey_command == "revoke":
+            apikeys.revoke(conn, keys.operator_key(home), args.key_id)
+            out(f"revoked {args.key_id}")
+        else:
+            for k in apikeys.listing(conn, args.tenant):
+                out(f"{k['key_id']}  {k['status']:<8} {k['tenant_id']}/{k['user_id']}  "
+                    f"{','.join(k['roles'])}")
+    return 0
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from .api.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=5)
+
+
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    out(f"LogLine API on http://{args.host}:{args.port}  (console at /, OpenAPI at "
+        "/openapi.json)")
+    _serve(args.host, args.port)
+    return 0
+
+
+@command("up")
+def cmd_up(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import subprocess
+
+    from .operator import operator_token
+
+    cmd_init(args)
+    home = _home()
+    token = operator_token(home, db.resolve(home))
+    worker = subprocess.Popen([sys.executable, "-m", "stage0.cli", "worker", "--id", "up"],
+                              env={**os.environ, "LOGLINE_HOME": str(home.path)})
+    out(f"\nLogLine is up: http://{args.host}:{args.port}/  (worker pid {worker.pid})")
+    out(f"API key for the local operator (tenant default, admin; kept in "
+        f"{home.path / 'operator.apikey'}):\n{token}")
+    out("Ctrl-C stops the API and the worker.")
+    try:
+        _serve(args.host, args.port)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return 0
+
+
 @command("db")
 def cmd_db(args: argparse.Namespace) -> int:
     home = _home()
@@ -334,6 +403,23 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--once", action="store_true", help="one cycle of each kernel, then exit")
     w.add_argument("--sandbox", type=int, default=2, help="sandbox processes (default 2)")
     sub.add_parser("demo", **_about("init, then function -> request -> execution -> policies"))
+    ak = sub.add_parser("apikey", **_about("API keys: bearer tokens bound to a user, a tenant "
+                                            "and roles"))
+    aks = ak.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
+    create = aks.add_parser("create", **_about("issue a key (printed once, on the last line)"))
+    create.add_argument("--user", required=True, help="the user the key acts as")
+    create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    create.add_argument("--role", action="append", choices=["reader", "writer", "admin"],
+                        help="repeatable; default reader and writer")
+    revoke = aks.add_parser("revoke", **_about("revoke a key by its key id"))
+    revoke.add_argument("key_id")
+    lst = aks.add_parser("list", **_about("list keys (never the secrets)"))
+    lst.add_argument("--tenant", help="only this tenant")
+    for name, text in (("serve", "serve the API and web console"),
+                       ("up", "init, then the API, console and worker in one command")):
+        srv = sub.add_parser(name, **_about(text))
+        srv.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+        srv.add_argument("--port", type=_positive, default=8000, help="port (default 8000)")
     d = sub.add_parser("db", **_about("the database server"))
     ds = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     ds.add_parser("stop", **_about("stop the embedded server"))

@@ -1,0 +1,1 @@
+"""The HTTP edge: JSON API, SSE timeline and web console (Starlette on uvicorn)."""

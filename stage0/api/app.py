@@ -1,0 +1,268 @@
+"""The Starlette application: every route goes through one guarded dispatcher.
+
+Order for each request: request id -> authentication (bearer API key) -> role -> rate limit
+-> content type and body size -> body validation (pydantic) -> the handler, with a timeout,
+in its own transaction under the caller's identity (RLS). Every denial is answered with the
+one error shape and recorded as an `audit_denial` span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .. import apikeys
+from ..errors import LoglineError
+from .errors import ApiError, error_response
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+from .state import ServerState
+
+MAX_BODY = 1024 * 1024
+REQUEST_TIMEOUT_S = 15.0
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+CONSOLE = Path(__file__).parent / "console"
+
+
+@dataclass
+class Endpoint:
+    """One route: what it does, who may call it, and what it takes and returns (the OpenAPI
+    document is generated from these)."""
+
+    method: str
+    path: str
+    handler: Callable[..., Awaitable[Any]]
+    summary: str
+    action: str
+    role: str | None = "reader"
+    limit: str = "read"
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    query: dict[str, tuple[str, str]] = field(default_factory=dict)
+    stream: bool = False
+    public: bool = False
+
+
+@dataclass
+class Call:
+    """What a handler gets."""
+
+    request: Request
+    state: ServerState
+    principal: apikeys.Principal | None
+    body: Any
+    request_id: str
+
+    def query(self, name: str, default: str | None = None) -> str | None:
+        return self.request.query_params.get(name, default)
+
+    def int_query(self, name: str, default: int | None, low: int, high: int) -> int | None:
+        raw = self.request.query_params.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError(400, "BAD_QUERY", f"{name} must be an integer") from None
+        if not low <= value <= high:
+            raise ApiError(400, "BAD_QUERY", f"{name} must be between {low} and {high}")
+        return value
+
+    async def db(self, fn: Callable[..., Any], *args: Any, role: str = "app") -> Any:
+        """Run `fn(conn, *args)` in a thread, in one transaction as the caller."""
+        return await anyio.to_thread.run_sync(
+            lambda: self.state.in_transaction(role, self.principal, fn, *args))
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else str(uuid.uuid4())
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_body(endpoint: Endpoint, raw: bytes) -> Any:
+    from ..rows import parse_line
+
+    try:
+        data = parse_line(raw.decode("utf-8")) if raw.strip() else None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, "BAD_JSON", f"the body is not valid JSON: {exc}") from None
+    if data is None:
+        raise ApiError(400, "BAD_JSON", "a JSON body is required")
+    try:
+        return endpoint.body.model_validate(data)  # type: ignore[union-attr]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(422, "BAD_FIELD", f"{where}: {first['msg']}") from None
+
+
+def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaitable[Response]]:
+    async def dispatch(request: Request) -> Response:
+        request_id = _request_id(request)
+        request.state.request_id = request_id
+        started = time.perf_counter()
+        principal = None
+        response: Response
+        try:
+            principal = await _authenticate(endpoint, state, request)
+            body = None
+            if endpoint.body is not None:
+                kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                if kind != "application/json":
+                    raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE",
+                                   "send the body as application/json")
+                body = _parse_body(endpoint, await _read_body(request))
+            call = Call(request, state, principal, body, request_id)
+            if endpoint.stream:
+                response = await endpoint.handler(call)
+            else:
+                result = await asyncio.wait_for(endpoint.handler(call), REQUEST_TIMEOUT_S)
+                response = _respond(endpoint, result)
+            if principal is not None and hasattr(request.state, "rate"):
+                response.headers.update(request.state.rate.headers())
+        except ApiError as exc:
+            response = error_response(request, exc.status, exc.code, exc.message, exc.headers)
+            if exc.status in (401, 403, 429):
+                state.audit_denial(exc.code, endpoint, principal, request, request_id)
+        except LoglineError as exc:
+            err = ApiError.from_ledger(exc)
+            response = error_response(request, err.status, err.code, err.message)
+            if err.status == 403:
+                state.audit_denial(err.code, endpoint, principal, request, request_id)
+        except TimeoutError:
+            response = error_response(request, 504, "REQUEST_TIMEOUT",
+                                      f"the request took longer than {REQUEST_TIMEOUT_S:.0f}s")
+        response.headers["X-Request-ID"] = request_id
+        state.metrics.observe(endpoint, response.status_code, time.perf_counter() - started)
+        return response
+
+    return dispatch
+
+
+async def _authenticate(endpoint: Endpoint, state: ServerState,
+                        request: Request) -> apikeys.Principal | None:
+    if endpoint.public:
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "AUTH_REQUIRED", "send Authorization: Bearer <api key>",
+                       {"WWW-Authenticate": "Bearer"})
+    principal = await anyio.to_thread.run_sync(state.authenticate, token.strip())
+    if principal is None:
+        raise ApiError(401, "AUTH_INVALID", "unknown, revoked or malformed API key",
+                       {"WWW-Authenticate": "Bearer"})
+    if endpoint.role and not principal.can(endpoint.role):
+        raise ApiError(403, "ROLE_REQUIRED", f"this route needs the {endpoint.role} role")
+    decision = state.limiter.take(principal.key_id, endpoint.limit)
+    request.state.rate = decision
+    if not decision.allowed:
+        raise ApiError(429, "RATE_LIMITED", f"too many {endpoint.limit} requests; retry in "
+                       f"{decision.retry_after_s}s", decision.headers())
+    return principal
+
+
+def _respond(endpoint: Endpoint, result: Any) -> Response:
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, BaseModel):
+        result = result.model_dump(mode="json")
+    return JSONResponse(result, status_code=endpoint.status)
+
+
+def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
+    from .openapi import document
+
+    spec = document(endpoints)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    async def console(request: Request) -> Response:
+        return FileResponse(CONSOLE / "index.html")
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = await anyio.to_thread.run_sync(state.metrics.render)
+        return Response(body, media_type=content_type)
+
+    routes = [Route(e.path, _guard(e, state), methods=[e.method]) for e in endpoints]
+    routes += [Route("/openapi.json", openapi), Route("/metrics", metrics),
+               Route("/", console)]
+    if (CONSOLE / "static").is_dir():
+        from starlette.routing import Mount
+        from starlette.staticfiles import StaticFiles
+
+        routes.append(Mount("/static", StaticFiles(directory=CONSOLE / "static")))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        request.state.request_id = _request_id(request)
+        return error_response(request, 404, "NOT_FOUND", "no such route")
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        request.state.request_id = _request_id(request)
+        return error_response(request, 405, "METHOD_NOT_ALLOWED", "method not allowed here")
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        request.state.request_id = getattr(request.state, "request_id", _request_id(request))
+        state.log("request_crashed", error=f"{type(exc).__name__}: {exc}"[:500],
+                  request_id=request.state.request_id)
+        return error_response(request, 500, "INTERNAL", "internal error (logged with the "
+                              "request id)")
+
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={404: not_found, 405: not_allowed, 500: crashed})
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def create_app(state: ServerState | None = None) -> Starlette:
+    from .routes import ENDPOINTS
+
+    return build(state or ServerState.from_env(), ENDPOINTS)
+
+
+def app_factory() -> Starlette:
+    """For `uvicorn --factory stage0.api.app:app_factory`."""
+    return create_app()
+
+
+__all__ = ["Endpoint", "Call", "ApiError", "RateLimiter", "create_app", "Metrics"]

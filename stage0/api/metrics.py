@@ -1,0 +1,61 @@
+"""Prometheus metrics: requests and latency per route, SSE clients, denials, executions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+
+class _Executions:
+    """Executions by status, read from the head projection at scrape time."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = GaugeMetricFamily("logline_executions", "execution spans by status",
+                                   labels=["status"])
+        try:
+            with self.state.pools["kernel"].connection() as conn:
+                rows = conn.execute(
+                    "SELECT coalesce(status, '') AS status, count(*) AS n "
+                    "FROM ledger.span_heads WHERE entity_type = 'execution' "
+                    "GROUP BY 1").fetchall()
+        except Exception:
+            rows = []
+        for row in rows:
+            family.add_metric([row["status"]], row["n"])
+        yield family
+
+
+class Metrics:
+    def __init__(self, state: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("logline_http_requests", "HTTP requests",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("logline_http_request_seconds", "HTTP request latency",
+                                 ["route"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
+                                          2.5, 5, 10))
+        self.sse_clients = Gauge("logline_sse_clients", "connected SSE clients",
+                                 registry=self.registry)
+        self.denials = Counter("logline_denials", "requests denied (auth, role, rate limit, "
+                               "RLS, gate)", ["code"], registry=self.registry)
+        self.registry.register(_Executions(state))
+
+    def observe(self, endpoint: Any, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint.path, endpoint.method, str(status)).inc()
+        if not endpoint.stream:
+            self.latency.labels(endpoint.path).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,150 @@
+"""Pydantic models of the API: the handlers validate with them and /openapi.json is made
+from them, so the document cannot drift from what the server accepts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Visibility = Literal["private", "tenant", "public"]
+JSON = Any
+
+
+class Span(BaseModel):
+    """A span as stored (latest version unless stated), with its ledger position."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    seq: int
+    entity_type: str
+    who: str
+    this: str
+    at: str
+    visibility: Visibility
+    did: str | None = None
+    parent_id: str | None = None
+    related_to: list[str] | None = None
+    owner_id: str | None = None
+    tenant_id: str | None = None
+    status: str | None = None
+    is_deleted: bool = False
+    name: str | None = None
+    description: str | None = None
+    code: str | None = None
+    language: str | None = None
+    runtime: str | None = None
+    input: JSON = None
+    output: JSON = None
+    error: JSON = None
+    duration_ms: int | None = None
+    trace_id: str | None = None
+    prev_hash: str | None = None
+    curr_hash: str | None = None
+    signature: str | None = None
+    public_key: str | None = None
+    metadata: JSON = None
+    content: JSON = None
+    position: int | None = None
+
+
+class SpanIn(BaseModel):
+    """A span to append. owner_id and tenant_id default to the caller's (and must be them).
+    Without a signature the server chains, hashes and signs it; with one, it must verify
+    under a key the manifest trusts and is stored exactly as signed."""
+
+    model_config = ConfigDict(extra="forbid")
+    entity_type: str = Field(min_length=1, max_length=100)
+    who: str
+    this: str
+    id: str | None = None
+    seq: int | None = Field(default=None, ge=0)
+    at: str | None = None
+    did: str | None = None
+    parent_id: str | None = None
+    related_to: list[str] | None = None
+    owner_id: str | None = None
+    tenant_id: str | None = None
+    visibility: Visibility | None = None
+    status: str | None = None
+    is_deleted: bool | None = None
+    name: str | None = None
+    description: str | None = None
+    code: str | None = None
+    language: str | None = None
+    runtime: str | None = None
+    input: JSON = None
+    output: JSON = None
+    error: JSON = None
+    duration_ms: int | None = Field(default=None, ge=0)
+    trace_id: str | None = None
+    prev_hash: str | None = None
+    curr_hash: str | None = None
+    signature: str | None = None
+    public_key: str | None = None
+    metadata: JSON = None
+    content: JSON = None
+
+
+class SpanList(BaseModel):
+    items: list[Span]
+    next_before: int | None = Field(None, description="pass as ?before= for the next page")
+
+
+class ExecuteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    span_id: str = Field(description="the function to run")
+    input: JSON = None
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+
+class ExecuteOut(BaseModel):
+    request_id: str
+    status: str
+    trace_id: str | None
+
+
+class BootIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: JSON = None
+
+
+class BootOut(BaseModel):
+    output: JSON
+
+
+class Verification(BaseModel):
+    id: str
+    seq: int
+    ok: bool
+    checks: dict[str, bool]
+    reason: str | None
+    detail: str
+    versions: int
+
+
+class MetricRow(BaseModel):
+    day: str
+    status: str
+    count: int
+    avg_ms: float | None
+    p95_ms: float | None
+
+
+class Metrics(BaseModel):
+    executions: list[MetricRow]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str | None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

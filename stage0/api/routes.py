@@ -1,0 +1,334 @@
+"""The API's routes. Each is one Endpoint (see app.py); handlers are small and do their
+database work in one transaction as the caller, under row-level security."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import psycopg
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+
+from .. import ledger, manifest
+from ..proofs import check_proofs
+from ..queries import SPAN_COLUMNS
+from .app import Call, Endpoint
+from .errors import ApiError
+from .models import (
+    BootIn,
+    BootOut,
+    ExecuteIn,
+    ExecuteOut,
+    Health,
+    Metrics,
+    Span,
+    SpanIn,
+    SpanList,
+    Verification,
+)
+
+PAGE_MAX = 500
+SSE_BATCH = 200
+SSE_SEND_TIMEOUT_S = 5.0  # a client that cannot take a batch in this long is dropped
+SSE_PING_S = 15
+
+
+def _span_out(row: dict[str, Any]) -> dict[str, Any]:
+    span = ledger.span_from_row(row)
+    span["position"] = row["position"]
+    return span
+
+
+def _visible_head(conn: psycopg.Connection, span_id: str) -> dict[str, Any]:
+    span = ledger.head(conn, span_id)
+    if span is None:  # absent and invisible look the same: nothing leaks
+        raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
+    return span
+
+
+def _uuid(value: str) -> str:
+    from ..canonical import _uuid as check
+
+    try:
+        return check(value, "id")
+    except Exception:
+        raise ApiError(400, "BAD_ID", "not a UUID") from None
+
+
+# --- spans --------------------------------------------------------------------------------
+async def list_spans(call: Call) -> SpanList:
+    limit = call.int_query("limit", 50, 1, PAGE_MAX)
+    before = call.int_query("before", None, 1, 2**62)
+    params = {"entity_type": call.query("entity_type"), "status": call.query("status"),
+              "before": before, "limit": limit}
+
+    def run(conn: psycopg.Connection) -> list[dict]:
+        return [_span_out(r) for r in conn.execute(LIST_SPANS, params)]
+
+    items = await call.db(run)
+    return SpanList(items=items, next_before=items[-1]["position"] if len(items) == limit
+                    else None)
+
+
+LIST_SPANS = (
+    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
+    "WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
+    "AND (%(status)s::text IS NULL OR status = %(status)s) "
+    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
+    "ORDER BY position DESC LIMIT %(limit)s"
+)
+
+
+async def get_span(call: Call) -> Any:
+    span_id = _uuid(call.request.path_params["id"])
+    every = call.query("all") in ("1", "true")
+
+    def run(conn: psycopg.Connection) -> Any:
+        if every:
+            rows = conn.execute(f"SELECT {SPAN_COLUMNS}, position FROM "
+                                "ledger.universal_registry WHERE id = %s ORDER BY seq",
+                                (span_id,)).fetchall()
+            if not rows:
+                raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
+            return {"items": [_span_out(r) for r in rows], "next_before": None}
+        row = conn.execute(f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
+                           "WHERE id = %s", (span_id,)).fetchone()
+        if row is None:
+            raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
+        return _span_out(row)
+
+    return await call.db(run)
+
+
+async def post_span(call: Call) -> Any:
+    body: SpanIn = call.body
+    principal = call.principal
+    assert principal is not None
+    draft = body.model_dump(exclude_unset=True)
+    for field, mine in (("owner_id", principal.user_id), ("tenant_id", principal.tenant_id)):
+        if draft.setdefault(field, mine) != mine:
+            raise ApiError(403, "LEDGER_FORBIDDEN", f"{field} must be your own ({mine})")
+    draft.setdefault("trace_id", call.request_id)
+
+    def run(conn: psycopg.Connection) -> dict[str, Any]:
+        trusted = manifest.trust_set(conn, call.state.root) if draft.get("signature") else None
+        [span] = ledger.append(conn, [draft], call.state.key, trusted)
+        row = conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
+                           "AND seq = %s", (span["id"], span["seq"])).fetchone()
+        return {**span, "position": row["position"]}
+
+    return await call.db(run)
+
+
+# --- timeline -----------------------------------------------------------------------------
+TIMELINE = (
+    f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
+    "WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
+    "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
+    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
+    "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
+    "ORDER BY position DESC LIMIT %(limit)s"
+)
+STREAM = (
+    f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
+    "WHERE position > %(after)s "
+    "AND (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
+    "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
+    "ORDER BY position LIMIT %(limit)s"
+)
+
+
+async def timeline(call: Call) -> SpanList:
+    limit = call.int_query("limit", 50, 1, PAGE_MAX)
+    params = {"entity_type": call.query("entity_type"), "trace_id": call.query("trace_id"),
+              "before": call.int_query("before", None, 1, 2**62),
+              "after": call.int_query("since", None, 0, 2**62), "limit": limit}
+
+    def run(conn: psycopg.Connection) -> list[dict]:
+        return [_span_out(r) for r in conn.execute(TIMELINE, params)]
+
+    items = await call.db(run)
+    return SpanList(items=items, next_before=items[-1]["position"] if len(items) == limit
+                    else None)
+
+
+async def stream(call: Call) -> EventSourceResponse:
+    """SSE of the visible timeline from a position: Last-Event-ID (a reconnect), else
+    ?since=, else the current tip. Each event's id is the span's global position, so a
+    client that reconnects resumes exactly after what it saw: no gap, no duplicate."""
+    last_event = call.request.headers.get("last-event-id", "")
+    since = int(last_event) if last_event.isdigit() else call.int_query("since", None, 0, 2**62)
+    filters = {"entity_type": call.query("entity_type"), "trace_id": call.query("trace_id")}
+    state, principal = call.state, call.principal
+    assert principal is not None
+    if since is None:
+        since = await call.db(lambda conn: conn.execute(
+            "SELECT coalesce(max(position), 0) AS p FROM ledger.visible_timeline"
+        ).fetchone()["p"])
+    subscription = state.broadcaster.subscribe(principal.tenant_id)
+
+    def fetch(conn: psycopg.Connection, after: int) -> list[dict]:
+        return [_span_out(r) for r in conn.execute(STREAM, {**filters, "after": after,
+                                                            "limit": SSE_BATCH})]
+
+    async def events():
+        cursor = since
+        state.metrics.sse_clients.inc()
+        try:
+            while True:
+                subscription.event.clear()
+                rows = await anyio.to_thread.run_sync(
+                    state.in_transaction, "app", principal, fetch, cursor)
+                for span in rows:
+                    cursor = span["position"]
+                    yield ServerSentEvent(data=_json(span), id=str(cursor), event="span")
+                if len(rows) == SSE_BATCH:
+                    continue  # more waiting: keep reading before sleeping
+                with anyio.move_on_after(SSE_PING_S * 4):
+                    await subscription.event.wait()
+        finally:
+            state.broadcaster.unsubscribe(subscription)
+            state.metrics.sse_clients.dec()
+
+    return EventSourceResponse(events(), ping=SSE_PING_S, send_timeout=SSE_SEND_TIMEOUT_S,
+                               headers={"X-Accel-Buffering": "no"})
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- execution and boot -------------------------------------------------------------------
+async def execute(call: Call) -> ExecuteOut:
+    body: ExecuteIn = call.body
+    principal = call.principal
+    assert principal is not None
+    function_id = _uuid(body.span_id)
+
+    def run(conn: psycopg.Connection) -> ExecuteOut:
+        function = _visible_head(conn, function_id)
+        if function["entity_type"] != "function":
+            raise ApiError(404, "FUNCTION_NOT_FOUND", "that span is not a function")
+        metadata: dict[str, Any] = {"function_seq": function["seq"]}
+        if body.idempotency_key:
+            metadata["idempotency_key"] = body.idempotency_key
+            existing = conn.execute(
+                "SELECT id::text AS id, trace_id FROM ledger.universal_registry WHERE "
+                "entity_type = 'request' AND seq = 0 AND tenant_id = %s AND "
+                "metadata ->> 'idempotency_key' = %s",
+                (principal.tenant_id, body.idempotency_key)).fetchone()
+            if existing:
+                head = ledger.head(conn, existing["id"])
+                return ExecuteOut(request_id=existing["id"], status=head["status"] if head
+                                  else "scheduled", trace_id=existing["trace_id"])
+        [request] = ledger.append(conn, [{
+            "entity_type": "request", "who": principal.user_id, "did": "scheduled",
+            "this": function.get("name") or function_id, "parent_id": function_id,
+            "owner_id": principal.user_id, "tenant_id": principal.tenant_id,
+            "visibility": "tenant", "status": "scheduled", "input": body.input,
+            "trace_id": call.request_id, "metadata": metadata}], call.state.key)
+        return ExecuteOut(request_id=request["id"], status="scheduled",
+                          trace_id=request["trace_id"])
+
+    return await call.db(run)
+
+
+async def boot(call: Call) -> BootOut:
+    from ..loader import Loader
+
+    function_id = _uuid(call.request.path_params["id"])
+    body: BootIn = call.body
+    principal = call.principal
+    assert principal is not None
+
+    def run() -> Any:
+        with Loader(call.state.database, call.state.home) as loader:
+            return loader.boot(function_id, body.input, user_id=principal.user_id,
+                               tenant_id=principal.tenant_id, trace_id=call.request_id)
+
+    return BootOut(output=await anyio.to_thread.run_sync(run))
+
+
+# --- verification and metrics -------------------------------------------------------------
+async def verify_span(call: Call) -> Verification:
+    span_id = _uuid(call.request.path_params["id"])
+    root = call.state.root
+
+    def run(conn: psycopg.Connection) -> Verification:
+        versions = ledger.versions(conn, span_id)
+        if not versions:
+            raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
+        head = versions[-1]
+        proofs = check_proofs(head)
+        trusted = head.get("public_key") in manifest.trust_set(conn, root)
+        chain = all(v["seq"] == i and (i == 0 or v["prev_hash"] == versions[i - 1]["curr_hash"])
+                    for i, v in enumerate(versions))
+        reason = proofs.reason or (None if trusted else "KEY_UNTRUSTED") or \
+            (None if chain else "CHAIN_BROKEN")
+        return Verification(
+            id=span_id, seq=head["seq"], ok=reason is None,
+            checks={"hash": proofs.reason not in ("HASH_MISMATCH", "HASH_MISSING"),
+                    "signature": proofs.ok, "trusted_key": trusted, "chain": chain},
+            reason=reason, detail=proofs.detail, versions=len(versions))
+
+    return await call.db(run)
+
+
+METRICS = (
+    "SELECT to_char(date_trunc('day', at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') AS day, "
+    "coalesce(status, '') AS status, count(*) AS count, avg(duration_ms)::float AS avg_ms, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)::float AS p95_ms "
+    "FROM ledger.visible_timeline WHERE entity_type = 'execution' "
+    "AND at >= now() - make_interval(days => %(days)s) GROUP BY 1, 2 ORDER BY 1, 2"
+)
+
+
+async def metrics(call: Call) -> Metrics:
+    days = call.int_query("days", 14, 1, 366)
+    rows = await call.db(lambda conn: conn.execute(METRICS, {"days": days}).fetchall())
+    return Metrics(executions=rows)
+
+
+async def health(call: Call) -> Health:
+    await call.db(lambda conn: conn.execute("SELECT 1").fetchone(), role="kernel")
+    return Health(status="ok", database="ok")
+
+
+ID = {"id": ("path", "span id (UUID)")}
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/healthz", health, "Liveness and database check", "health.read",
+             role=None, public=True, response=Health),
+    Endpoint("GET", "/api/spans", list_spans, "Latest version of the spans you can see",
+             "spans.list", response=SpanList,
+             query={"entity_type": ("string", "filter"), "status": ("string", "filter"),
+                    "limit": ("integer", "1-500, default 50"),
+                    "before": ("integer", "position: page before this")}),
+    Endpoint("POST", "/api/spans", post_span, "Append a span (signed by the server unless "
+             "you signed it)", "spans.append", role="writer", limit="write", body=SpanIn,
+             response=Span, status=201),
+    Endpoint("GET", "/api/spans/{id}", get_span, "A span's latest version (?all=1: every "
+             "version)", "spans.read", response=Span,
+             query={**ID, "all": ("string", "1 for every version")}),
+    Endpoint("GET", "/api/timeline", timeline, "The visible timeline, newest first",
+             "timeline.read", response=SpanList,
+             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter"),
+                    "limit": ("integer", "1-500"), "before": ("integer", "position"),
+                    "since": ("integer", "position: only after this")}),
+    Endpoint("GET", "/api/timeline/stream", stream, "Server-sent events of new visible spans "
+             "(resume with Last-Event-ID)", "timeline.stream", limit="stream", stream=True,
+             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter"),
+                    "since": ("integer", "start after this position")}),
+    Endpoint("POST", "/api/execute", execute, "Schedule a function to run (a request span)",
+             "functions.execute", role="writer", limit="write", body=ExecuteIn,
+             response=ExecuteOut, status=202),
+    Endpoint("POST", "/api/boot/{id}", boot, "Boot a kernel through stage 0 (admin)",
+             "kernels.boot", role="admin", limit="admin", body=BootIn, response=BootOut,
+             query=ID),
+    Endpoint("GET", "/api/verify/{id}", verify_span, "Hash, signature, key trust and chain of "
+             "a span you can see", "spans.verify", response=Verification, query=ID),
+    Endpoint("GET", "/api/metrics", metrics, "Executions per day and status, average and p95 "
+             "duration", "metrics.read", response=Metrics,
+             query={"days": ("integer", "1-366, default 14")}),
+]

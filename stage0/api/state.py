@@ -1,0 +1,121 @@
+"""What the server holds for its lifetime: connection pools per role, the signing key, the
+rate limiter, the metrics, the auth cache and the NOTIFY broadcaster for SSE."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from .. import apikeys, ledger
+from ..config import Home
+from ..db import Database, configure, resolve
+from ..keys import operator_key
+from ..loader import log
+from ..proofs import public_key_hex
+from .broadcast import Broadcaster
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+
+AUTH_CACHE_S = 2.0  # a revoked key stops working within this long
+AUDIT_PER_SECOND = 20  # denial spans beyond this are counted into the next one
+
+
+class ServerState:
+    def __init__(self, database: Database, home: Home, limiter: RateLimiter | None = None,
+                 pool_size: int = 16) -> None:
+        self.database = database
+        self.home = home
+        self.key = operator_key(home)
+        self.signer = public_key_hex(self.key)
+        self.root = home.root_public_key()
+        self.limiter = limiter or RateLimiter()
+        self.metrics = Metrics(self)
+        self.pools = {
+            role: ConnectionPool(database.url(role), min_size=1, max_size=size, open=False,
+                                 kwargs={"autocommit": True, "row_factory": dict_row},
+                                 configure=configure, name=f"logline-{role}")
+            for role, size in (("app", pool_size), ("kernel", 4))
+        }
+        self.broadcaster = Broadcaster(database)
+        self._auth: dict[str, tuple[float, apikeys.Principal | None]] = {}
+        self._audit_lock = threading.Lock()
+        self._audit_window = (0.0, 0, 0)  # (second, written, dropped)
+
+    @classmethod
+    def from_env(cls) -> ServerState:
+        home = Home.from_env()
+        return cls(resolve(home), home)
+
+    async def start(self) -> None:
+        for pool in self.pools.values():
+            pool.open(wait=True, timeout=30)
+        await self.broadcaster.start()
+        self.log("api_started", pid=os.getpid())
+
+    async def stop(self) -> None:
+        await self.broadcaster.stop()
+        for pool in self.pools.values():
+            pool.close()
+
+    # --- database -------------------------------------------------------------------------
+    def in_transaction(self, role: str, principal: apikeys.Principal | None,
+                       fn: Any, *args: Any) -> Any:
+        """fn(conn, *args) in one transaction with the caller's identity set locally."""
+        with self.pools[role].connection() as conn, conn.transaction():
+            if principal is not None:
+                conn.execute("SELECT set_config('app.user_id', %s, true), "
+                             "set_config('app.tenant_id', %s, true)",
+                             (principal.user_id, principal.tenant_id))
+            return fn(conn, *args)
+
+    def authenticate(self, token: str) -> apikeys.Principal | None:
+        now = time.monotonic()
+        hit = self._auth.get(token)
+        if hit and now - hit[0] < AUTH_CACHE_S:
+            return hit[1]
+        with self.pools["kernel"].connection() as conn:
+            principal = apikeys.authenticate(conn, token)
+        if len(self._auth) > 10_000:
+            self._auth.clear()
+        self._auth[token] = (now, principal)
+        return principal
+
+    # --- audit ----------------------------------------------------------------------------
+    def audit_denial(self, code: str, endpoint: Any, principal: apikeys.Principal | None,
+                     request: Any, request_id: str) -> None:
+        """Record a denial as a span, at most AUDIT_PER_SECOND a second (the rest are
+        counted into the next one), so a flood of bad requests cannot flood the ledger."""
+        self.metrics.denials.labels(code=code).inc()
+        second = int(time.monotonic())
+        with self._audit_lock:
+            start, written, dropped = self._audit_window
+            if start != second:
+                start, written = second, 0
+            if written >= AUDIT_PER_SECOND:
+                self._audit_window = (start, written, dropped + 1)
+                return
+            self._audit_window = (start, written + 1, 0)
+        span = {
+            "entity_type": "audit_denial", "who": "api", "did": "denied", "this": code,
+            "owner_id": principal.user_id if principal else "anonymous",
+            "tenant_id": principal.tenant_id if principal else "system",
+            "visibility": "private", "status": "denied", "trace_id": request_id,
+            "metadata": {"code": code, "action": endpoint.action, "method": endpoint.method,
+                         "path": request.url.path, "key_id": principal.key_id if principal
+                         else None, "client": request.client.host if request.client else None,
+                         "dropped_before": dropped},
+        }
+        try:
+            with self.pools["kernel"].connection() as conn:
+                ledger.append(conn, [span], self.key)
+        except (psycopg.Error, Exception) as exc:  # never turn a denial into a 500
+            self.log("audit_failed", error=str(exc)[:300])
+
+    def log(self, event: str, **fields: Any) -> None:
+        log(event, component="api", **fields)

@@ -1,0 +1,115 @@
+"""API keys: bearer tokens bound to a user, a tenant and roles; stored only as a hash.
+
+A key is `llk_<key id>_<secret>`. The ledger holds an `api_key` span per key (id derived from
+the key id, owner = the user, tenant = the tenant, private) whose metadata carries the key id,
+the BLAKE3 hash of the whole token and the roles. The token itself is shown once, at
+creation, and never stored. Revoking appends the next version with status `revoked`: the
+history of who could do what stays verifiable like everything else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+import psycopg
+from nacl.signing import SigningKey
+
+from . import ledger
+from .errors import LoglineError
+
+ROLES = ("reader", "writer", "admin")
+DEFAULT_ROLES = ("reader", "writer")
+_TOKEN = re.compile(r"^llk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_NAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: what every request runs as."""
+
+    key_id: str
+    user_id: str
+    tenant_id: str
+    roles: tuple[str, ...]
+
+    def can(self, role: str) -> bool:
+        return role in self.roles or "admin" in self.roles
+
+
+def span_id_for(key_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"logline:api_key:{key_id}"))
+
+
+def token_hash(token: str) -> str:
+    return blake3.blake3(token.encode()).hexdigest()
+
+
+def parse(token: str) -> str | None:
+    """The key id of a well-formed token, else None."""
+    match = _TOKEN.match(token.strip())
+    return match.group(1) if match else None
+
+
+def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: str,
+           roles: tuple[str, ...] = DEFAULT_ROLES) -> tuple[str, dict[str, Any]]:
+    """Append a new api_key span; return (the token, shown only now; the span)."""
+    for what, value in (("--user", user_id), ("--tenant", tenant_id)):
+        if not _NAME.match(value or ""):
+            raise LoglineError("APIKEY_BAD_NAME", "use 1-200 letters, digits or _.@:-", what)
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise LoglineError("APIKEY_BAD_ROLE", f"roles are {', '.join(ROLES)}", "--role")
+    key_id = secrets.token_hex(8)
+    token = f"llk_{key_id}_{secrets.token_urlsafe(32)}"
+    span = ledger.append(conn, [{
+        "id": span_id_for(key_id), "seq": 0, "entity_type": "api_key", "who": "logline",
+        "did": "issued", "this": f"api key {key_id}", "owner_id": user_id,
+        "tenant_id": tenant_id, "visibility": "private", "status": "active",
+        "metadata": {"key_id": key_id, "token_hash": token_hash(token),
+                     "roles": sorted(set(roles))},
+    }], key)[0]
+    return token, span
+
+
+def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str) -> dict[str, Any]:
+    current = ledger.head(conn, span_id_for(key_id))
+    if current is None or current["entity_type"] != "api_key":
+        raise LoglineError("APIKEY_NOT_FOUND", "no such key", key_id)
+    if current["status"] == "revoked":
+        raise LoglineError("APIKEY_REVOKED", "already revoked", key_id)
+    draft = {k: v for k, v in current.items()
+             if k not in ("at", "curr_hash", "signature", "public_key")}
+    draft.update(seq=current["seq"] + 1, prev_hash=current["curr_hash"], status="revoked",
+                 did="revoked")
+    return ledger.append(conn, [draft], key)[0]
+
+
+def listing(conn: psycopg.Connection, tenant_id: str | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT r.owner_id, r.tenant_id, r.status, r.metadata, r.at FROM ledger.span_heads h "
+        "JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
+        "WHERE h.entity_type = 'api_key' AND (%(t)s::text IS NULL OR h.tenant_id = %(t)s) "
+        "ORDER BY h.position", {"t": tenant_id}).fetchall()
+    return [{"key_id": r["metadata"]["key_id"], "user_id": r["owner_id"],
+             "tenant_id": r["tenant_id"], "roles": r["metadata"]["roles"],
+             "status": r["status"]} for r in rows]
+
+
+def authenticate(conn: psycopg.Connection, token: str) -> Principal | None:
+    """The principal a token stands for, or None (malformed, unknown, revoked, wrong)."""
+    key_id = parse(token)
+    if key_id is None:
+        return None
+    span = ledger.head(conn, span_id_for(key_id))
+    if span is None or span["entity_type"] != "api_key" or span["status"] != "active":
+        return None
+    meta = span["metadata"] or {}
+    if not hmac.compare_digest(str(meta.get("token_hash", "")), token_hash(token)):
+        return None
+    return Principal(key_id, span["owner_id"], span["tenant_id"], tuple(meta.get("roles", ())))
