@@ -11,10 +11,36 @@ Visibility = Literal["private", "tenant", "public"]
 JSON = Any
 
 
-class Span(BaseModel):
-    """A span as stored (latest version unless stated), with its ledger position."""
+class _Content(BaseModel):
+    """The optional columns of a span, shared by what we return and what we accept."""
 
     model_config = ConfigDict(extra="forbid")
+    did: str | None = None
+    parent_id: str | None = None
+    related_to: list[str] | None = None
+    owner_id: str | None = None
+    tenant_id: str | None = None
+    status: str | None = None
+    name: str | None = None
+    description: str | None = None
+    code: str | None = None
+    language: str | None = None
+    runtime: str | None = None
+    input: JSON = None
+    output: JSON = None
+    error: JSON = None
+    trace_id: str | None = None
+    prev_hash: str | None = None
+    curr_hash: str | None = None
+    signature: str | None = None
+    public_key: str | None = None
+    metadata: JSON = None
+    content: JSON = None
+
+
+class Span(_Content):
+    """A span as stored (latest version unless stated), with its ledger position."""
+
     id: str
     seq: int
     entity_type: str
@@ -22,68 +48,25 @@ class Span(BaseModel):
     this: str
     at: str
     visibility: Visibility
-    did: str | None = None
-    parent_id: str | None = None
-    related_to: list[str] | None = None
-    owner_id: str | None = None
-    tenant_id: str | None = None
-    status: str | None = None
     is_deleted: bool = False
-    name: str | None = None
-    description: str | None = None
-    code: str | None = None
-    language: str | None = None
-    runtime: str | None = None
-    input: JSON = None
-    output: JSON = None
-    error: JSON = None
     duration_ms: int | None = None
-    trace_id: str | None = None
-    prev_hash: str | None = None
-    curr_hash: str | None = None
-    signature: str | None = None
-    public_key: str | None = None
-    metadata: JSON = None
-    content: JSON = None
     position: int | None = None
 
 
-class SpanIn(BaseModel):
+class SpanIn(_Content):
     """A span to append. owner_id and tenant_id default to the caller's (and must be them).
     Without a signature the server chains, hashes and signs it; with one, it must verify
     under a key the manifest trusts and is stored exactly as signed."""
 
-    model_config = ConfigDict(extra="forbid")
     entity_type: str = Field(min_length=1, max_length=100)
     who: str
     this: str
     id: str | None = None
     seq: int | None = Field(default=None, ge=0)
     at: str | None = None
-    did: str | None = None
-    parent_id: str | None = None
-    related_to: list[str] | None = None
-    owner_id: str | None = None
-    tenant_id: str | None = None
     visibility: Visibility | None = None
-    status: str | None = None
     is_deleted: bool | None = None
-    name: str | None = None
-    description: str | None = None
-    code: str | None = None
-    language: str | None = None
-    runtime: str | None = None
-    input: JSON = None
-    output: JSON = None
-    error: JSON = None
     duration_ms: int | None = Field(default=None, ge=0)
-    trace_id: str | None = None
-    prev_hash: str | None = None
-    curr_hash: str | None = None
-    signature: str | None = None
-    public_key: str | None = None
-    metadata: JSON = None
-    content: JSON = None
 
 
 class SpanList(BaseModel):
