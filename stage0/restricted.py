@@ -20,6 +20,7 @@ from RestrictedPython.Guards import (
     guarded_unpack_sequence,
     safer_getattr,
 )
+from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
 from .errors import LoglineError
 
@@ -46,10 +47,26 @@ def _apply(function: Any, *args: Any, **kwargs: Any) -> Any:
     return function(*args, **kwargs)
 
 
+_FORBIDDEN = frozenset(INSPECT_ATTRIBUTES) | {"mro"}
+
+
+def kernel_getattr(ob: Any, name: Any, *default: Any) -> Any:
+    """RestrictedPython's safer_getattr, plus the refusals the sandbox found necessary:
+    frame/code introspection names, str.format (it reaches attributes through the format
+    string) and an exception's `obj`."""
+    if isinstance(name, str) and (
+            name in _FORBIDDEN
+            or (name in ("format", "format_map")
+                and (isinstance(ob, str) or (isinstance(ob, type) and issubclass(ob, str))))
+            or (name == "obj" and isinstance(ob, BaseException))):
+        raise AttributeError(f'access to attribute "{name}" is not allowed in kernels')
+    return safer_getattr(ob, name, *default)
+
+
 def guards() -> dict[str, Any]:
     return {
         "__builtins__": BUILTINS,
-        "_getattr_": safer_getattr,
+        "_getattr_": kernel_getattr,
         "_getitem_": default_guarded_getitem,
         "_getiter_": default_guarded_getiter,
         "_write_": full_write_guard,
