@@ -1,0 +1,88 @@
+"""`logline up`: one command serves the API, the console and a worker on the embedded
+database, prints the URL and an operator key, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+DB_ENV = ("LOGLINE_DATABASE_URL", "LOGLINE_APP_DATABASE_URL", "LOGLINE_KERNEL_DATABASE_URL")
+FUNCTION = "def main(input):\n    return {'doubled': input['n'] * 2}\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_up_serves_console_api_and_worker_then_stops_on_ctrl_c(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
+    env["LOGLINE_HOME"] = str(tmp_path / "home")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stage0.cli", "up", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        def key_line():
+            line = proc.stdout.readline()
+            lines.append(line)
+            return line.strip() if line.startswith("llk_") else None
+
+        token = wait_for(key_line, 60, "the operator key line")
+        assert f"http://127.0.0.1:{port}/" in "".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ok(f"{base}/healthz"), 30, "the API")
+        auth = {"Authorization": f"Bearer {token}"}
+        assert "<html" in httpx.get(base + "/").text.lower()
+        created = httpx.post(base + "/api/spans", headers=auth, json={
+            "entity_type": "function", "who": "operator", "this": "double",
+            "name": "double", "code": FUNCTION, "status": "active", "visibility": "tenant"})
+        assert created.status_code == 201, created.text
+        run = httpx.post(base + "/api/execute", headers=auth,
+                         json={"span_id": created.json()["id"], "input": {"n": 21}})
+        assert run.status_code == 202, run.text
+
+        def executed():
+            page = httpx.get(base + "/api/spans", headers=auth,
+                             params={"entity_type": "execution"}).json()["items"]
+            return page[0] if page else None
+
+        execution = wait_for(executed, 30, "the worker to execute the request")
+        assert execution["status"] == "complete" and execution["output"] == {"doubled": 42}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=40)
+        finally:
+            subprocess.run([sys.executable, "-m", "stage0.cli", "db", "stop"], env=env,
+                           capture_output=True, timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert '"action": "worker_stopped"' in err
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
