@@ -1,0 +1,1323 @@
+/* LogLine console: plain JavaScript, no build step, nothing loaded from elsewhere.
+ *
+ * Rules kept throughout: the API key lives in sessionStorage and travels only in the
+ * Authorization header (never in a URL, never logged); everything from the server reaches the
+ * DOM through textContent or attributes (never innerHTML); SSE is read with fetch() because
+ * EventSource cannot send headers.
+ */
+(() => {
+  'use strict';
+
+  const KEY_STORE = 'logline.apikey';
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  const NAMESPACE_URL = '6ba7b811-9dad-11d1-80b4-00c04fd430c8';
+  const MAX_ROWS = 500;
+  const STALL_MS = 45000; // the server pings every 15 s: this much silence means a dead link
+  const VIEWS = ['timeline', 'functions', 'executions', 'metrics'];
+
+  const state = {
+    token: null,
+    me: null,
+    view: null,
+    streams: [],
+    timeline: { top: 0, next: null, filters: { entity_type: '', trace_id: '' }, stream: null },
+    activity: null,
+    functions: new Map(),
+    executions: new Map(),
+    pending: new Map(), // request id -> result element, for requests started here
+    detail: null,
+    types: new Set(),
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  // --- DOM helpers (text only) -----------------------------------------------------------
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    setAttrs(el, attrs);
+    append(el, children);
+    return el;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG_NS, tag);
+    setAttrs(el, attrs);
+    append(el, children);
+    return el;
+  }
+
+  function setAttrs(el, attrs) {
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+      else if (k === 'text') el.textContent = String(v);
+      else el.setAttribute(k, v === true ? '' : String(v));
+    }
+  }
+
+  function append(el, children) {
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+  }
+
+  function clear(el) {
+    while (el.firstChild) el.firstChild.remove();
+  }
+
+  // --- formatting ------------------------------------------------------------------------
+  function utc(iso) {
+    const t = new Date(iso);
+    if (Number.isNaN(t.getTime())) return String(iso);
+    return t.toISOString().replace('T', ' ').replace('Z', ' UTC');
+  }
+
+  function relative(iso) {
+    const t = Date.parse(iso);
+    if (Number.isNaN(t)) return String(iso);
+    const s = Math.round((Date.now() - t) / 1000);
+    if (s < 5) return 'just now';
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    if (s < 86400 * 30) return `${Math.floor(s / 86400)} d ago`;
+    return new Date(t).toISOString().slice(0, 10);
+  }
+
+  function timeEl(iso) {
+    if (!iso) return h('span', { class: 'muted' }, '—');
+    return h('time', { class: 'time', datetime: iso, title: utc(iso) }, relative(iso));
+  }
+
+  function duration(ms) {
+    if (ms === null || ms === undefined) return '—';
+    if (ms < 10 && !Number.isInteger(ms)) return `${ms.toFixed(1)} ms`;
+    if (ms < 1000) return `${Math.round(ms)} ms`;
+    if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+    return `${Math.floor(ms / 60000)} min ${Math.round((ms % 60000) / 1000)} s`;
+  }
+
+  const TONES = {
+    ok: ['complete', 'completed', 'ok', 'active', 'success', 'succeeded', 'done', 'issued',
+      'verified', 'pass'],
+    bad: ['error', 'failed', 'failure', 'denied', 'revoked', 'rejected', 'timeout', 'crashed',
+      'over_quota', 'invalid'],
+    warn: ['running', 'claimed', 'slow', 'retrying', 'pending', 'archived'],
+    info: ['scheduled', 'queued', 'new', 'open'],
+  };
+
+  function tone(status) {
+    for (const [name, list] of Object.entries(TONES)) if (list.includes(status)) return name;
+    return 'neutral';
+  }
+
+  function pill(status) {
+    if (!status) return h('span', { class: 'muted' }, '—');
+    return h('span', { class: 'pill', 'data-tone': tone(status), 'data-status': status }, status);
+  }
+
+  function typeBadge(type) {
+    return h('span', { class: 'type', 'data-type': type, title: type }, type);
+  }
+
+  function copyIcon() {
+    return svg('svg', { viewBox: '0 0 16 16', 'aria-hidden': 'true', fill: 'none',
+      stroke: 'currentColor', 'stroke-width': '1.5' },
+    svg('rect', { x: '5.5', y: '5.5', width: '8', height: '8', rx: '1.5' }),
+    svg('path', { d: 'M10.5 3.5v-1a1 1 0 0 0-1-1h-6a1 1 0 0 0-1 1v6a1 1 0 0 0 1 1h1' }));
+  }
+
+  function idEl(value, { short = true, label = 'id' } = {}) {
+    if (!value) return h('span', { class: 'muted' }, '—');
+    const text = short && value.length > 16 ? `${value.slice(0, 8)}…${value.slice(-4)}` : value;
+    return h('span', { class: 'id' },
+      h('span', { class: 'id-text', title: value }, text),
+      h('button', { class: 'copy', type: 'button', title: `copy ${label}`,
+        'aria-label': `copy ${label}`, 'data-copy': value,
+        onclick: (ev) => { ev.stopPropagation(); copy(value); } }, copyIcon()));
+  }
+
+  async function copy(text) {
+    try {
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(text);
+      } else {
+        const area = h('textarea', { readonly: true });
+        area.value = text;
+        area.style.position = 'fixed';
+        area.style.opacity = '0';
+        document.body.append(area);
+        area.select();
+        document.execCommand('copy');
+        area.remove();
+      }
+      toast('Copied to the clipboard');
+    } catch (err) {
+      toast('Could not copy: select the text instead');
+    }
+  }
+
+  let toastTimer = null;
+  function toast(message) {
+    const el = $('toast');
+    el.textContent = message;
+    el.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { el.hidden = true; }, 1800);
+  }
+
+  function refreshTimes() {
+    for (const el of document.querySelectorAll('time.time[datetime]')) {
+      el.textContent = relative(el.getAttribute('datetime'));
+    }
+  }
+
+  // --- errors ----------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, code, message, requestId) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.requestId = requestId;
+    }
+  }
+
+  async function errorFrom(res) {
+    let body = null;
+    try { body = await res.json(); } catch (_) { /* not JSON */ }
+    const err = body && body.error ? body.error : {};
+    return new ApiError(res.status, err.code || `HTTP_${res.status}`,
+      err.message || res.statusText || 'the request failed',
+      err.request_id || res.headers.get('X-Request-ID'));
+  }
+
+  function errorBox(err, context) {
+    const code = err instanceof ApiError ? err.code : 'CONSOLE_ERROR';
+    const box = h('div', { class: 'error-box', role: 'alert', 'data-code': code },
+      h('button', { class: 'error-close', type: 'button', 'aria-label': 'dismiss',
+        onclick: () => box.remove() }, '×'),
+      context ? h('div', { class: 'small' }, context) : null,
+      h('div', {}, h('span', { class: 'error-code' }, code), err.message || String(err)));
+    if (err instanceof ApiError && err.requestId) {
+      box.append(h('div', { class: 'error-meta' }, 'request id',
+        idEl(err.requestId, { short: false, label: 'request id' })));
+    }
+    return box;
+  }
+
+  function showError(err, context) {
+    if ((err && err.name === 'AbortError') || !state.me) return; // logged out meanwhile
+    const list = $('errors');
+    const box = errorBox(err, context);
+    list.prepend(box);
+    while (list.children.length > 3) list.lastChild.remove();
+    setTimeout(() => box.remove(), 20000);
+  }
+
+  // --- API -------------------------------------------------------------------------------
+  async function api(path, { method = 'GET', body, signal } = {}) {
+    const headers = { Authorization: `Bearer ${state.token}`, Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let res;
+    try {
+      res = await fetch(path, { method, headers, signal, cache: 'no-store',
+        credentials: 'omit', body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (err) {
+      if (err.name === 'AbortError') throw err;
+      throw new ApiError(0, 'NETWORK', 'could not reach the LogLine server', null);
+    }
+    if (!res.ok) {
+      const err = await errorFrom(res);
+      if (res.status === 401 && state.me) logout(err);
+      throw err;
+    }
+    return res.status === 204 ? null : res.json();
+  }
+
+  function query(params) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) if (v !== '' && v !== null && v !== undefined) q.set(k, v);
+    const s = q.toString();
+    return s ? `?${s}` : '';
+  }
+
+  // --- SSE over fetch ----------------------------------------------------------------------
+  /** Parses the text/event-stream format: lines end in CRLF, LF or CR; a blank line ends an
+   * event; `:` starts a comment (the server's keep-alive pings). */
+  class SseParser {
+    constructor(onEvent, onComment) {
+      this.onEvent = onEvent;
+      this.onComment = onComment;
+      this.buf = '';
+      this.reset();
+    }
+
+    reset() {
+      this.data = [];
+      this.event = '';
+      this.id = null;
+    }
+
+    push(text) {
+      this.buf += text;
+      let start = 0;
+      for (let i = 0; i < this.buf.length; i++) {
+        const c = this.buf[i];
+        if (c !== '\n' && c !== '\r') continue;
+        if (c === '\r' && i + 1 === this.buf.length) break; // a CRLF may be split: wait
+        const line = this.buf.slice(start, i);
+        if (c === '\r' && this.buf[i + 1] === '\n') i++;
+        start = i + 1;
+        this.line(line);
+      }
+      this.buf = this.buf.slice(start);
+    }
+
+    line(line) {
+      if (line === '') {
+        if (this.data.length) {
+          this.onEvent({ event: this.event || 'message', data: this.data.join('\n'), id: this.id });
+        }
+        this.reset();
+        return;
+      }
+      if (line[0] === ':') {
+        this.onComment(line.slice(1));
+        return;
+      }
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? '' : line.slice(colon + 1);
+      if (value[0] === ' ') value = value.slice(1);
+      if (field === 'data') this.data.push(value);
+      else if (field === 'event') this.event = value;
+      else if (field === 'id' && !value.includes('\0')) this.id = value;
+    }
+  }
+
+  /** One live subscription to /api/timeline/stream. Starts after `since`, remembers the last
+   * event id and reconnects with Last-Event-ID (exponential backoff with jitter). */
+  class LiveStream {
+    constructor(name, filters, onSpan) {
+      this.name = name;
+      this.filters = filters;
+      this.onSpan = onSpan;
+      this.lastId = null;
+      this.attempt = 0;
+      this.stopped = true;
+      this.state = 'idle';
+      this.ctrl = null;
+      this.retryTimer = null;
+      this.stallTimer = null;
+    }
+
+    start(since) {
+      this.stopped = false;
+      this.since = since;
+      this.lastId = null;
+      this.connect();
+    }
+
+    stop() {
+      this.stopped = true;
+      clearTimeout(this.retryTimer);
+      clearTimeout(this.stallTimer);
+      if (this.ctrl) this.ctrl.abort();
+      this.setState('idle');
+    }
+
+    setState(value, detail) {
+      this.state = value;
+      this.detail = detail;
+      renderLive();
+    }
+
+    alive() {
+      clearTimeout(this.stallTimer);
+      const ctrl = this.ctrl;
+      this.stallTimer = setTimeout(() => ctrl.abort(), STALL_MS);
+    }
+
+    async connect() {
+      if (this.stopped) return;
+      const ctrl = new AbortController();
+      this.ctrl = ctrl;
+      const headers = { Authorization: `Bearer ${state.token}`, Accept: 'text/event-stream' };
+      const params = { ...this.filters };
+      if (this.lastId !== null) headers['Last-Event-ID'] = String(this.lastId);
+      else if (this.since !== null && this.since !== undefined) params.since = this.since;
+      this.setState('connecting');
+      let opened = 0;
+      let retryAfter = 0;
+      try {
+        const res = await fetch(`/api/timeline/stream${query(params)}`,
+          { headers, signal: ctrl.signal, cache: 'no-store', credentials: 'omit' });
+        if (!res.ok) {
+          const err = await errorFrom(res);
+          if (res.status === 401) {
+            logout(err);
+            return;
+          }
+          retryAfter = Number(res.headers.get('Retry-After') || 0) * 1000;
+          throw err;
+        }
+        opened = Date.now();
+        this.setState('live');
+        this.alive();
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        const parser = new SseParser((ev) => this.dispatch(ev), () => { this.attempt = 0; });
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          this.alive();
+          parser.push(decoder.decode(value, { stream: true }));
+        }
+        throw new Error('the server closed the stream');
+      } catch (err) {
+        clearTimeout(this.stallTimer);
+        if (this.stopped) return;
+        if (opened && Date.now() - opened > 10000) this.attempt = 0;
+        const base = Math.min(15000, 1000 * 2 ** this.attempt);
+        const delay = Math.max(retryAfter, Math.round(base * (0.75 + Math.random() * 0.5)));
+        this.attempt = Math.min(this.attempt + 1, 6);
+        this.setState('retrying', { delay, error: err });
+        if (err instanceof ApiError && err.status !== 429 && this.attempt === 1) {
+          showError(err, 'Live stream'); // once per outage, not on every retry
+        }
+        this.retryTimer = setTimeout(() => this.connect(), delay);
+      }
+    }
+
+    dispatch(ev) {
+      if (ev.id !== null && /^\d+$/.test(ev.id)) {
+        const position = Number(ev.id);
+        if (this.lastId !== null && position <= this.lastId) return; // already seen
+        this.lastId = position;
+      }
+      this.attempt = 0;
+      if (ev.event !== 'span') return;
+      let span;
+      try {
+        span = JSON.parse(ev.data);
+      } catch (err) {
+        return;
+      }
+      try {
+        this.onSpan(span);
+      } catch (err) {
+        showError(err, 'Rendering a live span');
+      }
+    }
+  }
+
+  function renderLive() {
+    const streams = state.streams.filter((s) => !s.stopped);
+    const el = $('live');
+    const text = $('live-text');
+    let value = 'idle';
+    let label = 'offline';
+    let title = 'not connected';
+    if (streams.length) {
+      const retrying = streams.find((s) => s.state === 'retrying');
+      if (retrying) {
+        value = 'retrying';
+        const secs = Math.max(1, Math.round(retrying.detail.delay / 1000));
+        label = `reconnecting in ${secs} s`;
+        title = String(retrying.detail.error && retrying.detail.error.message);
+      } else if (streams.some((s) => s.state === 'connecting')) {
+        value = 'connecting';
+        label = 'connecting…';
+        title = 'opening the live stream';
+      } else {
+        value = 'live';
+        label = 'live';
+        title = 'receiving new spans as they are appended';
+      }
+    }
+    el.dataset.state = value;
+    text.textContent = label;
+    el.title = title;
+  }
+
+  // --- identity ----------------------------------------------------------------------------
+  function sha1(bytes) {
+    const padded = new Uint8Array(((bytes.length + 9 + 63) >> 6) << 6);
+    padded.set(bytes);
+    padded[bytes.length] = 0x80;
+    const view = new DataView(padded.buffer);
+    const bits = bytes.length * 8;
+    view.setUint32(padded.length - 4, bits >>> 0);
+    view.setUint32(padded.length - 8, Math.floor(bits / 0x100000000));
+    const hs = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0];
+    const w = new Uint32Array(80);
+    for (let off = 0; off < padded.length; off += 64) {
+      for (let i = 0; i < 16; i++) w[i] = view.getUint32(off + i * 4);
+      for (let i = 16; i < 80; i++) {
+        const x = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16];
+        w[i] = (x << 1) | (x >>> 31);
+      }
+      let [a, b, c, d, e] = hs;
+      for (let i = 0; i < 80; i++) {
+        let f;
+        let k;
+        if (i < 20) { f = (b & c) | (~b & d); k = 0x5a827999; }
+        else if (i < 40) { f = b ^ c ^ d; k = 0x6ed9eba1; }
+        else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8f1bbcdc; }
+        else { f = b ^ c ^ d; k = 0xca62c1d6; }
+        const t = (((a << 5) | (a >>> 27)) + f + e + k + w[i]) >>> 0;
+        e = d; d = c; c = ((b << 30) | (b >>> 2)) >>> 0; b = a; a = t;
+      }
+      hs[0] = (hs[0] + a) >>> 0; hs[1] = (hs[1] + b) >>> 0; hs[2] = (hs[2] + c) >>> 0;
+      hs[3] = (hs[3] + d) >>> 0; hs[4] = (hs[4] + e) >>> 0;
+    }
+    const out = new Uint8Array(20);
+    const outView = new DataView(out.buffer);
+    hs.forEach((v, i) => outView.setUint32(i * 4, v));
+    return out;
+  }
+
+  /** RFC 4122 name-based UUID (version 5), as Python's uuid.uuid5. */
+  function uuid5(namespace, name) {
+    const ns = new Uint8Array(namespace.replace(/-/g, '').match(/../g).map((x) => parseInt(x, 16)));
+    const nameBytes = new TextEncoder().encode(name);
+    const all = new Uint8Array(ns.length + nameBytes.length);
+    all.set(ns);
+    all.set(nameBytes, ns.length);
+    const b = sha1(all).slice(0, 16);
+    b[6] = (b[6] & 0x0f) | 0x50;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const hex = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  }
+
+  /** Who this key is: its own api_key span (private to its user, so visible to it). */
+  async function whoami(token) {
+    const match = /^llk_([0-9a-f]{16})_/.exec(token);
+    const keyId = match ? match[1] : null;
+    if (!keyId) return { user: '?', tenant: '?', roles: [], keyId: null };
+    try {
+      const span = await api(`/api/spans/${uuid5(NAMESPACE_URL, `logline:api_key:${keyId}`)}`);
+      const meta = span.metadata || {};
+      return { user: span.owner_id, tenant: span.tenant_id, roles: meta.roles || [], keyId };
+    } catch (err) {
+      if (err.status === 401) throw err;
+      return { user: '?', tenant: '?', roles: [], keyId };
+    }
+  }
+
+  function can(role) {
+    const roles = (state.me && state.me.roles) || [];
+    return roles.includes(role) || roles.includes('admin');
+  }
+
+  // --- login / logout ------------------------------------------------------------------------
+  async function login(token, { remember = true } = {}) {
+    state.token = token;
+    let tip;
+    try {
+      const first = await api('/api/timeline?limit=1');
+      tip = first.items.length ? first.items[0].position : 0;
+      state.me = await whoami(token);
+    } catch (err) {
+      state.token = null;
+      state.me = null;
+      sessionStorage.removeItem(KEY_STORE);
+      throw err;
+    }
+    if (remember) sessionStorage.setItem(KEY_STORE, token);
+    enterApp(tip);
+  }
+
+  function showLogin(err) {
+    $('app').hidden = true;
+    $('login').hidden = false;
+    const box = $('login-error');
+    clear(box);
+    if (err) {
+      box.append(h('span', { class: 'error-code' }, err.code || 'ERROR'), err.message);
+      if (err.requestId) {
+        box.append(h('div', { class: 'error-meta' }, 'request id',
+          idEl(err.requestId, { short: false, label: 'request id' })));
+      }
+      box.dataset.code = err.code || 'ERROR';
+      box.hidden = false;
+    } else {
+      box.hidden = true;
+    }
+    $('login-key').value = '';
+    $('login-key').focus();
+  }
+
+  function logout(err) {
+    for (const stream of state.streams) stream.stop();
+    state.streams = [];
+    state.activity = null;
+    state.timeline.stream = null;
+    state.token = null;
+    state.me = null;
+    state.functions.clear();
+    state.executions.clear();
+    state.pending.clear();
+    state.types.clear();
+    sessionStorage.removeItem(KEY_STORE);
+    $('filter-entity').value = '';
+    $('filter-trace').value = '';
+    closeDetail();
+    for (const id of ['timeline-rows', 'function-rows', 'execution-rows', 'errors', 'entity-types',
+      'metrics-tiles', 'chart-status', 'chart-latency']) clear($(id));
+    $('execute-panel').hidden = true;
+    showLogin(err && err instanceof ApiError ? err : null);
+  }
+
+  function enterApp(tip) {
+    $('login').hidden = true;
+    $('app').hidden = false;
+    $('who-user').textContent = state.me.user;
+    $('who-tenant').textContent = state.me.tenant;
+    const roles = $('who-roles');
+    clear(roles);
+    for (const role of state.me.roles) roles.append(h('span', { class: 'role' }, role));
+    state.activity = new LiveStream('activity', {}, onActivity);
+    state.streams = [state.activity];
+    state.activity.start(tip);
+    loadFunctions();
+    loadExecutions();
+    route();
+  }
+
+  // --- routing -----------------------------------------------------------------------------
+  function route() {
+    if (!state.me) return;
+    const wanted = location.hash.replace(/^#/, '');
+    const view = VIEWS.includes(wanted) ? wanted : 'timeline';
+    const first = state.view === null;
+    state.view = view;
+    for (const section of document.querySelectorAll('section.view')) {
+      section.hidden = section.dataset.view !== view;
+    }
+    for (const tab of document.querySelectorAll('.tab')) {
+      tab.setAttribute('aria-selected', String(tab.dataset.view === view));
+    }
+    document.title = `${view[0].toUpperCase()}${view.slice(1)} · LogLine`;
+    if (view === 'timeline' && (first || !state.timeline.stream)) loadTimeline();
+    if (view === 'metrics') loadMetrics();
+  }
+
+  // --- timeline ----------------------------------------------------------------------------
+  function whatCell(span) {
+    return h('div', { class: 'what' },
+      h('span', { class: 'who-name' }, span.who),
+      span.did ? h('span', { class: 'did' }, span.did) : null,
+      h('span', { class: 'this', title: span.this }, span.this));
+  }
+
+  function traceCell(traceId) {
+    if (!traceId) return h('span', { class: 'muted' }, '—');
+    return h('span', { class: 'id' },
+      h('button', { class: 'link id-text', type: 'button', title: `show trace ${traceId}`,
+        onclick: (ev) => {
+          ev.stopPropagation();
+          $('filter-trace').value = traceId;
+          applyFilters();
+        } }, traceId.length > 16 ? `${traceId.slice(0, 8)}…${traceId.slice(-4)}` : traceId),
+      h('button', { class: 'copy', type: 'button', title: 'copy trace id',
+        'aria-label': 'copy trace id', onclick: (ev) => { ev.stopPropagation(); copy(traceId); } },
+      copyIcon()));
+  }
+
+  function timelineRow(span, fresh) {
+    rememberType(span.entity_type);
+    return h('tr', { class: `clickable${fresh ? ' fresh' : ''}`, 'data-span-id': span.id,
+      'data-seq': span.seq, 'data-position': span.position, 'data-entity-type': span.entity_type,
+      onclick: () => openDetail(span.id, span.seq) },
+    h('td', {}, timeEl(span.at)),
+    h('td', {}, typeBadge(span.entity_type)),
+    h('td', {}, whatCell(span)),
+    h('td', {}, pill(span.status)),
+    h('td', {}, traceCell(span.trace_id)),
+    h('td', {}, idEl(span.id, { label: 'span id' })));
+  }
+
+  function rememberType(type) {
+    if (!type || state.types.has(type)) return;
+    state.types.add(type);
+    const list = $('entity-types');
+    clear(list);
+    for (const t of [...state.types].sort()) list.append(h('option', { value: t }));
+  }
+
+  async function loadTimeline() {
+    const tl = state.timeline;
+    if (tl.stream) {
+      tl.stream.stop();
+      state.streams = state.streams.filter((s) => s !== tl.stream);
+      tl.stream = null;
+    }
+    tl.filters = { entity_type: $('filter-entity').value.trim(),
+      trace_id: $('filter-trace').value.trim() };
+    const rows = $('timeline-rows');
+    clear(rows);
+    $('timeline-empty').hidden = true;
+    let data;
+    try {
+      data = await api(`/api/timeline${query({ ...tl.filters, limit: 50 })}`);
+    } catch (err) {
+      showError(err, 'Loading the timeline');
+      return;
+    }
+    if (!state.me) return;
+    for (const span of data.items) rows.append(timelineRow(span, false));
+    tl.top = data.items.length ? data.items[0].position : 0;
+    tl.next = data.next_before;
+    $('timeline-more').hidden = tl.next === null;
+    $('timeline-empty').hidden = data.items.length > 0;
+    const stream = new LiveStream('timeline', tl.filters, onTimelineSpan);
+    tl.stream = stream;
+    state.streams.push(stream);
+    stream.start(tl.top);
+  }
+
+  async function loadOlder() {
+    const tl = state.timeline;
+    if (tl.next === null) return;
+    try {
+      const data = await api(`/api/timeline${query({ ...tl.filters, limit: 50, before: tl.next })}`);
+      const rows = $('timeline-rows');
+      for (const span of data.items) rows.append(timelineRow(span, false));
+      tl.next = data.next_before;
+      $('timeline-more').hidden = tl.next === null;
+    } catch (err) {
+      showError(err, 'Loading older spans');
+    }
+  }
+
+  function onTimelineSpan(span) {
+    const tl = state.timeline;
+    if (span.position <= tl.top) return;
+    tl.top = span.position;
+    const rows = $('timeline-rows');
+    rows.prepend(timelineRow(span, true));
+    $('timeline-empty').hidden = true;
+    while (rows.children.length > MAX_ROWS) rows.lastChild.remove();
+    if (state.detail && state.detail.id === span.id) openDetail(span.id, span.seq, true);
+  }
+
+  function applyFilters() {
+    if (location.hash !== '#timeline') location.hash = '#timeline';
+    loadTimeline();
+  }
+
+  // --- activity (everything new: feeds functions, executions, pending requests) ---------------
+  function onActivity(span) {
+    if (span.entity_type === 'function') upsertFunction(span, true);
+    else if (span.entity_type === 'execution') {
+      upsertExecution(span, true);
+      if (state.view === 'metrics') scheduleMetrics();
+    } else if (span.entity_type === 'request' && state.pending.has(span.id)) {
+      updatePending(span);
+    }
+  }
+
+  // --- functions ---------------------------------------------------------------------------
+  async function loadFunctions() {
+    try {
+      const data = await api('/api/spans?entity_type=function&limit=500');
+      if (!state.me) return;
+      state.functions.clear();
+      clear($('function-rows'));
+      for (const span of data.items.slice().reverse()) upsertFunction(span, false);
+    } catch (err) {
+      showError(err, 'Loading functions');
+    }
+  }
+
+  function isKernel(span) {
+    return Boolean(span.metadata && span.metadata.kernel);
+  }
+
+  function functionRow(span, fresh) {
+    const runnable = can('writer');
+    return h('tr', { class: `clickable${fresh ? ' fresh' : ''}`, 'data-span-id': span.id,
+      'data-kernel': String(isKernel(span)), onclick: () => openDetail(span.id) },
+    h('td', {},
+      h('div', {}, h('span', { class: 'fn-name' }, span.name || span.this),
+        isKernel(span) ? h('span', { class: 'kernel', title: 'a stage-0 kernel' }, 'kernel')
+          : null),
+      span.description ? h('div', { class: 'fn-desc', title: span.description },
+        span.description) : null),
+    h('td', {}, h('span', { class: 'mono' }, span.language || '—')),
+    h('td', {}, pill(span.status)),
+    h('td', {}, timeEl(span.at)),
+    h('td', {}, idEl(span.id, { label: 'function id' })),
+    h('td', { class: 'action' }, isKernel(span)
+      ? h('span', { class: 'muted small', title: 'kernels run inside the workers' }, 'worker')
+      : h('button', { class: 'btn btn-sm', type: 'button', 'data-action': 'execute',
+        disabled: !runnable, title: runnable ? 'run this function' : 'needs the writer role',
+        onclick: (ev) => { ev.stopPropagation(); openExecute(span); } }, 'Execute')));
+  }
+
+  /** Keep user functions first (newest first), then kernels. */
+  function upsertFunction(span, fresh) {
+    const old = state.functions.get(span.id);
+    if (old && old.span.position > span.position) return;
+    const row = functionRow(span, fresh);
+    if (old) old.row.replaceWith(row);
+    state.functions.set(span.id, { span, row });
+    if (!old) {
+      const rows = $('function-rows');
+      if (isKernel(span)) rows.append(row);
+      else rows.prepend(row);
+    }
+    $('functions-empty').hidden = state.functions.size > 0;
+  }
+
+  function openExecute(span) {
+    const panel = $('execute-panel');
+    panel.hidden = false;
+    panel.dataset.spanId = span.id;
+    panel.parentElement.classList.add('with-panel');
+    $('execute-name').textContent = span.name || span.this;
+    clear($('execute-id'));
+    $('execute-id').append(idEl(span.id, { short: false, label: 'function id' }));
+    $('execute-input-error').hidden = true;
+    clear($('execute-result'));
+    $('execute-result').hidden = true;
+    const input = $('execute-input');
+    if (!input.value.trim()) input.value = '{}';
+    input.focus();
+  }
+
+  function closeExecute() {
+    const panel = $('execute-panel');
+    panel.hidden = true;
+    panel.parentElement.classList.remove('with-panel');
+  }
+
+  async function runExecute() {
+    const panel = $('execute-panel');
+    const fieldError = $('execute-input-error');
+    fieldError.hidden = true;
+    let input;
+    const raw = $('execute-input').value.trim();
+    try {
+      input = raw === '' ? null : JSON.parse(raw);
+    } catch (err) {
+      fieldError.textContent = `Input is not valid JSON: ${err.message}`;
+      fieldError.hidden = false;
+      return;
+    }
+    const body = { span_id: panel.dataset.spanId, input };
+    const idem = $('execute-idem').value.trim();
+    if (idem) body.idempotency_key = idem;
+    const button = $('execute-run');
+    button.disabled = true;
+    try {
+      const out = await api('/api/execute', { method: 'POST', body });
+      showRequest(out);
+    } catch (err) {
+      showError(err, 'Execute');
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function showRequest(out) {
+    const result = $('execute-result');
+    clear(result);
+    const status = h('span', { id: 'execute-status' }, pill(out.status));
+    const execution = h('span', { id: 'execute-execution', class: 'muted' },
+      'waiting for a worker…');
+    result.append(
+      h('div', { class: 'result-line' }, h('span', {}, 'Request'),
+        h('span', { id: 'execute-request-id', 'data-request-id': out.request_id },
+          idEl(out.request_id, { short: false, label: 'request id' }))),
+      h('div', { class: 'result-line' }, h('span', {}, 'Status'), status),
+      h('div', { class: 'result-line' }, h('span', {}, 'Trace'), traceCell(out.trace_id)),
+      h('div', { class: 'result-line' }, h('span', {}, 'Execution'), execution),
+      h('div', { class: 'result-line' }, h('span', {}, ''),
+        h('button', { class: 'link', type: 'button', onclick: () => openDetail(out.request_id) },
+          'Open the request')));
+    result.hidden = false;
+    state.pending.set(out.request_id, { status, execution });
+  }
+
+  function updatePending(span) {
+    const pending = state.pending.get(span.id);
+    clear(pending.status);
+    pending.status.append(pill(span.status));
+    const executionId = span.metadata && span.metadata.execution_id;
+    if (executionId) {
+      clear(pending.execution);
+      pending.execution.classList.remove('muted');
+      pending.execution.append(h('button', { class: 'link mono', type: 'button',
+        onclick: () => openDetail(executionId) }, executionId));
+    } else if (tone(span.status) === 'bad') {
+      clear(pending.execution);
+      pending.execution.append((span.error && span.error.message) || span.status);
+    }
+  }
+
+  // --- executions --------------------------------------------------------------------------
+  async function loadExecutions() {
+    const status = $('executions-status').value;
+    try {
+      const data = await api(`/api/spans${query({ entity_type: 'execution', status, limit: 200 })}`);
+      if (!state.me) return;
+      state.executions.clear();
+      clear($('execution-rows'));
+      for (const span of data.items.slice().reverse()) upsertExecution(span, false);
+      $('executions-empty').hidden = state.executions.size > 0;
+    } catch (err) {
+      showError(err, 'Loading executions');
+    }
+  }
+
+  function executionRow(span, fresh) {
+    return h('tr', { class: `clickable${fresh ? ' fresh' : ''}`, 'data-span-id': span.id,
+      'data-status': span.status || '', onclick: () => openDetail(span.id) },
+    h('td', {}, timeEl(span.at)),
+    h('td', {}, h('span', { class: 'fn-name' }, span.this),
+      span.parent_id ? h('span', { class: 'muted small' }, ' · ', idEl(span.parent_id,
+        { label: 'function id' })) : null),
+    h('td', {}, resultPreview(span)),
+    h('td', {}, pill(span.status)),
+    h('td', { class: 'num', 'data-duration-ms': span.duration_ms ?? '' }, duration(span.duration_ms)),
+    h('td', {}, traceCell(span.trace_id)),
+    h('td', {}, idEl(span.id, { label: 'execution id' })));
+  }
+
+  function resultPreview(span) {
+    if (span.error !== null && span.error !== undefined) {
+      const text = typeof span.error === 'object' && span.error.message ? span.error.message
+        : JSON.stringify(span.error);
+      return h('span', { class: 'preview preview-bad', title: text }, text);
+    }
+    if (span.output === null || span.output === undefined) return h('span', { class: 'muted' }, '—');
+    const text = JSON.stringify(span.output);
+    return h('span', { class: 'preview mono', title: text }, text);
+  }
+
+  function upsertExecution(span, fresh) {
+    const wanted = $('executions-status').value;
+    if (wanted && span.status !== wanted) return;
+    const old = state.executions.get(span.id);
+    if (old && old.span.position > span.position) return;
+    const row = executionRow(span, fresh);
+    const rows = $('execution-rows');
+    if (old) old.row.remove();
+    rows.prepend(row);
+    state.executions.set(span.id, { span, row });
+    while (rows.children.length > MAX_ROWS) {
+      const last = rows.lastChild;
+      state.executions.delete(last.dataset.spanId);
+      last.remove();
+    }
+    $('executions-empty').hidden = true;
+  }
+
+  // --- span detail ---------------------------------------------------------------------------
+  const ID_FIELDS = new Set(['id', 'trace_id', 'owner_id', 'tenant_id']);
+  const HASH_FIELDS = new Set(['prev_hash', 'curr_hash', 'signature', 'public_key']);
+  const LINK_FIELDS = new Set(['parent_id']);
+
+  function openDetail(id, seq, refresh) {
+    state.detail = { id, seq: seq ?? null };
+    $('drawer').hidden = false;
+    $('drawer-backdrop').hidden = false;
+    $('drawer').dataset.spanId = id;
+    if (!refresh) {
+      $('detail-title').textContent = 'Loading…';
+      clear($('detail-kicker'));
+      clear($('detail-id'));
+      clear($('detail-fields'));
+      clear($('detail-versions'));
+    }
+    const verify = $('detail-verify');
+    verify.dataset.ok = 'pending';
+    clear(verify);
+    verify.append('checking…');
+    const token = state.detail;
+    Promise.all([api(`/api/spans/${encodeURIComponent(id)}?all=1`),
+      api(`/api/verify/${encodeURIComponent(id)}`).catch((err) => err)])
+      .then(([versions, verification]) => {
+        if (state.detail !== token) return;
+        renderDetail(versions.items, seq);
+        renderVerification(verification);
+      })
+      .catch((err) => {
+        if (state.detail !== token) return;
+        $('detail-title').textContent = 'Not available';
+        verify.dataset.ok = 'false';
+        clear(verify);
+        verify.append(errorBox(err));
+      });
+  }
+
+  function closeDetail() {
+    state.detail = null;
+    $('drawer').hidden = true;
+    $('drawer-backdrop').hidden = true;
+  }
+
+  function renderDetail(versions, seq) {
+    const head = versions[versions.length - 1];
+    const chosen = versions.find((v) => v.seq === seq) || head;
+    const kicker = $('detail-kicker');
+    clear(kicker);
+    kicker.append(typeBadge(head.entity_type), head.status ? pill(head.status) : null,
+      h('span', { class: 'muted small' }, head.visibility));
+    $('detail-title').textContent = head.name || head.this;
+    const idBox = $('detail-id');
+    clear(idBox);
+    idBox.append(idEl(head.id, { short: false, label: 'span id' }));
+    const list = $('detail-versions');
+    clear(list);
+    for (const v of versions.slice().reverse()) {
+      list.append(h('li', { class: 'version', 'data-seq': v.seq,
+        'aria-current': String(v.seq === chosen.seq), tabindex: '0',
+        onclick: () => showVersion(versions, v.seq),
+        onkeydown: (ev) => { if (ev.key === 'Enter') showVersion(versions, v.seq); } },
+      h('span', { class: 'seq' }, `v${v.seq}`),
+      h('span', { class: 'vmeta' }, pill(v.status), h('span', {}, v.did || ''),
+        v.seq === head.seq ? h('span', { class: 'muted small' }, 'latest') : null),
+      timeEl(v.at)));
+    }
+    renderFields(chosen);
+  }
+
+  function showVersion(versions, seq) {
+    state.detail.seq = seq;
+    for (const li of $('detail-versions').children) {
+      li.setAttribute('aria-current', String(Number(li.dataset.seq) === seq));
+    }
+    renderFields(versions.find((v) => v.seq === seq));
+  }
+
+  function renderFields(span) {
+    $('detail-seq').textContent = `· v${span.seq}`;
+    const dl = $('detail-fields');
+    clear(dl);
+    const unset = [];
+    for (const [key, value] of Object.entries(span)) {
+      if (value === null || value === undefined) unset.push(key);
+      else dl.append(h('dt', {}, key), fieldValue(key, value));
+    }
+    if (unset.length) {
+      dl.append(h('dt', {}, 'unset'), h('dd', { class: 'null mono' }, unset.join(', ')));
+    }
+  }
+
+  function fieldValue(key, value) {
+    if (value === null || value === undefined) return h('dd', { class: 'null' }, '—');
+    if (key === 'at') return h('dd', {}, timeEl(value), h('span', { class: 'muted small' }, `  ${utc(value)}`));
+    if (key === 'status') return h('dd', {}, pill(value));
+    if (key === 'entity_type') return h('dd', {}, typeBadge(value));
+    if (key === 'duration_ms') return h('dd', {}, duration(value));
+    if (LINK_FIELDS.has(key)) return h('dd', {}, spanLink(value));
+    if (key === 'related_to' && Array.isArray(value)) {
+      return h('dd', {}, value.map((id) => h('div', {}, spanLink(id))));
+    }
+    if (ID_FIELDS.has(key) || HASH_FIELDS.has(key)) {
+      return h('dd', {}, idEl(String(value), { short: false, label: key }));
+    }
+    if (key === 'code' || typeof value === 'object') {
+      const text = typeof value === 'string' ? value : JSON.stringify(value, null, 2);
+      return h('dd', {}, h('pre', {}, text));
+    }
+    return h('dd', {}, String(value));
+  }
+
+  function spanLink(id) {
+    return h('span', { class: 'id' },
+      h('button', { class: 'link mono', type: 'button', title: 'open this span',
+        onclick: () => openDetail(id) }, id),
+      h('button', { class: 'copy', type: 'button', title: 'copy span id',
+        'aria-label': 'copy span id', onclick: () => copy(id) }, copyIcon()));
+  }
+
+  function renderVerification(v) {
+    const box = $('detail-verify');
+    clear(box);
+    if (v instanceof Error) {
+      box.dataset.ok = 'false';
+      box.append(errorBox(v, 'Verification could not run'));
+      return;
+    }
+    box.dataset.ok = String(v.ok);
+    box.append(h('div', { class: 'verify-title' }, v.ok ? '✓ Verified' : '✗ Not verified',
+      v.reason ? h('span', { class: 'mono' }, v.reason) : null,
+      h('span', { class: 'muted small' }, `latest of ${v.versions} version${v.versions === 1 ? '' : 's'}`)));
+    const labels = { hash: 'Hash', signature: 'Signature', trusted_key: 'Trusted key',
+      chain: 'Chain' };
+    const checks = h('div', { class: 'checks' });
+    for (const [key, label] of Object.entries(labels)) {
+      const ok = Boolean(v.checks[key]);
+      checks.append(h('div', { class: 'check', 'data-check': key, 'data-ok': String(ok) },
+        h('span', { class: 'check-mark' }, ok ? '✓' : '✗'), label));
+    }
+    box.append(checks);
+    if (v.detail) box.append(h('div', { class: 'verify-detail' }, v.detail));
+  }
+
+  // --- metrics -----------------------------------------------------------------------------
+  let metricsTimer = null;
+  function scheduleMetrics() {
+    clearTimeout(metricsTimer);
+    metricsTimer = setTimeout(loadMetrics, 1500);
+  }
+
+  const STATUS_COLORS = { complete: '#12b76a', error: '#f04438', denied: '#f79009',
+    over_quota: '#fdb022' };
+  const EXTRA_COLORS = ['#7a5af8', '#2e90fa', '#ee46bc', '#98a2b3'];
+
+  async function loadMetrics() {
+    const days = Number($('metrics-days').value);
+    let data;
+    try {
+      data = await api(`/api/metrics${query({ days })}`);
+    } catch (err) {
+      showError(err, 'Loading metrics');
+      return;
+    }
+    if (!state.me) return;
+    renderMetrics(data.executions, days);
+  }
+
+  function dayList(days) {
+    const out = [];
+    const today = new Date();
+    const base = Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate());
+    for (let i = days - 1; i >= 0; i--) out.push(new Date(base - i * 86400000).toISOString().slice(0, 10));
+    return out;
+  }
+
+  /** A y scale of four steps of 1, 2, 2.5 or 5 × 10^n covering `value` (whole steps for
+   * counts). */
+  function niceScale(value, whole) {
+    const raw = Math.max(value, whole ? 1 : 1e-3) / 4;
+    const exp = 10 ** Math.floor(Math.log10(raw));
+    let step = 10 * exp;
+    for (const m of [1, 2, 2.5, 5, 10]) {
+      if (m * exp >= raw && !(whole && m === 2.5 && exp < 10)) { step = m * exp; break; }
+    }
+    if (whole) step = Math.max(1, Math.round(step));
+    return step * 4;
+  }
+
+  function msTick(v) {
+    if (v === 0) return '0';
+    if (v < 1000) return `${Number(v.toPrecision(3))} ms`;
+    return `${Number((v / 1000).toPrecision(3))} s`;
+  }
+
+  function renderMetrics(rows, days) {
+    const daysShown = dayList(days);
+    const byDay = new Map(daysShown.map((d) => [d, { total: 0, statuses: {}, weighted: 0,
+      counted: 0, p95: null }]));
+    const statuses = new Set();
+    let total = 0;
+    let complete = 0;
+    let weighted = 0;
+    let counted = 0;
+    let worstP95 = null;
+    for (const r of rows) {
+      const status = r.status || 'unknown';
+      statuses.add(status);
+      total += r.count;
+      if (status === 'complete') complete += r.count;
+      if (r.avg_ms !== null) { weighted += r.avg_ms * r.count; counted += r.count; }
+      if (r.p95_ms !== null) worstP95 = Math.max(worstP95 ?? 0, r.p95_ms);
+      const day = byDay.get(r.day);
+      if (!day) continue;
+      day.total += r.count;
+      day.statuses[status] = (day.statuses[status] || 0) + r.count;
+      if (r.avg_ms !== null) { day.weighted += r.avg_ms * r.count; day.counted += r.count; }
+      if (r.p95_ms !== null) day.p95 = Math.max(day.p95 ?? 0, r.p95_ms);
+    }
+    const order = [...statuses].sort((a, b) => {
+      const rank = (s) => (s in STATUS_COLORS ? Object.keys(STATUS_COLORS).indexOf(s) : 99);
+      return rank(a) - rank(b) || a.localeCompare(b);
+    });
+    const colors = {};
+    let extra = 0;
+    for (const s of order) colors[s] = STATUS_COLORS[s] || EXTRA_COLORS[extra++ % EXTRA_COLORS.length];
+
+    const tiles = $('metrics-tiles');
+    clear(tiles);
+    const tile = (label, value, key) => h('div', { class: 'tile', 'data-metric': key },
+      h('div', { class: 'tile-label' }, label), h('div', { class: 'tile-value' }, value));
+    tiles.append(
+      tile(`Executions (${days} d)`, total.toLocaleString('en-US'), 'total'),
+      tile('Completed', total ? `${((100 * complete) / total).toFixed(1)} %` : '—', 'success'),
+      tile('Average duration', counted ? duration(weighted / counted) : '—', 'avg'),
+      tile('p95 duration (worst day)', worstP95 === null ? '—' : duration(worstP95), 'p95'));
+
+    const series = daysShown.map((d) => ({ day: d, ...byDay.get(d) }));
+    drawStacked($('chart-status'), series, order, colors, days);
+    drawLatency($('chart-latency'), series, days);
+  }
+
+  const W = 1000;
+  const H = 260;
+  const M = { l: 56, r: 16, t: 12, b: 30 };
+
+  function axisLabel(day) {
+    const d = new Date(`${day}T00:00:00Z`);
+    return d.toLocaleDateString('en-US', { month: 'short', day: 'numeric', timeZone: 'UTC' });
+  }
+
+  function frame(el, series, yMax, yFormat) {
+    const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img' });
+    const plotH = H - M.t - M.b;
+    const plotW = W - M.l - M.r;
+    for (let i = 0; i <= 4; i++) {
+      const v = (yMax * i) / 4;
+      const y = M.t + plotH - (plotH * i) / 4;
+      root.append(svg('line', { class: i ? 'gridline' : 'axis', x1: M.l, x2: W - M.r, y1: y, y2: y }),
+        svg('text', { class: 'tick', x: M.l - 8, y: y + 4, 'text-anchor': 'end' }, yFormat(v)));
+    }
+    const band = plotW / series.length;
+    const every = Math.max(1, Math.ceil(series.length / 10));
+    series.forEach((s, i) => {
+      if ((series.length - 1 - i) % every) return;
+      root.append(svg('text', { class: 'tick', x: M.l + band * (i + 0.5), y: H - 10,
+        'text-anchor': 'middle' }, axisLabel(s.day)));
+    });
+    el.append(root);
+    return { root, band, plotH, plotW, y: (v) => M.t + plotH - (plotH * v) / yMax };
+  }
+
+  function legend(items) {
+    return h('div', { class: 'legend' }, items.map(([label, color, line]) =>
+      h('span', { class: 'legend-item' },
+        svg('svg', { width: 14, height: 10, 'aria-hidden': 'true' },
+          line ? svg('rect', { x: 0, y: 4, width: 14, height: 3, rx: 1.5, fill: color })
+            : svg('rect', { x: 2, y: 0, width: 10, height: 10, rx: 2.5, fill: color })),
+        label)));
+  }
+
+  function emptyChart(el, days) {
+    el.append(h('div', { class: 'empty' }, `No executions in the last ${days} days.`));
+  }
+
+  function drawStacked(el, series, order, colors, days) {
+    clear(el);
+    const max = Math.max(0, ...series.map((s) => s.total));
+    if (!max) { emptyChart(el, days); return; }
+    el.append(legend(order.map((s) => [s, colors[s], false])));
+    const yMax = niceScale(max, true);
+    const f = frame(el, series, yMax, (v) => v.toLocaleString('en-US'));
+    const width = Math.max(2, Math.min(42, f.band * 0.62));
+    series.forEach((s, i) => {
+      let base = 0;
+      const x = M.l + f.band * i + (f.band - width) / 2;
+      for (const status of order) {
+        const n = s.statuses[status] || 0;
+        if (!n) continue;
+        const y1 = f.y(base + n);
+        const y0 = f.y(base);
+        f.root.append(svg('rect', { class: 'bar', x, y: y1, width, height: Math.max(1, y0 - y1),
+          fill: colors[status], rx: 2, 'data-day': s.day, 'data-status': status, 'data-count': n },
+        svg('title', {}, `${s.day} · ${status}: ${n}`)));
+        base += n;
+      }
+    });
+  }
+
+  function drawLatency(el, series, days) {
+    clear(el);
+    const points = series.map((s) => ({ day: s.day, avg: s.counted ? s.weighted / s.counted : null,
+      p95: s.p95 }));
+    const max = Math.max(0, ...points.map((p) => Math.max(p.avg ?? 0, p.p95 ?? 0)));
+    if (!points.some((p) => p.avg !== null || p.p95 !== null)) { emptyChart(el, days); return; }
+    const lines = [['average', '#4f46e5', 'avg'], ['p95 (highest status)', '#f79009', 'p95']];
+    el.append(legend(lines.map(([label, color]) => [label, color, true])));
+    const yMax = niceScale((max || 1) * 1.15, false);
+    const f = frame(el, series, yMax, msTick);
+    for (const [label, color, key] of lines) {
+      let d = '';
+      let pen = false;
+      points.forEach((p, i) => {
+        const v = p[key];
+        if (v === null) { pen = false; return; }
+        const x = M.l + f.band * (i + 0.5);
+        d += `${pen ? 'L' : 'M'}${x.toFixed(1)},${f.y(v).toFixed(1)}`;
+        pen = true;
+        f.root.append(svg('circle', { cx: x, cy: f.y(v), r: 3.5, fill: '#fff', stroke: color,
+          'stroke-width': 2, 'data-series': key, 'data-day': p.day },
+        svg('title', {}, `${p.day} · ${label}: ${duration(v)}`)));
+      });
+      if (d) f.root.insertBefore(svg('path', { class: 'line', d, stroke: color, 'data-series': key }),
+        f.root.querySelector('circle'));
+    }
+  }
+
+  // --- wiring --------------------------------------------------------------------------------
+  function wire() {
+    $('login-form').addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const token = $('login-key').value.trim();
+      const box = $('login-error');
+      if (!token) {
+        showLogin(new ApiError(0, 'KEY_REQUIRED', 'enter an API key', null));
+        return;
+      }
+      $('login-submit').disabled = true;
+      box.hidden = true;
+      try {
+        await login(token);
+      } catch (err) {
+        showLogin(err instanceof ApiError ? err : new ApiError(0, 'CONSOLE_ERROR', String(err), null));
+      } finally {
+        $('login-submit').disabled = false;
+      }
+    });
+    $('logout').addEventListener('click', () => logout(null));
+    for (const tab of document.querySelectorAll('.tab')) {
+      tab.addEventListener('click', () => { location.hash = `#${tab.dataset.view}`; });
+    }
+    window.addEventListener('hashchange', route);
+    $('timeline-filters').addEventListener('submit', (ev) => { ev.preventDefault(); applyFilters(); });
+    $('filter-clear').addEventListener('click', () => {
+      $('filter-entity').value = '';
+      $('filter-trace').value = '';
+      applyFilters();
+    });
+    $('timeline-more').addEventListener('click', loadOlder);
+    $('functions-refresh').addEventListener('click', loadFunctions);
+    $('execute-run').addEventListener('click', runExecute);
+    $('execute-cancel').addEventListener('click', closeExecute);
+    $('executions-status').addEventListener('change', loadExecutions);
+    $('executions-refresh').addEventListener('click', loadExecutions);
+    $('metrics-days').addEventListener('change', loadMetrics);
+    $('metrics-refresh').addEventListener('click', loadMetrics);
+    $('drawer-close').addEventListener('click', closeDetail);
+    $('drawer-backdrop').addEventListener('click', closeDetail);
+    document.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape' && state.detail) closeDetail();
+    });
+    setInterval(refreshTimes, 10000);
+  }
+
+  async function boot() {
+    wire();
+    const saved = sessionStorage.getItem(KEY_STORE);
+    if (!saved) {
+      showLogin(null);
+      return;
+    }
+    try {
+      await login(saved);
+    } catch (err) {
+      showLogin(err instanceof ApiError ? err : null);
+    }
+  }
+
+  // Exposed for tests of the pure helpers only (no state, no secrets).
+  window.LogLineConsole = Object.freeze({ uuid5, SseParser });
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
+  else boot();
+})();
