@@ -966,8 +966,8 @@
     const chosen = versions.find((v) => v.seq === seq) || head;
     const kicker = $('detail-kicker');
     clear(kicker);
-    kicker.append(typeBadge(head.entity_type), head.status ? pill(head.status) : null,
-      h('span', { class: 'muted small' }, head.visibility));
+    kicker.append(...[typeBadge(head.entity_type), head.status ? pill(head.status) : null,
+      h('span', { class: 'muted small' }, head.visibility)].filter(Boolean));
     $('detail-title').textContent = head.name || head.this;
     const idBox = $('detail-id');
     clear(idBox);
