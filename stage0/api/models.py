@@ -115,7 +115,15 @@ class MetricRow(BaseModel):
 
 
 class Metrics(BaseModel):
-    executions: list[MetricRow]
+    executions: list[MetricRow] = Field(description="per day and status")
+    days: list[MetricRow] = Field(description="per day, all statuses (status '*')")
+
+
+class Me(BaseModel):
+    key_id: str
+    user_id: str
+    tenant_id: str
+    roles: list[str]
 
 
 class Health(BaseModel):

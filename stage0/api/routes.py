@@ -20,6 +20,7 @@ from .models import (
     ExecuteIn,
     ExecuteOut,
     Health,
+    Me,
     Metrics,
     Span,
     SpanIn,
@@ -281,14 +282,23 @@ METRICS = (
     "coalesce(status, '') AS status, count(*) AS count, avg(duration_ms)::float AS avg_ms, "
     "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)::float AS p95_ms "
     "FROM ledger.visible_timeline WHERE entity_type = 'execution' "
-    "AND at >= now() - make_interval(days => %(days)s) GROUP BY 1, 2 ORDER BY 1, 2"
+    "AND at >= now() - make_interval(days => %(days)s) "
+    "GROUP BY GROUPING SETS ((1, 2), (1)) ORDER BY 1, 2"
 )
 
 
 async def metrics(call: Call) -> Metrics:
     days = call.int_query("days", 14, 1, 366)
     rows = await call.db(lambda conn: conn.execute(METRICS, {"days": days}).fetchall())
-    return Metrics(executions=rows)
+    # GROUPING SETS: the per-day totals come back with a NULL status, shown as '*'.
+    return Metrics(executions=[r for r in rows if r["status"] is not None],
+                   days=[{**r, "status": "*"} for r in rows if r["status"] is None])
+
+
+async def me(call: Call) -> Me:
+    p = call.principal
+    assert p is not None
+    return Me(key_id=p.key_id, user_id=p.user_id, tenant_id=p.tenant_id, roles=list(p.roles))
 
 
 async def health(call: Call) -> Health:
@@ -300,6 +310,8 @@ ID = {"id": ("path", "span id (UUID)")}
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/healthz", health, "Liveness and database check", "health.read",
              role=None, public=True, response=Health),
+    Endpoint("GET", "/api/me", me, "Who this API key is: user, tenant, roles", "me.read",
+             response=Me),
     Endpoint("GET", "/api/spans", list_spans, "Latest version of the spans you can see",
              "spans.list", response=SpanList,
              query={"entity_type": ("string", "filter"), "status": ("string", "filter"),
