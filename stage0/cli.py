@@ -284,12 +284,26 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(host: str, port: int) -> None:
+def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .api.app import create_app
+    from .api.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter
+    from .api.state import ServerState
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="warning",
+    limits = dict(DEFAULT_LIMITS)
+    for spec in args.rate or []:
+        name, _, value = spec.partition("=")
+        rate, _, burst = value.partition(":")
+        try:
+            limits[name] = Limit(float(rate), int(burst or float(rate)))
+            assert name in DEFAULT_LIMITS and limits[name].per_second > 0
+        except (ValueError, AssertionError):
+            raise LoglineError("BAD_RATE", f"expected CLASS=PER_SECOND[:BURST] with CLASS one "
+                               f"of {', '.join(DEFAULT_LIMITS)}", spec) from None
+    home = _home()
+    state = ServerState(db.resolve(home), home, limiter=RateLimiter(limits))
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=5)
 
 
@@ -297,7 +311,7 @@ def _serve(host: str, port: int) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     out(f"LogLine API on http://{args.host}:{args.port}  (console at /, OpenAPI at "
         "/openapi.json)")
-    _serve(args.host, args.port)
+    _serve(args)
     return 0
 
 
@@ -319,7 +333,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{home.path / 'operator.apikey'}):\n{token}")
     out("Ctrl-C stops the API and the worker.")
     try:
-        _serve(args.host, args.port)
+        _serve(args)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -420,6 +434,9 @@ def parser() -> argparse.ArgumentParser:
         srv = sub.add_parser(name, **_about(text))
         srv.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
         srv.add_argument("--port", type=_positive, default=8000, help="port (default 8000)")
+        srv.add_argument("--rate", action="append", metavar="CLASS=PER_SECOND[:BURST]",
+                         help="rate limit per API key for a route class (read, write, "
+                              "stream, admin); repeatable")
     d = sub.add_parser("db", **_about("the database server"))
     ds = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     ds.add_parser("stop", **_about("stop the embedded server"))

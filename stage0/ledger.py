@@ -20,7 +20,7 @@ import psycopg
 from nacl.signing import SigningKey
 from psycopg.types.json import Jsonb
 
-from .canonical import FIELDS, JSON_FIELDS, format_at, normalise, now_at
+from .canonical import _UUID, FIELDS, JSON_FIELDS, format_at, normalise, now_at
 from .errors import LoglineError
 from .proofs import check_proofs, seal
 from .queries import q
@@ -108,8 +108,11 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
 
 def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
                  trusted: frozenset[str] | None) -> list[dict[str, Any]]:
+    # Only well-formed ids go to the database; a malformed one fails in normalise() below
+    # with SPAN_INVALID_UUID naming the field, not as a database error.
     ids = [str(s["id"]).lower() for s in spans
-           if s.get("id") is not None and "seq" not in s and not is_signed(s)]
+           if isinstance(s.get("id"), str) and _UUID.fullmatch(s["id"])
+           and "seq" not in s and not is_signed(s)]
     heads = current_heads(conn, ids)
     out = []
     for i, raw in enumerate(spans):

@@ -43,7 +43,7 @@ PROTECTED = [
     ("GET", "/api/spans"), ("POST", "/api/spans"), ("GET", "/api/spans/{id}"),
     ("GET", "/api/timeline"), ("GET", "/api/timeline/stream"), ("POST", "/api/execute"),
     ("POST", "/api/boot/{id}"), ("GET", "/api/verify/{id}"), ("GET", "/api/metrics"),
-    ("GET", "/api/me"),
+    ("GET", "/api/me"), ("GET", "/metrics"),
 ]
 PUBLIC = [("GET", "/healthz")]
 
@@ -130,9 +130,16 @@ class Api:
     def kernel(self) -> psycopg.Connection:
         return self.database.connect("kernel")
 
+    def scrape(self) -> httpx.Response:
+        """/metrics, read with an admin key (its counts span every tenant)."""
+        if not hasattr(self, "_scraper"):
+            self._scraper = self.key("prometheus", "system", "admin")
+        return httpx.get(f"{self.url}/metrics", timeout=10,
+                         headers={"Authorization": f"Bearer {self._scraper.token}"})
+
     def metric(self, name: str) -> float:
         """The value of an unlabelled sample on /metrics."""
-        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
+        for line in self.scrape().text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
         raise AssertionError(f"{name} not on /metrics")
@@ -585,11 +592,6 @@ def test_b_cannot_append_a_version_of_a_public_span_of_a(a_spans, a, b):
     assert a.get(f"/api/spans/{public['id']}").json()["seq"] == public["seq"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "schema/0002_ledger.sql ledger.on_append checks seq/prev_hash against the head (as "
-    "SECURITY DEFINER, bypassing RLS) before it checks the owner, and echoes the head's seq: "
-    "POST /api/spans {id: <A's private id>} by tenant B answers 409 LEDGER_SEQ_CONFLICT "
-    "'... the head is seq 1 (expected 2)', revealing how many versions A's private span has"))
 def test_appending_to_a_private_id_of_a_reveals_nothing_about_it(a, b):
     one = post(a, visibility="private")
     two = post(a, visibility="private")
@@ -663,11 +665,6 @@ def test_a_span_signed_by_a_trusted_client_key_is_stored_exactly(api, a):
     assert_stored_exactly(a, span, client_key)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stage0/api/routes.py post_span line 111 `draft.setdefault('trace_id', call.request_id)` "
-    "also fills trace_id into a span the client signed without one, so its hash no longer "
-    "matches: POST /api/spans with such a span answers 422 HASH_MISMATCH (fix: only default "
-    "trace_id when the span carries no signature)"))
 def test_a_client_signed_span_without_a_trace_id_is_stored_exactly(api, a):
     client_key = SigningKey.generate()
     api.cli("keys", "trust", public_key_hex(client_key), "--name", "alice tablet")
@@ -773,21 +770,12 @@ def test_bad_input_gets_a_4xx_naming_what_is_wrong(a, body, status, code, names)
     assert names.lower() in error["message"].lower(), error
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stage0/ledger.py _prepare_all/current_heads (line ~113) casts the unvalidated `id` to "
-    "uuid[] in SQL before normalise() checks it: POST /api/spans "
-    "{\"id\": \"nope\", \"entity_type\": \"n\", \"who\": \"a\", \"this\": \"x\"} answers 500 "
-    "INTERNAL (psycopg InvalidTextRepresentation) instead of 422 SPAN_INVALID_UUID"))
 def test_a_span_with_a_malformed_id_gets_422(a):
     response = a.post("/api/spans", json={**VALID, "id": "nope"})
     error = assert_error(response, 422, "SPAN_INVALID_UUID")
     assert "id" in error["message"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stage0/api/app.py _parse_body (line 116) catches UnicodeDecodeError and ValueError but "
-    "not RecursionError: a body of 100,000 nested '[' answers 500 INTERNAL instead of "
-    "400 BAD_JSON (the same applies to /api/execute and /api/boot)"))
 def test_a_pathologically_nested_body_gets_400(a):
     body = b'{"entity_type":"n","who":"a","this":"x","input":' + b"[" * 100_000 + \
         b"]" * 100_000 + b"}"
@@ -859,10 +847,6 @@ def test_an_unknown_route_and_a_wrong_method_get_the_error_shape(api, a):
         assert set(response.json()["error"]) == {"code", "message", "request_id"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stage0/api/app.py not_found/not_allowed/crashed (lines 234-248) return error_response "
-    "without the X-Request-ID header every other response carries: GET /api/nothing-here "
-    "with X-Request-ID: r-404 answers 404 with the id in the body but no header"))
 def test_an_unknown_route_echoes_the_request_id_header(a):
     for response in (a.get("/api/nothing-here", headers={"X-Request-ID": "r-404"}),
                      a.delete("/api/spans", headers={"X-Request-ID": "r-404"})):
@@ -917,9 +901,7 @@ def junk_answers(api: Api, key: Key, path: str, base: dict, field: str) -> list[
     return bad
 
 
-SPAN_FIELDS = [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=(
-    "stage0/ledger.py _prepare_all/current_heads: a non-UUID `id` reaches SQL before "
-    "normalise() checks it (500 INTERNAL)"))) if f == "id" else f for f in FIELDS]
+SPAN_FIELDS = list(FIELDS)
 
 
 @pytest.mark.parametrize("field", SPAN_FIELDS)
@@ -929,11 +911,7 @@ def test_no_junk_value_of_a_span_field_gets_a_5xx(api, junk_keys, field):
 
 
 @pytest.mark.parametrize("field", [
-    "span_id", "input",
-    pytest.param("idempotency_key", marks=pytest.mark.xfail(strict=True, reason=(
-        "stage0/api/routes.py execute: an idempotency_key containing NUL goes straight into "
-        "the lookup query; PostgreSQL refuses NUL in text: POST /api/execute {span_id: "
-        "<function>, idempotency_key: \"\\u0000\"} answers 500 INTERNAL (DataError)")))])
+    "span_id", "input", "idempotency_key"])
 def test_no_junk_value_of_an_execute_field_gets_a_5xx(api, junk_keys, field):
     base = {"span_id": RUN_CODE}
     assert junk_answers(api, junk_keys[len(field) % len(junk_keys)], "/api/execute", base,
@@ -945,7 +923,6 @@ NUL_QUERY = ("stage0/api/app.py Call.query (line 72) hands query values to SQL u
              "500 INTERNAL (psycopg DataError) instead of 400 BAD_QUERY")
 
 
-@pytest.mark.xfail(strict=True, reason=NUL_QUERY)
 @pytest.mark.parametrize("query", ["/api/spans?entity_type=%00", "/api/spans?status=a%00b",
                                    "/api/timeline?entity_type=%00",
                                    "/api/timeline?trace_id=%00"])
@@ -953,19 +930,12 @@ def test_a_nul_in_a_query_filter_gets_400(a, query):
     assert_error(a.get(query), 400, "BAD_QUERY")
 
 
-@pytest.mark.xfail(strict=True, reason=NUL_QUERY + "; on the stream the 200 headers go out "
-                   "and the connection then breaks")
 def test_a_nul_in_a_stream_filter_gets_400(api):
     key = api.key("nul", "acme")
     with Stream(api, key.token, "?since=0&trace_id=%00") as stream:
         assert stream.status == 400
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stage0/api/routes.py stream line 161: `int(last_event) if last_event.isdigit()` - "
-    "str.isdigit() is true for '\u00b2' (superscript two, a valid latin-1 header byte) but "
-    "int() refuses it: Last-Event-ID: \xb2 answers 500 INTERNAL (ValueError); use "
-    "re.fullmatch('[0-9]{1,18}', ...) and answer 400 otherwise"))
 def test_a_last_event_id_that_is_not_a_position_does_not_crash_the_stream(api):
     key = api.key("lei", "acme")
     head = (f"GET /api/timeline/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
@@ -1025,12 +995,6 @@ def test_exhausting_the_write_bucket_gets_429_and_leaves_other_keys_alone(api, b
     assert audit["metadata"]["path"] == "/api/spans"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stage0/api/app.py line 136: `principal = await _authenticate(...)` is never assigned when "
-    "_authenticate itself raises after identifying the caller (ROLE_REQUIRED, RATE_LIMITED), "
-    "so line 155 records those denials as owner 'anonymous', tenant 'system', key_id null: "
-    "the audit trail loses who was refused (fix: keep the principal on request.state before "
-    "the role and rate checks)"))
 def test_a_denial_of_a_known_caller_is_attributed_to_that_caller(api):
     key = api.key("gina", "acme", "reader")
     response = api.client(key).post("/api/spans", json=VALID,
@@ -1290,12 +1254,6 @@ def test_verify_reports_ok_and_then_a_superuser_edit(api, a):
     assert verification["reason"] == "HASH_MISMATCH"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stage0/api/routes.py verify_span checks the chain over ledger.versions() read under "
-    "the caller's RLS: when A publishes seq 1 of a span whose seq 0 was private, B sees only "
-    "seq 1 and GET /api/verify/{id} tells B ok=false, reason CHAIN_BROKEN for an intact "
-    "chain (fix: check the chain with the kernel role and return only the booleans, or "
-    "report the chain as not checkable from the visible versions)"))
 def test_verify_does_not_call_a_chain_broken_because_an_old_version_is_private(a, b):
     draft = post(a, entity_type="doc", this="draft", visibility="private")
     published = post(a, id=draft["id"], entity_type="doc", this="published",
@@ -1313,7 +1271,8 @@ def test_metrics_are_prometheus_text_with_every_family(api, a):
 
     post(a, entity_type="execution", status="complete", duration_ms=3, visibility="tenant")
     httpx.get(api.url + "/api/spans", timeout=10)  # a denial, so the counter has a sample
-    before = httpx.get(api.url + "/metrics", timeout=10)
+    assert httpx.get(api.url + "/metrics", timeout=10).status_code == 401
+    before = api.scrape()
     assert before.status_code == 200
     assert before.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(before.text)}
@@ -1334,7 +1293,7 @@ def test_metrics_are_prometheus_text_with_every_family(api, a):
 
     a.get("/api/timeline")
     a.get("/api/timeline")
-    assert count(httpx.get(api.url + "/metrics", timeout=10).text) == count(before.text) + 2
+    assert count(api.scrape().text) == count(before.text) + 2
 
 
 def test_openapi_is_a_valid_3_1_document_of_exactly_the_routes_served(api):

@@ -57,6 +57,7 @@ class Endpoint:
     query: dict[str, tuple[str, str]] = field(default_factory=dict)
     stream: bool = False
     public: bool = False
+    text: bool = False  # the response is text/plain, not JSON
 
 
 @dataclass
@@ -70,7 +71,10 @@ class Call:
     request_id: str
 
     def query(self, name: str, default: str | None = None) -> str | None:
-        return self.request.query_params.get(name, default)
+        value = self.request.query_params.get(name, default)
+        if value is not None and ("\x00" in value or len(value) > 1000):
+            raise ApiError(400, "BAD_QUERY", f"{name} holds a NUL or is over 1000 characters")
+        return value
 
     def int_query(self, name: str, default: int | None, low: int, high: int) -> int | None:
         raw = self.request.query_params.get(name)
@@ -115,6 +119,8 @@ def _parse_body(endpoint: Endpoint, raw: bytes) -> Any:
         data = parse_line(raw.decode("utf-8")) if raw.strip() else None
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "BAD_JSON", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "BAD_JSON", "the body nests too deeply") from None
     if data is None:
         raise ApiError(400, "BAD_JSON", "a JSON body is required")
     try:
@@ -149,15 +155,14 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
                 response = _respond(endpoint, result)
             if principal is not None and hasattr(request.state, "rate"):
                 response.headers.update(request.state.rate.headers())
-        except ApiError as exc:
-            response = error_response(request, exc.status, exc.code, exc.message, exc.headers)
-            if exc.status in (401, 403, 429):
-                state.audit_denial(exc.code, endpoint, principal, request, request_id)
-        except LoglineError as exc:
-            err = ApiError.from_ledger(exc)
-            response = error_response(request, err.status, err.code, err.message)
-            if err.status == 403:
-                state.audit_denial(err.code, endpoint, principal, request, request_id)
+        except (ApiError, LoglineError) as exc:
+            err = exc if isinstance(exc, ApiError) else ApiError.from_ledger(exc)
+            response = error_response(request, err.status, err.code, err.message, err.headers)
+            if err.status in (401, 403, 429):
+                # A role or rate-limit denial knows who asked: audit it as them.
+                who = principal or getattr(request.state, "principal", None)
+                await anyio.to_thread.run_sync(state.audit_denial, err.code, endpoint, who,
+                                               request, request_id)
         except TimeoutError:
             response = error_response(request, 504, "REQUEST_TIMEOUT",
                                       f"the request took longer than {REQUEST_TIMEOUT_S:.0f}s")
@@ -181,6 +186,7 @@ async def _authenticate(endpoint: Endpoint, state: ServerState,
     if principal is None:
         raise ApiError(401, "AUTH_INVALID", "unknown, revoked or malformed API key",
                        {"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
     if endpoint.role and not principal.can(endpoint.role):
         raise ApiError(403, "ROLE_REQUIRED", f"this route needs the {endpoint.role} role")
     decision = state.limiter.take(principal.key_id, endpoint.limit)
@@ -210,13 +216,8 @@ def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
     async def console(request: Request) -> Response:
         return FileResponse(CONSOLE / "index.html")
 
-    async def metrics(request: Request) -> Response:
-        body, content_type = await anyio.to_thread.run_sync(state.metrics.render)
-        return Response(body, media_type=content_type)
-
     routes = [Route(e.path, _guard(e, state), methods=[e.method]) for e in endpoints]
-    routes += [Route("/openapi.json", openapi), Route("/metrics", metrics),
-               Route("/", console)]
+    routes += [Route("/openapi.json", openapi), Route("/", console)]
     if (CONSOLE / "static").is_dir():
         from starlette.routing import Mount
         from starlette.staticfiles import StaticFiles
@@ -241,6 +242,9 @@ def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
 
     async def crashed(request: Request, exc: Exception) -> Response:
         request.state.request_id = getattr(request.state, "request_id", _request_id(request))
+        if type(exc).__name__ == "SendTimeoutError":  # a stalled SSE client, dropped on purpose
+            state.log("sse_client_dropped", request_id=request.state.request_id)
+            return Response(status_code=204)
         state.log("request_crashed", error=f"{type(exc).__name__}: {exc}"[:500],
                   request_id=request.state.request_id)
         return error_response(request, 500, "INTERNAL", "internal error (logged with the "

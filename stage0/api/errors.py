@@ -32,4 +32,5 @@ def error_response(request: Request, status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    headers = {**(headers or {}), **({"X-Request-ID": request_id} if request_id else {})}
     return JSONResponse(body, status_code=status, headers=headers)

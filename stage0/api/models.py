@@ -78,7 +78,8 @@ class ExecuteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     span_id: str = Field(description="the function to run")
     input: JSON = None
-    idempotency_key: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200,
+                                        pattern=r"^[^\x00]+$")
 
 
 class ExecuteOut(BaseModel):

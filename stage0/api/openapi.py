@@ -52,6 +52,9 @@ def document(endpoints: list[Any]) -> dict[str, Any]:
                                               "events (id = position)",
                                               "content": {"text/event-stream": {
                                                   "schema": {"type": "string"}}}}
+        elif e.text:
+            op["responses"][str(e.status)] = {"description": "success", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}
         else:
             content = {"application/json": {"schema": _schema(e.response, components)}} \
                 if e.response else {}

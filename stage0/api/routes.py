@@ -3,11 +3,13 @@ database work in one transaction as the caller, under row-level security."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio
 import psycopg
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.responses import Response
 
 from .. import ledger, manifest
 from ..proofs import check_proofs
@@ -109,7 +111,8 @@ async def post_span(call: Call) -> Any:
     for field, mine in (("owner_id", principal.user_id), ("tenant_id", principal.tenant_id)):
         if draft.setdefault(field, mine) != mine:
             raise ApiError(403, "LEDGER_FORBIDDEN", f"{field} must be your own ({mine})")
-    draft.setdefault("trace_id", call.request_id)
+    if not draft.get("signature"):  # a client-signed span is stored exactly as signed
+        draft.setdefault("trace_id", call.request_id)
 
     def run(conn: psycopg.Connection) -> dict[str, Any]:
         trusted = manifest.trust_set(conn, call.state.root) if draft.get("signature") else None
@@ -158,7 +161,8 @@ async def stream(call: Call) -> EventSourceResponse:
     ?since=, else the current tip. Each event's id is the span's global position, so a
     client that reconnects resumes exactly after what it saw: no gap, no duplicate."""
     last_event = call.request.headers.get("last-event-id", "")
-    since = int(last_event) if last_event.isdigit() else call.int_query("since", None, 0, 2**62)
+    since = int(last_event) if re.fullmatch(r"[0-9]{1,18}", last_event) \
+        else call.int_query("since", None, 0, 2**62)
     filters = {"entity_type": call.query("entity_type"), "trace_id": call.query("trace_id")}
     state, principal = call.state, call.principal
     assert principal is not None
@@ -257,10 +261,13 @@ async def verify_span(call: Call) -> Verification:
     span_id = _uuid(call.request.path_params["id"])
     root = call.state.root
 
+    # Visibility is the caller's (RLS); the chain is checked over every version, including
+    # ones the caller may not read (a span made public at seq 1 after a private seq 0), and
+    # only booleans about them come back.
+    await call.db(_visible_head, span_id)
+
     def run(conn: psycopg.Connection) -> Verification:
         versions = ledger.versions(conn, span_id)
-        if not versions:
-            raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
         head = versions[-1]
         proofs = check_proofs(head)
         trusted = head.get("public_key") in manifest.trust_set(conn, root)
@@ -274,7 +281,7 @@ async def verify_span(call: Call) -> Verification:
                     "signature": proofs.ok, "trusted_key": trusted, "chain": chain},
             reason=reason, detail=proofs.detail, versions=len(versions))
 
-    return await call.db(run)
+    return await call.db(run, role="kernel")
 
 
 METRICS = (
@@ -295,6 +302,11 @@ async def metrics(call: Call) -> Metrics:
                    days=[{**r, "status": "*"} for r in rows if r["status"] is None])
 
 
+async def prometheus(call: Call) -> Response:
+    body, content_type = await anyio.to_thread.run_sync(call.state.metrics.render)
+    return Response(body, media_type=content_type)
+
+
 async def me(call: Call) -> Me:
     p = call.principal
     assert p is not None
@@ -310,6 +322,9 @@ ID = {"id": ("path", "span id (UUID)")}
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/healthz", health, "Liveness and database check", "health.read",
              role=None, public=True, response=Health),
+    Endpoint("GET", "/metrics", prometheus, "Prometheus text: requests and latency per route, "
+             "SSE clients, denials, executions by status (admin: counts span every tenant)",
+             "metrics.scrape", role="admin", text=True),
     Endpoint("GET", "/api/me", me, "Who this API key is: user, tenant, roles", "me.read",
              response=Me),
     Endpoint("GET", "/api/spans", list_spans, "Latest version of the spans you can see",
