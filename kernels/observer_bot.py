@@ -24,9 +24,8 @@ EXISTS = (
     "AND metadata ->> 'idempotency_key' = %(key)s"
 )
 COUNT_TODAY = (
-    "SELECT count(*) AS n FROM ledger.universal_registry "
-    "WHERE entity_type = 'execution' AND tenant_id = %(tenant)s "
-    "AND at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    "SELECT coalesce((SELECT n FROM ledger.tenant_exec_counts WHERE tenant_id = %(tenant)s "
+    "AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS n"
 )
 EPOCH_S = "SELECT floor(extract(epoch FROM now()))::bigint AS s"
 

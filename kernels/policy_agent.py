@@ -89,7 +89,7 @@ def new_spans(ctx, policy, after, limit):
         rows = ctx.sql(SWEEP_EXPIRED, {"types": meta["sweep_entity_types"], "now": ctx.now(),
                                        "tenant": None if global_scope else policy["tenant_id"],
                                        "limit": limit})
-        return after, rows
+        return after, rows, False
     params = {"after": after, "limit": limit, "types": meta.get("on_entity_types"),
               "tenant": policy["tenant_id"]}
     global_scope = meta.get("scope") == "all_tenants" and policy["tenant_id"] == "system"
@@ -98,7 +98,8 @@ def new_spans(ctx, policy, after, limit):
     # page full of the agent's own output can never stall it.
     last = rows[-1]["position"] if rows else after
     return last, [r for r in rows if r["entity_type"] not in OWN_OUTPUT
-                  and (r.get("metadata") or {}).get("policy_id") != policy["id"]]
+                  and (r.get("metadata") or {}).get("policy_id") != policy["id"]], \
+        len(rows) >= limit
 
 
 def emitted(ctx, policy, span, spec, index):
@@ -217,7 +218,7 @@ def evaluate(ctx, policy, batch, cap_ms):
     """Run the policy on its new spans and return (evaluated, spans to append, errors).
     Appends nothing: see main()."""
     cursor_id, cursor, after = cursor_of(ctx, policy)
-    last, spans = new_spans(ctx, policy, after, batch)
+    last, spans, full = new_spans(ctx, policy, after, batch)
     timeout = min(int((policy.get("metadata") or {}).get("timeout_ms", 3000)), cap_ms)
     results = []
     if spans:
@@ -245,7 +246,7 @@ def evaluate(ctx, policy, batch, cap_ms):
             "visibility": "private", "status": "active",
             "metadata": {"policy_id": policy["id"], "position": last},
         }))
-    return len(spans), out, errors
+    return len(spans), out, errors, full
 
 
 def main(ctx):
@@ -262,7 +263,8 @@ def main(ctx):
         except Exception as exc:
             ctx.log("policy_unverified", policy_id=policy["id"], reason=str(exc)[:300])
     policies = evaluated_total = actions_total = errors_total = 0
-    for policy, (evaluated, out, errors) in plans:
+    more = False
+    for policy, (evaluated, out, errors, full) in plans:
         try:
             if out:
                 with ctx.transaction():
@@ -271,9 +273,10 @@ def main(ctx):
             ctx.log("policy_skipped", policy_id=policy["id"], reason=str(exc)[:300])
             continue
         actions = len(out)
+        more = more or full
         policies += 1
         evaluated_total += evaluated
         actions_total += actions
         errors_total += errors
     return {"policies": policies, "evaluated": evaluated_total, "actions": actions_total,
-            "errors": errors_total}
+            "errors": errors_total, "more": more}

@@ -17,9 +17,8 @@ KERNEL_ID = "00000000-0000-4000-8000-000000000001"
 NAME = "run_code"
 
 COUNT_TODAY = (
-    "SELECT count(*) AS n FROM ledger.universal_registry "
-    "WHERE entity_type = 'execution' AND tenant_id = %(tenant)s "
-    "AND at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    "SELECT coalesce((SELECT n FROM ledger.tenant_exec_counts WHERE tenant_id = %(tenant)s "
+    "AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS n"
 )
 CHAIN_FIELDS = ("at", "seq", "prev_hash", "curr_hash", "signature", "public_key")
 

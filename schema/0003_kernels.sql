@@ -27,3 +27,32 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, ledger AS $$
 $$;
 REVOKE ALL ON FUNCTION ledger.claim_requests_v1(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger.claim_requests_v1(integer) TO logline_kernel;
+
+-- Executions per tenant per UTC day, kept in the appending transaction, so the daily quota
+-- is one index lookup instead of a count over every execution since midnight. One upsert per
+-- statement (a transition table), not per row: a bulk append does not rewrite a hot row
+-- thousands of times in one transaction.
+CREATE TABLE ledger.tenant_exec_counts (
+  tenant_id text   NOT NULL,
+  day       date   NOT NULL,
+  n         bigint NOT NULL,
+  PRIMARY KEY (tenant_id, day)
+);
+
+CREATE FUNCTION ledger.count_executions() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ledger AS $$
+BEGIN
+  INSERT INTO ledger.tenant_exec_counts (tenant_id, day, n)
+  SELECT coalesce(tenant_id, ''), (at AT TIME ZONE 'UTC')::date, count(*)
+  FROM appended WHERE entity_type = 'execution' GROUP BY 1, 2
+  ON CONFLICT (tenant_id, day) DO UPDATE SET n = tenant_exec_counts.n + EXCLUDED.n;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER ur_count_executions AFTER INSERT ON ledger.universal_registry
+  REFERENCING NEW TABLE AS appended FOR EACH STATEMENT
+  EXECUTE FUNCTION ledger.count_executions();
+
+REVOKE ALL ON ledger.tenant_exec_counts FROM PUBLIC;
+GRANT SELECT ON ledger.tenant_exec_counts TO logline_kernel;

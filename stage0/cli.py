@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -343,6 +344,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    from .config import PROJECT_ROOT
+
+    script = PROJECT_ROOT / "tools" / f"bench_{args.what}.py"
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
 @command("db")
 def cmd_db(args: argparse.Namespace) -> int:
     home = _home()
@@ -437,6 +450,11 @@ def parser() -> argparse.ArgumentParser:
         srv.add_argument("--rate", action="append", metavar="CLASS=PER_SECOND[:BURST]",
                          help="rate limit per API key for a route class (read, write, "
                               "stream, admin); repeatable")
+    bench = sub.add_parser("bench", **_about("benchmarks (tools/bench_*.py): figures beside "
+                                             "the raw primitives and peers of the same run"))
+    bench.add_argument("what", choices=["ingest", "pipeline", "api"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options "
+                       "(e.g. --quick; see logline bench WHAT --help)")
     d = sub.add_parser("db", **_about("the database server"))
     ds = d.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     ds.add_parser("stop", **_about("stop the embedded server"))
@@ -454,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `logline spans --json | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -64,11 +64,12 @@ def read(path: Path) -> list[Row]:
 
 
 def expand(paths: Iterable[Path]) -> list[Path]:
-    """Files named, and *.ndjson under directories named, in a stable order."""
+    """Files named, and *.ndjson and *.yaml (contracts) under directories named, in a
+    stable order."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(path.rglob("*.ndjson")))
+            out.extend(sorted([*path.rglob("*.ndjson"), *path.rglob("*.yaml")]))
         elif path.exists():
             out.append(path)
         else:

@@ -51,7 +51,7 @@ def seed(conn: psycopg.Connection, paths: Iterable[Path], key: SigningKey,
 
 def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey) -> SeedResult:
     root = public_key_hex(key)
-    parsed = rows.read(path)
+    parsed = _contract_rows(path) if path.suffix == ".yaml" else rows.read(path)
     trusted = manifest.trust_set(conn, root)
     chain: dict[str, tuple[int, str]] = {}  # id -> (seq, curr_hash) as this file leaves it
     unsigned_lines: dict[str, str] = {}
@@ -70,6 +70,13 @@ def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey) -> SeedResu
             index = _span_index(exc)
             raise exc.at(pending[index][0] if index is not None else str(path)) from None
     return SeedResult(path, len(pending), len(parsed) - len(pending))
+
+
+def _contract_rows(path: Path) -> list[rows.Row]:
+    """A contract authored as YAML (ROW/contracts/NAME@VERSION.yaml) seeds one span."""
+    from .contracts import load, to_span
+
+    return [rows.Row(path, 1, to_span(load(path)))]
 
 
 def _span_index(exc: LoglineError) -> int | None:

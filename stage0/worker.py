@@ -35,8 +35,6 @@ KERNELS = {"observer_bot": "00000000-0000-4000-8000-000000000002",
 DEFAULT_EVERY_MS = {"observer_bot": 2000, "request_worker": 2000, "policy_agent": 5000}
 #: Spans the kernels write about their own work: they wake nobody.
 QUIET = ("policy_cursor", "policy_error", "rollup", "boot_event", "boot_refused")
-#: How long a burst of notifications may delay the policy agent (it batches them).
-POLICY_DEBOUNCE_S = 0.05
 
 
 @dataclass
@@ -50,6 +48,15 @@ class Due:
 
     def wait_s(self) -> float:
         return max(0.0, min(self.at.values()) - time.monotonic())
+
+
+def _more(name: str, output: Any, kernel_input: dict[str, Any]) -> bool:
+    """Did the kernel stop because its batch was full (so there is probably more)?"""
+    if name == "request_worker":
+        return output.get("claimed", 0) >= int(kernel_input.get("batch", 8))
+    if name == "policy_agent":
+        return bool(output.get("more"))
+    return False
 
 
 class Worker:
@@ -126,10 +133,12 @@ class Worker:
             due.at[name] = time.monotonic() + self._every_s(name)
 
     def _boot(self, name: str) -> None:
-        """Run one kernel; the request worker drains: it runs again while batches come full."""
+        """Run one kernel. The request worker and the policy agent drain: they run again while
+        they report a full batch, instead of leaving a backlog for the next poll."""
         while not self.stop.is_set():
+            kernel_input = self._input(name)
             try:
-                output = self.loader.boot(KERNELS[name], self._input(name))
+                output = self.loader.boot(KERNELS[name], kernel_input)
             except LoglineError as exc:
                 if self.loader.conn.broken:  # not the kernel's fault: reconnect (see run)
                     raise psycopg.OperationalError(exc.message) from None
@@ -137,9 +146,10 @@ class Worker:
                                 message=exc.message[:500])
                 return
             self.stats[name] += 1
-            if name != "request_worker" or not output.get("claimed"):
+            if name == "request_worker" and output.get("claimed"):
+                self.loader.log("requests_done", claimed=output["claimed"])
+            if not _more(name, output, kernel_input):
                 return
-            self.loader.log("requests_done", claimed=output["claimed"])
 
     def _wait(self, listener: psycopg.Connection, due: Due) -> None:
         """Sleep until the next kernel is due, a relevant NOTIFY arrives, or we are stopped."""
@@ -148,8 +158,8 @@ class Worker:
             return
         # One notifies() generator at a time: psycopg holds the connection while one is open.
         notes = list(listener.notifies(timeout=timeout, stop_after=1))
-        if notes:  # collect the rest of a burst before acting on it
-            notes += listener.notifies(timeout=POLICY_DEBOUNCE_S)
+        if notes:  # take what else has already arrived, without waiting for more
+            notes += listener.notifies(timeout=0)
         for note in notes:
             self._wake(note.payload, due)
 

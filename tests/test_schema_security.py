@@ -181,7 +181,8 @@ def test_roles_cannot_disable_triggers_or_rls(role_conn, seeded, statement):
             "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = %s::regclass "
             "AND NOT tgisinternal ORDER BY tgname", (TABLE,)).fetchall()
     assert {t["tgname"]: t["tgenabled"] for t in triggers} == {
-        "ur_append": "O", "ur_no_truncate": "O", "ur_no_update_delete": "O"}
+        "ur_append": "O", "ur_no_truncate": "O", "ur_no_update_delete": "O",
+        "ur_count_executions": "O"}
 
 
 @pytest.mark.parametrize("role_conn", ROLES, indirect=True)
@@ -868,7 +869,8 @@ def test_migrated_catalog_is_the_designed_schema(database):
         triggers = {r["tgname"]: r for r in rows(
             "SELECT tgname, tgenabled, tgtype FROM pg_trigger WHERE tgrelid = %s::regclass "
             "AND NOT tgisinternal", TABLE)}
-        assert set(triggers) == {"ur_append", "ur_no_update_delete", "ur_no_truncate"}
+        assert set(triggers) == {"ur_append", "ur_no_update_delete", "ur_no_truncate",
+                                 "ur_count_executions"}
         assert {t["tgenabled"] for t in triggers.values()} == {"O"}
 
         policies = {(r["tablename"], r["policyname"]): (r["cmd"], r["roles"]) for r in rows(
