@@ -9,7 +9,6 @@ one error shape and recorded as an `audit_denial` span.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 import uuid
@@ -29,8 +28,6 @@ from starlette.routing import Route
 from .. import apikeys
 from ..errors import LoglineError
 from .errors import ApiError, error_response
-from .metrics import Metrics
-from .ratelimit import RateLimiter
 from .state import ServerState
 
 MAX_BODY = 1024 * 1024
@@ -254,10 +251,6 @@ def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
                      exception_handlers={404: not_found, 405: not_allowed, 500: crashed})
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def create_app(state: ServerState | None = None) -> Starlette:
     from .routes import ENDPOINTS
 
@@ -268,5 +261,3 @@ def app_factory() -> Starlette:
     """For `uvicorn --factory stage0.api.app:app_factory`."""
     return create_app()
 
-
-__all__ = ["Endpoint", "Call", "ApiError", "RateLimiter", "create_app", "Metrics"]
