@@ -450,8 +450,8 @@ def parser() -> argparse.ArgumentParser:
         srv.add_argument("--rate", action="append", metavar="CLASS=PER_SECOND[:BURST]",
                          help="rate limit per API key for a route class (read, write, "
                               "stream, admin); repeatable")
-    bench = sub.add_parser("bench", **_about("benchmarks (tools/bench_*.py): figures beside "
-                                             "the raw primitives and peers of the same run"))
+    bench = sub.add_parser("bench", **_about("run a benchmark from tools/ (figures beside "
+                                             "their peers)"))
     bench.add_argument("what", choices=["ingest", "pipeline", "api"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options "
                        "(e.g. --quick; see logline bench WHAT --help)")

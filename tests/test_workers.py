@@ -344,6 +344,9 @@ def test_kill_9_mid_run_loses_nothing_and_completes_nothing_twice(conn, operator
 def test_sigterm_mid_run_exits_zero_and_its_batch_is_recorded_or_released(conn, operator,
                                                                           workers):
     fn = add_function(conn, operator)
+    schedule = manifest.latest(conn, operator.verify_key.encode().hex())["metadata"]["schedule"]
+    manifest.amend(conn, operator, schedule={  # batches of 8: a SIGTERM lands between batches
+        **schedule, "request_worker": {**schedule["request_worker"], "batch": 8}})
     ids = schedule_many(conn, operator, fn, [{"i": i, "ms": 300} for i in range(24)])
     worker = workers("term")
     wait_until(lambda: mid_batch(conn, worker), 60, "the worker to be mid-batch")
