@@ -8,10 +8,10 @@ from typing import Any
 
 import anyio
 import psycopg
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from .. import ledger, manifest
+from ..canonical import FIELDS
 from ..proofs import check_proofs
 from ..queries import SPAN_COLUMNS
 from .app import Call, Endpoint
@@ -29,6 +29,7 @@ from .models import (
     SpanList,
     Verification,
 )
+from .sse import SseResponse
 
 PAGE_MAX = 500
 SSE_BATCH = 200
@@ -133,8 +134,13 @@ TIMELINE = (
     "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
     "ORDER BY position DESC LIMIT %(limit)s"
 )
-STREAM = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
+#: Each new visible span as the JSON text GET /api/spans/{id} returns (same fields, same
+#: `at` format), built by PostgreSQL so the server never decodes and re-encodes rows.
+STREAM_JSON = (
+    "SELECT position, json_build_object(" + ", ".join(
+        f"'{f}', " + ("to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+                      if f == "at" else f'"{f}"') for f in FIELDS)
+    + ", 'position', position)::text AS event FROM ledger.visible_timeline "
     "WHERE position > %(after)s "
     "AND (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
     "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
@@ -156,10 +162,13 @@ async def timeline(call: Call) -> SpanList:
                     else None)
 
 
-async def stream(call: Call) -> EventSourceResponse:
+async def stream(call: Call) -> SseResponse:
     """SSE of the visible timeline from a position: Last-Event-ID (a reconnect), else
     ?since=, else the current tip. Each event's id is the span's global position, so a
-    client that reconnects resumes exactly after what it saw: no gap, no duplicate."""
+    client that reconnects resumes exactly after what it saw: no gap, no duplicate.
+
+    PostgreSQL renders each event's JSON (the same fields as GET /api/spans/{id}) and a
+    batch goes out as one write: per event the server only joins bytes."""
     last_event = call.request.headers.get("last-event-id", "")
     since = int(last_event) if re.fullmatch(r"[0-9]{1,18}", last_event) \
         else call.int_query("since", None, 0, 2**62)
@@ -170,13 +179,13 @@ async def stream(call: Call) -> EventSourceResponse:
         since = await call.db(lambda conn: conn.execute(
             "SELECT coalesce(max(position), 0) AS p FROM ledger.visible_timeline"
         ).fetchone()["p"])
-    subscription = state.broadcaster.subscribe(principal.tenant_id)
 
-    def fetch(conn: psycopg.Connection, after: int) -> list[dict]:
-        return [_span_out(r) for r in conn.execute(STREAM, {**filters, "after": after,
-                                                            "limit": SSE_BATCH})]
+    def fetch(conn: psycopg.Connection, after: int) -> list[tuple[int, str]]:
+        rows = conn.execute(STREAM_JSON, {**filters, "after": after, "limit": SSE_BATCH})
+        return [(r["position"], r["event"]) for r in rows]
 
-    async def events():
+    async def chunks():
+        subscription = state.broadcaster.subscribe(principal.tenant_id)
         cursor = since
         state.metrics.sse_clients.inc()
         try:
@@ -184,25 +193,21 @@ async def stream(call: Call) -> EventSourceResponse:
                 subscription.event.clear()
                 rows = await anyio.to_thread.run_sync(
                     state.in_transaction, "app", principal, fetch, cursor)
-                for span in rows:
-                    cursor = span["position"]
-                    yield ServerSentEvent(data=_json(span), id=str(cursor), event="span")
+                if rows:
+                    cursor = rows[-1][0]
+                    yield "".join(f"id: {p}\nevent: span\ndata: {e}\n\n"
+                                  for p, e in rows).encode()
                 if len(rows) == SSE_BATCH:
                     continue  # more waiting: keep reading before sleeping
-                with anyio.move_on_after(SSE_PING_S * 4):
+                with anyio.move_on_after(SSE_PING_S) as idle:
                     await subscription.event.wait()
+                if idle.cancelled_caught:
+                    yield b": ping\n\n"
         finally:
             state.broadcaster.unsubscribe(subscription)
             state.metrics.sse_clients.dec()
 
-    return EventSourceResponse(events(), ping=SSE_PING_S, send_timeout=SSE_SEND_TIMEOUT_S,
-                               headers={"X-Accel-Buffering": "no"})
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return SseResponse(chunks(), SSE_SEND_TIMEOUT_S, state, call.request_id)
 
 
 # --- execution and boot -------------------------------------------------------------------
