@@ -55,7 +55,6 @@ import os
 import pickle
 import platform
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -75,8 +74,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tools"))
 
 import psycopg  # noqa: E402
+from bench_ingest import met, release, table  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 from stage0 import apikeys, db, keys, ledger, migrate, seed  # noqa: E402
 from stage0.config import Home, row_dir  # noqa: E402
@@ -747,14 +746,8 @@ class Bench:
             name = self.database.dbname if self.database else "?"
             console.print(f"[yellow]kept[/] database {name} and {self.tmp} (server running)")
             return
-        try:
-            if self.server and self.database:
-                with self.server.connect("admin", autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{self.database.dbname}" WITH (FORCE)')
-        finally:
-            if not self.external:
-                db.stop_embedded(self.home)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        release(self.server, [self.database.dbname if self.database else None],
+                self.home, self.tmp, self.external)
 
     def count(self) -> int:
         assert self.database is not None
@@ -1064,17 +1057,6 @@ def _f(x: float | None, digits: int = 1) -> str:
 
 def _late(ms: float | None, window_s: float) -> str:
     return f"> {window_s:.0f} s" if ms == float("inf") else _f(ms)
-
-
-def met(ok: bool) -> str:
-    return "[green]yes[/]" if ok else "[red]NO[/]"
-
-
-def table(title: str, columns: list[str], left: tuple[str, ...] = ()) -> Table:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="left" if c in left else "right")
-    return t
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:

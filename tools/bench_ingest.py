@@ -450,14 +450,8 @@ class Bench:
             name = self.database.dbname if self.database else "?"
             console.print(f"[yellow]kept[/] database {name} and {self.tmp} (server running)")
             return
-        try:
-            if self.server and self.database:
-                with self.server.connect("admin", autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{self.database.dbname}" WITH (FORCE)')
-        finally:
-            if not self.external:
-                db.stop_embedded(self.home)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        release(self.server, [self.database.dbname if self.database else None],
+                self.home, self.tmp, self.external)
 
     def connect(self, role: db.Role = "kernel", autocommit: bool = False) -> psycopg.Connection:
         assert self.database is not None
@@ -822,6 +816,21 @@ def fmt(x: float | None) -> str:
 
 def us(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
+
+
+def release(server: db.Database | None, dbnames: list[str | None], home: Home, tmp: Path,
+            external: bool) -> None:
+    """Drop a benchmark's databases; stop the embedded server (unless the server is someone
+    else's, via LOGLINE_DATABASE_URL) and remove its directory. Shared by tools/bench_*.py."""
+    try:
+        if server is not None:
+            with server.connect("admin", autocommit=True) as conn:
+                for name in filter(None, dbnames):
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        if not external:
+            db.stop_embedded(home)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def met(ok: bool) -> str:

@@ -63,11 +63,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tools"))  # also when run through `logline bench`
 
 import psycopg  # noqa: E402
+from bench_ingest import met, release, table  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 from stage0 import db, keys, ledger, manifest, migrate, seed  # noqa: E402
 from stage0.config import Home, row_dir  # noqa: E402
@@ -867,17 +868,9 @@ class Bench:
         if self.args.keep:
             console.print(f"[yellow]kept[/] {self.tmp} (server running)")
             return
-        try:
-            if self.server is not None:
-                with self.server.connect("admin", autocommit=True) as conn:
-                    for name in (self.database.dbname if self.database else None,
-                                 self.peer.dbname if self.peer else None):
-                        if name:
-                            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            if not self.external:
-                db.stop_embedded(self.home)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        release(self.server, [self.database.dbname if self.database else None,
+                              self.peer.dbname if self.peer else None],
+                self.home, self.tmp, self.external)
 
     def step(self, what: str, fn: Callable[[], Any]) -> Any:
         t = time.perf_counter()
@@ -974,17 +967,6 @@ class Bench:
 
 def fmt(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
-
-
-def met(ok: bool) -> str:
-    return "[green]yes[/]" if ok else "[red]NO[/]"
-
-
-def table(title: str, columns: list[str], left: tuple[str, ...] = ()) -> Table:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="left" if c in left else "right")
-    return t
 
 
 def find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
