@@ -222,6 +222,12 @@ def boot_events(conn, function_id: str) -> list[dict[str, Any]]:
                         (function_id,)).fetchall()
 
 
+def claimed_by(*workers: WorkerProcess) -> int:
+    """Requests the workers say (in their logs) they ran to completion."""
+    return sum(e.get("claimed", 0) for w in workers for e in w.log()
+               if e.get("action") == "requests_done")
+
+
 def idle(conn, worker: WorkerProcess) -> bool:
     """The worker finished its first cycle: the policy agent (booted last) has a boot_event
     from it, so its request worker has already claimed whatever there was."""
@@ -260,8 +266,9 @@ def test_two_workers_never_run_a_request_twice_and_both_do_work(conn, operator, 
     ids = schedule_many(conn, operator, fn, [{"i": i, "ms": 20} for i in range(120)])
     wait_until(lambda: all_done(conn, ids), 40, "120 requests to complete")
     assert_exactly_once(conn, ids)
-    claimed = {w.id: sum(e.get("claimed", 0) for e in w.log()
-                         if e.get("action") == "requests_done") for w in (a, b)}
+    # A worker logs a batch just after committing it: wait for the logs to catch up.
+    wait_until(lambda: claimed_by(a, b) >= len(ids), 10, "the workers to log their batches")
+    claimed = {w.id: claimed_by(w) for w in (a, b)}
     assert sum(claimed.values()) == len(ids), claimed
     assert all(n > 0 for n in claimed.values()), f"one worker did all the work: {claimed}"
 
@@ -334,9 +341,9 @@ def test_kill_9_mid_run_loses_nothing_and_completes_nothing_twice(conn, operator
     survivors = [workers("s1"), workers("s2")]
     wait_until(lambda: all_done(conn, ids), 60, "the survivors to finish every request")
     assert_exactly_once(conn, ids)
-    claimed = sum(e.get("claimed", 0) for w in survivors for e in w.log()
-                  if e.get("action") == "requests_done")
-    assert claimed == len(ids) - before, "the survivors ran exactly what the victim did not"
+    wait_until(lambda: claimed_by(*survivors) >= len(ids) - before, 10,
+               "the survivors to log their batches")
+    assert claimed_by(*survivors) == len(ids) - before, "the survivors ran exactly what the victim did not"
     assert_verifies(conn, home)
 
 
