@@ -30,6 +30,9 @@ class ArgSpec(BaseModel):
     max_length: int | None = Field(default=None, ge=1)
     min_items: int | None = Field(default=None, ge=0)
     max_items: int | None = Field(default=None, ge=1)
+    #: relpath: '/'-separated, relative, no '..' (a path inside an agent's root);
+    #: name: one path component.
+    format: Literal["relpath", "name"] | None = None
 
 
 class ActionProfile(BaseModel):
@@ -43,6 +46,12 @@ class ActionProfile(BaseModel):
     approvals: int = Field(default=0, ge=0)
     approval_ttl_s: int = Field(default=86400, ge=1)
     args: dict[str, ArgSpec] = {}
+    #: "all": every decision is a gate_decision span; "denials": only refusals are (for
+    #: high-volume reads, whose allowances would drown the ledger).
+    record: Literal["all", "denials"] = "all"
+    #: Short sentences POST /api/intents understands, with {arg} slots: "delete duplicates
+    #: in {path}". Matched deterministically (no model decides anything).
+    phrases: list[str] = []
 
     @model_validator(mode="after")
     def _destructive_needs_approval(self) -> ActionProfile:
@@ -60,6 +69,8 @@ class Contract(BaseModel):
     description: str = ""
     roles: dict[str, str]
     actions: dict[str, ActionProfile]
+    #: The role of the runtime that executes jobs: it may never approve (separation of duties).
+    executor_role: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Contract:
@@ -71,6 +82,13 @@ class Contract(BaseModel):
             unknown = set(profile.requesters + profile.approvers) - set(self.roles)
             if unknown:
                 raise ValueError(f"action {action} names undeclared roles {sorted(unknown)}")
+            for phrase in profile.phrases:
+                slots = set(re.findall(r"\{(\w+)\}", phrase))
+                if slots - set(profile.args):
+                    raise ValueError(f"action {action}: phrase {phrase!r} names unknown "
+                                     f"arguments {sorted(slots - set(profile.args))}")
+        if self.executor_role is not None and self.executor_role not in self.roles:
+            raise ValueError(f"executor_role {self.executor_role!r} is not a declared role")
         return self
 
     @property

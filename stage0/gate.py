@@ -8,6 +8,7 @@ record each Decision as a `gate_decision` span.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -78,12 +79,16 @@ def _check_value(value: Any, rule: ArgSpec) -> str | None:
     if rule.type == "string" and (not value or "\x00" in value or
                                   (rule.max_length and len(value) > rule.max_length)):
         return "must be a non-empty string without NUL, within the length limit"
+    if rule.type == "string" and rule.format:
+        problem = _check_format(value, rule.format)
+        if problem:
+            return problem
     if rule.type == "array":
         if rule.min_items is not None and len(value) < rule.min_items:
             return f"needs at least {rule.min_items} item(s)"
         if rule.max_items is not None and len(value) > rule.max_items:
             return f"takes at most {rule.max_items} item(s)"
-        item = ArgSpec(type=rule.items or "string", max_length=4096)
+        item = ArgSpec(type=rule.items or "string", max_length=4096, format=rule.format)
         for i, v in enumerate(value):
             problem = _check_value(v, item)
             if problem:
@@ -91,10 +96,27 @@ def _check_value(value: Any, rule: ArgSpec) -> str | None:
     return None
 
 
+def _check_format(value: str, fmt: str) -> str | None:
+    """Paths are checked here as text (the agent checks them again against its disk)."""
+    parts = value.split("/")
+    if fmt == "name":
+        if "/" in value or "\\" in value or value in (".", ".."):
+            return "must be a single file name (no '/', not '.' or '..')"
+        return None
+    if value.startswith(("/", "~")) or "\\" in value or re.match(r"^[A-Za-z]:", value):
+        return "must be a path relative to the agent's root (P_ABSOLUTE)"
+    if ".." in parts:
+        return "must not leave the agent's root with '..' (P_TRAVERSAL)"
+    return None
+
+
 def approver_refusal(approver: str, approver_roles: Iterable[str], requester: str,
-                     profile: ActionProfile, agents: Iterable[str] = ()) -> str | None:
-    """The reason code an approval by `approver` must be refused with, or None."""
-    if approver == requester or approver in set(agents):
+                     profile: ActionProfile, agents: Iterable[str] = (),
+                     executor_role: str | None = None) -> str | None:
+    """The reason code an approval by `approver` must be refused with, or None: nobody
+    approves their own request, and no executor (by identity or by role) approves at all."""
+    if approver == requester or approver in set(agents) or \
+            (executor_role is not None and executor_role in set(approver_roles)):
         return "G_SOD_VIOLATION"
     if not set(approver_roles) & set(profile.approvers):
         return "G_ROLE_DENIED"
@@ -121,13 +143,15 @@ def decide(action: str, args: Any, *, contract: Contract | None, requester: str,
         return Decision("DENY", "G_BAD_ARGUMENTS", problem, name, ref)
     if profile.approvals == 0:
         return Decision("ALLOW", "G_OK", "allowed without approval", name, ref)
-    return _with_approvals(name, ref, profile, requester, list(approvals), now, set(agents))
+    return _with_approvals(name, ref, profile, requester, list(approvals), now, set(agents),
+                           contract.executor_role)
 
 
 def _with_approvals(name: str, ref: str, profile: ActionProfile, requester: str,
-                    approvals: list[Approval], now: datetime, agents: set[str]) -> Decision:
-    valid = [a for a in approvals
-             if approver_refusal(a.approver, a.approver_roles, requester, profile, agents) is None]
+                    approvals: list[Approval], now: datetime, agents: set[str],
+                    executor_role: str | None) -> Decision:
+    valid = [a for a in approvals if approver_refusal(
+        a.approver, a.approver_roles, requester, profile, agents, executor_role) is None]
     if any(not a.approve for a in valid):
         return Decision("DENY", "G_REJECTED", "an approver rejected this request", name, ref,
                         0, profile.approvals)

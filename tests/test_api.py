@@ -421,14 +421,14 @@ def test_a_reader_key_cannot_post(api):
     reader = api.client(api.key("rita", "acme", "reader"))
     assert reader.get("/api/spans").status_code == 200
     response = reader.post("/api/spans", json={"entity_type": "note", "who": "r", "this": "x"})
-    assert_error(response, 403, "ROLE_REQUIRED")
+    assert_error(response, 403, "G_ROLE_DENIED")
     response = reader.post("/api/execute", json={"span_id": RUN_CODE})
-    assert_error(response, 403, "ROLE_REQUIRED")
+    assert_error(response, 403, "G_ROLE_DENIED")
 
 
 def test_only_an_admin_may_boot_a_kernel(api, a):
     observer = KERNELS["observer_bot"]
-    assert_error(a.post(f"/api/boot/{observer}", json={}), 403, "ROLE_REQUIRED")
+    assert_error(a.post(f"/api/boot/{observer}", json={}), 403, "G_ROLE_DENIED")
     admin = api.client(api.key("root", "acme", "admin"))
     response = admin.post(f"/api/boot/{observer}", json={})
     assert response.status_code == 200, response.text
@@ -950,9 +950,9 @@ def test_a_last_event_id_that_is_not_a_position_does_not_crash_the_stream(api):
 def audit_spans(api: Api, request_id: str) -> list[dict]:
     with api.kernel() as conn:
         return conn.execute(
-            "SELECT status, owner_id, tenant_id, visibility, metadata, public_key "
-            "FROM ledger.universal_registry WHERE entity_type = 'audit_denial' "
-            "AND trace_id = %s", (request_id,)).fetchall()
+            "SELECT entity_type, status, owner_id, tenant_id, visibility, metadata, public_key "
+            "FROM ledger.universal_registry WHERE entity_type IN ('audit_denial', "
+            "'gate_decision') AND trace_id = %s", (request_id,)).fetchall()
 
 
 def test_successful_responses_carry_rate_limit_headers(api):
@@ -1001,7 +1001,8 @@ def test_a_denial_of_a_known_caller_is_attributed_to_that_caller(api):
                                     headers={"X-Request-ID": "audit-who-1"})
     assert response.status_code == 403
     [span] = audit_spans(api, "audit-who-1")
-    assert span["metadata"]["code"] == "ROLE_REQUIRED"
+    assert span["metadata"]["code"] == "G_ROLE_DENIED"
+    assert span["entity_type"] == "gate_decision"  # the gate refused: its decision is the span
     assert (span["owner_id"], span["tenant_id"], span["metadata"]["key_id"]) == (
         "gina", "acme", key.key_id)
 
@@ -1019,7 +1020,7 @@ def test_denials_are_recorded_as_audit_spans(api, a):
     response = reader.post("/api/spans", json=VALID, headers={"X-Request-ID": "audit-role-1"})
     assert response.status_code == 403
     [span] = audit_spans(api, "audit-role-1")
-    assert span["metadata"]["code"] == "ROLE_REQUIRED"
+    assert span["metadata"]["code"] == "G_ROLE_DENIED"
 
     response = a.post("/api/spans", json={**VALID, "tenant_id": "globex"},
                       headers={"X-Request-ID": "audit-forbidden-1"})

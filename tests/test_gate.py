@@ -154,3 +154,28 @@ def test_the_file_name_must_match_the_contract(tmp_path, ops):
     with pytest.raises(LoglineError) as err:
         load(path)
     assert err.value.code == "CONTRACT_FILE_NAME"
+
+
+# --- every HTTP route is an action of the api contract -------------------------------------
+def test_every_route_maps_to_exactly_one_action_and_every_action_to_one_profile():
+    """A new route without a profile (or a profile without its route) fails here."""
+    from stage0.api.app import endpoints
+
+    ENDPOINTS = endpoints()
+    api = load(ROW / "api@1.0.0.yaml")
+    actions = [e.action for e in ENDPOINTS]
+    assert len(actions) == len(set(actions)), "two routes share an action"
+    assert all(a.startswith("api.") for a in actions), actions
+    assert sorted(a.removeprefix("api.") for a in actions) == sorted(api.actions), \
+        "routes and api contract profiles differ"
+    routes = {(e.method, e.path) for e in ENDPOINTS}
+    assert len(routes) == len(ENDPOINTS), "one route is declared twice"
+
+
+def test_a_route_whose_action_has_no_profile_is_denied_not_allowed():
+    from stage0.governance import route_decision
+
+    api = load(ROW / "api@1.0.0.yaml")
+    assert route_decision(api, "api.not_a_route", None).reason == "G_NO_PROFILE"
+    assert route_decision(None, "api.health_read", None).reason == "G_NO_CONTRACT"
+    assert route_decision(api, "api.health_read", None).outcome == "ALLOW"

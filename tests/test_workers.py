@@ -343,7 +343,8 @@ def test_kill_9_mid_run_loses_nothing_and_completes_nothing_twice(conn, operator
     assert_exactly_once(conn, ids)
     wait_until(lambda: claimed_by(*survivors) >= len(ids) - before, 10,
                "the survivors to log their batches")
-    assert claimed_by(*survivors) == len(ids) - before, "the survivors ran exactly what the victim did not"
+    assert claimed_by(*survivors) == len(ids) - before, \
+        "the survivors ran exactly what the victim did not"
     assert_verifies(conn, home)
 
 

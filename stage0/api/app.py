@@ -1,6 +1,7 @@
 """The Starlette application: every route goes through one guarded dispatcher.
 
-Order for each request: request id -> authentication (bearer API key) -> role -> rate limit
+Order for each request: request id -> authentication (bearer API key) -> the gate (the
+route's action in the api contract) -> rate limit
 -> content type and body size -> body validation (pydantic) -> the handler, with a timeout,
 in its own transaction under the caller's identity (RLS). Every denial is answered with the
 one error shape and recorded as an `audit_denial` span.
@@ -27,6 +28,7 @@ from starlette.routing import Route
 
 from .. import apikeys
 from ..errors import LoglineError
+from ..governance import route_decision
 from .errors import ApiError, error_response
 from .state import ServerState
 
@@ -45,8 +47,7 @@ class Endpoint:
     path: str
     handler: Callable[..., Awaitable[Any]]
     summary: str
-    action: str
-    role: str | None = "reader"
+    action: str  # api.NAME: its profile in ROW/contracts/api@1.0.0.yaml says who may call it
     limit: str = "read"
     body: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
@@ -54,7 +55,8 @@ class Endpoint:
     query: dict[str, tuple[str, str]] = field(default_factory=dict)
     stream: bool = False
     public: bool = False
-    text: bool = False  # the response is text/plain, not JSON
+    text: bool = False  # the response is text, not JSON
+    media: tuple[str, ...] = ("text/plain",)  # its content types when text
 
 
 @dataclass
@@ -155,7 +157,7 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
         except (ApiError, LoglineError) as exc:
             err = exc if isinstance(exc, ApiError) else ApiError.from_ledger(exc)
             response = error_response(request, err.status, err.code, err.message, err.headers)
-            if err.status in (401, 403, 429):
+            if err.status in (401, 403, 429) and not err.audited:
                 # A role or rate-limit denial knows who asked: audit it as them.
                 who = principal or getattr(request.state, "principal", None)
                 await anyio.to_thread.run_sync(state.audit_denial, err.code, endpoint, who,
@@ -170,9 +172,17 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
     return dispatch
 
 
+def _gate(endpoint: Endpoint, state: ServerState, principal: apikeys.Principal | None) -> None:
+    """Every route is an action of the api contract: the gate decides who may call it."""
+    decision = route_decision(state.platform, endpoint.action, principal)
+    if decision.outcome != "ALLOW":
+        raise ApiError(403, decision.reason, decision.message)
+
+
 async def _authenticate(endpoint: Endpoint, state: ServerState,
                         request: Request) -> apikeys.Principal | None:
     if endpoint.public:
+        _gate(endpoint, state, None)
         return None
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -184,8 +194,7 @@ async def _authenticate(endpoint: Endpoint, state: ServerState,
         raise ApiError(401, "AUTH_INVALID", "unknown, revoked or malformed API key",
                        {"WWW-Authenticate": "Bearer"})
     request.state.principal = principal
-    if endpoint.role and not principal.can(endpoint.role):
-        raise ApiError(403, "ROLE_REQUIRED", f"this route needs the {endpoint.role} role")
+    _gate(endpoint, state, principal)
     decision = state.limiter.take(principal.key_id, endpoint.limit)
     request.state.rate = decision
     if not decision.allowed:
@@ -251,10 +260,16 @@ def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
                      exception_handlers={404: not_found, 405: not_allowed, 500: crashed})
 
 
-def create_app(state: ServerState | None = None) -> Starlette:
+def endpoints() -> list[Endpoint]:
+    """Every route the server has (the api contract holds one profile per route)."""
+    from .governed import ENDPOINTS as GOVERNED
     from .routes import ENDPOINTS
 
-    return build(state or ServerState.from_env(), ENDPOINTS)
+    return [*ENDPOINTS, *GOVERNED]
+
+
+def create_app(state: ServerState | None = None) -> Starlette:
+    return build(state or ServerState.from_env(), endpoints())
 
 
 def app_factory() -> Starlette:

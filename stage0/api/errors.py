@@ -13,14 +13,17 @@ STATUS = {
     "KEY_UNTRUSTED": 403, "LEDGER_SEQ_CONFLICT": 409, "LEDGER_PREV_HASH_MISMATCH": 409,
     "LEDGER_SEQ_GAP": 409, "LEDGER_DUPLICATE": 409, "FUNCTION_NOT_FOUND": 404,
     "NOT_FOUND": 404, "BOOT_NOT_ALLOWED": 403, "DB_UNAVAILABLE": 503,
+    "CONTRACT_NOT_FOUND": 404, "CONTRACT_EXISTS": 409, "CONTRACT_CHANGED": 409,
+    "CONTRACT_UNTRUSTED": 403, "JOB_NOT_CLAIMED": 409, "JOB_RESULT_CONFLICT": 409,
 }
 
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, audited: bool = False) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.audited = audited  # already in the ledger (a gate_decision): not audited twice
 
     @classmethod
     def from_ledger(cls, exc: LoglineError) -> ApiError:

@@ -54,7 +54,7 @@ def document(endpoints: list[Any]) -> dict[str, Any]:
                                                   "schema": {"type": "string"}}}}
         elif e.text:
             op["responses"][str(e.status)] = {"description": "success", "content": {
-                "text/plain": {"schema": {"type": "string"}}}}
+                media: {"schema": {"type": "string"}} for media in e.media}}
         else:
             content = {"application/json": {"schema": _schema(e.response, components)}} \
                 if e.response else {}

@@ -325,42 +325,42 @@ async def health(call: Call) -> Health:
 
 ID = {"id": ("path", "span id (UUID)")}
 ENDPOINTS: list[Endpoint] = [
-    Endpoint("GET", "/healthz", health, "Liveness and database check", "health.read",
-             role=None, public=True, response=Health),
+    Endpoint("GET", "/healthz", health, "Liveness and database check", "api.health_read",
+             public=True, response=Health),
     Endpoint("GET", "/metrics", prometheus, "Prometheus text: requests and latency per route, "
              "SSE clients, denials, executions by status (admin: counts span every tenant)",
-             "metrics.scrape", role="admin", text=True),
-    Endpoint("GET", "/api/me", me, "Who this API key is: user, tenant, roles", "me.read",
+             "api.metrics_scrape", text=True),
+    Endpoint("GET", "/api/me", me, "Who this API key is: user, tenant, roles", "api.me_read",
              response=Me),
     Endpoint("GET", "/api/spans", list_spans, "Latest version of the spans you can see",
-             "spans.list", response=SpanList,
+             "api.spans_list", response=SpanList,
              query={"entity_type": ("string", "filter"), "status": ("string", "filter"),
                     "limit": ("integer", "1-500, default 50"),
                     "before": ("integer", "position: page before this")}),
     Endpoint("POST", "/api/spans", post_span, "Append a span (signed by the server unless "
-             "you signed it)", "spans.append", role="writer", limit="write", body=SpanIn,
+             "you signed it)", "api.span_append", limit="write", body=SpanIn,
              response=Span, status=201),
     Endpoint("GET", "/api/spans/{id}", get_span, "A span's latest version (?all=1: every "
-             "version)", "spans.read", response=Span,
+             "version)", "api.span_read", response=Span,
              query={**ID, "all": ("string", "1 for every version")}),
     Endpoint("GET", "/api/timeline", timeline, "The visible timeline, newest first",
-             "timeline.read", response=SpanList,
+             "api.timeline_read", response=SpanList,
              query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter"),
                     "limit": ("integer", "1-500"), "before": ("integer", "position"),
                     "since": ("integer", "position: only after this")}),
     Endpoint("GET", "/api/timeline/stream", stream, "Server-sent events of new visible spans "
-             "(resume with Last-Event-ID)", "timeline.stream", limit="stream", stream=True,
+             "(resume with Last-Event-ID)", "api.timeline_stream", limit="stream", stream=True,
              query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter"),
                     "since": ("integer", "start after this position")}),
     Endpoint("POST", "/api/execute", execute, "Schedule a function to run (a request span)",
-             "functions.execute", role="writer", limit="write", body=ExecuteIn,
+             "api.function_execute", limit="write", body=ExecuteIn,
              response=ExecuteOut, status=202),
     Endpoint("POST", "/api/boot/{id}", boot, "Boot a kernel through stage 0 (admin)",
-             "kernels.boot", role="admin", limit="admin", body=BootIn, response=BootOut,
+             "api.kernel_boot", limit="admin", body=BootIn, response=BootOut,
              query=ID),
     Endpoint("GET", "/api/verify/{id}", verify_span, "Hash, signature, key trust and chain of "
-             "a span you can see", "spans.verify", response=Verification, query=ID),
+             "a span you can see", "api.span_verify", response=Verification, query=ID),
     Endpoint("GET", "/api/metrics", metrics, "Executions per day and status, average and p95 "
-             "duration", "metrics.read", response=Metrics,
+             "duration", "api.metrics_read", response=Metrics,
              query={"days": ("integer", "1-366, default 14")}),
 ]

@@ -12,9 +12,12 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from .. import apikeys, ledger
+from .. import apikeys, ledger, manifest
 from ..config import Home
+from ..contracts import Contract, contract_id
 from ..db import Database, configure, resolve
+from ..errors import LoglineError
+from ..governance import PLATFORM, load_contract
 from ..keys import operator_key
 from ..loader import log
 from ..proofs import public_key_hex
@@ -43,6 +46,7 @@ class ServerState:
             for role, size in (("app", pool_size), ("kernel", 4))
         }
         self.broadcaster = Broadcaster(database)
+        self.platform: Contract | None = None  # loaded from the ledger at start()
         self._auth: dict[str, tuple[float, apikeys.Principal | None]] = {}
         self._audit_lock = threading.Lock()
         self._audit_window = (0.0, 0, 0)  # (second, written, dropped)
@@ -55,6 +59,7 @@ class ServerState:
     async def start(self) -> None:
         for pool in self.pools.values():
             pool.open(wait=True, timeout=30)
+        self.platform = self.load_platform_contract()
         await self.broadcaster.start()
         self.log("api_started", pid=os.getpid())
 
@@ -62,6 +67,21 @@ class ServerState:
         await self.broadcaster.stop()
         for pool in self.pools.values():
             pool.close()
+
+    def load_platform_contract(self) -> Contract | None:
+        """The api contract every route is gated by, as seeded and signed in the ledger.
+        Absent or untrusted: every route is denied (fail closed) and the log says why."""
+        with self.pools["kernel"].connection() as conn:
+            try:
+                found = load_contract(conn, contract_id(*PLATFORM),
+                                      manifest.trust_set(conn, self.root))
+            except LoglineError as exc:
+                self.log("platform_contract_refused", error=str(exc))
+                return None
+        if found is None:
+            self.log("platform_contract_missing", contract="@".join(PLATFORM),
+                     hint="run `logline init` (or `logline seed`)")
+        return found[0] if found else None
 
     # --- database -------------------------------------------------------------------------
     def in_transaction(self, role: str, principal: apikeys.Principal | None,
@@ -102,7 +122,9 @@ class ServerState:
                 return
             self._audit_window = (start, written + 1, 0)
         span = {
-            "entity_type": "audit_denial", "who": "api", "did": "denied", "this": code,
+            # A refusal by the gate is a gate decision like any other; the rest are denials.
+            "entity_type": "gate_decision" if code.startswith("G_") else "audit_denial",
+            "who": "api", "did": "denied", "this": code,
             "owner_id": principal.user_id if principal else "anonymous",
             "tenant_id": principal.tenant_id if principal else "system",
             "visibility": "private", "status": "denied", "trace_id": request_id,

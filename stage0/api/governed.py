@@ -1,0 +1,372 @@
+"""Governed execution over HTTP: contracts, proposals and intents, approvals, agent jobs and
+the audit export. The rules live in stage0/governance.py; these handlers only translate.
+
+A refusal by the gate is recorded (a gate_decision span) in the request's transaction and
+only then answered with its reason code as the error code, so a denial always leaves its
+trail and is never recorded twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Literal
+
+import anyio
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from .. import governance, intents
+from ..contracts import parse as parse_contract
+from .app import Call, Endpoint
+from .errors import ApiError
+from .routes import _uuid
+
+JSON = Any
+#: Refusal codes -> HTTP status (everything else the gate refuses with is a 403).
+REFUSAL_STATUS = {"G_BAD_ARGUMENTS": 422, "G_UNKNOWN_ACTION": 422, "G_AMBIGUOUS_ACTION": 422,
+                  "G_APPROVAL_REPLAYED": 409, "G_PLAN_PENDING": 409, "G_NOT_PENDING": 409}
+CLAIM_WAIT_MAX_S = 10  # under the request timeout
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ContractIn(_In):
+    contract: dict[str, JSON] = Field(description="the contract (the YAML's content as JSON)")
+
+
+class ActivateIn(_In):
+    ref: str = Field(min_length=3, max_length=200, description="NAME@VERSION")
+
+
+class ContractItem(BaseModel):
+    id: str
+    ref: str
+    tenant_id: str
+    active: bool
+    actions: dict[str, JSON]
+
+
+class ContractList(BaseModel):
+    items: list[ContractItem]
+
+
+class Activated(BaseModel):
+    ref: str
+    activation_id: str
+
+
+class ProposalIn(_In):
+    action: str = Field(min_length=1, max_length=200,
+                        description="CONTRACT.ACTION or an action of one active contract")
+    args: dict[str, JSON] = Field(default_factory=dict)
+
+
+class IntentIn(_In):
+    text: str = Field(min_length=1, max_length=2000, pattern=r"^[^\x00]+$")
+
+
+class Decision(BaseModel):
+    outcome: Literal["ALLOW", "PENDING_APPROVAL", "DENY"]
+    reason: str
+    message: str
+    action: str
+    contract: str | None
+    approvals: int
+    required: int
+    decision_id: str
+    proposal_id: str | None
+    job_id: str | None
+    trace_id: str
+
+
+class IntentOut(Decision):
+    parsed: dict[str, JSON]
+
+
+class ApprovalIn(_In):
+    decision: Literal["approve", "reject"]
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"^[^\x00]+$")
+
+
+class Proposal(BaseModel):
+    id: str
+    trace_id: str | None
+    state: str
+    action: str
+    contract: str
+    args: JSON
+    destructive: bool
+    required: int
+    requester: str
+    at: str
+    plan: list[dict[str, JSON]] | None
+    approvals: list[dict[str, JSON]]
+    jobs: dict[str, JSON]
+
+
+class ProposalList(BaseModel):
+    items: list[Proposal]
+
+
+class ClaimIn(_In):
+    limit: int = Field(default=1, ge=1, le=50)
+    wait_s: float = Field(default=0, ge=0, le=CLAIM_WAIT_MAX_S,
+                          description="wait this long for a job when none is queued")
+
+
+class Job(BaseModel):
+    id: str
+    kind: Literal["plan", "execute"]
+    action: str
+    args: JSON
+    contract: str
+    plan: list[dict[str, JSON]] | None
+    proposal_id: str
+    trace_id: str | None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+class ResultIn(_In):
+    status: Literal["done", "failed", "interrupted"]
+    output: dict[str, JSON] = Field(default_factory=dict)
+
+
+class ResultOut(BaseModel):
+    acknowledged: bool
+    result_id: str
+    new: bool
+
+
+def _refused(outcome: governance.Outcome) -> ApiError:
+    d = outcome.decision
+    return ApiError(REFUSAL_STATUS.get(d.reason, 403), d.reason,
+                    f"{d.message} (decision {outcome.decision_id})", audited=True)
+
+
+# --- contracts ----------------------------------------------------------------------------
+CONTRACTS = (
+    "SELECT id::text AS id, tenant_id, content FROM ledger.latest_spans "
+    "WHERE entity_type = 'contract' ORDER BY position"
+)
+
+
+async def list_contracts(call: Call) -> ContractList:
+    p = call.principal
+    assert p is not None
+
+    def run(conn: psycopg.Connection) -> ContractList:
+        active = {c[1]["id"] for c in governance.active_contracts(conn, call.state.root,
+                                                                   p.tenant_id)}
+        return ContractList(items=[ContractItem(
+            id=r["id"], ref=f"{r['content']['name']}@{r['content']['version']}",
+            tenant_id=r["tenant_id"], active=r["id"] in active,
+            actions=r["content"]["actions"]) for r in conn.execute(CONTRACTS)])
+
+    return await call.db(run)
+
+
+async def publish_contract(call: Call) -> ContractItem:
+    p = call.principal
+    assert p is not None
+    contract = parse_contract(call.body.contract, "body.contract")
+
+    def run(conn: psycopg.Connection) -> ContractItem:
+        span = governance.publish(conn, call.state.key, p, contract)
+        return ContractItem(id=span["id"], ref=contract.ref, tenant_id=p.tenant_id,
+                            active=False, actions=span["content"]["actions"])
+
+    return await call.db(run)
+
+
+async def activate_contract(call: Call) -> Activated:
+    p = call.principal
+    assert p is not None
+
+    def run(conn: psycopg.Connection) -> Activated:
+        span = governance.activate(conn, call.state.key, call.state.root, p, call.body.ref,
+                                   call.request_id)
+        return Activated(ref=span["this"], activation_id=span["id"])
+
+    return await call.db(run)
+
+
+# --- proposals and intents ----------------------------------------------------------------
+async def propose(call: Call) -> Decision:
+    p = call.principal
+    assert p is not None
+    outcome = await call.db(lambda conn: governance.propose(
+        conn, call.state.key, call.state.root, p, call.body.action, call.body.args,
+        call.request_id))
+    if outcome.decision.outcome == "DENY":
+        raise _refused(outcome)
+    return Decision(**outcome.as_dict())
+
+
+async def intent(call: Call) -> IntentOut:
+    p = call.principal
+    assert p is not None
+    text = call.body.text
+
+    def run(conn: psycopg.Connection) -> tuple[intents.Intent, governance.Outcome]:
+        contracts = [c for c, _ in governance.active_contracts(conn, call.state.root,
+                                                                p.tenant_id)]
+        parsed = intents.parse(text, contracts)
+        if parsed is None:
+            hints = "; ".join(f'"{e}"' for e in intents.examples(contracts)) or \
+                "none: your tenant has no active contract"
+            raise ApiError(422, "INTENT_NOT_UNDERSTOOD", f"no action of your active contracts "
+                           f"reads like that; try for example {hints}")
+        outcome = governance.propose(conn, call.state.key, call.state.root, p,
+                                     parsed.qualified, parsed.args, call.request_id,
+                                     source={"via": "intent", "text": text,
+                                             "phrase": parsed.phrase})
+        return parsed, outcome
+
+    parsed, outcome = await call.db(run)
+    if outcome.decision.outcome == "DENY":
+        raise _refused(outcome)
+    return IntentOut(**outcome.as_dict(), parsed={"action": parsed.qualified,
+                                                  "args": parsed.args})
+
+
+async def get_proposal(call: Call) -> Proposal:
+    proposal_id = _uuid(call.request.path_params["id"])
+    state = await call.db(governance.proposal_state, proposal_id)
+    if state is None:
+        raise ApiError(404, "NOT_FOUND", "no proposal with this id is visible to you")
+    return Proposal(**state)
+
+
+async def list_approvals(call: Call) -> ProposalList:
+    p = call.principal
+    assert p is not None
+    wanted = call.query("state")
+    limit = call.int_query("limit", 50, 1, 200)
+    states = tuple(wanted.split(",")) if wanted else None
+    items = await call.db(governance.approvals_inbox, p.tenant_id, limit, states)
+    return ProposalList(items=[Proposal(**i) for i in items])
+
+
+async def decide_approval(call: Call) -> Decision:
+    p = call.principal
+    assert p is not None
+    proposal_id = _uuid(call.request.path_params["id"])
+    body: ApprovalIn = call.body
+    outcome = await call.db(lambda conn: governance.approve(
+        conn, call.state.key, call.state.root, p, proposal_id, body.decision == "approve",
+        body.reason, call.request_id))
+    if outcome.refused:
+        raise _refused(outcome)
+    return Decision(**outcome.as_dict())
+
+
+# --- agent jobs ---------------------------------------------------------------------------
+async def claim_jobs(call: Call) -> JobList:
+    """Long-poll: with wait_s, an empty queue waits for the tenant's next append."""
+    p = call.principal
+    assert p is not None
+    body: ClaimIn = call.body
+    subscription = call.state.broadcaster.subscribe(p.tenant_id)
+    try:
+        with anyio.move_on_after(body.wait_s):
+            while True:
+                subscription.event.clear()
+                jobs = await call.db(lambda conn: governance.claim(
+                    conn, call.state.key, call.state.root, p, body.limit))
+                if jobs or body.wait_s == 0:
+                    return JobList(jobs=jobs)
+                await subscription.event.wait()
+    finally:
+        call.state.broadcaster.unsubscribe(subscription)
+    return JobList(jobs=[])
+
+
+async def report_result(call: Call) -> ResultOut:
+    p = call.principal
+    assert p is not None
+    job_id = _uuid(call.request.path_params["id"])
+    body: ResultIn = call.body
+    span, new = await call.db(lambda conn: governance.report(
+        conn, call.state.key, p, job_id, body.status, body.output))
+    return ResultOut(acknowledged=True, result_id=span["id"], new=new)
+
+
+# --- audit --------------------------------------------------------------------------------
+EXPORT_COLUMNS = ("position", "id", "seq", "at", "entity_type", "who", "did", "this",
+                  "status", "owner_id", "tenant_id", "trace_id", "parent_id", "curr_hash",
+                  "signature", "public_key")
+EXPORT_MAX = 10_000
+
+
+async def audit_export(call: Call) -> Response:
+    """The visible trail as JSON lines (every field: each line verifies on its own) or CSV
+    (the columns above; JSON columns as JSON text), oldest first; page with ?since=."""
+    fmt = call.query("format", "jsonl")
+    if fmt not in ("jsonl", "csv"):
+        raise ApiError(400, "BAD_QUERY", "format is jsonl or csv")
+    types = call.query("entity_type")
+    rows = await call.db(governance.audit_rows, call.query("trace_id"),
+                         types.split(",") if types else None,
+                         call.int_query("since", None, 0, 2**62),
+                         call.int_query("limit", EXPORT_MAX, 1, EXPORT_MAX))
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+        return Response(text, media_type="application/x-ndjson")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([*EXPORT_COLUMNS, "input", "output", "content"])
+    for r in rows:
+        writer.writerow([r[c] for c in EXPORT_COLUMNS] +
+                        [json.dumps(r[c], sort_keys=True) if r[c] is not None else ""
+                         for c in ("input", "output", "content")])
+    return Response(buffer.getvalue(), media_type="text/csv")
+
+
+ID = {"id": ("path", "id (UUID)")}
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/api/contracts", list_contracts, "Contracts you can see, and which are "
+             "active for your tenant", "api.contracts_list", response=ContractList),
+    Endpoint("POST", "/api/contracts", publish_contract, "Publish a contract for your tenant "
+             "(admin)", "api.contract_publish", limit="admin", body=ContractIn,
+             response=ContractItem, status=201),
+    Endpoint("POST", "/api/contracts/activate", activate_contract, "Make NAME@VERSION your "
+             "tenant's active version of NAME (admin)", "api.contract_activate",
+             limit="admin", body=ActivateIn, response=Activated),
+    Endpoint("POST", "/api/proposals", propose, "Ask for a governed action: allowed (a job), "
+             "pending approval, or denied with the gate's reason code", "api.proposal_create",
+             limit="write", body=ProposalIn, response=Decision, status=201),
+    Endpoint("POST", "/api/intents", intent, "A short sentence ('delete duplicates in "
+             "photos/') parsed against your active contracts, then proposed",
+             "api.intent_create", limit="write", body=IntentIn, response=IntentOut,
+             status=201),
+    Endpoint("GET", "/api/proposals/{id}", get_proposal, "A proposal: terms, plan, approvals, "
+             "jobs and state", "api.proposal_read", response=Proposal, query=ID),
+    Endpoint("GET", "/api/approvals", list_approvals, "Approval requests of your tenant, "
+             "newest first, with what each would do", "api.approvals_list",
+             response=ProposalList,
+             query={"state": ("string", "comma-separated states, e.g. pending"),
+                    "limit": ("integer", "1-200, default 50")}),
+    Endpoint("POST", "/api/approvals/{id}", decide_approval, "Approve or reject, with a "
+             "reason (never your own request)", "api.approval_decide", limit="write",
+             body=ApprovalIn, response=Decision, query=ID),
+    Endpoint("POST", "/api/jobs/claim", claim_jobs, "Claim queued jobs of your tenant (agent)",
+             "api.jobs_claim", limit="write", body=ClaimIn, response=JobList),
+    Endpoint("POST", "/api/jobs/{id}/result", report_result, "Report a claimed job's result "
+             "(idempotent: a retry is acknowledged again)", "api.job_report", limit="write",
+             body=ResultIn, response=ResultOut, query=ID),
+    Endpoint("GET", "/api/audit/export", audit_export, "The audit trail as JSON lines or CSV",
+             "api.audit_export", text=True, media=("application/x-ndjson", "text/csv"),
+             query={"trace_id": ("string", "one governed request"),
+                    "entity_type": ("string", "comma-separated types"),
+                    "format": ("string", "jsonl (default) or csv"),
+                    "since": ("integer", "position: only after this"),
+                    "limit": ("integer", f"1-{EXPORT_MAX}")}),
+]

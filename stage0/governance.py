@@ -1,0 +1,518 @@
+"""Governed execution on the ledger: contracts per tenant, proposals through the gate,
+approvals with separation of duties, and jobs for governed agents.
+
+Every step is a span of the caller's tenant (visibility `tenant`), owned by whoever took it,
+appended in the caller's transaction under row-level security, and sharing the proposal's
+trace_id, so GET /api/timeline?trace_id= is the request's whole audit trail:
+
+    gate_decision -> approval_request -> job(plan) -> job_claim -> job_result (the preview)
+                  -> approval(s) -> job(execute) -> job_claim -> job_result
+
+Uniqueness comes from the ledger itself: an approval, a claim and a result have ids derived
+from what they belong to, so a second one is a seq-0 conflict the append trigger refuses.
+The spans are never versioned by another party (the ledger keeps an id's owner fixed), so a
+request's state is derived from which spans exist, not from a mutable status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import blake3
+import psycopg
+import rfc8785
+from nacl.signing import SigningKey
+
+from . import gate, ledger, manifest
+from .apikeys import Principal
+from .canonical import parse_at
+from .contracts import Contract, contract_id, parse
+from .errors import LoglineError
+from .proofs import check_proofs
+from .queries import SPAN_COLUMNS
+
+PLATFORM = ("api", "1.0.0")
+#: Roles every caller has: `anyone`, and `member` for a caller with a valid key.
+IMPLICIT_ROLES = ("anyone", "member")
+JOB_KINDS = ("plan", "execute")
+RESULT_STATUSES = ("done", "failed", "interrupted")
+
+
+def derived_id(*parts: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "logline:" + ":".join(parts)))
+
+
+def roles_of(principal: Principal | None) -> tuple[str, ...]:
+    if principal is None:
+        return ("anyone",)
+    return (*principal.roles, *IMPLICIT_ROLES)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- contracts ----------------------------------------------------------------------------
+def tenant_contract_id(tenant_id: str, name: str, version: str) -> str:
+    return derived_id("contract", tenant_id, f"{name}@{version}")
+
+
+def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str],
+                  expected_hash: str | None = None) -> tuple[Contract, dict[str, Any]] | None:
+    """A contract span the caller can see, checked (hash, signature, trusted key, and the
+    exact version when `expected_hash` is given). None when absent or not visible."""
+    span = ledger.head(conn, span_id)
+    if span is None or span["entity_type"] != "contract":
+        return None
+    if expected_hash is not None and span["curr_hash"] != expected_hash:
+        version = conn.execute(f"SELECT {SPAN_COLUMNS} FROM ledger.universal_registry "
+                               "WHERE id = %s AND curr_hash = %s",
+                               (span_id, expected_hash)).fetchone()
+        if version is None:
+            raise LoglineError("CONTRACT_CHANGED", "the contract version this was decided "
+                               "under is gone", span_id)
+        span = ledger.span_from_row(version)
+    proofs = check_proofs(span)
+    if not proofs.ok or span["public_key"] not in trusted:
+        raise LoglineError("CONTRACT_UNTRUSTED", proofs.detail or "signed by a key the "
+                           "manifest does not trust", span_id)
+    return parse(span["content"], span_id), span
+
+
+def publish(conn: psycopg.Connection, key: SigningKey, principal: Principal,
+            contract: Contract) -> dict[str, Any]:
+    """Store a tenant's own contract (visible to that tenant only)."""
+    span_id = tenant_contract_id(principal.tenant_id, contract.name, contract.version)
+    if contract.name == PLATFORM[0] or ledger.head(conn, contract_id(contract.name,
+                                                                      contract.version)):
+        raise LoglineError("CONTRACT_EXISTS", f"{contract.ref} is a system contract")
+    if ledger.head(conn, span_id) is not None:
+        raise LoglineError("CONTRACT_EXISTS", f"{contract.ref} is already published; "
+                           "publish a new version instead")
+    [span] = ledger.append(conn, [{
+        "id": span_id, "seq": 0, "entity_type": "contract", "who": principal.user_id,
+        "did": "published", "this": contract.ref, "name": contract.name,
+        "description": contract.description, "owner_id": principal.user_id,
+        "tenant_id": principal.tenant_id, "visibility": "tenant", "status": "published",
+        "content": contract.model_dump(mode="json"), "metadata": {"version": contract.version},
+    }], key)
+    return span
+
+
+def activate(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+             ref: str, trace_id: str) -> dict[str, Any]:
+    """Make NAME@VERSION the tenant's active version of NAME (a span, like everything)."""
+    name, _, version = ref.partition("@")
+    if not name or not version:
+        raise LoglineError("CONTRACT_NOT_FOUND", "name a contract as NAME@VERSION", ref)
+    trusted = manifest.trust_set(conn, root)
+    for span_id in (tenant_contract_id(principal.tenant_id, name, version),
+                    contract_id(name, version)):
+        found = load_contract(conn, span_id, trusted)
+        if found:
+            break
+    else:
+        raise LoglineError("CONTRACT_NOT_FOUND", "no such contract is visible to you", ref)
+    contract, span = found
+    if contract.name == PLATFORM[0]:
+        raise LoglineError("CONTRACT_NOT_FOUND", "the api contract is always active", ref)
+    [activation] = ledger.append(conn, [{
+        "entity_type": "contract_activation", "who": principal.user_id, "did": "activated",
+        "this": contract.ref, "parent_id": span["id"], "owner_id": principal.user_id,
+        "tenant_id": principal.tenant_id, "visibility": "tenant", "status": "active",
+        "trace_id": trace_id,
+        "content": {"contract_id": span["id"], "contract_hash": span["curr_hash"],
+                    "name": contract.name, "version": contract.version},
+    }], key)
+    return activation
+
+
+ACTIVE = (
+    "SELECT DISTINCT ON (content ->> 'name') content FROM ledger.universal_registry "
+    "WHERE entity_type = 'contract_activation' AND tenant_id = %s AND status = 'active' "
+    "ORDER BY content ->> 'name', position DESC"
+)
+
+
+def active_contracts(conn: psycopg.Connection, root: str,
+                     tenant_id: str) -> list[tuple[Contract, dict[str, Any]]]:
+    trusted = manifest.trust_set(conn, root)
+    out = []
+    for row in conn.execute(ACTIVE, (tenant_id,)):
+        found = load_contract(conn, row["content"]["contract_id"], trusted,
+                              row["content"]["contract_hash"])
+        if found:
+            out.append(found)
+    return out
+
+
+def resolve(action: str, contracts: list[tuple[Contract, dict[str, Any]]]
+            ) -> tuple[Contract, dict[str, Any]] | gate.Decision | None:
+    """Which active contract `action` belongs to: `domain.action` names it, a bare action
+    must be in exactly one. A Decision (DENY) when that is impossible; None: no contract."""
+    if not contracts:
+        return None
+    name = action.strip().lower()
+    domain, dot, bare = name.rpartition(".")
+    if dot:
+        match = [c for c in contracts if c[0].name == domain]
+        if not match:
+            return gate.Decision("DENY", "G_NO_CONTRACT", f"no active contract {domain!r} "
+                                 "for your tenant", action)
+        return match[0]
+    match = [c for c in contracts if name in c[0].actions]
+    if len(match) > 1:
+        return gate.Decision("DENY", "G_AMBIGUOUS_ACTION", f"{name!r} is an action of "
+                             f"{', '.join(c[0].ref for c in match)}: name the domain", action)
+    return match[0] if match else contracts[0]
+
+
+# --- the route gate -----------------------------------------------------------------------
+def route_decision(contract: Contract | None, action: str,
+                   principal: Principal | None) -> gate.Decision:
+    """The gate's answer for one HTTP route (arguments are the route's own business)."""
+    if contract is not None and action.partition(".")[2] not in contract.actions:
+        return gate.Decision("DENY", "G_NO_PROFILE", f"the route's action {action} has no "
+                             "profile in the api contract", action, contract.ref)
+    return gate.decide(action, {}, contract=contract,
+                       requester=principal.user_id if principal else "anonymous",
+                       roles=roles_of(principal), now=now())
+
+
+# --- proposals ----------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What a proposal (or an approval) came to, and the spans it left."""
+
+    decision: gate.Decision
+    decision_id: str
+    trace_id: str
+    proposal_id: str | None = None
+    job_id: str | None = None
+    refused: bool = False  # an approval that was not recorded (SoD, role, replay, ...)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.decision
+        return {"outcome": d.outcome, "reason": d.reason, "message": d.message,
+                "action": d.action, "contract": d.contract, "approvals": d.approvals,
+                "required": d.required, "decision_id": self.decision_id,
+                "proposal_id": self.proposal_id, "job_id": self.job_id,
+                "trace_id": self.trace_id}
+
+
+def _span(principal: Principal, entity_type: str, did: str, this: str, trace_id: str,
+          **fields: Any) -> dict[str, Any]:
+    return {"entity_type": entity_type, "who": principal.user_id, "did": did, "this": this,
+            "owner_id": principal.user_id, "tenant_id": principal.tenant_id,
+            "visibility": "tenant", "trace_id": trace_id, **fields}
+
+
+def _decision_span(principal: Principal, decision: gate.Decision, trace_id: str,
+                   parent_id: str | None, args: Any,
+                   contract_span: dict[str, Any] | None) -> dict[str, Any]:
+    return _span(principal, "gate_decision", "decided", decision.action, trace_id,
+                 id=str(uuid.uuid4()), parent_id=parent_id, status=decision.outcome.lower(),
+                 input={"action": decision.action, "args": args},
+                 content={**decision.as_dict(), "roles": sorted(principal.roles),
+                          "contract_id": contract_span["id"] if contract_span else None,
+                          "contract_hash": contract_span["curr_hash"] if contract_span
+                          else None})
+
+
+def propose(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+            action: str, args: Any, trace_id: str,
+            source: dict[str, Any] | None = None) -> Outcome:
+    """Ask the gate; record its decision and, unless denied, what follows from it: a job
+    (allowed) or an approval request plus a plan job for the agent (pending approval)."""
+    found = resolve(action, active_contracts(conn, root, principal.tenant_id))
+    if isinstance(found, gate.Decision):
+        contract, contract_span, decision = None, None, found
+    else:
+        contract, contract_span = found if found else (None, None)
+        decision = gate.decide(action, args, contract=contract, requester=principal.user_id,
+                               roles=roles_of(principal), now=now())
+    proposal_id = str(uuid.uuid4()) if decision.outcome != "DENY" else None
+    spans = [_decision_span(principal, decision, trace_id, proposal_id, args, contract_span)]
+    outcome = Outcome(decision, spans[0]["id"], trace_id, proposal_id)
+    if decision.outcome != "DENY":
+        assert contract is not None and contract_span is not None and proposal_id
+        profile = contract.actions[decision.action]
+        qualified = f"{contract.name}.{decision.action}"
+        terms = {"action": decision.action, "args": args, "contract": contract.ref,
+                 "contract_id": contract_span["id"], "contract_hash": contract_span["curr_hash"],
+                 "destructive": profile.destructive, "required": profile.approvals,
+                 "approvers": profile.approvers, "approval_ttl_s": profile.approval_ttl_s,
+                 "requester": principal.user_id, "source": source or {"via": "api"}}
+        spans.append(_span(principal, "approval_request" if profile.approvals else "proposal",
+                           "proposed", qualified, trace_id, id=proposal_id,
+                           status="pending" if profile.approvals else "allowed",
+                           input={"action": decision.action, "args": args}, content=terms))
+        kind = "plan" if profile.approvals else "execute"
+        job = _job(principal, proposal_id, kind, terms, trace_id)
+        spans.append(job)
+        outcome.job_id = job["id"]
+    ledger.append(conn, spans, key)
+    return outcome
+
+
+def _job(principal: Principal, proposal_id: str, kind: str, terms: dict[str, Any],
+         trace_id: str, plan: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    content = {"kind": kind, "proposal_id": proposal_id, "action": terms["action"],
+               "args": terms["args"], "contract": terms["contract"]}
+    if plan is not None:
+        content["plan"] = plan
+    return _span(principal, "job", "queued", f"{kind} {terms['contract']} {terms['action']}",
+                 trace_id, id=derived_id("job", proposal_id, kind), seq=0,
+                 parent_id=proposal_id, status="queued", content=content)
+
+
+# --- reading a proposal's state -----------------------------------------------------------
+def _children(conn: psycopg.Connection, parent_id: str) -> list[dict[str, Any]]:
+    return [ledger.span_from_row(r) for r in conn.execute(
+        f"SELECT {SPAN_COLUMNS} FROM ledger.universal_registry WHERE parent_id = %s "
+        "ORDER BY position", (parent_id,))]
+
+
+def proposal_state(conn: psycopg.Connection, proposal_id: str) -> dict[str, Any] | None:
+    """A proposal as the caller may see it: terms, plan (the agent's preview), approvals,
+    jobs and their results, and a state: planning, plan_failed, pending, approved,
+    rejected, running, done, failed, interrupted, refused."""
+    request = ledger.head(conn, proposal_id)
+    if request is None or request["entity_type"] not in ("approval_request", "proposal"):
+        return None
+    children = _children(conn, proposal_id)
+    approvals = [c for c in children if c["entity_type"] == "approval"]
+    jobs = {c["content"]["kind"]: _job_view(conn, c) for c in children
+            if c["entity_type"] == "job"}
+    terms = request["content"]
+    plan_job = jobs.get("plan")
+    execute_job = jobs.get("execute")
+    plan = None
+    if plan_job and plan_job["result"] and plan_job["result"]["status"] == "done":
+        plan = (plan_job["result"]["output"] or {}).get("ops")
+    if any(a["status"] == "rejected" for a in approvals):
+        state = "rejected"
+    elif execute_job:
+        state = execute_job["state"]
+        state = {"queued": "approved", "claimed": "running"}.get(state, state)
+    elif plan_job and plan_job["state"] in ("failed", "interrupted", "refused"):
+        state = "plan_failed"
+    elif plan_job and plan is None:
+        state = "planning"
+    else:
+        state = "pending"
+    return {"id": proposal_id, "trace_id": request["trace_id"], "state": state,
+            "action": terms["action"], "contract": terms["contract"], "args": terms["args"],
+            "destructive": terms["destructive"], "required": terms["required"],
+            "requester": request["owner_id"], "at": request["at"], "plan": plan,
+            "approvals": [{"approver": a["owner_id"], "status": a["status"], "at": a["at"],
+                           "reason": (a["content"] or {}).get("reason")} for a in approvals],
+            "jobs": jobs}
+
+
+def _job_view(conn: psycopg.Connection, job: dict[str, Any]) -> dict[str, Any]:
+    children = _children(conn, job["id"])
+    claim = next((c for c in children if c["entity_type"] == "job_claim"), None)
+    result = next((c for c in children if c["entity_type"] == "job_result"), None)
+    state = result["status"] if result else (claim["status"] if claim else "queued")
+    return {"id": job["id"], "kind": job["content"]["kind"], "state": state,
+            "agent": claim["owner_id"] if claim else None,
+            "result": {"status": result["status"], "output": result["output"]}
+            if result else None}
+
+
+PENDING = (
+    f"SELECT {SPAN_COLUMNS} FROM ledger.latest_spans WHERE entity_type = 'approval_request' "
+    "AND tenant_id = %(tenant)s ORDER BY position DESC LIMIT %(limit)s"
+)
+
+
+def approvals_inbox(conn: psycopg.Connection, tenant_id: str, limit: int = 100,
+                    states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    out = []
+    for row in conn.execute(PENDING, {"tenant": tenant_id, "limit": limit}).fetchall():
+        state = proposal_state(conn, str(row["id"]))
+        if state and (states is None or state["state"] in states):
+            out.append(state)
+    return out
+
+
+# --- approvals ----------------------------------------------------------------------------
+def plan_hash(plan: Any) -> str:
+    """What an approver saw: the BLAKE3 of the plan's canonical JSON (RFC 8785)."""
+    return blake3.blake3(rfc8785.dumps(plan)).hexdigest()
+
+
+def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+            proposal_id: str, approve: bool, reason: str, trace_id: str) -> Outcome:
+    """An approver's answer. Refusals (SoD, role, not ready, replay) are gate_decision spans
+    too; they come back as a DENY Outcome so the caller can answer after the commit."""
+    request = ledger.head(conn, proposal_id)
+    if request is None or request["entity_type"] != "approval_request":
+        raise LoglineError("NOT_FOUND", "no approval request with this id is visible to you")
+    terms = request["content"]
+    found = load_contract(conn, terms["contract_id"], manifest.trust_set(conn, root),
+                          terms["contract_hash"])
+    if found is None:
+        raise LoglineError("CONTRACT_CHANGED", "the contract is no longer visible")
+    contract, contract_span = found
+    profile = contract.actions[terms["action"]]
+    state = proposal_state(conn, proposal_id)
+    assert state is not None
+    trace = request["trace_id"] or trace_id
+    action = f"{contract.name}.{terms['action']}"
+
+    def refuse(code: str, message: str) -> Outcome:
+        decision = gate.Decision("DENY", code, message, terms["action"], contract.ref)
+        span = _decision_span(principal, decision, trace, proposal_id, terms["args"],
+                              contract_span)
+        span["did"] = "refused approval"
+        ledger.append(conn, [span], key)
+        return Outcome(decision, span["id"], trace, proposal_id, refused=True)
+
+    refusal = gate.approver_refusal(principal.user_id, roles_of(principal),
+                                    request["owner_id"], profile,
+                                    executor_role=contract.executor_role)
+    if refusal == "G_SOD_VIOLATION":
+        return refuse(refusal, "nobody approves their own request, and an agent never "
+                      "approves")
+    if refusal:
+        return refuse(refusal, f"approving {action} needs the role "
+                      f"{' or '.join(profile.approvers)}")
+    if any(a["approver"] == principal.user_id for a in state["approvals"]):
+        return refuse("G_APPROVAL_REPLAYED", "you have already answered this request")
+    if state["state"] == "planning":
+        return refuse("G_PLAN_PENDING", "the agent has not yet reported what this would "
+                      "do; approve once the plan is shown")
+    if state["state"] != "pending":
+        return refuse("G_NOT_PENDING", f"this request is {state['state']}")
+    ledger.append(conn, [_span(
+        principal, "approval", "approved" if approve else "rejected", action, trace,
+        id=derived_id("approval", proposal_id, principal.user_id), seq=0,
+        parent_id=proposal_id, status="approved" if approve else "rejected",
+        content={"reason": reason, "plan_hash": plan_hash(state["plan"]),
+                 "roles": sorted(principal.roles)})], key)
+    decision = _decide_with_approvals(conn, contract, terms, request, now())
+    spans = [_decision_span(principal, decision, trace, proposal_id, terms["args"],
+                            contract_span)]
+    outcome = Outcome(decision, spans[0]["id"], trace, proposal_id)
+    if decision.outcome == "ALLOW":
+        job = _job(principal, proposal_id, "execute", terms, trace, plan=state["plan"])
+        spans.append(job)
+        outcome.job_id = job["id"]
+    ledger.append(conn, spans, key)
+    return outcome
+
+
+def _decide_with_approvals(conn: psycopg.Connection, contract: Contract,
+                           terms: dict[str, Any], request: dict[str, Any],
+                           at: datetime) -> gate.Decision:
+    approvals = [gate.Approval(a["owner_id"], frozenset((a["content"] or {}).get("roles", ())),
+                               a["status"] == "approved", parse_at(a["at"]))
+                 for a in _children(conn, request["id"]) if a["entity_type"] == "approval"]
+    # The requester's roles were checked when they proposed; this decides the approvals.
+    requester_roles = tuple(contract.actions[terms["action"]].requesters)
+    return gate.decide(terms["action"], terms["args"], contract=contract,
+                       requester=request["owner_id"], roles=requester_roles, now=at,
+                       approvals=approvals)
+
+
+# --- jobs ---------------------------------------------------------------------------------
+QUEUED = (
+    f"SELECT {SPAN_COLUMNS} FROM ledger.latest_spans j WHERE j.entity_type = 'job' "
+    "AND j.tenant_id = %(tenant)s AND NOT EXISTS (SELECT 1 FROM ledger.universal_registry c "
+    "WHERE c.parent_id = j.id AND c.entity_type = 'job_claim') ORDER BY j.position "
+    "LIMIT %(limit)s"
+)
+
+
+def claim(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+          limit: int) -> list[dict[str, Any]]:
+    """Hand the agent up to `limit` queued jobs of its tenant, oldest first. An execute job
+    passes the gate again here (approvals may have expired since): a job that no longer may
+    run is refused for good, with the gate's reason, and never handed out."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))",
+                 (f"jobs:{principal.tenant_id}",))
+    trusted = manifest.trust_set(conn, root)
+    handed: list[dict[str, Any]] = []
+    spans: list[dict[str, Any]] = []
+    for row in conn.execute(QUEUED, {"tenant": principal.tenant_id,
+                                     "limit": limit * 4}).fetchall():
+        if len(handed) == limit:
+            break
+        job = ledger.span_from_row(row)
+        content = job["content"]
+        decision = None
+        if content["kind"] == "execute":
+            request = ledger.head(conn, content["proposal_id"])
+            if request is not None and request["entity_type"] == "approval_request":
+                terms = request["content"]
+                found = load_contract(conn, terms["contract_id"], trusted,
+                                      terms["contract_hash"])
+                decision = _decide_with_approvals(conn, found[0], terms, request, now()) \
+                    if found else gate.Decision("DENY", "G_NO_CONTRACT", "contract gone",
+                                                terms["action"])
+                spans.append(_decision_span(principal, decision, job["trace_id"], job["id"],
+                                            terms["args"], found[1] if found else None))
+        refused = decision is not None and decision.outcome != "ALLOW"
+        spans.append(_span(principal, "job_claim", "refused" if refused else "claimed",
+                           job["this"], job["trace_id"], id=derived_id("claim", job["id"]),
+                           seq=0, parent_id=job["id"],
+                           status="refused" if refused else "claimed",
+                           content={"key_id": principal.key_id, "reason": decision.reason
+                                    if decision else "G_OK"}))
+        if not refused:
+            handed.append({"id": job["id"], "kind": content["kind"],
+                           "action": content["action"], "args": content["args"],
+                           "contract": content["contract"], "plan": content.get("plan"),
+                           "proposal_id": content["proposal_id"],
+                           "trace_id": job["trace_id"]})
+    if spans:
+        ledger.append(conn, spans, key)
+    return handed
+
+
+def report(conn: psycopg.Connection, key: SigningKey, principal: Principal, job_id: str,
+           status: str, output: Any) -> tuple[dict[str, Any], bool]:
+    """Record a job's result (once). A retry of the same result is acknowledged again;
+    a different one is refused. Returns (the result span, whether it is new)."""
+    if status not in RESULT_STATUSES:
+        raise LoglineError("JOB_BAD_STATUS", f"status is one of {', '.join(RESULT_STATUSES)}")
+    job = ledger.head(conn, job_id)
+    if job is None or job["entity_type"] != "job":
+        raise LoglineError("NOT_FOUND", "no job with this id is visible to you")
+    claim_span = ledger.head(conn, derived_id("claim", job_id))
+    if claim_span is None or claim_span["status"] != "claimed" or \
+            claim_span["owner_id"] != principal.user_id:
+        raise LoglineError("JOB_NOT_CLAIMED", "this job is not claimed by you")
+    result_id = derived_id("result", job_id)
+    existing = ledger.head(conn, result_id)
+    if existing is not None:
+        if existing["status"] == status and existing["output"] == output:
+            return existing, False
+        raise LoglineError("JOB_RESULT_CONFLICT", "a different result is already recorded")
+    [span] = ledger.append(conn, [_span(
+        principal, "job_result", status, job["this"], job["trace_id"], id=result_id, seq=0,
+        parent_id=job_id, status=status, output=output)], key)
+    return span, True
+
+
+# --- audit --------------------------------------------------------------------------------
+AUDIT = (
+    f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
+    "WHERE (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
+    "AND (%(types)s::text[] IS NULL OR entity_type = ANY(%(types)s)) "
+    "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
+    "ORDER BY position LIMIT %(limit)s"
+)
+GOVERNANCE_TYPES = ["gate_decision", "proposal", "approval_request", "approval", "job",
+                    "job_claim", "job_result", "contract_activation", "audit_denial"]
+
+
+def audit_rows(conn: psycopg.Connection, trace_id: str | None, types: list[str] | None,
+               after: int | None, limit: int) -> list[dict[str, Any]]:
+    return [{**ledger.span_from_row(r), "position": r["position"]} for r in conn.execute(
+        AUDIT, {"trace_id": trace_id, "types": types, "after": after, "limit": limit})]
