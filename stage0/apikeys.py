@@ -62,9 +62,11 @@ def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: s
     for what, value in (("--user", user_id), ("--tenant", tenant_id)):
         if not _NAME.match(value or ""):
             raise LoglineError("APIKEY_BAD_NAME", "use 1-200 letters, digits or _.@:-", what)
-    unknown = sorted(set(roles) - set(ROLES))
+    known = known_roles(conn)
+    unknown = sorted(set(roles) - set(known))
     if unknown or not roles:
-        raise LoglineError("APIKEY_BAD_ROLE", f"roles are {', '.join(ROLES)}", "--role")
+        raise LoglineError("APIKEY_BAD_ROLE", f"unknown role {', '.join(unknown) or '(none)'}"
+                           f"; roles are {', '.join(known)}", "--role")
     key_id = secrets.token_hex(8)
     token = f"llk_{key_id}_{secrets.token_urlsafe(32)}"
     span = ledger.append(conn, [{
@@ -75,6 +77,15 @@ def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: s
                      "roles": sorted(set(roles))},
     }], key)[0]
     return token, span
+
+
+def known_roles(conn: psycopg.Connection) -> list[str]:
+    """The platform's roles and every role a seeded or published contract declares (but not
+    the implicit ones every caller has)."""
+    declared = {r["role"] for r in conn.execute(
+        "SELECT DISTINCT jsonb_object_keys(content -> 'roles') AS role FROM ledger.latest_spans "
+        "WHERE entity_type = 'contract' AND jsonb_typeof(content -> 'roles') = 'object'")}
+    return sorted((set(ROLES) | declared) - {"anyone", "member"})
 
 
 def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str) -> dict[str, Any]:

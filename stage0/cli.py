@@ -161,6 +161,10 @@ def _print_total(results: Sequence[seed.SeedResult]) -> None:
 
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.export:
+        from .cli_governed import verify_export
+
+        return verify_export(args.export)
     home = _home()
     with db.resolve(home).connect("kernel") as conn:
         total = conn.execute(q("count_spans")).fetchone()["n"]
@@ -406,6 +410,8 @@ def parser() -> argparse.ArgumentParser:
     sd.add_argument("paths", nargs="*", metavar="PATH")
     v = sub.add_parser("verify", **_about("check every span: hash, signature, trust, chain"))
     v.add_argument("--json", action="store_true", help="machine-readable report")
+    v.add_argument("--export", metavar="FILE", help="check an audit export (JSON lines) "
+                   "instead: every span's hash, signature and key trust")
     v.add_argument("--jobs", type=_positive, default=None,
                    help="processes (default: all cores)")
     sp = sub.add_parser("spans", **_about("list the latest version of spans"))
@@ -436,8 +442,9 @@ def parser() -> argparse.ArgumentParser:
     create = aks.add_parser("create", **_about("issue a key (printed once, on the last line)"))
     create.add_argument("--user", required=True, help="the user the key acts as")
     create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
-    create.add_argument("--role", action="append", choices=["reader", "writer", "admin"],
-                        help="repeatable; default reader and writer")
+    create.add_argument("--role", action="append",
+                        help="repeatable; default reader and writer. Also any role a contract "
+                             "declares (requester, approver, viewer, agent for personal_ops)")
     revoke = aks.add_parser("revoke", **_about("revoke a key by its key id"))
     revoke.add_argument("key_id")
     lst = aks.add_parser("list", **_about("list keys (never the secrets)"))
@@ -460,6 +467,9 @@ def parser() -> argparse.ArgumentParser:
     ds.add_parser("stop", **_about("stop the embedded server"))
     url = ds.add_parser("url", **_about("print a connection string"))
     url.add_argument("--role", choices=["admin", "app", "kernel"], default="app")
+    from .cli_governed import add_parsers
+
+    add_parsers(sub, _about)
     return p
 
 
@@ -478,4 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m stage0.cli`: run the imported module's main, so that commands registered
+    # from other modules (cli_governed) land in the same COMMANDS table.
+    from stage0.cli import main as _main
+
+    sys.exit(_main())

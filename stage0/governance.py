@@ -498,21 +498,3 @@ def report(conn: psycopg.Connection, key: SigningKey, principal: Principal, job_
         principal, "job_result", status, job["this"], job["trace_id"], id=result_id, seq=0,
         parent_id=job_id, status=status, output=output)], key)
     return span, True
-
-
-# --- audit --------------------------------------------------------------------------------
-AUDIT = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
-    "WHERE (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
-    "AND (%(types)s::text[] IS NULL OR entity_type = ANY(%(types)s)) "
-    "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
-    "ORDER BY position LIMIT %(limit)s"
-)
-GOVERNANCE_TYPES = ["gate_decision", "proposal", "approval_request", "approval", "job",
-                    "job_claim", "job_result", "contract_activation", "audit_denial"]
-
-
-def audit_rows(conn: psycopg.Connection, trace_id: str | None, types: list[str] | None,
-               after: int | None, limit: int) -> list[dict[str, Any]]:
-    return [{**ledger.span_from_row(r), "position": r["position"]} for r in conn.execute(
-        AUDIT, {"trace_id": trace_id, "types": types, "after": after, "limit": limit})]

@@ -78,5 +78,6 @@ def parse(text: str, contracts: list[Contract]) -> Intent | None:
     return best[1] if best else None
 
 
-def examples(contracts: list[Contract], limit: int = 8) -> list[str]:
-    return [p for c in contracts for a in c.actions.values() for p in a.phrases][:limit]
+def examples(contracts: list[Contract]) -> list[str]:
+    """One phrase per action, sorted (a contract's action order is not preserved in jsonb)."""
+    return sorted(a.phrases[0] for c in contracts for a in c.actions.values() if a.phrases)

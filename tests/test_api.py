@@ -44,6 +44,11 @@ PROTECTED = [
     ("GET", "/api/timeline"), ("GET", "/api/timeline/stream"), ("POST", "/api/execute"),
     ("POST", "/api/boot/{id}"), ("GET", "/api/verify/{id}"), ("GET", "/api/metrics"),
     ("GET", "/api/me"), ("GET", "/metrics"),
+    # governed execution (tests/test_governance.py)
+    ("GET", "/api/contracts"), ("POST", "/api/contracts"), ("POST", "/api/contracts/activate"),
+    ("POST", "/api/proposals"), ("POST", "/api/intents"), ("GET", "/api/proposals/{id}"),
+    ("GET", "/api/approvals"), ("POST", "/api/approvals/{id}"), ("POST", "/api/jobs/claim"),
+    ("POST", "/api/jobs/{id}/result"), ("GET", "/api/audit/export"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

@@ -8,9 +8,6 @@ trail and is never recorded twice.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from typing import Any, Literal
 
 import anyio
@@ -18,7 +15,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from .. import governance, intents
+from .. import audit, governance, intents
 from ..contracts import parse as parse_contract
 from .app import Call, Endpoint
 from .errors import ApiError
@@ -274,19 +271,22 @@ async def claim_jobs(call: Call) -> JobList:
     p = call.principal
     assert p is not None
     body: ClaimIn = call.body
+
+    def claim(conn: psycopg.Connection) -> list[dict[str, Any]]:
+        return governance.claim(conn, call.state.key, call.state.root, p, body.limit)
+
     subscription = call.state.broadcaster.subscribe(p.tenant_id)
+    deadline = anyio.current_time() + body.wait_s
     try:
-        with anyio.move_on_after(body.wait_s):
-            while True:
-                subscription.event.clear()
-                jobs = await call.db(lambda conn: governance.claim(
-                    conn, call.state.key, call.state.root, p, body.limit))
-                if jobs or body.wait_s == 0:
-                    return JobList(jobs=jobs)
+        while True:
+            subscription.event.clear()
+            jobs = await call.db(claim)  # never cancelled midway: a claim commits whole
+            if jobs or anyio.current_time() >= deadline:
+                return JobList(jobs=jobs)
+            with anyio.move_on_at(deadline):
                 await subscription.event.wait()
     finally:
         call.state.broadcaster.unsubscribe(subscription)
-    return JobList(jobs=[])
 
 
 async def report_result(call: Call) -> ResultOut:
@@ -300,34 +300,19 @@ async def report_result(call: Call) -> ResultOut:
 
 
 # --- audit --------------------------------------------------------------------------------
-EXPORT_COLUMNS = ("position", "id", "seq", "at", "entity_type", "who", "did", "this",
-                  "status", "owner_id", "tenant_id", "trace_id", "parent_id", "curr_hash",
-                  "signature", "public_key")
-EXPORT_MAX = 10_000
-
-
 async def audit_export(call: Call) -> Response:
-    """The visible trail as JSON lines (every field: each line verifies on its own) or CSV
-    (the columns above; JSON columns as JSON text), oldest first; page with ?since=."""
+    """The visible trail as JSON lines (every field: each line verifies on its own) or CSV,
+    oldest first; page with ?since=."""
     fmt = call.query("format", "jsonl")
     if fmt not in ("jsonl", "csv"):
         raise ApiError(400, "BAD_QUERY", "format is jsonl or csv")
     types = call.query("entity_type")
-    rows = await call.db(governance.audit_rows, call.query("trace_id"),
-                         types.split(",") if types else None,
-                         call.int_query("since", None, 0, 2**62),
-                         call.int_query("limit", EXPORT_MAX, 1, EXPORT_MAX))
-    if fmt == "jsonl":
-        text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
-        return Response(text, media_type="application/x-ndjson")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow([*EXPORT_COLUMNS, "input", "output", "content"])
-    for r in rows:
-        writer.writerow([r[c] for c in EXPORT_COLUMNS] +
-                        [json.dumps(r[c], sort_keys=True) if r[c] is not None else ""
-                         for c in ("input", "output", "content")])
-    return Response(buffer.getvalue(), media_type="text/csv")
+    spans = await call.db(lambda conn: audit.rows(
+        conn, trace_id=call.query("trace_id"), types=types.split(",") if types else None,
+        after=call.int_query("since", None, 0, 2**62),
+        limit=call.int_query("limit", audit.EXPORT_MAX, 1, audit.EXPORT_MAX)))
+    return Response(audit.render(spans, fmt), media_type="application/x-ndjson"
+                    if fmt == "jsonl" else "text/csv")
 
 
 ID = {"id": ("path", "id (UUID)")}
@@ -368,5 +353,5 @@ ENDPOINTS: list[Endpoint] = [
                     "entity_type": ("string", "comma-separated types"),
                     "format": ("string", "jsonl (default) or csv"),
                     "since": ("integer", "position: only after this"),
-                    "limit": ("integer", f"1-{EXPORT_MAX}")}),
+                    "limit": ("integer", f"1-{audit.EXPORT_MAX}")}),
 ]

@@ -1,0 +1,427 @@
+"""Governed execution end to end, as its users meet it: a real `logline serve`, real API
+keys, the real `logline agent` (a subprocess working in a temporary folder), over HTTP.
+
+Tenants acme (A) and globex (B). In A a requester asks, in a sentence, to delete the
+duplicates in photos/; the agent plans it; the requester cannot approve it (SoD), nor can the
+agent; an approver sees the plan and approves; the agent executes exactly that plan; the
+files are in the trash and come back with `restore`; the audit export holds every step and
+verifies. B sees none of it and its agent can claim none of it. Then the refusals a hostile
+or careless client meets, each with its documented reason code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_api import REPO, Api, Key, start_api
+
+from stage0.contracts import load
+
+pytestmark = pytest.mark.slow
+PHOTO = b"\xff\xd8 the same picture " * 100
+OTHER = b"\xff\xd8 another picture " * 50
+
+
+@pytest.fixture(scope="module")
+def api(server, template, tmp_path_factory) -> Iterator[Api]:
+    yield from start_api(server, template, tmp_path_factory.mktemp("gov"))
+
+
+class Tenant:
+    """A tenant's people (one key each), its agent's folder and state."""
+
+    def __init__(self, api: Api, name: str, base: Path) -> None:
+        self.api, self.name = api, name
+        self.admin = api.key("ann", name, "admin")
+        self.requester = api.key("alice", name, "requester", "reader")
+        self.approver = api.key("paula", name, "approver", "reader")
+        self.viewer = api.key("vic", name, "viewer")
+        self.agent = api.key("bot", name, "agent")
+        self.root = base / name / "root"
+        self.state = base / name / "agent-state"
+        self.root.mkdir(parents=True)
+        http(api, self.admin).post("/api/contracts/activate",
+                                   json={"ref": "personal_ops@1.0.0"}).raise_for_status()
+        self.agent_cli("configure", "--url", api.url, "--token", self.agent.token,
+                       "--root", str(self.root))
+
+    def agent_cli(self, *args: str) -> subprocess.CompletedProcess:
+        state = ["--state", str(self.state)]
+        proc = subprocess.run([sys.executable, "-m", "stage0.cli", "agent", *args, *state],
+                              env=self.api.env, cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, f"agent {args}: {proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def run_agent(self) -> list[dict]:
+        """`logline agent run --once`: claims until the queue is empty; its JSON log."""
+        proc = self.agent_cli("run", "--once")
+        return [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+
+
+def http(api: Api, key: Key) -> httpx.Client:
+    return api.client(key)
+
+
+def error(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code, response.text
+    return response.json()["error"]["message"]
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".logline-trash" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def tenants(api, tmp_path_factory):
+    base = tmp_path_factory.mktemp("tenants")
+    return Tenant(api, "acme", base), Tenant(api, "globex", base)
+
+
+@pytest.fixture(scope="module")
+def story(api, tenants):
+    """The whole governed request in A, step by step; each step's answer kept for the tests."""
+    a, b = tenants
+    (a.root / "photos" / "2024").mkdir(parents=True)
+    (a.root / "photos" / "a.jpg").write_bytes(PHOTO)
+    (a.root / "photos" / "b.jpg").write_bytes(PHOTO)
+    (a.root / "photos" / "2024" / "c.jpg").write_bytes(PHOTO)
+    (a.root / "photos" / "other.jpg").write_bytes(OTHER)
+    (b.root / "photos").mkdir()
+    (b.root / "photos" / "x.jpg").write_bytes(PHOTO)
+    (b.root / "photos" / "y.jpg").write_bytes(PHOTO)
+    s: dict = {"before": files(a.root), "b_before": files(b.root)}
+
+    requester, approver = http(api, a.requester), http(api, a.approver)
+    asked = requester.post("/api/intents", json={"text": "delete duplicates in photos/"})
+    s["asked"] = asked
+    proposal = asked.json()["proposal_id"]
+    s["own_approval_early"] = requester.post(f"/api/approvals/{proposal}", json={
+        "decision": "approve", "reason": "mine"})
+    s["approval_before_plan"] = approver.post(f"/api/approvals/{proposal}", json={
+        "decision": "approve", "reason": "too early"})
+    s["plan_log"] = a.run_agent()
+    s["inbox"] = approver.get("/api/approvals", params={"state": "pending"}).json()["items"]
+    s["own_approval"] = requester.post(f"/api/approvals/{proposal}", json={
+        "decision": "approve", "reason": "I approve my own request"})
+    s["agent_approval"] = http(api, a.agent).post(f"/api/approvals/{proposal}", json={
+        "decision": "approve", "reason": "the agent approves"})
+    s["b_inbox"] = http(api, b.approver).get("/api/approvals").json()["items"]
+    s["b_approval"] = http(api, b.approver).post(f"/api/approvals/{proposal}", json={
+        "decision": "approve", "reason": "not my tenant"})
+    s["b_claim"] = http(api, b.agent).post("/api/jobs/claim", json={"limit": 10}).json()
+    s["approved"] = approver.post(f"/api/approvals/{proposal}", json={
+        "decision": "approve", "reason": "duplicates, fine"})
+    s["replayed"] = approver.post(f"/api/approvals/{proposal}", json={
+        "decision": "approve", "reason": "again"})
+    s["run_log"] = a.run_agent()
+    s["after"] = files(a.root)
+    s["state"] = approver.get(f"/api/proposals/{proposal}").json()
+    s["proposal"] = proposal
+    s["trace"] = asked.json()["trace_id"]
+    return s
+
+
+# --- the story ----------------------------------------------------------------------------
+def test_a_sentence_becomes_a_proposal_pending_approval(story):
+    answer = story["asked"]
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["parsed"] == {"action": "personal_ops.delete_duplicates",
+                              "args": {"path": "photos"}}
+    assert (body["outcome"], body["reason"]) == ("PENDING_APPROVAL", "G_APPROVAL_REQUIRED")
+    assert body["contract"] == "personal_ops@1.0.0" and body["required"] == 1
+
+
+def test_the_requester_can_never_approve_their_own_request(story):
+    error(story["own_approval_early"], 403, "G_SOD_VIOLATION")
+    error(story["own_approval"], 403, "G_SOD_VIOLATION")
+
+
+def test_the_agent_can_never_approve(story):
+    error(story["agent_approval"], 403, "G_SOD_VIOLATION")
+
+
+def test_approval_waits_for_the_agents_plan(story):
+    error(story["approval_before_plan"], 409, "G_PLAN_PENDING")
+
+
+def test_the_approver_sees_what_will_happen(story):
+    [item] = story["inbox"]
+    assert item["id"] == story["proposal"] and item["state"] == "pending"
+    plan = {op["path"]: op for op in item["plan"]}
+    # The first path of the group (sorted) is kept, the two copies go; other.jpg stays.
+    assert sorted(plan) == ["photos/a.jpg", "photos/b.jpg"]
+    assert all(op["op"] == "trash" and op["size"] == len(PHOTO) for op in plan.values())
+
+
+def test_an_approved_plan_runs_and_the_files_go_to_the_trash(story, tenants):
+    a, _ = tenants
+    approved = story["approved"].json()
+    assert (approved["outcome"], approved["reason"]) == ("ALLOW", "G_APPROVED")
+    assert approved["job_id"]
+    assert set(story["before"]) - set(story["after"]) == {"photos/a.jpg", "photos/b.jpg"}
+    assert story["after"]["photos/2024/c.jpg"] == PHOTO and "photos/other.jpg" in story["after"]
+    state = story["state"]
+    assert state["state"] == "done", state
+    results = state["jobs"]["execute"]["result"]["output"]["results"]
+    assert {r["path"] for r in results} == {"photos/a.jpg", "photos/b.jpg"}
+    for r in results:  # each result names the file's hash before and after the move
+        assert r["status"] == "done" and r["blake3_before"] == r["blake3_after"]
+        assert r["to"].startswith(".logline-trash/")
+        assert (a.root / r["to"]).read_bytes() == PHOTO
+
+
+def test_a_replayed_approval_is_refused(story):
+    error(story["replayed"], 409, "G_APPROVAL_REPLAYED")
+
+
+def test_trashed_files_are_restored_byte_for_byte(api, story, tenants):
+    a, _ = tenants
+    answer = http(api, a.requester).post("/api/proposals", json={
+        "action": "personal_ops.restore", "args": {"paths": ["photos/b.jpg",
+                                                            "photos/a.jpg"]}})
+    assert answer.status_code == 201 and answer.json()["outcome"] == "ALLOW", answer.text
+    a.run_agent()
+    assert files(a.root) == story["before"]
+
+
+def test_the_audit_export_shows_every_step_and_verifies(api, story, tenants, tmp_path):
+    a, _ = tenants
+    viewer = http(api, a.viewer)
+    export = viewer.get("/api/audit/export", params={"trace_id": story["trace"]})
+    assert export.status_code == 200
+    assert export.headers["content-type"].startswith("application/x-ndjson")
+    spans = [json.loads(line) for line in export.text.splitlines()]
+    kinds = [s["entity_type"] for s in spans]
+    # proposal -> gate decision -> approval request -> plan job -> claim -> result (the plan)
+    # -> refusals -> approval -> gate decision -> execute job -> claim -> result
+    for kind in ("gate_decision", "approval_request", "job", "job_claim", "job_result",
+                 "approval"):
+        assert kind in kinds, kinds
+    assert kinds.count("job") == 2 and kinds.count("job_result") == 2
+    refused = [s["content"]["reason"] for s in spans if s["entity_type"] == "gate_decision"
+               and s["status"] == "deny"]
+    assert {"G_SOD_VIOLATION", "G_PLAN_PENDING", "G_APPROVAL_REPLAYED"} <= set(refused)
+    [approval] = [s for s in spans if s["entity_type"] == "approval"]
+    assert (approval["who"], approval["owner_id"], approval["status"]) == (
+        "paula", "paula", "approved")
+    path = tmp_path / "trail.jsonl"
+    path.write_text(export.text)
+    check = api.cli("verify", "--export", str(path))
+    assert f"ok: {len(spans)} exported span(s) verify" in check.stdout
+    # The same trail from the operator's CLI, as CSV.
+    csv_text = api.cli("audit", "export", "--tenant", "acme", "--trace", story["trace"],
+                       "--format", "csv").stdout
+    assert csv_text.splitlines()[0].startswith("position,id,seq,at,entity_type")
+    assert len(csv_text.splitlines()) == len(spans) + 1
+
+
+def test_a_tampered_export_line_fails_verification(api, story, tenants, tmp_path):
+    a, _ = tenants
+    text = http(api, a.viewer).get("/api/audit/export",
+                                   params={"trace_id": story["trace"]}).text
+    lines = text.splitlines()
+    span = json.loads(lines[0])
+    span["status"] = "allow"  # what a forger would change
+    lines[0] = json.dumps(span)
+    path = tmp_path / "forged.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "stage0.cli", "verify", "--export",
+                           str(path)], env=api.env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert f"FAIL {path}:1 {span['id']} HASH_MISMATCH" in proc.stdout
+
+
+# --- tenant isolation ---------------------------------------------------------------------
+def test_the_other_tenant_saw_nothing_and_could_touch_nothing(api, story, tenants):
+    a, b = tenants
+    assert story["b_inbox"] == []
+    error(story["b_approval"], 404, "NOT_FOUND")
+    assert story["b_claim"] == {"jobs": []}
+    assert files(b.root) == story["b_before"]  # B's agent ran nothing
+    reader = http(api, b.requester)
+    error(reader.get(f"/api/proposals/{story['proposal']}"), 404, "NOT_FOUND")
+    assert reader.get("/api/timeline", params={"trace_id": story["trace"]}).json()["items"] \
+        == []
+    assert http(api, b.viewer).get("/api/audit/export",
+                                   params={"trace_id": story["trace"]}).text == ""
+    job = story["state"]["jobs"]["execute"]["id"]
+    error(http(api, b.agent).post(f"/api/jobs/{job}/result",
+                                  json={"status": "done", "output": {}}), 404, "NOT_FOUND")
+
+
+# --- refusals, each with its reason code --------------------------------------------------
+@pytest.mark.parametrize("action, args, status, code", [
+    ("personal_ops.make_coffee", {}, 422, "G_UNKNOWN_ACTION"),
+    ("make_coffee", {}, 422, "G_UNKNOWN_ACTION"),
+    ("personal_ops.delete", {}, 422, "G_BAD_ARGUMENTS"),
+    ("personal_ops.delete", {"paths": "a.jpg"}, 422, "G_BAD_ARGUMENTS"),
+    ("personal_ops.delete", {"paths": ["../outside.txt"]}, 422, "G_BAD_ARGUMENTS"),
+    ("personal_ops.delete", {"paths": ["/etc/passwd"]}, 422, "G_BAD_ARGUMENTS"),
+    ("personal_ops.rename", {"path": "a.jpg", "new_name": "../x"}, 422, "G_BAD_ARGUMENTS"),
+    ("personal_ops.delete", {"paths": ["a"], "force": True}, 422, "G_BAD_ARGUMENTS"),
+    ("other_domain.delete", {"paths": ["a"]}, 403, "G_NO_CONTRACT"),
+])
+def test_bad_proposals_are_denied_with_their_reason_code(api, tenants, action, args, status,
+                                                         code):
+    a, _ = tenants
+    response = http(api, a.requester).post("/api/proposals", json={"action": action,
+                                                                   "args": args})
+    error(response, status, code)
+
+
+def test_every_denial_is_a_gate_decision_span(api, tenants):
+    a, _ = tenants
+    response = http(api, a.requester).post(
+        "/api/proposals", json={"action": "personal_ops.delete", "args": {}},
+        headers={"X-Request-ID": "denied-proposal-1"})
+    error(response, 422, "G_BAD_ARGUMENTS")
+    [span] = [json.loads(line) for line in http(api, a.viewer).get(
+        "/api/audit/export", params={"trace_id": "denied-proposal-1"}).text.splitlines()]
+    assert (span["entity_type"], span["status"], span["content"]["reason"]) == (
+        "gate_decision", "deny", "G_BAD_ARGUMENTS")
+
+
+def test_a_role_the_action_does_not_name_is_denied(api, tenants):
+    a, _ = tenants
+    # Viewers read the trail; they may not ask for a deletion, nor approve one.
+    response = http(api, a.viewer).post("/api/proposals", json={
+        "action": "personal_ops.delete", "args": {"paths": ["photos/a.jpg"]}})
+    error(response, 403, "G_ROLE_DENIED")
+
+
+def test_a_tenant_without_an_active_contract_gets_no_contract(api):
+    lonely = api.key("lea", "initech", "requester")
+    error(http(api, lonely).post("/api/proposals", json={
+        "action": "delete", "args": {"paths": ["a"]}}), 403, "G_NO_CONTRACT")
+    error(http(api, lonely).post("/api/intents", json={"text": "delete a.jpg"}), 422,
+          "INTENT_NOT_UNDERSTOOD")
+
+
+def test_a_sentence_no_contract_understands_is_refused_with_examples(api, tenants):
+    a, _ = tenants
+    message = error(http(api, a.requester).post("/api/intents", json={
+        "text": "make me a coffee"}), 422, "INTENT_NOT_UNDERSTOOD")
+    assert "delete duplicates in {path}" in message
+
+
+def test_a_path_escape_that_only_the_disk_can_see_is_refused_by_the_agent(api, tenants,
+                                                                           tmp_path):
+    """A symlink inside the root pointing outside: the gate cannot know, the agent refuses
+    to plan through it, and the request ends as plan_failed with the agent's code."""
+    a, _ = tenants
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("keep me")
+    (a.root / "escape").symlink_to(outside)
+    answer = http(api, a.requester).post("/api/proposals", json={
+        "action": "personal_ops.delete", "args": {"paths": ["escape/secret.txt"]}})
+    assert answer.json()["outcome"] == "PENDING_APPROVAL", answer.text
+    a.run_agent()
+    state = http(api, a.approver).get(f"/api/proposals/{answer.json()['proposal_id']}").json()
+    assert state["state"] == "plan_failed", state
+    assert state["jobs"]["plan"]["result"]["output"]["code"] == "P_SYMLINK"
+    error(http(api, a.approver).post(f"/api/approvals/{state['id']}", json={
+        "decision": "approve", "reason": "?"}), 409, "G_NOT_PENDING")
+    assert (outside / "secret.txt").read_text() == "keep me"
+
+
+def test_an_expired_approval_never_reaches_the_agent(api, tenants, tmp_path):
+    """A tenant's own contract with a one-second approval: approved, then left waiting past
+    its validity. The claim re-runs the gate: the job is refused with G_APPROVAL_EXPIRED."""
+    _, b = tenants
+    contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml")
+    quick = contract.model_dump(mode="json")
+    quick["name"], quick["version"] = "quick_ops", "1.0.0"
+    quick["actions"]["delete"]["approval_ttl_s"] = 1
+    admin = http(api, b.admin)
+    assert admin.post("/api/contracts", json={"contract": quick}).status_code == 201
+    assert admin.post("/api/contracts/activate", json={"ref": "quick_ops@1.0.0"}) \
+        .status_code == 200
+    answer = http(api, b.requester).post("/api/proposals", json={
+        "action": "quick_ops.delete", "args": {"paths": ["photos/x.jpg"]}}).json()
+    b.run_agent()  # the plan
+    approved = http(api, b.approver).post(f"/api/approvals/{answer['proposal_id']}", json={
+        "decision": "approve", "reason": "ok"}).json()
+    assert approved["outcome"] == "ALLOW", approved
+    approved_at = time.monotonic()
+    while time.monotonic() < approved_at + 1.5:  # the approval's validity is time itself
+        time.sleep(0.1)
+    b.run_agent()
+    state = http(api, b.approver).get(f"/api/proposals/{answer['proposal_id']}").json()
+    assert state["jobs"]["execute"]["state"] == "refused", state
+    assert (b.root / "photos" / "x.jpg").exists()
+    trail = [json.loads(line) for line in http(api, b.viewer).get(
+        "/api/audit/export", params={"trace_id": answer["trace_id"],
+                                     "entity_type": "gate_decision"}).text.splitlines()]
+    assert trail[-1]["content"]["reason"] == "G_APPROVAL_EXPIRED"
+
+
+def test_a_rejection_ends_the_request(api, tenants):
+    a, _ = tenants
+    (a.root / "old.txt").write_text("old")
+    answer = http(api, a.requester).post("/api/intents", json={"text": "delete old.txt"})
+    proposal = answer.json()["proposal_id"]
+    a.run_agent()
+    rejected = http(api, a.approver).post(f"/api/approvals/{proposal}", json={
+        "decision": "reject", "reason": "we still need it"})
+    assert (rejected.json()["outcome"], rejected.json()["reason"]) == ("DENY", "G_REJECTED")
+    state = http(api, a.viewer).get(f"/api/proposals/{proposal}").json()
+    assert state["state"] == "rejected" and state["approvals"][0]["reason"] == \
+        "we still need it"
+    assert "execute" not in state["jobs"] and (a.root / "old.txt").exists()
+
+
+# --- the agent ----------------------------------------------------------------------------
+def test_agent_status_reports_config_journal_and_server_without_the_secret(tenants):
+    a, _ = tenants
+    status = json.loads(a.agent_cli("status").stdout)
+    assert status["server"]["reachable"] and status["server"]["tenant_id"] == "acme"
+    assert a.agent.token not in json.dumps(status)
+    assert status["journal"]["finished"] >= 2 and status["journal"]["unacked"] == 0
+    assert oct(os.stat(a.state / "config.json").st_mode & 0o777) == "0o600"
+
+
+def test_agent_configure_refuses_a_key_without_the_agent_role(api, tenants, tmp_path):
+    a, _ = tenants
+    proc = subprocess.run([sys.executable, "-m", "stage0.cli", "agent", "configure", "--url",
+                           api.url, "--token", a.requester.token, "--root", str(a.root),
+                           "--state", str(tmp_path / "s")], env=api.env, cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "AGENT_ROLE_MISSING" in proc.stderr
+
+
+def test_a_job_is_claimed_once_and_a_result_is_recorded_once(api, tenants):
+    """Two agents of one tenant race for one job; a retried result is acknowledged again,
+    a different one refused."""
+    a, _ = tenants
+    second = api.key("bot2", "acme", "agent")
+    answer = http(api, a.requester).post("/api/proposals", json={
+        "action": "personal_ops.list_files", "args": {"path": "."}}).json()
+    claims = [http(api, k).post("/api/jobs/claim", json={"limit": 5}).json()["jobs"]
+              for k in (a.agent, second)]
+    got = [j["id"] for jobs in claims for j in jobs]
+    assert got.count(answer["job_id"]) == 1
+    winner = a.agent if answer["job_id"] in [j["id"] for j in claims[0]] else second
+    loser = second if winner is a.agent else a.agent
+    result = {"status": "done", "output": {"files": [], "count": 0, "truncated": False}}
+    error(http(api, loser).post(f"/api/jobs/{answer['job_id']}/result", json=result), 409,
+          "JOB_NOT_CLAIMED")
+    first = http(api, winner).post(f"/api/jobs/{answer['job_id']}/result", json=result)
+    again = http(api, winner).post(f"/api/jobs/{answer['job_id']}/result", json=result)
+    assert (first.json()["new"], again.json()["new"]) == (True, False)
+    assert first.json()["result_id"] == again.json()["result_id"]
+    error(http(api, winner).post(f"/api/jobs/{answer['job_id']}/result",
+                                 json={"status": "failed", "output": {}}), 409,
+          "JOB_RESULT_CONFLICT")
