@@ -441,6 +441,25 @@ def test_only_an_admin_may_boot_a_kernel(api, a):
     assert_error(admin.post(f"/api/boot/{uuid.uuid4()}", json={}), 403, "BOOT_NOT_ALLOWED")
 
 
+def test_an_admin_action_leaves_its_allowance_on_record_even_when_it_then_fails(api):
+    """kernel_boot says `record: all` in the api contract: the gate's ALLOW is a span of
+    the request's trace, appended before the handler runs."""
+    admin = api.client(api.key("root2", "acme", "admin"))
+    response = admin.post(f"/api/boot/{uuid.uuid4()}", json={},
+                          headers={"X-Request-ID": "boot-allowed-1"})
+    assert_error(response, 403, "BOOT_NOT_ALLOWED")  # the loader refused; the gate did not
+    allowed, refused = audit_spans(api, "boot-allowed-1")  # in append order
+    assert (allowed["entity_type"], allowed["status"], allowed["owner_id"]) == (
+        "gate_decision", "allow", "root2")
+    assert allowed["metadata"]["action"] == "api.kernel_boot"
+    assert (refused["entity_type"], refused["metadata"]["code"]) == (
+        "audit_denial", "BOOT_NOT_ALLOWED")
+    # A read records nothing when allowed.
+    api.client(api.key("reader9", "acme", "reader")).get(
+        "/api/timeline", headers={"X-Request-ID": "read-allowed-1"})
+    assert audit_spans(api, "read-allowed-1") == []
+
+
 # --- tenant isolation -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def a_spans(a: httpx.Client) -> dict[str, dict]:
@@ -957,7 +976,7 @@ def audit_spans(api: Api, request_id: str) -> list[dict]:
         return conn.execute(
             "SELECT entity_type, status, owner_id, tenant_id, visibility, metadata, public_key "
             "FROM ledger.universal_registry WHERE entity_type IN ('audit_denial', "
-            "'gate_decision') AND trace_id = %s", (request_id,)).fetchall()
+            "'gate_decision') AND trace_id = %s ORDER BY position", (request_id,)).fetchall()
 
 
 def test_successful_responses_carry_rate_limit_headers(api):

@@ -172,11 +172,15 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
     return dispatch
 
 
-def _gate(endpoint: Endpoint, state: ServerState, principal: apikeys.Principal | None) -> None:
-    """Every route is an action of the api contract: the gate decides who may call it."""
+def _gate(endpoint: Endpoint, state: ServerState, principal: apikeys.Principal | None) -> bool:
+    """Every route is an action of the api contract: the gate decides who may call it.
+    Denials are recorded by the dispatcher; True when the profile wants allowances recorded
+    too (`record: all`)."""
     decision = route_decision(state.platform, endpoint.action, principal)
     if decision.outcome != "ALLOW":
         raise ApiError(403, decision.reason, decision.message)
+    assert state.platform is not None
+    return state.platform.actions[decision.action].record == "all"
 
 
 async def _authenticate(endpoint: Endpoint, state: ServerState,
@@ -194,12 +198,15 @@ async def _authenticate(endpoint: Endpoint, state: ServerState,
         raise ApiError(401, "AUTH_INVALID", "unknown, revoked or malformed API key",
                        {"WWW-Authenticate": "Bearer"})
     request.state.principal = principal
-    _gate(endpoint, state, principal)
+    record = _gate(endpoint, state, principal)
     decision = state.limiter.take(principal.key_id, endpoint.limit)
     request.state.rate = decision
     if not decision.allowed:
         raise ApiError(429, "RATE_LIMITED", f"too many {endpoint.limit} requests; retry in "
                        f"{decision.retry_after_s}s", decision.headers())
+    if record:
+        await anyio.to_thread.run_sync(state.record_allowance, endpoint, principal,
+                                       request.state.request_id)
     return principal
 
 

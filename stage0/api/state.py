@@ -107,6 +107,21 @@ class ServerState:
         return principal
 
     # --- audit ----------------------------------------------------------------------------
+    def record_allowance(self, endpoint: Any, principal: apikeys.Principal,
+                         request_id: str) -> None:
+        """A gate_decision ALLOW span for a route whose profile says `record: all` (admin
+        actions); appended before the handler runs, so the attempt is on record even if
+        the action then fails."""
+        with self.pools["kernel"].connection() as conn:
+            ledger.append(conn, [{
+                "entity_type": "gate_decision", "who": "api", "did": "allowed",
+                "this": endpoint.action, "owner_id": principal.user_id,
+                "tenant_id": principal.tenant_id, "visibility": "private", "status": "allow",
+                "trace_id": request_id,
+                "metadata": {"code": "G_OK", "action": endpoint.action,
+                             "method": endpoint.method, "key_id": principal.key_id,
+                             "roles": list(principal.roles)}}], self.key)
+
     def audit_denial(self, code: str, endpoint: Any, principal: apikeys.Principal | None,
                      request: Any, request_id: str) -> None:
         """Record a denial as a span, at most AUDIT_PER_SECOND a second (the rest are
