@@ -425,3 +425,79 @@ def test_a_job_is_claimed_once_and_a_result_is_recorded_once(api, tenants):
     error(http(api, winner).post(f"/api/jobs/{answer['job_id']}/result",
                                  json={"status": "failed", "output": {}}), 409,
           "JOB_RESULT_CONFLICT")
+
+
+def test_a_quorum_of_two_needs_two_different_approvers(api, tenants):
+    _, b = tenants
+    contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml")
+    strict = contract.model_dump(mode="json")
+    strict["name"], strict["version"] = "strict_ops", "1.0.0"
+    strict["actions"]["delete"]["approvals"] = 2
+    admin = http(api, b.admin)
+    assert admin.post("/api/contracts", json={"contract": strict}).status_code == 201
+    assert admin.post("/api/contracts/activate", json={"ref": "strict_ops@1.0.0"}) \
+        .status_code == 200
+    (b.root / "two.txt").write_text("two")
+    answer = http(api, b.requester).post("/api/proposals", json={
+        "action": "strict_ops.delete", "args": {"paths": ["two.txt"]}}).json()
+    assert answer["required"] == 2
+    b.run_agent()
+    first = http(api, b.approver).post(f"/api/approvals/{answer['proposal_id']}", json={
+        "decision": "approve", "reason": "one"}).json()
+    assert (first["outcome"], first["reason"], first["approvals"]) == (
+        "PENDING_APPROVAL", "G_APPROVAL_REQUIRED", 1)
+    second = api.key("quentin", "globex", "approver", "reader")
+    answer2 = http(api, second).post(f"/api/approvals/{answer['proposal_id']}", json={
+        "decision": "approve", "reason": "two"}).json()
+    assert (answer2["outcome"], answer2["approvals"]) == ("ALLOW", 2)
+    b.run_agent()
+    assert not (b.root / "two.txt").exists()
+
+
+# --- crashes and lost acknowledgements ----------------------------------------------------
+def queue_list_job(api: Api, tenant: Tenant) -> dict:
+    answer = http(api, tenant.requester).post("/api/proposals", json={
+        "action": "personal_ops.list_files", "args": {"path": "."}})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def test_a_job_the_agent_crashed_in_is_reported_interrupted_and_never_run_again(api, tenants):
+    """The journal as a crash leaves it (begun, never finished: see test_agent_journal.py
+    for a real SIGKILL): on restart the agent reports the job interrupted and moves on."""
+    from stage0.agent.journal import Journal
+
+    a, _ = tenants
+    answer = queue_list_job(api, a)
+    [job] = http(api, a.agent).post("/api/jobs/claim", json={"limit": 1}).json()["jobs"]
+    assert job["id"] == answer["job_id"]
+    assert Journal(a.state).begin(job["id"], job)  # ... and the agent died right here
+    log = a.run_agent()
+    assert {"job_interrupted"} <= {e["action"] for e in log}
+    assert not any(e["action"] == "job_started" and e["job_id"] == job["id"] for e in log)
+    state = http(api, a.viewer).get(f"/api/proposals/{answer['proposal_id']}").json()
+    assert state["state"] == "interrupted", state
+    assert Journal(a.state).unacked() == []
+
+
+def test_a_result_the_server_never_acknowledged_is_sent_again(api, tenants):
+    """The agent finished a job but the server never answered (down, network gone): the
+    result waits in the journal and goes out on the next run."""
+    from stage0.agent.journal import Journal
+
+    a, _ = tenants
+    answer = queue_list_job(api, a)
+    [job] = http(api, a.agent).post("/api/jobs/claim", json={"limit": 1}).json()["jobs"]
+    journal = Journal(a.state)
+    assert journal.begin(job["id"], job)
+    journal.finish(job["id"], "done", {"files": [], "count": 0, "truncated": False})
+    assert [j for j, _, _ in journal.unacked()] == [job["id"]]
+    a.run_agent()
+    state = http(api, a.viewer).get(f"/api/proposals/{answer['proposal_id']}").json()
+    assert state["state"] == "done" and state["jobs"]["execute"]["result"]["output"][
+        "count"] == 0
+    assert Journal(a.state).unacked() == []
+
+
+def test_the_ledger_verifies_after_all_of_it(api, tenants):
+    assert "ok: every hash, signature, key and chain checks out" in api.cli("verify").stdout
