@@ -250,10 +250,13 @@ def propose(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
                            "proposed", qualified, trace_id, id=proposal_id,
                            status="pending" if profile.approvals else "allowed",
                            input={"action": decision.action, "args": args}, content=terms))
-        kind = "plan" if profile.approvals else "execute"
-        job = _job(principal, proposal_id, kind, terms, trace_id)
-        spans.append(job)
-        outcome.job_id = job["id"]
+        # A destructive action is planned by the agent first (the approvers see the plan);
+        # an allowed one runs; one that needs approval without destroying anything waits.
+        kind = "plan" if profile.destructive else None if profile.approvals else "execute"
+        if kind:
+            job = _job(principal, proposal_id, kind, terms, trace_id)
+            spans.append(job)
+            outcome.job_id = job["id"]
     ledger.append(conn, spans, key)
     return outcome
 
