@@ -13,7 +13,7 @@
   const NAMESPACE_URL = '6ba7b811-9dad-11d1-80b4-00c04fd430c8';
   const MAX_ROWS = 500;
   const STALL_MS = 45000; // the server pings every 15 s: this much silence means a dead link
-  const VIEWS = ['timeline', 'functions', 'executions', 'metrics'];
+  const VIEWS = ['timeline', 'approvals', 'functions', 'executions', 'metrics'];
 
   const state = {
     token: null,
@@ -27,6 +27,8 @@
     pending: new Map(), // request id -> result element, for requests started here
     detail: null,
     types: new Set(),
+    approvals: new Map(), // proposal id -> { item, card, summary, form, ... } in the inbox
+    proposal: null, // the open request detail: { id }
   };
 
   const $ = (id) => document.getElementById(id);
@@ -100,11 +102,11 @@
 
   const TONES = {
     ok: ['complete', 'completed', 'ok', 'active', 'success', 'succeeded', 'done', 'issued',
-      'verified', 'pass'],
+      'verified', 'pass', 'approved', 'allow', 'ALLOW'],
     bad: ['error', 'failed', 'failure', 'denied', 'revoked', 'rejected', 'timeout', 'crashed',
-      'over_quota', 'invalid'],
-    warn: ['running', 'claimed', 'slow', 'retrying', 'pending', 'archived'],
-    info: ['scheduled', 'queued', 'new', 'open'],
+      'over_quota', 'invalid', 'refused', 'plan_failed', 'interrupted', 'deny', 'DENY'],
+    warn: ['running', 'claimed', 'slow', 'retrying', 'pending', 'archived', 'PENDING_APPROVAL'],
+    info: ['scheduled', 'queued', 'new', 'open', 'planning'],
   };
 
   function tone(status) {
@@ -216,8 +218,9 @@
   }
 
   // --- API -------------------------------------------------------------------------------
-  async function api(path, { method = 'GET', body, signal } = {}) {
-    const headers = { Authorization: `Bearer ${state.token}`, Accept: 'application/json' };
+  async function api(path, { method = 'GET', body, signal, text = false } = {}) {
+    const headers = { Authorization: `Bearer ${state.token}`,
+      Accept: text ? '*/*' : 'application/json' };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let res;
     try {
@@ -232,7 +235,8 @@
       if (res.status === 401 && state.me) logout(err);
       throw err;
     }
-    return res.status === 204 ? null : res.json();
+    if (res.status === 204) return null;
+    return text ? res.text() : res.json();
   }
 
   function query(params) {
@@ -561,12 +565,18 @@
     state.executions.clear();
     state.pending.clear();
     state.types.clear();
+    state.approvals.clear();
+    clearTimeout(governanceTimer);
+    closeProposal();
     sessionStorage.removeItem(KEY_STORE);
     $('filter-entity').value = '';
     $('filter-trace').value = '';
     closeDetail();
     for (const id of ['timeline-rows', 'function-rows', 'execution-rows', 'errors', 'entity-types',
-      'metrics-tiles', 'chart-status', 'chart-latency']) clear($(id));
+      'metrics-tiles', 'chart-status', 'chart-latency', 'approvals-list', 'approvals-answer',
+      'ask-log']) clear($(id));
+    $('approvals-answer').hidden = true;
+    $('ask-text').value = '';
     $('execute-panel').hidden = true;
     showLogin(err && err instanceof ApiError ? err : null);
   }
@@ -603,6 +613,7 @@
     document.title = `${view[0].toUpperCase()}${view.slice(1)} · LogLine`;
     if (view === 'timeline' && (first || !state.timeline.stream)) loadTimeline();
     if (view === 'metrics') loadMetrics();
+    if (view === 'approvals') loadApprovals();
   }
 
   // --- timeline ----------------------------------------------------------------------------
@@ -660,14 +671,18 @@
     const rows = $('timeline-rows');
     clear(rows);
     $('timeline-empty').hidden = true;
+    const seq = (tl.loads = (tl.loads || 0) + 1);
     let data;
     try {
       data = await api(`/api/timeline${query({ ...tl.filters, limit: 50 })}`);
     } catch (err) {
-      showError(err, 'Loading the timeline');
+      if (seq === tl.loads) showError(err, 'Loading the timeline');
       return;
     }
-    if (!state.me) return;
+    // Only the latest load fills the table (a filter applied from another view loads once
+    // and the route change would load again: rows twice).
+    if (!state.me || seq !== tl.loads) return;
+    clear(rows);
     for (const span of data.items) rows.append(timelineRow(span, false));
     tl.top = data.items.length ? data.items[0].position : 0;
     tl.next = data.next_before;
@@ -718,6 +733,8 @@
     } else if (span.entity_type === 'request' && state.pending.has(span.id)) {
       updatePending(span);
     }
+    // A step of a governed request (not the HTTP edge's own denials, which are `api`'s).
+    if (GOVERNANCE.has(span.entity_type) && span.who !== 'api') scheduleGovernance();
   }
 
   // --- functions ---------------------------------------------------------------------------
@@ -917,6 +934,454 @@
     $('executions-empty').hidden = true;
   }
 
+  // --- governed requests: Ask, the approvals inbox, a request's detail ---------------------------
+  /** Span types that are steps of a governed request: any of them may change the inbox. */
+  const GOVERNANCE = new Set(['gate_decision', 'proposal', 'approval_request', 'approval', 'job',
+    'job_claim', 'job_result']);
+  const UNDECIDED = new Set(['planning', 'pending']); // the states an approver may answer
+
+  /** 1536 -> "1.5 KiB" (binary units; exact bytes go in a title). */
+  function humanBytes(n) {
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) return '—';
+    if (n < 1024) return `${n} B`;
+    const units = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+    let v = n / 1024;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return `${v.toFixed(v < 100 ? 1 : 0)} ${units[i]}`;
+  }
+
+  function exactBytes(n) {
+    return typeof n === 'number' ? `${n.toLocaleString('en-US')} bytes` : 'size unknown';
+  }
+
+  function qualified(item) {
+    const contract = String(item.contract || '').split('@')[0];
+    return contract ? `${contract}.${item.action}` : String(item.action);
+  }
+
+  function compact(value) {
+    return JSON.stringify(value === undefined ? null : value);
+  }
+
+  function outcomePill(outcome) {
+    return h('span', { class: 'pill', 'data-tone': tone(outcome), 'data-outcome': outcome },
+      outcome);
+  }
+
+  function shortHash(value) {
+    if (!value) return h('span', { class: 'muted' }, '—');
+    return h('span', { class: 'mono hash', title: value, 'data-hash': value },
+      `${String(value).slice(0, 12)}…`);
+  }
+
+  function approvedCount(item) {
+    return (item.approvals || []).filter((a) => a.status === 'approved').length;
+  }
+
+  let governanceTimer = null;
+  /** Live: a governance span arrived on the activity stream; refresh what shows them. */
+  function scheduleGovernance() {
+    clearTimeout(governanceTimer);
+    governanceTimer = setTimeout(() => {
+      if (!state.me) return;
+      if (state.view === 'approvals') loadApprovals();
+      if (state.proposal) openProposal(state.proposal.id, true);
+    }, 250);
+  }
+
+  // What will happen: each operation of the agent's plan, and the totals.
+  function planView(plan, item) {
+    if (!Array.isArray(plan)) {
+      const why = {
+        planning: 'The agent has not sent its plan yet: the request can be decided once it has.',
+        plan_failed: 'The agent could not plan this request: see its plan job in the detail.',
+      }[item.state] || (item.destructive ? 'No plan.' : 'Not destructive: runs without a plan.');
+      return h('p', { class: 'plan-none muted small' }, why);
+    }
+    const files = new Set(plan.map((op) => op.path)).size;
+    const total = plan.reduce((sum, op) => sum + (Number.isInteger(op.size) ? op.size : 0), 0);
+    const where = (op) => {
+      if (op.to) return h('span', { class: 'mono', title: op.to }, op.to);
+      if (op.op === 'trash') return h('span', { class: 'muted' }, "the root's trash (restorable)");
+      return h('span', { class: 'muted' }, '—');
+    };
+    return h('div', { class: 'plan' },
+      h('table', { class: 'grid plan-table' },
+        h('caption', { class: 'sr-only' }, 'What the agent will do'),
+        h('thead', {}, h('tr', {}, h('th', { class: 'col-op', scope: 'col' }, 'Operation'),
+          h('th', { scope: 'col' }, 'Path'), h('th', { scope: 'col' }, 'Destination'),
+          h('th', { class: 'col-size', scope: 'col' }, 'Size'))),
+        h('tbody', {}, plan.map((op) => h('tr', { class: 'plan-op', 'data-op': op.op,
+          'data-path': op.path, 'data-size': Number.isInteger(op.size) ? op.size : '' },
+        h('td', {}, h('span', { class: 'op', 'data-op': op.op }, op.op)),
+        h('td', {}, h('span', { class: 'mono', title: op.path }, op.path)),
+        h('td', {}, where(op)),
+        h('td', { class: 'num', title: exactBytes(op.size) }, humanBytes(op.size)))))),
+      h('div', { class: 'plan-total', 'data-files': files, 'data-bytes': total },
+        h('strong', {}, `${plan.length} operation${plan.length === 1 ? '' : 's'}`),
+        ` on ${files} file${files === 1 ? '' : 's'} · ${humanBytes(total)}`,
+        h('span', { class: 'muted' }, ` (${exactBytes(total)})`)));
+  }
+
+  function cardSummary(item) {
+    const mine = state.me && item.requester === state.me.user;
+    return h('div', { class: 'approval-summary' },
+      h('div', { class: 'approval-head' },
+        h('button', { class: 'link approval-action', type: 'button',
+          title: 'open this request', onclick: () => openProposal(item.id) }, qualified(item)),
+        pill(item.state),
+        h('span', { class: 'approval-count', title: 'approvals given / needed' },
+          `approvals ${approvedCount(item)}/${item.required}`)),
+      h('div', { class: 'approval-meta' },
+        h('span', { class: 'mono approval-args', title: compact(item.args) }, compact(item.args))),
+      h('div', { class: 'approval-meta muted small' },
+        'asked by ', h('span', { class: 'approval-requester' }, item.requester),
+        mine ? ' (you: another approver must decide)' : '', ' · ', timeEl(item.at), ' · ',
+        idEl(item.id, { label: 'request id' })),
+      planView(item.plan, item));
+  }
+
+  function approvalCard(item) {
+    const entry = { item };
+    const reasonId = `reason-${item.id}`;
+    entry.reason = h('input', { id: reasonId, class: 'reason', maxlength: 2000, required: true,
+      spellcheck: 'true', placeholder: 'why (recorded with your decision)' });
+    entry.fieldError = h('div', { class: 'field-error', hidden: true });
+    entry.buttons = ['approve', 'reject'].map((decision) => h('button', {
+      class: `btn btn-sm${decision === 'approve' ? ' btn-primary' : ''}`, type: 'button',
+      'data-decision': decision, onclick: () => decide(entry, decision) },
+    decision === 'approve' ? 'Approve' : 'Reject'));
+    entry.form = h('div', { class: 'decide' },
+      h('label', { for: reasonId }, 'Reason'),
+      h('div', { class: 'decide-row' }, entry.reason, ...entry.buttons),
+      entry.fieldError);
+    entry.summary = cardSummary(item);
+    entry.card = h('article', { class: 'card approval-card', 'data-proposal-id': item.id,
+      'data-state': item.state }, entry.summary, entry.form);
+    entry.form.hidden = !UNDECIDED.has(item.state);
+    return entry;
+  }
+
+  /** Refresh a card in place: what the user is typing (the reason) is kept. */
+  function updateCard(entry, item) {
+    entry.item = item;
+    const summary = cardSummary(item);
+    entry.summary.replaceWith(summary);
+    entry.summary = summary;
+    entry.card.dataset.state = item.state;
+    entry.form.hidden = !UNDECIDED.has(item.state);
+  }
+
+  let approvalsLoad = 0;
+  async function loadApprovals() {
+    const seq = ++approvalsLoad;
+    const wanted = $('approvals-state').value;
+    let data;
+    try {
+      data = await api(`/api/approvals${query({ state: wanted, limit: 100 })}`);
+    } catch (err) {
+      if (seq === approvalsLoad) showError(err, 'Loading approvals');
+      return;
+    }
+    if (!state.me || seq !== approvalsLoad) return; // a newer load is on its way
+    const list = $('approvals-list');
+    const seen = new Set();
+    data.items.forEach((item, i) => {
+      seen.add(item.id);
+      let entry = state.approvals.get(item.id);
+      if (entry) updateCard(entry, item);
+      else {
+        entry = approvalCard(item);
+        state.approvals.set(item.id, entry);
+      }
+      // Move a card only when it is out of place (moving one would lose the typing focus).
+      if (list.children[i] !== entry.card) list.insertBefore(entry.card, list.children[i] || null);
+    });
+    for (const [id, entry] of state.approvals) {
+      if (seen.has(id)) continue;
+      entry.card.remove();
+      state.approvals.delete(id);
+    }
+    const empty = $('approvals-empty');
+    empty.textContent = wanted ? `No request is ${wanted.replace(',', ' or ')}.`
+      : 'No approval requests yet.';
+    empty.hidden = data.items.length > 0;
+  }
+
+  /** The answer to the last decision taken here, or its refusal with the gate's code. */
+  function showAnswer(item, decision, out, err) {
+    const box = $('approvals-answer');
+    clear(box);
+    const verb = decision === 'approve' ? 'approval' : 'rejection';
+    const open = h('button', { class: 'link', type: 'button',
+      onclick: () => openProposal(item.id) }, 'Open the request');
+    const what = h('div', { class: 'small muted' }, `Your ${verb} of `,
+      h('span', { class: 'mono' }, qualified(item)), ' · ', open);
+    if (err) {
+      box.dataset.outcome = 'ERROR';
+      box.dataset.code = err.code || 'ERROR';
+      box.append(errorBox(err, `Your ${verb} was refused`), what);
+    } else {
+      box.dataset.outcome = out.outcome;
+      box.dataset.code = out.reason;
+      box.append(h('div', { class: 'answer-line' }, outcomePill(out.outcome),
+        h('span', { class: 'mono reason-code' }, out.reason),
+        h('span', { class: 'answer-message' }, out.message),
+        out.required ? h('span', { class: 'muted small' },
+          `approvals ${out.approvals}/${out.required}`) : null), what);
+    }
+    box.hidden = false;
+  }
+
+  async function decide(entry, decision) {
+    const reason = entry.reason.value.trim();
+    entry.fieldError.hidden = true;
+    if (!reason) {
+      entry.fieldError.textContent = 'A reason is required: it is recorded with your decision.';
+      entry.fieldError.hidden = false;
+      entry.reason.focus();
+      return;
+    }
+    const { item } = entry;
+    for (const b of entry.buttons) b.disabled = true;
+    try {
+      const out = await api(`/api/approvals/${encodeURIComponent(item.id)}`,
+        { method: 'POST', body: { decision, reason } });
+      entry.reason.value = '';
+      showAnswer(item, decision, out, null);
+    } catch (err) {
+      if (err.name === 'AbortError' || !state.me) return;
+      showAnswer(item, decision, null, err);
+    } finally {
+      for (const b of entry.buttons) b.disabled = false;
+    }
+  }
+
+  // Ask: a sentence, what the server understood, and the gate's decision.
+  async function ask() {
+    const input = $('ask-text');
+    const fieldError = $('ask-error');
+    const text = input.value.trim();
+    fieldError.hidden = true;
+    if (!text) {
+      fieldError.textContent = 'Type what you want done, e.g. "delete duplicates in photos/".';
+      fieldError.hidden = false;
+      input.focus();
+      return;
+    }
+    const log = $('ask-log');
+    const answer = h('div', { class: 'ask-a', 'data-state': 'waiting' }, 'asking the gate…');
+    const turn = h('li', { class: 'ask-turn' },
+      h('div', { class: 'ask-q' }, h('span', { class: 'ask-who' }, state.me.user), text), answer);
+    log.append(turn);
+    while (log.children.length > 20) log.firstChild.remove();
+    const button = $('ask-send');
+    button.disabled = true;
+    try {
+      const out = await api('/api/intents', { method: 'POST', body: { text } });
+      input.value = '';
+      renderAsked(answer, out, null);
+    } catch (err) {
+      if (err.name === 'AbortError' || !state.me) return;
+      renderAsked(answer, null, err);
+    } finally {
+      button.disabled = false;
+      turn.scrollIntoView({ block: 'nearest' });
+    }
+  }
+
+  function renderAsked(el, out, err) {
+    clear(el);
+    if (err && /^G_/.test(err.code || '')) {
+      // The sentence was understood and the gate said no: a decision, with its reason code.
+      el.dataset.state = 'denied';
+      el.append(h('div', { class: 'ask-line ask-decision', 'data-outcome': 'DENY',
+        'data-reason': err.code },
+      h('span', { class: 'ask-label' }, 'Decision'), outcomePill('DENY'),
+      h('span', { class: 'mono reason-code' }, err.code),
+      h('span', { class: 'answer-message' }, err.message)));
+      return;
+    }
+    if (err) {
+      el.dataset.state = 'error';
+      el.append(errorBox(err, err.code === 'INTENT_NOT_UNDERSTOOD'
+        ? 'Not understood' : 'The request failed'));
+      return;
+    }
+    el.dataset.state = 'answered';
+    if (out.proposal_id) el.dataset.proposalId = out.proposal_id;
+    const parsed = out.parsed || {};
+    el.append(
+      h('div', { class: 'ask-line ask-parsed', 'data-action': parsed.action },
+        h('span', { class: 'ask-label' }, 'Understood'),
+        h('span', { class: 'mono' }, parsed.action),
+        h('span', { class: 'mono ask-args' }, compact(parsed.args))),
+      h('div', { class: 'ask-line ask-decision', 'data-outcome': out.outcome,
+        'data-reason': out.reason },
+      h('span', { class: 'ask-label' }, 'Decision'), outcomePill(out.outcome),
+      h('span', { class: 'mono reason-code' }, out.reason),
+      h('span', { class: 'answer-message' }, out.message)),
+      out.proposal_id ? h('div', { class: 'ask-line' }, h('span', { class: 'ask-label' }, ''),
+        h('button', { class: 'link', type: 'button',
+          onclick: () => openProposal(out.proposal_id) }, 'Open the request'),
+        out.outcome === 'PENDING_APPROVAL' ? h('span', { class: 'muted small' },
+          ' · it reaches the approvers once the agent has planned it') : null) : null);
+  }
+
+  // A request's detail: state, plan, approvals, jobs and results, its audit trail.
+  async function openProposal(id, refresh) {
+    if (!refresh) state.proposal = { id };
+    else if (!state.proposal || state.proposal.id !== id) return;
+    const token = state.proposal;
+    $('proposal').hidden = false;
+    $('drawer-backdrop').hidden = false;
+    $('proposal').dataset.proposalId = id;
+    const body = $('proposal-body');
+    if (!refresh) {
+      $('proposal-title').textContent = 'Loading…';
+      clear($('proposal-kicker'));
+      clear($('proposal-id'));
+      clear(body);
+    }
+    let p;
+    try {
+      p = await api(`/api/proposals/${encodeURIComponent(id)}`);
+    } catch (err) {
+      if (state.proposal !== token) return;
+      if (refresh) { showError(err, 'Refreshing the request'); return; }
+      $('proposal-title').textContent = 'Not available';
+      body.append(errorBox(err));
+      return;
+    }
+    if (state.proposal !== token) return;
+    const scroll = body.scrollTop;
+    renderProposal(p);
+    body.scrollTop = scroll;
+  }
+
+  function closeProposal() {
+    state.proposal = null;
+    $('proposal').hidden = true;
+    $('drawer-backdrop').hidden = !state.detail;
+  }
+
+  function detailSection(title, ...children) {
+    return h('section', { class: 'detail-section' }, h('h3', {}, title), ...children);
+  }
+
+  function renderProposal(p) {
+    const kicker = $('proposal-kicker');
+    clear(kicker);
+    kicker.append(h('span', { id: 'proposal-state', 'data-state': p.state }, pill(p.state)),
+      h('span', { class: 'muted small' }, p.contract));
+    $('proposal-title').textContent = qualified(p);
+    clear($('proposal-id'));
+    $('proposal-id').append(idEl(p.id, { short: false, label: 'request id' }));
+    const body = $('proposal-body');
+    clear(body);
+    const field = (k, v) => [h('dt', {}, k), h('dd', {}, v)];
+    body.append(detailSection('Request', h('dl', { class: 'fields' },
+      field('requester', p.requester),
+      field('asked', [timeEl(p.at), h('span', { class: 'muted small' }, `  ${utc(p.at)}`)]),
+      field('args', h('pre', {}, JSON.stringify(p.args, null, 2))),
+      field('destructive', p.destructive ? 'yes: needs approval' : 'no'),
+      field('approvals', `${approvedCount(p)} of ${p.required} needed`),
+      field('trace', p.trace_id ? idEl(p.trace_id, { short: false, label: 'trace id' }) : '—'))));
+    if (p.destructive) body.append(detailSection('What will happen', planView(p.plan, p)));
+    body.append(detailSection('Approvals', p.approvals.length
+      ? h('ol', { class: 'decisions', id: 'proposal-approvals' }, p.approvals.map((a) =>
+        h('li', { class: 'decision', 'data-approver': a.approver, 'data-status': a.status },
+          h('div', { class: 'decision-head' }, h('strong', {}, a.approver), pill(a.status),
+            timeEl(a.at)),
+          h('div', { class: 'decision-reason' }, a.reason || ''))))
+      : h('p', { class: 'muted small' }, 'None yet.')));
+    const kinds = Object.keys(p.jobs || {}).sort((a, b) => (a === 'plan' ? -1 : b === 'plan' ? 1 : 0));
+    body.append(detailSection('Jobs', kinds.length ? kinds.map((kind) => jobView(p.jobs[kind]))
+      : h('p', { class: 'muted small' }, 'No job yet.')));
+    const trace = p.trace_id;
+    body.append(detailSection('Audit trail', trace ? h('div', { class: 'row' },
+      h('button', { class: 'btn btn-sm', type: 'button', id: 'proposal-trail',
+        onclick: () => showTrail(trace) }, 'Show in the timeline'),
+      h('button', { class: 'btn btn-sm', type: 'button', id: 'proposal-csv',
+        onclick: () => downloadTrail(trace, 'csv') }, 'Download CSV'),
+      h('button', { class: 'btn btn-sm', type: 'button', id: 'proposal-jsonl',
+        onclick: () => downloadTrail(trace, 'jsonl') }, 'Download JSON lines'))
+      : h('p', { class: 'muted small' }, 'This request has no trace id.'),
+    h('p', { class: 'muted small' }, 'The JSON lines verify offline: ',
+      h('code', {}, 'logline verify --export FILE'), '.')));
+  }
+
+  function jobView(job) {
+    const result = job.result;
+    return h('div', { class: 'job', 'data-kind': job.kind, 'data-state': job.state },
+      h('div', { class: 'job-head' }, h('strong', {}, job.kind === 'plan' ? 'Plan' : 'Execute'),
+        pill(job.state), job.agent ? h('span', { class: 'muted small' }, `agent ${job.agent}`)
+          : null, idEl(job.id, { label: 'job id' })),
+      result ? resultView(job.kind, result)
+        : h('p', { class: 'muted small' }, job.state === 'queued'
+          ? 'Waiting for an agent to claim it.' : 'The agent is working on it.'));
+  }
+
+  function resultView(kind, result) {
+    const out = result.output || {};
+    if (Array.isArray(out.results)) {
+      return h('table', { class: 'grid results-table' },
+        h('caption', { class: 'sr-only' }, 'Each file: what the agent did'),
+        h('thead', {}, h('tr', {}, h('th', { class: 'col-op', scope: 'col' }, 'Operation'),
+          h('th', { scope: 'col' }, 'Path'), h('th', { scope: 'col' }, 'Now at'),
+          h('th', { class: 'col-state', scope: 'col' }, 'Result'),
+          h('th', { class: 'col-hash', scope: 'col' }, 'BLAKE3 before'),
+          h('th', { class: 'col-hash', scope: 'col' }, 'BLAKE3 after'))),
+        h('tbody', {}, out.results.map((r) => h('tr', { class: 'result-op', 'data-path': r.path,
+          'data-status': r.status },
+        h('td', {}, h('span', { class: 'op', 'data-op': r.op }, r.op)),
+        h('td', {}, h('span', { class: 'mono', title: r.path }, r.path)),
+        h('td', {}, r.to ? h('span', { class: 'mono', title: r.to }, r.to) : '—'),
+        h('td', { title: r.message || '' }, pill(r.status),
+          r.code ? h('span', { class: 'mono small' }, ` ${r.code}`) : null),
+        h('td', {}, shortHash(r.blake3_before)),
+        h('td', {}, shortHash(r.blake3_after))))));
+    }
+    if (kind === 'plan' && Array.isArray(out.ops)) {
+      return h('p', { class: 'small' }, `Planned ${out.ops.length} operation`
+        + `${out.ops.length === 1 ? '' : 's'} (shown above).`);
+    }
+    if (out.code) {
+      return h('p', { class: 'job-error small' }, h('span', { class: 'error-code mono' }, out.code),
+        ' ', out.message || '', out.path ? h('span', { class: 'mono' }, ` (${out.path})`) : null);
+    }
+    const text = JSON.stringify(out, null, 2);
+    return h('pre', {}, text.length > 4000 ? `${text.slice(0, 4000)}\n…` : text);
+  }
+
+  function showTrail(trace) {
+    closeProposal();
+    $('filter-entity').value = '';
+    $('filter-trace').value = trace;
+    applyFilters();
+  }
+
+  /** The export needs the bearer header, so it is fetched and saved from a Blob. */
+  async function downloadTrail(trace, format) {
+    let text;
+    try {
+      text = await api(`/api/audit/export${query({ trace_id: trace, format })}`, { text: true });
+    } catch (err) {
+      showError(err, 'Downloading the audit trail');
+      return;
+    }
+    const blob = new Blob([text], { type: format === 'csv' ? 'text/csv'
+      : 'application/x-ndjson' });
+    const url = URL.createObjectURL(blob);
+    const safe = trace.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 80);
+    const a = h('a', { href: url, download: `logline-audit-${safe}.${format}`, hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 30000);
+  }
+
   // --- span detail ---------------------------------------------------------------------------
   const ID_FIELDS = new Set(['id', 'trace_id', 'owner_id', 'tenant_id']);
   const HASH_FIELDS = new Set(['prev_hash', 'curr_hash', 'signature', 'public_key']);
@@ -958,7 +1423,7 @@
   function closeDetail() {
     state.detail = null;
     $('drawer').hidden = true;
-    $('drawer-backdrop').hidden = true;
+    $('drawer-backdrop').hidden = !state.proposal;
   }
 
   function renderDetail(versions, seq) {
@@ -1293,10 +1758,16 @@
     $('executions-refresh').addEventListener('click', loadExecutions);
     $('metrics-days').addEventListener('change', loadMetrics);
     $('metrics-refresh').addEventListener('click', loadMetrics);
+    $('ask-form').addEventListener('submit', (ev) => { ev.preventDefault(); ask(); });
+    $('approvals-state').addEventListener('change', loadApprovals);
+    $('approvals-refresh').addEventListener('click', loadApprovals);
+    $('proposal-close').addEventListener('click', closeProposal);
     $('drawer-close').addEventListener('click', closeDetail);
-    $('drawer-backdrop').addEventListener('click', closeDetail);
+    $('drawer-backdrop').addEventListener('click', () => { closeDetail(); closeProposal(); });
     document.addEventListener('keydown', (ev) => {
-      if (ev.key === 'Escape' && state.detail) closeDetail();
+      if (ev.key !== 'Escape') return;
+      if (state.detail) closeDetail();
+      else if (state.proposal) closeProposal();
     });
     setInterval(refreshTimes, 10000);
   }
@@ -1316,7 +1787,7 @@
   }
 
   // Exposed for tests of the pure helpers only (no state, no secrets).
-  window.LogLineConsole = Object.freeze({ uuid5, SseParser });
+  window.LogLineConsole = Object.freeze({ uuid5, SseParser, humanBytes });
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
   else boot();
