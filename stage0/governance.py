@@ -28,7 +28,7 @@ from nacl.signing import SigningKey
 
 from . import gate, ledger, manifest
 from .apikeys import Principal
-from .canonical import parse_at
+from .canonical import FIELDS, parse_at
 from .contracts import Contract, contract_id, parse
 from .errors import LoglineError
 from .proofs import check_proofs
@@ -310,6 +310,7 @@ def proposal_state(conn: psycopg.Connection, proposal_id: str) -> dict[str, Any]
     return {"id": proposal_id, "trace_id": request["trace_id"], "state": state,
             "action": terms["action"], "contract": terms["contract"], "args": terms["args"],
             "destructive": terms["destructive"], "required": terms["required"],
+            "approval_ttl_s": terms["approval_ttl_s"],
             "requester": request["owner_id"], "at": request["at"], "plan": plan,
             "approvals": [{"approver": a["owner_id"], "status": a["status"], "at": a["at"],
                            "reason": (a["content"] or {}).get("reason")} for a in approvals],
@@ -426,23 +427,40 @@ def _decide_with_approvals(conn: psycopg.Connection, contract: Contract,
 # --- jobs ---------------------------------------------------------------------------------
 QUEUED = (
     f"SELECT {SPAN_COLUMNS} FROM ledger.latest_spans j WHERE j.entity_type = 'job' "
-    "AND j.tenant_id = %(tenant)s AND NOT EXISTS (SELECT 1 FROM ledger.universal_registry c "
+    "AND j.tenant_id = %(tenant)s "
+    "AND (%(actions)s::text[] IS NULL OR j.content ->> 'action' = ANY(%(actions)s)) "
+    "AND NOT EXISTS (SELECT 1 FROM ledger.universal_registry c "
     "WHERE c.parent_id = j.id AND c.entity_type = 'job_claim') ORDER BY j.position "
     "LIMIT %(limit)s"
 )
 
 
+UNREPORTED = (
+    f"SELECT {', '.join(f'j.{chr(34)}{f}{chr(34)}' for f in FIELDS)} "
+    "FROM ledger.latest_spans j JOIN ledger.universal_registry c ON c.parent_id = j.id "
+    "AND c.entity_type = 'job_claim' AND c.status = 'claimed' "
+    "AND c.content ->> 'key_id' = %(key_id)s "
+    "WHERE j.entity_type = 'job' AND j.tenant_id = %(tenant)s AND NOT EXISTS ("
+    "SELECT 1 FROM ledger.universal_registry r WHERE r.parent_id = j.id "
+    "AND r.entity_type = 'job_result') ORDER BY j.position LIMIT %(limit)s"
+)
+
+
 def claim(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
-          limit: int) -> list[dict[str, Any]]:
-    """Hand the agent up to `limit` queued jobs of its tenant, oldest first. An execute job
-    passes the gate again here (approvals may have expired since): a job that no longer may
-    run is refused for good, with the gate's reason, and never handed out."""
+          limit: int, actions: list[str] | None = None) -> list[dict[str, Any]]:
+    """Hand the agent up to `limit` jobs of its tenant (of the `actions` it performs, when
+    it says), oldest first: first the ones this key claimed earlier and has not reported
+    (a claim whose answer was lost in transit is delivered again; the agent's journal makes
+    sure none runs twice), then queued ones. An execute job passes the gate again here
+    (approvals may have expired since): a job that no longer may run is refused for good,
+    with the gate's reason, and never handed out."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))",
                  (f"jobs:{principal.tenant_id}",))
+    handed = [_handed(ledger.span_from_row(r)) for r in conn.execute(UNREPORTED, {
+        "tenant": principal.tenant_id, "key_id": principal.key_id, "limit": limit})]
     trusted = manifest.trust_set(conn, root)
-    handed: list[dict[str, Any]] = []
     spans: list[dict[str, Any]] = []
-    for row in conn.execute(QUEUED, {"tenant": principal.tenant_id,
+    for row in conn.execute(QUEUED, {"tenant": principal.tenant_id, "actions": actions,
                                      "limit": limit * 4}).fetchall():
         if len(handed) == limit:
             break
@@ -468,14 +486,18 @@ def claim(conn: psycopg.Connection, key: SigningKey, root: str, principal: Princ
                            content={"key_id": principal.key_id, "reason": decision.reason
                                     if decision else "G_OK"}))
         if not refused:
-            handed.append({"id": job["id"], "kind": content["kind"],
-                           "action": content["action"], "args": content["args"],
-                           "contract": content["contract"], "plan": content.get("plan"),
-                           "proposal_id": content["proposal_id"],
-                           "trace_id": job["trace_id"]})
+            handed.append(_handed(job))
     if spans:
         ledger.append(conn, spans, key)
     return handed
+
+
+def _handed(job: dict[str, Any]) -> dict[str, Any]:
+    content = job["content"]
+    return {"id": job["id"], "kind": content["kind"], "action": content["action"],
+            "args": content["args"], "contract": content["contract"],
+            "plan": content.get("plan"), "proposal_id": content["proposal_id"],
+            "trace_id": job["trace_id"]}
 
 
 def report(conn: psycopg.Connection, key: SigningKey, principal: Principal, job_id: str,

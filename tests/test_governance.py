@@ -480,6 +480,22 @@ def test_a_job_the_agent_crashed_in_is_reported_interrupted_and_never_run_again(
     assert Journal(a.state).unacked() == []
 
 
+def test_a_claim_whose_answer_was_lost_is_delivered_again_and_run_once(api, tenants):
+    """The server claimed a job for the agent but the answer never arrived (the agent was
+    stopped mid-request, the network dropped): the next claim by that key delivers it."""
+    a, _ = tenants
+    answer = queue_list_job(api, a)
+    [lost] = http(api, a.agent).post("/api/jobs/claim", json={"limit": 1}).json()["jobs"]
+    assert lost["id"] == answer["job_id"]
+    log = a.run_agent()
+    assert [e["job_id"] for e in log if e["action"] == "job_started"] == [lost["id"]]
+    state = http(api, a.viewer).get(f"/api/proposals/{answer['proposal_id']}").json()
+    assert state["state"] == "done", state
+    # Another agent of the tenant is never handed what this key claimed.
+    other = api.key("bot3", "acme", "agent")
+    assert http(api, other).post("/api/jobs/claim", json={"limit": 5}).json()["jobs"] == []
+
+
 def test_a_result_the_server_never_acknowledged_is_sent_again(api, tenants):
     """The agent finished a job but the server never answered (down, network gone): the
     result waits in the journal and goes out on the next run."""
@@ -497,6 +513,82 @@ def test_a_result_the_server_never_acknowledged_is_sent_again(api, tenants):
     assert state["state"] == "done" and state["jobs"]["execute"]["result"]["output"][
         "count"] == 0
     assert Journal(a.state).unacked() == []
+
+
+def test_the_cli_asks_lists_and_approves_over_the_api(api, tenants):
+    a, _ = tenants
+    (a.root / "cli").mkdir()
+    (a.root / "cli" / "note.txt").write_text("n")
+
+    def logline(key: Key, *args: str) -> str:
+        env = {**api.env, "LOGLINE_URL": api.url, "LOGLINE_TOKEN": key.token}
+        proc = subprocess.run([sys.executable, "-m", "stage0.cli", *args], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    asked = logline(a.requester, "ask", "rename", "cli/note.txt", "to", "memo.txt")
+    assert "understood: personal_ops.rename" in asked and "PENDING_APPROVAL" in asked
+    proposal = asked.split("proposal_id")[1].split()[0]
+    a.run_agent()
+    listing = logline(a.approver, "approvals", "list")
+    assert proposal in listing and "rename  cli/note.txt -> cli/memo.txt  1 bytes" in listing
+    approved = logline(a.approver, "approvals", "approve", proposal, "--reason", "fine")
+    assert approved.startswith("ALLOW G_APPROVED")
+    a.run_agent()
+    assert (a.root / "cli" / "memo.txt").read_text() == "n"
+
+
+def test_a_running_agent_wakes_for_new_jobs_and_stops_cleanly_on_sigterm(api, tenants):
+    """`logline agent run` long-polls: a job proposed while it waits is run at once (the
+    claim is woken by the tenant's NOTIFY, not a timer); SIGTERM ends it with status 0."""
+    import signal
+
+    a, _ = tenants
+    agent = subprocess.Popen([sys.executable, "-m", "stage0.cli", "agent", "run", "--state",
+                              str(a.state)], env=api.env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert "agent_started" in agent.stderr.readline()
+        answer = queue_list_job(api, a)
+        deadline = time.monotonic() + 30
+        while True:  # polls the API (what a user would watch), never a fixed sleep
+            state = http(api, a.viewer).get(f"/api/proposals/{answer['proposal_id']}").json()
+            if state["state"] == "done" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert state["state"] == "done", state
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        out, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err
+    assert "agent_stopped" in err
+
+
+def test_an_agent_claims_only_the_actions_it_performs(api, tenants):
+    """A job of an action this agent does not perform (another contract's) stays queued
+    for an agent that does, instead of failing here."""
+    _, b = tenants
+    contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml").model_dump(
+        mode="json")
+    contract["name"], contract["version"] = "mail_ops", "1.0.0"
+    contract["actions"] = {"send_mail": {
+        "description": "Send a mail.", "destructive": False, "requesters": ["requester"],
+        "args": {"to": {"type": "string", "required": True}}}}
+    admin = http(api, b.admin)
+    assert admin.post("/api/contracts", json={"contract": contract}).status_code == 201
+    assert admin.post("/api/contracts/activate", json={"ref": "mail_ops@1.0.0"}) \
+        .status_code == 200
+    answer = http(api, b.requester).post("/api/proposals", json={
+        "action": "mail_ops.send_mail", "args": {"to": "x@example.com"}}).json()
+    assert answer["outcome"] == "ALLOW", answer
+    b.run_agent()
+    state = http(api, b.approver).get(f"/api/proposals/{answer['proposal_id']}").json()
+    assert state["jobs"]["execute"]["state"] == "queued", state
+    mailer = api.key("mailer", "globex", "agent")
+    [job] = http(api, mailer).post("/api/jobs/claim", json={
+        "actions": ["send_mail"]}).json()["jobs"]
+    assert job["id"] == answer["job_id"]
 
 
 def test_the_ledger_verifies_after_all_of_it(api, tenants):

@@ -23,10 +23,12 @@ from typing import Any
 from ..client import Client
 from ..errors import LoglineError
 from ..loader import log
-from .fsops import FsRefused, Root
+from .fsops import ACTIONS, FsRefused, Root
 from .journal import Journal
 
 CONFIG = "config.json"
+#: The personal_ops actions this agent performs (it claims no other job).
+PERFORMS = ("list_files", "detect_duplicates", "suggest_cleanup", "restore", *ACTIONS)
 MAX_LISTED = 2000  # listings beyond this are cut (the result must fit an API body)
 
 
@@ -81,6 +83,10 @@ def configure(state_dir: Path, url: str, token: str, root: str) -> dict[str, Any
     return me
 
 
+class _Stop(Exception):
+    """Raised by a signal while the agent waits for work."""
+
+
 class Agent:
     def __init__(self, state_dir: Path, config: AgentConfig | None = None) -> None:
         self.config = config or AgentConfig.load(state_dir)
@@ -88,33 +94,47 @@ class Agent:
         self.journal = Journal(state_dir)
         self.root = Root(self.config.root)
         self.stopping = threading.Event()
+        self.busy = False  # a job (or the final flush) is in progress: signals wait for it
 
     # --- the loop -------------------------------------------------------------------------
     def run(self, once: bool = False, wait_s: float = 10.0) -> int:
         """Work until stopped (SIGTERM/SIGINT), or with `once` until no job is queued."""
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stopping.set())
+            signal.signal(sig, self._on_signal)
         self.log("agent_started", root=self.config.root, url=self.config.url)
         self.recover()
         done = 0
-        while not self.stopping.is_set():
-            try:
-                self.flush()
-                jobs = self.client.post("/api/jobs/claim", {
-                    "limit": 4, "wait_s": 0 if once else wait_s})["jobs"]
-            except LoglineError as exc:
-                if exc.code != "API_UNREACHABLE" or once:
-                    raise
-                self.log("server_unreachable", error=exc.message)
-                self.stopping.wait(2.0)
-                continue
-            for job in jobs:
-                done += self.handle(job)
-            if once and not jobs:
-                break
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.flush()
+                    jobs = self.client.post("/api/jobs/claim", {
+                        "limit": 4, "wait_s": 0 if once else wait_s,
+                        "actions": list(PERFORMS)})["jobs"]
+                except LoglineError as exc:
+                    if exc.code != "API_UNREACHABLE" or once:
+                        raise
+                    self.log("server_unreachable", error=exc.message)
+                    self.stopping.wait(2.0)
+                    continue
+                for job in jobs:
+                    self.busy = True
+                    done += self.handle(job)
+                    self.busy = False
+                if once and not jobs:
+                    break
+        except _Stop:
+            pass  # stopped while waiting; a claim answered meanwhile is delivered again
+        self.busy = True  # the final flush is not interrupted
         self.flush()
         self.log("agent_stopped", jobs=done, unacked=len(self.journal.unacked()))
         return done
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Mid-job: finish the job, then stop. Idle (waiting for work): stop now."""
+        self.stopping.set()
+        if not self.busy:
+            raise _Stop
 
     def recover(self) -> None:
         for job_id in self.journal.interrupted():
@@ -142,7 +162,7 @@ class Agent:
         if not self.journal.begin(job["id"], job):
             self.log("job_skipped", job_id=job["id"], why="already begun once")
             return 0
-        self.log("job_started", job_id=job["id"], kind=job["kind"], action=job["action"])
+        self.log("job_started", job_id=job["id"], kind=job["kind"], job_action=job["action"])
         try:
             status, output = self.work(job)
         except FsRefused as exc:

@@ -8,7 +8,7 @@ trail and is never recorded twice.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import psycopg
@@ -99,6 +99,8 @@ class Proposal(BaseModel):
     args: JSON
     destructive: bool
     required: int
+    approval_ttl_s: int = Field(description="an approval is valid this long: the job must "
+                                "be claimed by then")
     requester: str
     at: str
     plan: list[dict[str, JSON]] | None
@@ -114,6 +116,9 @@ class ClaimIn(_In):
     limit: int = Field(default=1, ge=1, le=50)
     wait_s: float = Field(default=0, ge=0, le=CLAIM_WAIT_MAX_S,
                           description="wait this long for a job when none is queued")
+    actions: list[Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9_]+$")]] \
+        | None = Field(default=None, max_length=100,
+                       description="only jobs of these actions (the ones this agent performs)")
 
 
 class Job(BaseModel):
@@ -273,7 +278,8 @@ async def claim_jobs(call: Call) -> JobList:
     body: ClaimIn = call.body
 
     def claim(conn: psycopg.Connection) -> list[dict[str, Any]]:
-        return governance.claim(conn, call.state.key, call.state.root, p, body.limit)
+        return governance.claim(conn, call.state.key, call.state.root, p, body.limit,
+                                body.actions)
 
     subscription = call.state.broadcaster.subscribe(p.tenant_id)
     deadline = anyio.current_time() + body.wait_s
