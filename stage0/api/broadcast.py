@@ -2,7 +2,11 @@
 
 A notification carries (position, tenant_id, visibility): a subscriber is woken only when
 the new row could be visible to it (public, or its own tenant). It then reads the rows after
-its cursor through row-level security, as itself: the database decides what it sees.
+its cursor through row-level security, as its principal: the database decides what it sees.
+
+The broadcaster also owns what the SSE streams (stage0/api/stream.py) read with: an async
+connection pool of the application role (RLS forced; the identity is set per transaction)
+and the streams' hub, so that both live and die with the server.
 """
 
 from __future__ import annotations
@@ -10,45 +14,75 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from ..db import Database
 
+STREAM_POOL_SIZE = 4  # SSE reads: the hub's batched reads plus clients catching up
+
 
 class Subscription:
-    def __init__(self, tenant_id: str) -> None:
+    def __init__(self, tenant_id: str, on_wake: Callable[[], None] | None = None) -> None:
         self.tenant_id = tenant_id
         self.event = asyncio.Event()
+        self.on_wake = on_wake
+
+    def wake(self) -> None:
+        self.event.set()
+        if self.on_wake is not None:
+            self.on_wake()
 
     def offer(self, note: dict) -> None:
         if note.get("visibility") == "public" or note.get("tenant_id") == self.tenant_id:
-            self.event.set()
+            self.wake()
 
 
 class Broadcaster:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, pool_size: int = STREAM_POOL_SIZE) -> None:
         self.database = database
-        self.subscribers: set[Subscription] = set()
+        self.by_tenant: dict[str, set[Subscription]] = {}
         self.tip = 0
         self._task: asyncio.Task | None = None
+        self.pool = AsyncConnectionPool(database.url("app"), min_size=min(2, pool_size),
+                                        max_size=pool_size, open=False,
+                                        kwargs={"autocommit": True}, name="logline-stream")
+        self.hub: Any = None  # stage0/api/stream.py's Hub, made by the first stream
+
+    @property
+    def subscribers(self) -> set[Subscription]:
+        return {sub for subs in self.by_tenant.values() for sub in subs}
 
     async def start(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
         self._task = asyncio.create_task(self._listen())
 
     async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        await self.pool.close()
 
-    def subscribe(self, tenant_id: str) -> Subscription:
-        sub = Subscription(tenant_id)
-        self.subscribers.add(sub)
+    def subscribe(self, tenant_id: str,
+                  on_wake: Callable[[], None] | None = None) -> Subscription:
+        """Wake-ups for what tenant_id's principals might see: `event` is set (and on_wake
+        called) on every append of that tenant and every public one."""
+        sub = Subscription(tenant_id, on_wake)
+        self.by_tenant.setdefault(tenant_id, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self.subscribers.discard(sub)
+        subs = self.by_tenant.get(sub.tenant_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.by_tenant[sub.tenant_id]
 
     async def _listen(self) -> None:
         """LISTEN forever, reconnecting with backoff; on reconnect wake everyone (they
@@ -61,8 +95,8 @@ class Broadcaster:
                 async with conn:
                     await conn.execute("LISTEN timeline_updates")
                     backoff = 0.2
-                    for sub in list(self.subscribers):
-                        sub.event.set()
+                    for sub in self.subscribers:
+                        sub.wake()
                     async for note in conn.notifies():
                         self._dispatch(note.payload)
             except asyncio.CancelledError:
@@ -77,5 +111,9 @@ class Broadcaster:
         except ValueError:
             return
         self.tip = max(self.tip, int(note.get("position") or 0))
-        for sub in list(self.subscribers):
-            sub.offer(note)
+        if note.get("visibility") == "public":
+            woken = [sub for subs in self.by_tenant.values() for sub in subs]
+        else:
+            woken = list(self.by_tenant.get(note.get("tenant_id"), ()))  # type: ignore[arg-type]
+        for sub in woken:
+            sub.wake()

@@ -3,7 +3,6 @@ database work in one transaction as the caller, under row-level security."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import anyio
@@ -11,7 +10,6 @@ import psycopg
 from starlette.responses import Response
 
 from .. import ledger, manifest
-from ..canonical import FIELDS
 from ..proofs import check_proofs
 from ..queries import SPAN_COLUMNS
 from .app import Call, Endpoint
@@ -29,12 +27,9 @@ from .models import (
     SpanList,
     Verification,
 )
-from .sse import SseResponse
+from .stream import stream
 
 PAGE_MAX = 500
-SSE_BATCH = 200
-SSE_SEND_TIMEOUT_S = 5.0  # a client that cannot take a batch in this long is dropped
-SSE_PING_S = 15
 
 
 def _span_out(row: dict[str, Any]) -> dict[str, Any]:
@@ -134,18 +129,6 @@ TIMELINE = (
     "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
     "ORDER BY position DESC LIMIT %(limit)s"
 )
-#: Each new visible span as the JSON text GET /api/spans/{id} returns (same fields, same
-#: `at` format), built by PostgreSQL so the server never decodes and re-encodes rows.
-STREAM_JSON = (
-    "SELECT position, json_build_object(" + ", ".join(
-        f"'{f}', " + ("to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-                      if f == "at" else f'"{f}"') for f in FIELDS)
-    + ", 'position', position)::text AS event FROM ledger.visible_timeline "
-    "WHERE position > %(after)s "
-    "AND (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
-    "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
-    "ORDER BY position LIMIT %(limit)s"
-)
 
 
 async def timeline(call: Call) -> SpanList:
@@ -160,54 +143,6 @@ async def timeline(call: Call) -> SpanList:
     items = await call.db(run)
     return SpanList(items=items, next_before=items[-1]["position"] if len(items) == limit
                     else None)
-
-
-async def stream(call: Call) -> SseResponse:
-    """SSE of the visible timeline from a position: Last-Event-ID (a reconnect), else
-    ?since=, else the current tip. Each event's id is the span's global position, so a
-    client that reconnects resumes exactly after what it saw: no gap, no duplicate.
-
-    PostgreSQL renders each event's JSON (the same fields as GET /api/spans/{id}) and a
-    batch goes out as one write: per event the server only joins bytes."""
-    last_event = call.request.headers.get("last-event-id", "")
-    since = int(last_event) if re.fullmatch(r"[0-9]{1,18}", last_event) \
-        else call.int_query("since", None, 0, 2**62)
-    filters = {"entity_type": call.query("entity_type"), "trace_id": call.query("trace_id")}
-    state, principal = call.state, call.principal
-    assert principal is not None
-    if since is None:
-        since = await call.db(lambda conn: conn.execute(
-            "SELECT coalesce(max(position), 0) AS p FROM ledger.visible_timeline"
-        ).fetchone()["p"])
-
-    def fetch(conn: psycopg.Connection, after: int) -> list[tuple[int, str]]:
-        rows = conn.execute(STREAM_JSON, {**filters, "after": after, "limit": SSE_BATCH})
-        return [(r["position"], r["event"]) for r in rows]
-
-    async def chunks():
-        subscription = state.broadcaster.subscribe(principal.tenant_id)
-        cursor = since
-        state.metrics.sse_clients.inc()
-        try:
-            while True:
-                subscription.event.clear()
-                rows = await anyio.to_thread.run_sync(
-                    state.in_transaction, "app", principal, fetch, cursor)
-                if rows:
-                    cursor = rows[-1][0]
-                    yield "".join(f"id: {p}\nevent: span\ndata: {e}\n\n"
-                                  for p, e in rows).encode()
-                if len(rows) == SSE_BATCH:
-                    continue  # more waiting: keep reading before sleeping
-                with anyio.move_on_after(SSE_PING_S) as idle:
-                    await subscription.event.wait()
-                if idle.cancelled_caught:
-                    yield b": ping\n\n"
-        finally:
-            state.broadcaster.unsubscribe(subscription)
-            state.metrics.sse_clients.dec()
-
-    return SseResponse(chunks(), SSE_SEND_TIMEOUT_S, state, call.request_id)
 
 
 # --- execution and boot -------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A minimal SSE response: our framing, one write per batch, a send timeout per write.
 
-A client that cannot take a write within the timeout is disconnected: its stream holds at most
-one batch, and it never slows anyone else. A client that goes away ends the generator.
+A client that cannot take a write within the timeout is disconnected, and it never slows
+anyone else (what waits for it is bounded by its queue: stage0/api/stream.py). A client that
+goes away ends the generator; a generator that ends closes the connection.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class SseResponse:
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
             except TimeoutError:
-                self.state.log("sse_client_dropped", request_id=self.request_id)
+                self.state.log("sse_client_dropped", request_id=self.request_id,
+                               reason="send_timeout")
             finally:
                 await self.chunks.aclose()  # type: ignore[attr-defined]
             group.cancel_scope.cancel()

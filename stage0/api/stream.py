@@ -1,0 +1,301 @@
+"""GET /api/timeline/stream: server-sent events of the visible timeline.
+
+Clients with the same principal (tenant, user) and the same filters see exactly the same rows
+under row-level security, so they share one *group*. A notification marks the groups that
+might see the new row; the hub then reads the new rows once per marked group, each in its
+own transaction as the group's principal under RLS (the database still decides what is
+visible), all of a burst's reads sent as one pipeline on one connection (one round trip).
+PostgreSQL renders the events; the bytes go to every member's bounded queue.
+
+Every member keeps its own cursor (the position of the last event it was given). A client
+that starts behind the live edge (Last-Event-ID or ?since= in the past) catches up on its own
+first, reading as its principal, and joins its group only once its cursor has reached the
+group's; from then on a member is given only the events after its own cursor. So each client
+sees every row it may see, in position order, once. A member whose queue outgrows
+SSE_QUEUE_BYTES is disconnected (it resumes with Last-Event-ID), and so is one that cannot
+take a write within SSE_SEND_TIMEOUT_S (stage0/api/sse.py); the others never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import deque
+from typing import Any
+
+import anyio
+import psycopg
+
+from ..canonical import FIELDS
+from .broadcast import Broadcaster
+from .sse import SseResponse
+
+SSE_BATCH = 200  # rows per read
+SSE_SEND_TIMEOUT_S = 5.0  # a client that cannot take a write in this long is dropped
+SSE_PING_S = 15  # a keep-alive comment after this long without an event
+SSE_QUEUE_BYTES = 16 * 1024 * 1024  # events waiting for one client; beyond it, it is dropped
+SSE_READS_PER_ROUND = 64  # group reads in one pipeline
+
+SET_IDENTITY = ("SELECT set_config('app.user_id', %s, true), "
+                "set_config('app.tenant_id', %s, true)")
+#: Each new visible span as one SSE event whose data is the JSON text GET /api/spans/{id}
+#: returns (same fields, same `at` format): PostgreSQL renders it, the server only joins bytes.
+STREAM_EVENTS = (
+    "SELECT position, 'id: ' || position || E'\\nevent: span\\ndata: ' || json_build_object("
+    + ", ".join(f"'{f}', " + ("to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+                              if f == "at" else f'"{f}"') for f in FIELDS)
+    + ", 'position', position)::text || E'\\n\\n' FROM ledger.visible_timeline "
+    "WHERE position > %(after)s "
+    "AND (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
+    "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
+    "ORDER BY position LIMIT %(limit)s"
+)
+#: The newest position the principal can see. Read *before* the rows in the same transaction,
+#: so the rows' (later) snapshot holds every row up to it: positions become visible in order.
+VISIBLE_TIP = "SELECT coalesce(max(position), 0) FROM ledger.visible_timeline"
+
+Key = tuple[str, str, str | None, str | None]  # tenant, user, entity_type, trace_id
+Rows = list[tuple[int, str]]  # (position, rendered event)
+
+
+def _params(key: Key, after: int) -> dict[str, Any]:
+    return {"after": after, "entity_type": key[2], "trace_id": key[3], "limit": SSE_BATCH}
+
+
+async def read(broadcaster: Broadcaster, key: Key, after: int) -> tuple[Rows, int]:
+    """For one client reading on its own: the rows after `after` that the principal of
+    `key` may see (at most SSE_BATCH) and the newest position it can see, in one
+    transaction as that principal, sent as one pipeline (one round trip)."""
+    tenant, user = key[0], key[1]
+    # Shielded: a client that leaves mid-read ends its stream after the read (a few ms), not
+    # by cancelling the query, which would cost the pool its connection.
+    with anyio.CancelScope(shield=True):
+        async with broadcaster.pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute(SET_IDENTITY, (user, tenant))
+                tip = await conn.execute(VISIBLE_TIP)
+                rows = await conn.execute(STREAM_EVENTS, _params(key, after))
+            return await rows.fetchall(), (await tip.fetchone())[0]  # type: ignore[index]
+
+
+async def read_many(broadcaster: Broadcaster, reads: list[tuple[Key, int]]) -> list[Rows]:
+    """For each (key, after): the rows after `after` that key's principal may see, each in a
+    transaction of its own as that principal; all sent as one pipeline (one round trip)."""
+    async with broadcaster.pool.connection() as conn:
+        cursors = []
+        try:
+            async with conn.pipeline():
+                for key, after in reads:
+                    await conn.execute("BEGIN")
+                    await conn.execute(SET_IDENTITY, (key[1], key[0]))
+                    cursors.append(await conn.execute(STREAM_EVENTS, _params(key, after)))
+                    await conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.rollback()  # a failed read leaves its transaction open
+            raise
+        return [await cursor.fetchall() for cursor in cursors]  # type: ignore[misc]
+
+
+def render(rows: Rows, after: int = -1) -> bytes:
+    return "".join(event for position, event in rows if position > after).encode()
+
+
+class Member:
+    """One client's stream: its cursor and its queue of rendered chunks."""
+
+    def __init__(self, key: Key, cursor: int) -> None:
+        self.key, self.cursor = key, cursor
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.ready = asyncio.Event()
+        self.group: Group | None = None
+        self.overflowed = False
+        self.failed = False
+
+    def give(self, rows: Rows, chunk: bytes) -> bool:
+        """Queue the rows after this member's cursor (`chunk` is all of them, rendered);
+        False when its queue is over the limit (its group drops it)."""
+        if rows[-1][0] <= self.cursor:
+            return True
+        if rows[0][0] <= self.cursor:
+            chunk = render(rows, self.cursor)
+        self.cursor = rows[-1][0]
+        self.queue.append(chunk)
+        self.queued += len(chunk)
+        self.ready.set()
+        if self.queued > SSE_QUEUE_BYTES and len(self.queue) > 1:
+            self.overflowed = True
+            return False
+        return True
+
+    def take(self) -> bytes:
+        chunk = b"".join(self.queue) if len(self.queue) > 1 else self.queue[0]
+        self.queue.clear()
+        self.queued = 0
+        return chunk
+
+
+class Group:
+    """The members that share one principal and filters, and the group's cursor: the last
+    position read for them."""
+
+    def __init__(self, hub: Hub, key: Key, cursor: int) -> None:
+        self.hub, self.key, self.cursor = hub, key, cursor
+        self.members: set[Member] = set()
+        self.wake = hub.broadcaster.subscribe(key[0], on_wake=lambda: hub.mark(self))
+
+    def fan_out(self, rows: Rows) -> None:
+        self.cursor = rows[-1][0]
+        chunk = render(rows)
+        for member in list(self.members):
+            if not member.give(rows, chunk):
+                self.leave(member)
+
+    def leave(self, member: Member) -> None:
+        self.members.discard(member)
+        member.ready.set()
+        if not self.members:
+            self.hub.close(self)
+
+    def fail(self) -> None:
+        for member in self.members:
+            member.failed = True
+            member.ready.set()
+        self.hub.close(self)
+
+
+class Hub:
+    """The groups of one server and the task that reads for them: each round takes every
+    group marked since the last one (a burst of notifications marks a group once) and reads
+    them in one pipeline."""
+
+    def __init__(self, broadcaster: Broadcaster, log: Any) -> None:
+        self.broadcaster, self.log = broadcaster, log
+        self.groups: dict[Key, Group] = {}
+        self.marked: dict[Group, None] = {}  # an ordered set
+        self.pending = asyncio.Event()
+        self.task = asyncio.create_task(self.run())
+
+    def join(self, member: Member) -> bool:
+        """Add `member` to its group (made if there is none) if its cursor has reached the
+        group's; else False (it must read on its own first). No await: the check and the
+        join happen between two reads of the group."""
+        group = self.groups.get(member.key)
+        if group is None:
+            group = self.groups[member.key] = Group(self, member.key, member.cursor)
+            self.mark(group)  # rows committed since the member's last read
+        elif member.cursor < group.cursor:
+            return False
+        group.members.add(member)
+        member.group = group
+        return True
+
+    def mark(self, group: Group) -> None:
+        self.marked[group] = None
+        self.pending.set()
+
+    def close(self, group: Group) -> None:
+        if self.groups.get(group.key) is group:
+            del self.groups[group.key]
+        self.marked.pop(group, None)
+        self.broadcaster.unsubscribe(group.wake)
+
+    async def run(self) -> None:
+        while True:
+            await self.pending.wait()
+            self.pending.clear()
+            while self.marked:
+                batch = list(self.marked)[:SSE_READS_PER_ROUND]
+                for group in batch:
+                    del self.marked[group]
+                try:
+                    results = await read_many(self.broadcaster,
+                                              [(g.key, g.cursor) for g in batch])
+                except Exception as exc:  # these clients end and resume with Last-Event-ID
+                    self.log("sse_read_failed", groups=len(batch),
+                             error=f"{type(exc).__name__}: {exc}"[:300])
+                    for group in batch:
+                        group.fail()
+                    continue
+                for group, rows in zip(batch, results, strict=True):
+                    if rows and group.members:
+                        group.fan_out(rows)
+                    if len(rows) == SSE_BATCH:
+                        self.mark(group)  # more waiting
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        for group in list(self.groups.values()):
+            group.fail()
+
+
+async def stream(call: Any) -> SseResponse:
+    """SSE of the visible timeline from a position: Last-Event-ID (a reconnect), else
+    ?since=, else the current tip. Each event's id is the span's global position, so a
+    client that reconnects resumes exactly after what it saw: no gap, no duplicate."""
+    last_event = call.request.headers.get("last-event-id", "")
+    since = int(last_event) if re.fullmatch(r"[0-9]{1,18}", last_event) \
+        else call.int_query("since", None, 0, 2**62)
+    state, principal = call.state, call.principal
+    assert principal is not None
+    key: Key = (principal.tenant_id, principal.user_id, call.query("entity_type"),
+                call.query("trace_id"))
+    broadcaster: Broadcaster = state.broadcaster
+    if broadcaster.hub is None:
+        broadcaster.hub = Hub(broadcaster, state.log)
+    hub: Hub = broadcaster.hub
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        state.metrics.sse_clients.inc()
+        member = Member(key, since if since is not None else 0)
+        alone = broadcaster.subscribe(principal.tenant_id)  # wakes it while it reads alone
+        try:
+            if since is None:  # from the tip: join at once unless the group is ahead
+                member.cursor = (await read(broadcaster, key, 2**62))[1]
+                hub.join(member)
+            while member.group is None:  # catch up on its own, then join the group
+                alone.event.clear()
+                rows, tip = await read(broadcaster, key, member.cursor)
+                if rows:
+                    member.cursor = rows[-1][0]
+                    yield render(rows)
+                if len(rows) == SSE_BATCH:
+                    continue
+                # It has seen every row up to `tip` (the rows were read after it).
+                member.cursor = max(member.cursor, tip)
+                if not hub.join(member):  # the group has read rows newer than ours
+                    with anyio.move_on_after(SSE_PING_S) as idle:
+                        await alone.event.wait()
+                    if idle.cancelled_caught:
+                        yield b": ping\n\n"
+            broadcaster.unsubscribe(alone)
+            group = member.group
+            while True:
+                if member.overflowed:
+                    state.log("sse_client_dropped", request_id=call.request_id,
+                              reason="queue_full", queued_bytes=member.queued)
+                    break
+                if member.queue:
+                    yield member.take()
+                    continue
+                if member.failed or member not in group.members:
+                    break
+                member.ready.clear()
+                with anyio.move_on_after(SSE_PING_S) as idle:
+                    await member.ready.wait()
+                if idle.cancelled_caught:
+                    yield b": ping\n\n"
+        except (psycopg.Error, OSError) as exc:  # the client resumes with Last-Event-ID
+            state.log("sse_read_failed", request_id=call.request_id,
+                      error=f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            broadcaster.unsubscribe(alone)
+            if member.group is not None and member in member.group.members:
+                member.group.leave(member)
+            state.metrics.sse_clients.dec()
+
+    return SseResponse(chunks(), SSE_SEND_TIMEOUT_S, state, call.request_id)
