@@ -82,6 +82,21 @@ def files(root: Path) -> dict[str, bytes]:
             if p.is_file() and ".logline-trash" not in p.parts}
 
 
+def personal_ops_as(name: str) -> dict:
+    """The shipped personal_ops contract under another name, to change and publish."""
+    contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml")
+    return {**contract.model_dump(mode="json"), "name": name, "version": "1.0.0"}
+
+
+def publish_and_activate(api: Api, tenant: Tenant, contract: dict) -> None:
+    admin = http(api, tenant.admin)
+    published = admin.post("/api/contracts", json={"contract": contract})
+    assert published.status_code == 201, published.text
+    activated = admin.post("/api/contracts/activate",
+                           json={"ref": f"{contract['name']}@{contract['version']}"})
+    assert activated.status_code == 200, activated.text
+
+
 @pytest.fixture(scope="module")
 def tenants(api, tmp_path_factory):
     base = tmp_path_factory.mktemp("tenants")
@@ -341,14 +356,9 @@ def test_an_expired_approval_never_reaches_the_agent(api, tenants, tmp_path):
     """A tenant's own contract with a one-second approval: approved, then left waiting past
     its validity. The claim re-runs the gate: the job is refused with G_APPROVAL_EXPIRED."""
     _, b = tenants
-    contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml")
-    quick = contract.model_dump(mode="json")
-    quick["name"], quick["version"] = "quick_ops", "1.0.0"
+    quick = personal_ops_as("quick_ops")
     quick["actions"]["delete"]["approval_ttl_s"] = 1
-    admin = http(api, b.admin)
-    assert admin.post("/api/contracts", json={"contract": quick}).status_code == 201
-    assert admin.post("/api/contracts/activate", json={"ref": "quick_ops@1.0.0"}) \
-        .status_code == 200
+    publish_and_activate(api, b, quick)
     answer = http(api, b.requester).post("/api/proposals", json={
         "action": "quick_ops.delete", "args": {"paths": ["photos/x.jpg"]}}).json()
     b.run_agent()  # the plan
@@ -429,14 +439,9 @@ def test_a_job_is_claimed_once_and_a_result_is_recorded_once(api, tenants):
 
 def test_a_quorum_of_two_needs_two_different_approvers(api, tenants):
     _, b = tenants
-    contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml")
-    strict = contract.model_dump(mode="json")
-    strict["name"], strict["version"] = "strict_ops", "1.0.0"
+    strict = personal_ops_as("strict_ops")
     strict["actions"]["delete"]["approvals"] = 2
-    admin = http(api, b.admin)
-    assert admin.post("/api/contracts", json={"contract": strict}).status_code == 201
-    assert admin.post("/api/contracts/activate", json={"ref": "strict_ops@1.0.0"}) \
-        .status_code == 200
+    publish_and_activate(api, b, strict)
     (b.root / "two.txt").write_text("two")
     answer = http(api, b.requester).post("/api/proposals", json={
         "action": "strict_ops.delete", "args": {"paths": ["two.txt"]}}).json()
@@ -569,16 +574,11 @@ def test_an_agent_claims_only_the_actions_it_performs(api, tenants):
     """A job of an action this agent does not perform (another contract's) stays queued
     for an agent that does, instead of failing here."""
     _, b = tenants
-    contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml").model_dump(
-        mode="json")
-    contract["name"], contract["version"] = "mail_ops", "1.0.0"
+    contract = personal_ops_as("mail_ops")
     contract["actions"] = {"send_mail": {
         "description": "Send a mail.", "destructive": False, "requesters": ["requester"],
         "args": {"to": {"type": "string", "required": True}}}}
-    admin = http(api, b.admin)
-    assert admin.post("/api/contracts", json={"contract": contract}).status_code == 201
-    assert admin.post("/api/contracts/activate", json={"ref": "mail_ops@1.0.0"}) \
-        .status_code == 200
+    publish_and_activate(api, b, contract)
     answer = http(api, b.requester).post("/api/proposals", json={
         "action": "mail_ops.send_mail", "args": {"to": "x@example.com"}}).json()
     assert answer["outcome"] == "ALLOW", answer
