@@ -38,6 +38,13 @@ PLATFORM = ("api", "1.0.0")
 #: Roles every caller has: `anyone`, and `member` for a caller with a valid key.
 IMPLICIT_ROLES = ("anyone", "member")
 JOB_KINDS = ("plan", "execute")
+#: Kinds only the platform appends (POST /api/spans refuses them): a client that could
+#: append an api_key could mint itself roles, and one that could append an approval or a
+#: job could have an agent act without an approval.
+RESERVED_TYPES = frozenset({
+    "api_key", "manifest", "contract", "contract_activation", "gate_decision", "proposal",
+    "approval_request", "approval", "job", "job_claim", "job_result", "audit_denial",
+    "boot_event", "boot_refused"})
 RESULT_STATUSES = ("done", "failed", "interrupted")
 
 

@@ -308,6 +308,28 @@ def test_every_denial_is_a_gate_decision_span(api, tenants):
         "gate_decision", "deny", "G_BAD_ARGUMENTS")
 
 
+@pytest.mark.parametrize("kind, extra", [
+    ("approval", {"status": "approved", "content": {"roles": ["approver"]}}),
+    ("job", {"status": "queued", "content": {"kind": "execute", "action": "delete",
+                                              "args": {"paths": ["photos/a.jpg"]}}}),
+    ("api_key", {"status": "active", "metadata": {"key_id": "0" * 16, "roles": ["admin"],
+                                                  "token_hash": "0" * 64}}),
+    ("gate_decision", {"status": "allow"}),
+    (" Job ", {}),
+])
+def test_nobody_forges_governance_spans_through_the_generic_append(api, tenants, kind,
+                                                                   extra):
+    """POST /api/spans refuses the kinds only the platform writes: an approval or a job
+    appended by hand would let an agent act without an approval, an api_key would mint
+    roles."""
+    a, _ = tenants
+    writer = api.key("wendy", "acme", "writer", "reader", "requester")
+    response = http(api, writer).post("/api/spans", json={
+        "entity_type": kind, "who": "wendy", "this": "forged", "visibility": "tenant",
+        **extra})
+    assert "written by the platform only" in error(response, 422, "BAD_FIELD")
+
+
 def test_a_role_the_action_does_not_name_is_denied(api, tenants):
     a, _ = tenants
     # Viewers read the trail; they may not ask for a deletion, nor approve one.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..governance import RESERVED_TYPES
 
 Visibility = Literal["private", "tenant", "public"]
 JSON = Any
@@ -58,7 +60,9 @@ class SpanIn(_Content):
     Without a signature the server chains, hashes and signs it; with one, it must verify
     under a key the manifest trusts and is stored exactly as signed."""
 
-    entity_type: str = Field(min_length=1, max_length=100)
+    entity_type: str = Field(min_length=1, max_length=100,
+                             description="any kind but the ones only the platform writes: "
+                             + ", ".join(sorted(RESERVED_TYPES)))
     who: str
     this: str
     id: str | None = None
@@ -67,6 +71,14 @@ class SpanIn(_Content):
     visibility: Visibility | None = None
     is_deleted: bool | None = None
     duration_ms: int | None = Field(default=None, ge=0)
+
+    @field_validator("entity_type")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.strip().lower() in RESERVED_TYPES:
+            raise ValueError(f"{value!r} is written by the platform only (keys, contracts, "
+                             "gate decisions, approvals, jobs): use its own endpoint")
+        return value
 
 
 class SpanList(BaseModel):
