@@ -481,6 +481,26 @@ def test_a_quorum_of_two_needs_two_different_approvers(api, tenants):
     assert not (b.root / "two.txt").exists()
 
 
+def test_a_new_contract_version_never_changes_a_decision_taken_under_the_old_one(api,
+                                                                                 tenants):
+    _, b = tenants
+    v1 = personal_ops_as("versioned_ops")
+    publish_and_activate(api, b, v1)
+    (b.root / "v.txt").write_text("v")
+    old = http(api, b.requester).post("/api/proposals", json={
+        "action": "versioned_ops.delete", "args": {"paths": ["v.txt"]}}).json()
+    b.run_agent()  # the plan, under 1.0.0
+    v2 = {**v1, "version": "2.0.0"}
+    v2["actions"] = {**v1["actions"], "delete": {**v1["actions"]["delete"], "approvals": 2}}
+    publish_and_activate(api, b, v2)
+    approved = http(api, b.approver).post(f"/api/approvals/{old['proposal_id']}", json={
+        "decision": "approve", "reason": "decided under 1.0.0"}).json()
+    assert (approved["outcome"], approved["contract"]) == ("ALLOW", "versioned_ops@1.0.0")
+    new = http(api, b.requester).post("/api/proposals", json={
+        "action": "versioned_ops.delete", "args": {"paths": ["v.txt"]}}).json()
+    assert (new["contract"], new["required"]) == ("versioned_ops@2.0.0", 2)
+
+
 # --- crashes and lost acknowledgements ----------------------------------------------------
 def queue_list_job(api: Api, tenant: Tenant) -> dict:
     answer = http(api, tenant.requester).post("/api/proposals", json={
