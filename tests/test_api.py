@@ -1213,6 +1213,182 @@ def test_a_stalled_sse_client_is_dropped_without_slowing_another(api):
     assert after < max(0.5, 10 * before)
 
 
+# --- SSE: clients that share a read (same principal and filters) and clients that do not ----
+def events_until(stream: Stream, marker: dict, timeout: float = 15) -> list[dict[str, Any]]:
+    """Every event up to and including the one for `marker` (a span)."""
+    events = []
+    while not events or events[-1]["data"]["id"] != marker["id"]:
+        events.append(stream.next(timeout))
+    return events
+
+
+def positions(events: list[dict[str, Any]]) -> list[int]:
+    return [e["id"] for e in events]
+
+
+def test_sse_users_of_one_tenant_each_see_only_their_own_private_spans(api):
+    """Two clients of one user (they may share a read) and one of another user in the same
+    tenant: each stream holds exactly the tenant's spans and its own user's private ones."""
+    one, two = api.key("sse-priv-1", "sse-private"), api.key("sse-priv-2", "sse-private")
+    with Stream(api, one.token) as s1, Stream(api, one.token) as s1_again, \
+            Stream(api, two.token) as s2:
+        spans = []
+        for _ in range(3):
+            spans += append_as(api, one, 2, "sse_priv", visibility="private")
+            spans += append_as(api, two, 1, "sse_priv", visibility="private")
+            spans += append_as(api, one, 1, "sse_priv")  # visibility tenant
+        [marker] = append_as(api, two, 1, "sse_priv")
+        got = {"one": events_until(s1, marker), "one again": events_until(s1_again, marker),
+               "two": events_until(s2, marker)}
+    for name, user in (("one", "sse-priv-1"), ("one again", "sse-priv-1"),
+                       ("two", "sse-priv-2")):
+        mine = [s["position"] for s in [*spans, marker]
+                if s["visibility"] == "tenant" or s["owner_id"] == user]
+        assert positions(got[name]) == mine, name
+    assert {e["data"]["owner_id"] for e in got["two"] if e["data"]["visibility"] ==
+            "private"} == {"sse-priv-2"}
+
+
+def test_sse_clients_of_one_user_with_different_filters_each_see_exactly_their_rows(api):
+    key = api.key("sse-filters", "sse-filters")
+    queries = {"all": "", "type": "?entity_type=sse_f_a", "trace": "?trace_id=sse-f-trace",
+               "both": "?entity_type=sse_f_a&trace_id=sse-f-trace"}
+    streams = {name: Stream(api, key.token, query) for name, query in queries.items()}
+    try:
+        spans = []
+        for entity_type in ("sse_f_a", "sse_f_b"):
+            spans += append_as(api, key, 2, entity_type)
+            spans += append_as(api, key, 1, entity_type, trace_id="sse-f-trace")
+            spans += append_as(api, key, 1, entity_type, trace_id="sse-f-other")
+        [marker] = append_as(api, key, 1, "sse_f_a", trace_id="sse-f-trace")
+        got = {name: events_until(stream, marker) for name, stream in streams.items()}
+    finally:
+        for stream in streams.values():
+            stream.close()
+    wanted = {"all": lambda s: True, "type": lambda s: s["entity_type"] == "sse_f_a",
+              "trace": lambda s: s.get("trace_id") == "sse-f-trace",
+              "both": lambda s: s["entity_type"] == "sse_f_a" and
+              s.get("trace_id") == "sse-f-trace"}
+    for name, keep in wanted.items():
+        expected = [s["position"] for s in [*spans, marker] if keep(s)]
+        assert positions(got[name]) == expected, name
+    assert len(got["both"]) == 2 and len(got["all"]) == len(spans) + 1
+
+
+def test_sse_a_client_resuming_from_an_old_id_beside_a_live_one_of_the_same_key(api):
+    """A client of the same key and filter as a live one resumes from an old Last-Event-ID
+    (more than one read's worth behind) while spans keep arriving: it catches up and then
+    follows the live edge with no gap and no duplicate; the live client is unaffected."""
+    key = api.key("sse-resume-live", "sse-resume-live")
+    tag = f"sse_rl_{uuid.uuid4().hex[:6]}"
+    query = f"?entity_type={tag}"
+    history = append_as(api, key, 260, tag)  # SSE_BATCH is 200: the catch-up takes 2 reads
+    stop, trickled = threading.Event(), []
+
+    def trickle() -> None:
+        while not stop.is_set():
+            trickled.extend(append_as(api, key, 1, tag))
+            stop.wait(0.01)
+
+    with Stream(api, key.token, query) as live:
+        writer = threading.Thread(target=trickle)
+        writer.start()
+        try:
+            first = live.next()  # the live client's group is reading by now
+            resumed = Stream(api, key.token, query, last_event_id=str(history[9]["position"]))
+            with resumed:
+                got_resumed = resumed.take(5)
+                # the group moves on while the resumed client catches up
+                moved = len(trickled) + 20
+                wait_for(lambda: len(trickled) >= moved, 20, "20 more spans trickled")
+                stop.set()
+                writer.join()
+                [marker] = append_as(api, key, 1, tag)
+                got_resumed += events_until(resumed, marker)
+            got_live = [first, *events_until(live, marker)]
+        finally:
+            stop.set()
+            writer.join()
+    everything = [s["position"] for s in [*history, *trickled, marker]]
+    assert positions(got_resumed) == [p for p in everything if p > history[9]["position"]]
+    assert positions(got_live) == [p for p in everything if p > history[-1]["position"]]
+
+
+def test_sse_group_members_get_exactly_the_rows_after_their_own_cursor(api):
+    """The hub, driven by hand (no LISTEN, so the test decides when the group reads): a
+    client behind its group may not join until it has caught up on its own; one that joins
+    ahead of the group's cursor gets only the rows after its own."""
+    import asyncio
+
+    from stage0.api.broadcast import Broadcaster
+    from stage0.api.stream import Hub, Member, read
+
+    key = api.key("sse-hub", "sse-hub")
+    group_key = ("sse-hub", "sse-hub", "sse_hub", None)  # tenant, user, entity_type, trace_id
+
+    async def given(member: Member) -> list[int]:
+        await asyncio.wait_for(member.ready.wait(), 10)
+        member.ready.clear()
+        return [int(line[4:]) for line in member.take().decode().splitlines()
+                if line.startswith("id: ")]
+
+    async def main() -> None:
+        broadcaster = Broadcaster(api.database)
+        await broadcaster.pool.open(wait=True)
+        hub = Hub(broadcaster, lambda *args, **fields: None)
+        try:
+            a = [s["position"] for s in append_as(api, key, 3, "sse_hub")]
+            live = Member(group_key, a[0])
+            assert hub.join(live)  # a new group at live's cursor, read at once
+            assert await given(live) == a[1:]
+            behind = Member(group_key, a[0])
+            assert not hub.join(behind)  # it must read a[1:] on its own first
+            b = [s["position"] for s in append_as(api, key, 2, "sse_hub")]  # no wake-up
+            ahead = Member(group_key, b[0])  # as if its own read had seen b[0]
+            assert hub.join(ahead)
+            hub.mark(live.group)
+            assert await given(live) == b
+            assert await given(ahead) == b[1:]
+            rows, tip = await read(broadcaster, group_key, behind.cursor)
+            assert [p for p, _ in rows] == a[1:] + b and tip >= b[-1]
+            behind.cursor = rows[-1][0]
+            assert hub.join(behind)
+            c = [s["position"] for s in append_as(api, key, 1, "sse_hub")]
+            hub.mark(live.group)
+            for member in (live, ahead, behind):
+                assert await given(member) == c
+        finally:
+            await hub.stop()
+            await broadcaster.pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_client_whose_queue_overflows_is_dropped_and_its_group_mate_is_not(api):
+    """Two clients of one key and filter share every read; one never reads its socket. When
+    what waits for it passes the queue limit (8 MiB) it is disconnected at once (not after
+    the 5 s send timeout), and the other still receives every event."""
+    key = api.key("sse-overflow", "sse-overflow")
+    query = "?entity_type=sse_big"
+    base = api.metric("logline_sse_clients")
+    drops_before = api.log.read_text().count('"queue_full"')
+    with Stream(api, key.token, query) as live:
+        stalled = Stream(api, key.token, query, read=False, rcvbuf=4096)
+        try:
+            wait_for(lambda: api.metric("logline_sse_clients") == base + 2, 5, "both on")
+            flood = []
+            for _ in range(5):  # 5 x 5 MB: one in the socket, one in a write, the rest queued
+                flood += append_as(api, key, 20, "sse_big", content={"pad": "x" * 250_000})
+            wait_for(lambda: api.metric("logline_sse_clients") == base + 1, 4,
+                     "the stalled client dropped")
+            [marker] = append_as(api, key, 1, "sse_big")
+            got = events_until(live, marker, timeout=30)
+        finally:
+            stalled.close()
+    assert positions(got) == [s["position"] for s in [*flood, marker]]
+    assert api.log.read_text().count('"queue_full"') == drops_before + 1
+
+
 # --- execution --------------------------------------------------------------------------------
 def test_execute_schedules_once_per_idempotency_key_and_a_worker_runs_it(api, a):
     function = post(a, entity_type="function", name="echo", code=ECHO, language="python",

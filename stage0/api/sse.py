@@ -1,8 +1,9 @@
-"""A minimal SSE response: our framing, one write per batch, a send timeout per write.
+"""A minimal SSE response: our framing, one write per chunk, a send timeout per write.
 
-A client that cannot take a write within the timeout is disconnected, and it never slows
-anyone else (what waits for it is bounded by its queue: stage0/api/stream.py). A client that
-goes away ends the generator; a generator that ends closes the connection.
+A client that cannot take a write within the timeout is disconnected, and so is one that its
+stream gives up on (`drop`: stage0/api/stream.py drops a client whose queue overflows); it
+never slows anyone else. A client that goes away ends the generator; when the generator ends
+or the response is dropped, the connection is closed.
 """
 
 from __future__ import annotations
@@ -23,11 +24,26 @@ class SseResponse:
         self.state, self.request_id = state, request_id
         self.status_code = 200
         self.headers: dict[str, str] = {}
+        self._scope: anyio.CancelScope | None = None
+        self.dropped: str | None = None
+
+    def drop(self, reason: str, **fields: Any) -> None:
+        """Disconnect the client now (from any task), even in the middle of a write."""
+        if self.dropped is None:
+            self.dropped = reason
+            self.state.log("sse_client_dropped", request_id=self.request_id, reason=reason,
+                           **fields)
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         headers = HEADERS + [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async with anyio.create_task_group() as group:
+            self._scope = group.cancel_scope
+            if self.dropped:
+                group.cancel_scope.cancel()
+
             async def gone() -> None:
                 while (await receive())["type"] != "http.disconnect":
                     pass
@@ -40,8 +56,8 @@ class SseResponse:
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
             except TimeoutError:
-                self.state.log("sse_client_dropped", request_id=self.request_id,
-                               reason="send_timeout")
+                self.drop("send_timeout")
             finally:
-                await self.chunks.aclose()  # type: ignore[attr-defined]
+                with anyio.CancelScope(shield=True):
+                    await self.chunks.aclose()  # type: ignore[attr-defined]
             group.cancel_scope.cancel()

@@ -34,7 +34,7 @@ from .sse import SseResponse
 SSE_BATCH = 200  # rows per read
 SSE_SEND_TIMEOUT_S = 5.0  # a client that cannot take a write in this long is dropped
 SSE_PING_S = 15  # a keep-alive comment after this long without an event
-SSE_QUEUE_BYTES = 16 * 1024 * 1024  # events waiting for one client; beyond it, it is dropped
+SSE_QUEUE_BYTES = 8 * 1024 * 1024  # events waiting for one client; beyond it, it is dropped
 SSE_READS_PER_ROUND = 64  # group reads in one pipeline
 
 SET_IDENTITY = ("SELECT set_config('app.user_id', %s, true), "
@@ -113,6 +113,7 @@ class Member:
         self.group: Group | None = None
         self.overflowed = False
         self.failed = False
+        self.on_overflow: Any = None  # disconnects the client
 
     def give(self, rows: Rows, chunk: bytes) -> bool:
         """Queue the rows after this member's cursor (`chunk` is all of them, rendered);
@@ -152,6 +153,8 @@ class Group:
         for member in list(self.members):
             if not member.give(rows, chunk):
                 self.leave(member)
+                if member.on_overflow is not None:
+                    member.on_overflow()
 
     def leave(self, member: Member) -> None:
         self.members.discard(member)
@@ -248,14 +251,19 @@ async def stream(call: Any) -> SseResponse:
     if broadcaster.hub is None:
         broadcaster.hub = Hub(broadcaster, state.log)
     hub: Hub = broadcaster.hub
+    # From the tip, read before the response starts: a span appended after the client has
+    # the response headers is in its stream.
+    from_tip = since is None
+    if since is None:
+        since = (await read(broadcaster, key, 2**62))[1]
 
     async def chunks():  # type: ignore[no-untyped-def]
         state.metrics.sse_clients.inc()
-        member = Member(key, since if since is not None else 0)
+        member = Member(key, since)
+        member.on_overflow = lambda: response.drop("queue_full", queued_bytes=member.queued)
         alone = broadcaster.subscribe(principal.tenant_id)  # wakes it while it reads alone
         try:
-            if since is None:  # from the tip: join at once unless the group is ahead
-                member.cursor = (await read(broadcaster, key, 2**62))[1]
+            if from_tip:  # join at once unless the group has read past the tip since
                 hub.join(member)
             while member.group is None:  # catch up on its own, then join the group
                 alone.event.clear()
@@ -276,8 +284,6 @@ async def stream(call: Any) -> SseResponse:
             group = member.group
             while True:
                 if member.overflowed:
-                    state.log("sse_client_dropped", request_id=call.request_id,
-                              reason="queue_full", queued_bytes=member.queued)
                     break
                 if member.queue:
                     yield member.take()
@@ -298,4 +304,5 @@ async def stream(call: Any) -> SseResponse:
                 member.group.leave(member)
             state.metrics.sse_clients.dec()
 
-    return SseResponse(chunks(), SSE_SEND_TIMEOUT_S, state, call.request_id)
+    response = SseResponse(chunks(), SSE_SEND_TIMEOUT_S, state, call.request_id)
+    return response
