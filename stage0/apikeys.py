@@ -88,6 +88,16 @@ def known_roles(conn: psycopg.Connection) -> list[str]:
     return sorted((set(ROLES) | declared) - {"anyone", "member"})
 
 
+def holders(conn: psycopg.Connection, tenant_id: str, role: str) -> set[str]:
+    """Users of a tenant with an active key carrying `role` (read as the kernel: keys are
+    private to their owners)."""
+    return {r["owner_id"] for r in conn.execute(
+        "SELECT r.owner_id FROM ledger.span_heads h JOIN ledger.universal_registry r "
+        "ON r.id = h.id AND r.seq = h.seq WHERE h.entity_type = 'api_key' "
+        "AND h.tenant_id = %s AND h.status = 'active' AND r.metadata -> 'roles' ? %s",
+        (tenant_id, role))}
+
+
 def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str) -> dict[str, Any]:
     current = ledger.head(conn, span_id_for(key_id))
     if current is None or current["entity_type"] != "api_key":

@@ -117,6 +117,34 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("proposal")
+def cmd_proposal(args: argparse.Namespace) -> int:
+    p = _client(args).get(f"/api/proposals/{args.proposal_id}")
+    if args.json:
+        out(json.dumps(p, indent=2, sort_keys=True))
+        return 0
+    out(f"{p['id']}  {p['state']}  {p['contract']} {p['action']} {json.dumps(p['args'])}")
+    out(f"  requested by {p['requester']} at {p['at']}; trace {p['trace_id']}")
+    for a in p["approvals"]:
+        out(f"  {a['status']:<9} by {a['approver']} at {a['at']}: {a['reason']}")
+    for kind, job in sorted(p["jobs"].items()):
+        out(f"  job {kind:<8} {job['state']:<11} {job['id']}"
+            + (f"  (agent {job['agent']})" if job["agent"] else ""))
+        output = (job["result"] or {}).get("output") or {}
+        if "code" in output:
+            out(f"    refused: {output['code']} {output.get('message', '')}")
+        for r in output.get("results", [])[:50]:
+            out(f"    {r['status']:<8} {r['op']:<7} {r['path']}"
+                + (f" -> {r['to']}" if r.get("to") else "") + (f"  {r['code']}"
+                                                               if r.get("code") else ""))
+        for name in ("files", "groups", "ops"):
+            if name in output:
+                out(f"    {output.get('count', len(output[name]))} {name}")
+                for item in output[name][:50]:
+                    out(f"      {json.dumps(item, sort_keys=True)}")
+    return 0
+
+
 # --- the agent ----------------------------------------------------------------------------
 def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state) if args.state else _home().path / "agent"
@@ -205,6 +233,13 @@ def add_parsers(sub: Any, about: Any) -> None:
                                         "parsed against your contracts, then proposed"))
     ask.add_argument("text", nargs="+")
     api_options(ask)
+    ps = sub.add_parser("proposal", **about("a governed request: state, approvals, jobs "
+                                            "and their results"))
+    pss = ps.add_subparsers(dest="proposal_command", required=True, metavar="ACTION")
+    show = pss.add_parser("show", **about("show one request (its id from propose or ask)"))
+    show.add_argument("proposal_id")
+    show.add_argument("--json", action="store_true", help="the API's answer as JSON")
+    api_options(show)
     a = sub.add_parser("approvals", **about("approval requests: list, approve, reject"))
     aps = a.add_subparsers(dest="approvals_command", required=True, metavar="ACTION")
     al = aps.add_parser("list", **about("your tenant's approval requests and their plans"))

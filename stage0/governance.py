@@ -17,8 +17,9 @@ request's state is derived from which spans exist, not from a mutable status.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import blake3
@@ -358,9 +359,12 @@ def plan_hash(plan: Any) -> str:
 
 
 def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
-            proposal_id: str, approve: bool, reason: str, trace_id: str) -> Outcome:
+            proposal_id: str, approve: bool, reason: str, trace_id: str,
+            agent_identities: Callable[[str], set[str]] | None = None) -> Outcome:
     """An approver's answer. Refusals (SoD, role, not ready, replay) are gate_decision spans
-    too; they come back as a DENY Outcome so the caller can answer after the commit."""
+    too; they come back as a DENY Outcome so the caller can answer after the commit.
+    `agent_identities(role)`: the users of the tenant holding a key with the contract's
+    executor role; none of them approves, whatever other key they use."""
     request = ledger.head(conn, proposal_id)
     if request is None or request["entity_type"] != "approval_request":
         raise LoglineError("NOT_FOUND", "no approval request with this id is visible to you")
@@ -384,29 +388,38 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
         ledger.append(conn, [span], key)
         return Outcome(decision, span["id"], trace, proposal_id, refused=True)
 
+    agents = _claimers(conn, proposal_id)
+    if agent_identities is not None and contract.executor_role:
+        agents |= agent_identities(contract.executor_role)
     refusal = gate.approver_refusal(principal.user_id, roles_of(principal),
-                                    request["owner_id"], profile,
-                                    executor_role=contract.executor_role)
+                                    request["owner_id"], profile, agents,
+                                    contract.executor_role)
     if refusal == "G_SOD_VIOLATION":
-        return refuse(refusal, "nobody approves their own request, and an agent never "
+        return refuse(refusal, "nobody approves their own request, and no agent identity "
                       "approves")
     if refusal:
         return refuse(refusal, f"approving {action} needs the role "
                       f"{' or '.join(profile.approvers)}")
-    if any(a["approver"] == principal.user_id for a in state["approvals"]):
-        return refuse("G_APPROVAL_REPLAYED", "you have already answered this request")
-    if state["state"] == "planning":
+    at = now()
+    ttl = timedelta(seconds=profile.approval_ttl_s)
+    mine = [a for a in state["approvals"] if a["approver"] == principal.user_id]
+    if any(a["status"] == "rejected" or parse_at(a["at"]) + ttl > at for a in mine):
+        return refuse("G_APPROVAL_REPLAYED", "you have already answered this request (an "
+                      "approval may be renewed only once it has expired)")
+    if state["state"] == "planning" and approve:
         return refuse("G_PLAN_PENDING", "the agent has not yet reported what this would "
-                      "do; approve once the plan is shown")
-    if state["state"] != "pending":
+                      "do; approve once the plan is shown (rejecting is possible now)")
+    if state["state"] not in ("pending", "planning"):
         return refuse("G_NOT_PENDING", f"this request is {state['state']}")
     ledger.append(conn, [_span(
         principal, "approval", "approved" if approve else "rejected", action, trace,
-        id=derived_id("approval", proposal_id, principal.user_id), seq=0,
+        # One id per approver and round: a renewal after expiry is the next round, and two
+        # answers racing for one round collide in the ledger.
+        id=derived_id("approval", proposal_id, principal.user_id, str(len(mine))), seq=0,
         parent_id=proposal_id, status="approved" if approve else "rejected",
         content={"reason": reason, "plan_hash": plan_hash(state["plan"]),
                  "roles": sorted(principal.roles)})], key)
-    decision = _decide_with_approvals(conn, contract, terms, request, now())
+    decision = _decide_with_approvals(conn, contract, terms, request, at, agents)
     spans = [_decision_span(principal, decision, trace, proposal_id, terms["args"],
                             contract_span)]
     outcome = Outcome(decision, spans[0]["id"], trace, proposal_id)
@@ -418,9 +431,17 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
     return outcome
 
 
+def _claimers(conn: psycopg.Connection, proposal_id: str) -> set[str]:
+    """Who claimed this proposal's jobs (the agents that planned or ran it)."""
+    return {r["owner_id"] for r in conn.execute(
+        "SELECT c.owner_id FROM ledger.universal_registry j JOIN ledger.universal_registry c "
+        "ON c.parent_id = j.id AND c.entity_type = 'job_claim' "
+        "WHERE j.parent_id = %s AND j.entity_type = 'job'", (proposal_id,))}
+
+
 def _decide_with_approvals(conn: psycopg.Connection, contract: Contract,
                            terms: dict[str, Any], request: dict[str, Any],
-                           at: datetime) -> gate.Decision:
+                           at: datetime, agents: set[str] | None = None) -> gate.Decision:
     approvals = [gate.Approval(a["owner_id"], frozenset((a["content"] or {}).get("roles", ())),
                                a["status"] == "approved", parse_at(a["at"]))
                  for a in _children(conn, request["id"]) if a["entity_type"] == "approval"]
@@ -428,7 +449,8 @@ def _decide_with_approvals(conn: psycopg.Connection, contract: Contract,
     requester_roles = tuple(contract.actions[terms["action"]].requesters)
     return gate.decide(terms["action"], terms["args"], contract=contract,
                        requester=request["owner_id"], roles=requester_roles, now=at,
-                       approvals=approvals)
+                       approvals=approvals,
+                       agents=agents if agents is not None else _claimers(conn, request["id"]))
 
 
 # --- jobs ---------------------------------------------------------------------------------

@@ -102,9 +102,9 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self.log("agent_started", root=self.config.root, url=self.config.url)
-        self.recover()
         done = 0
         try:
+            self.recover()
             while not self.stopping.is_set():
                 try:
                     self.flush()

@@ -15,7 +15,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from .. import audit, governance, intents
+from .. import apikeys, audit, governance, intents
 from ..contracts import parse as parse_contract
 from .app import Call, Endpoint
 from .errors import ApiError
@@ -262,9 +262,13 @@ async def decide_approval(call: Call) -> Decision:
     assert p is not None
     proposal_id = _uuid(call.request.path_params["id"])
     body: ApprovalIn = call.body
+
+    def agents(role: str) -> set[str]:
+        return call.state.in_transaction("kernel", None, apikeys.holders, p.tenant_id, role)
+
     outcome = await call.db(lambda conn: governance.approve(
         conn, call.state.key, call.state.root, p, proposal_id, body.decision == "approve",
-        body.reason, call.request_id))
+        body.reason, call.request_id, agents))
     if outcome.refused:
         raise _refused(outcome)
     return Decision(**outcome.as_dict())

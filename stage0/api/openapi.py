@@ -11,7 +11,7 @@ from .models import ErrorBody
 ERRORS = {
     "400": "malformed request (BAD_JSON, BAD_QUERY, BAD_ID)",
     "401": "no or invalid API key (AUTH_REQUIRED, AUTH_INVALID)",
-    "403": "not allowed (ROLE_REQUIRED, LEDGER_FORBIDDEN, ...)",
+    "403": "not allowed (G_ROLE_DENIED and the gate's other codes, LEDGER_FORBIDDEN, ...)",
     "404": "not found or not visible to you (NOT_FOUND)",
     "409": "version conflict (LEDGER_SEQ_CONFLICT, ...)",
     "413": "body over 1 MiB (BODY_TOO_LARGE)",

@@ -118,6 +118,8 @@ class ServerState:
                 "this": endpoint.action, "owner_id": principal.user_id,
                 "tenant_id": principal.tenant_id, "visibility": "private", "status": "allow",
                 "trace_id": request_id,
+                "content": {"outcome": "ALLOW", "reason": "G_OK", "action": endpoint.action,
+                            "contract": "api@1.0.0"},
                 "metadata": {"code": "G_OK", "action": endpoint.action,
                              "method": endpoint.method, "key_id": principal.key_id,
                              "roles": list(principal.roles)}}], self.key)
@@ -136,13 +138,16 @@ class ServerState:
                 self._audit_window = (start, written, dropped + 1)
                 return
             self._audit_window = (start, written + 1, 0)
+        gated = code.startswith("G_")  # the gate refused: a gate decision like any other
         span = {
-            # A refusal by the gate is a gate decision like any other; the rest are denials.
-            "entity_type": "gate_decision" if code.startswith("G_") else "audit_denial",
+            "entity_type": "gate_decision" if gated else "audit_denial",
             "who": "api", "did": "denied", "this": code,
             "owner_id": principal.user_id if principal else "anonymous",
             "tenant_id": principal.tenant_id if principal else "system",
-            "visibility": "private", "status": "denied", "trace_id": request_id,
+            "visibility": "private", "status": "deny" if gated else "denied",
+            "trace_id": request_id,
+            **({"content": {"outcome": "DENY", "reason": code, "action": endpoint.action,
+                            "contract": "api@1.0.0"}} if gated else {}),
             "metadata": {"code": code, "action": endpoint.action, "method": endpoint.method,
                          "path": request.url.path, "key_id": principal.key_id if principal
                          else None, "client": request.client.host if request.client else None,
