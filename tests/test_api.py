@@ -1334,6 +1334,7 @@ def test_sse_group_members_get_exactly_the_rows_after_their_own_cursor(api):
 
     async def main() -> None:
         broadcaster = Broadcaster(api.database)
+        await broadcaster.live_pool.open(wait=True)
         await broadcaster.pool.open(wait=True)
         hub = Hub(broadcaster, lambda *args, **fields: None)
         try:
@@ -1359,6 +1360,7 @@ def test_sse_group_members_get_exactly_the_rows_after_their_own_cursor(api):
                 assert await given(member) == c
         finally:
             await hub.stop()
+            await broadcaster.live_pool.close()
             await broadcaster.pool.close()
 
     asyncio.run(main())

@@ -11,7 +11,8 @@ tools/bench_ingest.py does) and creates API keys for a few tenants. Then it star
 servers as subprocesses on free ports:
 
 * ours: `python -m stage0.cli serve` (uvicorn, the whole API: auth, rate limits, RLS per
-  request, pydantic models, sse-starlette);
+  request, pydantic models; SSE as stage0/api/stream.py serves it: one RLS read per
+  (principal, filters) group and burst of notifications, fanned out);
 * the floor: a plain Starlette app defined below, served by uvicorn with the same settings:
   `GET /floor/timeline` runs a bare `SELECT ... ORDER BY position DESC LIMIT 50` as the kernel
   role (no auth, no RLS) through a psycopg async pool and returns JSON

@@ -4,9 +4,9 @@ A notification carries (position, tenant_id, visibility): a subscriber is woken 
 the new row could be visible to it (public, or its own tenant). It then reads the rows after
 its cursor through row-level security, as its principal: the database decides what it sees.
 
-The broadcaster also owns what the SSE streams (stage0/api/stream.py) read with: an async
-connection pool of the application role (RLS forced; the identity is set per transaction)
-and the streams' hub, so that both live and die with the server.
+The broadcaster also owns what the SSE streams (stage0/api/stream.py) read with: async
+connection pools of the application role (RLS forced; the identity is set per transaction)
+and the streams' hub, so that they live and die with the server.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..db import Database
 
-STREAM_POOL_SIZE = 4  # SSE reads: the hub's batched reads plus clients catching up
+STREAM_POOL_SIZE = 4  # SSE reads of clients catching up (the live edge has its own)
 
 
 class Subscription:
@@ -47,6 +47,11 @@ class Broadcaster:
         self.by_tenant: dict[str, set[Subscription]] = {}
         self.tip = 0
         self._task: asyncio.Task | None = None
+        # The hub's reads for the live edge have a connection of their own, so they never
+        # wait behind clients catching up from an old position (those share `pool`).
+        self.live_pool = AsyncConnectionPool(database.url("app"), min_size=1, max_size=1,
+                                             open=False, kwargs={"autocommit": True},
+                                             name="logline-stream-live")
         self.pool = AsyncConnectionPool(database.url("app"), min_size=min(2, pool_size),
                                         max_size=pool_size, open=False,
                                         kwargs={"autocommit": True}, name="logline-stream")
@@ -57,6 +62,7 @@ class Broadcaster:
         return {sub for subs in self.by_tenant.values() for sub in subs}
 
     async def start(self) -> None:
+        await self.live_pool.open(wait=True, timeout=30)
         await self.pool.open(wait=True, timeout=30)
         self._task = asyncio.create_task(self._listen())
 
@@ -67,6 +73,7 @@ class Broadcaster:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        await self.live_pool.close()
         await self.pool.close()
 
     def subscribe(self, tenant_id: str,

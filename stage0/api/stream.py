@@ -82,7 +82,7 @@ async def read(broadcaster: Broadcaster, key: Key, after: int) -> tuple[Rows, in
 async def read_many(broadcaster: Broadcaster, reads: list[tuple[Key, int]]) -> list[Rows]:
     """For each (key, after): the rows after `after` that key's principal may see, each in a
     transaction of its own as that principal; all sent as one pipeline (one round trip)."""
-    async with broadcaster.pool.connection() as conn:
+    async with broadcaster.live_pool.connection() as conn:
         cursors = []
         try:
             async with conn.pipeline():
@@ -214,19 +214,20 @@ class Hub:
                 for group in batch:
                     del self.marked[group]
                 try:
-                    results = await read_many(self.broadcaster,
-                                              [(g.key, g.cursor) for g in batch])
+                    self.deliver(batch, await read_many(self.broadcaster,
+                                                        [(g.key, g.cursor) for g in batch]))
                 except Exception as exc:  # these clients end and resume with Last-Event-ID
                     self.log("sse_read_failed", groups=len(batch),
                              error=f"{type(exc).__name__}: {exc}"[:300])
                     for group in batch:
                         group.fail()
-                    continue
-                for group, rows in zip(batch, results, strict=True):
-                    if rows and group.members:
-                        group.fan_out(rows)
-                    if len(rows) == SSE_BATCH:
-                        self.mark(group)  # more waiting
+
+    def deliver(self, batch: list[Group], results: list[Rows]) -> None:
+        for group, rows in zip(batch, results, strict=True):
+            if rows and group.members:
+                group.fan_out(rows)
+            if len(rows) == SSE_BATCH:
+                self.mark(group)  # more waiting
 
     async def stop(self) -> None:
         self.task.cancel()
