@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import rfc8785
 
 from .errors import LoglineError
+
+try:  # the json module's C encoder, built once (json.dumps builds one per call)
+    from json.encoder import c_make_encoder as _c_make_encoder
+except ImportError:  # pragma: no cover - CPython always has it
+    _c_make_encoder = None
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_INT32 = 2**31 - 1
@@ -44,6 +49,7 @@ VISIBILITIES = ("private", "tenant", "public")
 #: Length bounds the ledger's CHECK constraints enforce (NOTIFY envelopes carry these fields).
 LENGTHS = {"entity_type": 100, "owner_id": 200, "tenant_id": 200}
 UNSIGNED = ("curr_hash", "signature")
+_FIELD_SET = frozenset(FIELDS)
 
 
 def _bad(field: str, message: str, code: str = "SPAN_INVALID_FIELD") -> LoglineError:
@@ -88,9 +94,12 @@ def _int(value: Any, field: str, upper: int) -> int:
     return value
 
 
+_LOWER_HEX = re.compile("[0-9a-f]*")
+
+
 def _hex(value: Any, field: str, length: int) -> str:
     text = _text(value, field).lower()
-    if len(text) != length or any(c not in "0123456789abcdef" for c in text):
+    if len(text) != length or not _LOWER_HEX.fullmatch(text):
         raise _bad(field, f"must be {length} hex digits", "SPAN_INVALID_HEX")
     return text
 
@@ -116,6 +125,23 @@ def parse_at(value: Any, field: str = "at") -> datetime:
     return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
 
 
+#: `at` already in its normal form; such a string is its own normal form once it parses.
+_AT_NORMAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
+def _at(value: Any, field: str = "at") -> str:
+    """The normal form of `at`: format_at(parse_at(value)), without the round trip when
+    `value` is already written that way."""
+    if type(value) is str and _AT_NORMAL.fullmatch(value):
+        try:
+            datetime.fromisoformat(value[:-1])
+        except ValueError:
+            pass  # e.g. month 13: parse_at names the problem
+        else:
+            return value
+    return format_at(parse_at(value, field))
+
+
 def format_at(value: datetime) -> str:
     """`YYYY-MM-DDTHH:MM:SS.mmmZ`, exactly like JavaScript's Date.prototype.toISOString()."""
     v = value.astimezone(UTC)
@@ -127,9 +153,93 @@ def now_at() -> str:
     return format_at(datetime.now(UTC))
 
 
+class _Unusual(Exception):
+    """_scan met something it does not decide itself: _check_json decides (and names it)."""
+
+
+def _plain_text(value: str) -> bool:
+    """A str that needs no closer look: no NUL and, if it is not ASCII, no lone surrogate."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _scan(value: Any, depth: int) -> bool:
+    """check_json's fast path for the common case: exact JSON types, everything valid.
+    Returns the same answer as _check_json; raises _Unusual for anything else (an invalid
+    value, a subclass of a JSON type, nesting near the limit), whose verdict and error
+    message are then _check_json's. Builds no error paths while it walks."""
+    t = type(value)
+    if t is dict:
+        if depth >= MAX_JSON_DEPTH:
+            raise _Unusual
+        general = False
+        for key, item in value.items():
+            if type(key) is not str or not _plain_text(key):
+                raise _Unusual
+            if not key.isascii() and max(key) > "\uffff":
+                general = True
+            ti = type(item)
+            if ti is str:
+                if not _plain_text(item):
+                    raise _Unusual
+            elif ti is int:
+                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    raise _Unusual
+            elif item is not None and ti is not bool and _scan(item, depth + 1):
+                general = True
+        return general
+    if t is list:
+        if depth >= MAX_JSON_DEPTH:
+            raise _Unusual
+        general = False
+        for item in value:
+            ti = type(item)
+            if ti is str:
+                if not _plain_text(item):
+                    raise _Unusual
+            elif ti is int:
+                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    raise _Unusual
+            elif item is not None and ti is not bool and _scan(item, depth + 1):
+                general = True
+        return general
+    if t is str:
+        if not _plain_text(value):
+            raise _Unusual
+        return False
+    if t is int:
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise _Unusual
+        return False
+    if value is None or t is bool:
+        return False
+    if t is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Unusual
+        return True
+    raise _Unusual
+
+
 def check_json(value: Any, where: str, depth: int = 0) -> bool:
     """Validate a JSON value in place. True when it needs the general JCS path
     (it holds a float, or a key outside the Basic Multilingual Plane)."""
+    try:
+        if depth < MAX_JSON_DEPTH:
+            return _scan(value, depth)
+    except _Unusual:
+        pass
+    return _check_json(value, where, depth)
+
+
+def _check_json(value: Any, where: str, depth: int = 0) -> bool:
+    """The reference check: the one that decides, and names what and where is wrong."""
     if depth > MAX_JSON_DEPTH:
         raise _bad(where, f"nests deeper than {MAX_JSON_DEPTH} levels", "SPAN_JSON_TOO_DEEP")
     if value is None or isinstance(value, bool):
@@ -149,7 +259,7 @@ def check_json(value: Any, where: str, depth: int = 0) -> bool:
     if isinstance(value, list):
         slow = False
         for i, item in enumerate(value):
-            slow = check_json(item, f"{where}[{i}]", depth + 1) or slow
+            slow = _check_json(item, f"{where}[{i}]", depth + 1) or slow
         return slow
     if isinstance(value, dict):
         slow = False
@@ -158,9 +268,31 @@ def check_json(value: Any, where: str, depth: int = 0) -> bool:
                 raise _bad(where, f"object key {key!r} is not a string")
             _text(key, f"{where}.{key}")
             slow = slow or (not key.isascii() and any(ord(c) > 0xFFFF for c in key))
-            slow = check_json(item, f"{where}.{key}", depth + 1) or slow
+            slow = _check_json(item, f"{where}.{key}", depth + 1) or slow
         return slow
     raise _bad(where, f"{type(value).__name__} is not a JSON value")
+
+
+def _related(value: Any, field: str) -> list[str]:
+    if not isinstance(value, list):
+        raise _bad(field, "must be a list of UUIDs")
+    return [_uuid(v, f"related_to[{i}]") for i, v in enumerate(value)]
+
+
+def _boolean(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(field, f"must be true or false, got {type(value).__name__}")
+    return value
+
+
+#: How normalise() treats each field (JSON fields are handled in its loop).
+_NORMALISERS: dict[str, Callable[[Any, str], Any]] = {
+    **{f: _uuid for f in UUID_FIELDS},
+    **{f: (lambda v, f: _int(v, f, MAX_INT32)) for f in INT_FIELDS},
+    **{f: _text for f in TEXT_FIELDS},
+    **{f: (lambda v, f: _hex(v, f, HEX_FIELDS[f])) for f in HEX_FIELDS},
+    "at": _at, "is_deleted": _boolean, "related_to": _related,
+}
 
 
 def normalise(span: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,41 +301,34 @@ def normalise(span: Mapping[str, Any]) -> dict[str, Any]:
     Raises LoglineError naming the field for anything that cannot be stored and re-hashed
     exactly. Does not fill `at`: a span without a time is incomplete (see ledger.prepare).
     """
+    return normalise_checked(span)[0]
+
+
+def normalise_checked(span: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """normalise(span), and whether its canonical bytes need the general JCS path (what
+    canonical_bytes would otherwise find out by walking the JSON fields again)."""
     if not isinstance(span, Mapping):
         raise LoglineError("SPAN_NOT_OBJECT", f"a span is a JSON object, got {type(span).__name__}")
-    unknown = sorted(set(span) - set(FIELDS))
-    if unknown:
+    if not span.keys() <= _FIELD_SET:
+        unknown = sorted(set(span) - set(FIELDS))
         raise LoglineError("SPAN_UNKNOWN_FIELD", f"unknown field(s): {', '.join(unknown)}",
                            unknown[0])
     out: dict[str, Any] = dict.fromkeys(FIELDS)
     for field in REQUIRED:
         if span.get(field) is None:
             raise _bad(field, "is required", "SPAN_MISSING_FIELD")
+    general = False
     for field, value in span.items():
         if value is None:
             continue
-        if field in UUID_FIELDS:
-            out[field] = _uuid(value, field)
-        elif field in INT_FIELDS:
-            out[field] = _int(value, field, MAX_INT32)
-        elif field in TEXT_FIELDS:
-            out[field] = _text(value, field)
-        elif field in HEX_FIELDS:
-            out[field] = _hex(value, field, HEX_FIELDS[field])
-        elif field in JSON_FIELDS:
-            check_json(value, field)
+        if field in JSON_FIELDS:
+            if check_json(value, field):
+                general = True
             out[field] = value
-        elif field == "at":
-            out[field] = format_at(parse_at(value))
-        elif field == "is_deleted":
-            if not isinstance(value, bool):
-                raise _bad(field, f"must be true or false, got {type(value).__name__}")
-            out[field] = value
-        elif field == "related_to":
-            if not isinstance(value, list):
-                raise _bad(field, "must be a list of UUIDs")
-            out[field] = [_uuid(v, f"related_to[{i}]") for i, v in enumerate(value)]
-    out["seq"] = 0 if out["seq"] is None else out["seq"]
+        else:
+            out[field] = _NORMALISERS[field](value, field)
+    if out["seq"] is None:
+        out["seq"] = 0
     out["visibility"] = out["visibility"] or "private"
     out["is_deleted"] = bool(out["is_deleted"])
     for field, upper in LENGTHS.items():
@@ -215,7 +340,7 @@ def normalise(span: Mapping[str, Any]) -> dict[str, Any]:
     if (out["seq"] == 0) != (out["prev_hash"] is None):
         raise _bad("prev_hash", "seq 0 has no prev_hash; every later seq needs one",
                    "SPAN_PREV_HASH_REQUIRED")
-    return out
+    return out, general
 
 
 def signing_view(span: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,30 +351,108 @@ def signing_view(span: Mapping[str, Any]) -> dict[str, Any]:
 def _general(value: Any) -> bool:
     """True when a (validated) JSON value needs the general JCS path: it holds a float or an
     object key outside the Basic Multilingual Plane. Types only; no validation."""
+    t = type(value)
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                return _general_reference(value)
+            if not k.isascii() and max(k) > "\uffff":
+                return True
+            tv = type(v)
+            if tv is not str and tv is not int and v is not None and tv is not bool \
+                    and _general(v):
+                return True
+        return False
+    if t is list:
+        for v in value:
+            tv = type(v)
+            if tv is not str and tv is not int and v is not None and tv is not bool \
+                    and _general(v):
+                return True
+        return False
+    if t is str or t is int or value is None or t is bool:
+        return False
+    return _general_reference(value)
+
+
+def _general_reference(value: Any) -> bool:
+    """_general by isinstance, for subclasses of the JSON types and anything unusual."""
     if isinstance(value, float):
         return True
     if isinstance(value, list):
-        return any(_general(v) for v in value)
+        return any(_general_reference(v) for v in value)
     if isinstance(value, dict):
-        return any((not k.isascii() and any(ord(c) > 0xFFFF for c in k)) or _general(v)
-                   for k, v in value.items())
+        return any((not k.isascii() and any(ord(c) > 0xFFFF for c in k))
+                   or _general_reference(v) for k, v in value.items())
     return False
 
 
-def canonical_bytes(span: Mapping[str, Any]) -> bytes:
-    """RFC 8785 bytes of a *normalised* span (see `normalise`)."""
+def canonical_bytes(span: Mapping[str, Any], general: bool | None = None) -> bytes:
+    """RFC 8785 bytes of a *normalised* span (see `normalise`). `general` is what
+    normalise_checked returned for this span, if the caller has it (else it is worked out)."""
     view = signing_view(span)
-    slow = any(_general(view[f]) for f in JSON_FIELDS if f in view)
-    data = rfc8785.dumps(view) if slow else _fast_jcs(view)
+    if general is None:
+        general = any(_general(view[f]) for f in JSON_FIELDS if f in view)
+    data = rfc8785.dumps(view) if general else _fast_jcs(view)
     if len(data) > MAX_SPAN_BYTES:
         raise LoglineError("SPAN_TOO_LARGE", f"canonical form is {len(data)} bytes; the limit "
                                              f"is {MAX_SPAN_BYTES}", span.get("id"))
     return data
 
 
+_JCS_ARGS = {"sort_keys": True, "ensure_ascii": False, "separators": (",", ":"),
+             "allow_nan": False}
+_ENCODE = None if _c_make_encoder is None else _c_make_encoder(
+    None, json.JSONEncoder().default, json.encoder.encode_basestring, None, ":", ",",
+    True, False, False)  # markers, default, strings, indent, separators, sort, skip, nan
+
+
 def _fast_jcs(view: Mapping[str, Any]) -> bytes:
     # For values holding no float and no astral-plane key, RFC 8785 coincides with sorted,
     # compact, non-ASCII-escaping JSON: same string escapes, same integer digits, and code
     # point order equals UTF-16 order below U+10000. tests/test_canonical.py proves it.
-    return json.dumps(view, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False).encode("utf-8")
+    # The encoder is json.dumps(view, **_JCS_ARGS)'s own, built once; it skips the check for
+    # circular references, which normalise's depth limit already refuses.
+    if _ENCODE is None:  # pragma: no cover
+        return json.dumps(view, **_JCS_ARGS).encode("utf-8")
+    return "".join(_ENCODE(view, 0)).encode("utf-8")
+
+
+#: The signed fields in JCS order (ASCII names: code point order is byte order).
+_SIGNED_ORDER = tuple(sorted(f for f in FIELDS if f not in UNSIGNED))
+_MEMBER = {f: f'"{f}":' for f in FIELDS}
+_JSON_SET = frozenset(JSON_FIELDS)
+_encode_string = json.encoder.encode_basestring
+
+
+def encode_span(span: Mapping[str, Any], general: bool | None = None
+                ) -> tuple[bytes, dict[str, str] | None]:
+    """canonical_bytes(span), and on the fast path also the JSON text of each non-null JSON
+    field as it appears in those bytes (sorted and compact: what the ledger's jsonb columns
+    can be given as is). The bytes are assembled member by member with the same encoder, so
+    they are exactly _fast_jcs(signing_view(span))."""
+    if general is None:
+        general = any(_general(span.get(f)) for f in JSON_FIELDS)
+    if general or _ENCODE is None or span.keys() != _FIELD_SET:
+        return canonical_bytes(span, general), None
+    members = []
+    texts: dict[str, str] = {}
+    for f in _SIGNED_ORDER:
+        v = span[f]
+        if v is None:
+            continue
+        t = type(v)
+        if f in _JSON_SET:
+            text = texts[f] = "".join(_ENCODE(v, 0))
+        elif t is str:
+            text = _encode_string(v)
+        elif t is int:
+            text = int.__repr__(v)
+        else:
+            text = "".join(_ENCODE(v, 0))
+        members.append(_MEMBER[f] + text)
+    data = ("{" + ",".join(members) + "}").encode("utf-8")
+    if len(data) > MAX_SPAN_BYTES:
+        raise LoglineError("SPAN_TOO_LARGE", f"canonical form is {len(data)} bytes; the limit "
+                                             f"is {MAX_SPAN_BYTES}", span.get("id"))
+    return data, texts

@@ -20,9 +20,17 @@ import psycopg
 from nacl.signing import SigningKey
 from psycopg.types.json import Jsonb
 
-from .canonical import _UUID, FIELDS, JSON_FIELDS, format_at, normalise, now_at
+from .canonical import (
+    _UUID,
+    FIELDS,
+    JSON_FIELDS,
+    format_at,
+    normalise,
+    normalise_checked,
+    now_at,
+)
 from .errors import LoglineError
-from .proofs import check_proofs, seal
+from .proofs import check_proofs, seal_encoded
 from .queries import q
 
 _COPY = f"COPY ledger.universal_registry ({', '.join(FIELDS)}) FROM STDIN"
@@ -56,6 +64,13 @@ def prepare(raw: Mapping[str, Any], heads: dict[str, tuple[int, str]],
             key: SigningKey, trusted: frozenset[str] | None) -> dict[str, Any]:
     """One span ready to insert. `heads` (id -> (seq, curr_hash)) is advanced in place so a
     batch may carry several versions of one id."""
+    return _prepare(raw, heads, key, trusted)[0]
+
+
+def _prepare(raw: Mapping[str, Any], heads: dict[str, tuple[int, str]], key: SigningKey,
+             trusted: frozenset[str] | None) -> tuple[dict[str, Any], list[Any]]:
+    """prepare(), and the span's column values for COPY/INSERT."""
+    texts = None
     if is_signed(raw):
         span = normalise(raw)
         check = check_proofs(span)
@@ -66,14 +81,32 @@ def prepare(raw: Mapping[str, Any], heads: dict[str, tuple[int, str]],
                                "manifest does not trust (`logline keys trust`)", span["id"])
     else:
         draft = dict(raw)
-        draft.setdefault("id", str(uuid.uuid4()))
+        if "id" not in draft:
+            draft["id"] = str(uuid.uuid4())
         draft["at"] = draft.get("at") or now_at()
         span_id = str(draft["id"]).lower()
         if "seq" not in draft and span_id in heads:
             draft["seq"], draft["prev_hash"] = heads[span_id][0] + 1, heads[span_id][1]
-        span = seal(normalise(draft), key)
+        span, general = normalise_checked(draft)
+        texts = seal_encoded(span, key, general)
     heads[span["id"]] = (span["seq"], span["curr_hash"])
-    return span
+    # normalise() builds the span in FIELDS order, so its values are the columns in order.
+    return span, _values(list(span.values()), texts)
+
+
+def _values(row: list[Any], texts: dict[str, str] | None) -> list[Any]:
+    """Column values in FIELDS order -> what COPY/INSERT is given. A JSON column gets the JSON
+    text that was hashed when there is one (sorted, compact; jsonb parses it to the same
+    value, and it saves serialising the value a second time), else the value as Jsonb (a
+    float keeps its own digits that way: 1.0 reads back as 1.0)."""
+    for i, field in _JSON_COLUMNS:
+        value = row[i]
+        if value is not None:
+            row[i] = texts[field] if texts is not None else Jsonb(value)
+    return row
+
+
+_JSON_COLUMNS = tuple((i, f) for i, f in enumerate(FIELDS) if f in JSON_FIELDS)
 
 
 def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
@@ -86,16 +119,14 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
     """
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         # Inside the caller's transaction: the caller owns atomicity (and any retry), and a
-        # savepoint per append would cost two round trips on the hot path.
-        prepared = _prepare_all(conn, spans, key, trusted)
-        insert(conn, prepared)
+        # savepoint per append would cost two round trips on the hot path. Everything is
+        # prepared before anything is sent, so a refused span leaves that transaction usable.
+        prepared, rows = _prepare_all(conn, spans, key, trusted)
+        insert(conn, prepared, rows)
         return prepared
     for attempt in range(MAX_CHAIN_RETRIES):
         try:
-            with conn.transaction():
-                prepared = _prepare_all(conn, spans, key, trusted)
-                insert(conn, prepared)
-            return prepared
+            return _append_once(conn, spans, key, trusted)
         except LoglineError as exc:
             # Only spans we chained ourselves can be re-chained; a caller that pinned seq
             # (or signed the span) asked for exactly that version.
@@ -106,21 +137,73 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
     raise AssertionError("unreachable")
 
 
-def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
-                 trusted: frozenset[str] | None) -> list[dict[str, Any]]:
-    # Only well-formed ids go to the database; a malformed one fails in normalise() below
-    # with SPAN_INVALID_UUID naming the field, not as a database error.
-    ids = [str(s["id"]).lower() for s in spans
-           if isinstance(s.get("id"), str) and _UUID.fullmatch(s["id"])
-           and "seq" not in s and not is_signed(s)]
-    heads = current_heads(conn, ids)
+def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+                 key: SigningKey, trusted: frozenset[str] | None) -> list[dict[str, Any]]:
+    """One attempt of append() when the caller has no transaction open.
+
+    The heads are read on their own (optimistically: the append trigger re-checks each chain
+    under the append lock, and a conflict comes back as LEDGER_SEQ_CONFLICT for a retry), and
+    the spans go in as ONE statement, a COPY or a multi-row INSERT, which is atomic by itself:
+    so it runs in autocommit, without BEGIN and COMMIT round trips (a single span costs two
+    round trips in all)."""
+    autocommit = conn.autocommit
+    try:
+        conn.autocommit = True
+        if len(spans) > SMALL_BATCH and not _row_security(conn):
+            return _stream(conn, spans, key, trusted)
+        if len(spans) <= INSERT_CHUNK:
+            prepared, rows = _prepare_all(conn, spans, key, trusted)
+            _insert_rows(conn, rows)
+            return prepared
+        conn.autocommit = autocommit
+        with conn.transaction():  # more rows than one INSERT takes, under row-level security
+            prepared, rows = _prepare_all(conn, spans, key, trusted)
+            _insert_rows(conn, rows)
+            return prepared
+    except psycopg.Error as exc:
+        raise ledger_error(exc) from None
+    finally:
+        conn.autocommit = autocommit
+
+
+def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+            trusted: frozenset[str] | None) -> list[dict[str, Any]]:
+    """Prepare and COPY span by span: PostgreSQL inserts (and runs the append trigger on)
+    the rows already sent while this process signs the next ones, one core each. A span
+    refused here aborts the COPY, and with it everything sent."""
+    heads = current_heads(conn, _chained_ids(spans))
     out = []
+    with conn.cursor() as cur, cur.copy(_COPY) as copy:
+        for i, raw in enumerate(spans):
+            try:
+                span, row = _prepare(raw, heads, key, trusted)
+            except LoglineError as exc:
+                raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
+            copy.write_row(row)
+            out.append(span)
+    return out
+
+
+def _chained_ids(spans: Sequence[Mapping[str, Any]]) -> list[str]:
+    # Only well-formed ids go to the database; a malformed one fails in normalise() later
+    # with SPAN_INVALID_UUID naming the field, not as a database error.
+    return [str(s["id"]).lower() for s in spans
+            if isinstance(s.get("id"), str) and _UUID.fullmatch(s["id"])
+            and "seq" not in s and not is_signed(s)]
+
+
+def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+                 trusted: frozenset[str] | None) -> tuple[list[dict[str, Any]], list[list]]:
+    heads = current_heads(conn, _chained_ids(spans))
+    out, rows = [], []
     for i, raw in enumerate(spans):
         try:
-            out.append(prepare(raw, heads, key, trusted))
+            span, row = _prepare(raw, heads, key, trusted)
         except LoglineError as exc:
             raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
-    return out
+        out.append(span)
+        rows.append(row)
+    return out, rows
 
 
 def current_heads(conn: psycopg.Connection, ids: Iterable[str]) -> dict[str, tuple[int, str]]:
@@ -135,22 +218,29 @@ def _copy_value(field: str, value: Any) -> Any:
     return Jsonb(value) if field in JSON_FIELDS and value is not None else value
 
 
-def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]]) -> None:
+def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+           rows: Sequence[list[Any]] | None = None) -> None:
     """Insert prepared spans: one multi-row INSERT for small batches (one round trip), COPY
-    for large ones. The triggers check every row either way."""
+    for large ones. The triggers check every row either way. `rows` are the spans' column
+    values when the caller has them (append's _prepare)."""
+    if rows is None:
+        rows = [_values([span[f] for f in FIELDS], None) for span in spans]
     try:
-        if len(spans) <= SMALL_BATCH or _row_security(conn):
-            # PostgreSQL refuses COPY FROM under row-level security: the app role inserts.
-            for start in range(0, len(spans), INSERT_CHUNK):
-                chunk = spans[start:start + INSERT_CHUNK]
-                conn.execute(_insert_sql(len(chunk)),
-                             [_copy_value(f, span[f]) for span in chunk for f in FIELDS])
+        if len(rows) <= SMALL_BATCH or _row_security(conn):
+            _insert_rows(conn, rows)
             return
         with conn.cursor() as cur, cur.copy(_COPY) as copy:
-            for span in spans:
-                copy.write_row([_copy_value(f, span[f]) for f in FIELDS])
+            for row in rows:
+                copy.write_row(row)
     except psycopg.Error as exc:
         raise ledger_error(exc) from None
+
+
+def _insert_rows(conn: psycopg.Connection, rows: Sequence[list[Any]]) -> None:
+    # PostgreSQL refuses COPY FROM under row-level security: the app role inserts.
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start:start + INSERT_CHUNK]
+        conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
 
 
 _RLS: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
