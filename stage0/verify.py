@@ -1,26 +1,34 @@
 """Verify every span in the ledger: hash, signature, key trust, version chain, head projection.
 
-Proof checks (BLAKE3 + Ed25519, CPU bound) run in a process pool over chunks streamed from a
-server-side cursor; chain and trust checks run in order in the parent. Nothing is loaded whole.
+Spans stream from server-side cursors over id ranges, in (id, seq) order, and are checked one
+by one (hash, signature, trust, version chain, position); with several jobs, worker processes
+take whole id ranges on their own connections in the same snapshot. Nothing is loaded whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
 from . import manifest
-from .db import strict_loads
+from .canonical import FIELDS
+from .db import LOSSY, strict_loads
 from .errors import LoglineError
-from .ledger import span_from_row
 from .proofs import check_proofs
 from .queries import q
 
@@ -54,90 +62,192 @@ class Report:
                 "failures": [asdict(f) for f in self.failures]}
 
 
-def _proof_failures(spans: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
-    out = []
-    for i, span in enumerate(spans):
-        check = check_proofs(span)
-        if not check.ok:
-            out.append((i, check.reason or "PROOF_INVALID", check.detail))
-    return out
+class _Walk:
+    """Checks spans streamed in (id, seq) order: each span's hash and signature, its key's
+    trust, its version chain and its position. Collects failures as plain tuples."""
 
+    def __init__(self, trusted: frozenset[str], root: str, high: int) -> None:
+        self.trusted, self.root, self.high = trusted, root, high
+        self.failures: list[tuple[str, int, str, str]] = []
+        self.spans = self.ids = 0
+        self.prev: tuple[str, int, str | None, int] | None = None  # id, seq, hash, position
 
-class _Chain:
-    """Walks spans in (id, seq) order and reports chain and trust breaks."""
+    def fail(self, span: dict[str, Any], reason: str, detail: str) -> None:
+        self.failures.append((span["id"], span["seq"], reason, detail))
 
-    def __init__(self, trusted: frozenset[str], root: str, fail: Callable[..., None]) -> None:
-        self.trusted, self.root, self.fail = trusted, root, fail
-        self.prev: dict[str, Any] | None = None
-        self.ids = 0
-
-    def see(self, span: dict[str, Any], position: int, high: int) -> None:
-        prev = self.prev if self.prev and self.prev["id"] == span["id"] else None
-        self.ids += prev is None
-        if prev is None and span["seq"] != 0:
-            self.fail(span, "CHAIN_BROKEN", f"first stored version is seq {span['seq']}; "
-                      f"seq 0..{span['seq'] - 1} are missing")
-        elif prev is not None and span["seq"] != prev["seq"] + 1:
-            self.fail(span, "CHAIN_BROKEN", f"seq {prev['seq'] + 1}..{span['seq'] - 1} missing")
-        elif prev is not None and span["prev_hash"] != prev["curr_hash"]:
-            self.fail(span, "CHAIN_BROKEN", "prev_hash is not the curr_hash of seq "
-                      f"{prev['seq']}")
-        if prev is not None and position <= prev["_position"]:
+    def see(self, span: dict[str, Any], position: int) -> None:
+        self.spans += 1
+        prev = self.prev if self.prev is not None and self.prev[0] == span["id"] else None
+        seq = span["seq"]
+        if prev is None:
+            self.ids += 1
+            if seq != 0:
+                self.fail(span, "CHAIN_BROKEN", f"first stored version is seq {seq}; "
+                          f"seq 0..{seq - 1} are missing")
+        elif seq != prev[1] + 1:
+            self.fail(span, "CHAIN_BROKEN", f"seq {prev[1] + 1}..{seq - 1} missing")
+        elif span["prev_hash"] != prev[2]:
+            self.fail(span, "CHAIN_BROKEN", f"prev_hash is not the curr_hash of seq {prev[1]}")
+        if prev is not None and position <= prev[3]:
             self.fail(span, "POSITION_INVALID", "position is not after the previous version's")
-        if position > high:
+        if position > self.high:
             self.fail(span, "POSITION_INVALID", "position was never handed out by the ledger")
         if span["public_key"] not in self.trusted:
             self.fail(span, "KEY_UNTRUSTED", f"signed by {span['public_key']}, not a trusted key")
         elif span["entity_type"] == "manifest" and span["public_key"] != self.root:
             self.fail(span, "MANIFEST_UNTRUSTED", "a manifest must be signed by the root key")
-        self.prev = {**span, "_position": position}
+        check = check_proofs(span)
+        if not check.ok:
+            self.fail(span, check.reason or "PROOF_INVALID", check.detail)
+        self.prev = (span["id"], seq, span["curr_hash"], position)
 
 
-def _chunks(conn: psycopg.Connection) -> Iterator[tuple[list[dict], list[int]]]:
-    with conn.cursor(name="verify_stream") as cur:
+#: 16 digits in a row: maybe an integer beyond 2^53 (strings may match too, harmlessly).
+_LONG_DIGITS = re.compile(rb"[0-9]{16}")
+#: strict_loads for text without such integers: its float hook, and the C decoder's own
+#: integers (up to 15 digits, so within 2^53: what strict_loads returns for them too).
+_DECODER = json.JSONDecoder(parse_float=lambda text: _exact_float(text, float(text)))
+
+
+def _exact_float(text: str, value: float) -> float | str:
+    """What strict_loads makes of a float: the value, or LOSSY when the stored digits are
+    not exactly what a writer could have sent."""
+    return value if Decimal(text) == Decimal(repr(value)) else LOSSY + text
+
+
+def _loads(data: bytes) -> Any:
+    """strict_loads, without a Python callback per integer."""
+    if _LONG_DIGITS.search(data):
+        return strict_loads(data)
+    return _DECODER.decode(data.decode())
+
+
+def _walk_range(conn: psycopg.Connection, lo: str, hi: str, walk: _Walk) -> None:
+    """Stream the versions of ids in [lo, hi] into `walk` (rows come back with ids, `at` and
+    related_to already as the text a span holds: PostgreSQL converts them)."""
+    with conn.cursor(name="verify_stream", row_factory=tuple_row) as cur:
         cur.itersize = CHUNK
-        cur.execute(q("stream_all_for_verify"))
-        while rows := cur.fetchmany(CHUNK):
-            yield [span_from_row(r) for r in rows], [r["position"] for r in rows]
+        cur.execute(q("stream_range_for_verify"), {"lo": lo, "hi": hi})
+        see = walk.see
+        for row in cur:
+            see(dict(zip(FIELDS, row, strict=False)), row[-1])  # position comes last
+
+
+def _ranges(parts: int) -> list[tuple[str, str]]:
+    """`parts` contiguous, inclusive ranges of the uuid space (chains never cross them)."""
+    bounds = [n * (2**128) // parts for n in range(parts + 1)]
+    return [(str(uuid.UUID(int=bounds[n])), str(uuid.UUID(int=bounds[n + 1] - 1)))
+            for n in range(parts)]
+
+
+# --- worker processes: each verifies whole id ranges on its own connection, in the parent's
+#     snapshot (pg_export_snapshot), and sends back only counts and failures.
+
+_worker: dict[str, Any] = {}
+
+
+def _worker_start(conninfo: str) -> None:
+    try:
+        conn = psycopg.connect(conninfo, autocommit=False)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        set_json_loads(_loads, conn)
+        _worker["conn"] = conn
+    except psycopg.Error as exc:  # the parent verifies this worker's ranges itself
+        _worker["error"] = str(exc)
+
+
+def _worker_range(snapshot: str, lo: str, hi: str, trusted: frozenset[str], root: str,
+                  high: int) -> tuple[int, int, list[tuple[str, int, str, str]]]:
+    conn = _worker.get("conn")
+    if conn is None:
+        raise RuntimeError(f"verify worker has no connection: {_worker.get('error')}")
+    walk = _Walk(trusted, root, high)
+    with conn.transaction():
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(snapshot))
+        _walk_range(conn, lo, hi, walk)
+    return walk.spans, walk.ids, walk.failures
+
+
+def _conninfo(conn: psycopg.Connection) -> str:
+    password = conn.info.password
+    return make_conninfo(conn.info.dsn, **({"password": password} if password else {}))
 
 
 def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
            progress: Callable[[int], None] | None = None) -> Report:
-    """Check the whole ledger. `conn` must see every row (the kernel role or a superuser)."""
+    """Check the whole ledger. `conn` must see every row (the kernel role or a superuser).
+
+    Everything is read in one REPEATABLE READ snapshot, so appends running meanwhile neither
+    show up halfway nor raise false alarms. With jobs > 1, worker processes verify id ranges
+    on their own connections in that same snapshot while this process walks the ledger-wide
+    chain; chains are per id, so a range holds whole chains."""
     started = time.perf_counter()
     jobs = jobs or os.cpu_count() or 1
-    set_json_loads(strict_loads, conn)  # read numbers exactly as stored, not as Python rounds
     report = Report(jobs=jobs)
-
-    def fail(span: dict[str, Any], reason: str, detail: str) -> None:
-        report.failures.append(Failure(span["id"], span["seq"], reason, detail))
-
+    failures: list[tuple[str, int, str, str]] = []
+    isolation = conn.isolation_level
+    own = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if own:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     try:
-        trusted = manifest.trusted_keys(manifest.latest(conn, root_key), root_key)
-    except LoglineError as exc:
-        report.failures.append(Failure(manifest.MANIFEST_ID, -1, exc.code, exc.message))
-        trusted = frozenset([root_key])
-    high = conn.execute(q("position_high_water")).fetchone()["high"] or 0
-    chain = _Chain(trusted, root_key, fail)
-    with conn.transaction(), _pool(jobs) as pool:
-        pending: list[tuple[list[dict], Future]] = []
-        for spans, positions in _chunks(conn):
-            for span, position in zip(spans, positions, strict=True):
-                chain.see(span, position, high)
-            pending.append((spans, pool.submit(_proof_failures, spans)))
-            report.spans += len(spans)
-            while pending and (pending[0][1].done() or len(pending) > 2 * jobs):
-                _collect(pending.pop(0), fail)
-            if progress:
-                progress(len(spans))
-        for item in pending:
-            _collect(item, fail)
-    report.tip = _check_ledger_chain(conn, report.failures)
-    for row in conn.execute(q("heads_inconsistent")):
-        detail = ("the head projection disagrees with the stored versions"
-                  if row["reason"] == "HEAD_MISMATCH" else "stored versions have no head")
-        report.failures.append(Failure(row["id"], row["seq"], row["reason"], detail))
-    report.ids = chain.ids
+        with conn.transaction():
+            set_json_loads(_loads, conn)  # numbers exactly as stored, not as Python rounds
+            try:
+                trusted = manifest.trusted_keys(manifest.latest(conn, root_key), root_key)
+            except LoglineError as exc:
+                report.failures.append(Failure(manifest.MANIFEST_ID, -1, exc.code,
+                                               exc.message))
+                trusted = frozenset([root_key])
+            high = conn.execute(q("position_high_water")).fetchone()["high"] or 0
+            ranges = _ranges(max(16, 4 * jobs))
+            walk = _Walk(trusted, root_key, high)
+            pending = []
+            pool = None
+            if jobs > 1 and own:
+                snapshot = conn.execute("SELECT pg_export_snapshot() AS s").fetchone()["s"]
+                pool = ProcessPoolExecutor(jobs, initializer=_worker_start,
+                                           initargs=(_conninfo(conn),))
+                pending = [(lo, hi, pool.submit(_worker_range, snapshot, lo, hi, trusted,
+                                                root_key, high)) for lo, hi in ranges]
+                if progress:
+                    for *_, future in pending:
+                        future.add_done_callback(
+                            lambda f: f.exception() is None and progress(f.result()[0]))
+            try:
+                for lo, hi in ranges if pool is None else ():
+                    before = walk.spans
+                    _walk_range(conn, lo, hi, walk)
+                    if progress:
+                        progress(walk.spans - before)
+                # Meanwhile (or then): the ledger-wide chain and the head projection, here.
+                report.tip = _check_ledger_chain(conn, report.failures)
+                for row in conn.execute(q("heads_inconsistent")):
+                    detail = ("the head projection disagrees with the stored versions"
+                              if row["reason"] == "HEAD_MISMATCH"
+                              else "stored versions have no head")
+                    report.failures.append(Failure(row["id"], row["seq"], row["reason"],
+                                                   detail))
+                for lo, hi, future in pending:
+                    try:
+                        spans, ids, found = future.result()
+                    except Exception:  # a worker that could not connect: do its range here
+                        before = walk.spans
+                        _walk_range(conn, lo, hi, walk)
+                        if progress:
+                            progress(walk.spans - before)
+                        continue
+                    walk.spans, walk.ids = walk.spans + spans, walk.ids + ids
+                    failures += found
+            finally:
+                if pool is not None:
+                    pool.shutdown(cancel_futures=True)
+    finally:
+        if own:
+            conn.isolation_level = isolation
+    failures += walk.failures
+    report.failures += [Failure(*f) for f in failures]
+    report.spans, report.ids = walk.spans, walk.ids
     report.failures.sort(key=lambda f: (f.id, f.seq, f.reason))
     report.seconds = time.perf_counter() - started
     return report
@@ -164,20 +274,3 @@ def _check_ledger_chain(conn: psycopg.Connection, failures: list[Failure]) -> di
             prev = row["chain_hash"]
             tip = {"position": row["position"], "chain_hash": prev}
     return tip
-
-
-def _collect(item: tuple[list[dict], Future], fail: Callable[..., None]) -> None:
-    spans, future = item
-    for index, reason, detail in future.result():
-        fail(spans[index], reason, detail)
-
-
-class _Inline(Executor):
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
-        future: Future = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
-
-
-def _pool(jobs: int) -> Executor:
-    return _Inline() if jobs <= 1 else ProcessPoolExecutor(max_workers=jobs)

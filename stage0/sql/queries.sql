@@ -21,8 +21,10 @@ SELECT {columns}, position FROM ledger.universal_registry WHERE id = %(id)s ORDE
 SELECT {columns}, position FROM ledger.latest_spans
 WHERE entity_type = %(entity_type)s ORDER BY position DESC LIMIT 1
 
--- name: stream_all_for_verify
-SELECT {columns}, position FROM ledger.universal_registry ORDER BY id, seq
+-- name: stream_range_for_verify
+-- The versions of the ids in one range, in chain order, as the text a span holds.
+SELECT {text_columns}, position FROM ledger.universal_registry
+WHERE id BETWEEN %(lo)s::uuid AND %(hi)s::uuid ORDER BY id, seq
 
 -- name: heads_summary
 SELECT id::text AS id, seq, curr_hash FROM ledger.span_heads ORDER BY id
