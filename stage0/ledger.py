@@ -3,8 +3,11 @@
 append() normalises, chains (seq and prev_hash from the current head), hashes and signs each
 unsigned span, checks the proofs and trust of spans that arrive signed, and inserts them in one
 transaction. PostgreSQL re-checks the chain (ledger.on_append) so no caller can fork a span.
-Chaining is optimistic: on a concurrent append to the same id the batch is re-chained and
-re-signed, never blocked behind a lock while Python signs.
+Chaining is optimistic: the heads are read without a lock, and on a concurrent append to the
+same id the batch is re-chained and re-signed. A large batch is signed while it is COPYed, so
+PostgreSQL inserts the rows already sent while this process signs the next ones; the append
+lock (taken with the first row) is then held for the batch's signing time as well, which is
+about its insert time, the two running side by side.
 """
 
 from __future__ import annotations

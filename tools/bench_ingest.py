@@ -332,18 +332,6 @@ def _sub(pattern: str, repl: str, flags: int = re.S) -> Callable[[str], str | No
     return edit
 
 
-def _single_head_write(body: str) -> str | None:
-    """A new id gets its head row once, with its final values (no INSERT then UPDATE)."""
-    insert = re.search(r"\n(\s*)INSERT INTO ledger\.span_heads VALUES \((.*?)\);", body, re.S)
-    update = re.search(r"\n(\s*)(UPDATE ledger\.span_heads SET .*?;)", body, re.S)
-    if not insert or not update or ", 0," not in insert.group(2):
-        return None
-    values = insert.group(2).replace(", 0,", ", NEW.position,", 1)
-    body = body.replace(insert.group(0), "")
-    return body.replace(update.group(0), f"\n  IF head.id IS NULL THEN INSERT INTO ledger."
-                        f"span_heads VALUES ({values}); ELSE {update.group(2)} END IF;")
-
-
 def _minimal(body: str) -> str | None:
     """Only what a row needs to be stored: the function-call overhead of the trigger."""
     head, sep, rest = body.partition("AS $function$")
@@ -356,14 +344,9 @@ def _minimal(body: str) -> str | None:
 
 TRIGGER_VARIANTS: dict[str, Callable[[str], str | None]] = {
     "as migrated": lambda body: body,
-    "without pg_notify": _sub(r"\n\s*PERFORM pg_notify\(.*?\)::text\);", ""),
-    "without the ledger-chain lookup (chain_hash not linked)":
-        _sub(r"\n\s*SELECT r\.chain_hash INTO prev_chain.*?LIMIT 1;", ""),
-    "without the advisory lock": _sub(r"\n\s*PERFORM pg_advisory_xact_lock\([^;]*\);", ""),
-    "without FOR UPDATE on the head (the advisory lock serialises anyway)":
-        _sub(r"\s+FOR UPDATE;", ";"),
-    "single head write for a new id (INSERT final values, no UPDATE)": _single_head_write,
-    "without SET search_path on the function": _sub(r"\n SET search_path TO [^\n]*", ""),
+    "without the advisory lock": _sub(r"\n\s*done := pg_advisory_xact_lock\([^;]*;", ""),
+    "without SET search_path on the function (unsafe: costing only)":
+        _sub(r"\n SET search_path TO [^\n]*", ""),
     "empty body (position + chain_hash only): the cost of calling a trigger": _minimal,
 }
 
