@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -149,8 +150,17 @@ def format_at(value: datetime) -> str:
             f".{v.microsecond // 1000:03d}Z")
 
 
+_NOW: tuple[int, str] = (-1, "")
+
+
 def now_at() -> str:
-    return format_at(datetime.now(UTC))
+    """The current time as format_at writes it (made once per millisecond)."""
+    global _NOW
+    ms = time.time_ns() // 1_000_000
+    if ms != _NOW[0]:
+        at = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+        _NOW = (ms, format_at(at))
+    return _NOW[1]
 
 
 class _Unusual(Exception):

@@ -106,10 +106,14 @@ def _values(row: list[Any], texts: dict[str, str] | None) -> list[Any]:
         value = row[i]
         if value is not None:
             row[i] = texts[field] if texts is not None else Jsonb(value)
+    related = row[_RELATED]
+    if type(related) is list and all(type(u) is str and _UUID.fullmatch(u) for u in related):
+        row[_RELATED] = "{" + ",".join(related) + "}"  # uuid[] as its literal: nothing to quote
     return row
 
 
 _JSON_COLUMNS = tuple((i, f) for i, f in enumerate(FIELDS) if f in JSON_FIELDS)
+_RELATED = FIELDS.index("related_to")
 
 
 def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
