@@ -167,10 +167,9 @@ def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
             prepared, rows = _prepare_all(conn, spans, key, trusted)
             _insert_rows(conn, rows)
             return prepared
-    except psycopg.Error as exc:
-        raise ledger_error(exc) from None
     finally:
-        conn.autocommit = autocommit
+        if conn.autocommit != autocommit and not conn.closed:  # a lost connection stays lost
+            conn.autocommit = autocommit
 
 
 def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
@@ -180,14 +179,17 @@ def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: S
     refused here aborts the COPY, and with it everything sent."""
     heads = current_heads(conn, _chained_ids(spans))
     out = []
-    with conn.cursor() as cur, cur.copy(_COPY) as copy:
-        for i, raw in enumerate(spans):
-            try:
-                span, row = _prepare(raw, heads, key, trusted)
-            except LoglineError as exc:
-                raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
-            copy.write_row(row)
-            out.append(span)
+    try:
+        with conn.cursor() as cur, cur.copy(_COPY) as copy:
+            for i, raw in enumerate(spans):
+                try:
+                    span, row = _prepare(raw, heads, key, trusted)
+                except LoglineError as exc:
+                    raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
+                copy.write_row(row)
+                out.append(span)
+    except psycopg.Error as exc:
+        raise ledger_error(exc) from None
     return out
 
 
@@ -245,9 +247,12 @@ def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
 
 def _insert_rows(conn: psycopg.Connection, rows: Sequence[list[Any]]) -> None:
     # PostgreSQL refuses COPY FROM under row-level security: the app role inserts.
-    for start in range(0, len(rows), INSERT_CHUNK):
-        chunk = rows[start:start + INSERT_CHUNK]
-        conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
+    try:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start:start + INSERT_CHUNK]
+            conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
+    except psycopg.Error as exc:
+        raise ledger_error(exc) from None
 
 
 _RLS: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
