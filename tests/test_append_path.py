@@ -1,0 +1,83 @@
+"""Regressions of the append path (schema/0004) and of verify found while making them faster:
+each of these once left an honest ledger failing `verify`, or crashed it.
+
+- An append from a REPEATABLE READ transaction whose snapshot predates another append's
+  commit chained itself to a stale ledger tip (a fork). Now it is refused (serialization
+  failure, retried by the caller) and the ledger stays whole.
+- INSERT ... ON CONFLICT DO NOTHING of a row the idempotency index skips still wrote that
+  row's head (a head with no row: HEAD_MISMATCH for everyone, caused by any API writer).
+- verify crashed on an `at` PostgreSQL can store but Python cannot read (infinity).
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from stage0 import ledger, verify
+from stage0.errors import LoglineError
+
+
+def note(**fields):
+    return {"entity_type": "note", "who": "t", "this": "x", "owner_id": "t",
+            "tenant_id": "acme", "visibility": "tenant", **fields}
+
+
+def assert_verifies(conn, home) -> None:
+    report = verify.verify(conn, home.root_public_key(), jobs=1)
+    assert report.ok, [(f.id, f.seq, f.reason, f.detail) for f in report.failures[:5]]
+
+
+def test_an_append_from_a_stale_repeatable_read_snapshot_is_refused_not_forked(
+        seeded, operator, home):
+    with seeded.connect("kernel") as other, seeded.connect("kernel", autocommit=False) as rr:
+        rr.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        rr.execute("SELECT count(*) FROM ledger.universal_registry").fetchone()  # the snapshot
+        ledger.append(other, [note()], operator)  # commits after rr's snapshot
+        with pytest.raises(LoglineError) as refused:
+            ledger.append(rr, [note()], operator)
+        assert "could not serialize" in refused.value.message
+        rr.rollback()
+        # Retried in a fresh transaction, it chains to the real tip.
+        ledger.append(rr, [note()], operator)
+        rr.commit()
+        assert_verifies(other, home)
+
+
+def test_a_row_skipped_by_on_conflict_leaves_no_head_and_no_notification(seeded, operator,
+                                                                         home):
+    """As the API's role: two requests with one idempotency key; the second is skipped."""
+    spans = [ledger.prepare(note(entity_type="request", status="scheduled",
+                                 metadata={"idempotency_key": "k1"}), {}, operator, None)
+             for _ in range(2)]
+    columns = ", ".join(f'"{f}"' for f in ledger.FIELDS)
+    with seeded.connect("app") as app, seeded.connect("kernel") as kernel:
+        kernel.execute("LISTEN timeline_updates")
+        for span in spans:
+            with app.transaction():
+                app.execute("SELECT set_config('app.user_id', 't', true), "
+                            "set_config('app.tenant_id', 'acme', true)")
+                values = [psycopg.types.json.Jsonb(span[f]) if f in ledger.JSON_FIELDS
+                          and span[f] is not None else span[f] for f in ledger.FIELDS]
+                app.execute(f"INSERT INTO ledger.universal_registry ({columns}) VALUES "
+                            f"({', '.join(['%s'] * len(values))}) ON CONFLICT DO NOTHING",
+                            values)
+        heads = kernel.execute("SELECT id::text AS id FROM ledger.span_heads WHERE id = "
+                               "ANY(%s::uuid[])", ([s["id"] for s in spans],)).fetchall()
+        assert [h["id"] for h in heads] == [spans[0]["id"]]
+        notified = [n.payload for n in kernel.notifies(timeout=0.5, stop_after=5)]
+        assert len(notified) == 1 and spans[0]["id"] in notified[0]
+        assert_verifies(kernel, home)
+
+
+def test_verify_names_an_at_python_cannot_read_instead_of_crashing(seeded, operator):
+    with seeded.connect("kernel") as conn:
+        [span] = ledger.append(conn, [note()], operator)
+    with seeded.connect("admin") as admin:
+        admin.execute("SET session_replication_role = replica")
+        admin.execute("UPDATE ledger.universal_registry SET at = 'infinity' WHERE id = %s",
+                      (span["id"],))
+    with seeded.connect("kernel") as conn:
+        report = verify.verify(conn, operator.verify_key.encode().hex(), jobs=1)
+    assert (span["id"], "HASH_MISMATCH") in {(f.id, f.reason) for f in report.failures}
+
