@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -180,6 +180,22 @@ def _plain_text(value: str) -> bool:
     return True
 
 
+def _scan_items(items: Iterable[Any], depth: int) -> bool:
+    """_scan of a container's members, with the scalars checked inline (the common case)."""
+    general = False
+    for item in items:
+        ti = type(item)
+        if ti is str:
+            if not _plain_text(item):
+                raise _Unusual
+        elif ti is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise _Unusual
+        elif item is not None and ti is not bool and _scan(item, depth + 1):
+            general = True
+    return general
+
+
 def _scan(value: Any, depth: int) -> bool:
     """check_json's fast path for the common case: exact JSON types, everything valid.
     Returns the same answer as _check_json; raises _Unusual for anything else (an invalid
@@ -190,36 +206,16 @@ def _scan(value: Any, depth: int) -> bool:
         if depth >= MAX_JSON_DEPTH:
             raise _Unusual
         general = False
-        for key, item in value.items():
+        for key in value:
             if type(key) is not str or not _plain_text(key):
                 raise _Unusual
             if not key.isascii() and max(key) > "\uffff":
                 general = True
-            ti = type(item)
-            if ti is str:
-                if not _plain_text(item):
-                    raise _Unusual
-            elif ti is int:
-                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                    raise _Unusual
-            elif item is not None and ti is not bool and _scan(item, depth + 1):
-                general = True
-        return general
+        return _scan_items(value.values(), depth) or general
     if t is list:
         if depth >= MAX_JSON_DEPTH:
             raise _Unusual
-        general = False
-        for item in value:
-            ti = type(item)
-            if ti is str:
-                if not _plain_text(item):
-                    raise _Unusual
-            elif ti is int:
-                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                    raise _Unusual
-            elif item is not None and ti is not bool and _scan(item, depth + 1):
-                general = True
-        return general
+        return _scan_items(value, depth)
     if t is str:
         if not _plain_text(value):
             raise _Unusual

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -181,16 +181,23 @@ def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: S
     out = []
     try:
         with conn.cursor() as cur, cur.copy(_COPY) as copy:
-            for i, raw in enumerate(spans):
-                try:
-                    span, row = _prepare(raw, heads, key, trusted)
-                except LoglineError as exc:
-                    raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
+            for span, row in _each_prepared(spans, heads, key, trusted):
                 copy.write_row(row)
                 out.append(span)
     except psycopg.Error as exc:
         raise ledger_error(exc) from None
     return out
+
+
+def _each_prepared(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int, str]],
+                   key: SigningKey, trusted: frozenset[str] | None
+                   ) -> Iterator[tuple[dict[str, Any], list]]:
+    """(span, COPY row) for each draft, in order; a refusal names the span's index."""
+    for i, raw in enumerate(spans):
+        try:
+            yield _prepare(raw, heads, key, trusted)
+        except LoglineError as exc:
+            raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
 
 
 def _chained_ids(spans: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -205,11 +212,7 @@ def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], k
                  trusted: frozenset[str] | None) -> tuple[list[dict[str, Any]], list[list]]:
     heads = current_heads(conn, _chained_ids(spans))
     out, rows = [], []
-    for i, raw in enumerate(spans):
-        try:
-            span, row = _prepare(raw, heads, key, trusted)
-        except LoglineError as exc:
-            raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
+    for span, row in _each_prepared(spans, heads, key, trusted):
         out.append(span)
         rows.append(row)
     return out, rows
