@@ -75,7 +75,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tools"))
 
 import psycopg  # noqa: E402
-from bench_ingest import met, release, table  # noqa: E402
+from bench_ingest import met, release, run_bench, table  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from stage0 import apikeys, db, keys, ledger, migrate, seed  # noqa: E402
@@ -1210,23 +1210,7 @@ def main(argv: list[str] | None = None) -> int:
     args.requests = args.requests or (300 if quick else 1_000)
     args.load_seconds = args.load_seconds or (3.0 if quick else 8.0)
 
-    bench = Bench(args)
-    started = time.perf_counter()
-    try:
-        bench.setup()
-        bench.run_all()
-    finally:
-        bench.teardown()
-    results = bench.results
-    results["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
-    results["meta"]["load_avg_at_end"] = os.getloadavg()
-    report(results, args)
-    console.print(f"total {results['meta']['total_seconds']:.0f} s, load average at end "
-                  f"{results['meta']['load_avg_at_end'][0]:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        console.print(f"wrote {args.json}")
-    return 0
+    return run_bench(Bench(args), args, lambda results: report(results, args))
 
 
 if __name__ == "__main__":

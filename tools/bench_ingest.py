@@ -997,16 +997,22 @@ def main(argv: list[str] | None = None) -> int:
     args.preload = args.preload if args.preload is not None else (100_000 if quick else 1_000_000)
     args.primitive_spans = args.primitive_spans or (5_000 if quick else 10_000)
 
-    bench = Bench(args)
+    return run_bench(Bench(args), args, report)
+
+
+def run_bench(bench: Any, args: argparse.Namespace, report: Callable[[dict[str, Any]], None],
+              setup: Callable[[], None] | None = None, **meta: Any) -> int:
+    """The three benchmarks' common end: set up, run every phase, tear down whatever
+    happened; then the report, the total time and load average, and --json."""
     started = time.perf_counter()
     try:
-        bench.setup()
+        (setup or bench.setup)()
         bench.run_all()
     finally:
         bench.teardown()
     results = bench.results
-    results["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
-    results["meta"]["load_avg_at_end"] = os.getloadavg()
+    results["meta"].update(total_seconds=round(time.perf_counter() - started, 1),
+                           load_avg_at_end=os.getloadavg(), **meta)
     report(results)
     console.print(f"total {results['meta']['total_seconds']:.0f} s, load average at end "
                   f"{results['meta']['load_avg_at_end'][0]:.1f}")

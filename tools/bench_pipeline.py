@@ -66,7 +66,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tools"))  # also when run through `logline bench`
 
 import psycopg  # noqa: E402
-from bench_ingest import met, release, table  # noqa: E402
+from bench_ingest import met, release, run_bench, table  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from rich.console import Console  # noqa: E402
 
@@ -1210,23 +1210,9 @@ def main(argv: list[str] | None = None) -> int:
     args.latency_n = args.latency_n or (50 if args.quick else 200)
 
     bench = Bench(args)
-    started = time.perf_counter()
-    try:
-        bench.step("setup (server, two databases, migrate, seed)", bench.setup)
-        bench.run_all()
-    finally:
-        bench.teardown()
-    results = bench.results
-    results["meta"].update(total_seconds=round(time.perf_counter() - started, 1),
-                           load_avg_at_end=os.getloadavg(), n=args.n,
-                           deadline=args.deadline)
-    report(results)
-    console.print(f"total {results['meta']['total_seconds']:.0f} s, load average at end "
-                  f"{results['meta']['load_avg_at_end'][0]:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        console.print(f"wrote {args.json}")
-    return 0
+    return run_bench(bench, args, report, n=args.n, deadline=args.deadline,
+                     setup=lambda: bench.step("setup (server, two databases, migrate, seed)",
+                                              bench.setup))
 
 
 if __name__ == "__main__":
