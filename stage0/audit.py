@@ -29,8 +29,6 @@ COLUMNS = ("position", "id", "seq", "at", "entity_type", "who", "did", "this", "
            "owner_id", "tenant_id", "trace_id", "parent_id", "curr_hash", "signature",
            "public_key")
 JSON_COLUMNS = ("input", "output", "content")
-GOVERNANCE_TYPES = ("gate_decision", "proposal", "approval_request", "approval", "job",
-                    "job_claim", "job_result", "contract_activation", "audit_denial")
 TRAIL = (
     f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
     "WHERE (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "

@@ -41,16 +41,9 @@ def cmd_contract(args: argparse.Namespace) -> int:
     key = keys.operator_key(home)
     with db.resolve(home).connect("kernel") as conn:
         if args.contract_command == "list":
-            active = {s["id"] for _, s in governance.active_contracts(conn, _root(home),
-                                                                      args.tenant)}
-            for r in conn.execute("SELECT id::text AS id, tenant_id, content FROM "
-                                  "ledger.latest_spans WHERE entity_type = 'contract' AND "
-                                  "tenant_id IN ('system', %s) ORDER BY position",
-                                  (args.tenant,)):
-                c = r["content"]
-                mark = "active" if r["id"] in active else "      "
-                out(f"{mark}  {c['name']}@{c['version']:<10} {r['tenant_id']:<10} "
-                    f"{', '.join(c['actions'])}")
+            for c in governance.contracts(conn, _root(home), args.tenant):
+                mark = "active" if c["active"] else "      "
+                out(f"{mark}  {c['ref']:<24} {c['tenant_id']:<10} {', '.join(c['actions'])}")
         elif args.contract_command == "publish":
             contract = load_contract_file(Path(args.file))
             span = governance.publish(conn, key, _operator(args.tenant), contract)

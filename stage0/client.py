@@ -28,12 +28,7 @@ class Client:
     def post(self, path: str, body: Any) -> Any:
         return self._send("POST", path, json.dumps(body).encode())
 
-    def text(self, path: str, **query: Any) -> str:
-        params = {k: v for k, v in query.items() if v is not None}
-        suffix = "?" + urllib.parse.urlencode(params) if params else ""
-        return self._send("GET", path + suffix, None, raw=True)
-
-    def _send(self, method: str, path: str, data: bytes | None, raw: bool = False) -> Any:
+    def _send(self, method: str, path: str, data: bytes | None) -> Any:
         request = urllib.request.Request(
             self.url.rstrip("/") + path, data=data, method=method,
             headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json",
@@ -46,7 +41,7 @@ class Client:
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise LoglineError("API_UNREACHABLE", f"{self.url}: {reason}") from None
-        return body.decode() if raw else json.loads(body or b"null")
+        return json.loads(body or b"null")
 
 
 def _refusal(exc: urllib.error.HTTPError) -> LoglineError:

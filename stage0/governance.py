@@ -38,7 +38,6 @@ from .queries import SPAN_COLUMNS
 PLATFORM = ("api", "1.0.0")
 #: Roles every caller has: `anyone`, and `member` for a caller with a valid key.
 IMPLICIT_ROLES = ("anyone", "member")
-JOB_KINDS = ("plan", "execute")
 #: Kinds only the platform appends (POST /api/spans refuses them): a client that could
 #: append an api_key could mint itself roles, and one that could append an approval or a
 #: job could have an agent act without an approval.
@@ -155,6 +154,21 @@ def active_contracts(conn: psycopg.Connection, root: str,
         if found:
             out.append(found)
     return out
+
+
+CONTRACTS = (
+    "SELECT id::text AS id, tenant_id, content FROM ledger.latest_spans "
+    "WHERE entity_type = 'contract' AND tenant_id IN ('system', %s) ORDER BY position"
+)
+
+
+def contracts(conn: psycopg.Connection, root: str, tenant_id: str) -> list[dict[str, Any]]:
+    """The contracts a tenant can use (the system's and its own), marked active or not."""
+    active = {s["id"] for _, s in active_contracts(conn, root, tenant_id)}
+    return [{"id": r["id"], "ref": f"{r['content']['name']}@{r['content']['version']}",
+             "tenant_id": r["tenant_id"], "active": r["id"] in active,
+             "actions": r["content"]["actions"]}
+            for r in conn.execute(CONTRACTS, (tenant_id,))]
 
 
 def resolve(action: str, contracts: list[tuple[Contract, dict[str, Any]]]

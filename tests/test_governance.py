@@ -566,6 +566,27 @@ def test_proposal_show_prints_a_requests_results(api, tenants, story):
     assert "done     trash   photos/b.jpg -> .logline-trash/" in proc.stdout
 
 
+def test_contracts_a_tenant_can_use_are_listed_with_the_active_ones_marked(api, tenants):
+    """Over the API (as the tenant, under RLS) and in the operator's CLI: the system's
+    contracts and the tenant's own, never another tenant's."""
+    a, b = tenants
+    listed = {c["ref"]: c for c in http(api, b.viewer).get("/api/contracts").json()["items"]}
+    assert listed["personal_ops@1.0.0"]["active"] and listed["api@1.0.0"]["tenant_id"] == \
+        "system"
+    assert listed["versioned_ops@1.0.0"]["tenant_id"] == "globex"
+    assert not listed["versioned_ops@1.0.0"]["active"]  # 2.0.0 replaced it
+    assert listed["versioned_ops@2.0.0"]["active"]
+    seen_by_a = {c["ref"] for c in http(api, a.viewer).get("/api/contracts").json()["items"]}
+    assert "personal_ops@1.0.0" in seen_by_a and not any("_ops@" in r and
+                                                         not r.startswith("personal_ops")
+                                                         for r in seen_by_a)
+    lines = api.cli("contract", "list", "--tenant", "globex").stdout.splitlines()
+    assert any(line.startswith("active  versioned_ops@2.0.0") for line in lines), lines
+    assert any(line.startswith("        versioned_ops@1.0.0") for line in lines), lines
+    assert not any("versioned_ops" in line for line in
+                   api.cli("contract", "list", "--tenant", "acme").stdout.splitlines())
+
+
 # --- crashes and lost acknowledgements ----------------------------------------------------
 def queue_list_job(api: Api, tenant: Tenant) -> dict:
     answer = http(api, tenant.requester).post("/api/proposals", json={

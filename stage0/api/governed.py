@@ -154,25 +154,12 @@ def _refused(outcome: governance.Outcome) -> ApiError:
 
 
 # --- contracts ----------------------------------------------------------------------------
-CONTRACTS = (
-    "SELECT id::text AS id, tenant_id, content FROM ledger.latest_spans "
-    "WHERE entity_type = 'contract' ORDER BY position"
-)
-
-
 async def list_contracts(call: Call) -> ContractList:
     p = call.principal
     assert p is not None
 
-    def run(conn: psycopg.Connection) -> ContractList:
-        active = {c[1]["id"] for c in governance.active_contracts(conn, call.state.root,
-                                                                   p.tenant_id)}
-        return ContractList(items=[ContractItem(
-            id=r["id"], ref=f"{r['content']['name']}@{r['content']['version']}",
-            tenant_id=r["tenant_id"], active=r["id"] in active,
-            actions=r["content"]["actions"]) for r in conn.execute(CONTRACTS)])
-
-    return await call.db(run)
+    items = await call.db(governance.contracts, call.state.root, p.tenant_id)
+    return ContractList(items=[ContractItem(**c) for c in items])
 
 
 async def publish_contract(call: Call) -> ContractItem:
