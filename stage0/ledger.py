@@ -4,10 +4,12 @@ append() normalises, chains (seq and prev_hash from the current head), hashes an
 unsigned span, checks the proofs and trust of spans that arrive signed, and inserts them in one
 transaction. PostgreSQL re-checks the chain (ledger.on_append) so no caller can fork a span.
 Chaining is optimistic: the heads are read without a lock, and on a concurrent append to the
-same id the batch is re-chained and re-signed. A large batch is signed while it is COPYed, so
-PostgreSQL inserts the rows already sent while this process signs the next ones; the append
-lock (taken with the first row) is then held for the batch's signing time as well, which is
-about its insert time, the two running side by side.
+same id the batch is re-chained and re-signed. A small batch is first sent as if its ids were
+new, in an INSERT that stores nothing and returns the heads if one exists (one round trip for
+new ids, the common case; two, as before, for a next version). A large batch is signed while
+it is COPYed, so PostgreSQL inserts the rows already sent while this process signs the next
+ones; the append lock (taken with the first row) is then held for the batch's signing time as
+well, which is about its insert time, the two running side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import psycopg
 from nacl.signing import SigningKey
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from .canonical import (
@@ -128,6 +131,8 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
         # Inside the caller's transaction: the caller owns atomicity (and any retry), and a
         # savepoint per append would cost two round trips on the hot path. Everything is
         # prepared before anything is sent, so a refused span leaves that transaction usable.
+        if _small(conn, spans):
+            return _append_small(conn, spans, key, trusted)
         prepared, rows = _prepare_all(conn, spans, key, trusted)
         insert(conn, prepared, rows)
         return prepared
@@ -148,20 +153,17 @@ def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
                  key: SigningKey, trusted: frozenset[str] | None) -> list[dict[str, Any]]:
     """One attempt of append() when the caller has no transaction open.
 
-    The heads are read on their own (optimistically: the append trigger re-checks each chain
-    under the append lock, and a conflict comes back as LEDGER_SEQ_CONFLICT for a retry), and
-    the spans go in as ONE statement, a COPY or a multi-row INSERT, which is atomic by itself:
-    so it runs in autocommit, without BEGIN and COMMIT round trips (a single span costs two
-    round trips in all)."""
+    The spans go in as ONE statement, a COPY or a multi-row INSERT, which is atomic by itself:
+    so it runs in autocommit, without BEGIN and COMMIT round trips. Chaining is optimistic
+    (the append trigger re-checks each chain under the append lock, and a conflict comes back
+    as LEDGER_SEQ_CONFLICT for a retry); a small batch of new ids costs one round trip."""
     autocommit = conn.autocommit
     try:
         conn.autocommit = True
-        if len(spans) > SMALL_BATCH and not _row_security(conn):
+        if _small(conn, spans):
+            return _append_small(conn, spans, key, trusted)
+        if not _row_security(conn):
             return _stream(conn, spans, key, trusted)
-        if len(spans) <= INSERT_CHUNK:
-            prepared, rows = _prepare_all(conn, spans, key, trusted)
-            _insert_rows(conn, rows)
-            return prepared
         conn.autocommit = autocommit
         with conn.transaction():  # more rows than one INSERT takes, under row-level security
             prepared, rows = _prepare_all(conn, spans, key, trusted)
@@ -170,6 +172,30 @@ def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
     finally:
         if conn.autocommit != autocommit and not conn.closed:  # a lost connection stays lost
             conn.autocommit = autocommit
+
+
+def _small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the spans go in as one INSERT: a small batch, or under row-level security
+    (where PostgreSQL refuses COPY) as many as one INSERT takes."""
+    return len(spans) <= SMALL_BATCH or (len(spans) <= INSERT_CHUNK and _row_security(conn))
+
+
+def _append_small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+                  key: SigningKey, trusted: frozenset[str] | None) -> list[dict[str, Any]]:
+    """Up to INSERT_CHUNK spans in one INSERT, prepared as if every id they chain were new.
+    The statement inserts them only if none of those ids has a head, and returns the heads it
+    found otherwise (inserting nothing): then the spans are chained to those heads, signed
+    again and inserted. New ids, the common case, cost one round trip instead of two (heads
+    query, INSERT); the next version of an existing id costs what it did, plus a signature."""
+    ids = sorted(set(_chained_ids(spans)))
+    prepared, rows = _prepare_rows(spans, {}, key, trusted)
+    if ids:
+        found = _insert_if_new(conn, ids, rows)
+        if not found:
+            return prepared
+        prepared, rows = _prepare_rows(spans, found, key, trusted)
+    _insert_rows(conn, rows)
+    return prepared
 
 
 def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
@@ -210,7 +236,12 @@ def _chained_ids(spans: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
                  trusted: frozenset[str] | None) -> tuple[list[dict[str, Any]], list[list]]:
-    heads = current_heads(conn, _chained_ids(spans))
+    return _prepare_rows(spans, current_heads(conn, _chained_ids(spans)), key, trusted)
+
+
+def _prepare_rows(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int, str]],
+                  key: SigningKey, trusted: frozenset[str] | None
+                  ) -> tuple[list[dict[str, Any]], list[list]]:
     out, rows = [], []
     for span, row in _each_prepared(spans, heads, key, trusted):
         out.append(span)
@@ -258,6 +289,19 @@ def _insert_rows(conn: psycopg.Connection, rows: Sequence[list[Any]]) -> None:
         raise ledger_error(exc) from None
 
 
+def _insert_if_new(conn: psycopg.Connection, ids: list[str], rows: Sequence[list[Any]]
+                   ) -> dict[str, tuple[int, str]]:
+    """INSERT `rows` (at most INSERT_CHUNK) only if none of `ids` has a head; return the heads
+    found (then nothing was inserted). One statement: atomic, and no error when ids exist."""
+    try:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            found = cur.execute(_insert_if_new_sql(len(rows)),
+                                [ids, *(v for row in rows for v in row)]).fetchall()
+    except psycopg.Error as exc:
+        raise ledger_error(exc) from None
+    return {span_id: (seq, curr_hash) for span_id, seq, curr_hash in found}
+
+
 _RLS: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
 
 
@@ -269,10 +313,28 @@ def _row_security(conn: psycopg.Connection) -> bool:
 
 
 @cache
-def _insert_sql(rows: int) -> str:
+def _values_sql(rows: int) -> str:
     casts = ", ".join(f"%s::{_TYPES.get(f, 'text')}" for f in FIELDS)
-    values = ", ".join(f"({casts})" for _ in range(rows))
-    return f"INSERT INTO ledger.universal_registry ({', '.join(FIELDS)}) VALUES {values}"
+    return "VALUES " + ", ".join(f"({casts})" for _ in range(rows))
+
+
+_TABLE = f"ledger.universal_registry ({', '.join(FIELDS)})"
+
+
+@cache
+def _insert_sql(rows: int) -> str:
+    return f"INSERT INTO {_TABLE} {_values_sql(rows)}"
+
+
+@cache
+def _insert_if_new_sql(rows: int) -> str:
+    # `known` is read once (a CTE referenced twice is materialised); under row-level security
+    # it holds the heads the caller may read, as current_heads() does.
+    return (f"WITH known AS (SELECT id::text, seq, curr_hash FROM ledger.span_heads "
+            f"WHERE id = ANY(%s::uuid[])), "
+            f"stored AS (INSERT INTO {_TABLE} SELECT * FROM ({_values_sql(rows)}) AS v "
+            f"WHERE NOT EXISTS (SELECT FROM known)) "
+            f"SELECT id, seq, curr_hash FROM known")
 
 
 def ledger_error(exc: psycopg.Error) -> LoglineError:

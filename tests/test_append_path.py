@@ -81,3 +81,52 @@ def test_verify_names_an_at_python_cannot_read_instead_of_crashing(seeded, opera
         report = verify.verify(conn, operator.verify_key.encode().hex(), jobs=1)
     assert (span["id"], "HASH_MISMATCH") in {(f.id, f.reason) for f in report.failures}
 
+
+
+# --- one statement for new ids (ledger._append_small) -------------------------------------------
+
+def test_a_small_batch_mixing_new_and_existing_ids_is_chained_and_stored_whole(
+        seeded, operator, home):
+    """The batch goes first as if every id were new; the statement finds A's head and
+    inserts nothing, and the batch is then chained to it: A gets seq 1, B seq 0, nothing
+    twice (a half-inserted first attempt would make the second fail on B)."""
+    a = "6a2b5c1e-0000-4000-8000-00000000000a"
+    b = "6a2b5c1e-0000-4000-8000-00000000000b"
+    with seeded.connect("kernel") as conn:
+        first = ledger.append(conn, [note(id=a)], operator)[0]
+        stored = ledger.append(conn, [note(id=a, status="second"), note(id=b)], operator)
+        assert [(s["id"], s["seq"]) for s in stored] == [(a, 1), (b, 0)]
+        assert stored[0]["prev_hash"] == first["curr_hash"]
+        assert [v["seq"] for v in ledger.versions(conn, a)] == [0, 1]
+        assert [v["seq"] for v in ledger.versions(conn, b)] == [0]
+        assert ledger.head(conn, a)["status"] == "second"
+        assert_verifies(conn, home)
+
+
+def test_the_app_role_appends_new_and_next_versions_in_one_call_under_rls(seeded, operator):
+    """Under row-level security the statement sees only the heads the caller may read,
+    like the heads query it replaces: the caller's own span is found and chained."""
+    a = "6a2b5c1e-0000-4000-8000-0000000000a1"
+    with seeded.connect("app") as app:
+        for status in ("one", "two", "three"):
+            with app.transaction():
+                app.execute("SELECT set_config('app.user_id', 't', true), "
+                            "set_config('app.tenant_id', 'acme', true)")
+                ledger.append(app, [note(id=a, status=status)], operator)
+        with app.transaction():
+            app.execute("SELECT set_config('app.user_id', 't', true), "
+                        "set_config('app.tenant_id', 'acme', true)")
+            assert [(v["seq"], v["status"]) for v in ledger.versions(app, a)] == [
+                (0, "one"), (1, "two"), (2, "three")]
+
+
+def test_a_refused_span_in_a_small_batch_stores_nothing(seeded, operator):
+    a = "6a2b5c1e-0000-4000-8000-0000000000c1"
+    with seeded.connect("kernel") as conn:
+        ledger.append(conn, [note(id=a)], operator)
+        with pytest.raises(LoglineError) as refused:  # another tenant: ownership is fixed
+            ledger.append(conn, [note(this="lost"), note(id=a, tenant_id="other")], operator)
+        assert refused.value.code == "LEDGER_OWNERSHIP_CHANGE"
+        assert [v["seq"] for v in ledger.versions(conn, a)] == [0]
+        assert conn.execute("SELECT count(*) AS n FROM ledger.universal_registry "
+                            "WHERE this = 'lost'").fetchone()["n"] == 0
