@@ -352,9 +352,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
-    from .config import PROJECT_ROOT
+    from .config import PROJECT_ROOT, from_checkout
 
     script = PROJECT_ROOT / "tools" / f"bench_{args.what}.py"
+    if not from_checkout() or not script.is_file():
+        raise LoglineError("BENCH_NEEDS_CHECKOUT", f"the benchmarks live in tools/ of a LogLine "
+                           f"checkout; {script} is not there (clone the repository and run "
+                           "`pip install -e .` in it)")
     sys.argv = [str(script), *args.rest]
     runpy.run_path(str(script), run_name="__main__")
     return 0

@@ -14,8 +14,22 @@ from pathlib import Path
 
 from .errors import LoglineError
 
-#: The repository root (schema/ and ROW/ live there; the package is installed editable).
+#: The repository root, when the package runs from a checkout (editable install or
+#: PYTHONPATH): schema/, ROW/, kernels/ and tools/ live there.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Where a built package (a wheel: `pip install .`) carries copies of schema/ and ROW/
+#: (setup.py puts them there; a checkout has none).
+BUNDLED = Path(__file__).resolve().parent / "_bundled"
+
+
+def from_checkout() -> bool:
+    """True when this package runs from a LogLine checkout rather than an installed copy."""
+    return (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "schema").is_dir()
+
+
+def data_dir(name: str) -> Path:
+    """schema/ or ROW/: the checkout's own (so edits show at once), else the installed copy."""
+    return PROJECT_ROOT / name if from_checkout() else BUNDLED / name
 
 
 @dataclass(frozen=True)
@@ -66,8 +80,8 @@ class Home:
 
 
 def schema_dir() -> Path:
-    return Path(os.environ.get("LOGLINE_SCHEMA_DIR", PROJECT_ROOT / "schema"))
+    return Path(os.environ.get("LOGLINE_SCHEMA_DIR", data_dir("schema")))
 
 
 def row_dir() -> Path:
-    return PROJECT_ROOT / "ROW"
+    return data_dir("ROW")
