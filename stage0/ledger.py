@@ -345,6 +345,12 @@ def ledger_error(exc: psycopg.Error) -> LoglineError:
         return LoglineError(code, rest)
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return LoglineError("LEDGER_DUPLICATE", message)
+    if isinstance(exc, psycopg.errors.SerializationFailure):
+        # ledger.chain_tip changed after this REPEATABLE READ/SERIALIZABLE snapshot: chaining
+        # to the tip it shows would fork the ledger (schema/0004). The caller retries.
+        return LoglineError("LEDGER_STALE_SNAPSHOT", "another transaction committed a "
+                            "conflicting change after this one's snapshot was taken; retry "
+                            f"the transaction (PostgreSQL: {message})")
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return LoglineError("LEDGER_FORBIDDEN", message)
     return LoglineError("LEDGER_REJECTED", message)

@@ -36,7 +36,8 @@ def test_an_append_from_a_stale_repeatable_read_snapshot_is_refused_not_forked(
         ledger.append(other, [note()], operator)  # commits after rr's snapshot
         with pytest.raises(LoglineError) as refused:
             ledger.append(rr, [note()], operator)
-        assert "could not serialize" in refused.value.message
+        assert refused.value.code == "LEDGER_STALE_SNAPSHOT"
+        assert "retry the transaction" in refused.value.message
         rr.rollback()
         # Retried in a fresh transaction, it chains to the real tip.
         ledger.append(rr, [note()], operator)
