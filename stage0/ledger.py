@@ -295,8 +295,9 @@ def _insert_if_new(conn: psycopg.Connection, ids: list[str], rows: Sequence[list
     found (then nothing was inserted). One statement: atomic, and no error when ids exist."""
     try:
         with conn.cursor(row_factory=tuple_row) as cur:
-            found = cur.execute(_insert_if_new_sql(len(rows)),
-                                [ids, *(v for row in rows for v in row)]).fetchall()
+            found = cur.execute(_insert_if_new_sql(len(rows), len(ids) == 1),
+                                [ids[0] if len(ids) == 1 else ids,
+                                 *(v for row in rows for v in row)]).fetchall()
     except psycopg.Error as exc:
         raise ledger_error(exc) from None
     return {span_id: (seq, curr_hash) for span_id, seq, curr_hash in found}
@@ -327,11 +328,14 @@ def _insert_sql(rows: int) -> str:
 
 
 @cache
-def _insert_if_new_sql(rows: int) -> str:
+def _insert_if_new_sql(rows: int, one_id: bool) -> str:
     # `known` is read once (a CTE referenced twice is materialised); under row-level security
-    # it holds the heads the caller may read, as current_heads() does.
+    # it holds the heads the caller may read, as current_heads() does. One id is compared as
+    # a scalar: PostgreSQL then keeps the prepared statement's generic plan, where for
+    # `= ANY(array)` it would plan every execution again (~80 us).
+    match = "id = %s::uuid" if one_id else "id = ANY(%s::uuid[])"
     return (f"WITH known AS (SELECT id::text, seq, curr_hash FROM ledger.span_heads "
-            f"WHERE id = ANY(%s::uuid[])), "
+            f"WHERE {match}), "
             f"stored AS (INSERT INTO {_TABLE} SELECT * FROM ({_values_sql(rows)}) AS v "
             f"WHERE NOT EXISTS (SELECT FROM known)) "
             f"SELECT id, seq, curr_hash FROM known")
