@@ -65,6 +65,17 @@ def database(server: db.Database, template: str) -> Iterator[db.Database]:
 
 
 @pytest.fixture
+def empty_database(server: db.Database) -> Iterator[db.Database]:
+    """A database of its own with nothing in it (not even migrated)."""
+    name = f"logline_e_{uuid.uuid4().hex[:12]}"
+    with server.connect("admin", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield server.with_dbname(name)
+    with server.connect("admin", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
     """An initialised $LOGLINE_HOME (operator key pinned as root)."""
     h = Home(tmp_path / "home")

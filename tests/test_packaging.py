@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,16 +46,6 @@ def test_the_wheel_carries_every_migration_and_seed_row(wheel: Path) -> None:
                 if p.is_file() and "__pycache__" not in p.parts}
     assert sorted(bundled) == sorted(expected)
     assert bundled == expected
-
-
-@pytest.fixture
-def empty_database(server: db.Database) -> Iterator[db.Database]:
-    name = f"logline_pkg_{uuid.uuid4().hex[:12]}"
-    with server.connect("admin", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield server.with_dbname(name)
-    with server.connect("admin", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.slow

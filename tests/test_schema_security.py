@@ -779,16 +779,6 @@ def test_request_idempotency_key_is_unique_per_tenant(kernel, operator):
 
 # ------------------------------------------------------------------------------ migrations
 
-@pytest.fixture
-def empty_database(server: db.Database) -> Iterator[db.Database]:
-    name = f"logline_m_{uuid.uuid4().hex[:12]}"
-    with server.connect("admin", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield server.with_dbname(name)
-    with server.connect("admin", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _applied(database: db.Database) -> list[tuple[int, str]]:
     with database.connect("admin") as conn:
         return [(r["version"], r["name"]) for r in conn.execute(
