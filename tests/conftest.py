@@ -53,26 +53,26 @@ def template(server: db.Database) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def database(server: db.Database, template: str) -> Iterator[db.Database]:
-    """A migrated, empty ledger of its own for this test."""
+def _own_database(server: db.Database, template: str | None) -> Iterator[db.Database]:
     name = f"logline_t_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with server.connect("admin", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     yield server.with_dbname(name)
     with server.connect("admin", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database(server: db.Database, template: str) -> Iterator[db.Database]:
+    """A migrated, empty ledger of its own for this test."""
+    yield from _own_database(server, template)
 
 
 @pytest.fixture
 def empty_database(server: db.Database) -> Iterator[db.Database]:
     """A database of its own with nothing in it (not even migrated)."""
-    name = f"logline_e_{uuid.uuid4().hex[:12]}"
-    with server.connect("admin", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield server.with_dbname(name)
-    with server.connect("admin", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from _own_database(server, None)
 
 
 @pytest.fixture
