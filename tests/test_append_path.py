@@ -104,6 +104,17 @@ def test_a_small_batch_mixing_new_and_existing_ids_is_chained_and_stored_whole(
         assert_verifies(conn, home)
 
 
+def test_several_versions_of_a_new_id_in_one_small_batch_chain_to_each_other(
+        seeded, operator, home):
+    c = "6a2b5c1e-0000-4000-8000-0000000000c0"
+    with seeded.connect("kernel") as conn:
+        stored = ledger.append(conn, [note(id=c, status=s) for s in ("a", "b", "c")], operator)
+        assert [s["seq"] for s in stored] == [0, 1, 2]
+        assert [s["prev_hash"] for s in stored[1:]] == [s["curr_hash"] for s in stored[:2]]
+        assert ledger.head(conn, c)["status"] == "c"
+        assert_verifies(conn, home)
+
+
 def test_the_app_role_appends_new_and_next_versions_in_one_call_under_rls(seeded, operator):
     """Under row-level security the statement sees only the heads the caller may read,
     like the heads query it replaces: the caller's own span is found and chained."""
