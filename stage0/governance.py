@@ -296,9 +296,21 @@ def _job(principal: Principal, proposal_id: str, kind: str, terms: dict[str, Any
 
 # --- reading a proposal's state -----------------------------------------------------------
 def _children(conn: psycopg.Connection, parent_id: str) -> list[dict[str, Any]]:
-    return [ledger.span_from_row(r) for r in conn.execute(
-        f"SELECT {SPAN_COLUMNS} FROM ledger.universal_registry WHERE parent_id = %s "
-        "ORDER BY position", (parent_id,))]
+    return _children_of(conn, [parent_id]).get(parent_id, [])
+
+
+def _children_of(conn: psycopg.Connection, parent_ids: list[str]
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """Every stored version of the spans whose parent is one of `parent_ids`, per parent, in
+    position order: one query for any number of parents."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if parent_ids:
+        for r in conn.execute(f"SELECT {SPAN_COLUMNS} FROM ledger.universal_registry "
+                              "WHERE parent_id = ANY(%s::uuid[]) ORDER BY position",
+                              (parent_ids,)):
+            span = ledger.span_from_row(r)
+            out.setdefault(span["parent_id"], []).append(span)
+    return out
 
 
 def proposal_state(conn: psycopg.Connection, proposal_id: str) -> dict[str, Any] | None:
@@ -308,10 +320,24 @@ def proposal_state(conn: psycopg.Connection, proposal_id: str) -> dict[str, Any]
     request = ledger.head(conn, proposal_id)
     if request is None or request["entity_type"] not in ("approval_request", "proposal"):
         return None
-    children = _children(conn, proposal_id)
+    return _states(conn, [request])[0]
+
+
+def _states(conn: psycopg.Connection, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """proposal_state for each of `requests` (their head spans), in three queries in all:
+    the requests' children (approvals, jobs), then the jobs' children (claims, results)."""
+    children = _children_of(conn, [r["id"] for r in requests])
+    job_ids = [c["id"] for kids in children.values() for c in kids if c["entity_type"] == "job"]
+    job_children = _children_of(conn, sorted(set(job_ids)))
+    return [_state(request, children.get(request["id"], []), job_children)
+            for request in requests]
+
+
+def _state(request: dict[str, Any], children: list[dict[str, Any]],
+           job_children: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     approvals = [c for c in children if c["entity_type"] == "approval"]
-    jobs = {c["content"]["kind"]: _job_view(conn, c) for c in children
-            if c["entity_type"] == "job"}
+    jobs = {c["content"]["kind"]: _job_view(c, job_children.get(c["id"], []))
+            for c in children if c["entity_type"] == "job"}
     terms = request["content"]
     plan_job = jobs.get("plan")
     execute_job = jobs.get("execute")
@@ -329,7 +355,7 @@ def proposal_state(conn: psycopg.Connection, proposal_id: str) -> dict[str, Any]
         state = "planning"
     else:
         state = "pending"
-    return {"id": proposal_id, "trace_id": request["trace_id"], "state": state,
+    return {"id": request["id"], "trace_id": request["trace_id"], "state": state,
             "action": terms["action"], "contract": terms["contract"], "args": terms["args"],
             "destructive": terms["destructive"], "required": terms["required"],
             "approval_ttl_s": terms["approval_ttl_s"],
@@ -339,8 +365,7 @@ def proposal_state(conn: psycopg.Connection, proposal_id: str) -> dict[str, Any]
             "jobs": jobs}
 
 
-def _job_view(conn: psycopg.Connection, job: dict[str, Any]) -> dict[str, Any]:
-    children = _children(conn, job["id"])
+def _job_view(job: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
     claim = next((c for c in children if c["entity_type"] == "job_claim"), None)
     result = next((c for c in children if c["entity_type"] == "job_result"), None)
     state = result["status"] if result else (claim["status"] if claim else "queued")
@@ -358,12 +383,10 @@ PENDING = (
 
 def approvals_inbox(conn: psycopg.Connection, tenant_id: str, limit: int = 100,
                     states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    out = []
-    for row in conn.execute(PENDING, {"tenant": tenant_id, "limit": limit}).fetchall():
-        state = proposal_state(conn, str(row["id"]))
-        if state and (states is None or state["state"] in states):
-            out.append(state)
-    return out
+    requests = [ledger.span_from_row(r)
+                for r in conn.execute(PENDING, {"tenant": tenant_id, "limit": limit})]
+    return [state for state in _states(conn, requests)
+            if states is None or state["state"] in states]
 
 
 # --- approvals ----------------------------------------------------------------------------

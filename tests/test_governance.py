@@ -719,5 +719,20 @@ def test_an_agent_claims_only_the_actions_it_performs(api, tenants):
     assert job["id"] == answer["job_id"]
 
 
+def test_the_inbox_shows_each_request_as_its_own_page_does(api, tenants):
+    """The inbox reads all its requests' approvals and jobs at once: each item must be
+    exactly what GET /api/proposals/{id} says of that request alone."""
+    a, _ = tenants
+    approver = http(api, a.approver)
+    items = approver.get("/api/approvals", params={"limit": 200}).json()["items"]
+    assert len(items) >= 5
+    assert {"done", "rejected"} <= {i["state"] for i in items}
+    for item in items:
+        assert item == approver.get(f"/api/proposals/{item['id']}").json()
+    pending = approver.get("/api/approvals", params={"state": "rejected,done"}).json()
+    assert [i["id"] for i in pending["items"]] == [
+        i["id"] for i in items if i["state"] in ("rejected", "done")]
+
+
 def test_the_ledger_verifies_after_all_of_it(api, tenants):
     assert "ok: every hash, signature, key and chain checks out" in api.cli("verify").stdout
