@@ -10,7 +10,6 @@
 
   const KEY_STORE = 'logline.apikey';
   const SVG_NS = 'http://www.w3.org/2000/svg';
-  const NAMESPACE_URL = '6ba7b811-9dad-11d1-80b4-00c04fd430c8';
   const MAX_ROWS = 500;
   const STALL_MS = 45000; // the server pings every 15 s: this much silence means a dead link
   const VIEWS = ['timeline', 'approvals', 'functions', 'executions', 'metrics'];
@@ -446,68 +445,14 @@
   }
 
   // --- identity ----------------------------------------------------------------------------
-  function sha1(bytes) {
-    const padded = new Uint8Array(((bytes.length + 9 + 63) >> 6) << 6);
-    padded.set(bytes);
-    padded[bytes.length] = 0x80;
-    const view = new DataView(padded.buffer);
-    const bits = bytes.length * 8;
-    view.setUint32(padded.length - 4, bits >>> 0);
-    view.setUint32(padded.length - 8, Math.floor(bits / 0x100000000));
-    const hs = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0];
-    const w = new Uint32Array(80);
-    for (let off = 0; off < padded.length; off += 64) {
-      for (let i = 0; i < 16; i++) w[i] = view.getUint32(off + i * 4);
-      for (let i = 16; i < 80; i++) {
-        const x = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16];
-        w[i] = (x << 1) | (x >>> 31);
-      }
-      let [a, b, c, d, e] = hs;
-      for (let i = 0; i < 80; i++) {
-        let f;
-        let k;
-        if (i < 20) { f = (b & c) | (~b & d); k = 0x5a827999; }
-        else if (i < 40) { f = b ^ c ^ d; k = 0x6ed9eba1; }
-        else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8f1bbcdc; }
-        else { f = b ^ c ^ d; k = 0xca62c1d6; }
-        const t = (((a << 5) | (a >>> 27)) + f + e + k + w[i]) >>> 0;
-        e = d; d = c; c = ((b << 30) | (b >>> 2)) >>> 0; b = a; a = t;
-      }
-      hs[0] = (hs[0] + a) >>> 0; hs[1] = (hs[1] + b) >>> 0; hs[2] = (hs[2] + c) >>> 0;
-      hs[3] = (hs[3] + d) >>> 0; hs[4] = (hs[4] + e) >>> 0;
-    }
-    const out = new Uint8Array(20);
-    const outView = new DataView(out.buffer);
-    hs.forEach((v, i) => outView.setUint32(i * 4, v));
-    return out;
-  }
-
-  /** RFC 4122 name-based UUID (version 5), as Python's uuid.uuid5. */
-  function uuid5(namespace, name) {
-    const ns = new Uint8Array(namespace.replace(/-/g, '').match(/../g).map((x) => parseInt(x, 16)));
-    const nameBytes = new TextEncoder().encode(name);
-    const all = new Uint8Array(ns.length + nameBytes.length);
-    all.set(ns);
-    all.set(nameBytes, ns.length);
-    const b = sha1(all).slice(0, 16);
-    b[6] = (b[6] & 0x0f) | 0x50;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const hex = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-  }
-
-  /** Who this key is: its own api_key span (private to its user, so visible to it). */
-  async function whoami(token) {
-    const match = /^llk_([0-9a-f]{16})_/.exec(token);
-    const keyId = match ? match[1] : null;
-    if (!keyId) return { user: '?', tenant: '?', roles: [], keyId: null };
+  /** Who this key is, as the server resolved it (GET /api/me). */
+  async function whoami() {
     try {
-      const span = await api(`/api/spans/${uuid5(NAMESPACE_URL, `logline:api_key:${keyId}`)}`);
-      const meta = span.metadata || {};
-      return { user: span.owner_id, tenant: span.tenant_id, roles: meta.roles || [], keyId };
+      const me = await api('/api/me');
+      return { user: me.user_id, tenant: me.tenant_id, roles: me.roles, keyId: me.key_id };
     } catch (err) {
       if (err.status === 401) throw err;
-      return { user: '?', tenant: '?', roles: [], keyId };
+      return { user: '?', tenant: '?', roles: [], keyId: null };
     }
   }
 
@@ -523,7 +468,7 @@
     try {
       const first = await api('/api/timeline?limit=1');
       tip = first.items.length ? first.items[0].position : 0;
-      state.me = await whoami(token);
+      state.me = await whoami();
     } catch (err) {
       state.token = null;
       state.me = null;
@@ -1787,7 +1732,7 @@
   }
 
   // Exposed for tests of the pure helpers only (no state, no secrets).
-  window.LogLineConsole = Object.freeze({ uuid5, SseParser, humanBytes });
+  window.LogLineConsole = Object.freeze({ SseParser, humanBytes });
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
   else boot();
