@@ -5,6 +5,7 @@ then verifies. (An editable install reads schema/ and ROW/ from the checkout its
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -26,9 +27,15 @@ def test_a_checkout_reads_its_own_schema_and_rows() -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy: setuptools builds in the source tree, and a build/ left there from
+    # an earlier build could carry files the checkout no longer has into the wheel.
+    source = tmp_path_factory.mktemp("source") / "logline"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", ".logline", "node_modules", "__pycache__",
+        ".pytest_cache", ".hypothesis", ".ruff_cache"))
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                           str(out), str(REPO)], capture_output=True, text=True, timeout=300)
+                           str(out), str(source)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [built] = out.glob("logline-*.whl")
     return built
