@@ -182,7 +182,7 @@ def test_roles_cannot_disable_triggers_or_rls(role_conn, seeded, statement):
             "AND NOT tgisinternal ORDER BY tgname", (TABLE,)).fetchall()
     assert {t["tgname"]: t["tgenabled"] for t in triggers} == {
         "ur_append": "O", "ur_no_truncate": "O", "ur_no_update_delete": "O",
-        "ur_count_executions": "O"}
+        "ur_after_append": "O"}
 
 
 @pytest.mark.parametrize("role_conn", ROLES, indirect=True)
@@ -860,7 +860,7 @@ def test_migrated_catalog_is_the_designed_schema(database):
             "SELECT tgname, tgenabled, tgtype FROM pg_trigger WHERE tgrelid = %s::regclass "
             "AND NOT tgisinternal", TABLE)}
         assert set(triggers) == {"ur_append", "ur_no_update_delete", "ur_no_truncate",
-                                 "ur_count_executions"}
+                                 "ur_after_append"}
         assert {t["tgenabled"] for t in triggers.values()} == {"O"}
 
         policies = {(r["tablename"], r["policyname"]): (r["cmd"], r["roles"]) for r in rows(
