@@ -27,6 +27,11 @@ ROLES = ("reader", "writer", "admin")
 DEFAULT_ROLES = ("reader", "writer")
 _TOKEN = re.compile(r"^llk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _NAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,200}$")
+#: The platform's own user and tenant. Its spans are the operator's (kernels, contracts, and
+#: policies that may see every tenant: policy_agent's scope "all_tenants"), and whatever an
+#: API key appends is signed by the operator key, so a key acting as `system` would be the
+#: operator: none is issued, and none authenticates.
+RESERVED = "system"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,11 @@ def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: s
     for what, value in (("--user", user_id), ("--tenant", tenant_id)):
         if not _NAME.match(value or ""):
             raise LoglineError("APIKEY_BAD_NAME", "use 1-200 letters, digits or _.@:-", what)
+        if value == RESERVED:
+            raise LoglineError("APIKEY_RESERVED", f"'{RESERVED}' is the platform's own user "
+                               "and tenant: a key acting as it could publish policies that "
+                               "read and write every tenant; seed such spans with the operator "
+                               "key (`logline seed`) instead", what)
     known = known_roles(conn)
     unknown = sorted(set(roles) - set(known))
     if unknown or not roles:
@@ -129,6 +139,8 @@ def authenticate(conn: psycopg.Connection, token: str) -> Principal | None:
         return None
     span = ledger.head(conn, span_id_for(key_id))
     if span is None or span["entity_type"] != "api_key" or span["status"] != "active":
+        return None
+    if RESERVED in (span["owner_id"], span["tenant_id"]):  # issued before keys were refused
         return None
     meta = span["metadata"] or {}
     if not hmac.compare_digest(str(meta.get("token_hash", "")), token_hash(token)):

@@ -109,10 +109,10 @@ class Api:
                 self.proc.kill()
                 self.proc.wait()
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "stage0.cli", *args], env=self.env,
                               cwd=REPO, capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
+        if check and proc.returncode != 0:
             raise AssertionError(f"logline {' '.join(args)} exited {proc.returncode}\n"
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
@@ -138,7 +138,7 @@ class Api:
     def scrape(self) -> httpx.Response:
         """/metrics, read with an admin key (its counts span every tenant)."""
         if not hasattr(self, "_scraper"):
-            self._scraper = self.key("prometheus", "system", "admin")
+            self._scraper = self.key("prometheus", "ops", "admin")
         return httpx.get(f"{self.url}/metrics", timeout=10,
                          headers={"Authorization": f"Bearer {self._scraper.token}"})
 
@@ -420,6 +420,38 @@ def test_me_says_who_the_key_is(api, key_a, a):
                                        "tenant_id": "acme", "roles": ["reader", "writer"]}
     admin = api.key("ada", "globex", "admin")
     assert api.client(admin).get("/api/me").json()["roles"] == ["admin"]
+
+
+@pytest.mark.parametrize("user, tenant, field", [("ops", "system", "--tenant"),
+                                                 ("system", "acme", "--user")])
+def test_no_key_is_issued_to_act_as_the_platform_itself(api, user, tenant, field):
+    """A key of the system tenant could publish a policy that reads and writes every tenant
+    (scope all_tenants), signed by the operator key; a key of user system could append new
+    versions of the kernels. The operator seeds such spans; no API key acts as `system`."""
+    refused = api.cli("apikey", "create", "--user", user, "--tenant", tenant, check=False)
+    assert refused.returncode != 0
+    assert f"{field}: APIKEY_RESERVED" in refused.stdout + refused.stderr
+    with api.kernel() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM ledger.universal_registry WHERE "
+                            "entity_type = 'api_key' AND owner_id = %s AND tenant_id = %s",
+                            (user, tenant)).fetchone()["n"] == 0
+
+
+def test_a_platform_key_issued_before_the_rule_does_not_authenticate(api):
+    """Fail closed for keys of `system` already in a ledger: as if made by an older version."""
+    from stage0 import apikeys
+
+    key_id = "5e5e5e5e5e5e5e5e"
+    token = f"llk_{key_id}_{'A' * 43}"
+    with api.kernel() as conn:
+        ledger.append(conn, [{
+            "id": apikeys.span_id_for(key_id), "seq": 0, "entity_type": "api_key",
+            "who": "logline", "did": "issued", "this": f"api key {key_id}",
+            "owner_id": "ops", "tenant_id": "system", "visibility": "private",
+            "status": "active", "metadata": {"key_id": key_id, "roles": ["admin"],
+                                             "token_hash": apikeys.token_hash(token)}}],
+            keys.operator_key(api.home))
+    assert_error(api.client(token).get("/api/me"), 401, "AUTH_INVALID")
 
 
 def test_a_reader_key_cannot_post(api):
