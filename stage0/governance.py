@@ -412,8 +412,7 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
         raise LoglineError("CONTRACT_CHANGED", "the contract is no longer visible")
     contract, contract_span = found
     profile = contract.actions[terms["action"]]
-    state = proposal_state(conn, proposal_id)
-    assert state is not None
+    state = _states(conn, [request])[0]
     trace = request["trace_id"] or trace_id
     action = f"{contract.name}.{terms['action']}"
 
