@@ -18,6 +18,7 @@ from typing import Any
 import rfc8785
 
 from .errors import LoglineError
+from .kinds import check_kind
 
 try:  # the json module's C encoder, built once (json.dumps builds one per call)
     from json.encoder import c_make_encoder as _c_make_encoder
@@ -340,6 +341,7 @@ def normalise_checked(span: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     for field, upper in LENGTHS.items():
         if out[field] is not None and not 1 <= len(out[field]) <= upper:
             raise _bad(field, f"must be 1 to {upper} characters", "SPAN_OUT_OF_RANGE")
+    check_kind(out["entity_type"])
     if out["visibility"] not in VISIBILITIES:
         raise _bad("visibility", f"must be one of {', '.join(VISIBILITIES)}, "
                                  f"got {out['visibility']!r}", "SPAN_INVALID_VISIBILITY")

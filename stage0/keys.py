@@ -61,3 +61,24 @@ def ensure_operator_key(home: Home) -> tuple[SigningKey, bool]:
 
 def operator_key(home: Home) -> SigningKey:
     return load_key(home.operator_key)
+
+
+def _subkey(root: SigningKey, purpose: bytes) -> bytes:
+    """32 bytes derived from the root seed for one purpose (BLAKE3 keyed hash)."""
+    import blake3
+
+    return blake3.blake3(purpose, key=bytes(root)).digest()
+
+
+def edge_key(root: SigningKey) -> SigningKey:
+    """The key the API signs what clients post with (POST /api/spans). Derived from the
+    root key, so every server of one ledger signs with the same one; the manifest lists its
+    public key with role `edge`, which makes it trusted for every kind but the platform's
+    (stage0.kinds). A tenant's span can therefore never pass for a platform record."""
+    return SigningKey(_subkey(root, b"logline/edge-key/v1"))
+
+
+def derivation_secret(root: SigningKey) -> bytes:
+    """The secret that keys every id the platform derives (stage0.ids): without it, nobody
+    can compute such an id before the platform does, so nobody can squat on it."""
+    return _subkey(root, b"logline/id-derivation/v1")

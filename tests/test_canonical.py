@@ -197,7 +197,8 @@ def spans(payload: st.SearchStrategy = ANY_JSON) -> st.SearchStrategy:
         "seq": st.integers(1, 2**31 - 1),
     }
     required = {
-        "id": st.uuids().map(str), "entity_type": bounded, "who": TEXT, "this": TEXT,
+        "id": st.uuids().map(str), "entity_type": st.from_regex(r"\A[a-z][a-z0-9_]{0,63}\Z"),
+        "who": TEXT, "this": TEXT,
         "at": st.datetimes(min_value=datetime(1900, 1, 1), timezones=st.just(UTC))
         .map(datetime.isoformat),
     }

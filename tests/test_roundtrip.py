@@ -51,7 +51,7 @@ def spans() -> st.SearchStrategy:
         "at": st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9000, 1, 1),
                            timezones=ZONES).map(datetime.isoformat),
     }
-    required = {"entity_type": TEXT.filter(lambda t: 0 < len(t) <= 100),
+    required = {"entity_type": st.from_regex(r"\A[a-z][a-z0-9_]{0,63}\Z"),
                 "who": TEXT, "this": TEXT,
                 "owner_id": TEXT.filter(lambda t: 0 < len(t) <= 200),
                 "tenant_id": TEXT.filter(lambda t: 0 < len(t) <= 200)}
