@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import db, keys, ledger, manifest, migrate, rows, seed, verify
+from . import checkpoint, db, keys, ledger, manifest, migrate, rows, seed, verify
 from .canonical import FIELDS, normalise, now_at
 from .config import Home, row_dir
 from .errors import LoglineError
@@ -105,7 +105,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     root = keys.operator_key(home)
     with db.resolve(home).connect("kernel") as conn:
         span = manifest.set_trust(conn, root, args.public_key, getattr(args, "name", None),
-                                  trusted=args.keys_command == "trust")
+                                  trusted=args.keys_command == "trust",
+                                  role=getattr(args, "role", None) or "author")
     verb = "trusted" if args.keys_command == "trust" else "no longer trusted"
     out(f"{args.public_key} {verb}: manifest seq {span['seq']} ({span['curr_hash'][:16]})")
     return 0
@@ -166,10 +167,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
         return verify_export(args.export)
     home = _home()
+    pinned = checkpoint.load(Path(args.checkpoint), _root(home)) if args.checkpoint else None
     with db.resolve(home).connect("kernel") as conn:
         total = conn.execute(q("count_spans")).fetchone()["n"]
         with progress(total, "verifying") as advance:
-            report = verify.verify(conn, _root(home), jobs=args.jobs, progress=advance)
+            report = verify.verify(conn, _root(home), jobs=args.jobs, progress=advance,
+                                   checkpoint=pinned)
     if args.json:
         out(json.dumps(report.as_dict(), indent=2))
     else:
@@ -180,9 +183,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
             out(f"FAIL {f.id} seq {f.seq} {f.reason}: {f.detail}")
         if report.tip:
             out(f"ledger tip: position {report.tip['position']} {report.tip['chain_hash']}")
+        if pinned and report.ok:
+            out(f"checkpoint: position {pinned['position']} of {pinned['at']} still holds")
         out("ok: every hash, signature, key and chain checks out" if report.ok
             else f"{len(report.failures)} failure(s)")
     return 0 if report.ok else 1
+
+
+@command("checkpoint")
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    home = _home()
+    with db.resolve(home).connect("kernel") as conn:
+        point = checkpoint.take(conn, keys.operator_key(home))
+    text = json.dumps(point, indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        out(f"checkpoint: position {point['position']} {point['chain_hash']} -> {args.out}")
+    else:
+        out(text.rstrip())
+    return 0
 
 
 @command("spans")
@@ -405,6 +424,10 @@ def parser() -> argparse.ArgumentParser:
     trust = ks.add_parser("trust", **_about("trust a public key (appends a manifest version)"))
     trust.add_argument("public_key")
     trust.add_argument("--name", required=True, help="who the key belongs to")
+    trust.add_argument("--role", choices=("author", "platform"), default="author",
+                       help="author (default): signs functions, policies and other tenant "
+                       "kinds; platform: also the platform's records (another worker "
+                       "machine's key)")
     untrust = ks.add_parser("untrust", **_about("stop trusting a public key"))
     untrust.add_argument("public_key")
     s = sub.add_parser("sign", **_about("sign NDJSON rows in place"))
@@ -418,6 +441,11 @@ def parser() -> argparse.ArgumentParser:
                    "instead: every span's hash, signature and key trust")
     v.add_argument("--jobs", type=_positive, default=None,
                    help="processes (default: all cores)")
+    v.add_argument("--checkpoint", metavar="FILE", help="also check the ledger still holds "
+                   "the tip a `logline checkpoint` file pins (CHAIN_TRUNCATED, CHAIN_FORKED)")
+    cp = sub.add_parser("checkpoint", **_about("sign the ledger's tip into a file kept "
+                                               "elsewhere"))
+    cp.add_argument("--out", metavar="FILE", help="write it to FILE (default: print it)")
     sp = sub.add_parser("spans", **_about("list the latest version of spans"))
     sp.add_argument("--entity-type")
     sp.add_argument("--status")

@@ -77,8 +77,3 @@ def edge_key(root: SigningKey) -> SigningKey:
     (stage0.kinds). A tenant's span can therefore never pass for a platform record."""
     return SigningKey(_subkey(root, b"logline/edge-key/v1"))
 
-
-def derivation_secret(root: SigningKey) -> bytes:
-    """The secret that keys every id the platform derives (stage0.ids): without it, nobody
-    can compute such an id before the platform does, so nobody can squat on it."""
-    return _subkey(root, b"logline/id-derivation/v1")

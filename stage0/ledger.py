@@ -40,7 +40,7 @@ from .proofs import check_proofs, seal_encoded
 from .queries import q
 
 _COPY = f"COPY ledger.universal_registry ({', '.join(FIELDS)}) FROM STDIN"
-_CHAIN_CODES = ("LEDGER_SEQ_CONFLICT", "LEDGER_PREV_HASH_MISMATCH", "LEDGER_SEQ_GAP")
+CHAIN_CODES = ("LEDGER_SEQ_CONFLICT", "LEDGER_PREV_HASH_MISMATCH", "LEDGER_SEQ_GAP")
 MAX_CHAIN_RETRIES = 5
 SMALL_BATCH = 32
 INSERT_CHUNK = 500  # 500 rows x 30 columns stays under PostgreSQL's 65,535 parameters
@@ -142,7 +142,7 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
         except LoglineError as exc:
             # Only spans we chained ourselves can be re-chained; a caller that pinned seq
             # (or signed the span) asked for exactly that version.
-            retry = exc.code in _CHAIN_CODES and not any(
+            retry = exc.code in CHAIN_CODES and not any(
                 is_signed(s) or s.get("seq") is not None for s in spans)
             if not retry or attempt == MAX_CHAIN_RETRIES - 1:
                 raise

@@ -93,6 +93,10 @@ class Loader:
     def trusted(self) -> frozenset[str]:
         return manifest.trusted_keys(self.manifest(), self.root)
 
+    def platform_keys(self) -> frozenset[str]:
+        """Keys that may sign kernels and the platform's records (root + role platform)."""
+        return manifest.signers_of(self.manifest(), self.root).platform
+
     # --- boot ---------------------------------------------------------------------------
     def boot(self, function_id: str, input: Any = None, user_id: str = "system",
              tenant_id: str = "system", trace_id: str | None = None) -> Any:
@@ -144,7 +148,8 @@ class Loader:
             raise LoglineError("FUNCTION_NOT_FOUND", "no span with this id")
         cached = self._loaded.get(function_id)
         if cached and cached.span["curr_hash"] == span["curr_hash"] and \
-                digest(span).hex() == span["curr_hash"] and span["public_key"] in self.trusted():
+                digest(span).hex() == span["curr_hash"] and \
+                span["public_key"] in self.platform_keys():
             # The head has not moved and still hashes to what was verified when it was loaded
             # (an edit behind our back changes the digest): skip only the signature check.
             return span
@@ -159,6 +164,10 @@ class Loader:
         if span["public_key"] not in self.trusted():
             raise LoglineError("KEY_UNTRUSTED", f"signed by {span['public_key']}, which the "
                                "manifest does not trust")
+        if span["public_key"] not in self.platform_keys():
+            raise LoglineError("KEY_NOT_PLATFORM", f"signed by {span['public_key']}: a kernel "
+                               "boots only when a platform key (the root key or one trusted "
+                               "with role platform) signed it")
         for prev, version in zip(versions, versions[1:], strict=False):
             if version["seq"] != prev["seq"] + 1 or version["prev_hash"] != prev["curr_hash"]:
                 raise LoglineError("CHAIN_BROKEN", f"seq {version['seq']} does not follow "

@@ -53,12 +53,14 @@ def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey) -> SeedResu
     root = public_key_hex(key)
     parsed = _contract_rows(path) if path.suffix == ".yaml" else rows.read(path)
     trusted = manifest.trust_set(conn, root)
+    edge = manifest.edge_entry(key)
     chain: dict[str, tuple[int, str]] = {}  # id -> (seq, curr_hash) as this file leaves it
     unsigned_lines: dict[str, str] = {}
     pending: list[tuple[str, dict[str, Any]]] = []
     for row in parsed:
         try:
-            draft = _draft(conn, row.data, root, trusted, chain, unsigned_lines, row.where)
+            draft = _draft(conn, row.data, root, edge, trusted, chain, unsigned_lines,
+                           row.where)
         except LoglineError as exc:
             raise exc.at(row.where) from None
         if draft is not None:
@@ -87,7 +89,7 @@ def _span_index(exc: LoglineError) -> int | None:
     return None
 
 
-def _draft(conn: psycopg.Connection, data: dict[str, Any], root: str,
+def _draft(conn: psycopg.Connection, data: dict[str, Any], root: str, edge: dict[str, str],
            trusted: frozenset[str], chain: dict[str, tuple[int, str]],
            unsigned_lines: dict[str, str], where: str) -> dict[str, Any] | None:
     """What to append for one row, or None when the ledger already holds it. Everything
@@ -113,6 +115,8 @@ def _draft(conn: psycopg.Connection, data: dict[str, Any], root: str,
     if span["entity_type"] == "manifest":
         metadata = dict(span["metadata"] or {})
         entries = manifest.check_trusted_keys(metadata.get("trusted_keys"))
+        # The API's edge key is always trusted for what clients post (never platform kinds).
+        entries = manifest.merge_trusted([edge], entries)
         if current:
             entries = manifest.merge_trusted(
                 entries, (current.get("metadata") or {}).get("trusted_keys") or [])

@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
+from . import checkpoint as pin
 from . import manifest
 from .canonical import FIELDS
 from .db import LOSSY, strict_loads
@@ -66,8 +67,8 @@ class _Walk:
     """Checks spans streamed in (id, seq) order: each span's hash and signature, its key's
     trust, its version chain and its position. Collects failures as plain tuples."""
 
-    def __init__(self, trusted: frozenset[str], root: str, high: int) -> None:
-        self.trusted, self.root, self.high = trusted, root, high
+    def __init__(self, signers: manifest.Signers, root: str, high: int) -> None:
+        self.signers, self.root, self.high = signers, root, high
         self.failures: list[tuple[str, int, str, str]] = []
         self.spans = self.ids = 0
         self.prev: tuple[str, int, str | None, int] | None = None  # id, seq, hash, position
@@ -92,10 +93,14 @@ class _Walk:
             self.fail(span, "POSITION_INVALID", "position is not after the previous version's")
         if position > self.high:
             self.fail(span, "POSITION_INVALID", "position was never handed out by the ledger")
-        if span["public_key"] not in self.trusted:
-            self.fail(span, "KEY_UNTRUSTED", f"signed by {span['public_key']}, not a trusted key")
+        violation = self.signers.violation(span)
+        if violation == "KEY_UNTRUSTED":
+            self.fail(span, violation, f"signed by {span['public_key']}, not a trusted key")
         elif span["entity_type"] == "manifest" and span["public_key"] != self.root:
             self.fail(span, "MANIFEST_UNTRUSTED", "a manifest must be signed by the root key")
+        elif violation:
+            self.fail(span, violation, f"a {span['entity_type']} record counts only when a "
+                      f"platform key signs it; {span['public_key']} is not one")
         check = check_proofs(span)
         if not check.ok:
             self.fail(span, check.reason or "PROOF_INVALID", check.detail)
@@ -157,12 +162,12 @@ def _worker_start(conninfo: str) -> None:
         _worker["error"] = str(exc)
 
 
-def _worker_range(snapshot: str, lo: str, hi: str, trusted: frozenset[str], root: str,
+def _worker_range(snapshot: str, lo: str, hi: str, signers: manifest.Signers, root: str,
                   high: int) -> tuple[int, int, list[tuple[str, int, str, str]]]:
     conn = _worker.get("conn")
     if conn is None:
         raise RuntimeError(f"verify worker has no connection: {_worker.get('error')}")
-    walk = _Walk(trusted, root, high)
+    walk = _Walk(signers, root, high)
     with conn.transaction():
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(snapshot))
         _walk_range(conn, lo, hi, walk)
@@ -175,7 +180,8 @@ def _conninfo(conn: psycopg.Connection) -> str:
 
 
 def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
-           progress: Callable[[int], None] | None = None) -> Report:
+           progress: Callable[[int], None] | None = None,
+           checkpoint: dict[str, Any] | None = None) -> Report:
     """Check the whole ledger. `conn` must see every row (the kernel role or a superuser).
 
     Everything is read in one REPEATABLE READ snapshot, so appends running meanwhile neither
@@ -194,21 +200,21 @@ def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
         with conn.transaction():
             set_json_loads(_loads, conn)  # numbers exactly as stored, not as Python rounds
             try:
-                trusted = manifest.trusted_keys(manifest.latest(conn, root_key), root_key)
+                signers = manifest.signers_of(manifest.latest(conn, root_key), root_key)
             except LoglineError as exc:
                 report.failures.append(Failure(manifest.MANIFEST_ID, -1, exc.code,
                                                exc.message))
-                trusted = frozenset([root_key])
+                signers = manifest.signers_of(None, root_key)
             high = conn.execute(q("position_high_water")).fetchone()["high"] or 0
             ranges = _ranges(max(16, 4 * jobs))
-            walk = _Walk(trusted, root_key, high)
+            walk = _Walk(signers, root_key, high)
             pending = []
             pool = None
             if jobs > 1 and own:
                 snapshot = conn.execute("SELECT pg_export_snapshot() AS s").fetchone()["s"]
                 pool = ProcessPoolExecutor(jobs, initializer=_worker_start,
                                            initargs=(_conninfo(conn),))
-                pending = [(lo, hi, pool.submit(_worker_range, snapshot, lo, hi, trusted,
+                pending = [(lo, hi, pool.submit(_worker_range, snapshot, lo, hi, signers,
                                                 root_key, high)) for lo, hi in ranges]
                 if progress:
                     for *_, future in pending:
@@ -222,6 +228,11 @@ def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
                         progress(walk.spans - before)
                 # Meanwhile (or then): the ledger-wide chain and the head projection, here.
                 report.tip = _check_ledger_chain(conn, report.failures)
+                _check_tip(conn, report.tip, report.failures)
+                if checkpoint is not None:
+                    found = pin.check(conn, checkpoint)
+                    if found:
+                        report.failures.append(Failure("ledger", checkpoint["position"], *found))
                 for row in conn.execute(q("heads_inconsistent")):
                     detail = ("the head projection disagrees with the stored versions"
                               if row["reason"] == "HEAD_MISMATCH"
@@ -274,3 +285,18 @@ def _check_ledger_chain(conn: psycopg.Connection, failures: list[Failure]) -> di
             prev = row["chain_hash"]
             tip = {"position": row["position"], "chain_hash": prev}
     return tip
+
+
+def _check_tip(conn: psycopg.Connection, tip: dict | None, failures: list[Failure]) -> None:
+    """The newest row must be the tip the last append recorded: rows deleted from the end
+    leave a tip that points past them."""
+    recorded = conn.execute(q("chain_tip")).fetchone()
+    if recorded is None or recorded["position"] is None:
+        return
+    if tip is None or (tip["position"], tip["chain_hash"]) != (recorded["position"],
+                                                               recorded["chain_hash"]):
+        newest = tip["position"] if tip else None
+        failures.append(Failure("ledger", recorded["position"], "CHAIN_TRUNCATED",
+                                f"the last append recorded the tip at position "
+                                f"{recorded['position']}, but the newest row is at {newest}: "
+                                "rows were deleted from the end"))

@@ -98,11 +98,11 @@ class Worker:
                     worker_id=self.worker_id) as loader, \
                 self.database.connect("kernel") as listener:
             self.loader = loader
-            if loader.signer_public_key not in loader.trusted():
+            if loader.signer_public_key not in loader.platform_keys():
                 raise LoglineError("KEY_UNTRUSTED", f"this worker signs with "
                                    f"{loader.signer_public_key}, which the manifest does not "
-                                   "trust: everything it wrote would fail verify "
-                                   "(`logline keys trust`)")
+                                   "trust as a platform key: everything it wrote would fail "
+                                   "verify (`logline keys trust KEY --role platform`)")
             listener.execute("LISTEN timeline_updates")
             due = Due({name: 0.0 for name in self.kernels})
             loader.log("worker_started", kernels=list(self.kernels))

@@ -581,12 +581,22 @@ def test_b_cannot_execute_a_function_of_a(a_spans, b):
     same_refusal(hidden, b.post("/api/execute", json={"span_id": str(uuid.uuid4())}))
 
 
+def platform_record(api: Api, tenant: str, **fields: Any) -> dict[str, Any]:
+    """A span as the platform records it (signed by the operator key), for alice in tenant."""
+    span = {"who": "run_code", "this": "a record", "owner_id": "alice", "tenant_id": tenant,
+            **fields}
+    with api.kernel() as conn:
+        return ledger.append(conn, [span], keys.operator_key(api.home))[0]
+
+
 def test_api_metrics_count_only_the_callers_executions(api, a, b):
     for _ in range(3):
-        post(a, entity_type="execution", status="iso_a_only", duration_ms=7,
-             visibility="tenant")
-    post(a, entity_type="execution", status="iso_a_private", duration_ms=7)
-    post(b, entity_type="execution", status="iso_b_only", duration_ms=9, visibility="tenant")
+        platform_record(api, "acme", entity_type="execution", status="iso_a_only",
+                        duration_ms=7, visibility="tenant")
+    platform_record(api, "acme", entity_type="execution", status="iso_a_private",
+                    duration_ms=7)
+    platform_record(api, "globex", entity_type="execution", status="iso_b_only",
+                    duration_ms=9, visibility="tenant")
     seen_b = {r["status"]: r["count"] for r in b.get("/api/metrics").json()["executions"]}
     assert seen_b.get("iso_b_only") == 1
     assert "iso_a_only" not in seen_b and "iso_a_private" not in seen_b
@@ -676,7 +686,10 @@ def test_a_server_signed_span_verifies_and_carries_the_request_id(api, a):
     assert span["trace_id"] == request_id
     assert (span["owner_id"], span["tenant_id"], span["visibility"]) == ("alice", "acme",
                                                                          "private")
-    assert span["public_key"] == public_key_hex(keys.operator_key(api.home))
+    # The edge key, not the operator key: what a client posts never passes for a platform
+    # record.
+    assert span["public_key"] == public_key_hex(keys.edge_key(keys.operator_key(api.home)))
+    assert span["public_key"] != public_key_hex(keys.operator_key(api.home))
     stored = {f: span[f] for f in FIELDS}
     assert check_proofs(normalise(stored)).ok
     assert a.get(f"/api/spans/{span['id']}").json() == span
@@ -1504,7 +1517,8 @@ def test_verify_does_not_call_a_chain_broken_because_an_old_version_is_private(a
 def test_metrics_are_prometheus_text_with_every_family(api, a):
     from prometheus_client.parser import text_string_to_metric_families
 
-    post(a, entity_type="execution", status="complete", duration_ms=3, visibility="tenant")
+    platform_record(api, "acme", entity_type="execution", status="complete", duration_ms=3,
+                    visibility="tenant")
     httpx.get(api.url + "/api/spans", timeout=10)  # a denial, so the counter has a sample
     assert httpx.get(api.url + "/metrics", timeout=10).status_code == 401
     before = api.scrape()

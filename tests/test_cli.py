@@ -210,7 +210,8 @@ def test_trusting_the_author_key_lets_its_rows_seed(cli, seeded, author, authore
     assert "manifest seq 1" in proc.stdout
     span = manifest(cli)
     assert span["seq"] == 1
-    assert {"name": "alice", "public_key": author[1]} in span["metadata"]["trusted_keys"]
+    assert {"name": "alice", "public_key": author[1], "role": "author"} in \
+        span["metadata"]["trusted_keys"]
     assert span["metadata"]["kernels"]  # the rest of the manifest is carried over
 
     assert "2 appended" in cli("seed", str(authored)).stdout

@@ -330,7 +330,8 @@ def test_workers_that_both_passed_the_precheck_still_take_one_slot_each(seeded, 
 
 def test_force_by_the_override_key_bypasses_the_quota(loader, kernel_conn, operator):
     override = SigningKey.generate()
-    manifest.set_trust(kernel_conn, operator, public_key_hex(override), "override", True)
+    manifest.set_trust(kernel_conn, operator, public_key_hex(override), "override", True,
+                       role="platform")
     manifest.amend(kernel_conn, operator, override_pubkey_hex=public_key_hex(override))
     set_limit(kernel_conn, operator, 1)
     fn = user_function(kernel_conn, operator, ECHO, tenant="acme")

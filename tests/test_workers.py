@@ -450,7 +450,7 @@ def machine_home(tmp_path: Path, root_public_key: str, name: str):
 def test_a_worker_with_its_own_trusted_key_signs_what_it_records(conn, operator, home, env,
                                                                  workers, tmp_path):
     other, public = machine_home(tmp_path, home.root_public_key(), "machine-2")
-    manifest.set_trust(conn, operator, public, "machine-2", trusted=True)
+    manifest.set_trust(conn, operator, public, "machine-2", trusted=True, role="platform")
     fn = add_function(conn, operator)
     ids = schedule_many(conn, operator, fn, [{"i": i} for i in range(5)])
     env["LOGLINE_HOME"] = str(other.path)

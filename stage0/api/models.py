@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..governance import RESERVED_TYPES
+from ..errors import LoglineError
+from ..kinds import PLATFORM_KINDS, check_kind
 
 Visibility = Literal["private", "tenant", "public"]
 JSON = Any
@@ -61,8 +62,9 @@ class SpanIn(_Content):
     under a key the manifest trusts and is stored exactly as signed."""
 
     entity_type: str = Field(min_length=1, max_length=100,
-                             description="any kind but the ones only the platform writes: "
-                             + ", ".join(sorted(RESERVED_TYPES)))
+                             description="a lowercase kind (^[a-z][a-z0-9_]{0,63}$), any "
+                             "but the ones only the platform writes: "
+                             + ", ".join(sorted(PLATFORM_KINDS)))
     who: str
     this: str
     id: str | None = None
@@ -75,10 +77,17 @@ class SpanIn(_Content):
     @field_validator("entity_type")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
-        if value.strip().lower() in RESERVED_TYPES:
-            raise ValueError(f"{value!r} is written by the platform only (keys, contracts, "
-                             "gate decisions, approvals, jobs): use its own endpoint")
-        return value
+        if value.strip().lower() in PLATFORM_KINDS:
+            raise ValueError(reserved_message(value))
+        try:
+            return check_kind(value)
+        except LoglineError as exc:
+            raise ValueError(exc.message) from None
+
+
+def reserved_message(kind: str) -> str:
+    return (f"{kind!r} is written by the platform only (keys, contracts, gate decisions, "
+            "approvals, jobs, executions, requests, policy records): use its own endpoint")
 
 
 class SpanList(BaseModel):

@@ -10,6 +10,8 @@ import psycopg
 from starlette.responses import Response
 
 from .. import ledger, manifest
+from ..canonical import format_at, parse_at
+from ..errors import LoglineError
 from ..proofs import check_proofs
 from ..queries import SPAN_COLUMNS
 from .app import Call, Endpoint
@@ -26,6 +28,7 @@ from .models import (
     SpanIn,
     SpanList,
     Verification,
+    reserved_message,
 )
 from .stream import stream
 
@@ -100,6 +103,10 @@ async def get_span(call: Call) -> Any:
 
 
 async def post_span(call: Call) -> Any:
+    """Append what a client wrote. The server signs it with the edge key (or stores it as
+    the client signed it), so it can never pass for a platform record; it sets `at` itself
+    (the client's value is kept as metadata.client_at). A next version without a pinned seq
+    is re-chained and retried when another writer moved the head first."""
     body: SpanIn = call.body
     principal = call.principal
     assert principal is not None
@@ -107,17 +114,45 @@ async def post_span(call: Call) -> Any:
     for field, mine in (("owner_id", principal.user_id), ("tenant_id", principal.tenant_id)):
         if draft.setdefault(field, mine) != mine:
             raise ApiError(403, "LEDGER_FORBIDDEN", f"{field} must be your own ({mine})")
-    if not draft.get("signature"):  # a client-signed span is stored exactly as signed
+    signed = bool(draft.get("signature"))
+    if not signed:  # a client-signed span is stored exactly as signed
         draft.setdefault("trace_id", call.request_id)
+        _server_time(draft)
 
     def run(conn: psycopg.Connection) -> dict[str, Any]:
-        trusted = manifest.trust_set(conn, call.state.root) if draft.get("signature") else None
-        [span] = ledger.append(conn, [draft], call.state.key, trusted)
+        signers = manifest.signers(conn, call.state.root)
+        if draft["entity_type"] in signers.platform_kinds:
+            raise ApiError(422, "BAD_FIELD", "entity_type: "
+                           + reserved_message(draft["entity_type"]))
+        [span] = ledger.append(conn, [draft], call.state.edge_key, signers.trusted)
         row = conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
                            "AND seq = %s", (span["id"], span["seq"])).fetchone()
         return {**span, "position": row["position"]}
 
-    return await call.db(run)
+    pinned = signed or draft.get("seq") is not None
+    for attempt in range(CHAIN_RETRIES):
+        try:
+            return await call.db(run)
+        except LoglineError as exc:
+            if pinned or exc.code not in ledger.CHAIN_CODES or attempt == CHAIN_RETRIES - 1:
+                raise
+
+
+CHAIN_RETRIES = 5
+CLIENT_AT = "client_at"
+
+
+def _server_time(draft: dict[str, Any]) -> None:
+    """`at` of a span the server signs is the server's clock; a client's is kept apart."""
+    given = draft.pop("at", None)
+    if given is None:
+        return
+    given = format_at(parse_at(given))  # a malformed time is still named as one
+    metadata = draft.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ApiError(422, "BAD_FIELD", "at: the server sets `at`; a client's time is kept "
+                       "as metadata.client_at, which needs metadata to be an object")
+    draft["metadata"] = {**(metadata or {}), CLIENT_AT: given}
 
 
 # --- timeline -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ..contracts import Contract, contract_id
 from ..db import Database, configure, resolve
 from ..errors import LoglineError
 from ..governance import PLATFORM, load_contract
-from ..keys import operator_key
+from ..keys import edge_key, operator_key
 from ..loader import log
 from ..proofs import public_key_hex
 from .broadcast import Broadcaster
@@ -35,6 +35,7 @@ class ServerState:
         self.database = database
         self.home = home
         self.key = operator_key(home)
+        self.edge_key = edge_key(self.key)  # signs what clients post (never platform kinds)
         self.signer = public_key_hex(self.key)
         self.root = home.root_public_key()
         self.limiter = limiter or RateLimiter()
@@ -59,6 +60,9 @@ class ServerState:
     async def start(self) -> None:
         for pool in self.pools.values():
             pool.open(wait=True, timeout=30)
+        if self.signer == self.root:  # a ledger seeded before edge keys existed
+            with self.pools["kernel"].connection() as conn:
+                manifest.ensure_edge_key(conn, self.key)
         self.platform = self.load_platform_contract()
         await self.broadcaster.start()
         self.log("api_started", pid=os.getpid())

@@ -72,3 +72,6 @@ ORDER BY position
 
 -- name: claim_requests
 SELECT {columns}, position FROM ledger.claim_requests_v1(%(batch)s)
+
+-- name: chain_tip
+SELECT position, chain_hash FROM ledger.chain_tip
