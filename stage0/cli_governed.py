@@ -42,10 +42,12 @@ def cmd_contract(args: argparse.Namespace) -> int:
     key = keys.operator_key(home)
     with db.resolve(home).connect("kernel") as conn:
         if args.contract_command == "list":
-            for c in governance.contracts(conn, _root(home), args.tenant):
+            items, flags = governance.contracts(conn, _root(home), args.tenant)
+            for c in items:
                 mark = "active" if c["active"] else "      "
                 out(visible(f"{mark}  {c['ref']:<24} {c['tenant_id']:<10} "
                             f"{', '.join(c['actions'])}"))
+            _print_flags(flags)
         elif args.contract_command == "publish":
             contract = load_contract_file(Path(args.file))
             span = governance.publish(conn, key, _operator(args.tenant), contract)
