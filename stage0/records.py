@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from . import kinds, manifest
+from . import kinds, ledger, manifest
 from .errors import LoglineError
 
 #: How a span stands towards the platform (the audit export's `record` field).
@@ -53,16 +53,32 @@ class Platform:
             tenant_id is None or span.get("tenant_id") == tenant_id)
 
 
+#: (root key, manifest head's curr_hash) -> Platform: the manifest's signature is checked
+#: once per version, not once per request.
+_BY_HEAD: dict[tuple[str, str], Platform] = {}
+
+
 def platform(conn: psycopg.Connection, root_key: str) -> Platform:
     """The platform's keys and kinds from the latest manifest (the root key and the default
     kinds when the ledger holds none yet)."""
+    head = ledger.head(conn, manifest.MANIFEST_ID)
+    if head is None:
+        return Platform(kinds.platform_keys(None, root_key), kinds.platform_kinds(None))
+    cached = _BY_HEAD.get((root_key, head["curr_hash"]))
+    if cached is not None:
+        return cached
     try:
-        metadata = manifest.latest(conn, root_key).get("metadata")
+        latest = manifest.latest(conn, root_key)  # intact and signed by the root key
     except LoglineError as exc:
         if exc.code != "MANIFEST_NOT_FOUND":
             raise
-        metadata = None
-    return Platform(kinds.platform_keys(metadata, root_key), kinds.platform_kinds(metadata))
+        return Platform(kinds.platform_keys(None, root_key), kinds.platform_kinds(None))
+    metadata = latest.get("metadata")
+    found = Platform(kinds.platform_keys(metadata, root_key), kinds.platform_kinds(metadata))
+    if len(_BY_HEAD) > 64:
+        _BY_HEAD.clear()
+    _BY_HEAD[(root_key, latest["curr_hash"])] = found
+    return found
 
 
 def flag(span_id: Any, reason: str, detail: str = "") -> dict[str, str]:

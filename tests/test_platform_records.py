@@ -32,7 +32,7 @@ from nacl.signing import SigningKey
 from test_api import REPO, Api, Key, client_signed, start_api
 from test_governance import personal_ops_as
 
-from stage0 import keys, ledger
+from stage0 import keys, ledger, manifest
 from stage0.display import visible
 from stage0.proofs import public_key_hex
 
@@ -186,6 +186,26 @@ def test_prometheus_counts_only_executions_signed_by_the_platform(api, execution
     text = api.scrape().text
     assert 'logline_executions{status="rec_real"} 1.0' in text
     assert 'status="rec_forged"' not in text and 'status="rec_signed"' not in text
+
+
+def test_a_key_the_manifest_gives_the_platform_role_counts_from_that_version_on(api, acme,
+                                                                               executions):
+    """Role `platform` in the manifest's trusted_keys makes a key's records count, at once:
+    the views read the manifest's latest version (its check cached per version)."""
+    key = SigningKey.generate()
+    append(api, key, entity_type="execution", status="rec_platform_key", duration_ms=5)
+
+    def seen() -> dict[str, int]:
+        return statuses(acme.http(acme.requester).get("/api/metrics").json()["executions"])
+
+    assert "rec_platform_key" not in seen()
+    with api.kernel() as conn:
+        trusted = manifest.latest(conn, api.home.root_public_key())["metadata"]["trusted_keys"]
+        manifest.amend(conn, operator(api), trusted_keys=[*trusted, {
+            "name": "second worker", "public_key": public_key_hex(key), "role": "platform"}])
+    assert seen().get("rec_platform_key") == 1
+    assert public_key_hex(key) in acme.http(acme.requester).get("/api/me").json()[
+        "platform_keys"]
 
 
 # --- functions and kernels ----------------------------------------------------------------
