@@ -12,11 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import audit, db, governance, keys, manifest
+from . import audit, db, governance, keys, manifest, records
 from .apikeys import Principal
 from .cli import _home, _root, command, out
 from .client import Client
 from .contracts import load as load_contract_file
+from .display import visible
 from .errors import LoglineError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -41,9 +42,12 @@ def cmd_contract(args: argparse.Namespace) -> int:
     key = keys.operator_key(home)
     with db.resolve(home).connect("kernel") as conn:
         if args.contract_command == "list":
-            for c in governance.contracts(conn, _root(home), args.tenant):
+            items, flags = governance.contracts(conn, _root(home), args.tenant)
+            for c in items:
                 mark = "active" if c["active"] else "      "
-                out(f"{mark}  {c['ref']:<24} {c['tenant_id']:<10} {', '.join(c['actions'])}")
+                out(visible(f"{mark}  {c['ref']:<24} {c['tenant_id']:<10} "
+                            f"{', '.join(c['actions'])}"))
+            _print_flags(flags)
         elif args.contract_command == "publish":
             contract = load_contract_file(Path(args.file))
             span = governance.publish(conn, key, _operator(args.tenant), contract)
@@ -56,6 +60,29 @@ def cmd_contract(args: argparse.Namespace) -> int:
 
 
 # --- proposals, intents, approvals (over the API, as the key's principal) ----------------
+# What the server sends back was partly written by others (file names from an agent, args
+# from a requester): every line goes out through visible(), and a field of the wrong shape
+# is shown as it is instead of stopping the command.
+def _print_flags(flags: list[dict[str, Any]] | None, indent: str = "") -> None:
+    for f in flags or []:
+        out(visible(f"{indent}flagged {f.get('id')} {f.get('reason')}: {f.get('detail', '')}"))
+
+
+def _op_line(op: Any) -> str:
+    if not isinstance(op, dict):
+        return f"    {json.dumps(op)}"
+    to = f" -> {op['to']}" if op.get("to") else ""
+    return f"    {op.get('op')!s:<7} {op.get('path')}{to}  {op.get('size', '?')} bytes"
+
+
+def _result_line(r: Any) -> str:
+    if not isinstance(r, dict):
+        return f"    {json.dumps(r)}"
+    return (f"    {r.get('status')!s:<8} {r.get('op')!s:<7} {r.get('path')}"
+            + (f" -> {r['to']}" if r.get("to") else "")
+            + (f"  {r['code']}" if r.get("code") else ""))
+
+
 def _print_decision(d: dict[str, Any]) -> None:
     out(f"{d['outcome']} {d['reason']}: {d['message']}")
     for name in ("proposal_id", "job_id", "trace_id"):
@@ -86,21 +113,25 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_approvals(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.approvals_command == "list":
-        items = client.get("/api/approvals", state=args.state)["items"]
-        if args.json:
+        answer = client.get("/api/approvals", state=args.state)
+        items = answer["items"]
+        if args.json:  # JSON escapes every non-ASCII character itself
             for item in items:
                 out(json.dumps(item, sort_keys=True))
+            for f in answer.get("flags") or []:
+                print(json.dumps({"flag": f}, sort_keys=True), file=sys.stderr)
             return 0
         for p in items:
-            out(f"{p['id']}  {p['state']:<10} {p['contract']} {p['action']} "
-                f"{json.dumps(p['args'])}  by {p['requester']}  "
-                f"({len([a for a in p['approvals'] if a['status'] == 'approved'])}"
-                f"/{p['required']} approvals)")
+            out(visible(f"{p['id']}  {p['state']:<10} {p['contract']} {p['action']} "
+                        f"{json.dumps(p['args'])}  by {p['requester']}  "
+                        f"({len([a for a in p['approvals'] if a['status'] == 'approved'])}"
+                        f"/{p['required']} approvals)"))
             for op in (p["plan"] or [])[:20]:
-                out(f"    {op['op']:<7} {op['path']}{' -> ' + op['to'] if op.get('to') else ''}"
-                    f"  {op.get('size', '?')} bytes")
+                out(visible(_op_line(op)))
             if p["plan"] and len(p["plan"]) > 20:
                 out(f"    ... and {len(p['plan']) - 20} more")
+            _print_flags(p.get("flags"), "    ")
+        _print_flags(answer.get("flags"))
         if not items:
             out("nothing to show")
         return 0
@@ -116,25 +147,30 @@ def cmd_proposal(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps(p, indent=2, sort_keys=True))
         return 0
-    out(f"{p['id']}  {p['state']}  {p['contract']} {p['action']} {json.dumps(p['args'])}")
-    out(f"  requested by {p['requester']} at {p['at']}; trace {p['trace_id']}")
+    def show(text: str) -> None:
+        out(visible(text))
+
+    show(f"{p['id']}  {p['state']}  {p['contract']} {p['action']} {json.dumps(p['args'])}")
+    show(f"  requested by {p['requester']} at {p['at']}; trace {p['trace_id']}")
     for a in p["approvals"]:
-        out(f"  {a['status']:<9} by {a['approver']} at {a['at']}: {a['reason']}")
+        show(f"  {a['status']:<9} by {a['approver']} at {a['at']}: {a['reason']}")
     for kind, job in sorted(p["jobs"].items()):
-        out(f"  job {kind:<8} {job['state']:<11} {job['id']}"
-            + (f"  (agent {job['agent']})" if job["agent"] else ""))
-        output = (job["result"] or {}).get("output") or {}
+        show(f"  job {kind:<8} {job['state']:<11} {job['id']}"
+             + (f"  (agent {job['agent']})" if job["agent"] else ""))
+        output = (job["result"] or {}).get("output")
+        output = output if isinstance(output, dict) else {}
         if "code" in output:
-            out(f"    refused: {output['code']} {output.get('message', '')}")
-        for r in output.get("results", [])[:50]:
-            out(f"    {r['status']:<8} {r['op']:<7} {r['path']}"
-                + (f" -> {r['to']}" if r.get("to") else "") + (f"  {r['code']}"
-                                                               if r.get("code") else ""))
+            show(f"    refused: {output['code']} {output.get('message', '')}")
+        results = output.get("results")
+        for r in (results if isinstance(results, list) else [])[:50]:
+            show(_result_line(r))
         for name in ("files", "groups", "ops"):
-            if name in output:
-                out(f"    {output.get('count', len(output[name]))} {name}")
-                for item in output[name][:50]:
-                    out(f"      {json.dumps(item, sort_keys=True)}")
+            listed = output.get(name)
+            if isinstance(listed, list):
+                show(f"    {output.get('count', len(listed))} {name}")
+                for item in listed[:50]:
+                    show(f"      {json.dumps(item, sort_keys=True)}")
+    _print_flags(p.get("flags"), "  ")
     return 0
 
 
@@ -175,8 +211,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     home = _home()
     types = args.type.split(",") if args.type else None
     with db.resolve(home).connect("kernel") as conn:
-        spans = audit.rows(conn, trace_id=args.trace, tenant=args.tenant, types=types,
-                           after=args.since, limit=args.limit)
+        spans = audit.rows(conn, _root(home), trace_id=args.trace, tenant=args.tenant,
+                           types=types, after=args.since, limit=args.limit)
     text = audit.render(spans, args.format)
     if args.out:
         Path(args.out).write_text(text)
@@ -191,15 +227,18 @@ def verify_export(path: str) -> int:
     home = _home()
     with db.resolve(home).connect("kernel") as conn:
         trusted = manifest.trust_set(conn, _root(home))
+        platform = records.platform(conn, _root(home))
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise LoglineError("EXPORT_UNREADABLE", exc.strerror or str(exc), path) from None
-    report = audit.check_export(lines, trusted)
+    report = audit.check_export(lines, trusted, platform)
     for line, span_id, reason in report.failures:
-        out(f"FAIL {path}:{line} {span_id} {reason}")
-    out(f"ok: {report.spans} exported span(s) verify (hash, signature, trusted key)"
-        if report.ok else f"{len(report.failures)} of {report.spans} span(s) fail")
+        out(visible(f"FAIL {path}:{line} {span_id} {reason}"))
+    out(f"ok: {report.spans} exported span(s) verify (hash, signature, trusted key, platform "
+        f"kinds signed by the platform): {report.platform} platform record(s), "
+        f"{report.tenant} written by tenants" if report.ok
+        else f"{len(report.failures)} of {report.spans} span(s) fail")
     return 0 if report.ok else 1
 
 

@@ -27,7 +27,7 @@ import psycopg
 import rfc8785
 from nacl.signing import SigningKey
 
-from . import gate, ledger, manifest
+from . import gate, ledger, manifest, records
 from .apikeys import Principal
 from .canonical import FIELDS, parse_at
 from .contracts import Contract, contract_id, parse
@@ -140,15 +140,17 @@ def activate(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pr
 ACTIVE = (
     "SELECT DISTINCT ON (content ->> 'name') content FROM ledger.universal_registry "
     "WHERE entity_type = 'contract_activation' AND tenant_id = %s AND status = 'active' "
-    "ORDER BY content ->> 'name', position DESC"
+    "AND public_key = ANY(%s) ORDER BY content ->> 'name', position DESC"
 )
 
 
 def active_contracts(conn: psycopg.Connection, root: str,
                      tenant_id: str) -> list[tuple[Contract, dict[str, Any]]]:
+    """The tenant's active contracts: activations count only when the platform signed them."""
     trusted = manifest.trust_set(conn, root)
+    keys = sorted(records.platform(conn, root).keys)
     out = []
-    for row in conn.execute(ACTIVE, (tenant_id,)):
+    for row in conn.execute(ACTIVE, (tenant_id, keys)):
         found = load_contract(conn, row["content"]["contract_id"], trusted,
                               row["content"]["contract_hash"])
         if found:
@@ -157,18 +159,31 @@ def active_contracts(conn: psycopg.Connection, root: str,
 
 
 CONTRACTS = (
-    "SELECT id::text AS id, tenant_id, content FROM ledger.latest_spans "
+    "SELECT id::text AS id, tenant_id, public_key, content FROM ledger.latest_spans "
     "WHERE entity_type = 'contract' AND tenant_id IN ('system', %s) ORDER BY position"
 )
 
 
-def contracts(conn: psycopg.Connection, root: str, tenant_id: str) -> list[dict[str, Any]]:
-    """The contracts a tenant can use (the system's and its own), marked active or not."""
+def contracts(conn: psycopg.Connection, root: str, tenant_id: str
+              ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The contracts a tenant can use (the system's and its own, signed by the platform),
+    marked active or not; and the flags of the contract spans left out (not signed by the
+    platform, or not readable as a contract)."""
+    keys = records.platform(conn, root).keys
     active = {s["id"] for _, s in active_contracts(conn, root, tenant_id)}
-    return [{"id": r["id"], "ref": f"{r['content']['name']}@{r['content']['version']}",
-             "tenant_id": r["tenant_id"], "active": r["id"] in active,
-             "actions": r["content"]["actions"]}
-            for r in conn.execute(CONTRACTS, (tenant_id,))]
+    items, flags = [], []
+    for r in conn.execute(CONTRACTS, (tenant_id,)):
+        if r["public_key"] not in keys:
+            flags.append(records.flag(r["id"], records.NOT_PLATFORM_SIGNED))
+            continue
+        try:
+            content = r["content"]
+            items.append({"id": r["id"], "ref": f"{content['name']}@{content['version']}",
+                          "tenant_id": r["tenant_id"], "active": r["id"] in active,
+                          "actions": dict(content["actions"])})
+        except (KeyError, TypeError, ValueError) as exc:
+            flags.append(records.flag(r["id"], records.MALFORMED, f"not a contract: {exc!r}"))
+    return items, flags
 
 
 def resolve(action: str, contracts: list[tuple[Contract, dict[str, Any]]]
@@ -313,43 +328,76 @@ def _children_of(conn: psycopg.Connection, parent_ids: list[str]
     return out
 
 
-def proposal_state(conn: psycopg.Connection, proposal_id: str) -> dict[str, Any] | None:
+def proposal_state(conn: psycopg.Connection, root: str, tenant_id: str,
+                   proposal_id: str) -> dict[str, Any] | None:
     """A proposal as the caller may see it: terms, plan (the agent's preview), approvals,
-    jobs and their results, and a state: planning, plan_failed, pending, approved,
-    rejected, running, done, failed, interrupted, refused."""
+    jobs and their results, a state (planning, plan_failed, pending, approved, rejected,
+    running, done, failed, interrupted, refused) and flags. None unless it is a platform
+    record of `tenant_id`; RECORD_MALFORMED when its state cannot be read."""
     request = ledger.head(conn, proposal_id)
     if request is None or request["entity_type"] not in ("approval_request", "proposal"):
         return None
-    return _states(conn, [request])[0]
+    platform = records.platform(conn, root)
+    if not platform.counts(request, tenant_id):
+        return None
+    [state], flags = _states(conn, [request], platform)
+    if state is None:
+        raise LoglineError(records.MALFORMED, flags[0]["detail"], proposal_id)
+    return state
 
 
-def _states(conn: psycopg.Connection, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _states(conn: psycopg.Connection, requests: list[dict[str, Any]],
+            platform: records.Platform) -> tuple[list[dict[str, Any] | None], list[dict]]:
     """proposal_state for each of `requests` (their head spans), in three queries in all:
-    the requests' children (approvals, jobs), then the jobs' children (claims, results)."""
+    the requests' children (approvals, jobs), then the jobs' children (claims, results).
+    A request whose state cannot be read is None, and flagged instead of failing the rest."""
     children = _children_of(conn, [r["id"] for r in requests])
-    job_ids = [c["id"] for kids in children.values() for c in kids if c["entity_type"] == "job"]
-    job_children = _children_of(conn, sorted(set(job_ids)))
-    return [_state(request, children.get(request["id"], []), job_children)
-            for request in requests]
+    job_ids = {c["id"] for kids in children.values() for c in kids
+               if c["entity_type"] == "job" and platform.counts(c, None)}
+    job_children = _children_of(conn, sorted(job_ids))
+    states: list[dict[str, Any] | None] = []
+    flags = []
+    for request in requests:
+        try:
+            states.append(_state(request, children.get(request["id"], []), job_children,
+                                 platform))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            states.append(None)
+            flags.append(records.flag(request["id"], records.MALFORMED,
+                                      f"the request's terms cannot be read: {exc!r}"))
+    return states, flags
 
 
 def _state(request: dict[str, Any], children: list[dict[str, Any]],
-           job_children: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+           job_children: dict[str, list[dict[str, Any]]],
+           platform: records.Platform) -> dict[str, Any]:
+    flags: list[dict[str, str]] = []
+    tenant = request["tenant_id"]
+    children = records.counted(children, platform, tenant, flags)
     approvals = [c for c in children if c["entity_type"] == "approval"]
-    jobs = {c["content"]["kind"]: _job_view(c, job_children.get(c["id"], []))
-            for c in children if c["entity_type"] == "job"}
+    jobs = {c["content"]["kind"]: _job_view(c, records.counted(
+        job_children.get(c["id"], []), platform, tenant, flags))
+        for c in children if c["entity_type"] == "job"}
     terms = request["content"]
     plan_job = jobs.get("plan")
     execute_job = jobs.get("execute")
-    plan = None
+    plan, bad_plan = None, False
     if plan_job and plan_job["result"] and plan_job["result"]["status"] == "done":
-        plan = (plan_job["result"]["output"] or {}).get("ops")
+        output = plan_job["result"]["output"]
+        ops = output.get("ops") if isinstance(output, dict) else None
+        problem = records.plan_problem(ops)
+        if problem:  # never shown, never approvable: the request ends as plan_failed
+            bad_plan = True
+            flags.append(records.flag(plan_job["result"]["id"], records.PLAN_MALFORMED,
+                                      problem))
+        else:
+            plan = ops
     if any(a["status"] == "rejected" for a in approvals):
         state = "rejected"
     elif execute_job:
         state = execute_job["state"]
         state = {"queued": "approved", "claimed": "running"}.get(state, state)
-    elif plan_job and plan_job["state"] in ("failed", "interrupted", "refused"):
+    elif plan_job and (bad_plan or plan_job["state"] in ("failed", "interrupted", "refused")):
         state = "plan_failed"
     elif plan_job and plan is None:
         state = "planning"
@@ -362,7 +410,7 @@ def _state(request: dict[str, Any], children: list[dict[str, Any]],
             "requester": request["owner_id"], "at": request["at"], "plan": plan,
             "approvals": [{"approver": a["owner_id"], "status": a["status"], "at": a["at"],
                            "reason": (a["content"] or {}).get("reason")} for a in approvals],
-            "jobs": jobs}
+            "jobs": jobs, "flags": flags}
 
 
 def _job_view(job: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
@@ -371,22 +419,28 @@ def _job_view(job: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, 
     state = result["status"] if result else (claim["status"] if claim else "queued")
     return {"id": job["id"], "kind": job["content"]["kind"], "state": state,
             "agent": claim["owner_id"] if claim else None,
-            "result": {"status": result["status"], "output": result["output"]}
-            if result else None}
+            "result": {"id": result["id"], "status": result["status"],
+                       "output": result["output"]} if result else None}
 
 
 PENDING = (
     f"SELECT {SPAN_COLUMNS} FROM ledger.latest_spans WHERE entity_type = 'approval_request' "
-    "AND tenant_id = %(tenant)s ORDER BY position DESC LIMIT %(limit)s"
+    "AND tenant_id = %(tenant)s AND public_key = ANY(%(keys)s) "
+    "ORDER BY position DESC LIMIT %(limit)s"
 )
 
 
-def approvals_inbox(conn: psycopg.Connection, tenant_id: str, limit: int = 100,
-                    states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    requests = [ledger.span_from_row(r)
-                for r in conn.execute(PENDING, {"tenant": tenant_id, "limit": limit})]
-    return [state for state in _states(conn, requests)
-            if states is None or state["state"] in states]
+def approvals_inbox(conn: psycopg.Connection, root: str, tenant_id: str, limit: int = 100,
+                    states: tuple[str, ...] | None = None
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The tenant's approval requests (platform records only), newest first, and the flags
+    of the ones whose state cannot be read (skipped, never failing the rest)."""
+    platform = records.platform(conn, root)
+    requests = [ledger.span_from_row(r) for r in conn.execute(PENDING, {
+        "tenant": tenant_id, "keys": sorted(platform.keys), "limit": limit})]
+    found, flags = _states(conn, requests, platform)
+    return [state for state in found if state is not None and
+            (states is None or state["state"] in states)], flags
 
 
 # --- approvals ----------------------------------------------------------------------------
@@ -403,8 +457,13 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
     `agent_identities(role)`: the users of the tenant holding a key with the contract's
     executor role; none of them approves, whatever other key they use."""
     request = ledger.head(conn, proposal_id)
-    if request is None or request["entity_type"] != "approval_request":
+    platform = records.platform(conn, root)
+    if request is None or request["entity_type"] != "approval_request" or \
+            not platform.counts(request, principal.tenant_id):
         raise LoglineError("NOT_FOUND", "no approval request with this id is visible to you")
+    [state], flags = _states(conn, [request], platform)
+    if state is None:
+        raise LoglineError(records.MALFORMED, flags[0]["detail"], proposal_id)
     terms = request["content"]
     found = load_contract(conn, terms["contract_id"], manifest.trust_set(conn, root),
                           terms["contract_hash"])
@@ -412,7 +471,6 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
         raise LoglineError("CONTRACT_CHANGED", "the contract is no longer visible")
     contract, contract_span = found
     profile = contract.actions[terms["action"]]
-    state = _states(conn, [request])[0]
     trace = request["trace_id"] or trace_id
     action = f"{contract.name}.{terms['action']}"
 
@@ -455,7 +513,7 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
         parent_id=proposal_id, status="approved" if approve else "rejected",
         content={"reason": reason, "plan_hash": plan_hash(state["plan"]),
                  "roles": sorted(principal.roles)})], key)
-    decision = _decide_with_approvals(conn, contract, terms, request, at, agents)
+    decision = _decide_with_approvals(conn, contract, terms, request, at, platform, agents)
     spans = [_decision_span(principal, decision, trace, proposal_id, terms["args"],
                             contract_span)]
     outcome = Outcome(decision, spans[0]["id"], trace, proposal_id)
@@ -476,11 +534,14 @@ def _claimers(conn: psycopg.Connection, proposal_id: str) -> set[str]:
 
 
 def _decide_with_approvals(conn: psycopg.Connection, contract: Contract,
-                           terms: dict[str, Any], request: dict[str, Any],
-                           at: datetime, agents: set[str] | None = None) -> gate.Decision:
+                           terms: dict[str, Any], request: dict[str, Any], at: datetime,
+                           platform: records.Platform,
+                           agents: set[str] | None = None) -> gate.Decision:
+    # Only approvals the platform signed, in the request's tenant, count.
     approvals = [gate.Approval(a["owner_id"], frozenset((a["content"] or {}).get("roles", ())),
                                a["status"] == "approved", parse_at(a["at"]))
-                 for a in _children(conn, request["id"]) if a["entity_type"] == "approval"]
+                 for a in _children(conn, request["id"]) if a["entity_type"] == "approval"
+                 and platform.counts(a, request["tenant_id"])]
     # The requester's roles were checked when they proposed; this decides the approvals.
     requester_roles = tuple(contract.actions[terms["action"]].requesters)
     return gate.decide(terms["action"], terms["args"], contract=contract,
@@ -492,7 +553,7 @@ def _decide_with_approvals(conn: psycopg.Connection, contract: Contract,
 # --- jobs ---------------------------------------------------------------------------------
 QUEUED = (
     f"SELECT {SPAN_COLUMNS} FROM ledger.latest_spans j WHERE j.entity_type = 'job' "
-    "AND j.tenant_id = %(tenant)s "
+    "AND j.tenant_id = %(tenant)s AND j.public_key = ANY(%(keys)s) "
     "AND (%(actions)s::text[] IS NULL OR j.content ->> 'action' = ANY(%(actions)s)) "
     "AND NOT EXISTS (SELECT 1 FROM ledger.universal_registry c "
     "WHERE c.parent_id = j.id AND c.entity_type = 'job_claim') ORDER BY j.position "
@@ -504,8 +565,9 @@ UNREPORTED = (
     f"SELECT {', '.join(f'j.{chr(34)}{f}{chr(34)}' for f in FIELDS)} "
     "FROM ledger.latest_spans j JOIN ledger.universal_registry c ON c.parent_id = j.id "
     "AND c.entity_type = 'job_claim' AND c.status = 'claimed' "
-    "AND c.content ->> 'key_id' = %(key_id)s "
-    "WHERE j.entity_type = 'job' AND j.tenant_id = %(tenant)s AND NOT EXISTS ("
+    "AND c.content ->> 'key_id' = %(key_id)s AND c.public_key = ANY(%(keys)s) "
+    "WHERE j.entity_type = 'job' AND j.tenant_id = %(tenant)s "
+    "AND j.public_key = ANY(%(keys)s) AND NOT EXISTS ("
     "SELECT 1 FROM ledger.universal_registry r WHERE r.parent_id = j.id "
     "AND r.entity_type = 'job_result') ORDER BY j.position LIMIT %(limit)s"
 )
@@ -521,12 +583,15 @@ def claim(conn: psycopg.Connection, key: SigningKey, root: str, principal: Princ
     with the gate's reason, and never handed out."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))",
                  (f"jobs:{principal.tenant_id}",))
+    platform = records.platform(conn, root)  # only jobs the platform queued are handed out
+    keys = sorted(platform.keys)
     handed = [_handed(ledger.span_from_row(r)) for r in conn.execute(UNREPORTED, {
-        "tenant": principal.tenant_id, "key_id": principal.key_id, "limit": limit})]
+        "tenant": principal.tenant_id, "key_id": principal.key_id, "keys": keys,
+        "limit": limit})]
     trusted = manifest.trust_set(conn, root)
     spans: list[dict[str, Any]] = []
     for row in conn.execute(QUEUED, {"tenant": principal.tenant_id, "actions": actions,
-                                     "limit": limit * 4}).fetchall():
+                                     "keys": keys, "limit": limit * 4}).fetchall():
         if len(handed) == limit:
             break
         job = ledger.span_from_row(row)
@@ -538,9 +603,9 @@ def claim(conn: psycopg.Connection, key: SigningKey, root: str, principal: Princ
                 terms = request["content"]
                 found = load_contract(conn, terms["contract_id"], trusted,
                                       terms["contract_hash"])
-                decision = _decide_with_approvals(conn, found[0], terms, request, now()) \
-                    if found else gate.Decision("DENY", "G_NO_CONTRACT", "contract gone",
-                                                terms["action"])
+                decision = _decide_with_approvals(
+                    conn, found[0], terms, request, now(), platform) if found else \
+                    gate.Decision("DENY", "G_NO_CONTRACT", "contract gone", terms["action"])
                 spans.append(_decision_span(principal, decision, job["trace_id"], job["id"],
                                             terms["args"], found[1] if found else None))
         refused = decision is not None and decision.outcome != "ALLOW"

@@ -42,6 +42,7 @@ ECHO = "def main(input):\n    return {'echo': input}\n"
 PROTECTED = [
     ("GET", "/api/spans"), ("POST", "/api/spans"), ("GET", "/api/spans/{id}"),
     ("GET", "/api/timeline"), ("GET", "/api/timeline/stream"), ("POST", "/api/execute"),
+    ("GET", "/api/executions"), ("GET", "/api/functions"),
     ("POST", "/api/boot/{id}"), ("GET", "/api/verify/{id}"), ("GET", "/api/metrics"),
     ("GET", "/api/me"), ("GET", "/metrics"),
     # governed execution (tests/test_governance.py)
@@ -416,8 +417,13 @@ def test_a_revoked_key_stops_working_within_seconds(api):
 
 
 def test_me_says_who_the_key_is(api, key_a, a):
-    assert a.get("/api/me").json() == {"key_id": key_a.key_id, "user_id": "alice",
-                                       "tenant_id": "acme", "roles": ["reader", "writer"]}
+    me = a.get("/api/me").json()
+    platform = {k: me.pop(k) for k in ("platform_keys", "platform_kinds")}
+    assert me == {"key_id": key_a.key_id, "user_id": "alice", "tenant_id": "acme",
+                  "roles": ["reader", "writer"]}
+    # which keys sign platform records: the root key (no other is trusted as platform here)
+    assert platform["platform_keys"] == [api.home.root_public_key()]
+    assert {"execution", "approval", "job", "contract"} <= set(platform["platform_kinds"])
     admin = api.key("ada", "globex", "admin")
     assert api.client(admin).get("/api/me").json()["roles"] == ["admin"]
 
@@ -581,22 +587,21 @@ def test_b_cannot_execute_a_function_of_a(a_spans, b):
     same_refusal(hidden, b.post("/api/execute", json={"span_id": str(uuid.uuid4())}))
 
 
-def platform_record(api: Api, tenant: str, **fields: Any) -> dict[str, Any]:
-    """A span as the platform records it (signed by the operator key), for alice in tenant."""
-    span = {"who": "run_code", "this": "a record", "owner_id": "alice", "tenant_id": tenant,
-            **fields}
+def platform_executions(api: Api, *drafts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Executions as the platform records them (the workers sign with the operator key)."""
     with api.kernel() as conn:
-        return ledger.append(conn, [span], keys.operator_key(api.home))[0]
+        return ledger.append(conn, [{"entity_type": "execution", "who": "run_code",
+                                     "did": "executed", "this": "fn", "owner_id": "alice",
+                                     "visibility": "tenant", **d} for d in drafts],
+                             keys.operator_key(api.home))
 
 
 def test_api_metrics_count_only_the_callers_executions(api, a, b):
-    for _ in range(3):
-        platform_record(api, "acme", entity_type="execution", status="iso_a_only",
-                        duration_ms=7, visibility="tenant")
-    platform_record(api, "acme", entity_type="execution", status="iso_a_private",
-                    duration_ms=7)
-    platform_record(api, "globex", entity_type="execution", status="iso_b_only",
-                    duration_ms=9, visibility="tenant")
+    platform_executions(
+        api, *[{"tenant_id": "acme", "status": "iso_a_only", "duration_ms": 7}] * 3,
+        {"tenant_id": "acme", "status": "iso_a_private", "duration_ms": 7,
+         "visibility": "private"},
+        {"tenant_id": "globex", "status": "iso_b_only", "duration_ms": 9})
     seen_b = {r["status"]: r["count"] for r in b.get("/api/metrics").json()["executions"]}
     assert seen_b.get("iso_b_only") == 1
     assert "iso_a_only" not in seen_b and "iso_a_private" not in seen_b
@@ -1517,8 +1522,7 @@ def test_verify_does_not_call_a_chain_broken_because_an_old_version_is_private(a
 def test_metrics_are_prometheus_text_with_every_family(api, a):
     from prometheus_client.parser import text_string_to_metric_families
 
-    platform_record(api, "acme", entity_type="execution", status="complete", duration_ms=3,
-                    visibility="tenant")
+    platform_executions(api, {"tenant_id": "acme", "status": "complete", "duration_ms": 3})
     httpx.get(api.url + "/api/spans", timeout=10)  # a denial, so the counter has a sample
     assert httpx.get(api.url + "/metrics", timeout=10).status_code == 401
     before = api.scrape()

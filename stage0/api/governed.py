@@ -12,13 +12,14 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from .. import apikeys, audit, governance, intents
+from .. import apikeys, audit, governance, intents, records
 from ..contracts import parse as parse_contract
 from .app import Call, Endpoint
 from .errors import ApiError
+from .models import Flag
 from .routes import _uuid
 
 JSON = Any
@@ -50,6 +51,8 @@ class ContractItem(BaseModel):
 
 class ContractList(BaseModel):
     items: list[ContractItem]
+    flags: list[Flag] = Field(default_factory=list, description="contract spans left out: "
+                              "not signed by the platform, or not readable as a contract")
 
 
 class Activated(BaseModel):
@@ -106,10 +109,15 @@ class Proposal(BaseModel):
     plan: list[dict[str, JSON]] | None
     approvals: list[dict[str, JSON]]
     jobs: dict[str, JSON]
+    flags: list[Flag] = Field(default_factory=list, description="spans of this request left "
+                              "out of its state (not signed by the platform, a malformed "
+                              "plan)")
 
 
 class ProposalList(BaseModel):
     items: list[Proposal]
+    flags: list[Flag] = Field(default_factory=list, description="requests left out because "
+                              "their state cannot be read")
 
 
 class ClaimIn(_In):
@@ -158,8 +166,8 @@ async def list_contracts(call: Call) -> ContractList:
     p = call.principal
     assert p is not None
 
-    items = await call.db(governance.contracts, call.state.root, p.tenant_id)
-    return ContractList(items=[ContractItem(**c) for c in items])
+    items, flags = await call.db(governance.contracts, call.state.root, p.tenant_id)
+    return ContractList(items=[ContractItem(**c) for c in items], flags=flags)
 
 
 async def publish_contract(call: Call) -> ContractItem:
@@ -226,22 +234,41 @@ async def intent(call: Call) -> IntentOut:
                                                   "args": parsed.args})
 
 
+def _proposal(state: dict[str, Any], flags: list[dict[str, str]]) -> Proposal | None:
+    """The answer's shape for one request; None (and a flag) when it cannot take it."""
+    try:
+        return Proposal(**state)
+    except ValidationError as exc:
+        flags.append(records.flag(state.get("id"), records.MALFORMED, str(exc)))
+        return None
+
+
 async def get_proposal(call: Call) -> Proposal:
+    p = call.principal
+    assert p is not None
     proposal_id = _uuid(call.request.path_params["id"])
-    state = await call.db(governance.proposal_state, proposal_id)
+    state = await call.db(governance.proposal_state, call.state.root, p.tenant_id,
+                          proposal_id)
     if state is None:
         raise ApiError(404, "NOT_FOUND", "no proposal with this id is visible to you")
-    return Proposal(**state)
+    flags: list[dict[str, str]] = []
+    proposal = _proposal(state, flags)
+    if proposal is None:
+        raise ApiError(422, records.MALFORMED, flags[0]["detail"])
+    return proposal
 
 
 async def list_approvals(call: Call) -> ProposalList:
+    """One request that cannot be read is skipped and flagged, never failing the inbox."""
     p = call.principal
     assert p is not None
     wanted = call.query("state")
     limit = call.int_query("limit", 50, 1, 200)
     states = tuple(wanted.split(",")) if wanted else None
-    items = await call.db(governance.approvals_inbox, p.tenant_id, limit, states)
-    return ProposalList(items=[Proposal(**i) for i in items])
+    items, flags = await call.db(governance.approvals_inbox, call.state.root, p.tenant_id,
+                                 limit, states)
+    proposals = [_proposal(i, flags) for i in items]
+    return ProposalList(items=[x for x in proposals if x is not None], flags=flags)
 
 
 async def decide_approval(call: Call) -> Decision:
@@ -298,14 +325,18 @@ async def report_result(call: Call) -> ResultOut:
 
 # --- audit --------------------------------------------------------------------------------
 async def audit_export(call: Call) -> Response:
-    """The visible trail as JSON lines (every field: each line verifies on its own) or CSV,
-    oldest first; page with ?since=."""
+    """Your tenant's trail as JSON lines (every field: each line verifies on its own) or
+    CSV, oldest first, each span marked `record` (platform, tenant or forged); page with
+    ?since=. Another tenant's spans are never in it, public ones included."""
+    p = call.principal
+    assert p is not None
     fmt = call.query("format", "jsonl")
     if fmt not in ("jsonl", "csv"):
         raise ApiError(400, "BAD_QUERY", "format is jsonl or csv")
     types = call.query("entity_type")
     spans = await call.db(lambda conn: audit.rows(
-        conn, trace_id=call.query("trace_id"), types=types.split(",") if types else None,
+        conn, call.state.root, trace_id=call.query("trace_id"), tenant=p.tenant_id,
+        types=types.split(",") if types else None,
         after=call.int_query("since", None, 0, 2**62),
         limit=call.int_query("limit", audit.EXPORT_MAX, 1, audit.EXPORT_MAX)))
     return Response(audit.render(spans, fmt), media_type="application/x-ndjson"

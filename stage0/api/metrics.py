@@ -14,9 +14,12 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from .. import records
+
 
 class _Executions:
-    """Executions by status, read from the head projection at scrape time."""
+    """Executions by status (the platform's records only: a look-alike execution span signed
+    by another key is not counted), read from the latest versions at scrape time."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
@@ -26,10 +29,11 @@ class _Executions:
                                    labels=["status"])
         try:
             with self.state.pools["kernel"].connection() as conn:
+                keys = sorted(records.platform(conn, self.state.root).keys)
                 rows = conn.execute(
                     "SELECT coalesce(status, '') AS status, count(*) AS n "
-                    "FROM ledger.span_heads WHERE entity_type = 'execution' "
-                    "GROUP BY 1").fetchall()
+                    "FROM ledger.latest_spans WHERE entity_type = 'execution' "
+                    "AND public_key = ANY(%s) GROUP BY 1", (keys,)).fetchall()
         except Exception:
             rows = []
         for row in rows:

@@ -95,6 +95,29 @@ class SpanList(BaseModel):
     next_before: int | None = Field(None, description="pass as ?before= for the next page")
 
 
+class Flag(BaseModel):
+    """A span a view left out, and why (docs/errors.md: KIND_NOT_PLATFORM_SIGNED,
+    RECORD_MALFORMED, PLAN_MALFORMED)."""
+
+    id: str
+    reason: str
+    detail: str = ""
+
+
+class ExecutionList(SpanList):
+    flags: list[Flag] = Field(default_factory=list, description="execution spans of your "
+                              "tenant not signed by the platform (left out)")
+
+
+class Function(Span):
+    kernel: bool = Field(description="a stage-0 kernel: a function of tenant system, signed "
+                         "by the platform and marked metadata.kernel")
+
+
+class FunctionList(BaseModel):
+    items: list[Function]
+
+
 class ExecuteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     span_id: str = Field(description="the function to run")
@@ -146,6 +169,11 @@ class Me(BaseModel):
     user_id: str
     tenant_id: str
     roles: list[str]
+    platform_keys: list[str] = Field(description="the keys whose signature makes a span a "
+                                     "platform record (the root key and the manifest's "
+                                     "platform keys): a span with another public_key was "
+                                     "written by a tenant")
+    platform_kinds: list[str] = Field(description="the kinds only the platform signs")
 
 
 class Health(BaseModel):

@@ -9,7 +9,7 @@ import anyio
 import psycopg
 from starlette.responses import Response
 
-from .. import ledger, manifest
+from .. import ledger, manifest, records
 from ..canonical import format_at, parse_at
 from ..errors import LoglineError
 from ..proofs import check_proofs
@@ -21,6 +21,8 @@ from .models import (
     BootOut,
     ExecuteIn,
     ExecuteOut,
+    ExecutionList,
+    FunctionList,
     Health,
     Me,
     Metrics,
@@ -231,6 +233,65 @@ async def boot(call: Call) -> BootOut:
     return BootOut(output=await anyio.to_thread.run_sync(run))
 
 
+# --- views of platform records: executions, functions -------------------------------------
+EXECUTIONS = (
+    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
+    "WHERE entity_type = 'execution' AND tenant_id = %(tenant)s "
+    "AND public_key = ANY(%(keys)s) AND (%(status)s::text IS NULL OR status = %(status)s) "
+    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
+    "ORDER BY position DESC LIMIT %(limit)s"
+)
+LOOKALIKE_EXECUTIONS = (
+    "SELECT id::text AS id, public_key FROM ledger.latest_spans "
+    "WHERE entity_type = 'execution' AND tenant_id = %(tenant)s "
+    "AND NOT public_key = ANY(%(keys)s) ORDER BY position DESC LIMIT 20"
+)
+
+
+async def executions(call: Call) -> ExecutionList:
+    """The caller's tenant's executions, as the platform recorded them; look-alikes (an
+    execution span of the tenant signed by another key) are left out and flagged."""
+    p = call.principal
+    assert p is not None
+    limit = call.int_query("limit", 50, 1, PAGE_MAX)
+    params = {"tenant": p.tenant_id, "status": call.query("status"), "limit": limit,
+              "before": call.int_query("before", None, 1, 2**62)}
+
+    def run(conn: psycopg.Connection) -> ExecutionList:
+        params["keys"] = _platform_keys(call, conn)
+        items = [_span_out(r) for r in conn.execute(EXECUTIONS, params)]
+        flags = [records.flag(r["id"], records.NOT_PLATFORM_SIGNED, "an execution span "
+                              f"signed by {r['public_key']}, not by the platform")
+                 for r in conn.execute(LOOKALIKE_EXECUTIONS, params)]
+        return ExecutionList(items=items, flags=flags, next_before=items[-1]["position"]
+                             if len(items) == limit else None)
+
+    return await call.db(run)
+
+
+FUNCTIONS = (
+    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans WHERE entity_type = 'function' "
+    "AND (tenant_id = %(tenant)s OR (tenant_id = 'system' AND public_key = ANY(%(keys)s) "
+    "AND metadata @> '{\"kernel\": true}'::jsonb)) ORDER BY position DESC LIMIT %(limit)s"
+)
+
+
+async def functions(call: Call) -> FunctionList:
+    """The caller's tenant's functions and the system's kernels (tenant system, signed by
+    the platform, metadata.kernel true); no other tenant's, whatever their visibility."""
+    p = call.principal
+    assert p is not None
+    limit = call.int_query("limit", 200, 1, PAGE_MAX)
+
+    def run(conn: psycopg.Connection) -> FunctionList:
+        keys = _platform_keys(call, conn)
+        rows = conn.execute(FUNCTIONS, {"tenant": p.tenant_id, "keys": keys, "limit": limit})
+        return FunctionList(items=[{**span, "kernel": span["tenant_id"] == "system"}
+                                   for span in map(_span_out, rows)])
+
+    return await call.db(run)
+
+
 # --- verification and metrics -------------------------------------------------------------
 async def verify_span(call: Call) -> Verification:
     span_id = _uuid(call.request.path_params["id"])
@@ -259,19 +320,29 @@ async def verify_span(call: Call) -> Verification:
     return await call.db(run, role="kernel")
 
 
+# Executions count only when the platform signed them, and only the caller's tenant's:
+# another tenant's public spans and a writer's look-alikes are never yours.
 METRICS = (
     "SELECT to_char(date_trunc('day', at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') AS day, "
     "coalesce(status, '') AS status, count(*) AS count, avg(duration_ms)::float AS avg_ms, "
     "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)::float AS p95_ms "
     "FROM ledger.visible_timeline WHERE entity_type = 'execution' "
+    "AND tenant_id = %(tenant)s AND public_key = ANY(%(keys)s) "
     "AND at >= now() - make_interval(days => %(days)s) "
     "GROUP BY GROUPING SETS ((1, 2), (1)) ORDER BY 1, 2"
 )
 
 
+def _platform_keys(call: Call, conn: psycopg.Connection) -> list[str]:
+    return sorted(records.platform(conn, call.state.root).keys)
+
+
 async def metrics(call: Call) -> Metrics:
     days = call.int_query("days", 14, 1, 366)
-    rows = await call.db(lambda conn: conn.execute(METRICS, {"days": days}).fetchall())
+    p = call.principal
+    assert p is not None
+    rows = await call.db(lambda conn: conn.execute(METRICS, {
+        "days": days, "tenant": p.tenant_id, "keys": _platform_keys(call, conn)}).fetchall())
     # GROUPING SETS: the per-day totals come back with a NULL status, shown as '*'.
     return Metrics(executions=[r for r in rows if r["status"] is not None],
                    days=[{**r, "status": "*"} for r in rows if r["status"] is None])
@@ -285,7 +356,9 @@ async def prometheus(call: Call) -> Response:
 async def me(call: Call) -> Me:
     p = call.principal
     assert p is not None
-    return Me(key_id=p.key_id, user_id=p.user_id, tenant_id=p.tenant_id, roles=list(p.roles))
+    platform = await call.db(records.platform, call.state.root)
+    return Me(key_id=p.key_id, user_id=p.user_id, tenant_id=p.tenant_id, roles=list(p.roles),
+              platform_keys=sorted(platform.keys), platform_kinds=sorted(platform.kinds))
 
 
 async def health(call: Call) -> Health:
@@ -325,6 +398,14 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/api/execute", execute, "Schedule a function to run (a request span)",
              "api.function_execute", limit="write", body=ExecuteIn,
              response=ExecuteOut, status=202),
+    Endpoint("GET", "/api/executions", executions, "Your tenant's executions as the platform "
+             "recorded them, newest first (look-alikes left out and flagged)",
+             "api.executions_list", response=ExecutionList,
+             query={"status": ("string", "filter"), "limit": ("integer", "1-500, default 50"),
+                    "before": ("integer", "position: page before this")}),
+    Endpoint("GET", "/api/functions", functions, "Your tenant's functions and the system's "
+             "kernels, newest first", "api.functions_list", response=FunctionList,
+             query={"limit": ("integer", "1-500, default 200")}),
     Endpoint("POST", "/api/boot/{id}", boot, "Boot a kernel through stage 0 (admin)",
              "api.kernel_boot", limit="admin", body=BootIn, response=BootOut,
              query=ID),

@@ -2,8 +2,12 @@
  *
  * Rules kept throughout: the API key lives in sessionStorage and travels only in the
  * Authorization header (never in a URL, never logged); everything from the server reaches the
- * DOM through textContent or attributes (never innerHTML); SSE is read with fetch() because
- * EventSource cannot send headers.
+ * DOM through text nodes or attributes (never innerHTML), and every character that is
+ * invisible or changes the reading direction is shown as a visible \uXXXX escape (so a file
+ * named `invoice\u202efdp.exe` never reads as `invoicexe.pdf`); an id is shown short and
+ * offered for copying only when it is a well-formed UUID (or hash); a span is counted as the
+ * platform's only when a platform key signed it, and anything else is marked with its author
+ * and tenant. SSE is read with fetch() because EventSource cannot send headers.
  */
 (() => {
   'use strict';
@@ -32,6 +36,47 @@
 
   const $ = (id) => document.getElementById(id);
 
+  // --- text as a person may read it --------------------------------------------------------
+  /** Invisible and direction-changing characters: C0 and C1 controls, DEL, soft hyphen,
+   * U+061C, U+180E, zero-width and directional marks, line/paragraph separators, bidi
+   * embeddings, overrides and isolates, word joiners, BOM, interlinear annotations. The same
+   * set as stage0/display.py (a browser test compares them). */
+  const INVISIBLE = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/;
+  const INVISIBLE_ALL = new RegExp(INVISIBLE.source, 'g');
+  const escapeChar = (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+
+  /** `text` with each invisible character written as \uXXXX (for attributes: titles). */
+  function visible(text) {
+    return String(text).replace(INVISIBLE_ALL, escapeChar);
+  }
+
+  /** `text` as DOM nodes: each invisible character becomes a marked, visible escape. In a
+   * <pre>, line breaks and tabs are the layout and stay as they are. */
+  function textNodes(text, layout) {
+    const s = String(text);
+    if (!INVISIBLE.test(s)) return [document.createTextNode(s)];
+    const out = [];
+    let last = 0;
+    for (const m of s.matchAll(INVISIBLE_ALL)) {
+      if (layout && (m[0] === '\n' || m[0] === '\t')) continue;
+      if (m.index > last) out.push(document.createTextNode(s.slice(last, m.index)));
+      const code = `U+${m[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
+      const mark = document.createElement('span');
+      mark.className = 'esc';
+      mark.title = `${code}: an invisible or direction-changing character`;
+      mark.textContent = escapeChar(m[0]);
+      out.push(mark);
+      last = m.index + 1;
+    }
+    if (last < s.length) out.push(document.createTextNode(s.slice(last)));
+    return out;
+  }
+
+  function setText(el, text) {
+    clear(el);
+    append(el, [text]);
+  }
+
   // --- DOM helpers (text only) -----------------------------------------------------------
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
@@ -51,15 +96,18 @@
     for (const [k, v] of Object.entries(attrs || {})) {
       if (v === null || v === undefined || v === false) continue;
       if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
-      else if (k === 'text') el.textContent = String(v);
+      else if (k === 'text') setText(el, v);
+      else if (k === 'title' || k === 'aria-label') el.setAttribute(k, visible(v));
       else el.setAttribute(k, v === true ? '' : String(v));
     }
   }
 
   function append(el, children) {
+    const layout = el.tagName === 'PRE';
     for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
-      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+      if (child instanceof Node) el.append(child);
+      else el.append(...textNodes(child, layout));
     }
   }
 
@@ -129,8 +177,35 @@
     svg('path', { d: 'M10.5 3.5v-1a1 1 0 0 0-1-1h-6a1 1 0 0 0-1 1v6a1 1 0 0 0 1 1h1' }));
   }
 
-  function idEl(value, { short = true, label = 'id' } = {}) {
-    if (!value) return h('span', { class: 'muted' }, '—');
+  // An id is shortened and offered for copying only when it has its expected shape: one
+  // that does not (a trace id carrying `$(...)`) is shown whole, escaped, marked, and is
+  // never put on the clipboard, where it could end up in a shell command.
+  const SHAPES = {
+    uuid: [/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'a UUID'],
+    hex: [/^[0-9a-f]{1,256}$/i, 'hexadecimal'],
+    name: [/^[A-Za-z0-9._@:-]{1,200}$/, 'a plain name'],
+  };
+  const UNSAFE_SHOWN = 200; // characters of a malformed id shown before a visible cut
+
+  function wellFormed(value, shape = 'uuid') {
+    return typeof value === 'string' && SHAPES[shape][0].test(value);
+  }
+
+  function unsafeId(value, shape) {
+    const s = String(value);
+    const cut = s.length > UNSAFE_SHOWN;
+    return h('span', { class: 'id id-unsafe', 'data-unsafe': 'true',
+      title: `not ${SHAPES[shape][1]}: shown escaped and not copyable` },
+    h('span', { class: 'id-text' }, cut ? s.slice(0, UNSAFE_SHOWN) : s),
+    cut ? h('span', { class: 'muted small' }, ` … ${s.length - UNSAFE_SHOWN} more characters`)
+      : null);
+  }
+
+  function idEl(value, { short = true, label = 'id', shape = 'uuid' } = {}) {
+    if (value === null || value === undefined || value === '') {
+      return h('span', { class: 'muted' }, '—');
+    }
+    if (!wellFormed(value, shape)) return unsafeId(value, shape);
     const text = short && value.length > 16 ? `${value.slice(0, 8)}…${value.slice(-4)}` : value;
     return h('span', { class: 'id' },
       h('span', { class: 'id-text', title: value }, text),
@@ -205,6 +280,24 @@
         idEl(err.requestId, { short: false, label: 'request id' })));
     }
     return box;
+  }
+
+  /** A view's flags: what it left out, and why (a marker, never a silent gap). */
+  function flagList(flags) {
+    return h('ul', { class: 'flag-list' }, flags.map((f) => h('li', { class: 'flag',
+      'data-reason': f.reason, 'data-flag-id': f.id },
+    h('span', { class: 'error-code mono' }, f.reason), ' ', idEl(f.id, { label: 'span id' }),
+    f.detail ? h('span', { class: 'muted small flag-detail' }, ` ${f.detail}`) : null)));
+  }
+
+  function showFlags(box, flags, summary) {
+    const list = Array.isArray(flags) ? flags : [];
+    clear(box);
+    box.hidden = list.length === 0;
+    if (list.length) {
+      box.append(h('div', { class: 'flags-head' }, h('span', { class: 'flag-mark' }, '⚑'),
+        h('strong', {}, String(list.length)), ` ${summary}`), flagList(list));
+    }
   }
 
   function showError(err, context) {
@@ -449,11 +542,46 @@
   async function whoami() {
     try {
       const me = await api('/api/me');
-      return { user: me.user_id, tenant: me.tenant_id, roles: me.roles, keyId: me.key_id };
+      return { user: me.user_id, tenant: me.tenant_id, roles: me.roles, keyId: me.key_id,
+        platformKeys: new Set(me.platform_keys || []),
+        platformKinds: new Set(me.platform_kinds || []) };
     } catch (err) {
       if (err.status === 401) throw err;
-      return { user: '?', tenant: '?', roles: [], keyId: null };
+      return { user: '?', tenant: '?', roles: [], keyId: null, platformKeys: new Set(),
+        platformKinds: new Set() };
     }
+  }
+
+  /** What a span is to the platform (as stage0/records.py decides it): `platform` (signed by
+   * a platform key), `forged` (a platform kind signed by another key) or `tenant`. */
+  function recordOf(span) {
+    if (state.me && state.me.platformKeys.has(span.public_key)) return 'platform';
+    if (state.me && state.me.platformKinds.has(span.entity_type)) return 'forged';
+    return 'tenant';
+  }
+
+  /** A platform record of the caller's tenant: what the console may count as one. */
+  function isOwnRecord(span) {
+    return recordOf(span) === 'platform' && state.me && span.tenant_id === state.me.tenant;
+  }
+
+  /** Who wrote a span, when it is not the platform's record of your tenant: its owner (a
+   * tenant's words, not the platform's), its tenant when another, or a forgery. */
+  function authorBadge(span) {
+    const record = recordOf(span);
+    const other = state.me && span.tenant_id !== state.me.tenant;
+    if (record === 'platform' && !other) return null;
+    const system = record === 'platform' && span.tenant_id === 'system';
+    const text = system ? 'system' : [record === 'forged' ? 'not signed by the platform'
+      : record === 'tenant' ? `by ${span.owner_id}` : 'platform',
+    other ? `tenant ${span.tenant_id}` : null].filter(Boolean).join(' · ');
+    const why = { platform: system ? 'the platform\'s own (tenant system)'
+      : 'signed by the platform, for another tenant',
+      tenant: `written by ${span.owner_id} of tenant ${span.tenant_id}: not a platform record`,
+      forged: `a span of kind ${span.entity_type} that no platform key signed: not a record`,
+    }[record];
+    return h('span', { class: 'author', 'data-record': record, 'data-tenant': span.tenant_id,
+      'data-owner': span.owner_id, title: why }, text);
   }
 
   function can(role) {
@@ -519,8 +647,10 @@
     closeDetail();
     for (const id of ['timeline-rows', 'function-rows', 'execution-rows', 'errors', 'entity-types',
       'metrics-tiles', 'chart-status', 'chart-latency', 'approvals-list', 'approvals-answer',
-      'ask-log']) clear($(id));
+      'ask-log', 'approvals-flags', 'executions-flags', 'detail-record']) clear($(id));
     $('approvals-answer').hidden = true;
+    $('approvals-flags').hidden = true;
+    $('executions-flags').hidden = true;
     $('ask-text').value = '';
     $('execute-panel').hidden = true;
     showLogin(err && err instanceof ApiError ? err : null);
@@ -529,8 +659,8 @@
   function enterApp(tip) {
     $('login').hidden = true;
     $('app').hidden = false;
-    $('who-user').textContent = state.me.user;
-    $('who-tenant').textContent = state.me.tenant;
+    setText($('who-user'), state.me.user);
+    setText($('who-tenant'), state.me.tenant);
     const roles = $('who-roles');
     clear(roles);
     for (const role of state.me.roles) roles.append(h('span', { class: 'role' }, role));
@@ -564,6 +694,7 @@
   // --- timeline ----------------------------------------------------------------------------
   function whatCell(span) {
     return h('div', { class: 'what' },
+      authorBadge(span),
       h('span', { class: 'who-name' }, span.who),
       span.did ? h('span', { class: 'did' }, span.did) : null,
       h('span', { class: 'this', title: span.this }, span.this));
@@ -571,6 +702,7 @@
 
   function traceCell(traceId) {
     if (!traceId) return h('span', { class: 'muted' }, '—');
+    if (!wellFormed(traceId)) return unsafeId(traceId, 'uuid');
     return h('span', { class: 'id' },
       h('button', { class: 'link id-text', type: 'button', title: `show trace ${traceId}`,
         onclick: (ev) => {
@@ -579,7 +711,8 @@
           applyFilters();
         } }, traceId.length > 16 ? `${traceId.slice(0, 8)}…${traceId.slice(-4)}` : traceId),
       h('button', { class: 'copy', type: 'button', title: 'copy trace id',
-        'aria-label': 'copy trace id', onclick: (ev) => { ev.stopPropagation(); copy(traceId); } },
+        'aria-label': 'copy trace id', 'data-copy': traceId,
+        onclick: (ev) => { ev.stopPropagation(); copy(traceId); } },
       copyIcon()));
   }
 
@@ -587,6 +720,7 @@
     rememberType(span.entity_type);
     return h('tr', { class: `clickable${fresh ? ' fresh' : ''}`, 'data-span-id': span.id,
       'data-seq': span.seq, 'data-position': span.position, 'data-entity-type': span.entity_type,
+      'data-record': recordOf(span), 'data-tenant': span.tenant_id,
       onclick: () => openDetail(span.id, span.seq) },
     h('td', {}, timeEl(span.at)),
     h('td', {}, typeBadge(span.entity_type)),
@@ -670,33 +804,48 @@
   }
 
   // --- activity (everything new: feeds functions, executions, pending requests) ---------------
+  // The stream says *that* something changed; what the views count comes from the server's
+  // views of platform records, never from a span taken at its word.
   function onActivity(span) {
-    if (span.entity_type === 'function') upsertFunction(span, true);
+    if (span.entity_type === 'function') scheduleLoad('functions', loadFunctions);
     else if (span.entity_type === 'execution') {
-      upsertExecution(span, true);
+      scheduleLoad('executions', loadExecutions);
       if (state.view === 'metrics') scheduleMetrics();
-    } else if (span.entity_type === 'request' && state.pending.has(span.id)) {
+    } else if (span.entity_type === 'request' && state.pending.has(span.id) &&
+               isOwnRecord(span)) {
       updatePending(span);
     }
     // A step of a governed request (not the HTTP edge's own denials, which are `api`'s).
     if (GOVERNANCE.has(span.entity_type) && span.who !== 'api') scheduleGovernance();
   }
 
+  const loadTimers = {};
+  function scheduleLoad(name, load) {
+    clearTimeout(loadTimers[name]);
+    loadTimers[name] = setTimeout(() => { if (state.me) load(true); }, 300);
+  }
+
   // --- functions ---------------------------------------------------------------------------
-  async function loadFunctions() {
+  /** Your tenant's functions and the system's kernels (GET /api/functions decides which is
+   * a kernel: tenant system, signed by the platform). */
+  async function loadFunctions(live) {
     try {
-      const data = await api('/api/spans?entity_type=function&limit=500');
+      const data = await api('/api/functions?limit=500');
       if (!state.me) return;
+      const before = new Set(state.functions.keys());
       state.functions.clear();
       clear($('function-rows'));
-      for (const span of data.items.slice().reverse()) upsertFunction(span, false);
+      for (const span of data.items.slice().reverse()) {
+        upsertFunction(span, live === true && !before.has(span.id));
+      }
+      $('functions-empty').hidden = state.functions.size > 0;
     } catch (err) {
       showError(err, 'Loading functions');
     }
   }
 
   function isKernel(span) {
-    return Boolean(span.metadata && span.metadata.kernel);
+    return span.kernel === true;
   }
 
   function functionRow(span, fresh) {
@@ -822,15 +971,22 @@
   }
 
   // --- executions --------------------------------------------------------------------------
-  async function loadExecutions() {
+  /** Your tenant's executions as the platform recorded them (GET /api/executions); the
+   * look-alikes it left out are listed as flags. */
+  async function loadExecutions(live) {
     const status = $('executions-status').value;
     try {
-      const data = await api(`/api/spans${query({ entity_type: 'execution', status, limit: 200 })}`);
+      const data = await api(`/api/executions${query({ status, limit: 200 })}`);
       if (!state.me) return;
+      const before = new Set(state.executions.keys());
       state.executions.clear();
       clear($('execution-rows'));
-      for (const span of data.items.slice().reverse()) upsertExecution(span, false);
+      for (const span of data.items.slice().reverse()) {
+        upsertExecution(span, live === true && !before.has(span.id));
+      }
       $('executions-empty').hidden = state.executions.size > 0;
+      showFlags($('executions-flags'), data.flags,
+        'execution span(s) of your tenant not signed by the platform are not shown');
     } catch (err) {
       showError(err, 'Loading executions');
     }
@@ -916,6 +1072,7 @@
 
   function shortHash(value) {
     if (!value) return h('span', { class: 'muted' }, '—');
+    if (!wellFormed(value, 'hex')) return unsafeId(value, 'hex');
     return h('span', { class: 'mono hash', title: value, 'data-hash': value },
       `${String(value).slice(0, 12)}…`);
   }
@@ -940,7 +1097,8 @@
     if (!Array.isArray(plan)) {
       const why = {
         planning: 'The agent has not sent its plan yet: the request can be decided once it has.',
-        plan_failed: 'The agent could not plan this request: see its plan job in the detail.',
+        plan_failed: 'The agent could not plan this request, or its plan could not be read: '
+          + 'see its plan job in the detail.',
       }[item.state] || (item.destructive ? 'No plan.' : 'Not destructive: runs without a plan.');
       return h('p', { class: 'plan-none muted small' }, why);
     }
@@ -984,7 +1142,25 @@
         'asked by ', h('span', { class: 'approval-requester' }, item.requester),
         mine ? ' (you: another approver must decide)' : '', ' · ', timeEl(item.at), ' · ',
         idEl(item.id, { label: 'request id' })),
-      planView(item.plan, item));
+      planView(item.plan, item),
+      requestFlags(item));
+  }
+
+  function requestFlags(item) {
+    if (!Array.isArray(item.flags) || !item.flags.length) return null;
+    return h('div', { class: 'card-flags flags-box' },
+      h('div', { class: 'flags-head' }, h('span', { class: 'flag-mark' }, '⚑'),
+        'Left out of this request (not counted):'), flagList(item.flags));
+  }
+
+  /** A request the console cannot draw is shown as such, not left to break the inbox. */
+  function brokenCard(item, err) {
+    const card = h('article', { class: 'card approval-card broken',
+      'data-proposal-id': String(item && item.id), 'data-state': 'unreadable' },
+    h('div', { class: 'flags-box' }, h('div', { class: 'flags-head' },
+      h('span', { class: 'flag-mark' }, '⚑'), 'This request cannot be shown: ',
+      String(err && err.message)), idEl(item && item.id, { label: 'request id' })));
+    return { item, card, summary: card, form: h('div'), broken: true };
   }
 
   function approvalCard(item) {
@@ -1035,9 +1211,16 @@
     data.items.forEach((item, i) => {
       seen.add(item.id);
       let entry = state.approvals.get(item.id);
-      if (entry) updateCard(entry, item);
-      else {
-        entry = approvalCard(item);
+      try {
+        if (entry && !entry.broken) updateCard(entry, item);
+        else {
+          if (entry) entry.card.remove();
+          entry = approvalCard(item);
+          state.approvals.set(item.id, entry);
+        }
+      } catch (err) {
+        if (entry) entry.card.remove();
+        entry = brokenCard(item, err);
         state.approvals.set(item.id, entry);
       }
       // Move a card only when it is out of place (moving one would lose the typing focus).
@@ -1052,6 +1235,8 @@
     empty.textContent = wanted ? `No request is ${wanted.replace(',', ' or ')}.`
       : 'No approval requests yet.';
     empty.hidden = data.items.length > 0;
+    showFlags($('approvals-flags'), data.flags,
+      'request(s) could not be read and are not shown');
   }
 
   /** The answer to the last decision taken here, or its refusal with the gate's code. */
@@ -1201,7 +1386,13 @@
     }
     if (state.proposal !== token) return;
     const scroll = body.scrollTop;
-    renderProposal(p);
+    try {
+      renderProposal(p);
+    } catch (err) {
+      clear(body);
+      body.append(errorBox(new ApiError(0, 'CONSOLE_RENDER', `this request cannot be shown: ${
+        err.message}`, null)));
+    }
     body.scrollTop = scroll;
   }
 
@@ -1220,7 +1411,7 @@
     clear(kicker);
     kicker.append(h('span', { id: 'proposal-state', 'data-state': p.state }, pill(p.state)),
       h('span', { class: 'muted small' }, p.contract));
-    $('proposal-title').textContent = qualified(p);
+    setText($('proposal-title'), qualified(p));
     clear($('proposal-id'));
     $('proposal-id').append(idEl(p.id, { short: false, label: 'request id' }));
     const body = $('proposal-body');
@@ -1241,6 +1432,12 @@
             timeEl(a.at)),
           h('div', { class: 'decision-reason' }, a.reason || ''))))
       : h('p', { class: 'muted small' }, 'None yet.')));
+    if (Array.isArray(p.flags) && p.flags.length) {
+      body.append(detailSection('Not counted', h('div', { class: 'flags-box',
+        id: 'proposal-flags' }, h('p', { class: 'small' }, 'These spans claim to be part of '
+        + 'this request but are not the platform\'s records, or could not be read:'),
+      flagList(p.flags))));
+    }
     const kinds = Object.keys(p.jobs || {}).sort((a, b) => (a === 'plan' ? -1 : b === 'plan' ? 1 : 0));
     body.append(detailSection('Jobs', kinds.length ? kinds.map((kind) => jobView(p.jobs[kind]))
       : h('p', { class: 'muted small' }, 'No job yet.')));
@@ -1269,7 +1466,7 @@
   }
 
   function resultView(kind, result) {
-    const out = result.output || {};
+    const out = result.output && typeof result.output === 'object' ? result.output : {};
     if (Array.isArray(out.results)) {
       return h('table', { class: 'grid results-table' },
         h('caption', { class: 'sr-only' }, 'Each file: what the agent did'),
@@ -1278,15 +1475,18 @@
           h('th', { class: 'col-state', scope: 'col' }, 'Result'),
           h('th', { class: 'col-hash', scope: 'col' }, 'BLAKE3 before'),
           h('th', { class: 'col-hash', scope: 'col' }, 'BLAKE3 after'))),
-        h('tbody', {}, out.results.map((r) => h('tr', { class: 'result-op', 'data-path': r.path,
-          'data-status': r.status },
+        h('tbody', {}, out.results.map((r) => (!r || typeof r !== 'object'
+          ? h('tr', { class: 'result-op result-bad' }, h('td', { colspan: 6 },
+            h('span', { class: 'error-code mono' }, 'RECORD_MALFORMED'), ' not a result: ',
+            h('span', { class: 'mono' }, compact(r))))
+          : h('tr', { class: 'result-op', 'data-path': r.path, 'data-status': r.status },
         h('td', {}, h('span', { class: 'op', 'data-op': r.op }, r.op)),
         h('td', {}, h('span', { class: 'mono', title: r.path }, r.path)),
         h('td', {}, r.to ? h('span', { class: 'mono', title: r.to }, r.to) : '—'),
         h('td', { title: r.message || '' }, pill(r.status),
           r.code ? h('span', { class: 'mono small' }, ` ${r.code}`) : null),
         h('td', {}, shortHash(r.blake3_before)),
-        h('td', {}, shortHash(r.blake3_after))))));
+        h('td', {}, shortHash(r.blake3_after)))))));
     }
     if (kind === 'plan' && Array.isArray(out.ops)) {
       return h('p', { class: 'small' }, `Planned ${out.ops.length} operation`
@@ -1328,7 +1528,8 @@
   }
 
   // --- span detail ---------------------------------------------------------------------------
-  const ID_FIELDS = new Set(['id', 'trace_id', 'owner_id', 'tenant_id']);
+  const ID_FIELDS = new Set(['id', 'trace_id']);
+  const NAME_FIELDS = new Set(['owner_id', 'tenant_id']);
   const HASH_FIELDS = new Set(['prev_hash', 'curr_hash', 'signature', 'public_key']);
   const LINK_FIELDS = new Set(['parent_id']);
 
@@ -1343,6 +1544,7 @@
       clear($('detail-id'));
       clear($('detail-fields'));
       clear($('detail-versions'));
+      clear($('detail-record'));
     }
     const verify = $('detail-verify');
     verify.dataset.ok = 'pending';
@@ -1378,7 +1580,8 @@
     clear(kicker);
     kicker.append(...[typeBadge(head.entity_type), head.status ? pill(head.status) : null,
       h('span', { class: 'muted small' }, head.visibility)].filter(Boolean));
-    $('detail-title').textContent = head.name || head.this;
+    setText($('detail-title'), head.name || head.this);
+    renderRecord(head);
     const idBox = $('detail-id');
     clear(idBox);
     idBox.append(idEl(head.id, { short: false, label: 'span id' }));
@@ -1429,8 +1632,9 @@
     if (key === 'related_to' && Array.isArray(value)) {
       return h('dd', {}, value.map((id) => h('div', {}, spanLink(id))));
     }
-    if (ID_FIELDS.has(key) || HASH_FIELDS.has(key)) {
-      return h('dd', {}, idEl(String(value), { short: false, label: key }));
+    if (ID_FIELDS.has(key) || NAME_FIELDS.has(key) || HASH_FIELDS.has(key)) {
+      const shape = HASH_FIELDS.has(key) ? 'hex' : NAME_FIELDS.has(key) ? 'name' : 'uuid';
+      return h('dd', {}, idEl(String(value), { short: false, label: key, shape }));
     }
     if (key === 'code' || typeof value === 'object') {
       const text = typeof value === 'string' ? value : JSON.stringify(value, null, 2);
@@ -1440,11 +1644,30 @@
   }
 
   function spanLink(id) {
+    if (!wellFormed(id)) return unsafeId(id, 'uuid');
     return h('span', { class: 'id' },
       h('button', { class: 'link mono', type: 'button', title: 'open this span',
         onclick: () => openDetail(id) }, id),
       h('button', { class: 'copy', type: 'button', title: 'copy span id',
-        'aria-label': 'copy span id', onclick: () => copy(id) }, copyIcon()));
+        'aria-label': 'copy span id', 'data-copy': id, onclick: () => copy(id) }, copyIcon()));
+  }
+
+  /** Whose record this is: a verified signature says who signed, not that the platform
+   * did; a tenant's span that looks like an approval or an execution is said to be one. */
+  function renderRecord(span) {
+    const box = $('detail-record');
+    const record = recordOf(span);
+    const tenant = span.tenant_id === state.me.tenant ? 'your tenant'
+      : `tenant ${span.tenant_id}`;
+    box.dataset.record = record;
+    box.dataset.tenant = span.tenant_id;
+    setText(box, {
+      platform: `A platform record of ${tenant} (signed by a platform key).`,
+      tenant: `Written by ${span.owner_id} of ${tenant}: not a platform record (signed by `
+        + 'a key that is not the platform\'s).',
+      forged: `Not a record: a span of kind ${span.entity_type} of ${tenant} that no platform `
+        + 'key signed (only the platform writes this kind).',
+    }[record]);
   }
 
   function renderVerification(v) {
@@ -1732,7 +1955,7 @@
   }
 
   // Exposed for tests of the pure helpers only (no state, no secrets).
-  window.LogLineConsole = Object.freeze({ SseParser, humanBytes });
+  window.LogLineConsole = Object.freeze({ SseParser, humanBytes, visible, wellFormed });
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
   else boot();
