@@ -7,7 +7,8 @@
 Untrusted code is a user function span's `code` (it defines `main(input)`, or
 `main(input, context)`, and returns a JSON value) or a policy's code. Every run goes to one
 idle worker (stage0/sandbox_worker.py), started with `python -I` and an empty environment,
-never forked from this process (which holds database connections and keys). Refusals and
+never forked from this process (which holds database connections and keys). A worker is
+replaced after any run that did not end ok or that left something behind. Refusals and
 failures come back as a RunResult with a stable error code (ERROR_CODES); problems of the pool
 itself (closed, cannot start workers, invalid limits) raise LoglineError. docs/sandbox.md
 describes the threat model and the layers.
@@ -225,7 +226,8 @@ def _reap_all(workers: list[_Worker]) -> None:
 
 class SandboxPool:
     """`size` warm workers; `run` is thread-safe (each run takes one idle worker, waiting for
-    one when all are busy). A worker that hits a limit, dies or misbehaves is killed and
+    one when all are busy). A worker that did not end a run ok (except a compile refusal:
+    nothing ran), that hit a limit, died, misbehaved or kept anything of a run is killed and
     replaced in the background, so the pool returns to `size`."""
 
     def __init__(self, size: int = 2, limits: Limits | None = None, *,
@@ -401,7 +403,6 @@ class SandboxPool:
             self._release(worker, healthy=False)
             return _failure("SANDBOX_WORKER_DIED", f"protocol violation: {e}")
         worker.cpu_total_ms = reply.get("cpu_total_ms", worker.cpu_total_ms)
-        self._release(worker, healthy=not reply.get("retire"))
         result = RunResult(ok=bool(reply.get("ok")), error=reply.get("error"),
                            cpu_ms=int(reply.get("cpu_ms", 0)),
                            stdout=reply.get("stdout", ""),
@@ -411,9 +412,14 @@ class SandboxPool:
             try:
                 check_json(output, "output")  # the ledger's rules, checked again on this side
             except LoglineError as e:
-                return _failure("SANDBOX_OUTPUT_NOT_JSON", str(e), cpu_ms=result.cpu_ms,
-                                stdout=result.stdout)
-            result.output = output
+                result = _failure("SANDBOX_OUTPUT_NOT_JSON", str(e), cpu_ms=result.cpu_ms,
+                                  stdout=result.stdout)
+            else:
+                result.output = output
+        # Kept only after a run that ended ok, or one that never executed (compile refusal),
+        # and only if the worker itself found nothing of the run left behind.
+        keep = result.ok or reply.get("executed") is False
+        self._release(worker, healthy=keep and not reply.get("retire"))
         return result
 
     # ------------------------------------------------------------------ pool bookkeeping
