@@ -4,16 +4,19 @@ come after its own in the same warm worker process (docs/sandbox.md, "One run, o
 Every attack here worked on the warm pool as it was before: objects a run leaves for the
 garbage collector (a suspended generator in a reference cycle, whose `finally` or `with`
 exit runs when it is collected, and which can re-arm itself) ran during later runs, where
-they printed into, read, seeded, refused in or burned the CPU of the run in progress; and a
-refusal did not retire the worker. The victims allocate enough containers that the collector
-runs during their own run, as any real run does. No database needed."""
+they printed into, read, seeded, refused in or burned the CPU of the run in progress; a
+refusal did not retire the worker; and one process ran code of every tenant. The victims
+allocate enough containers that the collector runs during their own run, as any real run
+does. No database needed."""
 
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
+from stage0.errors import LoglineError
 from stage0.sandbox import Limits, SandboxPool
 
 LIMITS = Limits(wall_ms=5000, cpu_ms=1000, memory_mb=128)
@@ -211,3 +214,58 @@ def test_a_run_that_did_not_end_ok_retires_its_worker_unless_nothing_ran(one):
         assert not result.ok
         assert (serving_pid(one) != pid) is retired, (code, result.error)
         assert one.run(victim("return 1"), 1).ok
+
+
+# ---------------------------------------------------------------- one tenant per process
+
+def test_two_tenants_never_share_a_process(one):
+    a1 = one.run(victim("return 'a'"), 1, tenant="tenant-a")
+    a2 = one.run(victim("return 'a'"), 1, tenant="tenant-a")
+    b = one.run(victim("return 'b'"), 1, tenant="tenant-b")
+    a3 = one.run(victim("return 'a'"), 1, tenant="tenant-a")
+    anonymous = one.run(victim("return 'none'"), 1)
+    assert a1.worker_pid == a2.worker_pid  # a tenant keeps its warm worker
+    pids = [a1.worker_pid, b.worker_pid, a3.worker_pid, anonymous.worker_pid]
+    assert len(set(pids)) == 4, pids
+    assert [w["tenant"] for w in one.worker_info()] == [None]
+    assert one.worker_info()[0]["bound"]
+
+
+def test_a_leftover_of_one_tenant_never_meets_another_tenant(one):
+    """Even code that survived every other wall would find only its own tenant's runs."""
+    attack = leftover("getattr(loot, 'append')(printed)\nprint('|'.join(loot))", rearm=True)
+    first = one.run(attack, 1, tenant="mallory")
+    secret = one.run(victim("print('alice-secret')\nreturn 1"), 1, tenant="alice")
+    assert secret.worker_pid != first.worker_pid
+    assert secret.stdout == "alice-secret\n"
+    assert "alice-secret" not in one.run(victim("return 1"), 1, tenant="mallory").stdout
+
+
+def test_concurrent_tenants_on_two_workers_never_share_a_process():
+    seen: dict[int, set[str]] = {}
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def caller(tenant: str) -> None:
+        for _ in range(6):
+            result = pool.run(victim("return 1"), 1, tenant=tenant)
+            if not result.ok:
+                errors.append(str(result.error))
+            with lock:
+                seen.setdefault(result.worker_pid, set()).add(tenant)
+
+    with SandboxPool(2, LIMITS) as pool:
+        threads = [threading.Thread(target=caller, args=(t,)) for t in ("a", "b", "c")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert errors == []
+    assert all(len(tenants) == 1 for tenants in seen.values()), seen
+
+
+def test_tenant_must_be_a_name(one):
+    for bad in ("", 5, b"acme", ["a"]):
+        with pytest.raises(LoglineError) as err:
+            one.run("def main(x):\n    return 1\n", 1, tenant=bad)
+        assert err.value.code == "SANDBOX_INVALID_REQUEST" and err.value.where == "tenant"
