@@ -32,11 +32,13 @@ from __future__ import annotations
 import _strptime  # noqa: F401  (lazy imports of allowed modules: nothing may load later)
 import ast
 import bisect  # noqa: F401
+import codecs
 import collections
 import copy  # noqa: F401
 import ctypes
 import datetime
 import decimal
+import encodings
 import functools
 import gc
 import hashlib
@@ -209,6 +211,14 @@ ALLOWED_MODULES = frozenset(MODULES)
 #: Attribute names refused on every object (on top of RestrictedPython's "_" prefix rule).
 FORBIDDEN_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {"mro"}
 
+#: Modules that C code of allowed modules imports while it runs (datetime's strftime and
+#: timetuple import `time`; C warnings may import `warnings`): such an import goes through
+#: the calling frame's `__import__`, which is the user's. They are already loaded; the
+#: import only has to succeed (the C caller takes the module from sys.modules, the return
+#: value is dropped). User code cannot name them: its import statements are checked at
+#: compile time against ALLOWED_MODULES and it cannot reach `__import__`.
+INTERNAL_IMPORTS = frozenset({"time", "_strptime", "warnings"})
+
 _MISSING = object()
 _WRITABLE = (dict, list, collections.deque)
 
@@ -288,8 +298,11 @@ class Run:
 
     def import_(self, name: Any, globals: Any = None, locals: Any = None,
                 fromlist: Any = (), level: int = 0) -> Any:
-        if type(name) is str and level == 0 and name in ALLOWED_MODULES:
-            return self.module(name)
+        if type(name) is str and level == 0:
+            if name in ALLOWED_MODULES:
+                return self.module(name)
+            if name in INTERNAL_IMPORTS and name in sys.modules:
+                return None
         allowed = ", ".join(sorted(ALLOWED_MODULES))
         _refuse(self, f"import of {name!r} is not allowed (allowed: {allowed})")
 
@@ -652,8 +665,14 @@ def _user_line(tb: Any) -> int | None:
     return line
 
 
+#: An absolute path of two or more segments (not part of a URL or a relative path): what a
+#: message of the standard library looks like when it names a file on the host.
+_HOST_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"/:<>|,;()]+/)+[^\s'\"/:<>|,;()]*")
+
+
 def _error(code: str, message: str) -> dict[str, str]:
-    return {"code": code, "message": _clean_text(message, MAX_MESSAGE)}
+    """An error for the reply; host paths in the message become `<path>`."""
+    return {"code": code, "message": _HOST_PATH.sub("<path>", _clean_text(message, MAX_MESSAGE))}
 
 
 def _describe(exc: BaseException) -> str:
@@ -938,6 +957,35 @@ def harden(config: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+#: Codecs of `encodings` that convert bytes to bytes (or str to str): str.encode and
+#: bytes.decode refuse them and user code has no `codecs` module, so they are not loaded.
+_NOT_TEXT_CODECS = frozenset({"base64_codec", "bz2_codec", "hex_codec", "quopri_codec",
+                              "rot_13", "uu_codec", "zlib_codec"})
+
+
+def _load_codecs() -> None:
+    """Import every text codec now. Each is a module of `encodings` imported on first use,
+    which once the walls are up fails (and named a host path in its error)."""
+    folder = os.path.dirname(encodings.__file__)
+    for entry in sorted(os.listdir(folder)):
+        name, ext = os.path.splitext(entry)
+        if ext == ".py" and not name.startswith("_") and name not in _NOT_TEXT_CODECS:
+            try:
+                codecs.lookup(name)
+            except LookupError:  # `aliases` is no codec; mbcs and oem are Windows-only
+                pass
+
+
+def _seal_imports() -> None:
+    """After the warm-up nothing can be imported (no filesystem): make every attempt fail
+    at once with ModuleNotFoundError, without a filesystem call or a host path in the
+    message (an unknown codec name, say). Loaded modules stay importable."""
+    sys.meta_path.clear()
+    sys.path_hooks.clear()
+    sys.path_importer_cache.clear()
+    sys.path.clear()
+
+
 def _ignore_unraisable(unraisable: Any) -> None:
     """An exception in a finaliser of user code: dropped (the default hook would format a
     traceback and read source files)."""
@@ -956,8 +1004,7 @@ def _warm() -> None:
     statistics.mean([1, 2, 3])
     statistics.stdev([1.0, 2.0, 3.0])
     random.Random().random()
-    for codec in ("ascii", "latin-1", "utf-16", "utf-32", "utf-8-sig", "cp1252", "idna"):
-        "e".encode(codec).decode(codec)
+    _load_codecs()
     warm = {"type": "run", "code": "import math\ndef main(x):\n    print(x)\n    return x",
             "input": 1, "cache": False,
             "limits": {"cpu_ms": 10000, "memory_mb": 1024, "recursion": 200,
@@ -984,6 +1031,7 @@ def main() -> None:
         Walls.baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         config["fds"] = [proto_in, proto_out, 2]
         info = harden(config)
+        _seal_imports()
     except Exception as e:  # noqa: BLE001 - reported to the parent, which refuses to start
         _send(proto_out, json.dumps({"type": "fatal",
                                      "message": f"{type(e).__name__}: {e}"}).encode("utf-8"))

@@ -172,6 +172,7 @@ def test_cpu_and_timeout_results_report_what_was_spent(pool):
     assert cpu.code == "SANDBOX_CPU_LIMIT"
     assert cpu.cpu_ms >= 250  # measured from the killed worker's rusage
     slow = Limits(wall_ms=400, cpu_ms=30_000, memory_mb=128)
+    assert pool.wait_full(30)  # failed runs retire workers: time the run, not a restart
     started = time.monotonic()
     wall = pool.run(fn("while True:\n    pass"), 1, limits=slow)
     assert wall.code == "SANDBOX_TIMEOUT"

@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from stage0 import sandbox_worker
 from stage0.errors import LoglineError
 from stage0.sandbox import Limits, SandboxPool
 
@@ -269,3 +270,65 @@ def test_tenant_must_be_a_name(one):
         with pytest.raises(LoglineError) as err:
             one.run("def main(x):\n    return 1\n", 1, tenant=bad)
         assert err.value.code == "SANDBOX_INVALID_REQUEST" and err.value.where == "tenant"
+
+
+# ---------------------------------------------------------------- standard library after the walls
+
+def test_datetime_formatting_works_after_the_walls(one):
+    code = ("import datetime\n"
+            "def main(x):\n"
+            "    d = datetime.datetime(2024, 1, 2, 3, 4, 5)\n"
+            "    return [d.strftime('%Y/%m/%d %H:%M %A %B %j'), f'{d:%d.%m.%Y}',\n"
+            "            datetime.date(2024, 2, 29).strftime('%a %b'), d.ctime(),\n"
+            "            list(d.timetuple())[:6], datetime.time(7, 8).strftime('%H-%M'),\n"
+            "            datetime.date.today().year > 2000]\n")
+    result = one.run(code, 1)
+    assert result.ok, result.error
+    assert result.output == ["2024/01/02 03:04 Tuesday January 002", "02.01.2024", "Thu Feb",
+                             "Tue Jan  2 03:04:05 2024", [2024, 1, 2, 3, 4, 5], "07-08", True]
+    # The modules those imports load stay out of reach of user code.
+    for code in ("import time\ndef main(x):\n    return 1\n",
+                 "def main(x):\n    import warnings\n    return 1\n"):
+        assert one.run(code, 1).code == "SANDBOX_FORBIDDEN"
+
+
+#: A text each codec can encode (codec: sample).
+CODECS = {
+    **dict.fromkeys(["utf-8", "utf-16", "utf-32-le", "utf-7", "utf-8-sig", "latin-1",
+                     "iso8859-15", "cp437", "cp850", "cp1252", "mac-roman", "punycode",
+                     "unicode_escape", "raw_unicode_escape"], "Aé"),
+    "ascii": "abc", "idna": "bücher.example", "koi8-r": "Aж", "cp1251": "Aж",
+    "shift_jis": "Aあ", "euc-jp": "Aあ", "iso2022_jp": "Aあ", "gb18030": "A中", "gbk": "A中",
+    "big5": "A中", "euc-kr": "A한", "cp949": "A한",
+}
+
+
+def test_every_common_codec_works_after_the_walls(one):
+    code = ("def main(samples):\n"
+            "    return {c: t.encode(c).decode(c) == t for c, t in samples.items()}\n")
+    result = one.run(code, CODECS)
+    assert result.ok, result.error
+    assert result.output == dict.fromkeys(CODECS, True)
+    unknown = one.run("def main(x):\n    return 'a'.encode('no-such-codec')\n", 1)
+    assert unknown.error["message"] == "line 2: LookupError: unknown encoding: no-such-codec"
+
+
+HOST_PATHS = [
+    "/usr/lib/python3.11/encodings/cp437.py",
+    "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/RestrictedPython/Guards.py",
+    "/work/wt/sandbox/stage0/sandbox_worker.py",
+]
+ORDINARY = ["2024/01/02", "a/b", "x / y", "unsupported operand type(s) for /: 'int' and 'str'",
+            "see https://example.com/a/b", "/", "/single"]
+
+
+@pytest.mark.parametrize("path", HOST_PATHS)
+def test_error_messages_never_name_host_paths(one, path):
+    result = one.run(f"def main(x):\n    raise OSError(24, 'Too many open files', {path!r})\n", 1)
+    assert result.code == "SANDBOX_RUNTIME_ERROR"
+    assert result.error["message"] == \
+        "line 2: OSError: [Errno 24] Too many open files: '<path>'"
+    error = sandbox_worker._error("X", f"No module named x (from {path}, line 3)")
+    assert error["message"] == "No module named x (from <path>, line 3)"
+    for text in ORDINARY:  # what only looks a bit like a path is left alone
+        assert sandbox_worker._error("X", text)["message"] == text
