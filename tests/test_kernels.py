@@ -207,6 +207,7 @@ def test_function_past_timeout_is_stopped_and_the_worker_recovers(loader, kernel
     assert time.monotonic() - started < 10, "the loop was not cut off at timeout_ms"
     assert span["status"] == "error"
     assert span["error"]["code"] in ("SANDBOX_TIMEOUT", "SANDBOX_CPU_LIMIT")
+    assert "of 300 ms exceeded" in span["error"]["message"]  # timeout_ms, not slow_ms
     assert span["duration_ms"] >= 250
     for n in range(3):  # more runs than pool workers: every worker is usable again
         assert run(loader, fine["id"], {"n": n})["output"] == {"square": n * n}
