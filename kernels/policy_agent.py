@@ -182,7 +182,7 @@ def error_span(policy, span, message, cause="POLICY_ERROR"):
 
 
 def one_by_one(ctx, policy, span, timeout):
-    run = ctx.sandbox(policy["code"] or "", span, timeout)
+    run = ctx.sandbox(policy["code"] or "", span, timeout, tenant=policy["tenant_id"])
     if run["ok"]:
         return {"ok": True, "actions": run["output"] or []}
     error = run.get("error") or {}
@@ -223,7 +223,7 @@ def evaluate(ctx, policy, batch, cap_ms):
     results = []
     if spans:
         run = ctx.sandbox((policy["code"] or "") + DRIVER, spans, timeout,
-                          "logline_policy_batch")
+                          "logline_policy_batch", tenant=policy["tenant_id"])
         if run["ok"] and isinstance(run["output"], list) and len(run["output"]) == len(spans):
             results = run["output"]
         else:

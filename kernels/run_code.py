@@ -123,14 +123,17 @@ def prepare(ctx, span_id, request, payload, verified):
 def run_jobs(ctx, jobs):
     """Run, then record every job in one append under the append lock. Returns span lists."""
     policy = ctx.manifest.get("policy") or {}
-    slow_ms = policy.get("slow_ms", 5000)
+    slow_ms = policy.get("slow_ms", 5000)  # only labels: a `slow` status_patch above it
+    timeout_ms = policy.get("timeout_ms", 30000)  # the sandbox's wall-clock and CPU limit
     limit = (ctx.manifest.get("throttle") or {}).get("per_tenant_daily_exec_limit", 100)
     quota = {"limit": limit, "used": {}}
     results = []
     for job in jobs:
         if quota_take(ctx, quota, job["tenant"], job["forced"]):
+            # The code is the function's, so it runs as code of the function's tenant (a
+            # public function called by another tenant too): see docs/sandbox.md.
             results.append(ctx.sandbox(job["function"]["code"] or "", job["input"],
-                                       policy.get("timeout_ms", 30000)))
+                                       timeout_ms, tenant=job["function"]["tenant_id"]))
         else:
             results.append(None)
     ctx.lock_appends()

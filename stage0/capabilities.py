@@ -130,9 +130,15 @@ class KernelContext:
 
     # --- computation ----------------------------------------------------------------------
     def sandbox(self, code: str, input: Any, timeout_ms: int | None = None,
-                entry: str = "main") -> dict[str, Any]:
-        """Run untrusted code (`entry(input)`) in the sandbox pool; returns its RunResult."""
-        return self._loader.run_untrusted(code, input, timeout_ms, entry)
+                entry: str = "main", *, tenant: str) -> dict[str, Any]:
+        """Run untrusted code (`entry(input)`) in the sandbox pool; returns its RunResult.
+        `tenant` (required) is the tenant the code belongs to (a function's or a policy's
+        tenant_id): a sandbox worker only ever runs code of one tenant."""
+        if not isinstance(tenant, str) or not tenant:
+            raise LoglineError("SANDBOX_INVALID_REQUEST",
+                               f"tenant must be a non-empty string, got {tenant!r}",
+                               self.kernel["name"])
+        return self._loader.run_untrusted(code, input, timeout_ms, entry, tenant=tenant)
 
     def call(self, function_id: str, input: Any) -> Any:
         """Run another kernel the manifest allows, verified like a boot, in this transaction."""

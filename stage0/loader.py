@@ -239,7 +239,10 @@ class Loader:
 
     # --- sandbox ------------------------------------------------------------------------
     def run_untrusted(self, code: str, input: Any, timeout_ms: int | None,
-                      entry: str = "main") -> dict[str, Any]:
+                      entry: str = "main", *, tenant: str) -> dict[str, Any]:
+        """Run untrusted code in the sandbox as code of `tenant` (its owner: a sandbox
+        worker never runs code of two tenants). `timeout_ms` is the wall-clock limit (and
+        the CPU limit); None or 0 means the pool's default (5 s)."""
         from dataclasses import asdict
 
         from .sandbox import Limits, SandboxPool
@@ -247,7 +250,8 @@ class Loader:
         if self._sandbox is None:
             self._sandbox = SandboxPool(size=1)
         limits = Limits(wall_ms=timeout_ms) if timeout_ms else None
-        return asdict(self._sandbox.run(code, input, entry=entry, limits=limits))
+        return asdict(self._sandbox.run(code, input, entry=entry, limits=limits,
+                                        tenant=tenant))
 
     def log(self, event: str, **fields: Any) -> None:
         log(event, worker=self.worker_id, **fields)

@@ -1,16 +1,18 @@
 """The sandbox for untrusted code: a warm pool of separate, hardened OS worker processes.
 
     with SandboxPool(size=2, limits=Limits(wall_ms=3000)) as pool:
-        result = pool.run("def main(input):\\n    return input * 2", 21)
+        result = pool.run("def main(input):\\n    return input * 2", 21, tenant="acme")
         result.ok, result.output, result.error   # True, 42, None
 
 Untrusted code is a user function span's `code` (it defines `main(input)`, or
 `main(input, context)`, and returns a JSON value) or a policy's code. Every run goes to one
 idle worker (stage0/sandbox_worker.py), started with `python -I` and an empty environment,
-never forked from this process (which holds database connections and keys). Refusals and
-failures come back as a RunResult with a stable error code (ERROR_CODES); problems of the pool
-itself (closed, cannot start workers, invalid limits) raise LoglineError. docs/sandbox.md
-describes the threat model and the layers.
+never forked from this process (which holds database connections and keys). A worker runs
+code of one tenant only (the first it ran for), and is replaced after any run that did not
+end ok or that left something behind. Refusals and failures come back as a RunResult with a
+stable error code (ERROR_CODES); problems of the pool itself (closed, cannot start workers,
+invalid limits or requests) raise LoglineError. docs/sandbox.md describes the threat model
+and the layers.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class RunResult:
     cpu_ms: int = 0
     stdout: str = ""
     stdout_truncated: bool = False
+    worker_pid: int | None = None  # the worker process that ran it; None when none did
 
     @property
     def code(self) -> str | None:
@@ -109,6 +112,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+#: The tenant of runs that name none (direct library use: tests, tools, one party's code).
+_ANONYMOUS = ("anonymous",)
+#: probe() takes any idle worker: it runs trusted code only.
+_ANY = ("any",)
+
+
+def _tenant_key(tenant: Any) -> tuple[str, ...]:
+    if tenant is None:
+        return _ANONYMOUS
+    if not isinstance(tenant, str) or not tenant:
+        raise LoglineError("SANDBOX_INVALID_REQUEST",
+                           f"tenant must be a non-empty string or None, got {tenant!r}", "tenant")
+    return ("tenant", tenant)
+
+
 @dataclass
 class _Worker:
     proc: subprocess.Popen[bytes]
@@ -118,6 +136,7 @@ class _Worker:
     runs: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     poller: Any = None
+    tenant: tuple[str, ...] | None = None  # bound at its first run; None while fresh
 
     @property
     def pid(self) -> int:
@@ -225,8 +244,14 @@ def _reap_all(workers: list[_Worker]) -> None:
 
 class SandboxPool:
     """`size` warm workers; `run` is thread-safe (each run takes one idle worker, waiting for
-    one when all are busy). A worker that hits a limit, dies or misbehaves is killed and
-    replaced in the background, so the pool returns to `size`."""
+    one when all are busy).
+
+    A worker is bound to the tenant of its first run and never runs code of another: a run
+    takes an idle worker of its tenant, else a fresh one, else an idle worker of another
+    tenant is retired and the run takes its fresh replacement. A worker that did not end a
+    run ok (except a compile refusal: nothing ran), that hit a limit, died, misbehaved or
+    kept anything of a run is killed and replaced in the background, so the pool returns to
+    `size`."""
 
     def __init__(self, size: int = 2, limits: Limits | None = None, *,
                  cache_code: bool = True) -> None:
@@ -278,9 +303,12 @@ class SandboxPool:
     # ------------------------------------------------------------------ introspection
 
     def worker_info(self) -> list[dict[str, Any]]:
-        """What the second wall does in each live worker (uid, netns, chroot ...)."""
+        """What the second wall does in each live worker (uid, netns, chroot ...), and the
+        tenant it is bound to (`bound`: False while fresh; `tenant`: None when anonymous)."""
         with self._cond:
-            return [dict(w.info) for w in self._idle + list(self._busy.values())]
+            return [dict(w.info, bound=w.tenant is not None,
+                         tenant=w.tenant[1] if w.tenant and len(w.tenant) > 1 else None)
+                    for w in self._idle + list(self._busy.values())]
 
     def busy_pids(self) -> list[int]:
         with self._cond:
@@ -299,7 +327,7 @@ class SandboxPool:
 
     def probe(self, **request: Any) -> dict[str, Any]:
         """Ask one idle worker to test its own walls from trusted code (see docs/sandbox.md)."""
-        worker = self._acquire()
+        worker = self._acquire(_ANY)
         try:
             worker.send(json.dumps({"type": "probe", **request}).encode())
             reply = json.loads(worker.recv(time.monotonic() + 30, 1 << 20))
@@ -312,9 +340,15 @@ class SandboxPool:
     # ------------------------------------------------------------------ running
 
     def run(self, code: str, input: Any = None, *, entry: str = "main",
-            limits: Limits | None = None, context: dict[str, Any] | None = None) -> RunResult:
-        """Run `entry(input)` (or `entry(input, context)` when it takes two parameters)."""
+            limits: Limits | None = None, context: dict[str, Any] | None = None,
+            tenant: str | None = None) -> RunResult:
+        """Run `entry(input)` (or `entry(input, context)` when it takes two parameters) in a
+        worker that never ran code of another tenant. `tenant` names whose code this is;
+        None (direct library use) is one anonymous tenant of its own, which shares workers
+        with no named tenant: pass the owner of the code whenever code of several owners
+        runs through one pool."""
         started = time.monotonic()
+        key = _tenant_key(tenant)
         lim = limits or self.limits
         if lim.memory_mb > self.limits.memory_mb:
             raise LoglineError("SANDBOX_LIMITS_INVALID",
@@ -334,7 +368,7 @@ class SandboxPool:
         if isinstance(payload, RunResult):
             payload.duration_ms = _ms(time.monotonic() - started)
             return payload
-        worker = self._acquire()
+        worker = self._acquire(key)
         t0 = time.monotonic()
         try:
             result = self._exchange(worker, payload, lim, t0)
@@ -343,6 +377,7 @@ class SandboxPool:
                 self._release(worker, healthy=False)
             raise
         result.duration_ms = _ms(time.monotonic() - t0)
+        result.worker_pid = worker.pid
         return result
 
     def _check_request(self, code: str, input: Any, context: Any, lim: Limits) -> RunResult | None:
@@ -401,7 +436,6 @@ class SandboxPool:
             self._release(worker, healthy=False)
             return _failure("SANDBOX_WORKER_DIED", f"protocol violation: {e}")
         worker.cpu_total_ms = reply.get("cpu_total_ms", worker.cpu_total_ms)
-        self._release(worker, healthy=not reply.get("retire"))
         result = RunResult(ok=bool(reply.get("ok")), error=reply.get("error"),
                            cpu_ms=int(reply.get("cpu_ms", 0)),
                            stdout=reply.get("stdout", ""),
@@ -411,25 +445,66 @@ class SandboxPool:
             try:
                 check_json(output, "output")  # the ledger's rules, checked again on this side
             except LoglineError as e:
-                return _failure("SANDBOX_OUTPUT_NOT_JSON", str(e), cpu_ms=result.cpu_ms,
-                                stdout=result.stdout)
-            result.output = output
+                result = _failure("SANDBOX_OUTPUT_NOT_JSON", str(e), cpu_ms=result.cpu_ms,
+                                  stdout=result.stdout)
+            else:
+                result.output = output
+        # Kept only after a run that ended ok, or one that never executed (compile refusal),
+        # and only if the worker itself found nothing of the run left behind.
+        keep = result.ok or reply.get("executed") is False
+        self._release(worker, healthy=keep and not reply.get("retire"))
         return result
 
     # ------------------------------------------------------------------ pool bookkeeping
 
-    def _acquire(self) -> _Worker:
+    def _acquire(self, key: tuple[str, ...]) -> _Worker:
         with self._cond:
             while True:
                 if self._closed:
                     raise LoglineError("SANDBOX_CLOSED", "the sandbox pool is closed")
-                if self._idle:
-                    worker = self._idle.pop()
+                worker = self._pick(key)
+                if worker is not None:
                     self._busy[worker.pid] = worker
                     return worker
                 if not self._busy and not self._pending and self._spawn_error is not None:
                     raise self._spawn_error
                 self._cond.wait()
+
+    def _pick(self, key: tuple[str, ...]) -> _Worker | None:
+        """Under the lock: the most recently used idle worker of this tenant, else a fresh
+        one (bound to the tenant now). Else, unless a replacement is already on its way, the
+        least recently used idle worker of another tenant is retired: the caller waits for
+        its fresh replacement."""
+        if key is _ANY:
+            return self._idle.pop() if self._idle else None
+        fresh = None
+        for i in range(len(self._idle) - 1, -1, -1):
+            tenant = self._idle[i].tenant
+            if tenant == key:
+                return self._idle.pop(i)
+            if tenant is None and fresh is None:
+                fresh = i
+        if fresh is not None:
+            worker = self._idle.pop(fresh)
+            worker.tenant = key
+            return worker
+        if self._idle and not self._pending:
+            self._retire(self._idle.pop(0))
+        return None
+
+    def _retire(self, worker: _Worker) -> None:
+        """Under the lock: replace `worker` (idle or finished) with a fresh one; the
+        replacement thread kills and reaps it first."""
+        if self._closed:
+            return  # close() reaps every worker still listed in _all
+        with suppress(ValueError):
+            self._all.remove(worker)
+        self.replaced += 1
+        self._pending += 1
+        t = threading.Thread(target=self._replace, args=(worker,), name="sandbox-replace",
+                             daemon=True)
+        self._threads.add(t)
+        t.start()
 
     def _release(self, worker: _Worker, *, healthy: bool) -> int | None:
         status = None
@@ -440,23 +515,16 @@ class SandboxPool:
             if healthy and not self._closed:
                 worker.runs += 1
                 self._idle.append(worker)
-                self._cond.notify()
+                self._cond.notify_all()  # waiters of other tenants cannot all use it
                 return None
             if not healthy:
-                with suppress(ValueError):
-                    self._all.remove(worker)
-                if not self._closed:
-                    self.replaced += 1
-                    self._pending += 1
-                    t = threading.Thread(target=self._replace, name="sandbox-replace",
-                                         daemon=True)
-                    self._threads.add(t)
-                    t.start()
+                self._retire(worker)
         if healthy:  # closed meanwhile
             worker.kill()
         return status
 
-    def _replace(self) -> None:
+    def _replace(self, old: _Worker) -> None:
+        old.kill()  # already dead and reaped when retired after a run
         worker: _Worker | None = None
         error: LoglineError | None = None
         for attempt in range(3):

@@ -18,10 +18,13 @@ corrupt the protocol. User `print` goes to a bounded collector and comes back as
 
 Per run: CPU time (ITIMER_PROF, default action kills the process, plus RLIMIT_CPU as a
 backstop; the parent sees SIGPROF/SIGXCPU), address space (RLIMIT_AS soft limit), recursion
-depth, output size. The parent enforces wall time by killing the process. Each run gets fresh
-globals and a fresh builtins dict; allowed modules are read-only proxies over curated
-attributes, `random` is a fresh generator per run and the decimal context is reset per run,
-so nothing one run does is visible to the next. docs/sandbox.md describes the threat model.
+depth, output size. The parent enforces wall time by killing the process. Each run has a Run
+of its own (refusal, printed text, module views, `random` generator) and fresh globals and
+builtins whose guards are bound to it; the decimal context is reset per run. After the entry
+returns, still inside the run's limits, the globals are cleared and the garbage collector
+finalises whatever the run left in reference cycles; if any of its code survives that, or
+the run did not end ok (except a compile refusal), the worker reports `retire` and exits.
+So nothing of one run executes during another. docs/sandbox.md describes the threat model.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from __future__ import annotations
 import _strptime  # noqa: F401  (lazy imports of allowed modules: nothing may load later)
 import ast
 import bisect  # noqa: F401
+import codecs
 import collections
 import copy  # noqa: F401
 import ctypes
 import datetime
 import decimal
+import encodings
 import functools
+import gc
 import hashlib
 import heapq  # noqa: F401  (Counter.most_common imports it lazily)
 import itertools
@@ -54,7 +60,7 @@ import struct
 import sys
 import types
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NoReturn
 
 from blake3 import blake3
 from RestrictedPython import (
@@ -89,62 +95,51 @@ PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 
-# --------------------------------------------------------------------------- errors and state
+# --------------------------------------------------------------------------- errors and the run
 
 class SandboxForbidden(Exception):
-    """Raised by a guard. The refusal is also recorded, so catching it does not hide it."""
+    """Raised by a guard. The refusal is also recorded in its run, so catching it hides
+    nothing."""
 
 
-class _RunState:
-    __slots__ = ("violation", "stdout", "stdout_len", "stdout_limit", "stdout_truncated",
-                 "random")
-
-    def reset(self, stdout_limit: int) -> None:
-        self.violation: str | None = None
-        self.stdout: list[str] = []
-        self.stdout_len = 0
-        self.stdout_limit = stdout_limit
-        self.stdout_truncated = False
-        self.random: _Module | None = None
-
-
-STATE = _RunState()
-STATE.reset(0)
-
-
-def _violate(message: str) -> None:
-    if STATE.violation is None:
-        STATE.violation = message
+def _refuse(run: Run | None, message: str) -> NoReturn:
+    if run is not None and run.violation is None:
+        run.violation = message
     raise SandboxForbidden(message)
 
 
 # --------------------------------------------------------------------------- allowed modules
 
 class _Module:
-    """A read-only view of an allowed module: only curated attributes, no writes.
+    """A read-only view of an allowed module: only curated attributes, no writes. Each run
+    gets its own views (bound to its Run, where refusals are recorded) over shared,
+    immutable attribute maps.
 
     Unknown attributes raise SandboxForbidden, never AttributeError: `from m import x` falls
     back to sys.modules["<m.__name__>.x"] on AttributeError, which would hand out real
     submodules (json.decoder, collections.abc).
     """
 
-    __slots__ = ("_name", "_attrs")
+    __slots__ = ("_name", "_attrs", "_run")
 
-    def __init__(self, name: str, attrs: dict[str, Any]) -> None:
+    def __init__(self, name: str, attrs: Any, run: Run | None = None) -> None:
+        if not isinstance(attrs, types.MappingProxyType):
+            attrs = types.MappingProxyType(dict(attrs))
         object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_attrs", types.MappingProxyType(dict(attrs)))
+        object.__setattr__(self, "_attrs", attrs)
+        object.__setattr__(self, "_run", run)
 
     def __getattr__(self, attr: str) -> Any:
         try:
             return self._attrs[attr]
         except KeyError:
-            _violate(f"{self._name}.{attr} is not available in the sandbox")
+            _refuse(self._run, f"{self._name}.{attr} is not available in the sandbox")
 
     def __setattr__(self, attr: str, value: Any) -> None:
-        _violate(f"cannot modify module {self._name}")
+        _refuse(self._run, f"cannot modify module {self._name}")
 
     def __delattr__(self, attr: str) -> None:
-        _violate(f"cannot modify module {self._name}")
+        _refuse(self._run, f"cannot modify module {self._name}")
 
     def __repr__(self) -> str:
         return f"<sandboxed module {self._name}>"
@@ -205,17 +200,10 @@ MODULES: dict[str, _Module] = {
                 "punctuation printable whitespace capwords Template")),
     "decimal": _Module("decimal", _pick(decimal, _DECIMAL)),
     "hashlib": _Module("hashlib", {"sha256": _sha256, "blake2b": _blake2b}),
-    "random": _Module("random", {}),  # replaced by a fresh generator in every run
+    "random": _Module("random", {}),  # each run gets a generator of its own (Run.module)
 }
 ALLOWED_MODULES = frozenset(MODULES)
 
-
-def _module(name: str) -> _Module:
-    if name == "random":
-        if STATE.random is None:
-            STATE.random = _Module("random", _pick(random.Random(), _RANDOM))
-        return STATE.random
-    return MODULES[name]
 
 
 # --------------------------------------------------------------------------- guards
@@ -223,53 +211,20 @@ def _module(name: str) -> _Module:
 #: Attribute names refused on every object (on top of RestrictedPython's "_" prefix rule).
 FORBIDDEN_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {"mro"}
 
-
-def guarded_getattr(ob: Any, name: Any, *default: Any) -> Any:
-    """`_getattr_` and the `getattr` builtin: refusals are recorded (see SandboxForbidden)."""
-    if type(name) is not str:
-        raise TypeError("attribute name must be a string")
-    if name.startswith("_") or name in FORBIDDEN_ATTRS:
-        _violate(f'access to attribute "{name}" is not allowed')
-    if name in ("format", "format_map") and (
-            isinstance(ob, str) or (isinstance(ob, type) and issubclass(ob, str))):
-        _violate("str.format and str.format_map are not allowed (use f-strings or %)")
-    if name == "obj" and isinstance(ob, BaseException):
-        _violate('access to attribute "obj" of an exception is not allowed')
-    return safer_getattr(ob, name, default[0] if default else _MISSING)
-
+#: Modules that C code of allowed modules imports while it runs (datetime's strftime and
+#: timetuple import `time`; C warnings may import `warnings`): such an import goes through
+#: the calling frame's `__import__`, which is the user's. They are already loaded; the
+#: import only has to succeed (the C caller takes the module from sys.modules, the return
+#: value is dropped). User code cannot name them: its import statements are checked at
+#: compile time against ALLOWED_MODULES and it cannot reach `__import__`.
+INTERNAL_IMPORTS = frozenset({"time", "_strptime", "warnings"})
 
 _MISSING = object()
-
-
-def _getattr_raising(ob: Any, name: Any, *default: Any) -> Any:
-    value = guarded_getattr(ob, name, *default)
-    if value is _MISSING:
-        raise AttributeError(f"{type(ob).__name__!r} object has no attribute {name!r}")
-    return value
-
-
-def guarded_hasattr(ob: Any, name: Any) -> bool:
-    return guarded_getattr(ob, name, _MISSING) is not _MISSING
+_WRITABLE = (dict, list, collections.deque)
 
 
 def guarded_getitem(ob: Any, index: Any) -> Any:
     return ob[index]
-
-
-_WRITABLE = (dict, list, collections.deque)
-
-
-def guarded_write(ob: Any) -> Any:
-    """`_write_`: items of containers the run built may change; nothing else may.
-
-    Stricter than RestrictedPython's full_write_guard (no `_guarded_writes` protocol) and
-    wider for containers (dict/list/deque subclasses such as Counter and defaultdict).
-    """
-    if isinstance(ob, _WRITABLE):
-        return ob
-    if isinstance(ob, _Module):
-        _violate(f"cannot modify module {ob._name}")
-    _violate(f"cannot modify attributes or items of {type(ob).__name__} objects")
 
 
 _INPLACE = {
@@ -288,43 +243,130 @@ def guarded_apply(func: Any, *args: Any, **kwargs: Any) -> Any:
     return func(*args, **kwargs)
 
 
-def guarded_import(name: Any, globals: Any = None, locals: Any = None,
-                   fromlist: Any = (), level: int = 0) -> Any:
-    if level != 0 or name not in ALLOWED_MODULES:
+class Run:
+    """One run's state (refusal, printed text, module views, random generator) and the
+    guards that touch it, as bound methods.
+
+    Nothing else refers to a Run: user code reaches it only through the guards in its own
+    globals and builtins, so code left over from a run (a generator finalised later, a
+    stored callback) could only ever print into, seed or refuse in its own finished run,
+    never the one in progress. (execute() makes sure no such code survives a run anyway.)
+    """
+
+    __slots__ = ("violation", "stdout", "stdout_len", "stdout_limit", "stdout_truncated",
+                 "modules", "executed")
+
+    def __init__(self, stdout_limit: int) -> None:
+        self.violation: str | None = None
+        self.stdout: list[str] = []
+        self.stdout_len = 0
+        self.stdout_limit = stdout_limit
+        self.stdout_truncated = False
+        self.modules: dict[str, _Module] = {}
+        self.executed = False  # False while only compiling: a compile refusal keeps the worker
+
+    def getattr(self, ob: Any, name: Any, default: Any = _MISSING) -> Any:
+        """`_getattr_` and the `getattr` builtin."""
+        if type(name) is not str:
+            raise TypeError("attribute name must be a string")
+        if name.startswith("_") or name in FORBIDDEN_ATTRS:
+            _refuse(self, f'access to attribute "{name}" is not allowed')
+        if name in ("format", "format_map") and (
+                isinstance(ob, str) or (isinstance(ob, type) and issubclass(ob, str))):
+            _refuse(self, "str.format and str.format_map are not allowed (use f-strings or %)")
+        if name == "obj" and isinstance(ob, BaseException):
+            _refuse(self, 'access to attribute "obj" of an exception is not allowed')
+        value = safer_getattr(ob, name, default)
+        if value is _MISSING:
+            raise AttributeError(f"{type(ob).__name__!r} object has no attribute {name!r}")
+        return value
+
+    def hasattr(self, ob: Any, name: Any) -> bool:
+        return self.getattr(ob, name, _MISSING) is not _MISSING
+
+    def write(self, ob: Any) -> Any:
+        """`_write_`: items of containers the run built may change; nothing else may.
+
+        Stricter than RestrictedPython's full_write_guard (no `_guarded_writes` protocol) and
+        wider for containers (dict/list/deque subclasses such as Counter and defaultdict).
+        """
+        if isinstance(ob, _WRITABLE):
+            return ob
+        if isinstance(ob, _Module):
+            _refuse(self, f"cannot modify module {ob._name}")
+        _refuse(self, f"cannot modify attributes or items of {type(ob).__name__} objects")
+
+    def import_(self, name: Any, globals: Any = None, locals: Any = None,
+                fromlist: Any = (), level: int = 0) -> Any:
+        if type(name) is str and level == 0:
+            if name in ALLOWED_MODULES:
+                return self.module(name)
+            if name in INTERNAL_IMPORTS and name in sys.modules:
+                return None
         allowed = ", ".join(sorted(ALLOWED_MODULES))
-        _violate(f"import of {name!r} is not allowed (allowed: {allowed})")
-    return _module(name)
+        _refuse(self, f"import of {name!r} is not allowed (allowed: {allowed})")
 
+    def module(self, name: str) -> _Module:
+        view = self.modules.get(name)
+        if view is None:
+            attrs: Any = MODULES[name]._attrs
+            if name == "random":  # a generator of this run's own, seeded from the OS
+                attrs = _pick(random.Random(), _RANDOM)
+            view = self.modules[name] = _Module(name, attrs, self)
+        return view
 
-class BoundedPrint(PrintCollector):
-    """`_print_`: every print of a run goes into one bounded buffer (`printed` reads it)."""
+    def printer(self, _getattr_: Any = None) -> BoundedPrint:
+        """`_print_`."""
+        return BoundedPrint(self, _getattr_)
 
-    def __init__(self, _getattr_: Any = None) -> None:
-        super().__init__(_getattr_)
-
-    def write(self, text: str) -> None:
-        room = STATE.stdout_limit - STATE.stdout_len
+    def write_stdout(self, text: str) -> None:
+        room = self.stdout_limit - self.stdout_len
         if room <= 0:
-            STATE.stdout_truncated = STATE.stdout_truncated or bool(text)
+            self.stdout_truncated = self.stdout_truncated or bool(text)
             return
         if len(text) > room:
             text = text[:room]
-            STATE.stdout_truncated = True
-        STATE.stdout.append(text)
-        STATE.stdout_len += len(text)
+            self.stdout_truncated = True
+        self.stdout.append(text)
+        self.stdout_len += len(text)
+
+    def globals(self) -> dict[str, Any]:
+        """Fresh globals and a fresh builtins dict, every guard bound to this run."""
+        builtins = dict(BASE_BUILTINS)
+        builtins.update(getattr=self.getattr, hasattr=self.hasattr, __import__=self.import_)
+        for name, refuse in _REFUSERS:
+            builtins[name] = types.MethodType(refuse, self)  # 29 of them: kept cheap
+        return {
+            "__builtins__": builtins,
+            "__name__": "sandbox",
+            "_getattr_": self.getattr,
+            "_getitem_": guarded_getitem,
+            "_getiter_": iter,
+            "_write_": self.write,
+            "_inplacevar_": guarded_inplacevar,
+            "_apply_": guarded_apply,
+            "_unpack_sequence_": guarded_unpack_sequence,
+            "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+            "_print_": self.printer,
+        }
+
+
+class BoundedPrint(PrintCollector):
+    """What `_print_` makes: every print of a run goes into its run's bounded buffer
+    (`printed` reads it)."""
+
+    def __init__(self, run: Run, _getattr_: Any = None) -> None:
+        super().__init__(_getattr_)
+        self._run = run
+
+    def write(self, text: str) -> None:
+        self._run.write_stdout(text)
 
     def flush(self) -> None:
         pass
 
     def __call__(self) -> str:
-        return "".join(STATE.stdout)
-
-
-def _refused(name: str) -> Any:
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        _violate(f"{name}() is not available in the sandbox")
-    refuse.__name__ = name
-    return refuse
+        return "".join(self._run.stdout)
 
 
 #: Builtins that exist in Python but not here: calling them is a recorded refusal.
@@ -335,7 +377,19 @@ REFUSED_BUILTINS = (
 ).split()
 
 
+def _refuser(name: str) -> Any:
+    def refuse(run: Run, *args: Any, **kwargs: Any) -> Any:
+        _refuse(run, f"{name}() is not available in the sandbox")
+    refuse.__name__ = refuse.__qualname__ = name
+    return refuse
+
+
+#: (name, function of the run): each run binds them to itself (Run.globals).
+_REFUSERS = tuple((name, _refuser(name)) for name in REFUSED_BUILTINS)
+
+
 def _base_builtins() -> dict[str, Any]:
+    """The builtins every run starts from; Run.globals() adds the ones bound to the run."""
     b = dict(safe_builtins)
     for name in ("__build_class__", "setattr", "delattr", "_getattr_"):
         b.pop(name, None)
@@ -349,31 +403,11 @@ def _base_builtins() -> dict[str, Any]:
         "reversed": reversed, "zip": zip, "enumerate": enumerate, "map": map,
         "filter": filter, "min": min, "max": max, "sum": sum, "any": any, "all": all,
         "iter": iter, "next": next, "bytes": bytes,
-        "getattr": _getattr_raising, "hasattr": guarded_hasattr,
-        "__import__": guarded_import,
     })
-    for name in REFUSED_BUILTINS:
-        b[name] = _refused(name)
     return b
 
 
 BASE_BUILTINS = _base_builtins()
-
-
-def _fresh_globals() -> dict[str, Any]:
-    return {
-        "__builtins__": dict(BASE_BUILTINS),
-        "__name__": "sandbox",
-        "_getattr_": _getattr_raising,
-        "_getitem_": guarded_getitem,
-        "_getiter_": iter,
-        "_write_": guarded_write,
-        "_inplacevar_": guarded_inplacevar,
-        "_apply_": guarded_apply,
-        "_unpack_sequence_": guarded_unpack_sequence,
-        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
-        "_print_": BoundedPrint,
-    }
 
 
 # --------------------------------------------------------------------------- compile policy
@@ -445,29 +479,40 @@ class CompileRefused(Exception):
         self.message = message
 
 
-_CODE_CACHE: OrderedDict[bytes, Any] = OrderedDict()
+#: Compiled code by BLAKE3 of the source: (module code, every code object in it) or, for a
+#: refusal, (error code, message). Refusals are stored as plain data, not as exceptions: an
+#: exception raised again would carry the tracebacks (and so the frames and inputs) of
+#: every run that raised it before.
+_CODE_CACHE: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
 
 
-def compile_user_code(source: str, use_cache: bool = True) -> types.CodeType:
+def compile_user_code(source: str, use_cache: bool = True) -> tuple[types.CodeType,
+                                                                     tuple[types.CodeType, ...]]:
+    """The module code and all code objects in it (for execute's survivor check)."""
     key = blake3(source.encode("utf-8", "surrogatepass")).digest() if use_cache else b""
-    if use_cache:
-        hit = _CODE_CACHE.get(key)
-        if hit is not None:
-            _CODE_CACHE.move_to_end(key)
-            if isinstance(hit, CompileRefused):
-                raise hit
-            return hit
-    try:
-        result = _compile(source)
-    except CompileRefused as refusal:
-        result = refusal
-    if use_cache:
-        _CODE_CACHE[key] = result
-        while len(_CODE_CACHE) > CODE_CACHE_SIZE:
-            _CODE_CACHE.popitem(last=False)
-    if isinstance(result, CompileRefused):
-        raise result
-    return result
+    hit = _CODE_CACHE.get(key) if use_cache else None
+    if hit is not None:
+        _CODE_CACHE.move_to_end(key)
+    else:
+        try:
+            code = _compile(source)
+            hit = (code, _code_tree(code))
+        except CompileRefused as refusal:
+            hit = (refusal.code, refusal.message)
+        if use_cache:
+            _CODE_CACHE[key] = hit
+            while len(_CODE_CACHE) > CODE_CACHE_SIZE:
+                _CODE_CACHE.popitem(last=False)
+    if isinstance(hit[0], str):
+        raise CompileRefused(*hit)
+    return hit
+
+
+def _code_tree(code: types.CodeType) -> tuple[types.CodeType, ...]:
+    found = [code]
+    for c in found:  # grows while it is walked: every nested function, lambda, comprehension
+        found.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return tuple(found)
 
 
 def _compile(source: str) -> types.CodeType:
@@ -620,8 +665,14 @@ def _user_line(tb: Any) -> int | None:
     return line
 
 
+#: An absolute path of two or more segments (not part of a URL or a relative path): what a
+#: message of the standard library looks like when it names a file on the host.
+_HOST_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"/:<>|,;()]+/)+[^\s'\"/:<>|,;()]*")
+
+
 def _error(code: str, message: str) -> dict[str, str]:
-    return {"code": code, "message": _clean_text(message, MAX_MESSAGE)}
+    """An error for the reply; host paths in the message become `<path>`."""
+    return {"code": code, "message": _HOST_PATH.sub("<path>", _clean_text(message, MAX_MESSAGE))}
 
 
 def _describe(exc: BaseException) -> str:
@@ -635,76 +686,118 @@ def _describe(exc: BaseException) -> str:
     return f"{where}{name}: {text[:MAX_MESSAGE]}" if text else f"{where}{name}"
 
 
-def execute(req: dict[str, Any]) -> tuple[dict[str, Any] | None, bytes | None, bool]:
-    """Run one request. Returns (error or None, output JSON bytes or None, retire)."""
-    limits = req["limits"]
+def _memory_error(limits: dict[str, Any]) -> dict[str, str]:
+    return _error("SANDBOX_MEMORY_LIMIT", f"memory limit of {limits['memory_mb']} MB exceeded")
+
+
+def execute(req: dict[str, Any], run: Run) -> tuple[dict[str, Any] | None, bytes | None, bool]:
+    """Run one request. Returns (error or None, output JSON bytes or None, retire).
+
+    The worker is kept only after a run that ended ok and left nothing that can execute
+    (see _sweep), or one refused at compile time (nothing of it executed). After any other
+    failure it is retired without sweeping: the process ends, and its leftovers with it."""
     try:
-        code = compile_user_code(req["code"], req.get("cache", True))
+        code, codes = compile_user_code(req["code"], req.get("cache", True))
     except CompileRefused as refusal:
         return _error(refusal.code, refusal.message), None, False
-    entry = req.get("entry", "main")
-    g = _fresh_globals()
+    run.executed = True
+    before = _refcounts(codes)
+    error, output = _call(code, req, run)
+    if error is not None:
+        return error, None, True
+    survived = _sweep(codes, before)
+    if run.violation is not None:  # refused by a finaliser of this run, during the sweep
+        return _error("SANDBOX_FORBIDDEN", run.violation), None, True
+    return None, output, survived
+
+
+def _call(code: types.CodeType, req: dict[str, Any],
+          run: Run) -> tuple[dict[str, Any] | None, bytes | None]:
+    """Execute the module, call the entry, encode its output. Every reference this worker
+    holds to the run's objects dies with this frame: input and context are taken out of
+    the request and the globals are cleared (which breaks the function <-> globals cycles,
+    so most of a run is freed right here, still inside its limits)."""
+    limits = req["limits"]
+    args = (req.pop("input", None), req.pop("context", None) or {})
+    g = run.globals()
     old_limit = sys.getrecursionlimit()
     sys.setrecursionlimit(_depth() + limits["recursion"])
+    try:
+        error, value = _invoke(code, g, req.get("entry", "main"), args, run, limits)
+        if error is not None:
+            return error, None
+        try:
+            return None, encode_output(value, limits["output_bytes"])
+        except NotJson as e:
+            return _error(e.code, e.message), None
+        except MemoryError:
+            return _memory_error(limits), None
+        except (ValueError, RecursionError) as e:
+            return _error("SANDBOX_OUTPUT_NOT_JSON", f"output cannot be encoded: {e}"), None
+    finally:
+        g.clear()
+        sys.setrecursionlimit(old_limit)
+
+
+def _invoke(code: types.CodeType, g: dict[str, Any], entry: str, args: tuple[Any, Any],
+            run: Run, limits: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
     try:
         exec(code, g)
         fn = g.get(entry)
         if not isinstance(fn, types.FunctionType):
             what = "is not defined" if fn is None else "is not a function"
-            return _error("SANDBOX_NO_ENTRY", f"entry point {entry!r} {what}"), None, False
+            return _error("SANDBOX_NO_ENTRY", f"entry point {entry!r} {what}"), None
         nargs = fn.__code__.co_argcount
         if nargs >= 2:
-            value = fn(req["input"], req.get("context") or {})
+            value = fn(*args)
         elif nargs == 1 or fn.__code__.co_flags & 0x04:
-            value = fn(req["input"])
+            value = fn(args[0])
         else:
             return _error("SANDBOX_NO_ENTRY",
-                          f"{entry}() must take the input as its first parameter"), None, False
+                          f"{entry}() must take the input as its first parameter"), None
     except SandboxForbidden as e:
-        return _error("SANDBOX_FORBIDDEN", STATE.violation or str(e)), None, False
+        return _error("SANDBOX_FORBIDDEN", run.violation or str(e)), None
     except RecursionError as e:
-        return _error("SANDBOX_RECURSION", _describe(e) + f" (limit {limits['recursion']})"), \
-            None, False
+        return _error("SANDBOX_RECURSION",
+                      _describe(e) + f" (limit {limits['recursion']})"), None
     except MemoryError:
-        return _error("SANDBOX_MEMORY_LIMIT",
-                      f"memory limit of {limits['memory_mb']} MB exceeded"), None, True
+        return _memory_error(limits), None
     except BaseException as e:  # noqa: BLE001 - SystemExit & co. from user code are errors too
-        return _error("SANDBOX_RUNTIME_ERROR", _describe(e)), None, False
-    finally:
-        sys.setrecursionlimit(old_limit)
-    if STATE.violation is not None:
-        return _error("SANDBOX_FORBIDDEN", STATE.violation), None, False
-    try:
-        return None, encode_output(value, limits["output_bytes"]), False
-    except NotJson as e:
-        return _error(e.code, e.message), None, False
-    except MemoryError:
-        return _error("SANDBOX_MEMORY_LIMIT",
-                      f"memory limit of {limits['memory_mb']} MB exceeded"), None, True
-    except (ValueError, RecursionError) as e:
-        return _error("SANDBOX_OUTPUT_NOT_JSON", f"output cannot be encoded: {e}"), None, False
+        return _error("SANDBOX_RUNTIME_ERROR", _describe(e)), None
+    if run.violation is not None:  # a refusal the code caught
+        return _error("SANDBOX_FORBIDDEN", run.violation), None
+    return None, value
+
+
+def _refcounts(codes: tuple[types.CodeType, ...]) -> list[int]:
+    return [sys.getrefcount(c) for c in codes]
+
+
+def _sweep(codes: tuple[types.CodeType, ...], before: list[int]) -> bool:
+    """Collect what the run left in reference cycles now, inside its limits: a suspended
+    generator's `finally` or `with` exit runs here, in its own run, never later in another.
+    Returns True when any code object of the run has gained a reference: a function,
+    generator or frame of it survived (one re-armed by a finaliser, say), and only ending
+    the process gets rid of it. Cycles without survivors cost nothing more: gc.freeze()
+    at start keeps the worker's own objects out of this collection."""
+    gc.collect()
+    return _refcounts(codes) != before
 
 
 def handle_run(req: dict[str, Any]) -> tuple[bytes, bool]:
     limits = req["limits"]
-    STATE.reset(limits["stdout_bytes"])
+    run = Run(limits["stdout_bytes"])
     cpu0 = _cpu_seconds()
     _arm(limits["cpu_ms"], limits["memory_mb"], cpu0)
-    out_of_memory = True
+    retire = True
     try:
-        error, output, retire = execute(req)
-        out_of_memory = retire
+        error, output, retire = execute(req, run)
     except MemoryError:
-        error = _error("SANDBOX_MEMORY_LIMIT",
-                       f"memory limit of {limits['memory_mb']} MB exceeded")
-        output, retire = None, True
+        error, output = _memory_error(limits), None
     finally:
-        _disarm(out_of_memory)
+        _disarm(retire)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu1 = usage.ru_utime + usage.ru_stime
-    stdout = _clean_text("".join(STATE.stdout), limits["stdout_bytes"]) if STATE.stdout else ""
-    truncated = STATE.stdout_truncated
-    STATE.reset(0)
     # A worker whose heap grew a lot is replaced: the next run starts from a clean one.
     retire = retire or usage.ru_maxrss / 1024 > Walls.baseline_rss_mb + 64
     meta = {
@@ -712,10 +805,11 @@ def handle_run(req: dict[str, Any]) -> tuple[bytes, bool]:
         "ok": error is None,
         "error": error,
         "retire": retire,
+        "executed": run.executed,
         "cpu_ms": round((cpu1 - cpu0) * 1000),
         "cpu_total_ms": round(cpu1 * 1000),
-        "stdout_truncated": truncated,
-        "stdout": stdout,
+        "stdout_truncated": run.stdout_truncated,
+        "stdout": _clean_text("".join(run.stdout), limits["stdout_bytes"]) if run.stdout else "",
     }
     head = _ENCODER.encode(meta).encode("utf-8")
     if output is None:
@@ -863,6 +957,40 @@ def harden(config: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+#: Codecs of `encodings` that convert bytes to bytes (or str to str): str.encode and
+#: bytes.decode refuse them and user code has no `codecs` module, so they are not loaded.
+_NOT_TEXT_CODECS = frozenset({"base64_codec", "bz2_codec", "hex_codec", "quopri_codec",
+                              "rot_13", "uu_codec", "zlib_codec"})
+
+
+def _load_codecs() -> None:
+    """Import every text codec now. Each is a module of `encodings` imported on first use,
+    which once the walls are up fails (and named a host path in its error)."""
+    folder = os.path.dirname(encodings.__file__)
+    for entry in sorted(os.listdir(folder)):
+        name, ext = os.path.splitext(entry)
+        if ext == ".py" and not name.startswith("_") and name not in _NOT_TEXT_CODECS:
+            try:
+                codecs.lookup(name)
+            except LookupError:  # `aliases` is no codec; mbcs and oem are Windows-only
+                pass
+
+
+def _seal_imports() -> None:
+    """After the warm-up nothing can be imported (no filesystem): make every attempt fail
+    at once with ModuleNotFoundError, without a filesystem call or a host path in the
+    message (an unknown codec name, say). Loaded modules stay importable."""
+    sys.meta_path.clear()
+    sys.path_hooks.clear()
+    sys.path_importer_cache.clear()
+    sys.path.clear()
+
+
+def _ignore_unraisable(unraisable: Any) -> None:
+    """An exception in a finaliser of user code: dropped (the default hook would format a
+    traceback and read source files)."""
+
+
 def _warm() -> None:
     """Exercise every allowed module and the whole run path once, before the walls go up
     (afterwards nothing can be imported: the filesystem is gone)."""
@@ -876,8 +1004,7 @@ def _warm() -> None:
     statistics.mean([1, 2, 3])
     statistics.stdev([1.0, 2.0, 3.0])
     random.Random().random()
-    for codec in ("ascii", "latin-1", "utf-16", "utf-32", "utf-8-sig", "cp1252", "idna"):
-        "e".encode(codec).decode(codec)
+    _load_codecs()
     warm = {"type": "run", "code": "import math\ndef main(x):\n    print(x)\n    return x",
             "input": 1, "cache": False,
             "limits": {"cpu_ms": 10000, "memory_mb": 1024, "recursion": 200,
@@ -890,6 +1017,7 @@ def main() -> None:
     # when a worker ends (it finishes in-flight runs, then closes the pipe or SIGKILLs).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.unraisablehook = _ignore_unraisable
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"memory_mb": 256}
     proto_in, proto_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -903,6 +1031,7 @@ def main() -> None:
         Walls.baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         config["fds"] = [proto_in, proto_out, 2]
         info = harden(config)
+        _seal_imports()
     except Exception as e:  # noqa: BLE001 - reported to the parent, which refuses to start
         _send(proto_out, json.dumps({"type": "fatal",
                                      "message": f"{type(e).__name__}: {e}"}).encode("utf-8"))
@@ -910,6 +1039,10 @@ def main() -> None:
     info.update({"type": "ready", "pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(),
                  "baseline_mb": round(Walls.baseline / MB, 1),
                  "cpu_total_ms": round(_cpu_seconds() * 1000)})
+    # Everything made so far lives as long as the worker: the collection after each run
+    # (execute's sweep) then only looks at what was made since.
+    gc.collect()
+    gc.freeze()
     _send(proto_out, json.dumps(info).encode("utf-8"))
     reader = _Reader(proto_in)
     while True:
@@ -932,8 +1065,8 @@ def main() -> None:
                                 "retire": True}).encode("utf-8")
             retire = True
         _send(proto_out, reply)
-        if retire:
-            return
+        if retire:  # at once: an interpreter shutdown would run what user code left behind
+            os._exit(0)
 
 
 if __name__ == "__main__":

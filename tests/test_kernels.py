@@ -104,6 +104,23 @@ def run(loader, function_id: str, input=None, tenant: str = "acme", user: str = 
     return loader.boot(RUN_CODE, args, user_id=user, tenant_id=tenant)
 
 
+class Recorder:
+    """The real sandbox pool, noting for each run the tenant it was made for and the worker
+    process that ran it."""
+
+    def __init__(self, pool: SandboxPool) -> None:
+        self.pool = pool
+        self.runs: list[tuple[str, str | None, int | None]] = []
+
+    def run(self, code, *args, **kwargs):
+        result = self.pool.run(code, *args, **kwargs)
+        self.runs.append((code, kwargs.get("tenant"), result.worker_pid))
+        return result
+
+    def pids(self, tenant: str) -> set[int | None]:
+        return {pid for _, t, pid in self.runs if t == tenant}
+
+
 def await_lock_waiters(conn, n: int, timeout_s: float = 30.0) -> None:
     """Wait until `n` sessions of this database queue for an advisory lock."""
     deadline = time.monotonic() + timeout_s
@@ -190,6 +207,7 @@ def test_function_past_timeout_is_stopped_and_the_worker_recovers(loader, kernel
     assert time.monotonic() - started < 10, "the loop was not cut off at timeout_ms"
     assert span["status"] == "error"
     assert span["error"]["code"] in ("SANDBOX_TIMEOUT", "SANDBOX_CPU_LIMIT")
+    assert "of 300 ms exceeded" in span["error"]["message"]  # timeout_ms, not slow_ms
     assert span["duration_ms"] >= 250
     for n in range(3):  # more runs than pool workers: every worker is usable again
         assert run(loader, fine["id"], {"n": n})["output"] == {"square": n * n}
@@ -237,6 +255,27 @@ def test_public_function_runs_for_any_tenant(loader, kernel_conn, operator):
     assert ledger.head(kernel_conn, request["id"])["status"] == "complete"
     execution = execution_for(kernel_conn, request["id"])
     assert (execution["tenant_id"], execution["output"]) == ("globex", {"x": 2})
+
+
+def test_user_code_runs_only_in_sandbox_workers_of_the_functions_tenant(
+        seeded, home, pool, kernel_conn, operator):
+    """The code is the function's: a public function of acme called by globex runs as acme's
+    code, never in a process that runs globex's own functions (and the other way round)."""
+    public = user_function(kernel_conn, operator, ECHO, tenant="acme", visibility="public")
+    own = user_function(kernel_conn, operator, SQUARE, tenant="globex")
+    recorder = Recorder(pool)
+    with Loader(seeded, home, sandbox=recorder) as ld:
+        for n in range(2):
+            assert run(ld, public["id"], {"n": n}, tenant="globex")["output"] == {"n": n}
+            assert run(ld, own["id"], {"n": n}, tenant="globex")["output"] == {"square": n * n}
+    assert [t for _, t, _ in recorder.runs] == ["acme", "globex", "acme", "globex"]
+    assert not recorder.pids("acme") & recorder.pids("globex")
+    with pytest.raises(TypeError):  # kernels must say whose code it is
+        loader_without_tenant = Loader(seeded, home, sandbox=pool)
+        try:
+            loader_without_tenant.run_untrusted(ECHO, 1, None)
+        finally:
+            loader_without_tenant.close()
 
 
 def test_bad_request_in_a_batch_does_not_sink_the_others(loader, kernel_conn, operator):

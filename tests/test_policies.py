@@ -16,6 +16,7 @@ from test_kernels import (
     ECHO,
     RAISES,
     SLOW,
+    Recorder,
     await_lock_waiters,
     in_threads,
     join_all,
@@ -319,6 +320,27 @@ def cursor(conn, policy_id: str) -> dict | None:
 SEEN = ("def main(span):\n"
         "    return [{'emit_span': {'entity_type': 'seen', 'status': 'ok',\n"
         "                           'metadata': {'of': span['entity_type']}}}]\n")
+
+
+def test_policy_code_runs_only_in_sandbox_workers_of_the_policys_tenant(
+        seeded, home, pool, kernel_conn, operator):
+    """Batch and one-by-one evaluation alike pass the policy span's tenant."""
+    seen = tenant_policy(kernel_conn, operator, SEEN, tenant="acme")
+    # a refusal fails the whole batch run: each span is then evaluated in a run of its own
+    refused = "def main(span):\n    return getattr(span, '__class__')\n"
+    raising = tenant_policy(kernel_conn, operator, refused, tenant="globex")
+    add(kernel_conn, operator, "note")
+    add(kernel_conn, operator, "note", tenant="globex")
+    add(kernel_conn, operator, "note", tenant="globex")
+    recorder = Recorder(pool)
+    with Loader(seeded, home, sandbox=recorder) as ld:
+        assert agent(ld)["errors"] == 2
+    tenants = {policy["id"]: {t for code, t, _ in recorder.runs
+                              if code.startswith(policy["code"])} for policy in (seen, raising)}
+    assert tenants == {seen["id"]: {"acme"}, raising["id"]: {"globex"}}
+    assert len([1 for code, _, _ in recorder.runs if code.startswith(raising["code"])]) == 3
+    assert not recorder.pids("acme") & recorder.pids("globex")
+    assert not recorder.pids("system") & (recorder.pids("acme") | recorder.pids("globex"))
 
 
 def test_policy_that_raises_yields_policy_error_and_moves_on(loader, kernel_conn, operator):

@@ -172,6 +172,7 @@ def test_cpu_and_timeout_results_report_what_was_spent(pool):
     assert cpu.code == "SANDBOX_CPU_LIMIT"
     assert cpu.cpu_ms >= 250  # measured from the killed worker's rusage
     slow = Limits(wall_ms=400, cpu_ms=30_000, memory_mb=128)
+    assert pool.wait_full(30)  # failed runs retire workers: time the run, not a restart
     started = time.monotonic()
     wall = pool.run(fn("while True:\n    pass"), 1, limits=slow)
     assert wall.code == "SANDBOX_TIMEOUT"
@@ -198,12 +199,10 @@ def test_runtime_error_has_type_message_and_line_but_no_host_path(pool):
 
 
 @pytest.mark.parametrize("exc", ["SystemExit(3)", "KeyboardInterrupt()", "GeneratorExit()"])
-def test_exiting_exceptions_do_not_stop_the_worker(pool, exc):
-    before = pool.stats()["replaced"]
+def test_exiting_exceptions_are_runtime_errors_not_a_dead_worker(pool, exc):
     result = pool.run(fn(f"raise {exc}"), 1)
     assert result.code == "SANDBOX_RUNTIME_ERROR"
     assert exc.split("(")[0] in result.error["message"]
-    assert pool.stats()["replaced"] == before
     assert pool.run(fn("return 7"), 1).output == 7
 
 
