@@ -62,7 +62,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     out(f"home      {home.path}")
     out(f"key       {'created' if created else 'kept'} {home.operator_key} "
         f"(public {public_key_hex(key)})")
-    database = db.resolve(home)
+    database = db.resolve(home, create=True)
     out(f"database  {database.dbname} ({'LOGLINE_DATABASE_URL' if _external() else 'embedded'})")
     applied = migrate.migrate(database)
     out(f"migrate   {', '.join(applied) if applied else 'up to date'}")
@@ -511,6 +511,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except LoglineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except db.psycopg.Error as exc:
+        refusal = db.unmigrated(exc)
+        if refusal is None:
+            raise
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -357,6 +357,36 @@ def test_an_unreachable_database_is_a_clear_error(home, tmp_path, command):
     assert "Traceback" not in proc.stderr
 
 
+ANY_ID = "3f2b8f9e-1c4d-4e5f-8a6b-7c8d9e0f1a2b"
+NEEDS_A_LEDGER = [("spans",), ("verify",), ("seed",), ("migrate",), ("db", "url"),
+                  ("checkpoint",), ("apikey", "list"), ("schedule", ANY_ID),
+                  ("boot", ANY_ID), ("keys", "trust", "ab" * 32, "--name", "x"),
+                  ("worker", "--once")]
+
+
+@pytest.mark.parametrize("command", NEEDS_A_LEDGER, ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize("state", ["empty", "key only"])
+def test_an_uninitialised_home_says_run_init_and_starts_nothing(bare_env, command, state):
+    home = Path(bare_env["LOGLINE_HOME"])
+    if state == "key only":
+        assert logline("keys", "gen", env=bare_env).returncode == 0
+    proc = logline(*command, env=bare_env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "NOT_INITIALISED" in proc.stderr and "run `logline init`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (home / "pgdata").exists()  # no PostgreSQL was started (or left running)
+
+
+@pytest.mark.parametrize("command", [("spans",), ("verify",), ("seed",)])
+def test_a_database_that_was_never_migrated_says_run_init(home, empty_database, command):
+    env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
+    env.update(LOGLINE_HOME=str(home.path), LOGLINE_DATABASE_URL=empty_database.admin_url)
+    proc = logline(*command, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "NOT_INITIALISED" in proc.stderr and "logline init" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # --- help ---------------------------------------------------------------------------------
 
 
