@@ -387,6 +387,49 @@ def test_a_database_that_was_never_migrated_says_run_init(home, empty_database, 
     assert "Traceback" not in proc.stderr
 
 
+def test_version(bare_env):
+    from stage0.cli import version
+
+    proc = logline("--version", env=bare_env)
+    assert proc.returncode == 0 and proc.stdout == f"logline {version()}\n"
+    assert version().count(".") >= 2
+
+
+@pytest.mark.parametrize("given", ["fibonacci", "42", "3f2b8f9e-1c4d"])
+def test_boot_of_something_that_is_not_an_id_says_so(cli, seeded, given):
+    before = count_spans(seeded)
+    proc = cli("boot", given, check=False)
+    assert proc.returncode == 2
+    assert "BAD_ID" in proc.stderr and f"{given!r} is not a span id" in proc.stderr
+    assert "logline schedule ID" in proc.stderr
+    assert "parent_id" not in proc.stderr
+    assert count_spans(seeded) == before  # nothing to record a refusal against
+
+
+def test_boot_of_a_function_says_to_schedule_it(cli, tmp_path):
+    path = write_rows(tmp_path / "f.ndjson", [row(entity_type="function", code="def main(i):\n"
+                                                  "    return 1\n")])
+    cli("seed", str(path))
+    proc = cli("boot", read_rows(path)[0]["id"], check=False)
+    assert proc.returncode == 2
+    assert "BOOT_NOT_ALLOWED" in proc.stderr and "logline schedule ID" in proc.stderr
+
+
+def test_schedule_of_a_function_without_owner_names_what_to_pass(cli, seeded, tmp_path):
+    fn = row(entity_type="function", code="def main(i):\n    return 1\n")
+    del fn["owner_id"]
+    cli("seed", str(write_rows(tmp_path / "f.ndjson", [fn])))
+    proc = cli("schedule", fn["id"], check=False)
+    assert proc.returncode == 2
+    assert "REQUESTER_REQUIRED" in proc.stderr and "no owner_id" in proc.stderr
+    assert "--user USER" in proc.stderr and "SPAN_MISSING_FIELD" not in proc.stderr
+    request_id = cli("schedule", fn["id"], "--user", "alice").stdout.strip()
+    with seeded.connect("kernel") as conn:
+        request = ledger.head(conn, request_id)
+    assert (request["owner_id"], request["tenant_id"], request["status"]) == \
+        ("alice", "acme", "scheduled")
+
+
 # --- help ---------------------------------------------------------------------------------
 
 
@@ -410,3 +453,53 @@ def test_every_command_has_help(bare_env, command):
 def test_every_command_help_says_what_it_does(bare_env, command):
     proc = logline(command, "--help", env=bare_env)
     assert _help_lines()[command] in proc.stdout
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+def _run_with_terminal_stderr(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `logline ARGS` with stderr on a pseudo-terminal (stdout stays a pipe)."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "stage0.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=300)
+    reader.join(timeout=30)
+    os.close(master)
+    return proc.returncode, stdout, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_long_seed_shows_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(
+        cli, home, seeded, tmp_path):
+    rows = [row(entity_type="note", this=f"note {n}") for n in range(6000)]
+    first = write_rows(tmp_path / "first.ndjson", rows[:3000])
+    second = write_rows(tmp_path / "second.ndjson", rows[3000:])
+    env = {**os.environ, "LOGLINE_HOME": str(home.path), "LOGLINE_DATABASE_URL":
+           seeded.admin_url, "COLUMNS": "120", "TERM": "xterm"}
+    code, stdout, terminal = _run_with_terminal_stderr(["seed", str(first)], env)
+    assert code == 0, stdout + terminal
+    assert "3000 appended" in stdout
+    assert "seeding 3,000 rows" in terminal and "%" in terminal
+
+    piped = cli("seed", str(second))
+    assert "3000 appended" in piped.stdout
+    assert piped.stderr == ""  # pipes and logs stay clean
+    assert count_spans(seeded) >= 6000
