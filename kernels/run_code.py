@@ -5,6 +5,9 @@ Input, a batch:   {"requests": [<request spans claimed by request_worker>]}
 Output: the execution span (or policy_violation span) of a single run; for a batch,
 {"results": [{"request_id", "span_id", "entity_type", "status"}]}.
 
+Each execution carries the manifest's policy.slow_ms in force (metadata.slow_ms): the slow_exec
+policy labels the ones that took longer, so there is one threshold.
+
 Each function must verify (hash, signature, trusted key) and belong to the caller's tenant (or
 be public). The per-tenant daily quota is checked before running and again, under the ledger's
 append lock, right before anything is recorded, so two workers can never both take the last
@@ -84,17 +87,9 @@ def execution(ctx, job, result, slow_ms):
         "duration_ms": result["duration_ms"], "trace_id": job["trace_id"],
         "metadata": {"function_seq": function["seq"], "function_hash": function["curr_hash"],
                      "cpu_ms": result.get("cpu_ms"), "stdout": result.get("stdout") or None,
-                     "kernel": ctx.kernel},
+                     "kernel": ctx.kernel, "slow_ms": slow_ms},
     }
     spans = [span]
-    if result["duration_ms"] > slow_ms:
-        spans.append({
-            "id": ctx.new_id(), "seq": 0, "entity_type": "status_patch", "who": NAME,
-            "did": "labelled", "this": "slow", "parent_id": span["id"],
-            "owner_id": job["user"], "tenant_id": job["tenant"],
-            "visibility": span["visibility"], "status": "slow", "trace_id": job["trace_id"],
-            "metadata": {"duration_ms": result["duration_ms"], "slow_ms": slow_ms},
-        })
     if request:
         spans.append(next_version(request, span["status"], {"execution_id": span["id"]}))
     return spans
