@@ -234,10 +234,17 @@ def cmd_spans(args: argparse.Namespace) -> int:
         column.no_wrap, column.min_width = True, 24 if column.header == "at" else 36
     table.columns[-1].no_wrap, table.columns[-1].overflow = True, "ellipsis"
     for s in spans:
-        table.add_row(s["at"], s["id"], str(s["seq"]), s["entity_type"], s["status"] or "",
+        table.add_row(s["at"], s["id"], str(s["seq"]), s["entity_type"], _status(s),
                       s["tenant_id"] or "", s["this"] or "")
     Console(width=max(Console().width, 160)).print(table)
     return 0
+
+
+def _status(span: dict[str, Any]) -> str:
+    """The status, with the reason code when the span carries one (`denied QUOTA_EXCEEDED`)."""
+    error = span.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return f"{span['status'] or ''} {code}".strip() if code else span["status"] or ""
 
 
 def _json_arg(text: str | None, flag: str) -> Any:
@@ -552,8 +559,10 @@ def parser() -> argparse.ArgumentParser:
     url = ds.add_parser("url", **_about("print a connection string"))
     url.add_argument("--role", choices=["admin", "app", "kernel"], default="app")
     from .cli_governed import add_parsers
+    from .cli_inspect import add_parsers as add_inspect_parsers
 
     add_parsers(sub, _about)
+    add_inspect_parsers(sub, _about)
     return p
 
 

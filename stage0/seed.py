@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from nacl.signing import SigningKey
 
-from . import ledger, manifest, rows
+from . import ledger, manifest, quota, rows
 from .canonical import FIELDS, canonical_bytes, normalise, now_at
 from .errors import LoglineError
 from .proofs import check_proofs, public_key_hex
@@ -152,6 +152,7 @@ def _draft(conn: psycopg.Connection, data: dict[str, Any], root: str, edge: dict
         if current:
             entries = manifest.merge_trusted(
                 entries, (current.get("metadata") or {}).get("trusted_keys") or [])
+            quota.carry_overrides(metadata, current.get("metadata") or {})
         metadata["trusted_keys"] = entries
         span["metadata"] = metadata
     if current and all(span[f] == current[f] for f in CONTENT_FIELDS):

@@ -361,7 +361,8 @@ ANY_ID = "3f2b8f9e-1c4d-4e5f-8a6b-7c8d9e0f1a2b"
 NEEDS_A_LEDGER = [("spans",), ("verify",), ("seed",), ("migrate",), ("db", "url"),
                   ("checkpoint",), ("apikey", "list"), ("schedule", ANY_ID),
                   ("boot", ANY_ID), ("keys", "trust", "ab" * 32, "--name", "x"),
-                  ("worker", "--once")]
+                  ("worker", "--once"), ("show", ANY_ID), ("trace", ANY_ID),
+                  ("quota", "show"), ("quota", "set", "5", "--tenant", "acme")]
 
 
 @pytest.mark.parametrize("command", NEEDS_A_LEDGER, ids=lambda c: " ".join(c[:2]))
@@ -503,3 +504,59 @@ def test_a_long_seed_shows_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(
     assert "3000 appended" in piped.stdout
     assert piped.stderr == ""  # pipes and logs stay clean
     assert count_spans(seeded) >= 6000
+
+
+# --- show and trace -----------------------------------------------------------------------
+
+
+def test_show_gives_versions_signers_and_verification(cli, seeded, author, authored):
+    cli("keys", "trust", author[1], "--name", "alice")
+    cli("seed", str(authored))
+    [first, _] = read_rows(authored)
+    shown = cli("show", first["id"]).stdout
+    assert f"policy_draft {first['id']}" in shown
+    assert "signed by alice (author)" in shown
+    assert "verified: hash, signature, trusted signer and chain of 1 version(s)" in shown
+    described = json.loads(cli("show", first["id"], "--json").stdout)
+    assert described["span"]["id"] == first["id"]
+    assert [(v["seq"], v["signer"], v["role"], v["ok"]) for v in described["versions"]] == [
+        (0, "alice", "author", True)]
+
+    cli("keys", "untrust", author[1])
+    refused = cli("show", first["id"], check=False)
+    assert refused.returncode == 1
+    assert "FAIL seq 0: KEY_UNTRUSTED" in refused.stdout
+
+    missing = cli("show", ANY_ID, check=False)
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
+    assert "BAD_ID" in cli("show", "hello", check=False).stderr
+
+
+def test_trace_is_a_tree_from_request_to_execution_to_policy_output(cli, seeded, tmp_path):
+    fn = row(entity_type="function", code="def main(input):\n    return {'twice': "
+             "input['n'] * 2}\n", name="twice")
+    cli("seed", str(write_rows(tmp_path / "f.ndjson", [fn])))
+    request = cli("schedule", fn["id"], "--input", '{"n": 21}').stdout.strip()
+    cli("worker", "--once")
+    tree = json.loads(cli("trace", request, "--json").stdout)
+    [root] = tree["roots"]
+    assert (root["entity_type"], root["id"], root["statuses"]) == (
+        "request", request, ["scheduled", "complete"])
+    assert root["took_ms"] >= 0
+    [execution] = root["children"]
+    assert execution["entity_type"] == "execution" and execution["output"] == {"twice": 42}
+    assert execution["duration_ms"] is not None and execution["after_ms"] >= 0
+    policy_kinds = {c["entity_type"] for c in execution["children"]}
+    assert "metric" in policy_kinds  # metrics_exec_duration's output, under the execution
+    assert all(c["owner_id"].startswith("policy:") for c in execution["children"])
+    # The same tree from any span of the trace, or from the trace id.
+    assert json.loads(cli("trace", execution["id"], "--json").stdout) == tree
+    assert json.loads(cli("trace", tree["trace_id"], "--json").stdout) == tree
+
+    text = cli("trace", request).stdout
+    assert text.startswith(f"trace {tree['trace_id']}")
+    assert "└── request " in text and "scheduled -> complete" in text
+    assert '    └── execution ' in text and 'output {"twice": 42}' in text
+    assert "by policy:metrics_exec_duration" in text
+    nothing = cli("trace", "no-such-trace", check=False)
+    assert nothing.returncode == 2 and "NOT_FOUND" in nothing.stderr
