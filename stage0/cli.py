@@ -558,11 +558,13 @@ def parser() -> argparse.ArgumentParser:
     ds.add_parser("stop", **_about("stop the embedded server"))
     url = ds.add_parser("url", **_about("print a connection string"))
     url.add_argument("--role", choices=["admin", "app", "kernel"], default="app")
+    from .cli_author import add_parsers as add_author_parsers
     from .cli_governed import add_parsers
     from .cli_inspect import add_parsers as add_inspect_parsers
 
     add_parsers(sub, _about)
     add_inspect_parsers(sub, _about)
+    add_author_parsers(sub, _about)
     return p
 
 
