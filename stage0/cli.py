@@ -74,6 +74,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     with database.connect("kernel") as conn:
         _print_total(seed.seed(conn, [row_dir()], key, on_file=_print_file))
     out("\nnext: logline verify      (check every span's hash, signature and chain)")
+    out("      logline new function hello   (your own code: docs/authoring.md)")
     return 0
 
 
