@@ -38,13 +38,27 @@ def idempotency_key(ctx, function):
     return "observer:" + function["id"] + ":" + str(function["seq"])
 
 
+def daily_limit(ctx, tenant):
+    """The tenant's executions per UTC day, as run_code reads it (fail closed: 0)."""
+    throttle = ctx.manifest.get("throttle") or {}
+    overrides = throttle.get("tenant_limits") or {}
+    if not isinstance(overrides, dict):
+        return 0
+    value = overrides[tenant] if tenant in overrides else \
+        throttle.get("per_tenant_daily_exec_limit", 100)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 \
+            or value > 2147483647:
+        return 0
+    return value
+
+
 def main(ctx):
-    limit = (ctx.manifest.get("throttle") or {}).get("per_tenant_daily_exec_limit", 100)
     scheduled, skipped, over = [], 0, {}
     for function in ctx.sql(SCHEDULED, {"limit": int((ctx.input or {}).get("limit", 100))}):
         tenant = function["tenant_id"]
         if tenant not in over:
-            over[tenant] = ctx.sql_one(COUNT_TODAY, {"tenant": tenant})["n"] >= limit
+            over[tenant] = ctx.sql_one(COUNT_TODAY, {"tenant": tenant})["n"] >= \
+                daily_limit(ctx, tenant)
         key = idempotency_key(ctx, function)
         if over[tenant] or ctx.sql_one(EXISTS, {"tenant": tenant, "key": key}):
             skipped += 1

@@ -3,10 +3,15 @@
 Input, one run:   {"span_id": "<function id>", "input": <optional JSON>}
 Input, a batch:   {"requests": [<request spans claimed by request_worker>]}
 Output: the execution span (or policy_violation span) of a single run; for a batch,
-{"results": [{"request_id", "span_id", "entity_type", "status"}]}.
+{"results": [{"request_id", "span_id", "entity_type", "status", "reason"}]} (reason: the
+error code of a failed run or a refusal, e.g. QUOTA_EXCEEDED).
+
+Each execution carries the manifest's policy.slow_ms in force (metadata.slow_ms): the slow_exec
+policy labels the ones that took longer, so there is one threshold.
 
 Each function must verify (hash, signature, trusted key) and belong to the caller's tenant (or
-be public). The per-tenant daily quota is checked before running and again, under the ledger's
+be public). The per-tenant daily quota (the manifest's throttle.tenant_limits[tenant], else
+throttle.per_tenant_daily_exec_limit) is checked before running and again, under the ledger's
 append lock, right before anything is recorded, so two workers can never both take the last
 slot. A request signed by the manifest's override key with metadata.force = true bypasses the
 quota. Each request is completed (its next seq: complete | error | denied) in the same
@@ -42,32 +47,56 @@ def is_forced(ctx, request):
                 and (request.get("metadata") or {}).get("force") is True)
 
 
+def daily_limit(ctx, tenant):
+    """The tenant's executions per UTC day: throttle.tenant_limits[tenant], else
+    throttle.per_tenant_daily_exec_limit (100). Anything but a whole number >= 0 (or a
+    tenant_limits that is not an object) is 0: fail closed (stage0/quota.py, same rules)."""
+    throttle = ctx.manifest.get("throttle") or {}
+    overrides = throttle.get("tenant_limits") or {}
+    if not isinstance(overrides, dict):
+        return 0
+    value = overrides[tenant] if tenant in overrides else \
+        throttle.get("per_tenant_daily_exec_limit", 100)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 \
+            or value > 2147483647:
+        return 0
+    return value
+
+
 def quota_take(ctx, quota, tenant, forced):
     """Take one of the tenant's executions for today; False when none is left.
-    `quota` holds {"limit", "used": {tenant: count}}; counts are read once per tenant."""
+    `quota` holds {"used": {tenant: count}}; counts are read once per tenant."""
     used = quota["used"]
     if tenant not in used:
         used[tenant] = ctx.sql_one(COUNT_TODAY, {"tenant": tenant})["n"]
     if forced:
         return True
-    if used[tenant] >= quota["limit"]:
+    if used[tenant] >= daily_limit(ctx, tenant):
         return False
     used[tenant] = used[tenant] + 1
     return True
 
 
-def violation(ctx, job, limit):
+def violation(ctx, job):
+    """The refusal, said where it is looked for: a policy_violation, and the request's
+    next version `denied` with the reason in `error` (and metadata.reason)."""
     request = job["request"]
+    limit = daily_limit(ctx, job["tenant"])
+    error = {"code": "QUOTA_EXCEEDED", "message": "tenant " + str(job["tenant"])
+             + " has used its " + str(limit) + " executions for today (UTC); the quota "
+             "resets at 00:00 UTC (`logline quota show --tenant " + str(job["tenant"]) + "`)"}
     spans = [{
         "id": ctx.new_id(), "seq": 0, "entity_type": "policy_violation", "who": NAME,
         "did": "refused", "this": "per_tenant_daily_exec_limit",
         "parent_id": job["function"]["id"], "related_to": [request["id"]] if request else None,
         "owner_id": job["user"], "tenant_id": job["tenant"], "visibility": "tenant",
-        "status": "over_quota", "trace_id": job["trace_id"],
+        "status": "over_quota", "trace_id": job["trace_id"], "error": error,
         "metadata": {"limit": limit, "function_id": job["function"]["id"]},
     }]
     if request:
-        spans.append(next_version(request, "denied", {"reason": "QUOTA_EXCEEDED"}))
+        denied = next_version(request, "denied", {"reason": "QUOTA_EXCEEDED", "limit": limit})
+        denied["error"] = error
+        spans.append(denied)
     return spans
 
 
@@ -84,17 +113,9 @@ def execution(ctx, job, result, slow_ms):
         "duration_ms": result["duration_ms"], "trace_id": job["trace_id"],
         "metadata": {"function_seq": function["seq"], "function_hash": function["curr_hash"],
                      "cpu_ms": result.get("cpu_ms"), "stdout": result.get("stdout") or None,
-                     "kernel": ctx.kernel},
+                     "kernel": ctx.kernel, "slow_ms": slow_ms},
     }
     spans = [span]
-    if result["duration_ms"] > slow_ms:
-        spans.append({
-            "id": ctx.new_id(), "seq": 0, "entity_type": "status_patch", "who": NAME,
-            "did": "labelled", "this": "slow", "parent_id": span["id"],
-            "owner_id": job["user"], "tenant_id": job["tenant"],
-            "visibility": span["visibility"], "status": "slow", "trace_id": job["trace_id"],
-            "metadata": {"duration_ms": result["duration_ms"], "slow_ms": slow_ms},
-        })
     if request:
         spans.append(next_version(request, span["status"], {"execution_id": span["id"]}))
     return spans
@@ -123,10 +144,9 @@ def prepare(ctx, span_id, request, payload, verified):
 def run_jobs(ctx, jobs):
     """Run, then record every job in one append under the append lock. Returns span lists."""
     policy = ctx.manifest.get("policy") or {}
-    slow_ms = policy.get("slow_ms", 5000)  # only labels: a `slow` status_patch above it
+    slow_ms = policy.get("slow_ms", 5000)  # recorded on each execution; slow_exec labels by it
     timeout_ms = policy.get("timeout_ms", 30000)  # the sandbox's wall-clock and CPU limit
-    limit = (ctx.manifest.get("throttle") or {}).get("per_tenant_daily_exec_limit", 100)
-    quota = {"limit": limit, "used": {}}
+    quota = {"used": {}}
     results = []
     for job in jobs:
         if quota_take(ctx, quota, job["tenant"], job["forced"]):
@@ -137,11 +157,11 @@ def run_jobs(ctx, jobs):
         else:
             results.append(None)
     ctx.lock_appends()
-    quota = {"limit": limit, "used": {}}  # recount now that nobody else can append
+    quota = {"used": {}}  # recount now that nobody else can append
     recorded = []
     for job, result in zip(jobs, results, strict=True):
         if result is None or not quota_take(ctx, quota, job["tenant"], job["forced"]):
-            recorded.append(violation(ctx, job, limit))
+            recorded.append(violation(ctx, job))
         else:
             recorded.append(execution(ctx, job, result, slow_ms))
     everything = []
@@ -160,7 +180,8 @@ def main(ctx):
         for job, spans in zip(jobs, run_jobs(ctx, jobs), strict=True):
             results.append({"request_id": job["request"]["id"], "span_id": spans[0]["id"],
                             "entity_type": spans[0]["entity_type"],
-                            "status": spans[0]["status"]})
+                            "status": spans[0]["status"],
+                            "reason": (spans[0].get("error") or {}).get("code")})
         return {"results": results}
     job = prepare(ctx, args["span_id"], None, args.get("input"), verified)
     return ctx.head(run_jobs(ctx, [job])[0][0]["id"])

@@ -35,13 +35,18 @@ def out(text: str = "") -> None:
 
 @contextmanager
 def progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on a terminal; silent otherwise (logs and pipes stay clean)."""
-    if not sys.stderr.isatty():
+    """A rich progress bar on stderr when it is a terminal; silent otherwise (logs and pipes
+    stay clean), and for a total of 0 (nothing worth a bar)."""
+    if not sys.stderr.isatty() or total == 0:
         yield lambda n: None
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # Lines printed meanwhile go above the bar when stdout is the same terminal, and stay on
+    # stdout when it is a pipe or a file.
+    with Progress(console=Console(stderr=True), transient=True,
+                  redirect_stdout=sys.stdout.isatty()) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 
@@ -62,13 +67,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     out(f"home      {home.path}")
     out(f"key       {'created' if created else 'kept'} {home.operator_key} "
         f"(public {public_key_hex(key)})")
-    database = db.resolve(home)
+    database = db.resolve(home, create=True)
     out(f"database  {database.dbname} ({'LOGLINE_DATABASE_URL' if _external() else 'embedded'})")
     applied = migrate.migrate(database)
     out(f"migrate   {', '.join(applied) if applied else 'up to date'}")
     with database.connect("kernel") as conn:
         _print_total(seed.seed(conn, [row_dir()], key, on_file=_print_file))
     out("\nnext: logline verify      (check every span's hash, signature and chain)")
+    out("      logline new function hello   (your own code: docs/authoring.md)")
     return 0
 
 
@@ -147,8 +153,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
     key = keys.operator_key(home)
     paths = [Path(p) for p in args.paths] or [row_dir()]
     with db.resolve(home).connect("kernel") as conn:
-        _print_total(seed.seed(conn, paths, key, on_file=_print_file))
+        rows_in = seed.count_rows(paths)
+        steps = seed.STEPS_PER_ROW * rows_in if rows_in >= PROGRESS_FROM_ROWS else 0
+        with progress(steps, f"seeding {rows_in:,} rows") as advance:
+            _print_total(seed.seed(conn, paths, key, on_file=_print_file, progress=advance))
     return 0
+
+
+#: Fewer rows than this seed in about a second: no bar.
+PROGRESS_FROM_ROWS = 2000
 
 
 def _print_file(r: seed.SeedResult) -> None:
@@ -222,10 +235,17 @@ def cmd_spans(args: argparse.Namespace) -> int:
         column.no_wrap, column.min_width = True, 24 if column.header == "at" else 36
     table.columns[-1].no_wrap, table.columns[-1].overflow = True, "ellipsis"
     for s in spans:
-        table.add_row(s["at"], s["id"], str(s["seq"]), s["entity_type"], s["status"] or "",
+        table.add_row(s["at"], s["id"], str(s["seq"]), s["entity_type"], _status(s),
                       s["tenant_id"] or "", s["this"] or "")
     Console(width=max(Console().width, 160)).print(table)
     return 0
+
+
+def _status(span: dict[str, Any]) -> str:
+    """The status, with the reason code when the span carries one (`denied QUOTA_EXCEEDED`)."""
+    error = span.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return f"{span['status'] or ''} {code}".strip() if code else span["status"] or ""
 
 
 def _json_arg(text: str | None, flag: str) -> Any:
@@ -237,10 +257,23 @@ def _json_arg(text: str | None, flag: str) -> Any:
         raise LoglineError("INPUT_BAD_JSON", str(exc), flag) from None
 
 
+def _span_id(text: str, hint: str) -> str:
+    """A span id (a UUID, any case) or BAD_ID with a hint of what the command wants."""
+    from .canonical import _UUID
+
+    if not _UUID.fullmatch(text.strip()):
+        raise LoglineError("BAD_ID", f"{text!r} is not a span id (a UUID such as "
+                           f"3f2b8f9e-1c4d-4e5f-8a6b-7c8d9e0f1a2b): {hint}")
+    return text.strip().lower()
+
+
 @command("boot")
 def cmd_boot(args: argparse.Namespace) -> int:
     from .loader import Loader
 
+    _span_id(args.function_id, "`logline boot` runs a kernel by its id (`logline spans "
+             "--entity-type function --tenant system` lists them); to run your own function, "
+             "`logline schedule ID`")
     home = _home()
     with Loader(db.resolve(home), home) as loader:
         output = loader.boot(args.function_id, _json_arg(args.input, "--input"),
@@ -408,10 +441,37 @@ def _about(text: str) -> dict[str, str]:
     return {"help": text, "description": text}
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("logline")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        import tomllib
+
+        from .config import PROJECT_ROOT
+
+        with open(PROJECT_ROOT / "pyproject.toml", "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked for (not on every command's start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"logline {version()}")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logline", description="LogLine: a ledger of signed spans "
                                 "on PostgreSQL. State lives in $LOGLINE_HOME (default ./.logline)."
                                 " LOGLINE_DATABASE_URL selects an external server.")
+    p.add_argument("--version", action=_Version, help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("init", **_about("create key, database and schema; seed ROW/ (idempotent)"))
     sub.add_parser("migrate", **_about("apply pending schema migrations"))
@@ -499,9 +559,13 @@ def parser() -> argparse.ArgumentParser:
     ds.add_parser("stop", **_about("stop the embedded server"))
     url = ds.add_parser("url", **_about("print a connection string"))
     url.add_argument("--role", choices=["admin", "app", "kernel"], default="app")
+    from .cli_author import add_parsers as add_author_parsers
     from .cli_governed import add_parsers
+    from .cli_inspect import add_parsers as add_inspect_parsers
 
     add_parsers(sub, _about)
+    add_inspect_parsers(sub, _about)
+    add_author_parsers(sub, _about)
     return p
 
 
@@ -511,6 +575,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except LoglineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except db.psycopg.Error as exc:
+        refusal = db.unmigrated(exc)
+        if refusal is None:
+            raise
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -97,8 +97,7 @@ class Database:
         try:
             conn = psycopg.connect(self.url(role), autocommit=autocommit, row_factory=dict_row)
         except psycopg.OperationalError as exc:
-            raise LoglineError("DB_UNAVAILABLE", f"cannot connect as {role}: {exc}".strip()) \
-                from None
+            raise _refused_login(role, exc) from None
         configure(conn)
         return conn
 
@@ -133,12 +132,41 @@ def embedded(home: Home) -> Database:
     return base.with_dbname(EMBEDDED_DBNAME)
 
 
-def resolve(home: Home | None = None) -> Database:
-    """The database this process works on: LOGLINE_DATABASE_URL, else the embedded one."""
+def resolve(home: Home | None = None, create: bool = False) -> Database:
+    """The database this process works on: LOGLINE_DATABASE_URL, else the embedded one.
+
+    Only `create` (what `logline init` asks for) makes a new embedded server; every other
+    command on a home without one starts nothing and says to run `logline init`."""
     url = os.environ.get("LOGLINE_DATABASE_URL")
     if url:
         return Database(url)
-    return embedded(home or Home.from_env())
+    home = home or Home.from_env()
+    if not create and not (home.pgdata / "PG_VERSION").is_file():
+        raise not_initialised(f"{home.path} holds no LogLine database yet")
+    return embedded(home)
+
+
+def not_initialised(what: str) -> LoglineError:
+    return LoglineError("NOT_INITIALISED", f"{what}: run `logline init` (or point LOGLINE_HOME "
+                        "at an initialised home, or LOGLINE_DATABASE_URL at a migrated server)")
+
+
+def unmigrated(exc: BaseException) -> LoglineError | None:
+    """NOT_INITIALISED for a query on a database whose migrations have not (all) run, else
+    None (the CLI turns the driver's `relation "ledger..." does not exist` into this)."""
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return not_initialised(f"the database is not migrated ({first})")
+    return None
+
+
+def _refused_login(role: str, exc: psycopg.OperationalError) -> LoglineError:
+    """A server without LogLine's roles has never been migrated: say so, not the driver's
+    `role "logline_kernel" does not exist`."""
+    text = str(exc)
+    if role != "admin" and f'role "{ROLE_NAMES[role]}" does not exist' in text:
+        return not_initialised(f"the database has no {ROLE_NAMES[role]} role (not migrated)")
+    return LoglineError("DB_UNAVAILABLE", f"cannot connect as {role}: {exc}".strip())
 
 
 def stop_embedded(home: Home) -> bool:

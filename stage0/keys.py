@@ -60,6 +60,9 @@ def ensure_operator_key(home: Home) -> tuple[SigningKey, bool]:
 
 
 def operator_key(home: Home) -> SigningKey:
+    if not home.operator_key.exists() and not home.config_file.exists():
+        raise LoglineError("NOT_INITIALISED", f"{home.path} is not a LogLine home yet (no "
+                           "operator key, no config.json): run `logline init`")
     return load_key(home.operator_key)
 
 

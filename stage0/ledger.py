@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -117,28 +117,40 @@ def _values(row: list[Any], texts: dict[str, str] | None) -> list[Any]:
 
 _JSON_COLUMNS = tuple((i, f) for i, f in enumerate(FIELDS) if f in JSON_FIELDS)
 _RELATED = FIELDS.index("related_to")
+#: Told how many more spans are prepared; told every PROGRESS_EVERY spans, not each one.
+Progress = Callable[[int], None]
+PROGRESS_EVERY = 500
+
+
+def _silent(n: int) -> None:
+    return None
 
 
 def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
-           trusted: frozenset[str] | None = None) -> list[dict[str, Any]]:
+           trusted: frozenset[str] | None = None,
+           progress: Progress | None = None) -> list[dict[str, Any]]:
     """Append spans in one transaction (all or nothing); return them as stored.
 
     Unsigned spans without `seq` become the next version of their id (or seq 0 of a new id)
     and are signed with `key`. Signed spans are stored exactly as given after their hash,
-    signature and (when `trusted` is given) key have been checked.
+    signature and (when `trusted` is given) key have been checked. `progress(n)` hears of
+    spans as they are prepared and sent (a large batch takes seconds: `logline seed`'s bar).
     """
+    progress = progress or _silent
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         # Inside the caller's transaction: the caller owns atomicity (and any retry), and a
         # savepoint per append would cost two round trips on the hot path. Everything is
         # prepared before anything is sent, so a refused span leaves that transaction usable.
         if _small(conn, spans):
-            return _append_small(conn, spans, key, trusted)
-        prepared, rows = _prepare_all(conn, spans, key, trusted)
+            stored = _append_small(conn, spans, key, trusted)
+            progress(len(stored))
+            return stored
+        prepared, rows = _prepare_all(conn, spans, key, trusted, progress)
         insert(conn, prepared, rows)
         return prepared
     for attempt in range(MAX_CHAIN_RETRIES):
         try:
-            return _append_once(conn, spans, key, trusted)
+            return _append_once(conn, spans, key, trusted, progress)
         except LoglineError as exc:
             # Only spans we chained ourselves can be re-chained; a caller that pinned seq
             # (or signed the span) asked for exactly that version.
@@ -150,7 +162,8 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
 
 
 def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
-                 key: SigningKey, trusted: frozenset[str] | None) -> list[dict[str, Any]]:
+                 key: SigningKey, trusted: frozenset[str] | None,
+                 progress: Progress) -> list[dict[str, Any]]:
     """One attempt of append() when the caller has no transaction open.
 
     The spans go in as ONE statement, a COPY or a multi-row INSERT, which is atomic by itself:
@@ -161,12 +174,14 @@ def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
     try:
         conn.autocommit = True
         if _small(conn, spans):
-            return _append_small(conn, spans, key, trusted)
+            stored = _append_small(conn, spans, key, trusted)
+            progress(len(stored))
+            return stored
         if not _row_security(conn):
-            return _stream(conn, spans, key, trusted)
+            return _stream(conn, spans, key, trusted, progress)
         conn.autocommit = autocommit
         with conn.transaction():  # more rows than one INSERT takes, under row-level security
-            prepared, rows = _prepare_all(conn, spans, key, trusted)
+            prepared, rows = _prepare_all(conn, spans, key, trusted, progress)
             _insert_rows(conn, rows)
             return prepared
     finally:
@@ -199,7 +214,7 @@ def _append_small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
 
 
 def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
-            trusted: frozenset[str] | None) -> list[dict[str, Any]]:
+            trusted: frozenset[str] | None, progress: Progress) -> list[dict[str, Any]]:
     """Prepare and COPY span by span: PostgreSQL inserts (and runs the append trigger on)
     the rows already sent while this process signs the next ones, one core each. A span
     refused here aborts the COPY, and with it everything sent."""
@@ -207,7 +222,7 @@ def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: S
     out = []
     try:
         with conn.cursor() as cur, cur.copy(_COPY) as copy:
-            for span, row in _each_prepared(spans, heads, key, trusted):
+            for span, row in _each_prepared(spans, heads, key, trusted, progress):
                 copy.write_row(row)
                 out.append(span)
     except psycopg.Error as exc:
@@ -216,14 +231,18 @@ def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: S
 
 
 def _each_prepared(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int, str]],
-                   key: SigningKey, trusted: frozenset[str] | None
-                   ) -> Iterator[tuple[dict[str, Any], list]]:
+                   key: SigningKey, trusted: frozenset[str] | None,
+                   progress: Progress | None = None) -> Iterator[tuple[dict[str, Any], list]]:
     """(span, COPY row) for each draft, in order; a refusal names the span's index."""
     for i, raw in enumerate(spans):
         try:
             yield _prepare(raw, heads, key, trusted)
         except LoglineError as exc:
             raise (exc.at(f"span[{i}]") if len(spans) > 1 else exc) from None
+        if progress is not None and i % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+            progress(PROGRESS_EVERY)
+    if progress is not None and len(spans) % PROGRESS_EVERY:
+        progress(len(spans) % PROGRESS_EVERY)
 
 
 def _chained_ids(spans: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -235,15 +254,17 @@ def _chained_ids(spans: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
-                 trusted: frozenset[str] | None) -> tuple[list[dict[str, Any]], list[list]]:
-    return _prepare_rows(spans, current_heads(conn, _chained_ids(spans)), key, trusted)
+                 trusted: frozenset[str] | None, progress: Progress | None = None
+                 ) -> tuple[list[dict[str, Any]], list[list]]:
+    return _prepare_rows(spans, current_heads(conn, _chained_ids(spans)), key, trusted,
+                         progress)
 
 
 def _prepare_rows(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int, str]],
-                  key: SigningKey, trusted: frozenset[str] | None
-                  ) -> tuple[list[dict[str, Any]], list[list]]:
+                  key: SigningKey, trusted: frozenset[str] | None,
+                  progress: Progress | None = None) -> tuple[list[dict[str, Any]], list[list]]:
     out, rows = [], []
-    for span, row in _each_prepared(spans, heads, key, trusted):
+    for span, row in _each_prepared(spans, heads, key, trusted, progress):
         out.append(span)
         rows.append(row)
     return out, rows

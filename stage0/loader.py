@@ -142,7 +142,8 @@ class Loader:
         allowed = [str(i).lower() for i in self.manifest_metadata().get("allowed_boot_ids", [])]
         if function_id not in allowed:
             raise LoglineError("BOOT_NOT_ALLOWED", "the manifest's allowed_boot_ids does not "
-                               "list this id")
+                               "list this id: only kernels boot (to run a function, schedule "
+                               "it: `logline schedule ID` or POST /api/execute)")
         span = ledger.head(self.conn, function_id)
         if span is None:
             raise LoglineError("FUNCTION_NOT_FOUND", "no span with this id")

@@ -24,6 +24,13 @@ def schedule(conn: psycopg.Connection, key: SigningKey, function_id: str, input:
     if function is None or function["entity_type"] != "function":
         raise LoglineError("FUNCTION_NOT_FOUND", "no function span with this id", function_id)
     tenant = tenant_id or function["tenant_id"]
+    requester = user_id or function["owner_id"]
+    if not requester or not tenant:
+        missing = " and ".join(n for n, v in (("owner_id", requester), ("tenant_id", tenant))
+                               if not v)
+        raise LoglineError("REQUESTER_REQUIRED", f"the function has no {missing}, so nobody "
+                           "asks for this run by default: name who does with --user USER "
+                           "--tenant TENANT", function_id)
     if function["tenant_id"] != tenant and function["visibility"] != "public":
         raise LoglineError("TENANT_MISMATCH", "the function belongs to another tenant",
                            function_id)
@@ -31,9 +38,9 @@ def schedule(conn: psycopg.Connection, key: SigningKey, function_id: str, input:
     if idempotency_key:
         metadata["idempotency_key"] = idempotency_key
     request = {
-        "entity_type": "request", "who": user_id or function["owner_id"], "did": "scheduled",
+        "entity_type": "request", "who": requester, "did": "scheduled",
         "this": function.get("name") or function_id, "parent_id": function["id"],
-        "owner_id": user_id or function["owner_id"], "tenant_id": tenant,
+        "owner_id": requester, "tenant_id": tenant,
         "visibility": "tenant", "status": "scheduled", "input": input,
         "trace_id": trace_id or str(uuid.uuid4()),
         "metadata": metadata,

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from nacl.signing import SigningKey
 
-from . import ledger, manifest, rows
+from . import ledger, manifest, quota, rows
 from .canonical import FIELDS, canonical_bytes, normalise, now_at
 from .errors import LoglineError
 from .proofs import check_proofs, public_key_hex
@@ -35,21 +35,52 @@ class SeedResult:
 
 
 def seed(conn: psycopg.Connection, paths: Iterable[Path], key: SigningKey,
-         on_file: Callable[[SeedResult], None] | None = None) -> list[SeedResult]:
+         on_file: Callable[[SeedResult], None] | None = None,
+         progress: Callable[[int], None] | None = None) -> list[SeedResult]:
     """Seed files in order, each in its own transaction; `on_file` hears of each as it
-    commits (so a later failure does not hide what was already done)."""
-    files = rows.expand(paths)
-    # The manifest decides which keys count, so it goes first.
-    files.sort(key=lambda p: "manifest" not in p.parts)
+    commits (so a later failure does not hide what was already done). `progress(n)` hears
+    of steps done: STEPS_PER_ROW per row (checked, then appended or found unchanged), out
+    of STEPS_PER_ROW * count_rows(paths)."""
+    files = ordered(paths)
     results = []
     for path in files:
-        results.append(seed_file(conn, path, key))
+        results.append(seed_file(conn, path, key, progress or _silent))
         if on_file:
             on_file(results[-1])
     return results
 
 
-def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey) -> SeedResult:
+def ordered(paths: Iterable[Path]) -> list[Path]:
+    """The files to seed, in order: the manifest decides which keys count, so it goes first."""
+    files = rows.expand(paths)
+    files.sort(key=lambda p: "manifest" not in p.parts)
+    return files
+
+
+STEPS_PER_ROW = 2
+
+
+def count_rows(paths: Iterable[Path]) -> int:
+    """How many rows seeding `paths` reads (for a progress bar's total): non-blank lines of
+    NDJSON files, one per contract file."""
+    total = 0
+    for path in ordered(paths):
+        if path.suffix == ".yaml":
+            total += 1
+            continue
+        try:
+            total += sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
+        except OSError:
+            continue  # seed_file names the problem
+    return total
+
+
+def _silent(n: int) -> None:
+    return None
+
+
+def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey,
+              progress: Callable[[int], None] = _silent) -> SeedResult:
     root = public_key_hex(key)
     parsed = _contract_rows(path) if path.suffix == ".yaml" else rows.read(path)
     trusted = manifest.trust_set(conn, root)
@@ -65,9 +96,10 @@ def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey) -> SeedResu
             raise exc.at(row.where) from None
         if draft is not None:
             pending.append((row.where, draft))
+        progress(1 if draft is not None else STEPS_PER_ROW)  # unchanged: nothing to append
     if pending:
         try:
-            ledger.append(conn, [draft for _, draft in pending], key, trusted)
+            ledger.append(conn, [draft for _, draft in pending], key, trusted, progress)
         except LoglineError as exc:
             index = _span_index(exc)
             raise exc.at(pending[index][0] if index is not None else str(path)) from None
@@ -120,6 +152,7 @@ def _draft(conn: psycopg.Connection, data: dict[str, Any], root: str, edge: dict
         if current:
             entries = manifest.merge_trusted(
                 entries, (current.get("metadata") or {}).get("trusted_keys") or [])
+            quota.carry_overrides(metadata, current.get("metadata") or {})
         metadata["trusted_keys"] = entries
         span["metadata"] = metadata
     if current and all(span[f] == current[f] for f in CONTENT_FIELDS):

@@ -147,9 +147,24 @@ class Worker:
                 return
             self.stats[name] += 1
             if name == "request_worker" and output.get("claimed"):
-                self.loader.log("requests_done", claimed=output["claimed"])
+                self._log_requests(output)
             if not _more(name, output, kernel_input):
                 return
+
+    def _log_requests(self, output: dict[str, Any]) -> None:
+        """A batch's outcome by status, and each refused request with its reason: a request
+        denied for its tenant's quota is said here, not only in the ledger."""
+        done = output.get("executions") or []
+        statuses: dict[str, int] = {}
+        for one in done:
+            status = "denied" if one.get("entity_type") == "policy_violation" else \
+                one.get("status")
+            statuses[status] = statuses.get(status, 0) + 1
+        self.loader.log("requests_done", claimed=output["claimed"], statuses=statuses)
+        for one in done:
+            if one.get("entity_type") == "policy_violation":
+                self.loader.log("request_denied", request_id=one.get("request_id"),
+                                reason=one.get("reason") or "QUOTA_EXCEEDED")
 
     def _wait(self, listener: psycopg.Connection, due: Due) -> None:
         """Sleep until the next kernel is due, a relevant NOTIFY arrives, or we are stopped."""

@@ -3,13 +3,20 @@ once, and a fresh clone of it per test (CREATE DATABASE ... TEMPLATE: fast and i
 
 The server is LOGLINE_DATABASE_URL when set (CI runs the suite once against Debian's
 PostgreSQL 15 that way), else an embedded pgserver in a temporary directory.
+
+Each run keeps its temporary files under a root of its own, /tmp/logline-tests-<pid> (unless
+--basetemp names one), removed when the run ends: pytest's shared default root prunes older
+runs' directories, which pulled the data directory from under another run's PostgreSQL when
+two runs shared a machine.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +28,29 @@ from stage0 import db, keys, migrate, seed
 from stage0.config import Home, row_dir
 
 REPO = Path(__file__).resolve().parent.parent
+#: Set to keep this run's temporary root after it ends (to look at what a test left).
+KEEP_TMP = "LOGLINE_KEEP_TEST_TMP"
+_OWN_ROOT = pytest.StashKey[Path]()  # set when this run chose its root (and so removes it)
+
+
+def run_root(pid: int | None = None) -> Path:
+    """The temporary root of the test run in process `pid` (default: this one)."""
+    return Path(tempfile.gettempdir()) / f"logline-tests-{pid or os.getpid()}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Before pytest's tmp_path machinery reads it: a basetemp of this run's own."""
+    if config.option.basetemp is None:
+        config.option.basetemp = str(run_root())
+        config.stash[_OWN_ROOT] = Path(config.option.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the session's fixtures (the embedded server among them) have stopped."""
+    root = config.stash.get(_OWN_ROOT, None)
+    if root is not None and not os.environ.get(KEEP_TMP):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

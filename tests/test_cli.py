@@ -357,7 +357,94 @@ def test_an_unreachable_database_is_a_clear_error(home, tmp_path, command):
     assert "Traceback" not in proc.stderr
 
 
+ANY_ID = "3f2b8f9e-1c4d-4e5f-8a6b-7c8d9e0f1a2b"
+NEEDS_A_LEDGER = [("spans",), ("verify",), ("seed",), ("migrate",), ("db", "url"),
+                  ("checkpoint",), ("apikey", "list"), ("schedule", ANY_ID),
+                  ("boot", ANY_ID), ("keys", "trust", "ab" * 32, "--name", "x"),
+                  ("worker", "--once"), ("show", ANY_ID), ("trace", ANY_ID),
+                  ("quota", "show"), ("quota", "set", "5", "--tenant", "acme")]
+
+
+@pytest.mark.parametrize("command", NEEDS_A_LEDGER, ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize("state", ["empty", "key only"])
+def test_an_uninitialised_home_says_run_init_and_starts_nothing(bare_env, command, state):
+    home = Path(bare_env["LOGLINE_HOME"])
+    if state == "key only":
+        assert logline("keys", "gen", env=bare_env).returncode == 0
+    proc = logline(*command, env=bare_env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "NOT_INITIALISED" in proc.stderr and "run `logline init`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (home / "pgdata").exists()  # no PostgreSQL was started (or left running)
+
+
+@pytest.mark.parametrize("command", [("spans",), ("verify",), ("seed",)])
+def test_a_database_that_was_never_migrated_says_run_init(home, empty_database, command):
+    env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
+    env.update(LOGLINE_HOME=str(home.path), LOGLINE_DATABASE_URL=empty_database.admin_url)
+    proc = logline(*command, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "NOT_INITIALISED" in proc.stderr and "logline init" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_help_covers_every_command():
+    assert {"new", "try", "show", "trace", "quota", "ask", "contract"} <= set(ALL_COMMANDS)
+
+
+def test_version(bare_env):
+    from stage0.cli import version
+
+    proc = logline("--version", env=bare_env)
+    assert proc.returncode == 0 and proc.stdout == f"logline {version()}\n"
+    assert version().count(".") >= 2
+
+
+@pytest.mark.parametrize("given", ["fibonacci", "42", "3f2b8f9e-1c4d"])
+def test_boot_of_something_that_is_not_an_id_says_so(cli, seeded, given):
+    before = count_spans(seeded)
+    proc = cli("boot", given, check=False)
+    assert proc.returncode == 2
+    assert "BAD_ID" in proc.stderr and f"{given!r} is not a span id" in proc.stderr
+    assert "logline schedule ID" in proc.stderr
+    assert "parent_id" not in proc.stderr
+    assert count_spans(seeded) == before  # nothing to record a refusal against
+
+
+def test_boot_of_a_function_says_to_schedule_it(cli, tmp_path):
+    path = write_rows(tmp_path / "f.ndjson", [row(entity_type="function", code="def main(i):\n"
+                                                  "    return 1\n")])
+    cli("seed", str(path))
+    proc = cli("boot", read_rows(path)[0]["id"], check=False)
+    assert proc.returncode == 2
+    assert "BOOT_NOT_ALLOWED" in proc.stderr and "logline schedule ID" in proc.stderr
+
+
+def test_schedule_of_a_function_without_owner_names_what_to_pass(cli, seeded, tmp_path):
+    fn = row(entity_type="function", code="def main(i):\n    return 1\n")
+    del fn["owner_id"]
+    cli("seed", str(write_rows(tmp_path / "f.ndjson", [fn])))
+    proc = cli("schedule", fn["id"], check=False)
+    assert proc.returncode == 2
+    assert "REQUESTER_REQUIRED" in proc.stderr and "no owner_id" in proc.stderr
+    assert "--user USER" in proc.stderr and "SPAN_MISSING_FIELD" not in proc.stderr
+    request_id = cli("schedule", fn["id"], "--user", "alice").stdout.strip()
+    with seeded.connect("kernel") as conn:
+        request = ledger.head(conn, request_id)
+    assert (request["owner_id"], request["tenant_id"], request["status"]) == \
+        ("alice", "acme", "scheduled")
+
+
 # --- help ---------------------------------------------------------------------------------
+
+
+cli_module.parser()  # registers the commands cli_governed, cli_inspect and cli_author define
+ALL_COMMANDS = sorted(cli_module.COMMANDS)
+
+
+def _flat(text: str) -> str:
+    """Help text with argparse's line wrapping undone."""
+    return " ".join(text.split())
 
 
 def _help_lines() -> dict[str, str]:
@@ -366,17 +453,123 @@ def _help_lines() -> dict[str, str]:
     return {action.dest: action.help for action in sub._choices_actions}
 
 
-@pytest.mark.parametrize("command", sorted(cli_module.COMMANDS))
+@pytest.mark.parametrize("command", ALL_COMMANDS)
 def test_every_command_has_help(bare_env, command):
     proc = logline(command, "--help", env=bare_env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: logline {command}")
     assert proc.stderr == ""
     assert _help_lines()[command]  # listed with a summary in `logline --help`
-    assert _help_lines()[command] in logline("--help", env=bare_env).stdout
+    assert _flat(_help_lines()[command]) in _flat(logline("--help", env=bare_env).stdout)
 
 
-@pytest.mark.parametrize("command", sorted(cli_module.COMMANDS))
+@pytest.mark.parametrize("command", ALL_COMMANDS)
 def test_every_command_help_says_what_it_does(bare_env, command):
     proc = logline(command, "--help", env=bare_env)
-    assert _help_lines()[command] in proc.stdout
+    assert _flat(_help_lines()[command]) in _flat(proc.stdout)
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+def _run_with_terminal_stderr(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `logline ARGS` with stderr on a pseudo-terminal (stdout stays a pipe)."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "stage0.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=300)
+    reader.join(timeout=30)
+    os.close(master)
+    return proc.returncode, stdout, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_long_seed_shows_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(
+        cli, home, seeded, tmp_path):
+    rows = [row(entity_type="note", this=f"note {n}") for n in range(6000)]
+    first = write_rows(tmp_path / "first.ndjson", rows[:3000])
+    second = write_rows(tmp_path / "second.ndjson", rows[3000:])
+    env = {**os.environ, "LOGLINE_HOME": str(home.path), "LOGLINE_DATABASE_URL":
+           seeded.admin_url, "COLUMNS": "120", "TERM": "xterm"}
+    code, stdout, terminal = _run_with_terminal_stderr(["seed", str(first)], env)
+    assert code == 0, stdout + terminal
+    assert "3000 appended" in stdout
+    assert "seeding 3,000 rows" in terminal and "%" in terminal
+
+    piped = cli("seed", str(second))
+    assert "3000 appended" in piped.stdout
+    assert piped.stderr == ""  # pipes and logs stay clean
+    assert count_spans(seeded) >= 6000
+
+
+# --- show and trace -----------------------------------------------------------------------
+
+
+def test_show_gives_versions_signers_and_verification(cli, seeded, author, authored):
+    cli("keys", "trust", author[1], "--name", "alice")
+    cli("seed", str(authored))
+    [first, _] = read_rows(authored)
+    shown = cli("show", first["id"]).stdout
+    assert f"policy_draft {first['id']}" in shown
+    assert "signed by alice (author)" in shown
+    assert "verified: hash, signature, trusted signer and chain of 1 version(s)" in shown
+    described = json.loads(cli("show", first["id"], "--json").stdout)
+    assert described["span"]["id"] == first["id"]
+    assert [(v["seq"], v["signer"], v["role"], v["ok"]) for v in described["versions"]] == [
+        (0, "alice", "author", True)]
+
+    cli("keys", "untrust", author[1])
+    refused = cli("show", first["id"], check=False)
+    assert refused.returncode == 1
+    assert "FAIL seq 0: KEY_UNTRUSTED" in refused.stdout
+
+    missing = cli("show", ANY_ID, check=False)
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
+    assert "BAD_ID" in cli("show", "hello", check=False).stderr
+
+
+def test_trace_is_a_tree_from_request_to_execution_to_policy_output(cli, seeded, tmp_path):
+    fn = row(entity_type="function", code="def main(input):\n    return {'twice': "
+             "input['n'] * 2}\n", name="twice")
+    cli("seed", str(write_rows(tmp_path / "f.ndjson", [fn])))
+    request = cli("schedule", fn["id"], "--input", '{"n": 21}').stdout.strip()
+    cli("worker", "--once")
+    tree = json.loads(cli("trace", request, "--json").stdout)
+    [root] = tree["roots"]
+    assert (root["entity_type"], root["id"], root["statuses"]) == (
+        "request", request, ["scheduled", "complete"])
+    assert root["took_ms"] >= 0
+    [execution] = root["children"]
+    assert execution["entity_type"] == "execution" and execution["output"] == {"twice": 42}
+    assert execution["duration_ms"] is not None and execution["after_ms"] >= 0
+    policy_kinds = {c["entity_type"] for c in execution["children"]}
+    assert "metric" in policy_kinds  # metrics_exec_duration's output, under the execution
+    assert all(c["owner_id"].startswith("policy:") for c in execution["children"])
+    # The same tree from any span of the trace, or from the trace id.
+    assert json.loads(cli("trace", execution["id"], "--json").stdout) == tree
+    assert json.loads(cli("trace", tree["trace_id"], "--json").stdout) == tree
+
+    text = cli("trace", request).stdout
+    assert text.startswith(f"trace {tree['trace_id']}")
+    assert "└── request " in text and "scheduled -> complete" in text
+    assert '    └── execution ' in text and 'output {"twice": 42}' in text
+    assert "by policy:metrics_exec_duration" in text
+    nothing = cli("trace", "no-such-trace", check=False)
+    assert nothing.returncode == 2 and "NOT_FOUND" in nothing.stderr

@@ -369,8 +369,11 @@ def test_a_tenant_without_an_active_contract_gets_no_contract(api):
     lonely = api.key("lea", "initech", "requester")
     error(http(api, lonely).post("/api/proposals", json={
         "action": "delete", "args": {"paths": ["a"]}}), 403, "G_NO_CONTRACT")
-    error(http(api, lonely).post("/api/intents", json={"text": "delete a.jpg"}), 422,
-          "INTENT_NOT_UNDERSTOOD")
+    message = error(http(api, lonely).post("/api/intents", json={"text": "delete a.jpg"}),
+                    422, "INTENT_NOT_UNDERSTOOD")
+    assert "initech has no active contract" in message
+    assert "logline contract activate personal_ops@1.0.0 --tenant initech" in message
+    assert "for example none" not in message
 
 
 def test_a_sentence_no_contract_understands_is_refused_with_examples(api, tenants):

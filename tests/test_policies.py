@@ -26,7 +26,7 @@ from test_kernels import (
     user_function,
 )
 
-from stage0 import ledger
+from stage0 import ledger, manifest
 from stage0.canonical import normalise, now_at
 from stage0.loader import Loader
 from stage0.proofs import check_proofs, seal
@@ -64,16 +64,23 @@ def execution(**extra) -> dict:
 
 
 # --- main() as plain Python ------------------------------------------------------------------
-def test_slow_exec_labels_only_executions_over_the_threshold():
-    assert slow_exec.THRESHOLD_MS == 2000
-    assert slow_exec.main(execution(duration_ms=2000)) == []
+def test_slow_exec_labels_only_executions_over_their_slow_ms():
+    """The threshold is the one run_code wrote into the execution (the manifest's
+    policy.slow_ms); without one, the manifest's default."""
+    assert slow_exec.DEFAULT_SLOW_MS == 5000
+    assert slow_exec.main(execution(duration_ms=2000, metadata={"slow_ms": 2000})) == []
     assert slow_exec.main(execution(duration_ms=None)) == []
     assert slow_exec.main({"id": EXEC_ID}) == []
-    [action] = slow_exec.main(execution(duration_ms=2001))
+    [action] = slow_exec.main(execution(duration_ms=2001, metadata={"slow_ms": 2000}))
     patch = action["emit_span"]
     assert (patch["entity_type"], patch["status"], patch["parent_id"]) == (
         "status_patch", "slow", EXEC_ID)
-    assert patch["metadata"] == {"duration_ms": 2001, "threshold_ms": 2000}
+    assert patch["metadata"] == {"duration_ms": 2001, "slow_ms": 2000}
+    assert slow_exec.main(execution(duration_ms=4000)) == []
+    for odd in ("100", -1, None, True, 1.5):
+        assert slow_exec.main(execution(duration_ms=4000, metadata={"slow_ms": odd})) == []
+    [default] = slow_exec.main(execution(duration_ms=5001))
+    assert default["emit_span"]["metadata"] == {"duration_ms": 5001, "slow_ms": 5000}
 
 
 def test_metrics_exec_duration_emits_one_metric_per_execution():
@@ -206,22 +213,22 @@ def test_metrics_exec_duration_one_metric_per_execution(loader, kernel_conn, ope
     assert all(m["metadata"]["status"] == "complete" for m in metrics)
 
 
-def test_slow_exec_new_threshold_version_is_used(loader, kernel_conn, operator):
-    current = ledger.head(kernel_conn, slow_exec.POLICY_ID)
-    code = current["code"].replace("THRESHOLD_MS = 2000", "THRESHOLD_MS = 100")
-    assert code != current["code"]
-    ledger.append(kernel_conn, [{k: v for k, v in current.items() if k not in (
-        "seq", "prev_hash", "curr_hash", "signature", "public_key", "at")} | {"code": code}],
-        operator)
+def test_slow_exec_follows_the_manifests_slow_ms(loader, kernel_conn, operator):
+    """One threshold for run_code and the policy: the manifest's policy.slow_ms."""
+    manifest.amend(kernel_conn, operator, policy={"slow_ms": 100, "timeout_ms": 30000})
     slow = run(loader, user_function(kernel_conn, operator, SLOW)["id"])
     fast = run(loader, user_function(kernel_conn, operator, ECHO)["id"], {"x": 1})
     agent(loader)
     agent(loader)
     patches = {p["parent_id"]: p for p in emitted_by(kernel_conn, slow_exec.POLICY_ID)}
+    # Exactly the executions over slow_ms are labelled, once each (the fast one too, were it
+    # ever slow); run_code labels none itself.
     assert set(patches) == {e["id"] for e in (slow, fast) if e["duration_ms"] > 100}
+    assert len(of_type(kernel_conn, "status_patch")) == len(patches)
     assert (patches[slow["id"]]["entity_type"], patches[slow["id"]]["status"]) == (
         "status_patch", "slow")
-    assert patches[slow["id"]]["metadata"]["threshold_ms"] == 100
+    assert patches[slow["id"]]["metadata"]["slow_ms"] == 100
+    assert patches[slow["id"]]["metadata"]["duration_ms"] == slow["duration_ms"]
 
 
 def rollups(conn) -> dict:

@@ -215,10 +215,15 @@ async def intent(call: Call) -> IntentOut:
     def run(conn: psycopg.Connection) -> tuple[intents.Intent, governance.Outcome]:
         contracts = [c for c, _ in governance.active_contracts(conn, call.state.root,
                                                                 p.tenant_id)]
+        if not contracts:
+            raise ApiError(422, "INTENT_NOT_UNDERSTOOD", f"tenant {p.tenant_id} has no active "
+                           "contract, so no sentence can be understood yet: an operator "
+                           "activates one, e.g. `logline contract activate personal_ops@1.0.0 "
+                           f"--tenant {p.tenant_id}` (`logline contract list` shows them)")
         parsed = intents.parse(text, contracts)
         if parsed is None:
             hints = "; ".join(f'"{e}"' for e in intents.examples(contracts)) or \
-                "none: your tenant has no active contract"
+                "none: their actions declare no phrases (`logline propose ACTION` asks by name)"
             raise ApiError(422, "INTENT_NOT_UNDERSTOOD", f"no action of your active contracts "
                            f"reads like that; try for example {hints}")
         outcome = governance.propose(conn, call.state.key, call.state.root, p,

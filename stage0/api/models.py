@@ -159,9 +159,20 @@ class MetricRow(BaseModel):
     p95_ms: float | None
 
 
+class QuotaOut(BaseModel):
+    tenant_id: str
+    day: str = Field(description="the UTC day counted (YYYY-MM-DD)")
+    limit: int = Field(description="executions a day for this tenant")
+    used: int
+    remaining: int
+    source: str = Field(description="the manifest key the limit comes from")
+    resets_in_s: int = Field(description="seconds until 00:00 UTC")
+
+
 class Metrics(BaseModel):
     executions: list[MetricRow] = Field(description="per day and status")
     days: list[MetricRow] = Field(description="per day, all statuses (status '*')")
+    quota: QuotaOut = Field(description="your tenant's daily execution quota, today")
 
 
 class Me(BaseModel):

@@ -17,7 +17,8 @@ ERRORS = {
     "413": "body over 1 MiB (BODY_TOO_LARGE)",
     "415": "body not application/json (UNSUPPORTED_MEDIA_TYPE)",
     "422": "a field is invalid (BAD_FIELD, SPAN_*)",
-    "429": "rate limited (RATE_LIMITED; see Retry-After)",
+    "429": "rate limited (RATE_LIMITED), or the tenant's daily execution quota is spent "
+           "(QUOTA_EXCEEDED, POST /api/execute); see Retry-After",
     "500": "internal error (INTERNAL)",
     "503": "database unavailable",
     "504": "request timeout (REQUEST_TIMEOUT)",

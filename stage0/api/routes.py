@@ -9,7 +9,7 @@ import anyio
 import psycopg
 from starlette.responses import Response
 
-from .. import ledger, manifest, records
+from .. import ledger, manifest, quota, records
 from ..canonical import format_at, parse_at
 from ..errors import LoglineError
 from ..proofs import check_proofs
@@ -26,6 +26,7 @@ from .models import (
     Health,
     Me,
     Metrics,
+    QuotaOut,
     Span,
     SpanIn,
     SpanList,
@@ -205,6 +206,7 @@ async def execute(call: Call) -> ExecuteOut:
                 head = ledger.head(conn, existing["id"])
                 return ExecuteOut(request_id=existing["id"], status=head["status"] if head
                                   else "scheduled", trace_id=existing["trace_id"])
+        _quota_left(conn, call)
         [request] = ledger.append(conn, [{
             "entity_type": "request", "who": principal.user_id, "did": "scheduled",
             "this": function.get("name") or function_id, "parent_id": function_id,
@@ -215,6 +217,24 @@ async def execute(call: Call) -> ExecuteOut:
                           trace_id=request["trace_id"])
 
     return await call.db(run)
+
+
+def _quota_left(conn: psycopg.Connection, call: Call) -> None:
+    """Refuse at once (429 QUOTA_EXCEEDED) what the workers would refuse anyway: a run for a
+    tenant whose executions today have reached its daily limit. (One accepted while the last
+    slots go can still end `denied`, with the reason on the request.)"""
+    assert call.principal is not None
+    spent = _caller_quota(conn, call)
+    if spent.spent:
+        refusal = spent.refusal()
+        raise ApiError(429, refusal.code, refusal.message,
+                       {"Retry-After": str(max(1, spent.resets_in_s))})
+
+
+def _caller_quota(conn: psycopg.Connection, call: Call) -> quota.Quota:
+    assert call.principal is not None
+    metadata = manifest.latest(conn, call.state.root).get("metadata") or {}
+    return quota.of_caller(conn, metadata, call.principal.tenant_id)
 
 
 async def boot(call: Call) -> BootOut:
@@ -341,11 +361,17 @@ async def metrics(call: Call) -> Metrics:
     days = call.int_query("days", 14, 1, 366)
     p = call.principal
     assert p is not None
-    rows = await call.db(lambda conn: conn.execute(METRICS, {
-        "days": days, "tenant": p.tenant_id, "keys": _platform_keys(call, conn)}).fetchall())
+
+    def run(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], quota.Quota]:
+        rows = conn.execute(METRICS, {"days": days, "tenant": p.tenant_id,
+                                      "keys": _platform_keys(call, conn)}).fetchall()
+        return rows, _caller_quota(conn, call)
+
+    rows, today = await call.db(run)
     # GROUPING SETS: the per-day totals come back with a NULL status, shown as '*'.
     return Metrics(executions=[r for r in rows if r["status"] is not None],
-                   days=[{**r, "status": "*"} for r in rows if r["status"] is None])
+                   days=[{**r, "status": "*"} for r in rows if r["status"] is None],
+                   quota=QuotaOut(**today.as_dict()))
 
 
 async def prometheus(call: Call) -> Response:
@@ -412,6 +438,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/verify/{id}", verify_span, "Hash, signature, key trust and chain of "
              "a span you can see", "api.span_verify", response=Verification, query=ID),
     Endpoint("GET", "/api/metrics", metrics, "Executions per day and status, average and p95 "
-             "duration", "api.metrics_read", response=Metrics,
+             "duration; your tenant's execution quota today", "api.metrics_read",
+             response=Metrics,
              query={"days": ("integer", "1-366, default 14")}),
 ]

@@ -75,3 +75,27 @@ SELECT {columns}, position FROM ledger.claim_requests_v1(%(batch)s)
 
 -- name: chain_tip
 SELECT position, chain_hash FROM ledger.chain_tip
+
+-- name: exec_count_today
+-- A tenant's executions so far this UTC day (ledger.tenant_exec_counts, kept by the append
+-- trigger); the kernel role.
+SELECT coalesce((SELECT n FROM ledger.tenant_exec_counts WHERE tenant_id = %(tenant)s
+                 AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS n
+
+-- name: exec_counts_today
+SELECT tenant_id, n FROM ledger.tenant_exec_counts
+WHERE day = (now() AT TIME ZONE 'UTC')::date ORDER BY tenant_id
+
+-- name: my_exec_count_today
+-- The caller's tenant's executions today, as the app role under RLS (schema 0008).
+SELECT ledger.my_exec_count_today_v1() AS n
+
+-- name: utc_day
+SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
+       ceil(extract(epoch FROM date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day'
+                    - (now() AT TIME ZONE 'UTC')))::integer AS resets_in_s
+
+-- name: trace_spans
+-- Every version of every span of one trace, in ledger order (`logline trace`).
+SELECT {columns}, position FROM ledger.universal_registry
+WHERE trace_id = %(trace_id)s ORDER BY position LIMIT %(limit)s
