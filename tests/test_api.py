@@ -71,8 +71,10 @@ class Key:
 class Api:
     """A running `logline serve` and the CLI that administers the same home and database."""
 
-    def __init__(self, database: db.Database, home: Home, log: Path) -> None:
+    def __init__(self, database: db.Database, home: Home, log: Path,
+                 args: tuple[str, ...] = (), preexec: Any = None) -> None:
         self.database, self.home, self.log = database, home, log
+        self.args, self.preexec = args, preexec
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "LOGLINE_HOME": str(home.path),
@@ -83,8 +85,9 @@ class Api:
     def start(self) -> None:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stage0.cli", "serve", "--port", str(self.port)],
-                env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "stage0.cli", "serve", "--port", str(self.port),
+                 *self.args], env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -150,8 +153,10 @@ class Api:
         raise AssertionError(f"{name} not on /metrics")
 
 
-def start_api(server: db.Database, template: str, base: Path) -> Iterator[Api]:
-    """A seeded clone of the template, a home, and a server over them (shared by modules)."""
+def start_api(server: db.Database, template: str, base: Path, args: tuple[str, ...] = (),
+              preexec: Any = None) -> Iterator[Api]:
+    """A seeded clone of the template, a home, and a server over them (shared by modules),
+    started with `logline serve ARGS` (and `preexec` run in the child before it starts)."""
     home = Home(base / "home")
     keys.ensure_operator_key(home)
     name = f"logline_api_{uuid.uuid4().hex[:12]}"
@@ -161,7 +166,7 @@ def start_api(server: db.Database, template: str, base: Path) -> Iterator[Api]:
     try:
         with database.connect("kernel") as conn:
             seed.seed(conn, [row_dir()], keys.operator_key(home))
-        api = Api(database, home, base / "server.log")
+        api = Api(database, home, base / "server.log", args, preexec)
         try:
             api.start()
             yield api

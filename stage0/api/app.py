@@ -33,7 +33,6 @@ from .errors import ApiError, error_response
 from .state import ServerState
 
 MAX_BODY = 1024 * 1024
-REQUEST_TIMEOUT_S = 15.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 CONSOLE = Path(__file__).parent / "console"
 
@@ -98,16 +97,22 @@ def _request_id(request: Request) -> str:
     return given if _REQUEST_ID.match(given) else str(uuid.uuid4())
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, timeout_s: float) -> bytes:
+    """The body, at most MAX_BODY bytes, sent within timeout_s (a client trickling it is
+    answered 408 and the connection closed, not waited for)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
         raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
-        chunks.append(chunk)
+    with anyio.move_on_after(timeout_s) as late:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
+            chunks.append(chunk)
+    if late.cancelled_caught:
+        raise ApiError(408, "BODY_TIMEOUT", f"the body took longer than {timeout_s:g}s to "
+                       "arrive", {"Connection": "close"})
     return b"".join(chunks)
 
 
@@ -145,12 +150,14 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
                 if kind != "application/json":
                     raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE",
                                    "send the body as application/json")
-                body = _parse_body(endpoint, await _read_body(request))
+                body = _parse_body(endpoint, await _read_body(request,
+                                                              state.edge.body_timeout_s))
             call = Call(request, state, principal, body, request_id)
             if endpoint.stream:
                 response = await endpoint.handler(call)
             else:
-                result = await asyncio.wait_for(endpoint.handler(call), REQUEST_TIMEOUT_S)
+                result = await asyncio.wait_for(endpoint.handler(call),
+                                                state.edge.request_timeout_s)
                 response = _respond(endpoint, result)
             if principal is not None and hasattr(request.state, "rate"):
                 response.headers.update(request.state.rate.headers())
@@ -163,8 +170,8 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
                 await anyio.to_thread.run_sync(state.audit_denial, err.code, endpoint, who,
                                                request, request_id)
         except TimeoutError:
-            response = error_response(request, 504, "REQUEST_TIMEOUT",
-                                      f"the request took longer than {REQUEST_TIMEOUT_S:.0f}s")
+            response = error_response(request, 504, "REQUEST_TIMEOUT", "the request took "
+                                      f"longer than {state.edge.request_timeout_s:g}s")
         response.headers["X-Request-ID"] = request_id
         state.metrics.observe(endpoint, response.status_code, time.perf_counter() - started)
         return response

@@ -22,6 +22,7 @@ from ..keys import operator_key
 from ..loader import log
 from ..proofs import public_key_hex
 from .broadcast import Broadcaster
+from .edge import EdgeConfig
 from .metrics import Metrics
 from .ratelimit import RateLimiter
 
@@ -31,8 +32,9 @@ AUDIT_PER_SECOND = 20  # denial spans beyond this are counted into the next one
 
 class ServerState:
     def __init__(self, database: Database, home: Home, limiter: RateLimiter | None = None,
-                 pool_size: int = 16) -> None:
+                 pool_size: int = 16, edge: EdgeConfig | None = None) -> None:
         self.database = database
+        self.edge = edge or EdgeConfig()
         self.home = home
         self.key = operator_key(home)
         self.signer = public_key_hex(self.key)
