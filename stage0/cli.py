@@ -336,7 +336,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     worker = subprocess.Popen([sys.executable, "-m", "stage0.cli", "worker", "--id", "up"],
                               env={**os.environ, "LOGLINE_HOME": str(home.path)})
     out(f"\nLogLine is up: http://{args.host}:{args.port}/  (worker pid {worker.pid})")
-    out(f"API key for the local operator (tenant default, admin; kept in "
+    out(f"API key for the local operator (tenant default, admin and operator; kept in "
         f"{home.path / 'operator.apikey'}):\n{token}")
     out("Ctrl-C stops the API and the worker.")
     try:

@@ -138,10 +138,18 @@ class Api:
     def kernel(self) -> psycopg.Connection:
         return self.database.connect("kernel")
 
+    def operator(self) -> Key:
+        """The local operator's key (as `logline up` makes it): the only one with the
+        operator role."""
+        from stage0.operator import operator_token
+
+        token = operator_token(self.home, self.database)
+        return Key(token, token.split("_")[1], "operator", "default")
+
     def scrape(self) -> httpx.Response:
-        """/metrics, read with an admin key (its counts span every tenant)."""
+        """/metrics, read with the operator's key (its counts span every tenant)."""
         if not hasattr(self, "_scraper"):
-            self._scraper = self.key("prometheus", "ops", "admin")
+            self._scraper = self.operator()
         return httpx.get(f"{self.url}/metrics", timeout=10,
                          headers={"Authorization": f"Bearer {self._scraper.token}"})
 
@@ -468,26 +476,28 @@ def test_a_reader_key_cannot_post(api):
     assert_error(response, 403, "G_ROLE_DENIED")
 
 
-def test_only_an_admin_may_boot_a_kernel(api, a):
+def test_only_the_operator_may_boot_a_kernel(api, a):
+    """Kernels act for every tenant: a tenant's admin is refused (tests/test_edge.py attacks
+    it), the operator's key boots."""
     observer = KERNELS["observer_bot"]
     assert_error(a.post(f"/api/boot/{observer}", json={}), 403, "G_ROLE_DENIED")
-    admin = api.client(api.key("root", "acme", "admin"))
-    response = admin.post(f"/api/boot/{observer}", json={})
+    operator = api.client(api.operator())
+    response = operator.post(f"/api/boot/{observer}", json={})
     assert response.status_code == 200, response.text
     assert "scheduled" in response.json()["output"]
-    assert_error(admin.post(f"/api/boot/{uuid.uuid4()}", json={}), 403, "BOOT_NOT_ALLOWED")
+    assert_error(operator.post(f"/api/boot/{uuid.uuid4()}", json={}), 403, "BOOT_NOT_ALLOWED")
 
 
-def test_an_admin_action_leaves_its_allowance_on_record_even_when_it_then_fails(api):
+def test_an_operator_action_leaves_its_allowance_on_record_even_when_it_then_fails(api):
     """kernel_boot says `record: all` in the api contract: the gate's ALLOW is a span of
     the request's trace, appended before the handler runs."""
-    admin = api.client(api.key("root2", "acme", "admin"))
-    response = admin.post(f"/api/boot/{uuid.uuid4()}", json={},
-                          headers={"X-Request-ID": "boot-allowed-1"})
+    operator = api.client(api.operator())
+    response = operator.post(f"/api/boot/{uuid.uuid4()}", json={},
+                             headers={"X-Request-ID": "boot-allowed-1"})
     assert_error(response, 403, "BOOT_NOT_ALLOWED")  # the loader refused; the gate did not
     allowed, refused = audit_spans(api, "boot-allowed-1")  # in append order
     assert (allowed["entity_type"], allowed["status"], allowed["owner_id"]) == (
-        "gate_decision", "allow", "root2")
+        "gate_decision", "allow", "operator")
     assert allowed["metadata"]["action"] == "api.kernel_boot"
     assert (refused["entity_type"], refused["metadata"]["code"]) == (
         "audit_denial", "BOOT_NOT_ALLOWED")

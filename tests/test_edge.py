@@ -1,8 +1,9 @@
 """The HTTP edge under hostile clients: each test is an attack on a real `logline serve`
 (subprocess, real PostgreSQL, real sockets) and what the server must still do.
 
-Slow and half-open connections (header and body deadlines, the connection cap under a low
-descriptor limit).
+- operator-only surfaces: booting kernels and Prometheus /metrics, and a boot that times out;
+- slow and half-open connections (header and body deadlines, the connection cap under a low
+  descriptor limit).
 """
 
 from __future__ import annotations
@@ -12,15 +13,28 @@ import resource
 import selectors
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_api import Api, start_api
+from test_api import Api, assert_error, start_api, wait_for
+
+from stage0 import apikeys, keys, ledger, manifest
+from stage0.proofs import public_key_hex
+from stage0.worker import KERNELS
 
 #: Short deadlines, so the attacks below end in seconds.
-EDGE_ARGS = ("--header-timeout", "2", "--body-timeout", "2")
+EDGE_ARGS = ("--header-timeout", "2", "--body-timeout", "2", "--request-timeout", "3")
+#: A kernel that takes 6 s (more than the request timeout), then appends a span.
+SLOW_KERNEL = """def main(ctx):
+    ctx.sql("SELECT pg_sleep(6)")
+    ctx.append([{"entity_type": "note", "who": "slow kernel", "this": "finished",
+                 "owner_id": "system", "tenant_id": "system", "visibility": "private",
+                 "trace_id": ctx.trace_id}])
+    return {"finished": True}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +60,119 @@ def closed_within(sock: socket.socket, seconds: float) -> float | None:
     except ConnectionResetError:
         pass
     return time.monotonic() - started
+
+
+# --- operator-only surfaces ----------------------------------------------------------------
+def boot_events(api: Api, trace_id: str) -> list[dict]:
+    with api.kernel() as conn:
+        return conn.execute("SELECT entity_type, this FROM ledger.universal_registry WHERE "
+                            "trace_id = %s AND entity_type IN ('boot_event', 'boot_refused')",
+                            (trace_id,)).fetchall()
+
+
+def test_a_tenant_admin_cannot_boot_the_platform_kernels(api):
+    """request_worker runs every tenant's queued requests: a tenant admin who could boot it
+    would run (and learn the ids of) other tenants' work."""
+    admin = api.client(api.key("boss", "acme", "admin"))
+    trace = str(uuid.uuid4())
+    response = admin.post(f"/api/boot/{KERNELS['request_worker']}", json={},
+                          headers={"X-Request-ID": trace})
+    error = assert_error(response, 403, "G_ROLE_DENIED")
+    assert "operator" in error["message"]
+    assert boot_events(api, trace) == []  # refused before anything was booted
+
+
+def test_a_tenant_admin_cannot_read_platform_metrics(api):
+    admin = api.client(api.key("boss2", "globex", "admin"))
+    assert_error(admin.get("/metrics"), 403, "G_ROLE_DENIED")
+
+
+def test_the_operator_boots_kernels_and_reads_metrics(api):
+    operator = api.client(api.operator())
+    scrape = operator.get("/metrics")
+    assert scrape.status_code == 200 and "logline_http_requests_total" in scrape.text
+    response = operator.post(f"/api/boot/{KERNELS['observer_bot']}", json={})
+    assert response.status_code == 200, response.text
+    assert operator.get("/api/me").json()["roles"] == ["admin", "operator"]
+
+
+def test_no_tenant_key_can_hold_the_operator_role(api):
+    for user, tenant in (("mallory", "acme"), ("operator", "default")):
+        refused = api.cli("apikey", "create", "--user", user, "--tenant", tenant,
+                          "--role", "operator", check=False)
+        assert refused.returncode != 0
+        assert "--role: APIKEY_RESERVED" in refused.stdout + refused.stderr
+    # No route issues keys, and none may append one.
+    admin = api.client(api.key("boss3", "acme", "admin"))
+    assert_error(admin.post("/api/spans", json={"entity_type": "api_key", "who": "boss3",
+                                                "this": "a key"}), 422, "BAD_FIELD")
+    # A key span that names the role for anyone else (written by hand into the ledger)
+    # does not carry it: fail closed.
+    key_id = "6d6d6d6d6d6d6d6d"
+    token = f"llk_{key_id}_{'M' * 43}"
+    with api.kernel() as conn:
+        ledger.append(conn, [{
+            "id": apikeys.span_id_for(key_id), "seq": 0, "entity_type": "api_key",
+            "who": "logline", "did": "issued", "this": f"api key {key_id}",
+            "owner_id": "mallory", "tenant_id": "acme", "visibility": "private",
+            "status": "active", "metadata": {"key_id": key_id, "roles": ["admin", "operator"],
+                                             "token_hash": apikeys.token_hash(token)}}],
+            keys.operator_key(api.home))
+    forged = api.client(token)
+    assert forged.get("/api/me").json()["roles"] == ["admin"]
+    assert_error(forged.get("/metrics"), 403, "G_ROLE_DENIED")
+
+
+def processes_of(pid: int, marker: str) -> list[int]:
+    """Live children of `pid` whose command line holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def sleeping_kernels(api: Api) -> list[dict]:
+    with api.database.connect("admin") as conn:
+        return conn.execute("SELECT pid, application_name FROM pg_stat_activity WHERE "
+                            "query LIKE 'SELECT pg_sleep(6)%%' AND state = 'active'").fetchall()
+
+
+@pytest.mark.slow
+def test_a_boot_that_times_out_stops_and_leaves_nothing_behind(api):
+    """The request times out after 3 s; the kernel would sleep 6 s and then append a span.
+    Its process is gone with the 504, its database session too, and its span never comes."""
+    operator_key = keys.operator_key(api.home)
+    with api.kernel() as conn:
+        [kernel] = ledger.append(conn, [{
+            "entity_type": "function", "who": "test", "this": "slow kernel", "name": "slow",
+            "code": SLOW_KERNEL, "owner_id": "system", "tenant_id": "system",
+            "visibility": "public", "status": "active"}], operator_key)
+        current = manifest.latest(conn, public_key_hex(operator_key))
+        manifest.amend(conn, operator_key, allowed_boot_ids=[
+            *current["metadata"]["allowed_boot_ids"], kernel["id"]])
+    operator = api.client(api.operator())
+    trace = str(uuid.uuid4())
+    started = time.monotonic()
+    response = operator.post(f"/api/boot/{kernel['id']}", json={},
+                             headers={"X-Request-ID": trace})
+    assert_error(response, 504, "REQUEST_TIMEOUT")
+    assert [e["entity_type"] for e in boot_events(api, trace)] == ["boot_event"]  # it began
+    assert processes_of(api.proc.pid, "stage0.api.boot") == []
+    wait_for(lambda: sleeping_kernels(api) == [], 2, "the kernel's session to end")
+    time.sleep(max(0.0, started + 6 + 2 - time.monotonic()))  # past the kernel's 6 s
+    with api.kernel() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM ledger.universal_registry WHERE "
+                            "trace_id = %s AND entity_type = 'note'", (trace,)
+                            ).fetchone()["n"] == 0
 
 
 # --- slow clients -----------------------------------------------------------------------------

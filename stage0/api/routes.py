@@ -181,19 +181,17 @@ async def execute(call: Call) -> ExecuteOut:
 
 
 async def boot(call: Call) -> BootOut:
-    from ..loader import Loader
+    """Operator only: kernels act for every tenant. The boot runs in a child process that
+    is stopped, its transaction rolled back, if the request ends first (stage0/api/boot.py)."""
+    from . import boot as child
 
     function_id = _uuid(call.request.path_params["id"])
     body: BootIn = call.body
     principal = call.principal
     assert principal is not None
-
-    def run() -> Any:
-        with Loader(call.state.database, call.state.home) as loader:
-            return loader.boot(function_id, body.input, user_id=principal.user_id,
-                               tenant_id=principal.tenant_id, trace_id=call.request_id)
-
-    return BootOut(output=await anyio.to_thread.run_sync(run))
+    return BootOut(output=await child.run(call.state, function_id, body.input,
+                                          principal.user_id, principal.tenant_id,
+                                          call.request_id))
 
 
 # --- verification and metrics -------------------------------------------------------------
@@ -263,7 +261,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/healthz", health, "Liveness and database check", "api.health_read",
              public=True, response=Health),
     Endpoint("GET", "/metrics", prometheus, "Prometheus text: requests and latency per route, "
-             "SSE clients, denials, executions by status (admin: counts span every tenant)",
+             "SSE clients, denials, executions by status (operator: counts span every tenant)",
              "api.metrics_scrape", text=True),
     Endpoint("GET", "/api/me", me, "Who this API key is: user, tenant, roles", "api.me_read",
              response=Me),
@@ -290,7 +288,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/api/execute", execute, "Schedule a function to run (a request span)",
              "api.function_execute", limit="write", body=ExecuteIn,
              response=ExecuteOut, status=202),
-    Endpoint("POST", "/api/boot/{id}", boot, "Boot a kernel through stage 0 (admin)",
+    Endpoint("POST", "/api/boot/{id}", boot, "Boot a kernel through stage 0 (operator)",
              "api.kernel_boot", limit="admin", body=BootIn, response=BootOut,
              query=ID),
     Endpoint("GET", "/api/verify/{id}", verify_span, "Hash, signature, key trust and chain of "

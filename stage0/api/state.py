@@ -21,6 +21,7 @@ from ..governance import PLATFORM, load_contract
 from ..keys import operator_key
 from ..loader import log
 from ..proofs import public_key_hex
+from ..queries import q
 from .broadcast import Broadcaster
 from .edge import EdgeConfig
 from .metrics import Metrics
@@ -95,6 +96,12 @@ class ServerState:
                              "set_config('app.tenant_id', %s, true)",
                              (principal.user_id, principal.tenant_id))
             return fn(conn, *args)
+
+    def end_sessions(self, application_name: str) -> int:
+        """Terminate the database sessions named `application_name` (a killed boot's)."""
+        with self.pools["kernel"].connection() as conn:
+            return conn.execute(q("terminate_backends"),
+                                {"name": application_name}).fetchone()["ended"]
 
     def authenticate(self, token: str) -> apikeys.Principal | None:
         now = time.monotonic()
