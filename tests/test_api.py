@@ -1078,14 +1078,12 @@ def test_a_denial_of_a_known_caller_is_attributed_to_that_caller(api):
         "gina", "acme", key.key_id)
 
 
-def test_denials_are_recorded_as_audit_spans(api, a):
+def test_denials_of_known_callers_are_recorded_as_audit_spans(api, a):
+    """(Anonymous denials are counted into audit_summary spans instead: tests/test_edge.py.)"""
     anon = httpx.get(api.url + "/api/timeline", headers={"X-Request-ID": "audit-anon-1"},
                      timeout=10)
     assert anon.status_code == 401
-    [span] = audit_spans(api, "audit-anon-1")
-    assert span["metadata"]["code"] == "AUTH_REQUIRED"
-    assert span["metadata"]["path"] == "/api/timeline"
-    assert span["visibility"] == "private"
+    assert audit_spans(api, "audit-anon-1") == []
 
     reader = api.client(api.key("fred", "acme", "reader"))
     response = reader.post("/api/spans", json=VALID, headers={"X-Request-ID": "audit-role-1"})
@@ -1100,12 +1098,7 @@ def test_denials_are_recorded_as_audit_spans(api, a):
     assert span["metadata"]["code"] == "LEDGER_FORBIDDEN"
     assert (span["owner_id"], span["tenant_id"]) == ("alice", "acme")
 
-    bad = httpx.get(api.url + "/api/spans", timeout=10, headers={
-        "Authorization": "Bearer llk_0123456789abcdef_" + "B" * 43,
-        "X-Request-ID": "audit-invalid-1"})
-    assert bad.status_code == 401
-    [span] = audit_spans(api, "audit-invalid-1")
-    assert span["metadata"]["code"] == "AUTH_INVALID"
+    assert span["metadata"]["path"] == "/api/spans" and span["visibility"] == "private"
     # the denial spans are signed like every other span
     assert span["public_key"] == public_key_hex(keys.operator_key(api.home))
 

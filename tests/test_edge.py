@@ -2,6 +2,8 @@
 (subprocess, real PostgreSQL, real sockets) and what the server must still do.
 
 - operator-only surfaces: booting kernels and Prometheus /metrics, and a boot that times out;
+- bounded records of hostile input: anonymous denials are counted, not signed one by one,
+  and client text in platform spans is cut (with its length and hash);
 - slow and half-open connections (header and body deadlines, the connection cap under a low
   descriptor limit).
 """
@@ -9,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import selectors
 import socket
@@ -26,7 +29,8 @@ from stage0.proofs import public_key_hex
 from stage0.worker import KERNELS
 
 #: Short deadlines, so the attacks below end in seconds.
-EDGE_ARGS = ("--header-timeout", "2", "--body-timeout", "2", "--request-timeout", "3")
+EDGE_ARGS = ("--header-timeout", "2", "--body-timeout", "2", "--request-timeout", "3",
+             "--audit-interval", "1")
 #: A kernel that takes 6 s (more than the request timeout), then appends a span.
 SLOW_KERNEL = """def main(ctx):
     ctx.sql("SELECT pg_sleep(6)")
@@ -173,6 +177,99 @@ def test_a_boot_that_times_out_stops_and_leaves_nothing_behind(api):
         assert conn.execute("SELECT count(*) AS n FROM ledger.universal_registry WHERE "
                             "trace_id = %s AND entity_type = 'note'", (trace,)
                             ).fetchone()["n"] == 0
+
+
+# --- bounded records of hostile input -----------------------------------------------------------
+def rows(api: Api, where: str = "TRUE", params: tuple = ()) -> list[dict]:
+    with api.kernel() as conn:
+        return conn.execute("SELECT entity_type, owner_id, tenant_id, trace_id, content, "
+                            "metadata, input, this FROM ledger.universal_registry WHERE "
+                            f"{where} ORDER BY position", params).fetchall()
+
+
+def last_position(api: Api) -> int:
+    with api.kernel() as conn:
+        return conn.execute("SELECT coalesce(max(position), 0) AS p FROM "
+                            "ledger.universal_registry").fetchone()["p"]
+
+
+@pytest.mark.slow
+def test_a_thousand_anonymous_401s_with_60_kb_paths_add_no_span_each(api):
+    """They are counted: /metrics has them, and one audit_summary span per second (this
+    server's --audit-interval) sums them up; no audit_denial span is written."""
+    operator = api.client(api.operator())
+    summaries_before = len(rows(api, "entity_type = 'audit_summary'"))
+    before = last_position(api)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", api.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        for i in range(1000):
+            token = f"Authorization: Bearer llk_{i:016x}_{'Z' * 43}\r\n" if i % 2 else ""
+            sock.sendall(f"GET /api/spans/{'A' * 60_000} HTTP/1.1\r\nHost: x\r\n{token}"
+                         f"User-Agent: {'U' * 10_000}\r\n\r\n".encode())
+            status, length = reader.readline().split()[1], 0
+            while (line := reader.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            reader.read(length)
+            assert status == b"401", status
+    flood_s = time.monotonic() - started
+
+    def summed() -> int:
+        found = rows(api, "entity_type = 'audit_summary'")[summaries_before:]
+        return sum(r["content"]["total"] for r in found)
+
+    wait_for(lambda: summed() >= 1000, 10, "the audit summary of 1,000 denials")
+    new = rows(api, "position > %s", (before,))
+    assert {r["entity_type"] for r in new} == {"audit_summary"}, new[:3]
+    assert len(new) <= flood_s + 3  # one per second with anything to say
+    for summary in (r["content"] for r in new):
+        assert set(summary["by_reason"]) <= {"AUTH_REQUIRED", "AUTH_INVALID"}
+        assert all(set(routes) == {"api.span_read"}
+                   for routes in summary["by_reason_and_route"].values())
+        assert summary["top_clients"][0]["client"] == "127.0.0.1"
+        assert len(json.dumps(summary)) < 4096
+    metrics = operator.get("/metrics").text
+    counted = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                  if line.startswith("logline_anonymous_denials_total{"))
+    assert counted >= 1000
+
+
+def test_a_known_callers_denial_records_its_long_path_cut_with_length_and_hash(api):
+    """An agent key may not read spans: the gate's refusal is a span, whose path, user agent
+    and client (here from X-Forwarded-For, which uvicorn trusts from 127.0.0.1) are cut."""
+    import blake3
+
+    agent = api.client(api.key("bot", "acme", "agent"))
+    path, agent_string, forwarded = "/api/spans/" + "B" * 60_000, "U" * 5000, "f" * 3000
+    trace = str(uuid.uuid4())
+    response = agent.get(path, headers={"X-Request-ID": trace, "User-Agent": agent_string,
+                                        "X-Forwarded-For": forwarded})
+    assert_error(response, 403, "G_ROLE_DENIED")
+    [span] = rows(api, "trace_id = %s", (trace,))
+    meta = span["metadata"]
+    assert (meta["path"], meta["user_agent"], meta["client"]) == (
+        path[:512], agent_string[:512], forwarded[:512])
+    for name, original in (("path", path), ("user_agent", agent_string),
+                           ("client", forwarded)):
+        assert meta["clipped"][name] == {"length": len(original),
+                                         "blake3": blake3.blake3(original.encode()).hexdigest()}
+
+
+def test_a_denied_proposal_records_its_huge_arguments_cut(api):
+    """A member with no active contract asks for an action with a 60 KB argument: the
+    gate_decision span keeps 512 characters of it, and its length and hash."""
+    member = api.client(api.key("asker", "nocontract"))
+    trace = str(uuid.uuid4())
+    response = member.post("/api/proposals", headers={"X-Request-ID": trace},
+                           json={"action": "x" * 200, "args": {"note": "N" * 60_000,
+                                                               "K" * 1000: 1}})
+    assert response.status_code == 403, response.text
+    [decision] = rows(api, "trace_id = %s AND entity_type = 'gate_decision'", (trace,))
+    args = decision["input"]["args"]
+    assert args["note"] == "N" * 512 and "K" * 512 in args
+    assert decision["content"]["clipped"]["args.note"]["length"] == 60_000
+    assert decision["content"]["clipped"]["args." + "K" * 512]["length"] == 1000
 
 
 # --- slow clients -----------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Order for each request: request id -> authentication (bearer API key) -> the gat
 route's action in the api contract) -> rate limit
 -> content type and body size -> body validation (pydantic) -> the handler, with a timeout,
 in its own transaction under the caller's identity (RLS). Every denial is answered with the
-one error shape and recorded as an `audit_denial` span.
+one error shape; a known caller's is recorded as a span, an anonymous one counted
+(stage0/api/denials.py).
 """
 
 from __future__ import annotations
@@ -165,10 +166,14 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
             err = exc if isinstance(exc, ApiError) else ApiError.from_ledger(exc)
             response = error_response(request, err.status, err.code, err.message, err.headers)
             if err.status in (401, 403, 429) and not err.audited:
-                # A role or rate-limit denial knows who asked: audit it as them.
+                # A role or rate-limit denial knows who asked: audit it as them. One without
+                # a valid key is only counted (no span per anonymous request).
                 who = principal or getattr(request.state, "principal", None)
-                await anyio.to_thread.run_sync(state.audit_denial, err.code, endpoint, who,
-                                               request, request_id)
+                if who is None:
+                    state.count_denial(err.code, endpoint, request)
+                else:
+                    await anyio.to_thread.run_sync(state.audit_denial, err.code, endpoint,
+                                                   who, request, request_id)
         except TimeoutError:
             response = error_response(request, 504, "REQUEST_TIMEOUT", "the request took "
                                       f"longer than {state.edge.request_timeout_s:g}s")

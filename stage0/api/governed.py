@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from .. import apikeys, audit, governance, intents
+from ..clip import clip_fields
 from ..contracts import parse as parse_contract
 from .app import Call, Endpoint
 from .errors import ApiError
@@ -215,8 +216,8 @@ async def intent(call: Call) -> IntentOut:
                            f"reads like that; try for example {hints}")
         outcome = governance.propose(conn, call.state.key, call.state.root, p,
                                      parsed.qualified, parsed.args, call.request_id,
-                                     source={"via": "intent", "text": text,
-                                             "phrase": parsed.phrase})
+                                     source=clip_fields({"via": "intent", "text": text,
+                                                         "phrase": parsed.phrase}))
         return parsed, outcome
 
     parsed, outcome = await call.db(run)

@@ -69,6 +69,10 @@ class Metrics:
                                  registry=self.registry)
         self.denials = Counter("logline_denials", "requests denied (auth, role, rate limit, "
                                "RLS, gate)", ["code"], registry=self.registry)
+        self.anonymous_denials = Counter("logline_anonymous_denials", "requests without a "
+                                         "valid key denied (summed into audit_summary spans, "
+                                         "not recorded one by one)", ["code"],
+                                         registry=self.registry)
         self.registry.register(_Executions(state))
 
     def watch(self, guard: Any) -> None:
