@@ -4,6 +4,7 @@
 - operator-only surfaces: booting kernels and Prometheus /metrics, and a boot that times out;
 - bounded records of hostile input: anonymous denials are counted, not signed one by one,
   and client text in platform spans is cut (with its length and hash);
+- security headers on every response (no framing, a strict CSP the console runs under);
 - slow and half-open connections (header and body deadlines, the connection cap under a low
   descriptor limit).
 """
@@ -19,10 +20,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from test_api import Api, assert_error, start_api, wait_for
+from test_api import Api, Stream, assert_error, start_api, wait_for
 
 from stage0 import apikeys, keys, ledger, manifest
 from stage0.proofs import public_key_hex
@@ -270,6 +272,91 @@ def test_a_denied_proposal_records_its_huge_arguments_cut(api):
     assert args["note"] == "N" * 512 and "K" * 512 in args
     assert decision["content"]["clipped"]["args.note"]["length"] == 60_000
     assert decision["content"]["clipped"]["args." + "K" * 512]["length"] == 1000
+
+
+# --- security headers -------------------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+def assert_secured(where: str, headers: Any, cache: str = "no-store") -> None:
+    csp = headers.get("content-security-policy", "")
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, (where, csp)
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp, (where, csp)
+    assert headers.get("x-frame-options") == "DENY", where
+    assert headers.get("x-content-type-options") == "nosniff", where
+    assert headers.get("referrer-policy") == "no-referrer", where
+    assert headers.get("cache-control") == cache, where
+
+
+def test_every_response_carries_the_security_headers(api):
+    key = api.key("hdr", "acme")
+    anonymous, member = api.client(), api.client(key)
+    operator = api.client(api.operator())
+    answers = {
+        "healthz": anonymous.get("/healthz"),
+        "console": anonymous.get("/"),
+        "openapi": anonymous.get("/openapi.json"),
+        "401": anonymous.get("/api/spans"),
+        "200": member.get("/api/spans"),
+        "201": member.post("/api/spans", json={"entity_type": "note", "who": "h", "this": "x"}),
+        "400": member.get("/api/spans/not-a-uuid"),
+        "403": member.get("/metrics"),
+        "404": member.get("/api/nothing-here"),
+        "405": member.delete("/api/spans"),
+        "413": member.post("/api/spans", content=b"x" * (1024 * 1024 + 1),
+                           headers={"Content-Type": "application/json"}),
+        "415": member.post("/api/spans", content=b"{}"),
+        "metrics": operator.get("/metrics"),
+        "export": member.get("/api/audit/export"),
+    }
+    for where, response in answers.items():
+        assert_secured(where, response.headers)
+    for name in ("app.js", "style.css", "favicon.svg"):
+        response = anonymous.get(f"/static/{name}")
+        assert response.status_code == 200
+        assert_secured(name, response.headers, cache="no-cache")
+    assert_secured("static 404", anonymous.get("/static/nothing.js").headers, "no-cache")
+    with Stream(api, key.token, "?since=0") as stream:
+        assert stream.status == 200
+        assert_secured("stream", stream.headers)
+
+
+def test_the_console_runs_under_its_policy_and_cannot_be_framed(api):
+    """In Chromium: the console logs in and shows every view without one CSP violation,
+    and a page that frames it gets nothing (clickjacking)."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    key = api.key("cspuser", "acme")
+    messages: list[str] = []
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            page.on("console", lambda message: messages.append(message.text))
+            page.goto(f"{api.url}/")
+            page.fill("#login-key", key.token)
+            page.click("#login-submit")
+            playwright.expect(page.locator("#app")).to_be_visible()
+            for view in ("timeline", "approvals", "functions", "executions", "metrics"):
+                page.click(f'.tab[data-view="{view}"]')
+                playwright.expect(page.locator(f"#view-{view}")).to_be_visible()
+            page.wait_for_timeout(500)
+            assert [m for m in messages if "Content Security Policy" in m] == []
+
+            framer = browser.new_page()
+            framed: list[str] = []
+            framer.on("console", lambda message: framed.append(message.text))
+            framer.set_content(f'<iframe id="f" src="{api.url}/"></iframe>')
+            framer.wait_for_timeout(1500)
+            frame = framer.frame_locator("#f")
+            assert frame.locator("#login-key").count() == 0
+            assert any("frame-ancestors" in m for m in framed), framed
+        finally:
+            browser.close()
 
 
 # --- slow clients -----------------------------------------------------------------------------

@@ -275,8 +275,17 @@ def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
         return error_response(request, 500, "INTERNAL", "internal error (logged with the "
                               "request id)")
 
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={404: not_found, 405: not_allowed, 500: crashed})
+    return _App(routes=routes, lifespan=lifespan,
+                exception_handlers={404: not_found, 405: not_allowed, 500: crashed})
+
+
+class _App(Starlette):
+    """Starlette with the security headers outside everything else, errors included."""
+
+    def build_middleware_stack(self) -> Any:
+        from .headers import SecurityHeaders
+
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def endpoints() -> list[Endpoint]:
