@@ -54,6 +54,12 @@ PUBLIC = [("GET", "/healthz")]
 
 
 # --- the server --------------------------------------------------------------------------
+def rid(name: str) -> str:
+    """A request (and trace) id named for the test that sends it: a UUID, as the API takes
+    them (X-Request-ID is kept only when it is one)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"logline-test:{name}"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -493,9 +499,9 @@ def test_an_operator_action_leaves_its_allowance_on_record_even_when_it_then_fai
     the request's trace, appended before the handler runs."""
     operator = api.client(api.operator())
     response = operator.post(f"/api/boot/{uuid.uuid4()}", json={},
-                             headers={"X-Request-ID": "boot-allowed-1"})
+                             headers={"X-Request-ID": rid("boot-allowed-1")})
     assert_error(response, 403, "BOOT_NOT_ALLOWED")  # the loader refused; the gate did not
-    allowed, refused = audit_spans(api, "boot-allowed-1")  # in append order
+    allowed, refused = audit_spans(api, rid("boot-allowed-1"))  # in append order
     assert (allowed["entity_type"], allowed["status"], allowed["owner_id"]) == (
         "gate_decision", "allow", "operator")
     assert allowed["metadata"]["action"] == "api.kernel_boot"
@@ -503,8 +509,8 @@ def test_an_operator_action_leaves_its_allowance_on_record_even_when_it_then_fai
         "audit_denial", "BOOT_NOT_ALLOWED")
     # A read records nothing when allowed.
     api.client(api.key("reader9", "acme", "reader")).get(
-        "/api/timeline", headers={"X-Request-ID": "read-allowed-1"})
-    assert audit_spans(api, "read-allowed-1") == []
+        "/api/timeline", headers={"X-Request-ID": rid("read-allowed-1")})
+    assert audit_spans(api, rid("read-allowed-1")) == []
 
 
 # --- tenant isolation -------------------------------------------------------------------------
@@ -512,7 +518,7 @@ def test_an_operator_action_leaves_its_allowance_on_record_even_when_it_then_fai
 def a_spans(a: httpx.Client) -> dict[str, dict]:
     """A's spans of every visibility (the private one has two versions), all of one entity
     type, status and trace, so every filter B might use would match them."""
-    trace = f"trace-a-{uuid.uuid4().hex[:8]}"
+    trace = str(uuid.uuid4())
     common = {"entity_type": "iso_note", "status": "iso", "trace_id": trace}
     private = post(a, visibility="private", this="a private", **common)
     private2 = post(a, id=private["id"], visibility="private", this="a private v2", **common)
@@ -681,7 +687,7 @@ def test_appending_to_a_private_id_of_a_reveals_nothing_about_it(a, b):
 
 # --- POST /api/spans ---------------------------------------------------------------------------
 def test_a_server_signed_span_verifies_and_carries_the_request_id(api, a):
-    request_id = f"req-{uuid.uuid4().hex}"
+    request_id = str(uuid.uuid4())
     response = a.post("/api/spans", headers={"X-Request-ID": request_id},
                       json={"entity_type": "note", "who": "alice", "this": "signed by server",
                             "input": {"n": 1, "text": "héllo ✓"}})
@@ -732,7 +738,7 @@ def client_signed(key: SigningKey, **fields: Any) -> dict[str, Any]:
 def test_a_span_signed_by_a_trusted_client_key_is_stored_exactly(api, a):
     client_key = SigningKey.generate()
     api.cli("keys", "trust", public_key_hex(client_key), "--name", "alice laptop")
-    span = client_signed(client_key, trace_id="client-trace")
+    span = client_signed(client_key, trace_id=rid("client-trace"))
     assert_stored_exactly(a, span, client_key)
 
 
@@ -753,7 +759,7 @@ def assert_stored_exactly(a: httpx.Client, span: dict[str, Any], client_key: Sig
 
 
 def test_a_span_signed_by_an_untrusted_key_is_refused(a):
-    span = client_signed(SigningKey.generate(), trace_id="untrusted")
+    span = client_signed(SigningKey.generate(), trace_id=rid("untrusted"))
     error = assert_error(a.post("/api/spans", json=span), 403, "KEY_UNTRUSTED")
     assert "logline keys trust" in error["message"]
     assert_error(a.get(f"/api/spans/{span['id']}"), 404, "NOT_FOUND")
@@ -762,7 +768,7 @@ def test_a_span_signed_by_an_untrusted_key_is_refused(a):
 def test_a_client_signed_span_that_was_altered_is_refused(api, a):
     client_key = SigningKey.generate()
     api.cli("keys", "trust", public_key_hex(client_key), "--name", "alice phone")
-    span = {**client_signed(client_key, trace_id="t"), "this": "altered after signing"}
+    span = {**client_signed(client_key, trace_id=rid("t")), "this": "altered after signing"}
     error = assert_error(a.post("/api/spans", json=span), 422, "HASH_MISMATCH")
     assert span["id"] in error["message"]
 
@@ -919,10 +925,10 @@ def test_an_unknown_route_and_a_wrong_method_get_the_error_shape(api, a):
 
 
 def test_an_unknown_route_echoes_the_request_id_header(a):
-    for response in (a.get("/api/nothing-here", headers={"X-Request-ID": "r-404"}),
-                     a.delete("/api/spans", headers={"X-Request-ID": "r-404"})):
-        assert response.json()["error"]["request_id"] == "r-404"
-        assert response.headers.get("x-request-id") == "r-404"
+    for response in (a.get("/api/nothing-here", headers={"X-Request-ID": rid("r-404")}),
+                     a.delete("/api/spans", headers={"X-Request-ID": rid("r-404")})):
+        assert response.json()["error"]["request_id"] == rid("r-404")
+        assert response.headers.get("x-request-id") == rid("r-404")
 
 
 @pytest.mark.parametrize(("path", "param"), [
@@ -995,8 +1001,7 @@ NUL_QUERY = ("stage0/api/app.py Call.query (line 72) hands query values to SQL u
 
 
 @pytest.mark.parametrize("query", ["/api/spans?entity_type=%00", "/api/spans?status=a%00b",
-                                   "/api/timeline?entity_type=%00",
-                                   "/api/timeline?trace_id=%00"])
+                                   "/api/timeline?entity_type=%00"])
 def test_a_nul_in_a_query_filter_gets_400(a, query):
     assert_error(a.get(query), 400, "BAD_QUERY")
 
@@ -1046,7 +1051,7 @@ def test_exhausting_the_write_bucket_gets_429_and_leaves_other_keys_alone(api, b
     for _ in range(300):  # a 415 still spends a token, and answers fast
         response = client.post("/api/spans", content=b"x",
                                headers={"Content-Type": "text/plain",
-                                        "X-Request-ID": f"flood-{uuid.uuid4().hex}"})
+                                        "X-Request-ID": str(uuid.uuid4())})
         if response.status_code == 429:
             denied = response
             break
@@ -1069,9 +1074,9 @@ def test_exhausting_the_write_bucket_gets_429_and_leaves_other_keys_alone(api, b
 def test_a_denial_of_a_known_caller_is_attributed_to_that_caller(api):
     key = api.key("gina", "acme", "reader")
     response = api.client(key).post("/api/spans", json=VALID,
-                                    headers={"X-Request-ID": "audit-who-1"})
+                                    headers={"X-Request-ID": rid("audit-who-1")})
     assert response.status_code == 403
-    [span] = audit_spans(api, "audit-who-1")
+    [span] = audit_spans(api, rid("audit-who-1"))
     assert span["metadata"]["code"] == "G_ROLE_DENIED"
     assert span["entity_type"] == "gate_decision"  # the gate refused: its decision is the span
     assert (span["owner_id"], span["tenant_id"], span["metadata"]["key_id"]) == (
@@ -1080,21 +1085,21 @@ def test_a_denial_of_a_known_caller_is_attributed_to_that_caller(api):
 
 def test_denials_of_known_callers_are_recorded_as_audit_spans(api, a):
     """(Anonymous denials are counted into audit_summary spans instead: tests/test_edge.py.)"""
-    anon = httpx.get(api.url + "/api/timeline", headers={"X-Request-ID": "audit-anon-1"},
+    anon = httpx.get(api.url + "/api/timeline", headers={"X-Request-ID": rid("audit-anon-1")},
                      timeout=10)
     assert anon.status_code == 401
-    assert audit_spans(api, "audit-anon-1") == []
+    assert audit_spans(api, rid("audit-anon-1")) == []
 
     reader = api.client(api.key("fred", "acme", "reader"))
-    response = reader.post("/api/spans", json=VALID, headers={"X-Request-ID": "audit-role-1"})
+    response = reader.post("/api/spans", json=VALID, headers={"X-Request-ID": rid("audit-role-1")})
     assert response.status_code == 403
-    [span] = audit_spans(api, "audit-role-1")
+    [span] = audit_spans(api, rid("audit-role-1"))
     assert span["metadata"]["code"] == "G_ROLE_DENIED"
 
     response = a.post("/api/spans", json={**VALID, "tenant_id": "globex"},
-                      headers={"X-Request-ID": "audit-forbidden-1"})
+                      headers={"X-Request-ID": rid("audit-forbidden-1")})
     assert response.status_code == 403
-    [span] = audit_spans(api, "audit-forbidden-1")
+    [span] = audit_spans(api, rid("audit-forbidden-1"))
     assert span["metadata"]["code"] == "LEDGER_FORBIDDEN"
     assert (span["owner_id"], span["tenant_id"]) == ("alice", "acme")
 
@@ -1175,12 +1180,12 @@ def test_sse_without_a_start_begins_at_the_tip(api):
 def test_sse_filters_by_entity_type_and_trace_id(api):
     key = api.key("sse5", "sse-tenant-5")
     with Stream(api, key.token, "?entity_type=sse_wanted") as by_type, \
-            Stream(api, key.token, "?trace_id=trace-wanted") as by_trace:
+            Stream(api, key.token, f"?trace_id={rid('trace-wanted')}") as by_trace:
         append_as(api, key, 2, "sse_other")
-        append_as(api, key, 1, "sse_other", trace_id="trace-other")
+        append_as(api, key, 1, "sse_other", trace_id=rid("trace-other"))
         wanted_type = append_as(api, key, 1, "sse_wanted")
-        wanted_trace = append_as(api, key, 1, "sse_other", trace_id="trace-wanted")
-        last = append_as(api, key, 1, "sse_wanted", trace_id="trace-wanted")
+        wanted_trace = append_as(api, key, 1, "sse_other", trace_id=rid("trace-wanted"))
+        last = append_as(api, key, 1, "sse_wanted", trace_id=rid("trace-wanted"))
         got_type = by_type.take(2)
         got_trace = by_trace.take(2)
     assert [e["data"]["id"] for e in got_type] == [wanted_type[0]["id"], last[0]["id"]]
@@ -1291,24 +1296,24 @@ def test_sse_users_of_one_tenant_each_see_only_their_own_private_spans(api):
 
 def test_sse_clients_of_one_user_with_different_filters_each_see_exactly_their_rows(api):
     key = api.key("sse-filters", "sse-filters")
-    queries = {"all": "", "type": "?entity_type=sse_f_a", "trace": "?trace_id=sse-f-trace",
-               "both": "?entity_type=sse_f_a&trace_id=sse-f-trace"}
+    trace, other = rid("sse-f-trace"), rid("sse-f-other")
+    queries = {"all": "", "type": "?entity_type=sse_f_a", "trace": f"?trace_id={trace}",
+               "both": f"?entity_type=sse_f_a&trace_id={trace}"}
     streams = {name: Stream(api, key.token, query) for name, query in queries.items()}
     try:
         spans = []
         for entity_type in ("sse_f_a", "sse_f_b"):
             spans += append_as(api, key, 2, entity_type)
-            spans += append_as(api, key, 1, entity_type, trace_id="sse-f-trace")
-            spans += append_as(api, key, 1, entity_type, trace_id="sse-f-other")
-        [marker] = append_as(api, key, 1, "sse_f_a", trace_id="sse-f-trace")
+            spans += append_as(api, key, 1, entity_type, trace_id=trace)
+            spans += append_as(api, key, 1, entity_type, trace_id=other)
+        [marker] = append_as(api, key, 1, "sse_f_a", trace_id=trace)
         got = {name: events_until(stream, marker) for name, stream in streams.items()}
     finally:
         for stream in streams.values():
             stream.close()
     wanted = {"all": lambda s: True, "type": lambda s: s["entity_type"] == "sse_f_a",
-              "trace": lambda s: s.get("trace_id") == "sse-f-trace",
-              "both": lambda s: s["entity_type"] == "sse_f_a" and
-              s.get("trace_id") == "sse-f-trace"}
+              "trace": lambda s: s.get("trace_id") == trace,
+              "both": lambda s: s["entity_type"] == "sse_f_a" and s.get("trace_id") == trace}
     for name, keep in wanted.items():
         expected = [s["position"] for s in [*spans, marker] if keep(s)]
         assert positions(got[name]) == expected, name
@@ -1436,11 +1441,11 @@ def test_execute_schedules_once_per_idempotency_key_and_a_worker_runs_it(api, a)
     function = post(a, entity_type="function", name="echo", code=ECHO, language="python",
                     visibility="tenant", status="active")
     idem = f"idem-{uuid.uuid4().hex}"
-    first = a.post("/api/execute", headers={"X-Request-ID": "exec-trace-1"},
+    first = a.post("/api/execute", headers={"X-Request-ID": rid("exec-trace-1")},
                    json={"span_id": function["id"], "input": {"n": 7}, "idempotency_key": idem})
     assert first.status_code == 202, first.text
     scheduled = first.json()
-    assert scheduled["status"] == "scheduled" and scheduled["trace_id"] == "exec-trace-1"
+    assert scheduled["status"] == "scheduled" and scheduled["trace_id"] == rid("exec-trace-1")
     again = a.post("/api/execute", json={"span_id": function["id"], "input": {"n": 7},
                                          "idempotency_key": idem})
     assert again.status_code == 202
@@ -1465,8 +1470,8 @@ def test_execute_schedules_once_per_idempotency_key_and_a_worker_runs_it(api, a)
                   if scheduled["request_id"] in (e["related_to"] or [])]
     assert len(executions) == 1
     assert executions[0]["output"] == {"echo": {"n": 7}}
-    assert executions[0]["trace_id"] == "exec-trace-1"
-    trace = a.get("/api/timeline", params={"trace_id": "exec-trace-1"}).json()["items"]
+    assert executions[0]["trace_id"] == rid("exec-trace-1")
+    trace = a.get("/api/timeline", params={"trace_id": rid("exec-trace-1")}).json()["items"]
     assert {"request", "execution"} <= {s["entity_type"] for s in trace}
 
 

@@ -5,6 +5,7 @@
 - bounded records of hostile input: anonymous denials are counted, not signed one by one,
   and client text in platform spans is cut (with its length and hash);
 - security headers on every response (no framing, a strict CSP the console runs under);
+- ids are UUIDs wherever the API takes them (paths, ?trace_id=, X-Request-ID, bodies);
 - slow and half-open connections (header and body deadlines, the connection cap under a low
   descriptor limit).
 """
@@ -17,6 +18,7 @@ import resource
 import selectors
 import socket
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -357,6 +359,50 @@ def test_the_console_runs_under_its_policy_and_cannot_be_framed(api):
             assert any("frame-ancestors" in m for m in framed), framed
         finally:
             browser.close()
+
+
+# --- ids are UUIDs ------------------------------------------------------------------------------
+HOSTILE = "$(rm -rf ~)"
+
+
+@pytest.mark.parametrize("path", ["/api/timeline", "/api/timeline/stream", "/api/audit/export"])
+def test_a_trace_id_that_is_not_a_uuid_gets_400_bad_id(api, path):
+    member = api.client(api.key("tracer", "acme"))
+    for value in (HOSTILE, "trace-1", "0" * 36, str(uuid.uuid4()) + "x"):
+        error = assert_error(member.get(path, params={"trace_id": value}), 400, "BAD_ID")
+        assert "trace_id" in error["message"] and value not in error["message"]
+    with member.stream("GET", path, params={"trace_id": str(uuid.uuid4()).upper()}) as fine:
+        assert fine.status_code == 200  # (the stream's body never ends: not read)
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/api/spans/{}"), ("GET", "/api/verify/{}"), ("GET", "/api/proposals/{}"),
+    ("POST", "/api/approvals/{}"), ("POST", "/api/jobs/{}/result"), ("POST", "/api/boot/{}")])
+def test_an_id_in_the_path_that_is_not_a_uuid_gets_400_bad_id(api, method, path):
+    bodies = {"/api/approvals/{}": {"decision": "approve", "reason": "x"},
+              "/api/jobs/{}/result": {"status": "done"}}
+    roles = {"/api/jobs/{}/result": ("agent",)}
+    key = api.operator() if "boot" in path else api.key("ider", "acme", *roles.get(path, ()))
+    response = api.client(key).request(method, path.format(urllib.parse.quote(HOSTILE)),
+                                       json=bodies.get(path, {}) if method == "POST" else None)
+    assert_error(response, 400, "BAD_ID")
+
+
+def test_request_ids_are_uuids_and_so_are_the_trace_ids_written_with_them(api):
+    member = api.client(api.key("rid", "acme"))
+    for given in (HOSTILE, "req-1", "x" * 100):
+        response = member.post("/api/spans", headers={"X-Request-ID": given},
+                               json={"entity_type": "note", "who": "r", "this": "x"})
+        generated = response.headers["x-request-id"]
+        assert str(uuid.UUID(generated)) == generated != given
+        assert response.json()["trace_id"] == generated
+    mine = str(uuid.uuid4())
+    response = member.get("/api/me", headers={"X-Request-ID": mine.upper()})
+    assert response.headers["x-request-id"] == mine
+    refused = member.post("/api/spans", json={"entity_type": "note", "who": "r", "this": "x",
+                                              "trace_id": HOSTILE})
+    error = assert_error(refused, 422, "BAD_FIELD")
+    assert "trace_id" in error["message"]
 
 
 # --- slow clients -----------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from .errors import ApiError, error_response
 from .state import ServerState
 
 MAX_BODY = 1024 * 1024
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+#: Ids the API accepts (paths, ?trace_id=, X-Request-ID): the 8-4-4-4-12 form, any case.
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 CONSOLE = Path(__file__).parent / "console"
 
 
@@ -75,6 +76,11 @@ class Call:
             raise ApiError(400, "BAD_QUERY", f"{name} holds a NUL or is over 1000 characters")
         return value
 
+    def uuid_query(self, name: str) -> str | None:
+        """An optional id filter (?trace_id=): a UUID or 400 BAD_ID."""
+        value = self.request.query_params.get(name)
+        return None if value is None else parse_uuid(value, name)
+
     def int_query(self, name: str, default: int | None, low: int, high: int) -> int | None:
         raw = self.request.query_params.get(name)
         if raw is None:
@@ -93,9 +99,18 @@ class Call:
             lambda: self.state.in_transaction(role, self.principal, fn, *args))
 
 
+def parse_uuid(value: str | None, name: str) -> str:
+    """`value` as a lowercase UUID, else 400 BAD_ID naming `name` (never echoing value)."""
+    if value is None or not UUID.fullmatch(value):
+        raise ApiError(400, "BAD_ID", f"{name} must be a UUID (8-4-4-4-12 hex digits)")
+    return value.lower()
+
+
 def _request_id(request: Request) -> str:
+    """The client's X-Request-ID if it is a UUID, else a new one. It is the trace id of
+    whatever the request appends, and trace ids are UUIDs wherever the API takes them."""
     given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else str(uuid.uuid4())
+    return given.lower() if UUID.fullmatch(given) else str(uuid.uuid4())
 
 
 async def _read_body(request: Request, timeout_s: float) -> bytes:

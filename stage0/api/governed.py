@@ -306,7 +306,8 @@ async def audit_export(call: Call) -> Response:
         raise ApiError(400, "BAD_QUERY", "format is jsonl or csv")
     types = call.query("entity_type")
     spans = await call.db(lambda conn: audit.rows(
-        conn, trace_id=call.query("trace_id"), types=types.split(",") if types else None,
+        conn, trace_id=call.uuid_query("trace_id"),
+        types=types.split(",") if types else None,
         after=call.int_query("since", None, 0, 2**62),
         limit=call.int_query("limit", audit.EXPORT_MAX, 1, audit.EXPORT_MAX)))
     return Response(audit.render(spans, fmt), media_type="application/x-ndjson"
@@ -347,7 +348,7 @@ ENDPOINTS: list[Endpoint] = [
              body=ResultIn, response=ResultOut, query=ID),
     Endpoint("GET", "/api/audit/export", audit_export, "The audit trail as JSON lines or CSV",
              "api.audit_export", text=True, media=("application/x-ndjson", "text/csv"),
-             query={"trace_id": ("string", "one governed request"),
+             query={"trace_id": ("string", "one governed request (UUID)"),
                     "entity_type": ("string", "comma-separated types"),
                     "format": ("string", "jsonl (default) or csv"),
                     "since": ("integer", "position: only after this"),

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from .. import ledger, manifest
 from ..proofs import check_proofs
 from ..queries import SPAN_COLUMNS
-from .app import Call, Endpoint
+from .app import Call, Endpoint, parse_uuid
 from .errors import ApiError
 from .models import (
     BootIn,
@@ -46,12 +46,7 @@ def _visible_head(conn: psycopg.Connection, span_id: str) -> dict[str, Any]:
 
 
 def _uuid(value: str) -> str:
-    from ..canonical import _uuid as check
-
-    try:
-        return check(value, "id")
-    except Exception:
-        raise ApiError(400, "BAD_ID", "not a UUID") from None
+    return parse_uuid(value, "id")
 
 
 # --- spans --------------------------------------------------------------------------------
@@ -133,7 +128,7 @@ TIMELINE = (
 
 async def timeline(call: Call) -> SpanList:
     limit = call.int_query("limit", 50, 1, PAGE_MAX)
-    params = {"entity_type": call.query("entity_type"), "trace_id": call.query("trace_id"),
+    params = {"entity_type": call.query("entity_type"), "trace_id": call.uuid_query("trace_id"),
               "before": call.int_query("before", None, 1, 2**62),
               "after": call.int_query("since", None, 0, 2**62), "limit": limit}
 
@@ -150,7 +145,7 @@ async def execute(call: Call) -> ExecuteOut:
     body: ExecuteIn = call.body
     principal = call.principal
     assert principal is not None
-    function_id = _uuid(body.span_id)
+    function_id = parse_uuid(body.span_id, "span_id")
 
     def run(conn: psycopg.Connection) -> ExecuteOut:
         function = _visible_head(conn, function_id)
@@ -278,12 +273,12 @@ ENDPOINTS: list[Endpoint] = [
              query={**ID, "all": ("string", "1 for every version")}),
     Endpoint("GET", "/api/timeline", timeline, "The visible timeline, newest first",
              "api.timeline_read", response=SpanList,
-             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter"),
+             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter (UUID)"),
                     "limit": ("integer", "1-500"), "before": ("integer", "position"),
                     "since": ("integer", "position: only after this")}),
     Endpoint("GET", "/api/timeline/stream", stream, "Server-sent events of new visible spans "
              "(resume with Last-Event-ID)", "api.timeline_stream", limit="stream", stream=True,
-             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter"),
+             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter (UUID)"),
                     "since": ("integer", "start after this position")}),
     Endpoint("POST", "/api/execute", execute, "Schedule a function to run (a request span)",
              "api.function_execute", limit="write", body=ExecuteIn,

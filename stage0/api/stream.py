@@ -247,7 +247,7 @@ async def stream(call: Any) -> SseResponse:
     state, principal = call.state, call.principal
     assert principal is not None
     key: Key = (principal.tenant_id, principal.user_id, call.query("entity_type"),
-                call.query("trace_id"))
+                call.uuid_query("trace_id"))
     broadcaster: Broadcaster = state.broadcaster
     if broadcaster.hub is None:
         broadcaster.hub = Hub(broadcaster, state.log)
