@@ -22,6 +22,7 @@ from nacl.signing import SigningKey
 
 from . import ledger
 from .errors import LoglineError
+from .queries import q
 
 ROLES = ("reader", "writer", "admin")
 DEFAULT_ROLES = ("reader", "writer")
@@ -159,6 +160,19 @@ def authenticate(conn: psycopg.Connection, token: str) -> Principal | None:
     if key_id is None:
         return None
     return _principal(key_id, ledger.head(conn, span_id_for(key_id)), token)
+
+
+def authenticate_many(conn: psycopg.Connection, tokens: list[str]) -> dict[str, Principal]:
+    """The principals of the tokens that still authenticate, in one query (a live stream
+    re-checks its key this way: revoked ones are missing from the answer)."""
+    ids = {span_id_for(k): t for t in tokens if (k := parse(t)) is not None}
+    found = {}
+    for row in conn.execute(q("heads_of"), {"ids": list(ids)}):
+        span = ledger.span_from_row(row)
+        principal = _principal(parse(ids[span["id"]]) or "", span, ids[span["id"]])
+        if principal is not None:
+            found[ids[span["id"]]] = principal
+    return found
 
 
 def _principal(key_id: str, span: dict[str, Any] | None, token: str) -> Principal | None:

@@ -1381,7 +1381,7 @@ def test_sse_group_members_get_exactly_the_rows_after_their_own_cursor(api):
         broadcaster = Broadcaster(api.database)
         await broadcaster.live_pool.open(wait=True)
         await broadcaster.pool.open(wait=True)
-        hub = Hub(broadcaster, lambda *args, **fields: None)
+        hub = Hub(broadcaster, lambda *args, **fields: None, lambda tokens: {})
         try:
             a = [s["position"] for s in append_as(api, key, 3, "sse_hub")]
             live = Member(group_key, a[0])

@@ -5,6 +5,7 @@
 - bounded records of hostile input: anonymous denials are counted, not signed one by one,
   and client text in platform spans is cut (with its length and hash);
 - security headers on every response (no framing, a strict CSP the console runs under);
+- a live stream ends soon after its key is revoked;
 - ids are UUIDs wherever the API takes them (paths, ?trace_id=, X-Request-ID, bodies);
 - slow and half-open connections (header and body deadlines, the connection cap under a low
   descriptor limit).
@@ -359,6 +360,27 @@ def test_the_console_runs_under_its_policy_and_cannot_be_framed(api):
             assert any("frame-ancestors" in m for m in framed), framed
         finally:
             browser.close()
+
+
+# --- streams re-check their key -------------------------------------------------------------------
+def test_a_stream_ends_within_seconds_of_its_key_being_revoked(api):
+    """Two keys of one user stream the same timeline; one is revoked after connecting. Its
+    stream ends within seconds; the other goes on receiving."""
+    revoked, kept = api.key("watcher", "acme"), api.key("watcher", "acme")
+    with Stream(api, revoked.token) as doomed, Stream(api, kept.token) as live:
+        member = api.client(kept)
+        member.post("/api/spans", json={"entity_type": "note", "who": "w", "this": "before",
+                                        "visibility": "tenant"})
+        doomed.next(), live.next()
+        api.cli("apikey", "revoke", revoked.key_id)
+        at = time.monotonic()
+        assert doomed.ended.wait(8), "the revoked key's stream went on"
+        assert time.monotonic() - at < 6
+        member.post("/api/spans", json={"entity_type": "note", "who": "w", "this": "after",
+                                        "visibility": "tenant"})
+        while live.next()["data"]["this"] != "after":
+            pass  # (the revocation itself: the user's own api_key span)
+    assert_error(api.client(revoked).get("/api/me"), 401, "AUTH_INVALID")
 
 
 # --- ids are UUIDs ------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ class Call:
     body: Any
     request_id: str
 
+    @property
+    def token(self) -> str:
+        """The bearer token the caller authenticated with (a stream re-checks it)."""
+        return getattr(self.request.state, "token", "")
+
     def query(self, name: str, default: str | None = None) -> str | None:
         value = self.request.query_params.get(name, default)
         if value is not None and ("\x00" in value or len(value) > 1000):
@@ -224,7 +229,7 @@ async def _authenticate(endpoint: Endpoint, state: ServerState,
     if principal is None:
         raise ApiError(401, "AUTH_INVALID", "unknown, revoked or malformed API key",
                        {"WWW-Authenticate": "Bearer"})
-    request.state.principal = principal
+    request.state.principal, request.state.token = principal, token.strip()
     record = _gate(endpoint, state, principal)
     decision = state.limiter.take(principal.key_id, endpoint.limit)
     request.state.rate = decision

@@ -110,6 +110,12 @@ class ServerState:
                              (principal.user_id, principal.tenant_id))
             return fn(conn, *args)
 
+    def valid_principals(self, tokens: list[str]) -> dict[str, apikeys.Principal]:
+        """The principals of the tokens that still authenticate (one query, no cache): the
+        SSE hub re-checks the keys of open streams with it."""
+        with self.pools["kernel"].connection() as conn:
+            return apikeys.authenticate_many(conn, tokens)
+
     def end_sessions(self, application_name: str) -> int:
         """Terminate the database sessions named `application_name` (a killed boot's)."""
         with self.pools["kernel"].connection() as conn:

@@ -11,6 +11,9 @@ SELECT id::text AS id, seq, curr_hash FROM ledger.span_heads WHERE id = ANY(%(id
 -- name: head_lookup
 SELECT {columns}, position FROM ledger.latest_spans WHERE id = %(id)s
 
+-- name: heads_of
+SELECT {columns}, position FROM ledger.latest_spans WHERE id = ANY(%(ids)s::uuid[])
+
 -- name: terminate_backends
 -- The database sessions of a process that was killed (an API boot that timed out), found by
 -- the application_name it was started with: ended now, so their transactions roll back.
