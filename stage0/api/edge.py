@@ -217,4 +217,11 @@ def serve(app: Any, state: Any, host: str, port: int) -> None:
         app, log_level="warning", timeout_graceful_shutdown=5, backlog=config.backlog,
         http=guarded(AutoHTTPProtocol, guard), timeout_keep_alive=config.keep_alive_s,
         server_header=False, h11_max_incomplete_event_size=config.max_head_bytes))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled (as uvicorn.run)
+        pass
+    finally:
+        sock.close()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the lifespan failed (logged)

@@ -114,7 +114,10 @@ class ServerState:
         """The principals of the tokens that still authenticate (one query, no cache): the
         SSE hub re-checks the keys of open streams with it."""
         with self.pools["kernel"].connection() as conn:
-            return apikeys.authenticate_many(conn, tokens)
+            valid = apikeys.authenticate_many(conn, tokens)
+        for token in set(tokens) - set(valid):  # revoked: not even the auth cache has it
+            self._auth.pop(token, None)
+        return valid
 
     def end_sessions(self, application_name: str) -> int:
         """Terminate the database sessions named `application_name` (a killed boot's)."""
