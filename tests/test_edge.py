@@ -441,6 +441,23 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(api)
     assert took is not None and took < 4, took
 
 
+def test_on_a_kept_alive_connection_the_next_head_has_the_same_deadline(api):
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        for _ in range(3):  # pipelined and one after another: all answered
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+            reader = sock.makefile("rb")
+            for _ in range(2):
+                assert reader.readline().startswith(b"HTTP/1.1 200")
+                length = 0
+                while (line := reader.readline()) != b"\r\n":
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                reader.read(length)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # this one never ends
+        took = closed_within(sock, 8)
+    assert took is not None and took < 4, took
+
+
 def test_a_trickled_body_gets_408_and_the_connection_is_closed(api):
     key = api.key("slowbody", "acme")
     head = (f"POST /api/spans HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key.token}\r\n"

@@ -162,10 +162,9 @@ def guarded(base: type[asyncio.Protocol], guard: Guard) -> type[asyncio.Protocol
             super().on_response_complete()
             if self.transport.is_closing():
                 return
-            if self.cycle is self._head_of:  # no pipelined request: wait for the next head
+            self._check_head()  # a pipelined request uvicorn went on to
+            if self.cycle.response_complete:  # none in flight: wait for the next head
                 self._wait_for_head()
-            else:
-                self._check_head()
 
         def _check_head(self) -> None:
             if self.cycle is not None and self.cycle is not self._head_of:
@@ -215,7 +214,7 @@ def serve(app: Any, state: Any, host: str, port: int) -> None:
     sock = listen(host, port, guard, config.backlog)
     server = uvicorn.Server(uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=5, backlog=config.backlog,
-        http=guarded(AutoHTTPProtocol, guard), timeout_keep_alive=config.keep_alive_s,
+        http=guarded(AutoHTTPProtocol, guard), ws="none", timeout_keep_alive=config.keep_alive_s,
         server_header=False, h11_max_incomplete_event_size=config.max_head_bytes))
     try:
         server.run(sockets=[sock])
