@@ -30,6 +30,7 @@ import pytest
 from test_api import Api, Stream, assert_error, start_api, wait_for
 
 from stage0 import apikeys, keys, ledger, manifest
+from stage0.contracts import contract_id
 from stage0.proofs import public_key_hex
 from stage0.worker import KERNELS
 
@@ -130,6 +131,29 @@ def test_no_tenant_key_can_hold_the_operator_role(api):
     forged = api.client(token)
     assert forged.get("/api/me").json()["roles"] == ["admin"]
     assert_error(forged.get("/metrics"), 403, "G_ROLE_DENIED")
+
+
+@pytest.mark.slow
+def test_a_ledger_still_holding_the_older_api_contract_lets_no_tenant_admin_boot(
+        server, template, tmp_path):
+    """Upgraded code on a ledger not yet re-seeded: its api contract still gives boot and
+    /metrics to `admin`. The handlers check the operator role themselves."""
+    with serving(server, template, tmp_path) as api:
+        with api.kernel() as conn:
+            head = ledger.head(conn, contract_id("api", "1.0.0"))
+            content = head["content"]
+            for action in ("kernel_boot", "metrics_scrape"):
+                content["actions"][action]["requesters"] = ["admin"]
+            draft = {k: v for k, v in head.items()
+                     if k not in ("at", "curr_hash", "signature", "public_key")}
+            draft.update(seq=head["seq"] + 1, prev_hash=head["curr_hash"], content=content)
+            ledger.append(conn, [draft], keys.operator_key(api.home))
+        api.stop()
+        api.start()
+        admin = api.client(api.key("oldboss", "acme", "admin"))
+        assert_error(admin.post(f"/api/boot/{KERNELS['request_worker']}", json={}), 403,
+                     "OPERATOR_ONLY")
+        assert_error(admin.get("/metrics"), 403, "OPERATOR_ONLY")
 
 
 def processes_of(pid: int, marker: str) -> list[int]:

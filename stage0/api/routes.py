@@ -9,7 +9,7 @@ import anyio
 import psycopg
 from starlette.responses import Response
 
-from .. import ledger, manifest
+from .. import apikeys, ledger, manifest
 from ..proofs import check_proofs
 from ..queries import SPAN_COLUMNS
 from .app import Call, Endpoint, parse_uuid
@@ -47,6 +47,17 @@ def _visible_head(conn: psycopg.Connection, span_id: str) -> dict[str, Any]:
 
 def _uuid(value: str) -> str:
     return parse_uuid(value, "id")
+
+
+def _operator_only(call: Call) -> apikeys.Principal:
+    """The operator's routes check the role themselves too: a ledger still holding an
+    earlier api contract (one that let `admin` boot, before `logline init` re-seeds it)
+    must not let a tenant's admin through."""
+    principal = call.principal
+    if principal is None or apikeys.OPERATOR_ROLE not in principal.roles:
+        raise ApiError(403, "OPERATOR_ONLY", "only the platform operator's key may do this "
+                       "(it acts for every tenant)")
+    return principal
 
 
 # --- spans --------------------------------------------------------------------------------
@@ -180,10 +191,9 @@ async def boot(call: Call) -> BootOut:
     is stopped, its transaction rolled back, if the request ends first (stage0/api/boot.py)."""
     from . import boot as child
 
+    principal = _operator_only(call)
     function_id = _uuid(call.request.path_params["id"])
     body: BootIn = call.body
-    principal = call.principal
-    assert principal is not None
     return BootOut(output=await child.run(call.state, function_id, body.input,
                                           principal.user_id, principal.tenant_id,
                                           call.request_id))
@@ -236,6 +246,7 @@ async def metrics(call: Call) -> Metrics:
 
 
 async def prometheus(call: Call) -> Response:
+    _operator_only(call)
     body, content_type = await anyio.to_thread.run_sync(call.state.metrics.render)
     return Response(body, media_type=content_type)
 
