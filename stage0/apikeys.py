@@ -22,9 +22,16 @@ from nacl.signing import SigningKey
 
 from . import ledger
 from .errors import LoglineError
+from .queries import q
 
 ROLES = ("reader", "writer", "admin")
 DEFAULT_ROLES = ("reader", "writer")
+#: The platform operator's role: boot kernels over HTTP and read Prometheus /metrics (whose
+#: counts span every tenant). One key holds it, the local operator's (stage0/operator.py,
+#: made by `logline up`): `create` never grants it, no route issues keys, and on any other
+#: key it is ignored. A tenant admin operates a tenant, never the platform.
+OPERATOR_ROLE = "operator"
+OPERATOR_USER, OPERATOR_TENANT = "operator", "default"
 _TOKEN = re.compile(r"^llk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _NAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,200}$")
 #: The platform's own user and tenant. Its spans are the operator's (kernels, contracts, and
@@ -64,6 +71,10 @@ def parse(token: str) -> str | None:
 def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: str,
            roles: tuple[str, ...] = DEFAULT_ROLES) -> tuple[str, dict[str, Any]]:
     """Append a new api_key span; return (the token, shown only now; the span)."""
+    if OPERATOR_ROLE in roles:
+        raise LoglineError("APIKEY_RESERVED", f"'{OPERATOR_ROLE}' is held only by the local "
+                           "operator's own key (`logline up` creates it, kept in "
+                           "$LOGLINE_HOME/operator.apikey)", "--role")
     for what, value in (("--user", user_id), ("--tenant", tenant_id)):
         if not _NAME.match(value or ""):
             raise LoglineError("APIKEY_BAD_NAME", "use 1-200 letters, digits or _.@:-", what)
@@ -77,6 +88,17 @@ def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: s
     if unknown or not roles:
         raise LoglineError("APIKEY_BAD_ROLE", f"unknown role {', '.join(unknown) or '(none)'}"
                            f"; roles are {', '.join(known)}", "--role")
+    return _issue(conn, key, user_id, tenant_id, roles)
+
+
+def issue_operator(conn: psycopg.Connection, key: SigningKey) -> tuple[str, dict[str, Any]]:
+    """The local operator's key (tenant `default`, user `operator`): admin of its tenant and
+    the platform's operator. Only stage0/operator.py calls this."""
+    return _issue(conn, key, OPERATOR_USER, OPERATOR_TENANT, ("admin", OPERATOR_ROLE))
+
+
+def _issue(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: str,
+           roles: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
     key_id = secrets.token_hex(8)
     token = f"llk_{key_id}_{secrets.token_urlsafe(32)}"
     span = ledger.append(conn, [{
@@ -95,7 +117,7 @@ def known_roles(conn: psycopg.Connection) -> list[str]:
     declared = {r["role"] for r in conn.execute(
         "SELECT DISTINCT jsonb_object_keys(content -> 'roles') AS role FROM ledger.latest_spans "
         "WHERE entity_type = 'contract' AND jsonb_typeof(content -> 'roles') = 'object'")}
-    return sorted((set(ROLES) | declared) - {"anyone", "member"})
+    return sorted((set(ROLES) | declared) - {"anyone", "member", OPERATOR_ROLE})
 
 
 def holders(conn: psycopg.Connection, tenant_id: str, role: str) -> set[str]:
@@ -137,7 +159,23 @@ def authenticate(conn: psycopg.Connection, token: str) -> Principal | None:
     key_id = parse(token)
     if key_id is None:
         return None
-    span = ledger.head(conn, span_id_for(key_id))
+    return _principal(key_id, ledger.head(conn, span_id_for(key_id)), token)
+
+
+def authenticate_many(conn: psycopg.Connection, tokens: list[str]) -> dict[str, Principal]:
+    """The principals of the tokens that still authenticate, in one query (a live stream
+    re-checks its key this way: revoked ones are missing from the answer)."""
+    ids = {span_id_for(k): t for t in tokens if (k := parse(t)) is not None}
+    found = {}
+    for row in conn.execute(q("heads_of"), {"ids": list(ids)}):
+        span = ledger.span_from_row(row)
+        principal = _principal(parse(ids[span["id"]]) or "", span, ids[span["id"]])
+        if principal is not None:
+            found[ids[span["id"]]] = principal
+    return found
+
+
+def _principal(key_id: str, span: dict[str, Any] | None, token: str) -> Principal | None:
     if span is None or span["entity_type"] != "api_key" or span["status"] != "active":
         return None
     if RESERVED in (span["owner_id"], span["tenant_id"]):  # issued before keys were refused
@@ -145,4 +183,7 @@ def authenticate(conn: psycopg.Connection, token: str) -> Principal | None:
     meta = span["metadata"] or {}
     if not hmac.compare_digest(str(meta.get("token_hash", "")), token_hash(token)):
         return None
-    return Principal(key_id, span["owner_id"], span["tenant_id"], tuple(meta.get("roles", ())))
+    roles = tuple(meta.get("roles", ()))
+    if (span["owner_id"], span["tenant_id"]) != (OPERATOR_USER, OPERATOR_TENANT):
+        roles = tuple(r for r in roles if r != OPERATOR_ROLE)  # fail closed: not the operator
+    return Principal(key_id, span["owner_id"], span["tenant_id"], roles)

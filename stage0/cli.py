@@ -342,9 +342,8 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from .api.app import create_app
+    from .api.edge import EdgeConfig, serve
     from .api.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter
     from .api.state import ServerState
 
@@ -358,10 +357,13 @@ def _serve(args: argparse.Namespace) -> None:
         except (ValueError, AssertionError):
             raise LoglineError("BAD_RATE", f"expected CLASS=PER_SECOND[:BURST] with CLASS one "
                                f"of {', '.join(DEFAULT_LIMITS)}", spec) from None
+    edge = EdgeConfig(request_timeout_s=args.request_timeout,
+                      header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                      max_connections=args.max_connections,
+                      audit_interval_s=args.audit_interval)
     home = _home()
-    state = ServerState(db.resolve(home), home, limiter=RateLimiter(limits))
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=5)
+    state = ServerState(db.resolve(home), home, limiter=RateLimiter(limits), edge=edge)
+    serve(create_app(state), state, args.host, args.port)
 
 
 @command("serve")
@@ -386,7 +388,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     worker = subprocess.Popen([sys.executable, "-m", "stage0.cli", "worker", "--id", "up"],
                               env={**os.environ, "LOGLINE_HOME": str(home.path)})
     out(f"\nLogLine is up: http://{args.host}:{args.port}/  (worker pid {worker.pid})")
-    out(f"API key for the local operator (tenant default, admin; kept in "
+    out(f"API key for the local operator (tenant default, admin and operator; kept in "
         f"{home.path / 'operator.apikey'}):\n{token}")
     out("Ctrl-C stops the API and the worker.")
     try:
@@ -436,6 +438,20 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_number(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got "
+                                             f"{text!r}")
+        return value
+
+    return parse
+
+
 def _about(text: str) -> dict[str, str]:
     """The same words in the command list and at the top of the command's own --help."""
     return {"help": text, "description": text}
@@ -468,6 +484,8 @@ class _Version(argparse.Action):
 
 
 def parser() -> argparse.ArgumentParser:
+    from .api.edge import EdgeConfig
+
     p = argparse.ArgumentParser(prog="logline", description="LogLine: a ledger of signed spans "
                                 "on PostgreSQL. State lives in $LOGLINE_HOME (default ./.logline)."
                                 " LOGLINE_DATABASE_URL selects an external server.")
@@ -549,6 +567,21 @@ def parser() -> argparse.ArgumentParser:
         srv.add_argument("--rate", action="append", metavar="CLASS=PER_SECOND[:BURST]",
                          help="rate limit per API key for a route class (read, write, "
                               "stream, admin); repeatable")
+        edge = EdgeConfig()
+        for flag, kind, default, text in (
+                ("--request-timeout", float, edge.request_timeout_s,
+                 "seconds a request may take (504 after)"),
+                ("--header-timeout", float, edge.header_timeout_s,
+                 "seconds a connection may take to send its request head (closed after)"),
+                ("--body-timeout", float, edge.body_timeout_s,
+                 "seconds a request may take to send its body (408 after)"),
+                ("--max-connections", int, edge.max_connections,
+                 "client connections held open (lowered to fit the descriptor limit)"),
+                ("--audit-interval", float, edge.audit_interval_s,
+                 "seconds between the spans that sum up anonymous denials")):
+            srv.add_argument(flag, type=_positive_number(kind), default=default,
+                             metavar="N" if kind is int else "SECONDS",
+                             help=f"{text} (default {default:g})")
     bench = sub.add_parser("bench", **_about("run a benchmark from tools/ (figures beside "
                                              "their peers)"))
     bench.add_argument("what", choices=["ingest", "pipeline", "api"])

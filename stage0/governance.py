@@ -30,6 +30,7 @@ from nacl.signing import SigningKey
 from . import gate, ledger, manifest, records
 from .apikeys import Principal
 from .canonical import FIELDS, parse_at
+from .clip import clip_fields, clip_json
 from .contracts import Contract, contract_id, parse
 from .errors import LoglineError
 from .proofs import check_proofs
@@ -44,7 +45,7 @@ IMPLICIT_ROLES = ("anyone", "member")
 RESERVED_TYPES = frozenset({
     "api_key", "manifest", "contract", "contract_activation", "gate_decision", "proposal",
     "approval_request", "approval", "job", "job_claim", "job_result", "audit_denial",
-    "boot_event", "boot_refused"})
+    "audit_summary", "boot_event", "boot_refused"})
 RESULT_STATUSES = ("done", "failed", "interrupted")
 
 
@@ -250,13 +251,22 @@ def _span(principal: Principal, entity_type: str, did: str, this: str, trace_id:
 def _decision_span(principal: Principal, decision: gate.Decision, trace_id: str,
                    parent_id: str | None, args: Any,
                    contract_span: dict[str, Any] | None) -> dict[str, Any]:
-    return _span(principal, "gate_decision", "decided", decision.action, trace_id,
+    """The record of a decision. What the client wrote in it (the action, the arguments, a
+    message naming them) is bounded (stage0/clip.py): a denied request of 1 MiB leaves a
+    small record. The proposal and job spans carry the arguments whole, once allowed."""
+    said = clip_fields({"action": decision.action, "message": decision.message})
+    args_cut, args_cuts = clip_json(args)
+    clipped = {**said.pop("clipped", {}),
+               **{"args" + path[1:]: note for path, note in args_cuts.items()}}
+    content = {**decision.as_dict(), "action": said["action"], "message": said["message"],
+               "roles": sorted(principal.roles),
+               "contract_id": contract_span["id"] if contract_span else None,
+               "contract_hash": contract_span["curr_hash"] if contract_span else None}
+    if clipped:
+        content["clipped"] = clipped
+    return _span(principal, "gate_decision", "decided", said["action"], trace_id,
                  id=str(uuid.uuid4()), parent_id=parent_id, status=decision.outcome.lower(),
-                 input={"action": decision.action, "args": args},
-                 content={**decision.as_dict(), "roles": sorted(principal.roles),
-                          "contract_id": contract_span["id"] if contract_span else None,
-                          "contract_hash": contract_span["curr_hash"] if contract_span
-                          else None})
+                 input={"action": said["action"], "args": args_cut}, content=content)
 
 
 def propose(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
@@ -511,7 +521,7 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
         # answers racing for one round collide in the ledger.
         id=derived_id("approval", proposal_id, principal.user_id, str(len(mine))), seq=0,
         parent_id=proposal_id, status="approved" if approve else "rejected",
-        content={"reason": reason, "plan_hash": plan_hash(state["plan"]),
+        content={**clip_fields({"reason": reason}), "plan_hash": plan_hash(state["plan"]),
                  "roles": sorted(principal.roles)})], key)
     decision = _decide_with_approvals(conn, contract, terms, request, at, platform, agents)
     spans = [_decision_span(principal, decision, trace, proposal_id, terms["args"],

@@ -1,5 +1,6 @@
 """The local operator's API key, kept in $LOGLINE_HOME/operator.apikey (mode 0600) so that
-`logline up` prints the same working key on every start."""
+`logline up` prints the same working key on every start. It is the only key with the
+`operator` role (boot kernels over HTTP, Prometheus /metrics): see apikeys.OPERATOR_ROLE."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from .config import Home
 from .db import Database
 from .keys import operator_key
 
-USER, TENANT = "operator", "default"
+USER, TENANT = apikeys.OPERATOR_USER, apikeys.OPERATOR_TENANT
 
 
 def operator_token(home: Home, database: Database) -> str:
@@ -18,9 +19,12 @@ def operator_token(home: Home, database: Database) -> str:
     with database.connect("kernel") as conn:
         if path.exists():
             token = path.read_text().strip()
-            if apikeys.authenticate(conn, token) is not None:
+            principal = apikeys.authenticate(conn, token)
+            if principal is not None and apikeys.OPERATOR_ROLE in principal.roles:
                 return token
-        token, _ = apikeys.create(conn, operator_key(home), USER, TENANT, ("admin",))
+            if principal is not None:  # made before the operator role: replaced, not kept
+                apikeys.revoke(conn, operator_key(home), principal.key_id)
+        token, _ = apikeys.issue_operator(conn, operator_key(home))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")

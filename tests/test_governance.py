@@ -323,14 +323,17 @@ def test_bad_proposals_are_denied_with_their_reason_code(api, tenants, action, a
     error(response, status, code)
 
 
+DENIED_TRACE = "0d3a1ed0-0000-4000-8000-00000000d1ed"
+
+
 def test_every_denial_is_a_gate_decision_span(api, tenants):
     a, _ = tenants
     response = http(api, a.requester).post(
         "/api/proposals", json={"action": "personal_ops.delete", "args": {}},
-        headers={"X-Request-ID": "denied-proposal-1"})
+        headers={"X-Request-ID": DENIED_TRACE})
     error(response, 422, "G_BAD_ARGUMENTS")
     [span] = [json.loads(line) for line in http(api, a.viewer).get(
-        "/api/audit/export", params={"trace_id": "denied-proposal-1"}).text.splitlines()]
+        "/api/audit/export", params={"trace_id": DENIED_TRACE}).text.splitlines()]
     assert (span["entity_type"], span["status"], span["content"]["reason"]) == (
         "gate_decision", "deny", "G_BAD_ARGUMENTS")
 

@@ -4,7 +4,8 @@ Order for each request: request id -> authentication (bearer API key) -> the gat
 route's action in the api contract) -> rate limit
 -> content type and body size -> body validation (pydantic) -> the handler, with a timeout,
 in its own transaction under the caller's identity (RLS). Every denial is answered with the
-one error shape and recorded as an `audit_denial` span.
+one error shape; a known caller's is recorded as a span, an anonymous one counted
+(stage0/api/denials.py).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from .errors import ApiError, error_response
 from .state import ServerState
 
 MAX_BODY = 1024 * 1024
-REQUEST_TIMEOUT_S = 15.0
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+#: Ids the API accepts (paths, ?trace_id=, X-Request-ID): the 8-4-4-4-12 form, any case.
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 CONSOLE = Path(__file__).parent / "console"
 
 
@@ -69,11 +70,21 @@ class Call:
     body: Any
     request_id: str
 
+    @property
+    def token(self) -> str:
+        """The bearer token the caller authenticated with (a stream re-checks it)."""
+        return getattr(self.request.state, "token", "")
+
     def query(self, name: str, default: str | None = None) -> str | None:
         value = self.request.query_params.get(name, default)
         if value is not None and ("\x00" in value or len(value) > 1000):
             raise ApiError(400, "BAD_QUERY", f"{name} holds a NUL or is over 1000 characters")
         return value
+
+    def uuid_query(self, name: str) -> str | None:
+        """An optional id filter (?trace_id=): a UUID or 400 BAD_ID."""
+        value = self.request.query_params.get(name)
+        return None if value is None else parse_uuid(value, name)
 
     def int_query(self, name: str, default: int | None, low: int, high: int) -> int | None:
         raw = self.request.query_params.get(name)
@@ -93,21 +104,36 @@ class Call:
             lambda: self.state.in_transaction(role, self.principal, fn, *args))
 
 
+def parse_uuid(value: str | None, name: str) -> str:
+    """`value` as a lowercase UUID, else 400 BAD_ID naming `name` (never echoing value)."""
+    if value is None or not UUID.fullmatch(value):
+        raise ApiError(400, "BAD_ID", f"{name} must be a UUID (8-4-4-4-12 hex digits)")
+    return value.lower()
+
+
 def _request_id(request: Request) -> str:
+    """The client's X-Request-ID if it is a UUID, else a new one. It is the trace id of
+    whatever the request appends, and trace ids are UUIDs wherever the API takes them."""
     given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else str(uuid.uuid4())
+    return given.lower() if UUID.fullmatch(given) else str(uuid.uuid4())
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, timeout_s: float) -> bytes:
+    """The body, at most MAX_BODY bytes, sent within timeout_s (a client trickling it is
+    answered 408 and the connection closed, not waited for)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
         raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
-        chunks.append(chunk)
+    with anyio.move_on_after(timeout_s) as late:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
+            chunks.append(chunk)
+    if late.cancelled_caught:
+        raise ApiError(408, "BODY_TIMEOUT", f"the body took longer than {timeout_s:g}s to "
+                       "arrive", {"Connection": "close"})
     return b"".join(chunks)
 
 
@@ -145,12 +171,14 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
                 if kind != "application/json":
                     raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE",
                                    "send the body as application/json")
-                body = _parse_body(endpoint, await _read_body(request))
+                body = _parse_body(endpoint, await _read_body(request,
+                                                              state.edge.body_timeout_s))
             call = Call(request, state, principal, body, request_id)
             if endpoint.stream:
                 response = await endpoint.handler(call)
             else:
-                result = await asyncio.wait_for(endpoint.handler(call), REQUEST_TIMEOUT_S)
+                result = await asyncio.wait_for(endpoint.handler(call),
+                                                state.edge.request_timeout_s)
                 response = _respond(endpoint, result)
             if principal is not None and hasattr(request.state, "rate"):
                 response.headers.update(request.state.rate.headers())
@@ -158,13 +186,17 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
             err = exc if isinstance(exc, ApiError) else ApiError.from_ledger(exc)
             response = error_response(request, err.status, err.code, err.message, err.headers)
             if err.status in (401, 403, 429) and not err.audited:
-                # A role or rate-limit denial knows who asked: audit it as them.
+                # A role or rate-limit denial knows who asked: audit it as them. One without
+                # a valid key is only counted (no span per anonymous request).
                 who = principal or getattr(request.state, "principal", None)
-                await anyio.to_thread.run_sync(state.audit_denial, err.code, endpoint, who,
-                                               request, request_id)
+                if who is None:
+                    state.count_denial(err.code, endpoint, request)
+                else:
+                    await anyio.to_thread.run_sync(state.audit_denial, err.code, endpoint,
+                                                   who, request, request_id)
         except TimeoutError:
-            response = error_response(request, 504, "REQUEST_TIMEOUT",
-                                      f"the request took longer than {REQUEST_TIMEOUT_S:.0f}s")
+            response = error_response(request, 504, "REQUEST_TIMEOUT", "the request took "
+                                      f"longer than {state.edge.request_timeout_s:g}s")
         response.headers["X-Request-ID"] = request_id
         state.metrics.observe(endpoint, response.status_code, time.perf_counter() - started)
         return response
@@ -197,7 +229,7 @@ async def _authenticate(endpoint: Endpoint, state: ServerState,
     if principal is None:
         raise ApiError(401, "AUTH_INVALID", "unknown, revoked or malformed API key",
                        {"WWW-Authenticate": "Bearer"})
-    request.state.principal = principal
+    request.state.principal, request.state.token = principal, token.strip()
     record = _gate(endpoint, state, principal)
     decision = state.limiter.take(principal.key_id, endpoint.limit)
     request.state.rate = decision
@@ -263,8 +295,17 @@ def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
         return error_response(request, 500, "INTERNAL", "internal error (logged with the "
                               "request id)")
 
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={404: not_found, 405: not_allowed, 500: crashed})
+    return _App(routes=routes, lifespan=lifespan,
+                exception_handlers={404: not_found, 405: not_allowed, 500: crashed})
+
+
+class _App(Starlette):
+    """Starlette with the security headers outside everything else, errors included."""
+
+    def build_middleware_stack(self) -> Any:
+        from .headers import SecurityHeaders
+
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def endpoints() -> list[Endpoint]:

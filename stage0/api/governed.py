@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from .. import apikeys, audit, governance, intents, records
+from ..clip import clip_fields
 from ..contracts import parse as parse_contract
 from .app import Call, Endpoint
 from .errors import ApiError
@@ -228,8 +229,8 @@ async def intent(call: Call) -> IntentOut:
                            f"reads like that; try for example {hints}")
         outcome = governance.propose(conn, call.state.key, call.state.root, p,
                                      parsed.qualified, parsed.args, call.request_id,
-                                     source={"via": "intent", "text": text,
-                                             "phrase": parsed.phrase})
+                                     source=clip_fields({"via": "intent", "text": text,
+                                                         "phrase": parsed.phrase}))
         return parsed, outcome
 
     parsed, outcome = await call.db(run)
@@ -340,7 +341,7 @@ async def audit_export(call: Call) -> Response:
         raise ApiError(400, "BAD_QUERY", "format is jsonl or csv")
     types = call.query("entity_type")
     spans = await call.db(lambda conn: audit.rows(
-        conn, call.state.root, trace_id=call.query("trace_id"), tenant=p.tenant_id,
+        conn, call.state.root, trace_id=call.uuid_query("trace_id"), tenant=p.tenant_id,
         types=types.split(",") if types else None,
         after=call.int_query("since", None, 0, 2**62),
         limit=call.int_query("limit", audit.EXPORT_MAX, 1, audit.EXPORT_MAX)))
@@ -382,7 +383,7 @@ ENDPOINTS: list[Endpoint] = [
              body=ResultIn, response=ResultOut, query=ID),
     Endpoint("GET", "/api/audit/export", audit_export, "The audit trail as JSON lines or CSV",
              "api.audit_export", text=True, media=("application/x-ndjson", "text/csv"),
-             query={"trace_id": ("string", "one governed request"),
+             query={"trace_id": ("string", "one governed request (UUID)"),
                     "entity_type": ("string", "comma-separated types"),
                     "format": ("string", "jsonl (default) or csv"),
                     "since": ("integer", "position: only after this"),

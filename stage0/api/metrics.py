@@ -12,7 +12,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import records
 
@@ -41,6 +41,25 @@ class _Executions:
         yield family
 
 
+class _Connections:
+    """The edge's connections (stage0/api/edge.py): open now, the cap, and how many were
+    closed for taking too long over their request head or to make room under the cap."""
+
+    def __init__(self, guard: Any) -> None:
+        self.guard = guard
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield GaugeMetricFamily("logline_connections", "open client connections",
+                                value=self.guard.open)
+        yield GaugeMetricFamily("logline_connection_cap", "most client connections held open",
+                                value=self.guard.cap)
+        closed = CounterMetricFamily("logline_connections_closed", "client connections the "
+                                     "server closed", labels=["reason"])
+        for reason, n in self.guard.closed.items():
+            closed.add_metric([reason], n)
+        yield closed
+
+
 class Metrics:
     def __init__(self, state: Any) -> None:
         self.registry = CollectorRegistry()
@@ -54,7 +73,15 @@ class Metrics:
                                  registry=self.registry)
         self.denials = Counter("logline_denials", "requests denied (auth, role, rate limit, "
                                "RLS, gate)", ["code"], registry=self.registry)
+        self.anonymous_denials = Counter("logline_anonymous_denials", "requests without a "
+                                         "valid key denied (summed into audit_summary spans, "
+                                         "not recorded one by one)", ["code"],
+                                         registry=self.registry)
         self.registry.register(_Executions(state))
+
+    def watch(self, guard: Any) -> None:
+        """Expose the edge's connection counts (served by stage0/api/edge.py)."""
+        self.registry.register(_Connections(guard))
 
     def observe(self, endpoint: Any, status: int, seconds: float) -> None:
         self.requests.labels(endpoint.path, endpoint.method, str(status)).inc()

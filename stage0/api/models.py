@@ -3,6 +3,7 @@ from them, so the document cannot drift from what the server accepts."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -11,6 +12,7 @@ from ..errors import LoglineError
 from ..kinds import PLATFORM_KINDS, check_kind
 
 Visibility = Literal["private", "tenant", "public"]
+TRACE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 JSON = Any
 
 
@@ -73,6 +75,14 @@ class SpanIn(_Content):
     visibility: Visibility | None = None
     is_deleted: bool | None = None
     duration_ms: int | None = Field(default=None, ge=0)
+
+    @field_validator("trace_id")
+    @classmethod
+    def _trace_is_a_uuid(cls, value: str | None) -> str | None:
+        if value is not None and not TRACE_ID.fullmatch(value):
+            raise ValueError("must be a UUID in lowercase 8-4-4-4-12 form (trace ids are "
+                             "UUIDs: the server's request ids, and every filter on them)")
+        return value
 
     @field_validator("entity_type")
     @classmethod

@@ -13,6 +13,7 @@ ERRORS = {
     "401": "no or invalid API key (AUTH_REQUIRED, AUTH_INVALID)",
     "403": "not allowed (G_ROLE_DENIED and the gate's other codes, LEDGER_FORBIDDEN, ...)",
     "404": "not found or not visible to you (NOT_FOUND)",
+    "408": "the body was sent too slowly (BODY_TIMEOUT)",
     "409": "version conflict (LEDGER_SEQ_CONFLICT, ...)",
     "413": "body over 1 MiB (BODY_TOO_LARGE)",
     "415": "body not application/json (UNSUPPORTED_MEDIA_TYPE)",

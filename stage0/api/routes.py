@@ -9,12 +9,12 @@ import anyio
 import psycopg
 from starlette.responses import Response
 
-from .. import ledger, manifest, quota, records
+from .. import apikeys, ledger, manifest, quota, records
 from ..canonical import format_at, parse_at
 from ..errors import LoglineError
 from ..proofs import check_proofs
 from ..queries import SPAN_COLUMNS
-from .app import Call, Endpoint
+from .app import Call, Endpoint, parse_uuid
 from .errors import ApiError
 from .models import (
     BootIn,
@@ -52,12 +52,18 @@ def _visible_head(conn: psycopg.Connection, span_id: str) -> dict[str, Any]:
 
 
 def _uuid(value: str) -> str:
-    from ..canonical import _uuid as check
+    return parse_uuid(value, "id")
 
-    try:
-        return check(value, "id")
-    except Exception:
-        raise ApiError(400, "BAD_ID", "not a UUID") from None
+
+def _operator_only(call: Call) -> apikeys.Principal:
+    """The operator's routes check the role themselves too: a ledger still holding an
+    earlier api contract (one that let `admin` boot, before `logline init` re-seeds it)
+    must not let a tenant's admin through."""
+    principal = call.principal
+    if principal is None or apikeys.OPERATOR_ROLE not in principal.roles:
+        raise ApiError(403, "OPERATOR_ONLY", "only the platform operator's key may do this "
+                       "(it acts for every tenant)")
+    return principal
 
 
 # --- spans --------------------------------------------------------------------------------
@@ -171,7 +177,7 @@ TIMELINE = (
 
 async def timeline(call: Call) -> SpanList:
     limit = call.int_query("limit", 50, 1, PAGE_MAX)
-    params = {"entity_type": call.query("entity_type"), "trace_id": call.query("trace_id"),
+    params = {"entity_type": call.query("entity_type"), "trace_id": call.uuid_query("trace_id"),
               "before": call.int_query("before", None, 1, 2**62),
               "after": call.int_query("since", None, 0, 2**62), "limit": limit}
 
@@ -188,7 +194,7 @@ async def execute(call: Call) -> ExecuteOut:
     body: ExecuteIn = call.body
     principal = call.principal
     assert principal is not None
-    function_id = _uuid(body.span_id)
+    function_id = parse_uuid(body.span_id, "span_id")
 
     def run(conn: psycopg.Connection) -> ExecuteOut:
         function = _visible_head(conn, function_id)
@@ -238,19 +244,16 @@ def _caller_quota(conn: psycopg.Connection, call: Call) -> quota.Quota:
 
 
 async def boot(call: Call) -> BootOut:
-    from ..loader import Loader
+    """Operator only: kernels act for every tenant. The boot runs in a child process that
+    is stopped, its transaction rolled back, if the request ends first (stage0/api/boot.py)."""
+    from . import boot as child
 
+    principal = _operator_only(call)
     function_id = _uuid(call.request.path_params["id"])
     body: BootIn = call.body
-    principal = call.principal
-    assert principal is not None
-
-    def run() -> Any:
-        with Loader(call.state.database, call.state.home) as loader:
-            return loader.boot(function_id, body.input, user_id=principal.user_id,
-                               tenant_id=principal.tenant_id, trace_id=call.request_id)
-
-    return BootOut(output=await anyio.to_thread.run_sync(run))
+    return BootOut(output=await child.run(call.state, function_id, body.input,
+                                          principal.user_id, principal.tenant_id,
+                                          call.request_id))
 
 
 # --- views of platform records: executions, functions -------------------------------------
@@ -375,6 +378,7 @@ async def metrics(call: Call) -> Metrics:
 
 
 async def prometheus(call: Call) -> Response:
+    _operator_only(call)
     body, content_type = await anyio.to_thread.run_sync(call.state.metrics.render)
     return Response(body, media_type=content_type)
 
@@ -397,7 +401,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/healthz", health, "Liveness and database check", "api.health_read",
              public=True, response=Health),
     Endpoint("GET", "/metrics", prometheus, "Prometheus text: requests and latency per route, "
-             "SSE clients, denials, executions by status (admin: counts span every tenant)",
+             "SSE clients, denials, executions by status (operator: counts span every tenant)",
              "api.metrics_scrape", text=True),
     Endpoint("GET", "/api/me", me, "Who this API key is: user, tenant, roles", "api.me_read",
              response=Me),
@@ -414,12 +418,12 @@ ENDPOINTS: list[Endpoint] = [
              query={**ID, "all": ("string", "1 for every version")}),
     Endpoint("GET", "/api/timeline", timeline, "The visible timeline, newest first",
              "api.timeline_read", response=SpanList,
-             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter"),
+             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter (UUID)"),
                     "limit": ("integer", "1-500"), "before": ("integer", "position"),
                     "since": ("integer", "position: only after this")}),
     Endpoint("GET", "/api/timeline/stream", stream, "Server-sent events of new visible spans "
              "(resume with Last-Event-ID)", "api.timeline_stream", limit="stream", stream=True,
-             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter"),
+             query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter (UUID)"),
                     "since": ("integer", "start after this position")}),
     Endpoint("POST", "/api/execute", execute, "Schedule a function to run (a request span)",
              "api.function_execute", limit="write", body=ExecuteIn,
@@ -432,7 +436,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/functions", functions, "Your tenant's functions and the system's "
              "kernels, newest first", "api.functions_list", response=FunctionList,
              query={"limit": ("integer", "1-500, default 200")}),
-    Endpoint("POST", "/api/boot/{id}", boot, "Boot a kernel through stage 0 (admin)",
+    Endpoint("POST", "/api/boot/{id}", boot, "Boot a kernel through stage 0 (operator)",
              "api.kernel_boot", limit="admin", body=BootIn, response=BootOut,
              query=ID),
     Endpoint("GET", "/api/verify/{id}", verify_span, "Hash, signature, key trust and chain of "

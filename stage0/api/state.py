@@ -3,16 +3,20 @@ rate limiter, the metrics, the auth cache and the NOTIFY broadcaster for SSE."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import threading
 import time
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from .. import apikeys, ledger, manifest
+from ..clip import clip_fields
 from ..config import Home
 from ..contracts import Contract, contract_id
 from ..db import Database, configure, resolve
@@ -21,7 +25,10 @@ from ..governance import PLATFORM, load_contract
 from ..keys import edge_key, operator_key
 from ..loader import log
 from ..proofs import public_key_hex
+from ..queries import q
 from .broadcast import Broadcaster
+from .denials import Tally, summary_span
+from .edge import EdgeConfig
 from .metrics import Metrics
 from .ratelimit import RateLimiter
 
@@ -31,8 +38,9 @@ AUDIT_PER_SECOND = 20  # denial spans beyond this are counted into the next one
 
 class ServerState:
     def __init__(self, database: Database, home: Home, limiter: RateLimiter | None = None,
-                 pool_size: int = 16) -> None:
+                 pool_size: int = 16, edge: EdgeConfig | None = None) -> None:
         self.database = database
+        self.edge = edge or EdgeConfig()
         self.home = home
         self.key = operator_key(home)
         self.edge_key = edge_key(self.key)  # signs what clients post (never platform kinds)
@@ -51,6 +59,8 @@ class ServerState:
         self._auth: dict[str, tuple[float, apikeys.Principal | None]] = {}
         self._audit_lock = threading.Lock()
         self._audit_window = (0.0, 0, 0)  # (second, written, dropped)
+        self.anonymous = Tally()
+        self._summaries: asyncio.Task | None = None
 
     @classmethod
     def from_env(cls) -> ServerState:
@@ -65,9 +75,15 @@ class ServerState:
                 manifest.ensure_edge_key(conn, self.key)
         self.platform = self.load_platform_contract()
         await self.broadcaster.start()
+        self._summaries = asyncio.create_task(self._summarise())
         self.log("api_started", pid=os.getpid())
 
     async def stop(self) -> None:
+        if self._summaries is not None:
+            self._summaries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summaries
+        await anyio.to_thread.run_sync(self.write_summary)  # what the last interval counted
         await self.broadcaster.stop()
         for pool in self.pools.values():
             pool.close()
@@ -97,6 +113,21 @@ class ServerState:
                              "set_config('app.tenant_id', %s, true)",
                              (principal.user_id, principal.tenant_id))
             return fn(conn, *args)
+
+    def valid_principals(self, tokens: list[str]) -> dict[str, apikeys.Principal]:
+        """The principals of the tokens that still authenticate (one query, no cache): the
+        SSE hub re-checks the keys of open streams with it."""
+        with self.pools["kernel"].connection() as conn:
+            valid = apikeys.authenticate_many(conn, tokens)
+        for token in set(tokens) - set(valid):  # revoked: not even the auth cache has it
+            self._auth.pop(token, None)
+        return valid
+
+    def end_sessions(self, application_name: str) -> int:
+        """Terminate the database sessions named `application_name` (a killed boot's)."""
+        with self.pools["kernel"].connection() as conn:
+            return conn.execute(q("terminate_backends"),
+                                {"name": application_name}).fetchone()["ended"]
 
     def authenticate(self, token: str) -> apikeys.Principal | None:
         now = time.monotonic()
@@ -128,10 +159,36 @@ class ServerState:
                              "method": endpoint.method, "key_id": principal.key_id,
                              "roles": list(principal.roles)}}], self.key)
 
-    def audit_denial(self, code: str, endpoint: Any, principal: apikeys.Principal | None,
+    def count_denial(self, code: str, endpoint: Any, request: Any) -> None:
+        """A denial of a caller without a valid key: counted, never a span of its own (the
+        tally becomes one audit_summary span per interval: stage0/api/denials.py)."""
+        self.metrics.denials.labels(code=code).inc()
+        self.metrics.anonymous_denials.labels(code=code).inc()
+        self.anonymous.add(code, endpoint.action, request.client.host if request.client
+                           else None)
+
+    def write_summary(self) -> None:
+        """One audit_summary span of the anonymous denials counted since the last, if any."""
+        summary = self.anonymous.take()
+        if summary is None:
+            return
+        try:
+            with self.pools["kernel"].connection() as conn:
+                ledger.append(conn, [summary_span(summary, self.edge.audit_interval_s)],
+                              self.key)
+        except (psycopg.Error, Exception) as exc:
+            self.log("audit_failed", error=str(exc)[:300], denials=summary["total"])
+
+    async def _summarise(self) -> None:
+        while True:
+            await asyncio.sleep(self.edge.audit_interval_s)
+            await anyio.to_thread.run_sync(self.write_summary)
+
+    def audit_denial(self, code: str, endpoint: Any, principal: apikeys.Principal,
                      request: Any, request_id: str) -> None:
-        """Record a denial as a span, at most AUDIT_PER_SECOND a second (the rest are
-        counted into the next one), so a flood of bad requests cannot flood the ledger."""
+        """Record a denial of a known caller as a span, at most AUDIT_PER_SECOND a second
+        (the rest are counted into the next one), so a flood of bad requests cannot flood
+        the ledger; the client's text in it is cut (stage0/clip.py)."""
         self.metrics.denials.labels(code=code).inc()
         second = int(time.monotonic())
         with self._audit_lock:
@@ -146,16 +203,17 @@ class ServerState:
         span = {
             "entity_type": "gate_decision" if gated else "audit_denial",
             "who": "api", "did": "denied", "this": code,
-            "owner_id": principal.user_id if principal else "anonymous",
-            "tenant_id": principal.tenant_id if principal else "system",
+            "owner_id": principal.user_id, "tenant_id": principal.tenant_id,
             "visibility": "private", "status": "deny" if gated else "denied",
             "trace_id": request_id,
             **({"content": {"outcome": "DENY", "reason": code, "action": endpoint.action,
                             "contract": "api@1.0.0"}} if gated else {}),
             "metadata": {"code": code, "action": endpoint.action, "method": endpoint.method,
-                         "path": request.url.path, "key_id": principal.key_id if principal
-                         else None, "client": request.client.host if request.client else None,
-                         "dropped_before": dropped},
+                         "key_id": principal.key_id, "dropped_before": dropped,
+                         **clip_fields({
+                             "path": request.url.path,
+                             "user_agent": request.headers.get("user-agent"),
+                             "client": request.client.host if request.client else None})},
         }
         try:
             with self.pools["kernel"].connection() as conn:

@@ -14,6 +14,10 @@ group's; from then on a member is given only the events after its own cursor. So
 sees every row it may see, in position order, once. A member whose queue outgrows
 SSE_QUEUE_BYTES is disconnected (it resumes with Last-Event-ID), and so is one that cannot
 take a write within SSE_SEND_TIMEOUT_S (stage0/api/sse.py); the others never wait for it.
+
+A stream outlives the request that authenticated it, so the hub re-checks the keys of every
+open stream every SSE_KEY_CHECK_S, all of them in one query (never one per event): a stream
+whose key was revoked, or no longer stands for the same principal, ends.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import re
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -36,6 +41,7 @@ SSE_SEND_TIMEOUT_S = 5.0  # a client that cannot take a write in this long is dr
 SSE_PING_S = 15  # a keep-alive comment after this long without an event
 SSE_QUEUE_BYTES = 8 * 1024 * 1024  # events waiting for one client; beyond it, it is dropped
 SSE_READS_PER_ROUND = 64  # group reads in one pipeline
+SSE_KEY_CHECK_S = 2.0  # a stream ends this long (at most) after its key is revoked
 
 SET_IDENTITY = ("SELECT set_config('app.user_id', %s, true), "
                 "set_config('app.tenant_id', %s, true)")
@@ -174,12 +180,36 @@ class Hub:
     group marked since the last one (a burst of notifications marks a group once) and reads
     them in one pipeline."""
 
-    def __init__(self, broadcaster: Broadcaster, log: Any) -> None:
+    def __init__(self, broadcaster: Broadcaster, log: Any,
+                 recheck: Callable[[list[str]], dict[str, Any]]) -> None:
         self.broadcaster, self.log = broadcaster, log
         self.groups: dict[Key, Group] = {}
         self.marked: dict[Group, None] = {}  # an ordered set
         self.pending = asyncio.Event()
+        #: Every open stream: (its token, the principal it authenticated as, what ends it).
+        self.keys: dict[Member, tuple[str, Any, Callable[[], None]]] = {}
         self.task = asyncio.create_task(self.run())
+        self.key_task = asyncio.create_task(self.watch_keys(recheck))
+
+    async def watch_keys(self, recheck: Callable[[list[str]], dict[str, Any]]) -> None:
+        """Every SSE_KEY_CHECK_S: `recheck(tokens)` (the principals of the tokens that still
+        authenticate, in one query), and the end of every stream whose key is not among
+        them. A failed check ends nobody (the streams' own reads fail if the database is
+        gone) and is tried again."""
+        while True:
+            await asyncio.sleep(SSE_KEY_CHECK_S)
+            if not self.keys:
+                continue
+            tokens = sorted({token for token, _, _ in self.keys.values()})
+            try:
+                valid = await anyio.to_thread.run_sync(recheck, tokens)
+            except Exception as exc:
+                self.log("sse_key_check_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            for member, (token, principal, end) in list(self.keys.items()):
+                if valid.get(token) != principal:
+                    del self.keys[member]
+                    end()
 
     def join(self, member: Member) -> bool:
         """Add `member` to its group (made if there is none) if its cursor has reached the
@@ -230,9 +260,10 @@ class Hub:
                 self.mark(group)  # more waiting
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        for task in (self.task, self.key_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for group in list(self.groups.values()):
             group.fail()
 
@@ -247,10 +278,10 @@ async def stream(call: Any) -> SseResponse:
     state, principal = call.state, call.principal
     assert principal is not None
     key: Key = (principal.tenant_id, principal.user_id, call.query("entity_type"),
-                call.query("trace_id"))
+                call.uuid_query("trace_id"))
     broadcaster: Broadcaster = state.broadcaster
     if broadcaster.hub is None:
-        broadcaster.hub = Hub(broadcaster, state.log)
+        broadcaster.hub = Hub(broadcaster, state.log, state.valid_principals)
     hub: Hub = broadcaster.hub
     # From the tip, read before the response starts: a span appended after the client has
     # the response headers is in its stream.
@@ -262,6 +293,7 @@ async def stream(call: Any) -> SseResponse:
         state.metrics.sse_clients.inc()
         member = Member(key, since)
         member.on_overflow = lambda: response.drop("queue_full", queued_bytes=member.queued)
+        hub.keys[member] = (call.token, principal, lambda: response.drop("key_revoked"))
         alone = broadcaster.subscribe(principal.tenant_id)  # wakes it while it reads alone
         try:
             if from_tip:  # join at once unless the group has read past the tip since
@@ -300,6 +332,7 @@ async def stream(call: Any) -> SseResponse:
             state.log("sse_read_failed", request_id=call.request_id,
                       error=f"{type(exc).__name__}: {exc}"[:300])
         finally:
+            hub.keys.pop(member, None)
             broadcaster.unsubscribe(alone)
             if member.group is not None and member in member.group.members:
                 member.group.leave(member)

@@ -11,6 +11,15 @@ SELECT id::text AS id, seq, curr_hash FROM ledger.span_heads WHERE id = ANY(%(id
 -- name: head_lookup
 SELECT {columns}, position FROM ledger.latest_spans WHERE id = %(id)s
 
+-- name: heads_of
+SELECT {columns}, position FROM ledger.latest_spans WHERE id = ANY(%(ids)s::uuid[])
+
+-- name: terminate_backends
+-- The database sessions of a process that was killed (an API boot that timed out), found by
+-- the application_name it was started with: ended now, so their transactions roll back.
+SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity
+WHERE application_name = %(name)s AND pid <> pg_backend_pid()
+
 -- name: version_lookup
 SELECT {columns}, position FROM ledger.universal_registry WHERE id = %(id)s AND seq = %(seq)s
 
