@@ -1,10 +1,11 @@
 """API keys: bearer tokens bound to a user, a tenant and roles; stored only as a hash.
 
 A key is `llk_<key id>_<secret>`. The ledger holds an `api_key` span per key (id derived from
-the key id, owner = the user, tenant = the tenant, private) whose metadata carries the key id,
-the BLAKE3 hash of the whole token and the roles. The token itself is shown once, at
-creation, and never stored. Revoking appends the next version with status `revoked`: the
-history of who could do what stays verifiable like everything else.
+the key id with the platform's id secret, so nobody can take it first; owner = the user,
+tenant = the tenant, private) whose metadata carries the key id, the BLAKE3 hash of the whole
+token and the roles. The token itself is shown once, at creation, and never stored. Revoking
+appends the next version with status `revoked`: the history of who could do what stays
+verifiable like everything else.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,8 @@ from nacl.signing import SigningKey
 
 from . import ledger
 from .errors import LoglineError
+from .ids import derive_id
+from .keys import derivation_secret
 
 ROLES = ("reader", "writer", "admin")
 DEFAULT_ROLES = ("reader", "writer")
@@ -47,8 +49,9 @@ class Principal:
         return role in self.roles or "admin" in self.roles
 
 
-def span_id_for(key_id: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"logline:api_key:{key_id}"))
+def span_id_for(secret: bytes, key_id: str) -> str:
+    """The api_key span's id (keys.id_secret gives `secret`)."""
+    return derive_id(secret, "api_key", key_id)
 
 
 def token_hash(token: str) -> str:
@@ -62,8 +65,10 @@ def parse(token: str) -> str | None:
 
 
 def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: str,
-           roles: tuple[str, ...] = DEFAULT_ROLES) -> tuple[str, dict[str, Any]]:
-    """Append a new api_key span; return (the token, shown only now; the span)."""
+           roles: tuple[str, ...] = DEFAULT_ROLES,
+           secret: bytes | None = None) -> tuple[str, dict[str, Any]]:
+    """Append a new api_key span; return (the token, shown only now; the span). `secret`
+    defaults to the one `key` derives, right when `key` is the root key."""
     for what, value in (("--user", user_id), ("--tenant", tenant_id)):
         if not _NAME.match(value or ""):
             raise LoglineError("APIKEY_BAD_NAME", "use 1-200 letters, digits or _.@:-", what)
@@ -80,7 +85,8 @@ def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: s
     key_id = secrets.token_hex(8)
     token = f"llk_{key_id}_{secrets.token_urlsafe(32)}"
     span = ledger.append(conn, [{
-        "id": span_id_for(key_id), "seq": 0, "entity_type": "api_key", "who": "logline",
+        "id": span_id_for(secret or derivation_secret(key), key_id), "seq": 0,
+        "entity_type": "api_key", "who": "logline",
         "did": "issued", "this": f"api key {key_id}", "owner_id": user_id,
         "tenant_id": tenant_id, "visibility": "private", "status": "active",
         "metadata": {"key_id": key_id, "token_hash": token_hash(token),
@@ -108,8 +114,9 @@ def holders(conn: psycopg.Connection, tenant_id: str, role: str) -> set[str]:
         (tenant_id, role))}
 
 
-def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str) -> dict[str, Any]:
-    current = ledger.head(conn, span_id_for(key_id))
+def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str,
+           secret: bytes | None = None) -> dict[str, Any]:
+    current = ledger.head(conn, span_id_for(secret or derivation_secret(key), key_id))
     if current is None or current["entity_type"] != "api_key":
         raise LoglineError("APIKEY_NOT_FOUND", "no such key", key_id)
     if current["status"] == "revoked":
@@ -132,12 +139,12 @@ def listing(conn: psycopg.Connection, tenant_id: str | None = None) -> list[dict
              "status": r["status"]} for r in rows]
 
 
-def authenticate(conn: psycopg.Connection, token: str) -> Principal | None:
+def authenticate(conn: psycopg.Connection, token: str, secret: bytes) -> Principal | None:
     """The principal a token stands for, or None (malformed, unknown, revoked, wrong)."""
     key_id = parse(token)
     if key_id is None:
         return None
-    span = ledger.head(conn, span_id_for(key_id))
+    span = ledger.head(conn, span_id_for(secret, key_id))
     if span is None or span["entity_type"] != "api_key" or span["status"] != "active":
         return None
     if RESERVED in (span["owner_id"], span["tenant_id"]):  # issued before keys were refused

@@ -51,7 +51,7 @@ def seed(conn: psycopg.Connection, paths: Iterable[Path], key: SigningKey,
 
 def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey) -> SeedResult:
     root = public_key_hex(key)
-    parsed = _contract_rows(path) if path.suffix == ".yaml" else rows.read(path)
+    parsed = _contract_rows(path, key) if path.suffix == ".yaml" else rows.read(path)
     trusted = manifest.trust_set(conn, root)
     chain: dict[str, tuple[int, str]] = {}  # id -> (seq, curr_hash) as this file leaves it
     unsigned_lines: dict[str, str] = {}
@@ -72,11 +72,13 @@ def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey) -> SeedResu
     return SeedResult(path, len(pending), len(parsed) - len(pending))
 
 
-def _contract_rows(path: Path) -> list[rows.Row]:
-    """A contract authored as YAML (ROW/contracts/NAME@VERSION.yaml) seeds one span."""
+def _contract_rows(path: Path, key: SigningKey) -> list[rows.Row]:
+    """A contract authored as YAML (ROW/contracts/NAME@VERSION.yaml) seeds one span, whose id
+    is derived with the id secret of the key that seeds it (the root key)."""
     from .contracts import load, to_span
+    from .keys import derivation_secret
 
-    return [rows.Row(path, 1, to_span(load(path)))]
+    return [rows.Row(path, 1, to_span(load(path), derivation_secret(key)))]
 
 
 def _span_index(exc: LoglineError) -> int | None:

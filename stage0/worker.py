@@ -103,6 +103,7 @@ class Worker:
                                    f"{loader.signer_public_key}, which the manifest does not "
                                    "trust: everything it wrote would fail verify "
                                    "(`logline keys trust`)")
+            loader.id_secret  # noqa: B018 - ID_SECRET_MISSING now, not in every policy round
             listener.execute("LISTEN timeline_updates")
             due = Due({name: 0.0 for name in self.kernels})
             loader.log("worker_started", kernels=list(self.kernels))

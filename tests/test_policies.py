@@ -312,8 +312,10 @@ def position(conn, span_id: str) -> int:
 
 
 def cursor(conn, policy_id: str) -> dict | None:
-    cursor_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"logline:policy_cursor:{policy_id}"))
-    return ledger.head(conn, cursor_id)
+    row = conn.execute("SELECT id::text AS id FROM ledger.latest_spans WHERE entity_type = "
+                       "'policy_cursor' AND metadata ->> 'policy_id' = %s",
+                       (policy_id,)).fetchone()
+    return ledger.head(conn, row["id"]) if row else None
 
 
 SEEN = ("def main(span):\n"

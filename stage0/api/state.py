@@ -18,7 +18,7 @@ from ..contracts import Contract, contract_id
 from ..db import Database, configure, resolve
 from ..errors import LoglineError
 from ..governance import PLATFORM, load_contract
-from ..keys import operator_key
+from ..keys import id_secret, operator_key
 from ..loader import log
 from ..proofs import public_key_hex
 from .broadcast import Broadcaster
@@ -35,6 +35,8 @@ class ServerState:
         self.database = database
         self.home = home
         self.key = operator_key(home)
+        #: What the ids the platform derives are keyed with (api keys, contracts, jobs).
+        self.id_secret = id_secret(home, self.key)
         self.signer = public_key_hex(self.key)
         self.root = home.root_public_key()
         self.limiter = limiter or RateLimiter()
@@ -73,7 +75,7 @@ class ServerState:
         Absent or untrusted: every route is denied (fail closed) and the log says why."""
         with self.pools["kernel"].connection() as conn:
             try:
-                found = load_contract(conn, contract_id(*PLATFORM),
+                found = load_contract(conn, contract_id(self.id_secret, *PLATFORM),
                                       manifest.trust_set(conn, self.root))
             except LoglineError as exc:
                 self.log("platform_contract_refused", error=str(exc))
@@ -100,7 +102,7 @@ class ServerState:
         if hit and now - hit[0] < AUTH_CACHE_S:
             return hit[1]
         with self.pools["kernel"].connection() as conn:
-            principal = apikeys.authenticate(conn, token)
+            principal = apikeys.authenticate(conn, token, self.id_secret)
         if len(self._auth) > 10_000:
             self._auth.clear()
         self._auth[token] = (now, principal)
