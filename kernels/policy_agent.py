@@ -485,6 +485,8 @@ def main(ctx):
     while writers wait."""
     batch = int((ctx.input or {}).get("batch", 200))
     limits = limits_of(ctx.manifest)
+    # This transaction is idle while policy code runs: a whole round, plus one overrun.
+    ctx.allow_idle_ms(limits["round"] + limits["cap"] + 60000)
     spent, round_used, deferred, more = {}, 0, 0, False
     plans = []
     for policy, cursor in candidates(ctx):

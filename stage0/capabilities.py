@@ -128,9 +128,19 @@ class KernelContext:
         return ledger.head(self._conn, span_id)
 
     def claim_requests(self, batch: int) -> list[dict[str, Any]]:
-        """Lock up to `batch` scheduled requests (FIFO) for this transaction."""
+        """Lock up to `batch` scheduled requests for this transaction, round-robin across
+        tenants (each tenant's oldest first), in the order to run them. The transaction may
+        then stay idle while the sandbox runs them: up to twice batch x policy.timeout_ms
+        (a batch that cannot be recorded is run again one by one), plus a minute."""
+        timeout = int((self.manifest.get("policy") or {}).get("timeout_ms", 30000))
+        self.allow_idle_ms(2 * int(batch) * timeout + 60_000)
         rows = self._conn.execute(q("claim_requests"), {"batch": int(batch)}).fetchall()
         return [ledger.span_from_row(r) for r in rows]
+
+    def allow_idle_ms(self, ms: int) -> None:
+        """Let this transaction sit idle (while untrusted code runs) for up to `ms`, even
+        beyond the kernel role's idle_in_transaction_session_timeout (never less than it)."""
+        self._conn.execute(q("allow_idle"), {"ms": int(ms)})
 
     def verified(self, span_id: str) -> dict[str, Any]:
         """The latest version of a span after checking its hash, signature and key trust."""

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from nacl.signing import SigningKey
 
-from . import ledger, manifest, rows
+from . import db, ledger, manifest, rows
 from .canonical import FIELDS, canonical_bytes, normalise, now_at
 from .errors import LoglineError
 from .proofs import check_proofs, public_key_hex
@@ -42,10 +42,11 @@ def seed(conn: psycopg.Connection, paths: Iterable[Path], key: SigningKey,
     # The manifest decides which keys count, so it goes first.
     files.sort(key=lambda p: "manifest" not in p.parts)
     results = []
-    for path in files:
-        results.append(seed_file(conn, path, key))
-        if on_file:
-            on_file(results[-1])
+    with db.unbounded(conn):  # a big file is one long statement, legitimately
+        for path in files:
+            results.append(seed_file(conn, path, key))
+            if on_file:
+                on_file(results[-1])
     return results
 
 
