@@ -22,7 +22,7 @@ from nacl.signing import SigningKey
 
 from . import ledger
 from .errors import LoglineError
-from .ids import derive_id
+from .ids import derive_id, legacy_id
 from .keys import derivation_secret
 
 ROLES = ("reader", "writer", "admin")
@@ -52,6 +52,16 @@ class Principal:
 def span_id_for(secret: bytes, key_id: str) -> str:
     """The api_key span's id (keys.id_secret gives `secret`)."""
     return derive_id(secret, "api_key", key_id)
+
+
+def key_span(conn: psycopg.Connection, secret: bytes, key_id: str) -> dict[str, Any] | None:
+    """The api_key span of `key_id`: under its keyed id, or (a key issued before ids were
+    keyed) under the old one. Only an api_key span counts, a kind no client can append."""
+    for span_id in (span_id_for(secret, key_id), legacy_id("api_key", key_id)):
+        span = ledger.head(conn, span_id)
+        if span is not None and span["entity_type"] == "api_key":
+            return span
+    return None
 
 
 def token_hash(token: str) -> str:
@@ -116,8 +126,8 @@ def holders(conn: psycopg.Connection, tenant_id: str, role: str) -> set[str]:
 
 def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str,
            secret: bytes | None = None) -> dict[str, Any]:
-    current = ledger.head(conn, span_id_for(secret or derivation_secret(key), key_id))
-    if current is None or current["entity_type"] != "api_key":
+    current = key_span(conn, secret or derivation_secret(key), key_id)
+    if current is None:
         raise LoglineError("APIKEY_NOT_FOUND", "no such key", key_id)
     if current["status"] == "revoked":
         raise LoglineError("APIKEY_REVOKED", "already revoked", key_id)
@@ -144,8 +154,8 @@ def authenticate(conn: psycopg.Connection, token: str, secret: bytes) -> Princip
     key_id = parse(token)
     if key_id is None:
         return None
-    span = ledger.head(conn, span_id_for(secret, key_id))
-    if span is None or span["entity_type"] != "api_key" or span["status"] != "active":
+    span = key_span(conn, secret, key_id)
+    if span is None or span["status"] != "active":
         return None
     if RESERVED in (span["owner_id"], span["tenant_id"]):  # issued before keys were refused
         return None

@@ -34,7 +34,7 @@ from .apikeys import Principal
 from .canonical import FIELDS, parse_at
 from .contracts import Contract, contract_id, parse
 from .errors import LoglineError
-from .ids import derive_id
+from .ids import derive_id, legacy_id
 from .proofs import check_proofs
 from .queries import SPAN_COLUMNS
 
@@ -66,6 +66,24 @@ def tenant_contract_id(secret: bytes, tenant_id: str, name: str, version: str) -
     return derive_id(secret, "contract", tenant_id, f"{name}@{version}")
 
 
+def contract_span(conn: psycopg.Connection, secret: bytes, tenant_id: str, name: str,
+                   version: str) -> dict[str, Any] | None:
+    """The contract NAME@VERSION of a tenant (`system`: the system's) the caller can see:
+    under its keyed id, or (published before ids were keyed) under the old one. Only a
+    contract span of that tenant counts, a kind no client can append."""
+    ref = f"{name}@{version}"
+    keyed, old = (contract_id(secret, name, version), legacy_id("contract", ref)) \
+        if tenant_id == "system" else \
+        (tenant_contract_id(secret, tenant_id, name, version),
+         legacy_id("contract", tenant_id, ref))
+    for span_id in (keyed, old):
+        span = ledger.head(conn, span_id)
+        if span is not None and span["entity_type"] == "contract" \
+                and span["tenant_id"] == tenant_id:
+            return span
+    return None
+
+
 def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str],
                   expected_hash: str | None = None) -> tuple[Contract, dict[str, Any]] | None:
     """A contract span the caller can see, checked (hash, signature, trusted key, and the
@@ -92,10 +110,11 @@ def publish(conn: psycopg.Connection, key: SigningKey, principal: Principal,
             contract: Contract, *, secret: bytes) -> dict[str, Any]:
     """Store a tenant's own contract (visible to that tenant only)."""
     span_id = tenant_contract_id(secret, principal.tenant_id, contract.name, contract.version)
-    if contract.name == PLATFORM[0] or ledger.head(conn, contract_id(secret, contract.name,
-                                                                      contract.version)):
+    if contract.name == PLATFORM[0] or contract_span(
+            conn, secret, "system", contract.name, contract.version):
         raise LoglineError("CONTRACT_EXISTS", f"{contract.ref} is a system contract")
-    if ledger.head(conn, span_id) is not None:
+    if ledger.head(conn, span_id) is not None or contract_span(
+            conn, secret, principal.tenant_id, contract.name, contract.version):
         raise LoglineError("CONTRACT_EXISTS", f"{contract.ref} is already published; "
                            "publish a new version instead")
     [span] = ledger.append(conn, [{
@@ -115,9 +134,9 @@ def activate(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pr
     if not name or not version:
         raise LoglineError("CONTRACT_NOT_FOUND", "name a contract as NAME@VERSION", ref)
     trusted = manifest.trust_set(conn, root)
-    for span_id in (tenant_contract_id(secret, principal.tenant_id, name, version),
-                    contract_id(secret, name, version)):
-        found = load_contract(conn, span_id, trusted)
+    for tenant in (principal.tenant_id, "system"):
+        span = contract_span(conn, secret, tenant, name, version)
+        found = load_contract(conn, span["id"], trusted) if span else None
         if found:
             break
     else:
@@ -162,12 +181,19 @@ CONTRACTS = (
 
 
 def contracts(conn: psycopg.Connection, root: str, tenant_id: str) -> list[dict[str, Any]]:
-    """The contracts a tenant can use (the system's and its own), marked active or not."""
+    """The contracts a tenant can use (the system's and its own), marked active or not. A
+    contract seeded both before and after ids were keyed is listed once (the newer span),
+    active if either is."""
     active = {s["id"] for _, s in active_contracts(conn, root, tenant_id)}
-    return [{"id": r["id"], "ref": f"{r['content']['name']}@{r['content']['version']}",
-             "tenant_id": r["tenant_id"], "active": r["id"] in active,
-             "actions": r["content"]["actions"]}
-            for r in conn.execute(CONTRACTS, (tenant_id,))]
+    listed: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in conn.execute(CONTRACTS, (tenant_id,)):
+        ref = f"{r['content']['name']}@{r['content']['version']}"
+        before = listed.pop((r["tenant_id"], ref), None)
+        listed[(r["tenant_id"], ref)] = {
+            "id": r["id"], "ref": ref, "tenant_id": r["tenant_id"],
+            "active": r["id"] in active or bool(before and before["active"]),
+            "actions": r["content"]["actions"]}
+    return list(listed.values())
 
 
 def resolve(action: str, contracts: list[tuple[Contract, dict[str, Any]]]
@@ -618,11 +644,16 @@ def report(conn: psycopg.Connection, key: SigningKey, principal: Principal, job_
     if job is None or job["entity_type"] != "job":
         raise LoglineError("NOT_FOUND", "no job with this id is visible to you")
     claim_span = ledger.head(conn, claim_id(secret, job_id))
-    if claim_span is None or claim_span["status"] != "claimed" or \
-            claim_span["owner_id"] != principal.user_id:
+    if claim_span is None:  # claimed before ids were keyed?
+        claim_span = ledger.head(conn, legacy_id("claim", job_id))
+    if claim_span is None or claim_span["entity_type"] != "job_claim" or \
+            claim_span["status"] != "claimed" or claim_span["owner_id"] != principal.user_id:
         raise LoglineError("JOB_NOT_CLAIMED", "this job is not claimed by you")
     result_id = derive_id(secret, "result", job_id)
     existing = ledger.head(conn, result_id)
+    if existing is None:  # reported before ids were keyed?
+        legacy = ledger.head(conn, legacy_id("result", job_id))
+        existing = legacy if legacy and legacy["entity_type"] == "job_result" else None
     if existing is not None:
         if existing["status"] == status and existing["output"] == output:
             return existing, False

@@ -20,3 +20,10 @@ def derive_id(secret: bytes, *parts: object) -> str:
     raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def legacy_id(*parts: object) -> str:
+    """The uuid5 such an id had before ids were keyed. Read-only: to find what an older
+    version recorded (callers accept only kinds no client can write); never an id to append
+    under, since anyone can compute it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "logline:" + ":".join(map(str, parts))))

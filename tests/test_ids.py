@@ -131,3 +131,45 @@ def test_a_machine_with_its_own_key_needs_the_operators_id_secret(tmp_path, home
     keys.write_id_secret(other.keys / keys.ID_SECRET_FILE, keys.id_secret(home, operator))
     assert keys.id_secret(other, key) == keys.derivation_secret(operator)
     assert keys.derivation_secret(key) != keys.derivation_secret(operator)
+
+
+def test_what_was_recorded_under_the_old_ids_still_counts_and_only_that(
+        kernel_conn, operator, home, secret):
+    """A ledger from before keyed ids: its api keys still authenticate and its tenant
+    contracts can still be activated; a span of another kind at such an id counts for
+    nothing (clients cannot append api_key or contract spans)."""
+    key_id, token = "0123456789abcdef", "llk_0123456789abcdef_" + "A" * 43
+    ledger.append(kernel_conn, [{
+        "id": old_style("api_key", key_id), "seq": 0, "entity_type": "api_key",
+        "who": "logline", "did": "issued", "this": "api key", "owner_id": "olga",
+        "tenant_id": "acme", "visibility": "private", "status": "active",
+        "metadata": {"key_id": key_id, "roles": ["reader"],
+                     "token_hash": apikeys.token_hash(token)}}], operator)
+    assert apikeys.authenticate(kernel_conn, token, secret).user_id == "olga"
+    apikeys.revoke(kernel_conn, operator, key_id, secret)
+    assert apikeys.authenticate(kernel_conn, token, secret) is None
+
+    contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml").model_copy(
+        update={"name": "old_ops"})
+    ledger.append(kernel_conn, [{
+        "id": old_style("contract", "acme", "old_ops@1.0.0"), "seq": 0,
+        "entity_type": "contract", "who": "ann", "did": "published", "this": "old_ops@1.0.0",
+        "name": "old_ops", "owner_id": "ann", "tenant_id": "acme", "visibility": "tenant",
+        "status": "published", "content": contract.model_dump(mode="json")}], operator)
+    squat(kernel_conn, operator, old_style("contract", "globex", "old_ops@1.0.0"), "globex")
+    acme = Principal("k1", "ann", "acme", ("admin",))
+    globex = Principal("k2", "gus", "globex", ("admin",))
+    activation = governance.activate(kernel_conn, operator, home.root_public_key(), acme,
+                                     "old_ops@1.0.0", str(uuid.uuid4()), secret=secret)
+    assert activation["content"]["contract_id"] == old_style("contract", "acme",
+                                                             "old_ops@1.0.0")
+    with pytest.raises(LoglineError) as nothing:
+        governance.activate(kernel_conn, operator, home.root_public_key(), globex,
+                            "old_ops@1.0.0", str(uuid.uuid4()), secret=secret)
+    assert nothing.value.code == "CONTRACT_NOT_FOUND"
+    with pytest.raises(LoglineError) as exists:
+        governance.publish(kernel_conn, operator, acme, contract, secret=secret)
+    assert exists.value.code == "CONTRACT_EXISTS"
+    refs = [c["ref"] for c in governance.contracts(kernel_conn, home.root_public_key(),
+                                                   "acme")]
+    assert sorted(refs) == sorted(set(refs))  # each contract listed once

@@ -14,10 +14,10 @@ from psycopg_pool import ConnectionPool
 
 from .. import apikeys, ledger, manifest
 from ..config import Home
-from ..contracts import Contract, contract_id
+from ..contracts import Contract
 from ..db import Database, configure, resolve
 from ..errors import LoglineError
-from ..governance import PLATFORM, load_contract
+from ..governance import PLATFORM, contract_span, load_contract
 from ..keys import id_secret, operator_key
 from ..loader import log
 from ..proofs import public_key_hex
@@ -75,8 +75,9 @@ class ServerState:
         Absent or untrusted: every route is denied (fail closed) and the log says why."""
         with self.pools["kernel"].connection() as conn:
             try:
-                found = load_contract(conn, contract_id(self.id_secret, *PLATFORM),
-                                      manifest.trust_set(conn, self.root))
+                span = contract_span(conn, self.id_secret, "system", *PLATFORM)
+                found = span and load_contract(conn, span["id"],
+                                               manifest.trust_set(conn, self.root))
             except LoglineError as exc:
                 self.log("platform_contract_refused", error=str(exc))
                 return None
