@@ -107,10 +107,29 @@ def limits_of(manifest):
             "round": int(policy.get("round_ms", DEFAULT_ROUND_MS))}
 
 
+def config_of(policy):
+    """A policy's metadata as the agent uses it, or ValueError naming what is malformed: a
+    writer's policy must never fail the round (a bad parameter would abort its transaction)
+    for every other policy."""
+    meta = policy.get("metadata")
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not an object")
+    for key in ("on_entity_types", "sweep_entity_types"):
+        kinds = meta.get(key)
+        if kinds is not None and (not isinstance(kinds, list)
+                                  or not all(isinstance(k, str) for k in kinds)):
+            raise ValueError(key + " is not a list of kinds")
+    timeout = meta.get("timeout_ms", DEFAULT_TIMEOUT_MS)
+    if isinstance(timeout, bool) or not isinstance(timeout, int):
+        raise ValueError("timeout_ms is not an integer")
+    return meta
+
+
 def budget_of(policy, limits):
     """The sandbox time one round gives this policy (never more than its tenant's or the
     round's whole budget, so it always fits in a fresh one)."""
-    own = int((policy.get("metadata") or {}).get("timeout_ms", DEFAULT_TIMEOUT_MS))
+    own = policy["metadata"].get("timeout_ms", DEFAULT_TIMEOUT_MS)
     return max(1, min(own, limits["cap"], limits["tenant"], limits["round"]))
 
 
@@ -379,7 +398,12 @@ def actions_for(ctx, policy, span, actions, counts):
             keep(*emitted(ctx, policy, span, action["emit_span"], len(spans)))
         elif isinstance(action.get("count"), dict) and action["count"].get("name"):
             labels = action["count"].get("labels") or {}
-            key = action["count"]["name"] + "|" + span["tenant_id"] + "|" + ctx.json_dumps(labels)
+            if not isinstance(action["count"]["name"], str) or not isinstance(labels, dict):
+                fail("POLICY_BAD_OUTPUT", "count needs a name (text) and labels (an object): "
+                     + repr(action)[:200])
+                continue
+            key = action["count"]["name"] + "|" + str(span["tenant_id"]) + "|" + \
+                ctx.json_dumps(labels)
             prev = counts.get(key)
             counts[key] = (action["count"]["name"], span["tenant_id"], labels,
                            (prev[3] if prev else 0) + 1)
@@ -470,6 +494,11 @@ def candidates(ctx):
         except Exception as exc:
             ctx.log("policy_unverified", policy_id=policy["id"], reason=str(exc)[:300])
             continue
+        try:
+            policy["metadata"] = config_of(policy)
+        except ValueError as exc:
+            ctx.log("policy_invalid", policy_id=policy["id"], reason=str(exc)[:300])
+            continue
         policy["platform"] = policy["tenant_id"] == "system" \
             and head["public_key"] in ctx.platform_keys
         cursor = cursor_of(ctx, policy)
@@ -490,17 +519,23 @@ def main(ctx):
     spent, round_used, deferred, more = {}, 0, 0, False
     plans = []
     for policy, cursor in candidates(ctx):
-        read = new_spans(ctx, policy, cursor["after"], batch)
-        tenant = policy["tenant_id"]
-        budget = budget_of(policy, limits)
-        if read[1] and (spent.get(tenant, 0) + budget > limits["tenant"]
-                        or round_used + budget > limits["round"]):
-            deferred += 1  # its turn comes first next round: its cursor is the oldest
-            continue
-        plan = evaluate(ctx, policy, cursor, read, budget)
+        tenant, budget = str(policy["tenant_id"]), budget_of(policy, limits)
+        try:
+            with ctx.transaction():  # whatever goes wrong, the round goes on without it
+                read = new_spans(ctx, policy, cursor["after"], batch)
+                if read[1] and (spent.get(tenant, 0) + budget > limits["tenant"]
+                                or round_used + budget > limits["round"]):
+                    deferred += 1  # its turn comes first next round: its cursor is oldest
+                    continue
+                plan = evaluate(ctx, policy, cursor, read, budget)
+        except Exception as exc:
+            ctx.log("policy_failed", policy_id=policy["id"], reason=str(exc)[:300])
+            plan = {"spent": budget}  # as if it used all it may have (its code may have run)
+            read = None
         spent[tenant] = spent.get(tenant, 0) + plan["spent"]
         round_used += plan["spent"]
-        plans.append((policy, plan, read[2]))
+        if read is not None:
+            plans.append((policy, plan, read[2]))
     policies = evaluated_total = actions_total = errors_total = 0
     for policy, plan, full in plans:
         try:

@@ -754,3 +754,15 @@ def test_an_action_the_ledger_refuses_becomes_a_policy_error_and_the_rest_procee
         position(kernel_conn, note["id"])
     agent(loader)  # and nothing is retried
     assert len(errors_of(kernel_conn, policy["id"])) == 1
+
+
+@pytest.mark.parametrize("meta", [{"on_entity_types": "note"}, {"timeout_ms": "soon"},
+                                  {"sweep_entity_types": [1]}],
+                         ids=["types-not-a-list", "timeout-not-a-number", "sweep-not-kinds"])
+def test_a_malformed_policy_does_not_fail_the_round_for_the_others(loader, kernel_conn,
+                                                                   operator, meta):
+    tenant_policy(kernel_conn, operator, SEEN, **meta)
+    good = tenant_policy(kernel_conn, operator, SEEN, tenant="globex")
+    note = add(kernel_conn, operator, "note", tenant="globex")
+    agent(loader)
+    assert [s["parent_id"] for s in emitted_by(kernel_conn, good["id"])] == [note["id"]]
