@@ -1,13 +1,16 @@
-"""request_worker: claim scheduled requests FIFO in batches and run them through run_code.
+"""request_worker: claim scheduled requests in batches and run them through run_code.
 
 Input: {"batch": 8}. Output: {"claimed": n, "executions": [{request_id, span_id, status}]}.
 
-The claim is a row lock on each request's head (ledger.claim_requests_v1, FOR UPDATE SKIP
-LOCKED) held by this kernel's transaction, and every completion is appended in that same
-transaction. A worker killed mid-batch releases its locks with its connection: the requests are
-claimed again elsewhere, and each still yields exactly one recorded execution. If the batch
-cannot be recorded as a whole, each request is retried alone, and one that still fails is
-completed with status error so it is never retried forever.
+A batch takes requests round-robin across tenants (each tenant's oldest, then each one's
+next, ...) and runs them in that order, so one tenant's flood of requests delays another
+tenant's by at most one run per round. The claim is a row lock on each request's head
+(ledger.claim_requests_v2, FOR UPDATE SKIP LOCKED) held by this kernel's transaction, and
+every completion is appended in that same transaction. A worker killed mid-batch releases
+its locks with its connection: the requests are claimed again elsewhere, and each still
+yields exactly one recorded execution. If the batch cannot be recorded as a whole, each
+request is retried alone, and one that still fails is completed with status error so it is
+never retried forever.
 """
 
 KERNEL_ID = "00000000-0000-4000-8000-000000000003"

@@ -1,10 +1,11 @@
 """API keys: bearer tokens bound to a user, a tenant and roles; stored only as a hash.
 
 A key is `llk_<key id>_<secret>`. The ledger holds an `api_key` span per key (id derived from
-the key id, owner = the user, tenant = the tenant, private) whose metadata carries the key id,
-the BLAKE3 hash of the whole token and the roles. The token itself is shown once, at
-creation, and never stored. Revoking appends the next version with status `revoked`: the
-history of who could do what stays verifiable like everything else.
+the key id with the platform's id secret, so nobody can take it first; owner = the user,
+tenant = the tenant, private) whose metadata carries the key id, the BLAKE3 hash of the whole
+token and the roles. The token itself is shown once, at creation, and never stored. Revoking
+appends the next version with status `revoked`: the history of who could do what stays
+verifiable like everything else.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,8 @@ from nacl.signing import SigningKey
 
 from . import ledger
 from .errors import LoglineError
+from .ids import derive_id, legacy_id
+from .keys import derivation_secret
 from .queries import q
 
 ROLES = ("reader", "writer", "admin")
@@ -54,8 +56,19 @@ class Principal:
         return role in self.roles or "admin" in self.roles
 
 
-def span_id_for(key_id: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"logline:api_key:{key_id}"))
+def span_id_for(secret: bytes, key_id: str) -> str:
+    """The api_key span's id (keys.id_secret gives `secret`)."""
+    return derive_id(secret, "api_key", key_id)
+
+
+def key_span(conn: psycopg.Connection, secret: bytes, key_id: str) -> dict[str, Any] | None:
+    """The api_key span of `key_id`: under its keyed id, or (a key issued before ids were
+    keyed) under the old one. Only an api_key span counts, a kind no client can append."""
+    for span_id in (span_id_for(secret, key_id), legacy_id("api_key", key_id)):
+        span = ledger.head(conn, span_id)
+        if span is not None and span["entity_type"] == "api_key":
+            return span
+    return None
 
 
 def token_hash(token: str) -> str:
@@ -69,8 +82,10 @@ def parse(token: str) -> str | None:
 
 
 def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: str,
-           roles: tuple[str, ...] = DEFAULT_ROLES) -> tuple[str, dict[str, Any]]:
-    """Append a new api_key span; return (the token, shown only now; the span)."""
+           roles: tuple[str, ...] = DEFAULT_ROLES,
+           secret: bytes | None = None) -> tuple[str, dict[str, Any]]:
+    """Append a new api_key span; return (the token, shown only now; the span). `secret`
+    defaults to the one `key` derives, right when `key` is the root key."""
     if OPERATOR_ROLE in roles:
         raise LoglineError("APIKEY_RESERVED", f"'{OPERATOR_ROLE}' is held only by the local "
                            "operator's own key (`logline up` creates it, kept in "
@@ -88,21 +103,23 @@ def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: s
     if unknown or not roles:
         raise LoglineError("APIKEY_BAD_ROLE", f"unknown role {', '.join(unknown) or '(none)'}"
                            f"; roles are {', '.join(known)}", "--role")
-    return _issue(conn, key, user_id, tenant_id, roles)
+    return _issue(conn, key, user_id, tenant_id, roles, secret)
 
 
-def issue_operator(conn: psycopg.Connection, key: SigningKey) -> tuple[str, dict[str, Any]]:
+def issue_operator(conn: psycopg.Connection, key: SigningKey,
+                   secret: bytes | None = None) -> tuple[str, dict[str, Any]]:
     """The local operator's key (tenant `default`, user `operator`): admin of its tenant and
     the platform's operator. Only stage0/operator.py calls this."""
-    return _issue(conn, key, OPERATOR_USER, OPERATOR_TENANT, ("admin", OPERATOR_ROLE))
+    return _issue(conn, key, OPERATOR_USER, OPERATOR_TENANT, ("admin", OPERATOR_ROLE), secret)
 
 
 def _issue(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: str,
-           roles: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+           roles: tuple[str, ...], secret: bytes | None) -> tuple[str, dict[str, Any]]:
     key_id = secrets.token_hex(8)
     token = f"llk_{key_id}_{secrets.token_urlsafe(32)}"
     span = ledger.append(conn, [{
-        "id": span_id_for(key_id), "seq": 0, "entity_type": "api_key", "who": "logline",
+        "id": span_id_for(secret or derivation_secret(key), key_id), "seq": 0,
+        "entity_type": "api_key", "who": "logline",
         "did": "issued", "this": f"api key {key_id}", "owner_id": user_id,
         "tenant_id": tenant_id, "visibility": "private", "status": "active",
         "metadata": {"key_id": key_id, "token_hash": token_hash(token),
@@ -130,9 +147,10 @@ def holders(conn: psycopg.Connection, tenant_id: str, role: str) -> set[str]:
         (tenant_id, role))}
 
 
-def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str) -> dict[str, Any]:
-    current = ledger.head(conn, span_id_for(key_id))
-    if current is None or current["entity_type"] != "api_key":
+def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str,
+           secret: bytes | None = None) -> dict[str, Any]:
+    current = key_span(conn, secret or derivation_secret(key), key_id)
+    if current is None:
         raise LoglineError("APIKEY_NOT_FOUND", "no such key", key_id)
     if current["status"] == "revoked":
         raise LoglineError("APIKEY_REVOKED", "already revoked", key_id)
@@ -154,24 +172,30 @@ def listing(conn: psycopg.Connection, tenant_id: str | None = None) -> list[dict
              "status": r["status"]} for r in rows]
 
 
-def authenticate(conn: psycopg.Connection, token: str) -> Principal | None:
+def authenticate(conn: psycopg.Connection, token: str, secret: bytes) -> Principal | None:
     """The principal a token stands for, or None (malformed, unknown, revoked, wrong)."""
     key_id = parse(token)
     if key_id is None:
         return None
-    return _principal(key_id, ledger.head(conn, span_id_for(key_id)), token)
+    return _principal(key_id, key_span(conn, secret, key_id), token)
 
 
-def authenticate_many(conn: psycopg.Connection, tokens: list[str]) -> dict[str, Principal]:
+def authenticate_many(conn: psycopg.Connection, tokens: list[str],
+                      secret: bytes) -> dict[str, Principal]:
     """The principals of the tokens that still authenticate, in one query (a live stream
     re-checks its key this way: revoked ones are missing from the answer)."""
-    ids = {span_id_for(k): t for t in tokens if (k := parse(t)) is not None}
+    ids: dict[str, tuple[str, str]] = {}
+    for token in tokens:
+        if (key_id := parse(token)) is not None:
+            ids[legacy_id("api_key", key_id)] = (key_id, token)
+            ids[span_id_for(secret, key_id)] = (key_id, token)
     found = {}
     for row in conn.execute(q("heads_of"), {"ids": list(ids)}):
         span = ledger.span_from_row(row)
-        principal = _principal(parse(ids[span["id"]]) or "", span, ids[span["id"]])
+        key_id, token = ids[span["id"]]
+        principal = _principal(key_id, span, token)
         if principal is not None:
-            found[ids[span["id"]]] = principal
+            found[token] = principal
     return found
 
 

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 import blake3
 import psycopg
 
-from . import ledger
+from . import kinds, ledger
 from .canonical import format_at, normalise, now_at
 from .errors import LoglineError
+from .ids import derive_id
 from .queries import q
 
 if TYPE_CHECKING:
@@ -65,6 +66,12 @@ class KernelContext:
         self.trace_id = trace_id
         self.manifest = loader.manifest_metadata()
         self.signer_public_key = loader.signer_public_key
+        self.root_public_key = loader.root
+        #: Kinds only the platform records, the keys that sign platform records, and the
+        #: kinds no policy may emit (stage0.kinds), for kernels that act for others.
+        self.platform_kinds = kinds.platform_kinds(self.manifest)
+        self.platform_keys = kinds.platform_keys(self.manifest, loader.root)
+        self.never_emitted = kinds.NEVER_EMITTED
         import os
         self.env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
 
@@ -109,13 +116,31 @@ class KernelContext:
             return str(exc)
         return None
 
+    def kind_problem(self, kind: Any) -> str | None:
+        """Why `kind` is not a well-formed kind name (a look-alike, say), or None."""
+        try:
+            kinds.check_kind(kind)
+        except LoglineError as exc:
+            return str(exc)
+        return None
+
     def head(self, span_id: str) -> dict[str, Any] | None:
         return ledger.head(self._conn, span_id)
 
     def claim_requests(self, batch: int) -> list[dict[str, Any]]:
-        """Lock up to `batch` scheduled requests (FIFO) for this transaction."""
+        """Lock up to `batch` scheduled requests for this transaction, round-robin across
+        tenants (each tenant's oldest first), in the order to run them. The transaction may
+        then stay idle while the sandbox runs them: up to twice batch x policy.timeout_ms
+        (a batch that cannot be recorded is run again one by one), plus a minute."""
+        timeout = int((self.manifest.get("policy") or {}).get("timeout_ms", 30000))
+        self.allow_idle_ms(2 * int(batch) * timeout + 60_000)
         rows = self._conn.execute(q("claim_requests"), {"batch": int(batch)}).fetchall()
         return [ledger.span_from_row(r) for r in rows]
+
+    def allow_idle_ms(self, ms: int) -> None:
+        """Let this transaction sit idle (while untrusted code runs) for up to `ms`, even
+        beyond the kernel role's idle_in_transaction_session_timeout (never less than it)."""
+        self._conn.execute(q("allow_idle"), {"ms": int(ms)})
 
     def verified(self, span_id: str) -> dict[str, Any]:
         """The latest version of a span after checking its hash, signature and key trust."""
@@ -152,8 +177,16 @@ class KernelContext:
     def new_id(self) -> str:
         return str(uuid.uuid4())
 
+    def derived_id(self, *parts: Any) -> str:
+        """A UUID derived from `parts` with the platform's id secret (stage0.ids): the same
+        parts give the same id (idempotent appends such as cursors), and nobody without the
+        secret can compute it first and take it."""
+        return derive_id(self._loader.id_secret, *parts)
+
     def stable_id(self, *parts: str) -> str:
-        """A UUID derived from names (uuid5), for idempotent ids such as cursors."""
+        """The uuid5 of names that ids were derived with before derived_id: anyone can
+        compute it, so use it only to read what older versions recorded, never as the id
+        of something to append."""
         return str(uuid.uuid5(uuid.NAMESPACE_URL, "logline:" + ":".join(map(str, parts))))
 
     def blake3(self, text: str) -> str:

@@ -108,6 +108,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
         path = Path(args.key) if args.key else home.operator_key
         out(public_key_hex(keys.load_key(path)))
         return 0
+    if args.keys_command == "id-secret":
+        key = keys.operator_key(home)
+        keys.write_id_secret(Path(args.out), keys.id_secret(home, key))
+        out(f"created {args.out}: copy it to keys/{keys.ID_SECRET_FILE} of each machine that "
+            "signs with its own key")
+        return 0
     root = keys.operator_key(home)
     with db.resolve(home).connect("kernel") as conn:
         span = manifest.set_trust(conn, root, args.public_key, getattr(args, "name", None),
@@ -322,17 +328,19 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     from . import apikeys
 
     home = _home()
+    key = keys.operator_key(home)
     with db.resolve(home).connect("kernel") as conn:
         if args.apikey_command == "create":
-            token, span = apikeys.create(conn, keys.operator_key(home), args.user, args.tenant,
-                                         tuple(args.role or apikeys.DEFAULT_ROLES))
+            token, span = apikeys.create(conn, key, args.user, args.tenant,
+                                         tuple(args.role or apikeys.DEFAULT_ROLES),
+                                         keys.id_secret(home, key))
             meta = span["metadata"]
             out(f"key id  {meta['key_id']}  user {args.user}  tenant {args.tenant}  "
                 f"roles {','.join(meta['roles'])}")
             out("shown once; only its hash is stored:")
             out(token)
         elif args.apikey_command == "revoke":
-            apikeys.revoke(conn, keys.operator_key(home), args.key_id)
+            apikeys.revoke(conn, key, args.key_id, keys.id_secret(home, key))
             out(f"revoked {args.key_id}")
         else:
             for k in apikeys.listing(conn, args.tenant):
@@ -499,6 +507,9 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", help="write a new key to this file instead")
     show = ks.add_parser("show", **_about("print the public key"))
     show.add_argument("--key", help="a key file (default: the operator key)")
+    ids = ks.add_parser("id-secret", **_about("write the secret platform ids are derived with, "
+                                              "for a machine with its own key"))
+    ids.add_argument("--out", required=True, help="the file to create (mode 0600)")
     trust = ks.add_parser("trust", **_about("trust a public key (appends a manifest version)"))
     trust.add_argument("public_key")
     trust.add_argument("--name", required=True, help="who the key belongs to")

@@ -50,11 +50,13 @@ def cmd_contract(args: argparse.Namespace) -> int:
             _print_flags(flags)
         elif args.contract_command == "publish":
             contract = load_contract_file(Path(args.file))
-            span = governance.publish(conn, key, _operator(args.tenant), contract)
+            span = governance.publish(conn, key, _operator(args.tenant), contract,
+                                      secret=keys.id_secret(home, key))
             out(f"published {contract.ref} for tenant {args.tenant} ({span['id']})")
         else:
             span = governance.activate(conn, key, _root(home), _operator(args.tenant),
-                                       args.ref, str(uuid.uuid4()))
+                                       args.ref, str(uuid.uuid4()),
+                                       secret=keys.id_secret(home, key))
             out(f"activated {span['this']} for tenant {args.tenant} ({span['id']})")
     return 0
 

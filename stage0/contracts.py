@@ -1,13 +1,14 @@
 """Contracts (the seeds' "IDL"): what a domain's actions are, who may ask for them, who must
 approve them and how the arguments look. Authored as YAML in ROW/contracts/, stored as
 `contract` spans (one id per name and version, so a new version never changes a decision
-taken under an old one). The core stays neutral: a new domain is a new contract, not code.
+taken under an old one). Those ids are derived with the platform's id secret (stage0.ids), so
+nobody can take one first or probe which names exist. The core stays neutral: a new domain is
+a new contract, not code.
 """
 
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import LoglineError
+from .ids import derive_id
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
@@ -95,13 +97,10 @@ class Contract(BaseModel):
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
-    @property
-    def span_id(self) -> str:
-        return contract_id(self.name, self.version)
 
-
-def contract_id(name: str, version: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"logline:contract:{name}@{version}"))
+def contract_id(secret: bytes, name: str, version: str) -> str:
+    """The id of the system contract NAME@VERSION (keys.id_secret gives `secret`)."""
+    return derive_id(secret, "contract", f"{name}@{version}")
 
 
 def parse(data: Any, where: str) -> Contract:
@@ -129,10 +128,11 @@ def load(path: Path) -> Contract:
     return contract
 
 
-def to_span(contract: Contract) -> dict[str, Any]:
+def to_span(contract: Contract, secret: bytes) -> dict[str, Any]:
     """The unsigned row a contract is seeded as (public: it declares rules, holds no data)."""
     return {
-        "id": contract.span_id, "entity_type": "contract", "who": "logline", "did": "declared",
+        "id": contract_id(secret, contract.name, contract.version), "entity_type": "contract",
+        "who": "logline", "did": "declared",
         "this": contract.ref, "name": contract.name, "description": contract.description,
         "owner_id": "system", "tenant_id": "system", "visibility": "public",
         "status": "published", "content": contract.model_dump(mode="json"),

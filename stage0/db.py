@@ -20,11 +20,13 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
 from .config import Home
 from .errors import LoglineError
+from .queries import q
 
 Role = Literal["admin", "app", "kernel"]
 ROLE_NAMES = {"app": "logline_app", "kernel": "logline_kernel"}
@@ -176,6 +178,19 @@ def stop_embedded(home: Home) -> bool:
     user = "pgserver" if os.geteuid() == 0 else None
     _pgserver()._commands.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=home.pgdata, user=user)
     return True
+
+
+@contextmanager
+def unbounded(conn: psycopg.Connection) -> Iterator[None]:
+    """No statement or idle-in-transaction timeout on this session inside (the role's own
+    again after): for the operator's commands that legitimately run long, such as seeding a
+    big file. Applied and reset outside any transaction."""
+    conn.execute(q("unbounded_session"))
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+            conn.execute(q("bounded_session"))
 
 
 @contextmanager

@@ -10,6 +10,8 @@ trace_id, so GET /api/timeline?trace_id= is the request's whole audit trail:
 
 Uniqueness comes from the ledger itself: an approval, a claim and a result have ids derived
 from what they belong to, so a second one is a seq-0 conflict the append trigger refuses.
+The derivation is keyed with the platform's id secret (stage0.ids, keys.id_secret: the
+`secret` every function here takes), so no client can compute such an id and take it first.
 The spans are never versioned by another party (the ledger keeps an id's owner fixed), so a
 request's state is derived from which spans exist, not from a mutable status.
 """
@@ -33,24 +35,14 @@ from .canonical import FIELDS, parse_at
 from .clip import clip_fields, clip_json
 from .contracts import Contract, contract_id, parse
 from .errors import LoglineError
+from .ids import derive_id, legacy_id
 from .proofs import check_proofs
 from .queries import SPAN_COLUMNS
 
 PLATFORM = ("api", "1.0.0")
 #: Roles every caller has: `anyone`, and `member` for a caller with a valid key.
 IMPLICIT_ROLES = ("anyone", "member")
-#: Kinds only the platform appends (POST /api/spans refuses them): a client that could
-#: append an api_key could mint itself roles, and one that could append an approval or a
-#: job could have an agent act without an approval.
-RESERVED_TYPES = frozenset({
-    "api_key", "manifest", "contract", "contract_activation", "gate_decision", "proposal",
-    "approval_request", "approval", "job", "job_claim", "job_result", "audit_denial",
-    "audit_summary", "boot_event", "boot_refused"})
 RESULT_STATUSES = ("done", "failed", "interrupted")
-
-
-def derived_id(*parts: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "logline:" + ":".join(parts)))
 
 
 def roles_of(principal: Principal | None) -> tuple[str, ...]:
@@ -64,8 +56,26 @@ def now() -> datetime:
 
 
 # --- contracts ----------------------------------------------------------------------------
-def tenant_contract_id(tenant_id: str, name: str, version: str) -> str:
-    return derived_id("contract", tenant_id, f"{name}@{version}")
+def tenant_contract_id(secret: bytes, tenant_id: str, name: str, version: str) -> str:
+    return derive_id(secret, "contract", tenant_id, f"{name}@{version}")
+
+
+def contract_span(conn: psycopg.Connection, secret: bytes, tenant_id: str, name: str,
+                   version: str) -> dict[str, Any] | None:
+    """The contract NAME@VERSION of a tenant (`system`: the system's) the caller can see:
+    under its keyed id, or (published before ids were keyed) under the old one. Only a
+    contract span of that tenant counts, a kind no client can append."""
+    ref = f"{name}@{version}"
+    keyed, old = (contract_id(secret, name, version), legacy_id("contract", ref)) \
+        if tenant_id == "system" else \
+        (tenant_contract_id(secret, tenant_id, name, version),
+         legacy_id("contract", tenant_id, ref))
+    for span_id in (keyed, old):
+        span = ledger.head(conn, span_id)
+        if span is not None and span["entity_type"] == "contract" \
+                and span["tenant_id"] == tenant_id:
+            return span
+    return None
 
 
 def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str],
@@ -91,13 +101,14 @@ def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str
 
 
 def publish(conn: psycopg.Connection, key: SigningKey, principal: Principal,
-            contract: Contract) -> dict[str, Any]:
+            contract: Contract, *, secret: bytes) -> dict[str, Any]:
     """Store a tenant's own contract (visible to that tenant only)."""
-    span_id = tenant_contract_id(principal.tenant_id, contract.name, contract.version)
-    if contract.name == PLATFORM[0] or ledger.head(conn, contract_id(contract.name,
-                                                                      contract.version)):
+    span_id = tenant_contract_id(secret, principal.tenant_id, contract.name, contract.version)
+    if contract.name == PLATFORM[0] or contract_span(
+            conn, secret, "system", contract.name, contract.version):
         raise LoglineError("CONTRACT_EXISTS", f"{contract.ref} is a system contract")
-    if ledger.head(conn, span_id) is not None:
+    if ledger.head(conn, span_id) is not None or contract_span(
+            conn, secret, principal.tenant_id, contract.name, contract.version):
         raise LoglineError("CONTRACT_EXISTS", f"{contract.ref} is already published; "
                            "publish a new version instead")
     [span] = ledger.append(conn, [{
@@ -111,15 +122,15 @@ def publish(conn: psycopg.Connection, key: SigningKey, principal: Principal,
 
 
 def activate(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
-             ref: str, trace_id: str) -> dict[str, Any]:
+             ref: str, trace_id: str, *, secret: bytes) -> dict[str, Any]:
     """Make NAME@VERSION the tenant's active version of NAME (a span, like everything)."""
     name, _, version = ref.partition("@")
     if not name or not version:
         raise LoglineError("CONTRACT_NOT_FOUND", "name a contract as NAME@VERSION", ref)
     trusted = manifest.trust_set(conn, root)
-    for span_id in (tenant_contract_id(principal.tenant_id, name, version),
-                    contract_id(name, version)):
-        found = load_contract(conn, span_id, trusted)
+    for tenant in (principal.tenant_id, "system"):
+        span = contract_span(conn, secret, tenant, name, version)
+        found = load_contract(conn, span["id"], trusted) if span else None
         if found:
             break
     else:
@@ -169,22 +180,29 @@ def contracts(conn: psycopg.Connection, root: str, tenant_id: str
               ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The contracts a tenant can use (the system's and its own, signed by the platform),
     marked active or not; and the flags of the contract spans left out (not signed by the
-    platform, or not readable as a contract)."""
+    platform, or not readable as a contract). A contract seeded both before and after ids
+    were keyed is listed once (the newer span), active if either is."""
     keys = records.platform(conn, root).keys
     active = {s["id"] for _, s in active_contracts(conn, root, tenant_id)}
-    items, flags = [], []
+    listed: dict[tuple[str, str], dict[str, Any]] = {}
+    flags = []
     for r in conn.execute(CONTRACTS, (tenant_id,)):
         if r["public_key"] not in keys:
             flags.append(records.flag(r["id"], records.NOT_PLATFORM_SIGNED))
             continue
         try:
             content = r["content"]
-            items.append({"id": r["id"], "ref": f"{content['name']}@{content['version']}",
-                          "tenant_id": r["tenant_id"], "active": r["id"] in active,
-                          "actions": dict(content["actions"])})
+            ref = f"{content['name']}@{content['version']}"
+            actions = dict(content["actions"])
         except (KeyError, TypeError, ValueError) as exc:
             flags.append(records.flag(r["id"], records.MALFORMED, f"not a contract: {exc!r}"))
-    return items, flags
+            continue
+        before = listed.pop((r["tenant_id"], ref), None)
+        listed[(r["tenant_id"], ref)] = {
+            "id": r["id"], "ref": ref, "tenant_id": r["tenant_id"],
+            "active": r["id"] in active or bool(before and before["active"]),
+            "actions": actions}
+    return list(listed.values()), flags
 
 
 def resolve(action: str, contracts: list[tuple[Contract, dict[str, Any]]]
@@ -271,7 +289,7 @@ def _decision_span(principal: Principal, decision: gate.Decision, trace_id: str,
 
 def propose(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
             action: str, args: Any, trace_id: str,
-            source: dict[str, Any] | None = None) -> Outcome:
+            source: dict[str, Any] | None = None, *, secret: bytes) -> Outcome:
     """Ask the gate; record its decision and, unless denied, what follows from it: a job
     (allowed) or an approval request plus a plan job for the agent (pending approval)."""
     found = resolve(action, active_contracts(conn, root, principal.tenant_id))
@@ -301,21 +319,22 @@ def propose(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
         # an allowed one runs; one that needs approval without destroying anything waits.
         kind = "plan" if profile.destructive else None if profile.approvals else "execute"
         if kind:
-            job = _job(principal, proposal_id, kind, terms, trace_id)
+            job = _job(secret, principal, proposal_id, kind, terms, trace_id)
             spans.append(job)
             outcome.job_id = job["id"]
     ledger.append(conn, spans, key)
     return outcome
 
 
-def _job(principal: Principal, proposal_id: str, kind: str, terms: dict[str, Any],
-         trace_id: str, plan: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _job(secret: bytes, principal: Principal, proposal_id: str, kind: str,
+         terms: dict[str, Any], trace_id: str,
+         plan: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     content = {"kind": kind, "proposal_id": proposal_id, "action": terms["action"],
                "args": terms["args"], "contract": terms["contract"]}
     if plan is not None:
         content["plan"] = plan
     return _span(principal, "job", "queued", f"{kind} {terms['contract']} {terms['action']}",
-                 trace_id, id=derived_id("job", proposal_id, kind), seq=0,
+                 trace_id, id=derive_id(secret, "job", proposal_id, kind), seq=0,
                  parent_id=proposal_id, status="queued", content=content)
 
 
@@ -461,7 +480,8 @@ def plan_hash(plan: Any) -> str:
 
 def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
             proposal_id: str, approve: bool, reason: str, trace_id: str,
-            agent_identities: Callable[[str], set[str]] | None = None) -> Outcome:
+            agent_identities: Callable[[str], set[str]] | None = None, *,
+            secret: bytes) -> Outcome:
     """An approver's answer. Refusals (SoD, role, not ready, replay) are gate_decision spans
     too; they come back as a DENY Outcome so the caller can answer after the commit.
     `agent_identities(role)`: the users of the tenant holding a key with the contract's
@@ -519,7 +539,7 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
         principal, "approval", "approved" if approve else "rejected", action, trace,
         # One id per approver and round: a renewal after expiry is the next round, and two
         # answers racing for one round collide in the ledger.
-        id=derived_id("approval", proposal_id, principal.user_id, str(len(mine))), seq=0,
+        id=derive_id(secret, "approval", proposal_id, principal.user_id, len(mine)), seq=0,
         parent_id=proposal_id, status="approved" if approve else "rejected",
         content={**clip_fields({"reason": reason}), "plan_hash": plan_hash(state["plan"]),
                  "roles": sorted(principal.roles)})], key)
@@ -528,7 +548,7 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
                             contract_span)]
     outcome = Outcome(decision, spans[0]["id"], trace, proposal_id)
     if decision.outcome == "ALLOW":
-        job = _job(principal, proposal_id, "execute", terms, trace, plan=state["plan"])
+        job = _job(secret, principal, proposal_id, "execute", terms, trace, plan=state["plan"])
         spans.append(job)
         outcome.job_id = job["id"]
     ledger.append(conn, spans, key)
@@ -584,13 +604,16 @@ UNREPORTED = (
 
 
 def claim(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
-          limit: int, actions: list[str] | None = None) -> list[dict[str, Any]]:
+          limit: int, actions: list[str] | None = None, *,
+          secret: bytes) -> list[dict[str, Any]]:
     """Hand the agent up to `limit` jobs of its tenant (of the `actions` it performs, when
     it says), oldest first: first the ones this key claimed earlier and has not reported
     (a claim whose answer was lost in transit is delivered again; the agent's journal makes
     sure none runs twice), then queued ones. An execute job passes the gate again here
     (approvals may have expired since): a job that no longer may run is refused for good,
-    with the gate's reason, and never handed out."""
+    with the gate's reason, and never handed out. A job whose claim cannot be recorded
+    (its claim id is taken) is skipped, refused for good with JOB_CLAIM_FAILED, and the
+    other jobs are still handed out."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))",
                  (f"jobs:{principal.tenant_id}",))
     platform = records.platform(conn, root)  # only jobs the platform queued are handed out
@@ -599,37 +622,77 @@ def claim(conn: psycopg.Connection, key: SigningKey, root: str, principal: Princ
         "tenant": principal.tenant_id, "key_id": principal.key_id, "keys": keys,
         "limit": limit})]
     trusted = manifest.trust_set(conn, root)
-    spans: list[dict[str, Any]] = []
+    picked: list[tuple[dict[str, Any], list[dict[str, Any]], bool]] = []
     for row in conn.execute(QUEUED, {"tenant": principal.tenant_id, "actions": actions,
                                      "keys": keys, "limit": limit * 4}).fetchall():
-        if len(handed) == limit:
+        if len(handed) + sum(ok for *_, ok in picked) == limit:
             break
         job = ledger.span_from_row(row)
-        content = job["content"]
-        decision = None
-        if content["kind"] == "execute":
-            request = ledger.head(conn, content["proposal_id"])
-            if request is not None and request["entity_type"] == "approval_request":
-                terms = request["content"]
-                found = load_contract(conn, terms["contract_id"], trusted,
-                                      terms["contract_hash"])
-                decision = _decide_with_approvals(
-                    conn, found[0], terms, request, now(), platform) if found else \
-                    gate.Decision("DENY", "G_NO_CONTRACT", "contract gone", terms["action"])
-                spans.append(_decision_span(principal, decision, job["trace_id"], job["id"],
-                                            terms["args"], found[1] if found else None))
-        refused = decision is not None and decision.outcome != "ALLOW"
-        spans.append(_span(principal, "job_claim", "refused" if refused else "claimed",
-                           job["this"], job["trace_id"], id=derived_id("claim", job["id"]),
-                           seq=0, parent_id=job["id"],
-                           status="refused" if refused else "claimed",
-                           content={"key_id": principal.key_id, "reason": decision.reason
-                                    if decision else "G_OK"}))
-        if not refused:
-            handed.append(_handed(job))
-    if spans:
-        ledger.append(conn, spans, key)
-    return handed
+        spans, ok = _claim_spans(conn, trusted, platform, principal, job, secret)
+        picked.append((job, spans, ok))
+    if picked:
+        try:
+            with conn.transaction():
+                ledger.append(conn, [s for _, spans, _ in picked for s in spans], key)
+        except LoglineError:  # one of them cannot be recorded: each on its own, then
+            picked = [(job, spans, _claim_alone(conn, key, principal, job, spans) and ok)
+                      for job, spans, ok in picked]
+    return handed + [_handed(job) for job, _, ok in picked if ok]
+
+
+#: Refusals of a claim span that no retry can cure: its id is taken, or it is invalid.
+_CLAIM_FOR_GOOD = ("LEDGER_SEQ_CONFLICT", "LEDGER_DUPLICATE", "LEDGER_OWNERSHIP_CHANGE",
+                   "LEDGER_PREV_HASH_MISMATCH", "LEDGER_SEQ_GAP")
+
+
+def _claim_spans(conn: psycopg.Connection, trusted: frozenset[str],
+                 platform: records.Platform, principal: Principal, job: dict[str, Any],
+                 secret: bytes) -> tuple[list[dict[str, Any]], bool]:
+    """The spans claiming `job` (the gate's decision first, for an execute job) and whether
+    the job may be handed out."""
+    content = job["content"]
+    decision, spans = None, []
+    if content["kind"] == "execute":
+        request = ledger.head(conn, content["proposal_id"])
+        if request is not None and request["entity_type"] == "approval_request":
+            terms = request["content"]
+            found = load_contract(conn, terms["contract_id"], trusted, terms["contract_hash"])
+            decision = _decide_with_approvals(
+                conn, found[0], terms, request, now(), platform) if found else \
+                gate.Decision("DENY", "G_NO_CONTRACT", "contract gone", terms["action"])
+            spans.append(_decision_span(principal, decision, job["trace_id"], job["id"],
+                                        terms["args"], found[1] if found else None))
+    refused = decision is not None and decision.outcome != "ALLOW"
+    spans.append(_span(principal, "job_claim", "refused" if refused else "claimed",
+                       job["this"], job["trace_id"], id=claim_id(secret, job["id"]), seq=0,
+                       parent_id=job["id"], status="refused" if refused else "claimed",
+                       content={"key_id": principal.key_id,
+                                "reason": decision.reason if decision else "G_OK"}))
+    return spans, not refused
+
+
+def _claim_alone(conn: psycopg.Connection, key: SigningKey, principal: Principal,
+                 job: dict[str, Any], spans: list[dict[str, Any]]) -> bool:
+    """Record one job's claim in a savepoint. When the ledger refuses it for good, the job
+    is skipped and refused with JOB_CLAIM_FAILED under an id of its own, so it is never
+    offered again and the agent's other jobs are not held up. False: not handed out."""
+    try:
+        with conn.transaction():
+            ledger.append(conn, spans, key)
+        return True
+    except LoglineError as exc:
+        if exc.code not in _CLAIM_FOR_GOOD and not exc.code.startswith("SPAN_"):
+            raise
+        ledger.append(conn, [_span(
+            principal, "job_claim", "refused", job["this"], job["trace_id"],
+            id=str(uuid.uuid4()), seq=0, parent_id=job["id"], status="refused",
+            content={"key_id": principal.key_id, "reason": "JOB_CLAIM_FAILED",
+                     "detail": f"{exc.code}: {exc.message}"[:500]})], key)
+        return False
+
+
+def claim_id(secret: bytes, job_id: str) -> str:
+    return derive_id(secret, "claim", job_id)
 
 
 def _handed(job: dict[str, Any]) -> dict[str, Any]:
@@ -641,7 +704,7 @@ def _handed(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(conn: psycopg.Connection, key: SigningKey, principal: Principal, job_id: str,
-           status: str, output: Any) -> tuple[dict[str, Any], bool]:
+           status: str, output: Any, *, secret: bytes) -> tuple[dict[str, Any], bool]:
     """Record a job's result (once). A retry of the same result is acknowledged again;
     a different one is refused. Returns (the result span, whether it is new)."""
     if status not in RESULT_STATUSES:
@@ -649,12 +712,17 @@ def report(conn: psycopg.Connection, key: SigningKey, principal: Principal, job_
     job = ledger.head(conn, job_id)
     if job is None or job["entity_type"] != "job":
         raise LoglineError("NOT_FOUND", "no job with this id is visible to you")
-    claim_span = ledger.head(conn, derived_id("claim", job_id))
-    if claim_span is None or claim_span["status"] != "claimed" or \
-            claim_span["owner_id"] != principal.user_id:
+    claim_span = ledger.head(conn, claim_id(secret, job_id))
+    if claim_span is None:  # claimed before ids were keyed?
+        claim_span = ledger.head(conn, legacy_id("claim", job_id))
+    if claim_span is None or claim_span["entity_type"] != "job_claim" or \
+            claim_span["status"] != "claimed" or claim_span["owner_id"] != principal.user_id:
         raise LoglineError("JOB_NOT_CLAIMED", "this job is not claimed by you")
-    result_id = derived_id("result", job_id)
+    result_id = derive_id(secret, "result", job_id)
     existing = ledger.head(conn, result_id)
+    if existing is None:  # reported before ids were keyed?
+        legacy = ledger.head(conn, legacy_id("result", job_id))
+        existing = legacy if legacy and legacy["entity_type"] == "job_result" else None
     if existing is not None:
         if existing["status"] == status and existing["output"] == output:
             return existing, False

@@ -1,15 +1,14 @@
 """Ids the platform derives (policy cursors and emissions, rollups, job claims, contracts,
 api key spans): a UUID from a keyed BLAKE3 hash of the parts, so the same parts always give
-the same id (idempotent appends) while nobody without the ledger's secret (schema 0007) can
-compute it first. Derived from public inputs alone (uuid5), such an id could be taken by any
-writer before the platform appended it, wedging a policy or an agent for good, and served as
-an oracle on other tenants' names.
+the same id (idempotent appends) while nobody without the platform's id secret
+(stage0.keys.id_secret) can compute it first. Derived from public inputs alone (uuid5), such
+an id could be taken by any writer before the platform appended it, wedging a policy or an
+agent for good, and served as an oracle on other tenants' names.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import blake3
 
@@ -23,17 +22,8 @@ def derive_id(secret: bytes, *parts: object) -> str:
     return str(uuid.UUID(bytes=bytes(raw)))
 
 
-_SECRETS: dict[tuple[str, str, str], bytes] = {}
-
-
-def secret(conn: Any) -> bytes:
-    """The ledger's derivation secret (schema 0007; readable by the kernel role only),
-    read once per database and process."""
-    info = conn.info
-    where = (info.host, str(info.port), info.dbname)
-    found = _SECRETS.get(where)
-    if found is None:
-        row = conn.execute("SELECT derivation FROM ledger.platform_secret").fetchone()
-        found = bytes(row["derivation"] if isinstance(row, dict) else row[0])
-        _SECRETS[where] = found
-    return found
+def legacy_id(*parts: object) -> str:
+    """The uuid5 such an id had before ids were keyed. Read-only: to find what an older
+    version recorded (callers accept only kinds no client can write); never an id to append
+    under, since anyone can compute it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "logline:" + ":".join(map(str, parts))))

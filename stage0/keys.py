@@ -80,3 +80,51 @@ def edge_key(root: SigningKey) -> SigningKey:
     (stage0.kinds). A tenant's span can therefore never pass for a platform record."""
     return SigningKey(_subkey(root, b"logline/edge-key/v1"))
 
+
+def derivation_secret(root: SigningKey) -> bytes:
+    """The secret that keys every id the platform derives (stage0.ids): without it, nobody
+    can compute such an id before the platform does, so nobody can squat on it."""
+    return _subkey(root, b"logline/id-derivation/v1")
+
+
+ID_SECRET_FILE = "id.secret"
+
+
+def write_id_secret(path: Path, secret: bytes) -> None:
+    """Write the id secret (64 hex characters, mode 0600) for a machine that signs with its
+    own key; never overwrites one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise LoglineError("KEY_EXISTS", "an id secret already exists here; refusing to "
+                           "overwrite it", str(path)) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex() + "\n")
+
+
+def id_secret(home: Home, key: SigningKey) -> bytes:
+    """The secret this process derives ids with, the same in every process of one ledger:
+    derivation_secret(root). A process holding the root key computes it; one that signs with
+    a key of its own (a worker machine) reads it from keys/id.secret, copied from the
+    operator's home (`logline keys id-secret --out FILE`). Without that file such a process
+    would derive other ids (a second policy cursor per policy, contracts not found), so it
+    is refused instead (ID_SECRET_MISSING)."""
+    path = home.keys / ID_SECRET_FILE
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise LoglineError("KEY_PERMISSIONS", "id secret file is readable by others; "
+                               "chmod 600 it", str(path))
+        try:
+            secret = bytes.fromhex(path.read_text().strip())
+            if len(secret) != 32:
+                raise ValueError
+        except ValueError:
+            raise LoglineError("KEY_INVALID", "not 32 bytes of hex", str(path)) from None
+        return secret
+    root = home.read_config().get("root_public_key")
+    if root and public_key_hex(key) != root:
+        raise LoglineError("ID_SECRET_MISSING", "this home signs with a key other than the "
+                           "root key and has no keys/id.secret: copy it from the operator's "
+                           "home (`logline keys id-secret --out FILE` there)", str(path))
+    return derivation_secret(key)

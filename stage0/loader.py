@@ -28,7 +28,7 @@ from .capabilities import KernelContext
 from .config import Home
 from .db import Database
 from .errors import LoglineError
-from .keys import operator_key
+from .keys import id_secret, operator_key
 from .proofs import check_proofs, digest, public_key_hex
 from .restricted import load_main
 
@@ -67,6 +67,15 @@ class Loader:
         self._verified_in_boot: set[str] = set()
         self._verified_spans: dict[str, str] = {}
         self._records: list[tuple[Any, ...]] = []
+        self._id_secret: bytes | None = None
+
+    @property
+    def id_secret(self) -> bytes:
+        """What the ids kernels derive are keyed with (keys.id_secret): read when first
+        needed, so `logline boot` of a kernel that derives none works on any home."""
+        if self._id_secret is None:
+            self._id_secret = id_secret(self.home, self.key)
+        return self._id_secret
 
     def close(self) -> None:
         if self._sandbox is not None and self._owns_sandbox:

@@ -9,22 +9,24 @@ import os
 from . import apikeys
 from .config import Home
 from .db import Database
-from .keys import operator_key
+from .keys import id_secret, operator_key
 
 USER, TENANT = apikeys.OPERATOR_USER, apikeys.OPERATOR_TENANT
 
 
 def operator_token(home: Home, database: Database) -> str:
     path = home.path / "operator.apikey"
+    key = operator_key(home)
+    secret = id_secret(home, key)
     with database.connect("kernel") as conn:
         if path.exists():
             token = path.read_text().strip()
-            principal = apikeys.authenticate(conn, token)
+            principal = apikeys.authenticate(conn, token, secret)
             if principal is not None and apikeys.OPERATOR_ROLE in principal.roles:
                 return token
             if principal is not None:  # made before the operator role: replaced, not kept
-                apikeys.revoke(conn, operator_key(home), principal.key_id)
-        token, _ = apikeys.issue_operator(conn, operator_key(home))
+                apikeys.revoke(conn, key, principal.key_id, secret)
+        token, _ = apikeys.issue_operator(conn, key, secret)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from nacl.signing import SigningKey
 
-from . import ledger, manifest, quota, rows
+from . import db, ledger, manifest, quota, rows
 from .canonical import FIELDS, canonical_bytes, normalise, now_at
 from .errors import LoglineError
 from .proofs import check_proofs, public_key_hex
@@ -43,10 +43,11 @@ def seed(conn: psycopg.Connection, paths: Iterable[Path], key: SigningKey,
     of STEPS_PER_ROW * count_rows(paths)."""
     files = ordered(paths)
     results = []
-    for path in files:
-        results.append(seed_file(conn, path, key, progress or _silent))
-        if on_file:
-            on_file(results[-1])
+    with db.unbounded(conn):  # a big file is one long statement, legitimately
+        for path in files:
+            results.append(seed_file(conn, path, key, progress or _silent))
+            if on_file:
+                on_file(results[-1])
     return results
 
 
@@ -82,7 +83,7 @@ def _silent(n: int) -> None:
 def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey,
               progress: Callable[[int], None] = _silent) -> SeedResult:
     root = public_key_hex(key)
-    parsed = _contract_rows(path) if path.suffix == ".yaml" else rows.read(path)
+    parsed = _contract_rows(path, key) if path.suffix == ".yaml" else rows.read(path)
     trusted = manifest.trust_set(conn, root)
     edge = manifest.edge_entry(key)
     chain: dict[str, tuple[int, str]] = {}  # id -> (seq, curr_hash) as this file leaves it
@@ -106,11 +107,13 @@ def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey,
     return SeedResult(path, len(pending), len(parsed) - len(pending))
 
 
-def _contract_rows(path: Path) -> list[rows.Row]:
-    """A contract authored as YAML (ROW/contracts/NAME@VERSION.yaml) seeds one span."""
+def _contract_rows(path: Path, key: SigningKey) -> list[rows.Row]:
+    """A contract authored as YAML (ROW/contracts/NAME@VERSION.yaml) seeds one span, whose id
+    is derived with the id secret of the key that seeds it (the root key)."""
     from .contracts import load, to_span
+    from .keys import derivation_secret
 
-    return [rows.Row(path, 1, to_span(load(path)))]
+    return [rows.Row(path, 1, to_span(load(path), derivation_secret(key)))]
 
 
 def _span_index(exc: LoglineError) -> int | None:

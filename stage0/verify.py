@@ -170,6 +170,7 @@ def _worker_range(snapshot: str, lo: str, hi: str, signers: manifest.Signers, ro
     walk = _Walk(signers, root, high)
     with conn.transaction():
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(snapshot))
+        conn.execute(q("unbounded_transaction"))
         _walk_range(conn, lo, hi, walk)
     return walk.spans, walk.ids, walk.failures
 
@@ -198,6 +199,9 @@ def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     try:
         with conn.transaction():
+            # A whole ledger in one snapshot takes as long as it takes; this transaction also
+            # waits, idle, for the worker processes.
+            conn.execute(q("unbounded_transaction"))
             set_json_loads(_loads, conn)  # numbers exactly as stored, not as Python rounds
             try:
                 signers = manifest.signers_of(manifest.latest(conn, root_key), root_key)

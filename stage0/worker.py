@@ -35,6 +35,9 @@ KERNELS = {"observer_bot": "00000000-0000-4000-8000-000000000002",
 DEFAULT_EVERY_MS = {"observer_bot": 2000, "request_worker": 2000, "policy_agent": 5000}
 #: Spans the kernels write about their own work: they wake nobody.
 QUIET = ("policy_cursor", "policy_error", "rollup", "boot_event", "boot_refused")
+#: How long one kernel drains a backlog before the others get their turn: one tenant's
+#: flood of requests (or spans for the policies) never holds the other kernels up longer.
+DRAIN_S = 5.0
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Worker:
                                    f"{loader.signer_public_key}, which the manifest does not "
                                    "trust as a platform key: everything it wrote would fail "
                                    "verify (`logline keys trust KEY --role platform`)")
+            loader.id_secret  # noqa: B018 - ID_SECRET_MISSING now, not in every policy round
             listener.execute("LISTEN timeline_updates")
             due = Due({name: 0.0 for name in self.kernels})
             loader.log("worker_started", kernels=list(self.kernels))
@@ -129,12 +133,15 @@ class Worker:
         for name in self.kernels:
             if self.stop.is_set() or due.at[name] > time.monotonic():
                 continue
-            self._boot(name)
-            due.at[name] = time.monotonic() + self._every_s(name)
+            more = self._boot(name)
+            due.at[name] = 0.0 if more else time.monotonic() + self._every_s(name)
 
-    def _boot(self, name: str) -> None:
+    def _boot(self, name: str) -> bool:
         """Run one kernel. The request worker and the policy agent drain: they run again while
-        they report a full batch, instead of leaving a backlog for the next poll."""
+        they report a full batch, instead of leaving a backlog for the next poll, for at most
+        DRAIN_S; True when that ran out with work left (the kernel is due again at once, after
+        the others had their turn)."""
+        started = time.monotonic()
         while not self.stop.is_set():
             kernel_input = self._input(name)
             try:
@@ -144,12 +151,15 @@ class Worker:
                     raise psycopg.OperationalError(exc.message) from None
                 self.loader.log("kernel_failed", kernel=name, code=exc.code,
                                 message=exc.message[:500])
-                return
+                return False
             self.stats[name] += 1
             if name == "request_worker" and output.get("claimed"):
                 self._log_requests(output)
             if not _more(name, output, kernel_input):
-                return
+                return False
+            if time.monotonic() - started >= DRAIN_S:
+                return True
+        return False
 
     def _log_requests(self, output: dict[str, Any]) -> None:
         """A batch's outcome by status, and each refused request with its reason: a request

@@ -470,7 +470,8 @@ def test_a_platform_key_issued_before_the_rule_does_not_authenticate(api):
     token = f"llk_{key_id}_{'A' * 43}"
     with api.kernel() as conn:
         ledger.append(conn, [{
-            "id": apikeys.span_id_for(key_id), "seq": 0, "entity_type": "api_key",
+            "id": apikeys.span_id_for(keys.derivation_secret(keys.operator_key(api.home)),
+                                      key_id), "seq": 0, "entity_type": "api_key",
             "who": "logline", "did": "issued", "this": f"api key {key_id}",
             "owner_id": "ops", "tenant_id": "system", "visibility": "private",
             "status": "active", "metadata": {"key_id": key_id, "roles": ["admin"],

@@ -140,7 +140,8 @@ def test_a_ledger_still_holding_the_older_api_contract_lets_no_tenant_admin_boot
     /metrics to `admin`. The handlers check the operator role themselves."""
     with serving(server, template, tmp_path) as api:
         with api.kernel() as conn:
-            head = ledger.head(conn, contract_id("api", "1.0.0"))
+            secret = keys.derivation_secret(keys.operator_key(api.home))
+            head = ledger.head(conn, contract_id(secret, "api", "1.0.0"))
             content = head["content"]
             for action in ("kernel_boot", "metrics_scrape"):
                 content["actions"][action]["requesters"] = ["admin"]

@@ -32,8 +32,11 @@ def approval(who="bob", roles=("approver",), approve=True, age_s=60):
 
 def test_the_shipped_contract_loads_and_has_a_stable_span_id(ops):
     assert ops.ref == "personal_ops@1.0.0"
-    span = to_span(ops)
-    assert span["id"] == contract_id("personal_ops", "1.0.0")
+    secret = bytes(32)
+    span = to_span(ops, secret)
+    assert span["id"] == contract_id(secret, "personal_ops", "1.0.0") == \
+        to_span(ops, secret)["id"]
+    assert span["id"] != contract_id(bytes([1]) * 32, "personal_ops", "1.0.0")  # keyed
     assert span["entity_type"] == "contract" and span["content"]["actions"]["delete"]
     assert all(p.approvals >= 1 for p in ops.actions.values() if p.destructive)
 

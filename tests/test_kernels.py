@@ -488,6 +488,42 @@ def test_request_worker_is_fifo_batched_and_completes_each_request(loader, kerne
     assert len(of_type(kernel_conn, "execution")) == 5
 
 
+def test_a_tenants_flood_of_requests_does_not_push_another_tenants_behind_it(
+        loader, kernel_conn, operator):
+    flood_fn = user_function(kernel_conn, operator, ECHO, tenant="flood")
+    flood = [raw_request(kernel_conn, operator, flood_fn["id"], "flood", {"i": i})
+             for i in range(40)]
+    quiet_fn = user_function(kernel_conn, operator, ECHO, tenant="quiet")
+    [mine] = [raw_request(kernel_conn, operator, quiet_fn["id"], "quiet", {"me": 1})]
+    first = loader.boot(WORKER, {"batch": 8})
+    # quiet's one request is in the first batch, run right after flood's oldest (FIFO put
+    # it behind all 40)
+    assert [e["request_id"] for e in first["executions"]][:2] == [flood[0]["id"], mine["id"]]
+    assert first["claimed"] == 8
+    assert ledger.head(kernel_conn, mine["id"])["status"] == "complete"
+    assert [e["request_id"] for e in first["executions"]][2:] == [r["id"] for r in flood[1:7]]
+
+
+def test_claims_take_each_tenants_oldest_in_turn_and_skip_what_others_hold(
+        seeded, kernel_conn, operator):
+    fns = {t: user_function(kernel_conn, operator, ECHO, tenant=t) for t in "abc"}
+    ids = {t: [raw_request(kernel_conn, operator, fns[t]["id"], t)["id"]
+               for _ in range(n)] for t, n in (("a", 5), ("b", 5), ("c", 1))}
+
+    def claimed(conn, batch):
+        return [(r["tenant_id"], str(r["id"])) for r in conn.execute(q("claim_requests"),
+                                                                 {"batch": batch})]
+
+    with seeded.connect("kernel") as other, kernel_conn.transaction(), other.transaction():
+        got = claimed(kernel_conn, 6)
+        assert got == [("a", ids["a"][0]), ("b", ids["b"][0]), ("c", ids["c"][0]),
+                       ("a", ids["a"][1]), ("b", ids["b"][1]), ("a", ids["a"][2])]
+        # A second worker meanwhile takes what is left, round-robin again, nothing twice.
+        assert claimed(other, 10) == [("a", ids["a"][3]), ("b", ids["b"][2]),
+                                      ("a", ids["a"][4]), ("b", ids["b"][3]),
+                                      ("b", ids["b"][4])]
+
+
 def test_cli_schedule_prints_the_request_id_and_is_idempotent(cli, kernel_conn, operator):
     fn = user_function(kernel_conn, operator, ECHO)
     plain = cli("schedule", fn["id"], "--input", '{"n": 1}').stdout.strip()

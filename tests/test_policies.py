@@ -28,6 +28,8 @@ from test_kernels import (
 
 from stage0 import ledger, manifest
 from stage0.canonical import normalise, now_at
+from stage0.ids import derive_id
+from stage0.keys import derivation_secret
 from stage0.loader import Loader
 from stage0.proofs import check_proofs, seal
 from stage0.sandbox import SandboxPool
@@ -320,8 +322,10 @@ def position(conn, span_id: str) -> int:
 
 
 def cursor(conn, policy_id: str) -> dict | None:
-    cursor_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"logline:policy_cursor:{policy_id}"))
-    return ledger.head(conn, cursor_id)
+    row = conn.execute("SELECT id::text AS id FROM ledger.latest_spans WHERE entity_type = "
+                       "'policy_cursor' AND metadata ->> 'policy_id' = %s",
+                       (policy_id,)).fetchone()
+    return ledger.head(conn, row["id"]) if row else None
 
 
 SEEN = ("def main(span):\n"
@@ -555,3 +559,239 @@ def test_unverified_policy_does_not_run(loader, seeded, kernel_conn, operator, h
     agent(loader)
     assert emitted_by(kernel_conn, policy_id, "seen") == []
 
+
+
+# --- hostile tenants: budgets, fairness, what a tenant policy may ask for, squatted ids -------
+SPIN = "def main(span):\n    while True:\n        pass\n"
+
+
+class Counting:
+    """The real sandbox pool, counting the runs made for each tenant's spans (every run a
+    policy gets is a batch of spans of one tenant) and their sandbox time."""
+
+    def __init__(self, pool: SandboxPool) -> None:
+        self.pool = pool
+        self.runs: dict[str, int] = {}
+        self.ms: dict[str, int] = {}
+
+    def run(self, code, spans, *args, **kwargs):
+        result = self.pool.run(code, spans, *args, **kwargs)
+        tenant = spans[0]["tenant_id"] if isinstance(spans, list) and spans else "?"
+        self.runs[tenant] = self.runs.get(tenant, 0) + 1
+        self.ms[tenant] = self.ms.get(tenant, 0) + result.duration_ms
+        return result
+
+
+def errors_of(conn, policy_id: str) -> list[dict]:
+    return emitted_by(conn, policy_id, "policy_error")
+
+
+@pytest.mark.slow
+def test_a_spinning_policy_costs_one_bounded_run_per_round_not_one_per_span(
+        seeded, home, pool, kernel_conn, operator):
+    spinner = tenant_policy(kernel_conn, operator, SPIN, tenant="evil", timeout_ms=300)
+    notes = [add(kernel_conn, operator, "note", tenant="evil") for _ in range(9)]
+    good = tenant_policy(kernel_conn, operator, SEEN, tenant="good")
+    mine = add(kernel_conn, operator, "note", tenant="good")
+    counting = Counting(pool)
+    with Loader(seeded, home, sandbox=counting) as loader:
+        out = agent(loader)
+    # One run for the spinner's 9 spans (it was 1 + 9 runs of 300 ms each, one by one).
+    assert counting.runs["evil"] == 1, counting.runs
+    assert out["spent_ms"]["evil"] == counting.ms["evil"] < 2 * 300
+    spent = cursor(kernel_conn, spinner["id"])["metadata"]
+    assert spent["spent_ms"] == counting.ms["evil"] and spent["evaluated"] == len(notes)
+    assert spent["position"] == position(kernel_conn, notes[-1]["id"])
+    errors = errors_of(kernel_conn, spinner["id"])
+    assert [e["related_to"] for e in errors] == [[n["id"]] for n in notes]
+    assert {e["metadata"]["cause"] for e in errors} == {"POLICY_BUDGET_EXHAUSTED"}
+    assert all("SANDBOX_" in e["error"]["message"] for e in errors)
+    # The other tenant's policy ran in the same round.
+    assert [s["parent_id"] for s in emitted_by(kernel_conn, good["id"])] == [mine["id"]]
+
+
+@pytest.mark.slow
+def test_one_tenants_spinning_policies_cannot_starve_another_tenants(
+        seeded, home, pool, kernel_conn, operator):
+    manifest.amend(kernel_conn, operator, policy={"slow_ms": 5000, "timeout_ms": 30000,
+                                                  "tenant_round_ms": 700})
+    spinners = [tenant_policy(kernel_conn, operator, SPIN, tenant="evil", timeout_ms=300)
+                for _ in range(4)]
+    add(kernel_conn, operator, "note", tenant="evil")
+    good = tenant_policy(kernel_conn, operator, SEEN, tenant="good")
+    mine = add(kernel_conn, operator, "note", tenant="good")
+    counting = Counting(pool)
+    with Loader(seeded, home, sandbox=counting) as loader:
+        first = agent(loader)
+        # Two 300 ms budgets at most fit in the tenant's 700 ms: the others wait a round.
+        assert counting.runs["evil"] <= 2 and first["deferred"] >= 2, (counting.runs, first)
+        assert first["spent_ms"]["evil"] <= 700 + 300
+        assert first["more"] is True  # the worker runs the agent again at once
+        assert [s["parent_id"] for s in emitted_by(kernel_conn, good["id"])] == [mine["id"]]
+        rounds = 1
+        while any(cursor(kernel_conn, p["id"]) is None for p in spinners):
+            agent(loader)
+            rounds += 1
+            assert rounds <= 4, "a deferred policy waited more than its turn"
+    assert all(errors_of(kernel_conn, p["id"]) for p in spinners)
+
+
+def platform_policy(conn, key, code: str, **meta) -> dict:
+    return ledger.append(conn, [{
+        "entity_type": "policy", "who": "ops", "did": "defined", "this": "system policy",
+        "name": f"s{uuid.uuid4().hex[:6]}", "code": code, "owner_id": "system",
+        "tenant_id": "system", "visibility": "public", "status": "active",
+        "metadata": {"on_entity_types": ["note"], **meta}}], key)[0]
+
+
+def emits(spec: dict, then_seen: bool = True) -> str:
+    """A policy that asks for `spec`, then (if then_seen) for an allowed `seen` span."""
+    second = ", {'emit_span': {'entity_type': 'seen'}}" if then_seen else ""
+    return f"def main(span):\n    return [{{'emit_span': {spec!r}}}{second}]\n"
+
+
+@pytest.mark.parametrize("spec, cause", [
+    ({"entity_type": "job", "status": "queued",
+      "content": {"kind": "execute", "action": "delete", "args": {"paths": ["a"]}}},
+     "POLICY_KIND_NEVER_EMITTED"),
+    ({"entity_type": "approval", "status": "approved"}, "POLICY_KIND_NEVER_EMITTED"),
+    ({"entity_type": "execution", "status": "complete"}, "POLICY_KIND_NEVER_EMITTED"),
+    ({"entity_type": "metric", "metadata": {"value": 1}}, "POLICY_KIND_RESERVED"),
+    ({"entity_type": "policy_violation"}, "POLICY_KIND_RESERVED"),
+    ({"entity_type": "job\u200b"}, "POLICY_KIND_INVALID"),
+    ({"entity_type": "Job"}, "POLICY_KIND_INVALID"),
+    ({"entity_type": "јob"}, "POLICY_KIND_INVALID"),  # Cyrillic j
+], ids=["job", "approval", "execution", "metric", "violation", "zero-width", "upper",
+        "cyrillic"])
+def test_a_tenant_policy_is_refused_platform_kinds_and_the_rest_proceeds(
+        loader, kernel_conn, operator, spec, cause):
+    policy = tenant_policy(kernel_conn, operator, emits(spec))
+    note = add(kernel_conn, operator, "note")
+    agent(loader)
+    [error] = errors_of(kernel_conn, policy["id"])
+    assert error["metadata"]["cause"] == cause and error["related_to"] == [note["id"]]
+    [seen] = emitted_by(kernel_conn, policy["id"], "seen")  # its allowed action went ahead
+    assert seen["parent_id"] == note["id"]
+    assert not of_type(kernel_conn, "job") and not of_type(kernel_conn, "approval")
+
+
+def test_a_tenant_policy_may_not_reach_into_another_tenant(loader, kernel_conn, operator):
+    theirs = add(kernel_conn, operator, "memory", tenant="globex")
+    their_fn = user_function(kernel_conn, operator, ECHO, tenant="globex",
+                             visibility="public")
+    own_fn = user_function(kernel_conn, operator, ECHO)
+    policy = tenant_policy(kernel_conn, operator, (
+        "def main(span):\n    return [\n"
+        f"        {{'emit_span': {{'entity_type': 'status_patch', 'status': 'archived',"
+        f" 'parent_id': '{theirs['id']}'}}}},\n"
+        f"        {{'emit_span': {{'entity_type': 'seen', 'related_to': ['{theirs['id']}']}}}},\n"
+        f"        {{'run': 'run_code', 'span_id': '{their_fn['id']}'}},\n"
+        f"        {{'run': 'run_code', 'span_id': 'not-a-uuid'}},\n"
+        f"        {{'run': 'run_code', 'span_id': '{own_fn['id']}'}}]\n"))
+    note = add(kernel_conn, operator, "note")
+    agent(loader)
+    causes = [e["metadata"]["cause"] for e in errors_of(kernel_conn, policy["id"])]
+    assert causes == ["POLICY_CROSS_TENANT", "POLICY_CROSS_TENANT", "POLICY_RUN_FOREIGN",
+                      "POLICY_ACTION_INVALID"]
+    [request] = emitted_by(kernel_conn, policy["id"], "request")
+    assert (request["parent_id"], request["tenant_id"]) == (own_fn["id"], "acme")
+    assert request["metadata"]["caused_by"] == note["id"]
+    assert not of_type(kernel_conn, "status_patch", "globex")
+
+
+def test_a_system_tenant_policy_not_signed_by_a_platform_key_is_a_tenant_policy(
+        loader, kernel_conn, operator):
+    machine = SigningKey.generate()
+    manifest.set_trust(kernel_conn, operator, machine.verify_key.encode().hex(), "machine",
+                       trusted=True)  # trusted, but not with role platform
+    policy = platform_policy(kernel_conn, machine, SEEN, scope="all_tenants")
+    root = platform_policy(kernel_conn, operator, SEEN, scope="all_tenants")
+    note = add(kernel_conn, operator, "note")  # in acme
+    agent(loader)
+    assert emitted_by(kernel_conn, policy["id"]) == []  # it sees the system tenant only
+    assert [s["parent_id"] for s in emitted_by(kernel_conn, root["id"])] == [note["id"]]
+
+
+def test_even_a_platform_policy_never_emits_approvals_or_jobs(loader, kernel_conn, operator):
+    policy = platform_policy(kernel_conn, operator, emits({"entity_type": "approval"}),
+                             scope="all_tenants")
+    add(kernel_conn, operator, "note")
+    agent(loader)
+    [error] = errors_of(kernel_conn, policy["id"])
+    assert error["metadata"]["cause"] == "POLICY_KIND_NEVER_EMITTED"
+    assert len(emitted_by(kernel_conn, policy["id"], "seen")) == 1
+
+
+def old_cursor_id(policy_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"logline:policy_cursor:{policy_id}"))
+
+
+@pytest.mark.parametrize("squatter", [
+    {"entity_type": "squat"},
+    {"entity_type": "policy_cursor", "metadata": {"position": 10**12}},
+], ids=["any-span", "fake-cursor"])
+def test_a_span_at_the_old_cursor_id_no_longer_wedges_or_steers_a_policy(
+        loader, kernel_conn, operator, squatter):
+    policy = tenant_policy(kernel_conn, operator, SEEN)
+    # mallory, a writer of the same tenant, takes the id the old uuid5 derivation gave
+    ledger.append(kernel_conn, [{"id": old_cursor_id(policy["id"]), "seq": 0, "who": "mallory",
+                                 "this": "squat", "owner_id": "mallory", "tenant_id": "acme",
+                                 "visibility": "tenant", "parent_id": policy["id"],
+                                 **squatter}], operator)
+    notes = [add(kernel_conn, operator, "note") for _ in range(2)]
+    agent(loader)
+    agent(loader)
+    assert [s["parent_id"] for s in emitted_by(kernel_conn, policy["id"], "seen")] == [
+        n["id"] for n in notes]
+    assert cursor(kernel_conn, policy["id"])["id"] != old_cursor_id(policy["id"])
+
+
+def test_a_cursor_an_older_agent_kept_is_carried_on(loader, kernel_conn, operator):
+    policy = tenant_policy(kernel_conn, operator, SEEN)
+    before = add(kernel_conn, operator, "note")
+    ledger.append(kernel_conn, [{  # what the agent recorded before ids were keyed
+        "id": old_cursor_id(policy["id"]), "seq": 0, "entity_type": "policy_cursor",
+        "who": "policy_agent", "did": "advanced", "this": policy["name"],
+        "parent_id": policy["id"], "owner_id": policy["owner_id"], "tenant_id": "acme",
+        "visibility": "private", "status": "active",
+        "metadata": {"policy_id": policy["id"], "position": position(kernel_conn,
+                                                                     before["id"])}}],
+        operator)
+    after = add(kernel_conn, operator, "note")
+    agent(loader)
+    assert [s["parent_id"] for s in emitted_by(kernel_conn, policy["id"], "seen")] == [
+        after["id"]]
+
+
+def test_an_action_the_ledger_refuses_becomes_a_policy_error_and_the_rest_proceed(
+        loader, kernel_conn, operator):
+    policy = tenant_policy(kernel_conn, operator, emits({"entity_type": "flag"}))
+    other = tenant_policy(kernel_conn, operator, SEEN)
+    note = add(kernel_conn, operator, "note")
+    # The id the agent will give the policy's first action is taken.
+    taken = derive_id(derivation_secret(operator), "emit", policy["id"], note["id"], 0, 0)
+    ledger.append(kernel_conn, [{"id": taken, "seq": 0, "entity_type": "note", "who": "x",
+                                 "this": "taken", "owner_id": "x", "tenant_id": "globex",
+                                 "visibility": "tenant"}], operator)
+    agent(loader)
+    [error] = errors_of(kernel_conn, policy["id"])
+    assert error["metadata"]["cause"] == "POLICY_APPEND_FAILED"
+    assert error["related_to"] == [note["id"]] and "LEDGER_" in error["error"]["message"]
+    assert len(emitted_by(kernel_conn, policy["id"], "seen")) == 1  # its next action
+    assert [s["parent_id"] for s in emitted_by(kernel_conn, other["id"])] == [note["id"]]
+    assert cursor(kernel_conn, policy["id"])["metadata"]["position"] == \
+        position(kernel_conn, note["id"])
+    agent(loader)  # and nothing is retried
+    assert len(errors_of(kernel_conn, policy["id"])) == 1
+
+
+@pytest.mark.parametrize("meta", [{"on_entity_types": "note"}, {"timeout_ms": "soon"},
+                                  {"sweep_entity_types": [1]}],
+                         ids=["types-not-a-list", "timeout-not-a-number", "sweep-not-kinds"])
+def test_a_malformed_policy_does_not_fail_the_round_for_the_others(loader, kernel_conn,
+                                                                   operator, meta):
+    tenant_policy(kernel_conn, operator, SEEN, **meta)
+    good = tenant_policy(kernel_conn, operator, SEEN, tenant="globex")
+    note = add(kernel_conn, operator, "note", tenant="globex")
+    agent(loader)
+    assert [s["parent_id"] for s in emitted_by(kernel_conn, good["id"])] == [note["id"]]

@@ -435,21 +435,24 @@ def test_worker_that_loses_its_database_keeps_serving_or_exits_with_a_structured
 # --- a worker on another machine ------------------------------------------------------------
 
 
-def machine_home(tmp_path: Path, root_public_key: str, name: str):
-    """The $LOGLINE_HOME of another machine: its own signing key, the operator's root pinned."""
+def machine_home(tmp_path: Path, home, name: str):
+    """The $LOGLINE_HOME of another machine: its own signing key, the operator's root pinned
+    and the id secret copied from the operator's home (`logline keys id-secret`)."""
     from stage0 import keys
     from stage0.config import Home
 
     other = Home(tmp_path / name)
     key = keys.write_new_key(other.operator_key)
-    other.write_config({"root_public_key": root_public_key})
+    other.write_config({"root_public_key": home.root_public_key()})
+    keys.write_id_secret(other.keys / keys.ID_SECRET_FILE,
+                         keys.id_secret(home, keys.operator_key(home)))
     return other, key.verify_key.encode().hex()
 
 
 @pytest.mark.slow
 def test_a_worker_with_its_own_trusted_key_signs_what_it_records(conn, operator, home, env,
                                                                  workers, tmp_path):
-    other, public = machine_home(tmp_path, home.root_public_key(), "machine-2")
+    other, public = machine_home(tmp_path, home, "machine-2")
     manifest.set_trust(conn, operator, public, "machine-2", trusted=True, role="platform")
     fn = add_function(conn, operator)
     ids = schedule_many(conn, operator, fn, [{"i": i} for i in range(5)])
@@ -468,7 +471,7 @@ def test_a_worker_with_its_own_trusted_key_signs_what_it_records(conn, operator,
 @pytest.mark.slow
 def test_a_worker_with_an_untrusted_key_records_nothing_unverifiable(conn, operator, home, env,
                                                                      workers, tmp_path):
-    other, _ = machine_home(tmp_path, home.root_public_key(), "rogue")
+    other, _ = machine_home(tmp_path, home, "rogue")
     fn = add_function(conn, operator)
     ids = schedule_many(conn, operator, fn, [{"i": 1}])
     env["LOGLINE_HOME"] = str(other.path)

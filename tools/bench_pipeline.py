@@ -420,8 +420,9 @@ class LogLine(System):
             types = (p["metadata"] or {}).get("on_entity_types")
             if not types or (p["metadata"] or {}).get("sweep_entity_types"):
                 continue
-            cursor = ledger.head(self.conn, str(uuid.uuid5(
-                uuid.NAMESPACE_URL, f"logline:policy_cursor:{p['id']}")))
+            cursor = self.conn.execute(
+                "SELECT metadata FROM ledger.latest_spans WHERE entity_type = 'policy_cursor' "
+                "AND metadata ->> 'policy_id' = %s", (p["id"],)).fetchone()
             after = ((cursor or {}).get("metadata") or {}).get("position", 0)
             behind += self.conn.execute(
                 "SELECT count(*) AS n FROM ledger.universal_registry WHERE position > %s "
@@ -752,7 +753,7 @@ def profile(bench: Bench, n: int, latency_n: int) -> dict[str, Any]:
 #: Where a busy worker's wall time goes: each sampled stack is counted once, under the first
 #: of these parts whose pattern it contains (most specific first).
 PARTS = (
-    ("claim the batch (ledger.claim_requests_v1)", r"KernelContext\.claim_requests "),
+    ("claim the batch (ledger.claim_requests_v2)", r"KernelContext\.claim_requests "),
     ("boot: read the manifest, check kernel heads (Loader.load)", r"Loader\.load "),
     ("run_code: check the function span (ctx.verified)", r"KernelContext\.verified "),
     ("run_code: daily quota counts (2 per batch)", r"quota_take "),

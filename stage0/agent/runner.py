@@ -30,6 +30,11 @@ CONFIG = "config.json"
 #: The personal_ops actions this agent performs (it claims no other job).
 PERFORMS = ("list_files", "detect_duplicates", "suggest_cleanup", "restore", *ACTIONS)
 MAX_LISTED = 2000  # listings beyond this are cut (the result must fit an API body)
+#: Waits between claims the server refused or could not answer: doubled each time, reset by
+#: an answer. A refusal (4xx: a revoked key, a job the server cannot hand out, a limit) is
+#: the server's to fix, not a reason for the agent to stop.
+BACKOFF_MIN_S = 2.0
+BACKOFF_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class Agent:
             signal.signal(sig, self._on_signal)
         self.log("agent_started", root=self.config.root, url=self.config.url)
         done = 0
+        backoff = BACKOFF_MIN_S
         try:
             self.recover()
             while not self.stopping.is_set():
@@ -112,11 +118,16 @@ class Agent:
                         "limit": 4, "wait_s": 0 if once else wait_s,
                         "actions": list(PERFORMS)})["jobs"]
                 except LoglineError as exc:
-                    if exc.code != "API_UNREACHABLE" or once:
+                    status = getattr(exc, "status", None)
+                    if once or (exc.code != "API_UNREACHABLE" and status is None):
                         raise
-                    self.log("server_unreachable", error=exc.message)
-                    self.stopping.wait(2.0)
+                    self.log("claim_refused" if status and status < 500
+                             else "server_unreachable", code=exc.code, status=status,
+                             error=exc.message, retry_in_s=backoff)
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
+                backoff = BACKOFF_MIN_S
                 for job in jobs:
                     self.busy = True
                     done += self.handle(job)

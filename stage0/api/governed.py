@@ -177,7 +177,8 @@ async def publish_contract(call: Call) -> ContractItem:
     contract = parse_contract(call.body.contract, "body.contract")
 
     def run(conn: psycopg.Connection) -> ContractItem:
-        span = governance.publish(conn, call.state.key, p, contract)
+        span = governance.publish(conn, call.state.key, p, contract,
+                                  secret=call.state.id_secret)
         return ContractItem(id=span["id"], ref=contract.ref, tenant_id=p.tenant_id,
                             active=False, actions=span["content"]["actions"])
 
@@ -190,7 +191,7 @@ async def activate_contract(call: Call) -> Activated:
 
     def run(conn: psycopg.Connection) -> Activated:
         span = governance.activate(conn, call.state.key, call.state.root, p, call.body.ref,
-                                   call.request_id)
+                                   call.request_id, secret=call.state.id_secret)
         return Activated(ref=span["this"], activation_id=span["id"])
 
     return await call.db(run)
@@ -202,7 +203,7 @@ async def propose(call: Call) -> Decision:
     assert p is not None
     outcome = await call.db(lambda conn: governance.propose(
         conn, call.state.key, call.state.root, p, call.body.action, call.body.args,
-        call.request_id))
+        call.request_id, secret=call.state.id_secret))
     if outcome.decision.outcome == "DENY":
         raise _refused(outcome)
     return Decision(**outcome.as_dict())
@@ -230,7 +231,8 @@ async def intent(call: Call) -> IntentOut:
         outcome = governance.propose(conn, call.state.key, call.state.root, p,
                                      parsed.qualified, parsed.args, call.request_id,
                                      source=clip_fields({"via": "intent", "text": text,
-                                                         "phrase": parsed.phrase}))
+                                                         "phrase": parsed.phrase}),
+                                     secret=call.state.id_secret)
         return parsed, outcome
 
     parsed, outcome = await call.db(run)
@@ -288,7 +290,7 @@ async def decide_approval(call: Call) -> Decision:
 
     outcome = await call.db(lambda conn: governance.approve(
         conn, call.state.key, call.state.root, p, proposal_id, body.decision == "approve",
-        body.reason, call.request_id, agents))
+        body.reason, call.request_id, agents, secret=call.state.id_secret))
     if outcome.refused:
         raise _refused(outcome)
     return Decision(**outcome.as_dict())
@@ -303,7 +305,7 @@ async def claim_jobs(call: Call) -> JobList:
 
     def claim(conn: psycopg.Connection) -> list[dict[str, Any]]:
         return governance.claim(conn, call.state.key, call.state.root, p, body.limit,
-                                body.actions)
+                                body.actions, secret=call.state.id_secret)
 
     subscription = call.state.broadcaster.subscribe(p.tenant_id)
     deadline = anyio.current_time() + body.wait_s
@@ -325,7 +327,8 @@ async def report_result(call: Call) -> ResultOut:
     job_id = _uuid(call.request.path_params["id"])
     body: ResultIn = call.body
     span, new = await call.db(lambda conn: governance.report(
-        conn, call.state.key, p, job_id, body.status, body.output))
+        conn, call.state.key, p, job_id, body.status, body.output,
+        secret=call.state.id_secret))
     return ResultOut(acknowledged=True, result_id=span["id"], new=new)
 
 

@@ -18,11 +18,11 @@ from psycopg_pool import ConnectionPool
 from .. import apikeys, ledger, manifest
 from ..clip import clip_fields
 from ..config import Home
-from ..contracts import Contract, contract_id
+from ..contracts import Contract
 from ..db import Database, configure, resolve
 from ..errors import LoglineError
-from ..governance import PLATFORM, load_contract
-from ..keys import edge_key, operator_key
+from ..governance import PLATFORM, contract_span, load_contract
+from ..keys import edge_key, id_secret, operator_key
 from ..loader import log
 from ..proofs import public_key_hex
 from ..queries import q
@@ -44,6 +44,8 @@ class ServerState:
         self.home = home
         self.key = operator_key(home)
         self.edge_key = edge_key(self.key)  # signs what clients post (never platform kinds)
+        #: What the ids the platform derives are keyed with (api keys, contracts, jobs).
+        self.id_secret = id_secret(home, self.key)
         self.signer = public_key_hex(self.key)
         self.root = home.root_public_key()
         self.limiter = limiter or RateLimiter()
@@ -93,8 +95,9 @@ class ServerState:
         Absent or untrusted: every route is denied (fail closed) and the log says why."""
         with self.pools["kernel"].connection() as conn:
             try:
-                found = load_contract(conn, contract_id(*PLATFORM),
-                                      manifest.trust_set(conn, self.root))
+                span = contract_span(conn, self.id_secret, "system", *PLATFORM)
+                found = span and load_contract(conn, span["id"],
+                                               manifest.trust_set(conn, self.root))
             except LoglineError as exc:
                 self.log("platform_contract_refused", error=str(exc))
                 return None
@@ -118,7 +121,7 @@ class ServerState:
         """The principals of the tokens that still authenticate (one query, no cache): the
         SSE hub re-checks the keys of open streams with it."""
         with self.pools["kernel"].connection() as conn:
-            valid = apikeys.authenticate_many(conn, tokens)
+            valid = apikeys.authenticate_many(conn, tokens, self.id_secret)
         for token in set(tokens) - set(valid):  # revoked: not even the auth cache has it
             self._auth.pop(token, None)
         return valid
@@ -135,7 +138,7 @@ class ServerState:
         if hit and now - hit[0] < AUTH_CACHE_S:
             return hit[1]
         with self.pools["kernel"].connection() as conn:
-            principal = apikeys.authenticate(conn, token)
+            principal = apikeys.authenticate(conn, token, self.id_secret)
         if len(self._auth) > 10_000:
             self._auth.clear()
         self._auth[token] = (now, principal)

@@ -80,7 +80,8 @@ SELECT position, id::text AS id, seq, curr_hash, chain_hash FROM ledger.universa
 ORDER BY position
 
 -- name: claim_requests
-SELECT {columns}, position FROM ledger.claim_requests_v1(%(batch)s)
+-- Round-robin across tenants, in the order to run them (schema/0006).
+SELECT {columns}, position FROM ledger.claim_requests_v2(%(batch)s)
 
 -- name: chain_tip
 SELECT position, chain_hash FROM ledger.chain_tip
@@ -108,3 +109,26 @@ SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
 -- Every version of every span of one trace, in ledger order (`logline trace`).
 SELECT {columns}, position FROM ledger.universal_registry
 WHERE trace_id = %(trace_id)s ORDER BY position LIMIT %(limit)s
+
+-- name: allow_idle
+-- This transaction may sit idle (while the sandbox runs what it claimed) this long: longer
+-- than the role's idle_in_transaction_session_timeout when it legitimately needs to be,
+-- never shorter (0, no limit, stays).
+SELECT set_config('idle_in_transaction_session_timeout',
+                  CASE WHEN s.setting::bigint = 0 OR s.setting::bigint >= %(ms)s::bigint
+                       THEN s.setting ELSE (%(ms)s::bigint)::text END, true) AS ms
+FROM pg_settings s WHERE s.name = 'idle_in_transaction_session_timeout'
+
+-- name: unbounded_transaction
+-- No statement or idle timeout for the rest of this transaction (verify).
+SELECT set_config('statement_timeout', '0', true),
+       set_config('idle_in_transaction_session_timeout', '0', true)
+
+-- name: unbounded_session
+-- No statement or idle timeout on this session until bounded_session (seed).
+SELECT set_config('statement_timeout', '0', false),
+       set_config('idle_in_transaction_session_timeout', '0', false)
+
+-- name: bounded_session
+-- The role's own timeouts again.
+RESET statement_timeout; RESET idle_in_transaction_session_timeout
