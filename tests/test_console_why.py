@@ -58,6 +58,8 @@ def console(browser: Browser, api: Api, key: Key, crashes: list[str], hash: str 
     page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
     page.set_default_timeout(20_000)
     page.on("pageerror", lambda exc: crashes.append(str(exc)))
+    page.on("console", lambda msg: crashes.append(msg.text)  # no inline style or script
+            if "Content Security Policy" in msg.text else None)
     page.goto(f"{api.url}/{hash}")
     page.fill("#login-key", key.token)
     page.click("#login-submit")
