@@ -50,6 +50,8 @@ PROTECTED = [
     ("POST", "/api/proposals"), ("POST", "/api/intents"), ("GET", "/api/proposals/{id}"),
     ("GET", "/api/approvals"), ("POST", "/api/approvals/{id}"), ("POST", "/api/jobs/claim"),
     ("POST", "/api/jobs/{id}/result"), ("GET", "/api/audit/export"),
+    # the console's operations (tests/test_console_api.py)
+    ("GET", "/api/queue"), ("POST", "/api/verify"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

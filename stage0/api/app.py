@@ -311,9 +311,10 @@ class _App(Starlette):
 def endpoints() -> list[Endpoint]:
     """Every route the server has (the api contract holds one profile per route)."""
     from .governed import ENDPOINTS as GOVERNED
+    from .operations import ENDPOINTS as OPERATIONS
     from .routes import ENDPOINTS
 
-    return [*ENDPOINTS, *GOVERNED]
+    return [*ENDPOINTS, *GOVERNED, *OPERATIONS]
 
 
 def create_app(state: ServerState | None = None) -> Starlette:

@@ -3,6 +3,7 @@ database work in one transaction as the caller, under row-level security."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -169,15 +170,36 @@ TIMELINE = (
     f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
     "WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
     "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
+    "AND (%(status)s::text IS NULL OR status = %(status)s) "
+    "AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s) "
+    "AND (%(from)s::timestamptz IS NULL OR at >= %(from)s) "
+    "AND (%(until)s::timestamptz IS NULL OR at < %(until)s) "
     "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
     "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
     "ORDER BY position DESC LIMIT %(limit)s"
 )
 
 
+def _time_query(call: Call, name: str) -> datetime | None:
+    """An ISO 8601 time with a zone from the query string (`from`, `until`), or None."""
+    raw = call.query(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_at(raw, name)
+    except LoglineError:
+        raise ApiError(400, "BAD_QUERY", f"{name} must be an ISO 8601 time with a zone, "
+                       "e.g. 2026-11-25T12:00:00Z") from None
+
+
 async def timeline(call: Call) -> SpanList:
     limit = call.int_query("limit", 50, 1, PAGE_MAX)
+    start, end = _time_query(call, "from"), _time_query(call, "until")
+    if start is not None and end is not None and start >= end:
+        raise ApiError(400, "BAD_QUERY", "from must be before until")
     params = {"entity_type": call.query("entity_type"), "trace_id": call.uuid_query("trace_id"),
+              "status": call.query("status"), "owner_id": call.query("owner_id"),
+              "from": start, "until": end,
               "before": call.int_query("before", None, 1, 2**62),
               "after": call.int_query("since", None, 0, 2**62), "limit": limit}
 
@@ -416,9 +438,14 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/spans/{id}", get_span, "A span's latest version (?all=1: every "
              "version)", "api.span_read", response=Span,
              query={**ID, "all": ("string", "1 for every version")}),
-    Endpoint("GET", "/api/timeline", timeline, "The visible timeline, newest first",
+    Endpoint("GET", "/api/timeline", timeline, "The visible timeline, newest first; filter by "
+             "kind, trace, status, owner and time",
              "api.timeline_read", response=SpanList,
              query={"entity_type": ("string", "filter"), "trace_id": ("string", "filter (UUID)"),
+                    "status": ("string", "filter: this status"),
+                    "owner_id": ("string", "filter: this owner (user)"),
+                    "from": ("string", "ISO 8601 time with a zone: at or after it"),
+                    "until": ("string", "ISO 8601 time with a zone: before it"),
                     "limit": ("integer", "1-500"), "before": ("integer", "position"),
                     "since": ("integer", "position: only after this")}),
     Endpoint("GET", "/api/timeline/stream", stream, "Server-sent events of new visible spans "

@@ -132,3 +132,46 @@ SELECT set_config('statement_timeout', '0', false),
 -- name: bounded_session
 -- The role's own timeouts again.
 RESET statement_timeout; RESET idle_in_transaction_session_timeout
+
+-- name: queue_health
+-- One tenant's requests waiting for a worker (the platform's only), split by whether a worker
+-- is running them now. A worker's claim is a row lock on the request's head
+-- (claim_requests_v1: FOR UPDATE SKIP LOCKED), held by its open transaction until the
+-- execution is recorded, so the claiming transaction's id is the head row's xmax. `running`
+-- is an xmax this snapshot sees as in progress: in its xip list, or at or after its xmax
+-- (compared modulo 2^32, as PostgreSQL compares xids). Reading xmax takes no lock, so
+-- counting never makes a worker skip a request.
+WITH snap AS (
+  SELECT pg_snapshot_xmax(s)::text::bigint %% 4294967296 AS xmax32,
+         array(SELECT x::text::bigint %% 4294967296 FROM pg_snapshot_xip(s) x) AS xip
+  FROM (SELECT pg_current_snapshot() AS s) c
+), waiting AS (
+  SELECT h.xmax::text::bigint AS locker, h.at
+  FROM ledger.span_heads h JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+  WHERE h.tenant_id = %(tenant)s AND h.entity_type = 'request' AND h.status = 'scheduled'
+    AND r.public_key = ANY(%(keys)s)
+), marked AS (
+  SELECT w.at, w.locker <> 0 AND (w.locker = ANY(snap.xip)
+         OR (w.locker - snap.xmax32 + 4294967296) %% 4294967296 < 2147483648) AS running
+  FROM waiting w, snap
+)
+SELECT count(*) FILTER (WHERE NOT running) AS queued,
+       count(*) FILTER (WHERE running) AS running,
+       min(at) FILTER (WHERE NOT running) AS oldest_queued_at
+FROM marked
+
+-- name: executions_today
+-- What the daily quota counts (run_code reads the same row).
+SELECT to_char((now() AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD') AS day,
+       coalesce((SELECT n FROM ledger.tenant_exec_counts WHERE tenant_id = %(tenant)s
+                 AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS n
+
+-- name: last_execution
+SELECT r.id::text AS id, r.at, r.status, r.duration_ms
+FROM ledger.span_heads h JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+WHERE h.tenant_id = %(tenant)s AND h.entity_type = 'execution' AND r.public_key = ANY(%(keys)s)
+ORDER BY h.position DESC LIMIT 1
+
+-- name: visible_ids
+-- Which of these ids the caller may see (run as the caller, under row-level security).
+SELECT DISTINCT id::text AS id FROM ledger.universal_registry WHERE id = ANY(%(ids)s::uuid[])

@@ -16,20 +16,24 @@
   const SVG_NS = 'http://www.w3.org/2000/svg';
   const MAX_ROWS = 500;
   const STALL_MS = 45000; // the server pings every 15 s: this much silence means a dead link
-  const VIEWS = ['timeline', 'approvals', 'functions', 'executions', 'metrics'];
+  const VIEWS = ['timeline', 'approvals', 'functions', 'executions', 'metrics', 'health',
+    'trace'];
 
   const state = {
     token: null,
     me: null,
     view: null,
     streams: [],
-    timeline: { top: 0, next: null, filters: { entity_type: '', trace_id: '' }, stream: null },
+    timeline: { top: 0, next: null, filters: {}, stream: null, hash: '#timeline' },
     activity: null,
     functions: new Map(),
     executions: new Map(),
     pending: new Map(), // request id -> result element, for requests started here
     detail: null,
     types: new Set(),
+    statuses: new Set(),
+    owners: new Set(),
+    trace: null, // the open trace view: { id, stream, loads, timer }
     approvals: new Map(), // proposal id -> { item, card, summary, form, ... } in the inbox
     proposal: null, // the open request detail: { id }
   };
@@ -636,18 +640,26 @@
     state.me = null;
     state.functions.clear();
     state.executions.clear();
-    state.pending.clear();
+    stopFollowing();
     state.types.clear();
+    state.statuses.clear();
+    state.owners.clear();
+    closeTrace();
+    clearTimeout(healthTimer);
+    state.timeline.hash = '#timeline';
     state.approvals.clear();
     clearTimeout(governanceTimer);
     closeProposal();
     sessionStorage.removeItem(KEY_STORE);
-    $('filter-entity').value = '';
-    $('filter-trace').value = '';
+    showFilters({});
     closeDetail();
     for (const id of ['timeline-rows', 'function-rows', 'execution-rows', 'errors', 'entity-types',
-      'metrics-tiles', 'chart-status', 'chart-latency', 'approvals-list', 'approvals-answer',
-      'ask-log', 'approvals-flags', 'executions-flags', 'detail-record']) clear($(id));
+      'statuses', 'owners', 'metrics-tiles', 'chart-status', 'chart-latency', 'metrics-head',
+      'metrics-rows', 'approvals-list', 'approvals-answer', 'ask-log', 'approvals-flags',
+      'executions-flags', 'detail-record', 'trace-rows', 'trace-summary', 'health-tiles',
+      'verify-result', 'execute-result']) clear($(id));
+    $('verify-result').hidden = true;
+    $('health-note').hidden = true;
     $('approvals-answer').hidden = true;
     $('approvals-flags').hidden = true;
     $('executions-flags').hidden = true;
@@ -664,6 +676,9 @@
     const roles = $('who-roles');
     clear(roles);
     for (const role of state.me.roles) roles.append(h('span', { class: 'role' }, role));
+    // A narrow window hides the labels and roles: they stay readable on hover.
+    $('who').title = visible(`tenant ${state.me.tenant} · user ${state.me.user} · roles `
+      + `${state.me.roles.join(', ') || 'none'}`);
     state.activity = new LiveStream('activity', {}, onActivity);
     state.streams = [state.activity];
     state.activity.start(tip);
@@ -673,11 +688,31 @@
   }
 
   // --- routing -----------------------------------------------------------------------------
+  /** `#VIEW`, `#VIEW?QUERY` (a filtered timeline) or `#trace/ID`: every view can be linked. */
+  function parseHash() {
+    const raw = location.hash.replace(/^#/, '');
+    const cut = raw.indexOf('?');
+    const path = cut < 0 ? raw : raw.slice(0, cut);
+    const params = new URLSearchParams(cut < 0 ? '' : raw.slice(cut + 1));
+    const slash = path.indexOf('/');
+    let arg = null;
+    if (slash >= 0) {
+      try {
+        arg = decodeURIComponent(path.slice(slash + 1));
+      } catch (err) {
+        arg = null; // a malformed escape: no trace to show
+      }
+    }
+    return { view: slash < 0 ? path : path.slice(0, slash), arg, params };
+  }
+
   function route() {
     if (!state.me) return;
-    const wanted = location.hash.replace(/^#/, '');
-    const view = VIEWS.includes(wanted) ? wanted : 'timeline';
+    const { view: wanted, arg, params } = parseHash();
+    let view = VIEWS.includes(wanted) ? wanted : 'timeline';
+    if (view === 'trace' && !arg) view = 'timeline';
     const first = state.view === null;
+    const left = state.view;
     state.view = view;
     for (const section of document.querySelectorAll('section.view')) {
       section.hidden = section.dataset.view !== view;
@@ -686,9 +721,20 @@
       tab.setAttribute('aria-selected', String(tab.dataset.view === view));
     }
     document.title = `${view[0].toUpperCase()}${view.slice(1)} · LogLine`;
-    if (view === 'timeline' && (first || !state.timeline.stream)) loadTimeline();
+    if (left === 'trace' && view !== 'trace') closeTrace();
+    if (left === 'health' && view !== 'health') clearTimeout(healthTimer);
+    if (view === 'timeline') {
+      const filters = filtersFromParams(params);
+      state.timeline.hash = location.hash || '#timeline';
+      if (first || !state.timeline.stream || !sameFilters(filters, state.timeline.filters)) {
+        showFilters(filters);
+        loadTimeline(filters);
+      }
+    }
+    if (view === 'trace') openTrace(arg);
     if (view === 'metrics') loadMetrics();
     if (view === 'approvals') loadApprovals();
+    if (view === 'health') loadHealth();
   }
 
   // --- timeline ----------------------------------------------------------------------------
@@ -700,56 +746,166 @@
       h('span', { class: 'this', title: span.this }, span.this));
   }
 
+  /** A trace id is linked only when it is a UUID or a plain name (what X-Request-ID allows):
+   * anything else is shown escaped, not offered for copying and not put in a URL. */
+  function traceLinkable(traceId) {
+    return wellFormed(traceId) || wellFormed(traceId, 'name');
+  }
+
+  function traceHref(traceId) {
+    return `#trace/${encodeURIComponent(traceId)}`;
+  }
+
   function traceCell(traceId) {
     if (!traceId) return h('span', { class: 'muted' }, '—');
-    if (!wellFormed(traceId)) return unsafeId(traceId, 'uuid');
+    if (!traceLinkable(traceId)) return unsafeId(traceId, 'uuid');
     return h('span', { class: 'id' },
-      h('button', { class: 'link id-text', type: 'button', title: `show trace ${traceId}`,
+      h('button', { class: 'link id-text trace-link', type: 'button',
+        title: `open trace ${traceId}`, 'data-trace-id': traceId,
         onclick: (ev) => {
           ev.stopPropagation();
-          $('filter-trace').value = traceId;
-          applyFilters();
+          location.hash = traceHref(traceId);
         } }, traceId.length > 16 ? `${traceId.slice(0, 8)}…${traceId.slice(-4)}` : traceId),
-      h('button', { class: 'copy', type: 'button', title: 'copy trace id',
+      wellFormed(traceId) ? h('button', { class: 'copy', type: 'button', title: 'copy trace id',
         'aria-label': 'copy trace id', 'data-copy': traceId,
         onclick: (ev) => { ev.stopPropagation(); copy(traceId); } },
-      copyIcon()));
+      copyIcon()) : null);
   }
 
   function timelineRow(span, fresh) {
-    rememberType(span.entity_type);
+    remember(span);
     return h('tr', { class: `clickable${fresh ? ' fresh' : ''}`, 'data-span-id': span.id,
       'data-seq': span.seq, 'data-position': span.position, 'data-entity-type': span.entity_type,
+      'data-status': span.status || '', 'data-owner': span.owner_id || '',
       'data-record': recordOf(span), 'data-tenant': span.tenant_id,
       onclick: () => openDetail(span.id, span.seq) },
     h('td', {}, timeEl(span.at)),
     h('td', {}, typeBadge(span.entity_type)),
     h('td', {}, whatCell(span)),
     h('td', {}, pill(span.status)),
-    h('td', {}, traceCell(span.trace_id)),
-    h('td', {}, idEl(span.id, { label: 'span id' })));
+    h('td', { class: 'col-trace' }, traceCell(span.trace_id)),
+    h('td', { class: 'col-id' }, idEl(span.id, { label: 'span id' })));
   }
 
-  function rememberType(type) {
-    if (!type || state.types.has(type)) return;
-    state.types.add(type);
-    const list = $('entity-types');
+  /** What the filters' suggestion lists offer: kinds, statuses and users seen so far. */
+  function remember(span) {
+    rememberIn(state.types, 'entity-types', span.entity_type);
+    rememberIn(state.statuses, 'statuses', span.status);
+    rememberIn(state.owners, 'owners', span.owner_id);
+  }
+
+  function rememberIn(set, listId, value) {
+    if (!value || set.has(value) || set.size >= 200) return;
+    set.add(value);
+    const list = $(listId);
     clear(list);
-    for (const t of [...state.types].sort()) list.append(h('option', { value: t }));
+    for (const v of [...set].sort()) list.append(h('option', { value: v }));
   }
 
-  async function loadTimeline() {
+  // Filters: the URL holds them (#timeline?status=error&owner_id=bob), so a filtered
+  // timeline can be linked; times are UTC, as the console shows them everywhere.
+  const FILTERS = ['entity_type', 'status', 'owner_id', 'from', 'until', 'trace_id'];
+  const FILTER_INPUTS = { entity_type: 'filter-entity', status: 'filter-status',
+    owner_id: 'filter-owner', trace_id: 'filter-trace' };
+
+  function filtersFromParams(params) {
+    const out = {};
+    for (const k of FILTERS) out[k] = (params.get(k) || '').trim();
+    return out;
+  }
+
+  function sameFilters(a, b) {
+    return FILTERS.every((k) => (a[k] || '') === (b[k] || ''));
+  }
+
+  /** `2026-11-25T12:00` (a datetime-local input, read as UTC) -> `2026-11-25T12:00:00Z`. */
+  function utcFromInput(value) {
+    if (!value) return '';
+    const text = value.length === 16 ? `${value}:00` : value;
+    return Number.isNaN(Date.parse(`${text}Z`)) ? null : `${text}Z`;
+  }
+
+  function inputFromUtc(iso) {
+    const t = Date.parse(iso);
+    return Number.isNaN(t) ? '' : new Date(t).toISOString().slice(0, 19);
+  }
+
+  function showFilters(filters) {
+    for (const [k, id] of Object.entries(FILTER_INPUTS)) $(id).value = filters[k] || '';
+    $('filter-from').value = inputFromUtc(filters.from);
+    $('filter-until').value = inputFromUtc(filters.until);
+    $('filter-range').value = filters.from || filters.until ? 'custom' : '';
+    showTimeFields();
+    $('filter-error').hidden = true;
+  }
+
+  function showTimeFields() {
+    const shown = $('filter-range').value !== '';
+    for (const el of document.querySelectorAll('.time-field')) el.hidden = !shown;
+  }
+
+  /** A preset fills From with the time that long ago (UTC) and clears Until. */
+  function applyRange() {
+    const value = $('filter-range').value;
+    if (value === '') {
+      $('filter-from').value = '';
+      $('filter-until').value = '';
+    } else if (value !== 'custom') {
+      $('filter-from').value = new Date(Date.now() - Number(value) * 1000).toISOString()
+        .slice(0, 19);
+      $('filter-until').value = '';
+    }
+    showTimeFields();
+    if (value === 'custom') $('filter-from').focus();
+  }
+
+  function filtersFromInputs() {
+    const out = {};
+    for (const [k, id] of Object.entries(FILTER_INPUTS)) out[k] = $(id).value.trim();
+    out.from = utcFromInput($('filter-from').value);
+    out.until = utcFromInput($('filter-until').value);
+    const box = $('filter-error');
+    let problem = null;
+    if (out.from === null || out.until === null) problem = 'A time is not a valid date and time.';
+    else if (out.from && out.until && Date.parse(out.from) >= Date.parse(out.until)) {
+      problem = 'From must be before Until.';
+    }
+    box.textContent = problem || '';
+    box.hidden = !problem;
+    return problem ? null : out;
+  }
+
+  function timelineHash(filters) {
+    const q = query(Object.fromEntries(FILTERS.map((k) => [k, filters[k]])));
+    return `#timeline${q}`;
+  }
+
+  /** Whether a live span passes the filters the stream does not apply on the server. */
+  function passesFilters(span, filters) {
+    if (filters.status && span.status !== filters.status) return false;
+    if (filters.owner_id && span.owner_id !== filters.owner_id) return false;
+    const at = Date.parse(span.at);
+    if (filters.from && !(at >= Date.parse(filters.from))) return false;
+    if (filters.until && !(at < Date.parse(filters.until))) return false;
+    return true;
+  }
+
+  function filtered(filters) {
+    return FILTERS.some((k) => filters[k]);
+  }
+
+  async function loadTimeline(filters) {
     const tl = state.timeline;
     if (tl.stream) {
       tl.stream.stop();
       state.streams = state.streams.filter((s) => s !== tl.stream);
       tl.stream = null;
     }
-    tl.filters = { entity_type: $('filter-entity').value.trim(),
-      trace_id: $('filter-trace').value.trim() };
+    tl.filters = { ...filters };
     const rows = $('timeline-rows');
     clear(rows);
     $('timeline-empty').hidden = true;
+    $('timeline-none').hidden = true;
     const seq = (tl.loads = (tl.loads || 0) + 1);
     let data;
     try {
@@ -766,11 +922,20 @@
     tl.top = data.items.length ? data.items[0].position : 0;
     tl.next = data.next_before;
     $('timeline-more').hidden = tl.next === null;
-    $('timeline-empty').hidden = data.items.length > 0;
-    const stream = new LiveStream('timeline', tl.filters, onTimelineSpan);
+    showTimelineEmpty();
+    // The stream filters by kind and trace on the server; the rest is checked on arrival.
+    const stream = new LiveStream('timeline', { entity_type: tl.filters.entity_type,
+      trace_id: tl.filters.trace_id }, onTimelineSpan);
     tl.stream = stream;
     state.streams.push(stream);
     stream.start(tl.top);
+  }
+
+  function showTimelineEmpty() {
+    const none = $('timeline-rows').children.length === 0;
+    const narrowed = filtered(state.timeline.filters);
+    $('timeline-empty').hidden = !none || narrowed;
+    $('timeline-none').hidden = !none || !narrowed;
   }
 
   async function loadOlder() {
@@ -791,16 +956,240 @@
     const tl = state.timeline;
     if (span.position <= tl.top) return;
     tl.top = span.position;
+    if (!passesFilters(span, tl.filters)) return;
     const rows = $('timeline-rows');
     rows.prepend(timelineRow(span, true));
-    $('timeline-empty').hidden = true;
+    showTimelineEmpty();
     while (rows.children.length > MAX_ROWS) rows.lastChild.remove();
     if (state.detail && state.detail.id === span.id) openDetail(span.id, span.seq, true);
   }
 
   function applyFilters() {
-    if (location.hash !== '#timeline') location.hash = '#timeline';
-    loadTimeline();
+    const filters = filtersFromInputs();
+    if (!filters) return;
+    const hash = timelineHash(filters);
+    state.timeline.hash = hash;
+    if (location.hash === hash && state.view === 'timeline') loadTimeline(filters);
+    else location.hash = hash;
+  }
+
+  function clearFilters() {
+    showFilters({});
+    applyFilters();
+  }
+
+  // --- trace: why something happened ------------------------------------------------------
+  // Every span of one trace id, as a tree: a span hangs under its parent_id when that span is
+  // in the trace, else under the first of its related_to that is (an execution under its
+  // request, a policy violation under the request it refused); the rest are roots. Each node
+  // is an id's latest version; its duration is its duration_ms, or for a request the time
+  // from scheduling to its execution (or to its last version: denied, failed).
+  const TRACE_MAX = 2000;
+  const BAR_W = 160;
+
+  async function openTrace(traceId, refresh) {
+    if (!refresh || !state.trace || state.trace.id !== traceId) {
+      closeTrace();
+      state.trace = { id: traceId, stream: null, loads: 0, timer: null };
+      clear($('trace-rows'));
+      setText($('trace-summary'), 'Loading…');
+      $('trace-empty').hidden = true;
+    }
+    const token = state.trace;
+    const seq = ++token.loads;
+    const spans = [];
+    let before = null;
+    try {
+      do {
+        const data = await api(`/api/timeline${query({ trace_id: traceId, limit: 500, before })}`);
+        spans.push(...data.items);
+        before = data.next_before;
+      } while (before !== null && spans.length < TRACE_MAX);
+    } catch (err) {
+      if (state.trace === token) showError(err, 'Loading the trace');
+      return;
+    }
+    if (!state.me || state.trace !== token || seq !== token.loads) return;
+    renderTrace(traceId, spans, before !== null);
+    if (!token.stream) {
+      const top = spans.reduce((m, s) => Math.max(m, s.position || 0), 0);
+      token.stream = new LiveStream('trace', { trace_id: traceId }, () => scheduleTrace(token));
+      state.streams.push(token.stream);
+      token.stream.start(top);
+    }
+  }
+
+  /** New spans of the open trace: redraw once a burst is over. */
+  function scheduleTrace(token) {
+    clearTimeout(token.timer);
+    token.timer = setTimeout(() => {
+      if (state.me && state.trace === token) openTrace(token.id, true);
+    }, 250);
+  }
+
+  function closeTrace() {
+    const token = state.trace;
+    if (!token) return;
+    clearTimeout(token.timer);
+    if (token.stream) {
+      token.stream.stop();
+      state.streams = state.streams.filter((s) => s !== token.stream);
+    }
+    state.trace = null;
+    renderLive();
+  }
+
+  /** The trace's spans (any order, every version) as nodes in a forest, roots first. */
+  function traceTree(spans) {
+    const nodes = new Map();
+    for (const span of spans) {
+      const node = nodes.get(span.id);
+      if (!node) {
+        nodes.set(span.id, { head: span, first: span, versions: 1, children: [], parent: null });
+        continue;
+      }
+      node.versions += 1;
+      if (span.seq > node.head.seq) node.head = span;
+      if (span.seq < node.first.seq) node.first = span;
+    }
+    for (const node of nodes.values()) {
+      const { head } = node;
+      const related = Array.isArray(head.related_to) ? head.related_to : [];
+      for (const [id, link] of [[head.parent_id, 'parent_id'], ...related.map((r) => [r, 'related_to'])]) {
+        if (id && id !== head.id && nodes.has(id)) {
+          node.parent = nodes.get(id);
+          node.link = link;
+          break;
+        }
+      }
+    }
+    for (const node of nodes.values()) { // a cycle (spans naming each other) is cut here
+      const seen = new Set();
+      let up = node.parent;
+      while (up && up !== node && !seen.has(up)) { seen.add(up); up = up.parent; }
+      if (up === node) node.parent = null;
+    }
+    const roots = [];
+    for (const node of nodes.values()) (node.parent ? node.parent.children : roots).push(node);
+    const byPosition = (a, b) => (a.first.position || 0) - (b.first.position || 0);
+    for (const node of nodes.values()) node.children.sort(byPosition);
+    roots.sort(byPosition);
+    return { nodes, roots };
+  }
+
+  /** How long a node took, in ms, and what that time is. */
+  function nodeTiming(node) {
+    const { head, first } = node;
+    if (typeof head.duration_ms === 'number') {
+      return { ms: head.duration_ms, what: 'ran', start: Date.parse(first.at) };
+    }
+    const start = Date.parse(first.at);
+    if (head.entity_type === 'request') {
+      const run = node.children.find((c) => c.head.entity_type === 'execution');
+      if (run) return { ms: Date.parse(run.first.at) - start, what: 'queued', start };
+      if (head.status === 'scheduled') return { ms: null, what: 'waiting', start };
+      return { ms: Date.parse(head.at) - start, what: `until ${head.status || 'the last version'}`,
+        start };
+    }
+    if (node.versions > 1) return { ms: Date.parse(head.at) - start, what: 'first to last', start };
+    return { ms: null, what: '', start };
+  }
+
+  const TIMING_TITLES = { ran: 'how long it ran (duration_ms)',
+    queued: 'from scheduling the request to its execution',
+    'first to last': 'from its first version to its latest' };
+
+  function traceRows(roots) {
+    const out = [];
+    const walk = (node, depth) => {
+      out.push({ node, depth });
+      for (const child of node.children) walk(child, depth + 1);
+    };
+    for (const root of roots) walk(root, 0);
+    return out;
+  }
+
+  function renderTrace(traceId, spans, truncated) {
+    const { nodes, roots } = traceTree(spans);
+    const rows = traceRows(roots);
+    const timings = new Map(rows.map(({ node }) => [node, nodeTiming(node)]));
+    const starts = [...timings.values()].map((t) => t.start).filter((t) => !Number.isNaN(t));
+    const t0 = starts.length ? Math.min(...starts) : 0;
+    let t1 = t0;
+    for (const t of timings.values()) {
+      if (!Number.isNaN(t.start)) t1 = Math.max(t1, t.start + (t.ms || 0));
+    }
+    for (const { node } of rows) t1 = Math.max(t1, Date.parse(node.head.at) || t0);
+    const total = Math.max(1, t1 - t0);
+    const body = $('trace-rows');
+    clear(body);
+    for (const { node, depth } of rows) {
+      body.append(traceRow(node, depth, timings.get(node), t0, total));
+    }
+    $('trace-empty').hidden = nodes.size > 0;
+    renderTraceSummary(traceId, nodes, roots, t1 - t0, truncated);
+  }
+
+  function traceRow(node, depth, timing, t0, total) {
+    const { head } = node;
+    const offset = Number.isNaN(timing.start) ? null : timing.start - t0;
+    return h('tr', { class: `clickable trace-node depth-${Math.min(depth, 8)}`,
+      'data-span-id': head.id, 'data-entity-type': head.entity_type, 'data-depth': depth,
+      'data-parent-id': node.parent ? node.parent.head.id : '', 'data-link': node.link || '',
+      'data-status': head.status || '', 'data-duration-ms': timing.ms ?? '',
+      'data-record': recordOf(head), onclick: () => openDetail(head.id) },
+    h('td', {}, h('div', { class: 'trace-what' },
+      depth ? h('span', { class: 'tree-mark', 'aria-hidden': 'true' }, node.link === 'related_to' ? '↳' : '└') : null,
+      typeBadge(head.entity_type), authorBadge(head),
+      h('span', { class: 'this', title: head.this }, head.this),
+      node.versions > 1 ? h('span', { class: 'muted small' }, ` v${head.seq}`) : null)),
+    h('td', {}, pill(head.status), reasonOf(head)),
+    h('td', { class: 'col-who' }, h('span', { class: 'trace-who',
+      title: `${head.who}${head.owner_id ? ` (owner ${head.owner_id})` : ''}` }, head.who)),
+    h('td', { class: 'num trace-duration', title: TIMING_TITLES[timing.what] || timing.what }, timing.ms === null ? (timing.what === 'waiting'
+      ? h('span', { class: 'muted' }, 'waiting') : '—') : duration(timing.ms),
+    timing.ms !== null && timing.what !== 'ran' ? h('div', { class: 'muted small' }, timing.what) : null),
+    h('td', { class: 'num muted' }, offset === null ? '—' : `+${duration(offset)}`),
+    h('td', { class: 'col-bar' }, timingBar(offset, timing.ms, total, head.status)),
+    h('td', { class: 'col-id' }, idEl(head.id, { label: 'span id' })));
+  }
+
+  /** A reason code a span carries: a denied request's metadata.reason, an error's code. */
+  function reasonOf(span) {
+    const meta = span.metadata && typeof span.metadata === 'object' ? span.metadata : {};
+    const err = span.error && typeof span.error === 'object' ? span.error : {};
+    const code = meta.reason || err.code || null;
+    return code ? h('span', { class: 'mono small reason-code trace-reason', 'data-reason': code },
+      ` ${code}`) : null;
+  }
+
+  function timingBar(offset, ms, total, status) {
+    const root = svg('svg', { class: 'bar-track', viewBox: `0 0 ${BAR_W} 12`, width: BAR_W,
+      height: 12, 'aria-hidden': 'true' });
+    root.append(svg('rect', { class: 'track', x: 0, y: 5, width: BAR_W, height: 2, rx: 1 }));
+    if (offset === null) return root;
+    const x = Math.min(BAR_W - 2, (offset / total) * BAR_W);
+    const w = ms ? Math.max(2, Math.min(BAR_W - x, (ms / total) * BAR_W)) : 2;
+    root.append(svg('rect', { class: `span-bar tone-${tone(status)}`, x, y: 1, width: w,
+      height: 10, rx: 2 }));
+    return root;
+  }
+
+  function renderTraceSummary(traceId, nodes, roots, spanMs, truncated) {
+    const box = $('trace-summary');
+    clear(box);
+    const heads = [...nodes.values()].map((n) => n.head);
+    const failed = heads.filter((s) => tone(s.status) === 'bad').length;
+    const request = roots.map((n) => n.head).find((s) => s.entity_type === 'request');
+    box.append(
+      h('div', { class: 'trace-line' }, h('span', { class: 'trace-label' }, 'Trace'),
+        idEl(traceId, { short: false, label: 'trace id', shape: wellFormed(traceId) ? 'uuid' : 'name' })),
+      h('div', { class: 'trace-stats' },
+        h('span', { id: 'trace-count', 'data-count': nodes.size }, `${nodes.size} span${nodes.size === 1 ? '' : 's'}`),
+        h('span', {}, `over ${duration(Math.max(0, spanMs))}`),
+        request ? h('span', {}, 'request ', pill(request.status)) : null,
+        failed ? h('span', { class: 'trace-failed' }, `${failed} failed or denied`) : null,
+        truncated ? h('span', { class: 'muted' }, `only the newest ${TRACE_MAX} are shown`) : null));
   }
 
   // --- activity (everything new: feeds functions, executions, pending requests) ---------------
@@ -811,10 +1200,11 @@
     else if (span.entity_type === 'execution') {
       scheduleLoad('executions', loadExecutions);
       if (state.view === 'metrics') scheduleMetrics();
-    } else if (span.entity_type === 'request' && state.pending.has(span.id) &&
-               isOwnRecord(span)) {
-      updatePending(span);
+    } else if (span.entity_type === 'request' && state.pending.has(span.id)) {
+      followRequest(span.id); // look now instead of at the next poll
     }
+    if ((span.entity_type === 'request' || span.entity_type === 'execution')
+        && state.view === 'health') scheduleLoad('health', loadHealth);
     // A step of a governed request (not the HTTP edge's own denials, which are `api`'s).
     if (GOVERNANCE.has(span.entity_type) && span.who !== 'api') scheduleGovernance();
   }
@@ -885,6 +1275,7 @@
   }
 
   function openExecute(span) {
+    stopFollowing();
     const panel = $('execute-panel');
     panel.hidden = false;
     panel.dataset.spanId = span.id;
@@ -901,6 +1292,7 @@
   }
 
   function closeExecute() {
+    stopFollowing();
     const panel = $('execute-panel');
     panel.hidden = true;
     panel.parentElement.classList.remove('with-panel');
@@ -934,40 +1326,164 @@
     }
   }
 
+  // After Run: the request is followed (the live stream says when it changed, a poll backs
+  // it up) until it is finished, then its execution's output or error, how long it ran and
+  // waited, or the reason it was refused. Only the platform's records are believed.
+  const FOLLOW_FIRST_MS = 500;
+  const FOLLOW_MAX_MS = 3000;
+  const FOLLOW_FOR_MS = 15 * 60 * 1000;
+
   function showRequest(out) {
+    stopFollowing();
     const result = $('execute-result');
     clear(result);
-    const status = h('span', { id: 'execute-status' }, pill(out.status));
-    const execution = h('span', { id: 'execute-execution', class: 'muted' },
-      'waiting for a worker…');
+    const line = (label, ...value) => h('div', { class: 'result-line' }, h('span', {}, label),
+      ...value);
+    const p = {
+      id: out.request_id, started: Date.now(), delay: FOLLOW_FIRST_MS, timer: null,
+      busy: false, again: false, done: false,
+      status: h('span', { id: 'execute-status' }, pill(out.status)),
+      execution: h('span', { id: 'execute-execution', class: 'muted' }, 'waiting for a worker…'),
+      waited: h('span', { id: 'execute-waited', class: 'muted' }, '—'),
+      duration: h('span', { id: 'execute-duration', class: 'muted' }, '—'),
+      outcome: h('div', { id: 'execute-outcome', class: 'execute-outcome', hidden: true }),
+    };
     result.append(
-      h('div', { class: 'result-line' }, h('span', {}, 'Request'),
-        h('span', { id: 'execute-request-id', 'data-request-id': out.request_id },
-          idEl(out.request_id, { short: false, label: 'request id' }))),
-      h('div', { class: 'result-line' }, h('span', {}, 'Status'), status),
-      h('div', { class: 'result-line' }, h('span', {}, 'Trace'), traceCell(out.trace_id)),
-      h('div', { class: 'result-line' }, h('span', {}, 'Execution'), execution),
-      h('div', { class: 'result-line' }, h('span', {}, ''),
-        h('button', { class: 'link', type: 'button', onclick: () => openDetail(out.request_id) },
-          'Open the request')));
+      line('Request', h('span', { id: 'execute-request-id', 'data-request-id': out.request_id },
+        idEl(out.request_id, { short: false, label: 'request id' }))),
+      line('Status', p.status),
+      line('Trace', traceCell(out.trace_id)),
+      line('Execution', p.execution),
+      line('Waited', p.waited),
+      line('Ran', p.duration),
+      p.outcome,
+      h('div', { class: 'result-line result-links' }, h('span', {}, ''),
+        h('button', { class: 'link', type: 'button',
+          onclick: () => openDetail(out.request_id) }, 'Open the request'),
+      out.trace_id && traceLinkable(out.trace_id) ? h('span', { class: 'muted' }, ' · ') : null,
+      out.trace_id && traceLinkable(out.trace_id) ? h('button', { class: 'link', type: 'button',
+        id: 'execute-trace', onclick: () => { location.hash = traceHref(out.trace_id); } },
+        'Open the trace') : null));
     result.hidden = false;
-    state.pending.set(out.request_id, { status, execution });
+    state.pending.set(out.request_id, p);
+    p.timer = setTimeout(() => followRequest(out.request_id), FOLLOW_FIRST_MS);
   }
 
-  function updatePending(span) {
-    const pending = state.pending.get(span.id);
-    clear(pending.status);
-    pending.status.append(pill(span.status));
-    const executionId = span.metadata && span.metadata.execution_id;
-    if (executionId) {
-      clear(pending.execution);
-      pending.execution.classList.remove('muted');
-      pending.execution.append(h('button', { class: 'link mono', type: 'button',
-        onclick: () => openDetail(executionId) }, executionId));
-    } else if (tone(span.status) === 'bad') {
-      clear(pending.execution);
-      pending.execution.append((span.error && span.error.message) || span.status);
+  function stopFollowing() {
+    for (const p of state.pending.values()) {
+      p.done = true;
+      clearTimeout(p.timer);
     }
+    state.pending.clear();
+  }
+
+  /** One look at the request (every version): done when it is finished and shown. */
+  async function followRequest(id) {
+    const p = state.pending.get(id);
+    if (!p || p.done) return;
+    if (p.busy) { p.again = true; return; }
+    p.busy = true;
+    clearTimeout(p.timer);
+    try {
+      const versions = (await api(`/api/spans/${encodeURIComponent(id)}?all=1`)).items;
+      const head = versions[versions.length - 1];
+      if (state.pending.get(id) === p && isOwnRecord(head) && head.entity_type === 'request') {
+        await updatePending(p, versions[0], head);
+      }
+    } catch (err) {
+      if (err.name === 'AbortError' || !state.me) return;
+      if (err.status && err.status < 500 && err.status !== 429) {
+        p.done = true;
+        showError(err, 'Following the request');
+      }
+    } finally {
+      p.busy = false;
+    }
+    if (p.done || state.pending.get(id) !== p) return;
+    if (Date.now() - p.started > FOLLOW_FOR_MS) {
+      setText(p.execution, 'still waiting: is a worker running (logline worker)? See Health.');
+      return;
+    }
+    const wait = p.again ? 0 : p.delay;
+    p.again = false;
+    p.delay = Math.min(FOLLOW_MAX_MS, Math.round(p.delay * 1.5));
+    p.timer = setTimeout(() => followRequest(id), wait);
+  }
+
+  async function updatePending(p, first, head) {
+    clear(p.status);
+    p.status.append(pill(head.status));
+    if (head.status === 'scheduled') return;
+    const meta = head.metadata && typeof head.metadata === 'object' ? head.metadata : {};
+    if (meta.execution_id && wellFormed(meta.execution_id)) {
+      const run = await api(`/api/spans/${encodeURIComponent(meta.execution_id)}`);
+      if (!isOwnRecord(run) || run.entity_type !== 'execution'
+          || !(run.related_to || []).includes(head.id)) {
+        setText(p.execution, 'the execution this request names is not a platform record');
+        p.done = true;
+        return;
+      }
+      showExecution(p, first, run);
+    } else if (head.status === 'denied') {
+      const after = Date.parse(head.at) - Date.parse(first.at);
+      if (!Number.isNaN(after)) setText(p.waited, `${duration(Math.max(0, after))} until refused`);
+      showDenied(p, meta.reason || 'DENIED');
+    } else {
+      showOutcome(p, 'error', [errorLine(head.error, head.status)]);
+      setText(p.execution, 'none: the request failed before it ran');
+    }
+    p.done = true;
+  }
+
+  function showExecution(p, first, run) {
+    clear(p.execution);
+    p.execution.classList.remove('muted');
+    p.execution.append(h('button', { class: 'link mono', type: 'button',
+      onclick: () => openDetail(run.id) }, run.id));
+    const waited = Date.parse(run.at) - Date.parse(first.at);
+    setText(p.waited, Number.isNaN(waited) ? '—' : `${duration(Math.max(0, waited))} in the queue`);
+    p.waited.classList.remove('muted');
+    setText(p.duration, duration(run.duration_ms));
+    p.duration.dataset.durationMs = run.duration_ms ?? '';
+    p.duration.classList.remove('muted');
+    const printed = run.metadata && typeof run.metadata.stdout === 'string' && run.metadata.stdout
+      ? [h('div', { class: 'small muted' }, 'Printed'), h('pre', { id: 'execute-stdout' }, run.metadata.stdout)]
+      : [];
+    if (run.status === 'complete') {
+      showOutcome(p, 'complete', [h('div', { class: 'small muted' }, 'Output'),
+        h('pre', { id: 'execute-output' }, JSON.stringify(run.output, null, 2) ?? 'null'),
+        ...printed]);
+    } else {
+      showOutcome(p, 'error', [errorLine(run.error, run.status), ...printed]);
+    }
+  }
+
+  function errorLine(error, status) {
+    const err = error && typeof error === 'object' ? error : {};
+    const code = err.code || String(status || 'error').toUpperCase();
+    const message = err.message || (typeof error === 'string' ? error : '');
+    return h('div', { id: 'execute-error', class: 'execute-error', 'data-code': code },
+      h('span', { class: 'error-code mono' }, code), ' ', message);
+  }
+
+  const DENIALS = {
+    QUOTA_EXCEEDED: 'Your tenant has used its daily quota of executions '
+      + '(throttle.per_tenant_daily_exec_limit): it did not run. New requests are refused '
+      + 'until 00:00 UTC; the Health view shows the count.',
+  };
+
+  function showDenied(p, reason) {
+    setText(p.execution, 'none: the request was refused');
+    showOutcome(p, 'denied', [h('div', { id: 'execute-reason', class: 'execute-reason',
+      'data-reason': reason }, h('span', { class: 'error-code mono reason-code' }, reason),
+    ' ', DENIALS[reason] || 'The platform refused to run this request.')]);
+  }
+
+  function showOutcome(p, kind, children) {
+    clear(p.outcome);
+    p.outcome.dataset.outcome = kind;
+    append(p.outcome, children);
+    p.outcome.hidden = false;
   }
 
   // --- executions --------------------------------------------------------------------------
@@ -1002,7 +1518,7 @@
     h('td', {}, resultPreview(span)),
     h('td', {}, pill(span.status)),
     h('td', { class: 'num', 'data-duration-ms': span.duration_ms ?? '' }, duration(span.duration_ms)),
-    h('td', {}, traceCell(span.trace_id)),
+    h('td', { class: 'col-trace' }, traceCell(span.trace_id)),
     h('td', {}, idEl(span.id, { label: 'execution id' })));
   }
 
@@ -1443,6 +1959,9 @@
       : h('p', { class: 'muted small' }, 'No job yet.')));
     const trace = p.trace_id;
     body.append(detailSection('Audit trail', trace ? h('div', { class: 'row' },
+      traceLinkable(trace) ? h('button', { class: 'btn btn-sm', type: 'button', id: 'proposal-trace',
+        onclick: () => { closeProposal(); location.hash = traceHref(trace); } }, 'Open the trace')
+        : null,
       h('button', { class: 'btn btn-sm', type: 'button', id: 'proposal-trail',
         onclick: () => showTrail(trace) }, 'Show in the timeline'),
       h('button', { class: 'btn btn-sm', type: 'button', id: 'proposal-csv',
@@ -1502,8 +2021,7 @@
 
   function showTrail(trace) {
     closeProposal();
-    $('filter-entity').value = '';
-    $('filter-trace').value = trace;
+    showFilters({ trace_id: trace });
     applyFilters();
   }
 
@@ -1629,6 +2147,7 @@
     if (key === 'entity_type') return h('dd', {}, typeBadge(value));
     if (key === 'duration_ms') return h('dd', {}, duration(value));
     if (LINK_FIELDS.has(key)) return h('dd', {}, spanLink(value));
+    if (key === 'trace_id') return h('dd', {}, traceField(String(value)));
     if (key === 'related_to' && Array.isArray(value)) {
       return h('dd', {}, value.map((id) => h('div', {}, spanLink(id))));
     }
@@ -1641,6 +2160,15 @@
       return h('dd', {}, h('pre', {}, text));
     }
     return h('dd', {}, String(value));
+  }
+
+  /** A trace id in the drawer: copyable when well formed, and a way into its trace. */
+  function traceField(traceId) {
+    if (!traceLinkable(traceId)) return idEl(traceId, { short: false, label: 'trace id' });
+    return h('span', { class: 'trace-field' },
+      idEl(traceId, { short: false, label: 'trace id', shape: wellFormed(traceId) ? 'uuid' : 'name' }),
+      h('button', { class: 'btn btn-sm', type: 'button', id: 'detail-trace',
+        onclick: () => { closeDetail(); location.hash = traceHref(traceId); } }, 'Open the trace'));
   }
 
   function spanLink(id) {
@@ -1694,6 +2222,138 @@
     if (v.detail) box.append(h('div', { class: 'verify-detail' }, v.detail));
   }
 
+  // --- health: the tenant's queue and quota; the whole ledger verified ------------------------
+  const HEALTH_EVERY_MS = 5000;
+  const STUCK_MS = 30000; // queued this long with nothing running: no worker is taking them
+  let healthTimer = null;
+  let healthLoads = 0;
+
+  async function loadHealth() {
+    clearTimeout(healthTimer);
+    const seq = ++healthLoads;
+    let queue;
+    try {
+      queue = await api('/api/queue');
+    } catch (err) {
+      if (seq === healthLoads) showError(err, 'Loading health');
+      return;
+    }
+    if (!state.me || seq !== healthLoads) return;
+    renderHealth(queue);
+    renderVerifyAccess();
+    if (state.view === 'health') healthTimer = setTimeout(loadHealth, HEALTH_EVERY_MS);
+  }
+
+  function healthTile(key, label, value, ...sub) {
+    return h('div', { class: 'tile', 'data-health': key },
+      h('div', { class: 'tile-label' }, label), h('div', { class: 'tile-value' }, value),
+      sub.length ? h('div', { class: 'tile-sub' }, ...sub) : null);
+  }
+
+  function renderHealth(q) {
+    const tiles = $('health-tiles');
+    clear(tiles);
+    const waited = q.oldest_queued_at ? Date.now() - Date.parse(q.oldest_queued_at) : null;
+    const last = q.last_execution;
+    tiles.append(
+      healthTile('queued', 'Queued', String(q.queued), q.oldest_queued_at
+        ? ['oldest scheduled ', timeEl(q.oldest_queued_at)] : 'nothing waiting'),
+      healthTile('running', 'Running', String(q.running), 'claimed by a worker now'),
+      healthTile('today', `Executions today (${q.day})`,
+        `${q.executions_today.toLocaleString('en-US')} / ${q.daily_limit.toLocaleString('en-US')}`,
+        h('meter', { min: 0, max: Math.max(1, q.daily_limit), low: 0.8 * q.daily_limit,
+          high: 0.95 * q.daily_limit, optimum: 0, value: Math.min(q.executions_today, q.daily_limit),
+          title: `${q.remaining} left today` }),
+        ` ${q.remaining.toLocaleString('en-US')} left, until 00:00 UTC`),
+      healthTile('last', 'Last execution', last ? timeEl(last.at) : '—',
+        last ? [pill(last.status), ' ', duration(last.duration_ms), ' ',
+          h('button', { class: 'link small', type: 'button', onclick: () => openDetail(last.id) },
+            'open')] : 'none yet'));
+    tiles.querySelector('[data-health="today"]').dataset.remaining = String(q.remaining);
+    const notes = [];
+    if (q.remaining === 0) {
+      notes.push(['quota', 'The daily quota is used up: new requests are denied '
+        + '(QUOTA_EXCEEDED) until 00:00 UTC.']);
+    }
+    if (q.queued && !q.running && waited !== null && waited > STUCK_MS) {
+      notes.push(['stuck', `Requests have waited ${duration(waited)} and no worker is running `
+        + 'any: is a worker running (logline worker)?']);
+    }
+    const box = $('health-note');
+    clear(box);
+    for (const [kind, text] of notes) box.append(h('div', { 'data-note': kind }, text));
+    box.hidden = notes.length === 0;
+  }
+
+  function isAdmin() {
+    return Boolean(state.me && state.me.roles.includes('admin'));
+  }
+
+  function renderVerifyAccess() {
+    const button = $('verify-run');
+    button.disabled = !isAdmin() || button.dataset.running === 'true';
+    button.title = isAdmin() ? 'walks every span of the ledger (at most 10 s)'
+      : 'needs the admin role';
+  }
+
+  async function runVerify() {
+    if (!isAdmin()) return;
+    const button = $('verify-run');
+    const box = $('verify-result');
+    button.dataset.running = 'true';
+    button.disabled = true;
+    clear(box);
+    box.dataset.ok = 'pending';
+    box.append(h('div', { class: 'verify-title' }, 'Verifying every span…'));
+    box.hidden = false;
+    try {
+      renderLedgerVerification(await api('/api/verify', { method: 'POST' }));
+    } catch (err) {
+      if (err.name === 'AbortError' || !state.me) return;
+      clear(box);
+      box.dataset.ok = 'error';
+      box.append(errorBox(err, 'The verification could not run'));
+    } finally {
+      button.dataset.running = 'false';
+      renderVerifyAccess();
+    }
+  }
+
+  function renderLedgerVerification(r) {
+    const box = $('verify-result');
+    clear(box);
+    box.dataset.ok = String(r.ok);
+    box.dataset.failures = String(r.failure_count);
+    box.append(
+      h('div', { class: 'verify-title' }, r.ok ? '✓ The ledger verifies'
+        : `✗ ${r.failure_count} failure${r.failure_count === 1 ? '' : 's'}`),
+      h('div', { class: 'verify-stats' },
+        h('span', { 'data-stat': 'spans' }, `${r.spans.toLocaleString('en-US')} versions`),
+        h('span', { 'data-stat': 'ids' }, `${r.ids.toLocaleString('en-US')} spans`),
+        r.tip ? h('span', { 'data-stat': 'tip', 'data-position': r.tip.position },
+          `tip at position ${r.tip.position} `, shortHash(r.tip.chain_hash)) : null,
+        h('span', { 'data-stat': 'seconds' }, `${r.seconds.toFixed(2)} s`),
+        h('span', { class: 'muted' }, `checked ${utc(new Date().toISOString())}`)));
+    if (r.failures.length) {
+      box.append(h('ol', { class: 'verify-failures', id: 'verify-failures' },
+        r.failures.map((f) => h('li', { class: 'verify-failure', 'data-reason': f.reason,
+          'data-failure-id': f.id || '' },
+        h('span', { class: 'error-code mono' }, f.reason), ' ',
+        f.id ? (wellFormed(f.id) ? spanLink(f.id) : h('span', { class: 'mono' }, f.id))
+          : h('span', { class: 'muted' }, 'a span you cannot see'),
+        f.seq !== null && f.seq !== undefined ? h('span', { class: 'muted small' }, ` v${f.seq}`) : null,
+        f.id ? h('div', { class: 'muted small' }, f.detail) : null))));
+    }
+    if (r.failure_count > r.failures.length) {
+      box.append(h('p', { class: 'muted small' }, `The first ${r.failures.length} are listed; `
+        + 'run logline verify for all of them.'));
+    }
+    if (r.not_visible) {
+      box.append(h('p', { class: 'muted small', id: 'verify-hidden' }, `${r.not_visible} of `
+        + 'them in spans you cannot see (another tenant\'s, or private): counted, not named.'));
+    }
+  }
+
   // --- metrics -----------------------------------------------------------------------------
   let metricsTimer = null;
   function scheduleMetrics() {
@@ -1715,7 +2375,7 @@
       return;
     }
     if (!state.me) return;
-    renderMetrics(data.executions, days);
+    renderMetrics(data.executions, data.days || [], days);
   }
 
   function dayList(days) {
@@ -1745,10 +2405,12 @@
     return `${Number((v / 1000).toPrecision(3))} s`;
   }
 
-  function renderMetrics(rows, days) {
+  /** `rows`: per day and status; `totals`: per day over all statuses (its own avg and p95:
+   * a day's p95 is not the highest of its statuses' p95s). */
+  function renderMetrics(rows, totals, days) {
     const daysShown = dayList(days);
     const byDay = new Map(daysShown.map((d) => [d, { total: 0, statuses: {}, weighted: 0,
-      counted: 0, p95: null }]));
+      counted: 0, p95: null, avg: null }]));
     const statuses = new Set();
     let total = 0;
     let complete = 0;
@@ -1761,13 +2423,22 @@
       total += r.count;
       if (status === 'complete') complete += r.count;
       if (r.avg_ms !== null) { weighted += r.avg_ms * r.count; counted += r.count; }
-      if (r.p95_ms !== null) worstP95 = Math.max(worstP95 ?? 0, r.p95_ms);
       const day = byDay.get(r.day);
       if (!day) continue;
       day.total += r.count;
       day.statuses[status] = (day.statuses[status] || 0) + r.count;
       if (r.avg_ms !== null) { day.weighted += r.avg_ms * r.count; day.counted += r.count; }
-      if (r.p95_ms !== null) day.p95 = Math.max(day.p95 ?? 0, r.p95_ms);
+    }
+    let latestP95 = null;
+    for (const t of totals) {
+      const day = byDay.get(t.day);
+      if (!day) continue;
+      day.avg = t.avg_ms;
+      day.p95 = t.p95_ms;
+      if (t.p95_ms !== null) {
+        latestP95 = t.p95_ms;
+        worstP95 = Math.max(worstP95 ?? 0, t.p95_ms);
+      }
     }
     const order = [...statuses].sort((a, b) => {
       const rank = (s) => (s in STATUS_COLORS ? Object.keys(STATUS_COLORS).indexOf(s) : 99);
@@ -1785,11 +2456,42 @@
       tile(`Executions (${days} d)`, total.toLocaleString('en-US'), 'total'),
       tile('Completed', total ? `${((100 * complete) / total).toFixed(1)} %` : '—', 'success'),
       tile('Average duration', counted ? duration(weighted / counted) : '—', 'avg'),
-      tile('p95 duration (worst day)', worstP95 === null ? '—' : duration(worstP95), 'p95'));
+      tile('p95 duration (worst day)', worstP95 === null ? '—' : duration(worstP95), 'p95'),
+      tile('p95 duration (latest day)', latestP95 === null ? '—' : duration(latestP95),
+        'p95-latest'));
 
     const series = daysShown.map((d) => ({ day: d, ...byDay.get(d) }));
     drawStacked($('chart-status'), series, order, colors, days);
     drawLatency($('chart-latency'), series, days);
+    metricsTable(series, order, colors);
+  }
+
+  /** The numbers behind the charts: each day with executions, newest first. */
+  function metricsTable(series, order, colors) {
+    const head = $('metrics-head');
+    const body = $('metrics-rows');
+    clear(head);
+    clear(body);
+    const swatch = (status) => svg('svg', { width: 10, height: 10, 'aria-hidden': 'true',
+      class: 'swatch' }, svg('rect', { width: 10, height: 10, rx: 2.5, fill: colors[status] }));
+    head.append(h('tr', {}, h('th', { class: 'col-day' }, 'Day (UTC)'),
+      h('th', { class: 'col-num' }, 'Total'),
+      order.map((status) => h('th', { class: 'col-num', 'data-status': status },
+        swatch(status), ` ${status}`)),
+      h('th', { class: 'col-num' }, 'Average'), h('th', { class: 'col-num' }, 'p95')));
+    const shown = series.filter((s) => s.total > 0).reverse();
+    for (const s of shown) {
+      body.append(h('tr', { 'data-day': s.day },
+        h('td', {}, s.day), h('td', { class: 'num', 'data-metric': 'total' }, String(s.total)),
+        order.map((status) => h('td', { class: 'num', 'data-status': status },
+          String(s.statuses[status] || 0))),
+        h('td', { class: 'num', 'data-metric': 'avg' }, duration(s.avg)),
+        h('td', { class: 'num', 'data-metric': 'p95' }, duration(s.p95))));
+    }
+    if (!shown.length) {
+      body.append(h('tr', {}, h('td', { class: 'empty', colspan: order.length + 4 },
+        'No executions in this range.')));
+    }
   }
 
   const W = 1000;
@@ -1861,11 +2563,11 @@
 
   function drawLatency(el, series, days) {
     clear(el);
-    const points = series.map((s) => ({ day: s.day, avg: s.counted ? s.weighted / s.counted : null,
-      p95: s.p95 }));
+    const points = series.map((s) => ({ day: s.day,
+      avg: s.avg ?? (s.counted ? s.weighted / s.counted : null), p95: s.p95 }));
     const max = Math.max(0, ...points.map((p) => Math.max(p.avg ?? 0, p.p95 ?? 0)));
     if (!points.some((p) => p.avg !== null || p.p95 !== null)) { emptyChart(el, days); return; }
-    const lines = [['average', '#4f46e5', 'avg'], ['p95 (highest status)', '#f79009', 'p95']];
+    const lines = [['average', '#4f46e5', 'avg'], ['p95', '#f79009', 'p95']];
     el.append(legend(lines.map(([label, color]) => [label, color, true])));
     const yMax = niceScale((max || 1) * 1.15, false);
     const f = frame(el, series, yMax, msTick);
@@ -1909,15 +2611,24 @@
     });
     $('logout').addEventListener('click', () => logout(null));
     for (const tab of document.querySelectorAll('.tab')) {
-      tab.addEventListener('click', () => { location.hash = `#${tab.dataset.view}`; });
+      // The timeline tab returns to the timeline as it was filtered.
+      tab.addEventListener('click', () => {
+        location.hash = tab.dataset.view === 'timeline' ? state.timeline.hash
+          : `#${tab.dataset.view}`;
+      });
     }
     window.addEventListener('hashchange', route);
     $('timeline-filters').addEventListener('submit', (ev) => { ev.preventDefault(); applyFilters(); });
-    $('filter-clear').addEventListener('click', () => {
-      $('filter-entity').value = '';
-      $('filter-trace').value = '';
-      applyFilters();
+    $('filter-clear').addEventListener('click', clearFilters);
+    $('filter-range').addEventListener('change', applyRange);
+    $('trace-timeline').addEventListener('click', () => {
+      if (state.trace) showTrail(state.trace.id);
     });
+    $('trace-refresh').addEventListener('click', () => {
+      if (state.trace) openTrace(state.trace.id, true);
+    });
+    $('health-refresh').addEventListener('click', loadHealth);
+    $('verify-run').addEventListener('click', runVerify);
     $('timeline-more').addEventListener('click', loadOlder);
     $('functions-refresh').addEventListener('click', loadFunctions);
     $('execute-run').addEventListener('click', runExecute);
@@ -1955,7 +2666,8 @@
   }
 
   // Exposed for tests of the pure helpers only (no state, no secrets).
-  window.LogLineConsole = Object.freeze({ SseParser, humanBytes, visible, wellFormed });
+  window.LogLineConsole = Object.freeze({ SseParser, humanBytes, visible, wellFormed,
+    duration, traceTree });
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
   else boot();
