@@ -70,7 +70,8 @@ SWEEP_EXPIRED = (
     "AND (%(tenant)s::text IS NULL OR h.tenant_id = %(tenant)s) "
     "AND r.metadata ->> 'ttl_at' <= %(now)s "
     "AND NOT EXISTS (SELECT 1 FROM ledger.universal_registry p WHERE p.parent_id = r.id "
-    "AND p.entity_type = 'status_patch' AND p.status = 'archived') "
+    "AND p.entity_type = 'status_patch' AND p.status = 'archived' "
+    "AND p.tenant_id = r.tenant_id AND p.public_key = ANY(%(keys)s::text[])) "
     "ORDER BY h.position LIMIT %(limit)s"
 )
 #: What an emit_span may set; ownership, tenant, identity and proofs are the agent's.
@@ -173,7 +174,10 @@ def new_spans(ctx, policy, after, limit):
     if meta.get("sweep_entity_types"):
         # Sweep policies look at what is current and expired, not at what is new; the
         # archived status_patch they emit keeps a span from being swept twice.
+        # Only the platform's own archive marks count: a tenant's status_patch (or another
+        # tenant's) pointing at a span cannot keep it from being swept.
         rows = ctx.sql(SWEEP_EXPIRED, {"types": meta["sweep_entity_types"], "now": ctx.now(),
+                                       "keys": sorted(ctx.platform_keys),
                                        "tenant": None if global_scope(policy)
                                        else policy["tenant_id"], "limit": limit})
         return after, rows, False

@@ -207,16 +207,17 @@ def test_execute_shows_the_output_the_error_and_a_denial_reason(api, browser, tm
     expect(failed).to_contain_text("no such thing")
     assert failed.get_attribute("data-code")
 
-    # The tenant's quota is used up: the next request is denied, and the panel says why.
+    # The tenant's quota is used up: POST /api/execute refuses at once (429), and the
+    # console says why, with the reason code.
     amend(api, throttle={"per_tenant_daily_exec_limit": 2})
     try:
-        run(greet, '{"name": "again"}')
-        expect(page.locator("#execute-status .pill")).to_have_attribute("data-status",
-                                                                         "denied")
-        reason = page.locator("#execute-reason")
-        expect(reason).to_have_attribute("data-reason", "QUOTA_EXCEEDED")
-        expect(reason).to_contain_text("daily quota")
-        expect(page.locator("#execute-output")).to_have_count(0)
+        page.locator(f"#function-rows tr[data-span-id='{greet['id']}'] "
+                     "button[data-action='execute']").click()
+        page.fill("#execute-input", '{"name": "again"}')
+        page.click("#execute-run")
+        refused = page.locator("[role='alert'][data-code='QUOTA_EXCEEDED']")
+        expect(refused).to_be_visible()
+        expect(refused).to_contain_text("executions")
         shot(page, tmp_path, "execute-denied")
     finally:
         amend(api, throttle={"per_tenant_daily_exec_limit": 100})

@@ -122,7 +122,8 @@ def test_no_tenant_key_can_hold_the_operator_role(api):
     token = f"llk_{key_id}_{'M' * 43}"
     with api.kernel() as conn:
         ledger.append(conn, [{
-            "id": apikeys.span_id_for(key_id), "seq": 0, "entity_type": "api_key",
+            "id": apikeys.span_id_for(keys.derivation_secret(keys.operator_key(api.home)),
+                                      key_id), "seq": 0, "entity_type": "api_key",
             "who": "logline", "did": "issued", "this": f"api key {key_id}",
             "owner_id": "mallory", "tenant_id": "acme", "visibility": "private",
             "status": "active", "metadata": {"key_id": key_id, "roles": ["admin", "operator"],

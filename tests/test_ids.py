@@ -88,7 +88,8 @@ def test_a_claim_that_cannot_be_recorded_skips_that_job_and_says_why(
     assert refused["content"]["detail"].startswith("LEDGER_")  # the ledger said no
     # Asked again: the claimed job comes back (not yet reported), the skipped one never does.
     assert [j["id"] for j in claim(kernel_conn, operator, home, acme, secret)] == [fine]
-    assert governance.proposal_state(kernel_conn, ledger.head(kernel_conn, taken)["parent_id"]
+    assert governance.proposal_state(kernel_conn, home.root_public_key(), "acme",
+                                     ledger.head(kernel_conn, taken)["parent_id"]
                                      )["jobs"]["execute"]["state"] == "refused"
 
 
@@ -171,5 +172,5 @@ def test_what_was_recorded_under_the_old_ids_still_counts_and_only_that(
         governance.publish(kernel_conn, operator, acme, contract, secret=secret)
     assert exists.value.code == "CONTRACT_EXISTS"
     refs = [c["ref"] for c in governance.contracts(kernel_conn, home.root_public_key(),
-                                                   "acme")]
+                                                   "acme")[0]]
     assert sorted(refs) == sorted(set(refs))  # each contract listed once

@@ -26,7 +26,7 @@ from test_kernels import (
     user_function,
 )
 
-from stage0 import ledger, manifest
+from stage0 import keys, ledger, manifest
 from stage0.canonical import normalise, now_at
 from stage0.ids import derive_id
 from stage0.keys import derivation_secret
@@ -795,3 +795,20 @@ def test_a_malformed_policy_does_not_fail_the_round_for_the_others(loader, kerne
     note = add(kernel_conn, operator, "note", tenant="globex")
     agent(loader)
     assert [s["parent_id"] for s in emitted_by(kernel_conn, good["id"])] == [note["id"]]
+
+
+def test_a_tenants_archive_mark_does_not_keep_a_span_from_the_reaper(loader, kernel_conn,
+                                                                     operator):
+    """An archived status_patch counts only when the platform wrote it in the span's tenant:
+    a writer's own (signed by the edge key, here from another tenant) once made the reaper
+    skip the span for good."""
+    expired = add(kernel_conn, operator, "memory", metadata={"ttl_at": "2000-01-01T00:00:00Z"})
+    edge = keys.edge_key(operator)
+    for tenant in ("acme", "globex"):
+        ledger.append(kernel_conn, [{
+            "entity_type": "status_patch", "who": "mallory", "this": "archived by hand",
+            "parent_id": expired["id"], "status": "archived", "owner_id": "mallory",
+            "tenant_id": tenant}], edge)
+    agent(loader)
+    patches = emitted_by(kernel_conn, ttl_reaper.POLICY_ID)
+    assert [(p["parent_id"], p["status"]) for p in patches] == [(expired["id"], "archived")]
