@@ -349,7 +349,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace, on_listening: Callable[[], None] | None = None) -> None:
     from .api.app import create_app
     from .api.edge import EdgeConfig, serve
     from .api.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter
@@ -371,14 +371,13 @@ def _serve(args: argparse.Namespace) -> None:
                       audit_interval_s=args.audit_interval)
     home = _home()
     state = ServerState(db.resolve(home), home, limiter=RateLimiter(limits), edge=edge)
-    serve(create_app(state), state, args.host, args.port)
+    serve(create_app(state), state, args.host, args.port, on_listening)
 
 
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
-    out(f"LogLine API on http://{args.host}:{args.port}  (console at /, OpenAPI at "
-        "/openapi.json)")
-    _serve(args)
+    _serve(args, lambda: out(f"LogLine API on http://{args.host}:{args.port}  (console at /, "
+                             "OpenAPI at /openapi.json)"))
     return 0
 
 
@@ -393,20 +392,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     cmd_init(args)
     home = _home()
     token = operator_token(home, db.resolve(home))
-    worker = subprocess.Popen([sys.executable, "-m", "stage0.cli", "worker", "--id", "up"],
-                              env={**os.environ, "LOGLINE_HOME": str(home.path)})
-    out(f"\nLogLine is up: http://{args.host}:{args.port}/  (worker pid {worker.pid})")
-    out(f"API key for the local operator (tenant default, admin and operator; kept in "
-        f"{home.path / 'operator.apikey'}):\n{token}")
-    out("Ctrl-C stops the API and the worker.")
+    workers: list[subprocess.Popen] = []
+    url = f"http://{args.host}:{args.port}"
+
+    def announce() -> None:  # only once the port is ours: never someone else's server
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "stage0.cli", "worker", "--id", "up"],
+            env={**os.environ, "LOGLINE_HOME": str(home.path)}))
+        out(f"\nLogLine is up: {url}/  (worker pid {workers[0].pid})")
+        out(f"API key for the local operator (tenant default, user operator; admin and "
+            f"operator; kept in {home.path / 'operator.apikey'}):\n{token}")
+        out("For the CLI's API commands (propose, ask, approvals, agent) in another shell:\n"
+            f"  export LOGLINE_URL={url}")
+        out("Ctrl-C stops the API and the worker.")
+
     try:
-        _serve(args)
+        _serve(args, announce)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
     return 0
 
 

@@ -86,3 +86,22 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.slow
+def test_up_on_a_taken_port_says_so_and_announces_nothing(tmp_path: Path):
+    """`up` binds before it announces: with the port taken it names the problem and the way
+    out, starts no worker, and never prints a URL that is someone else's server."""
+    env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
+    env["LOGLINE_HOME"] = str(tmp_path / "home")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "stage0.cli", "up", "--port", str(port)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "PORT_IN_USE" in proc.stderr and "--port" in proc.stderr
+    assert "LogLine is up" not in proc.stdout
+    assert "worker pid" not in proc.stdout

@@ -27,11 +27,15 @@ holds the many idle connections far more cheaply than Python can.
 from __future__ import annotations
 
 import asyncio
+import errno
 import resource
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from ..errors import LoglineError
 
 #: Descriptors the server needs besides client connections: database pools and listener,
 #: boot children's pipes, logs, the event loop, the listening socket.
@@ -201,8 +205,11 @@ def guarded(base: type[asyncio.Protocol], guard: Guard) -> type[asyncio.Protocol
     return Guarded
 
 
-def serve(app: Any, state: Any, host: str, port: int) -> None:
-    """Run `app` under uvicorn with the edge's limits (state.edge) until stopped."""
+def serve(app: Any, state: Any, host: str, port: int,
+          on_listening: Callable[[], None] | None = None) -> None:
+    """Run `app` under uvicorn with the edge's limits (state.edge) until stopped. The port is
+    bound first: a taken one is PORT_IN_USE, and `on_listening` (what `logline up` announces)
+    runs only once the socket is ours."""
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -211,7 +218,15 @@ def serve(app: Any, state: Any, host: str, port: int) -> None:
     state.metrics.watch(guard)
     state.log("edge_limits", connection_cap=guard.cap, header_timeout_s=config.header_timeout_s,
               body_timeout_s=config.body_timeout_s)
-    sock = listen(host, port, guard, config.backlog)
+    try:
+        sock = listen(host, port, guard, config.backlog)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise LoglineError("PORT_IN_USE", f"{host}:{port} is already taken by another "
+                           "process; choose another with --port", "--port") from None
+    if on_listening is not None:
+        on_listening()
     server = uvicorn.Server(uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=5, backlog=config.backlog,
         http=guarded(AutoHTTPProtocol, guard), ws="none", timeout_keep_alive=config.keep_alive_s,
