@@ -1,0 +1,18 @@
+"""LogLine: the stage-0 loader and the platform around it, one layer per folder.
+
+Each layer imports only from the layers listed below it (import-linter checks this: see
+`[tool.importlinter]` in pyproject.toml).
+
+    cli/      `logline` commands: thin, each next to its own arguments
+    api/      the HTTP edge: Starlette app, SSE timeline, console          | side by side,
+    agent/    the governed local executor: an HTTP client, never the DB    | independent
+    gov/      contracts, the fail-closed gate, API keys, proposals, approvals, jobs, audit
+    runtime/  long-running workers and request scheduling
+    boot/     THE stage-0 loader: verify a kernel span and run it (loader, restricted
+              compile, kernel capabilities)
+    sandbox/  resource-limited worker processes running user code (RestrictedPython)
+    ledger/   everything that talks to PostgreSQL: connections, named SQL, append/read,
+              manifest, migrations, seeding, verification
+    spans/    pure: canonical form, hashes and signatures, kinds, derived ids (no I/O)
+    (root)    errors, config (the home folder), keys (files in it), log (stderr lines)
+"""

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LoglineError
+from stage0.errors import LoglineError
 
 #: The repository root, when the package runs from a checkout (editable install or
 #: PYTHONPATH): schema/, ROW/, kernels/ and tools/ live there.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from .config import Home
-from .errors import LoglineError
-from .proofs import public_key_hex
+from stage0.config import Home
+from stage0.errors import LoglineError
+from stage0.spans.proofs import public_key_hex
 
 
 def write_new_key(path: Path) -> SigningKey:
@@ -77,12 +77,12 @@ def edge_key(root: SigningKey) -> SigningKey:
     """The key the API signs what clients post with (POST /api/spans). Derived from the
     root key, so every server of one ledger signs with the same one; the manifest lists its
     public key with role `edge`, which makes it trusted for every kind but the platform's
-    (stage0.kinds). A tenant's span can therefore never pass for a platform record."""
+    (stage0.spans.kinds). A tenant's span can therefore never pass for a platform record."""
     return SigningKey(_subkey(root, b"logline/edge-key/v1"))
 
 
 def derivation_secret(root: SigningKey) -> bytes:
-    """The secret that keys every id the platform derives (stage0.ids): without it, nobody
+    """The secret that keys every id the platform derives (stage0.spans.ids): without it, nobody
     can compute such an id before the platform does, so nobody can squat on it."""
     return _subkey(root, b"logline/id-derivation/v1")
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stage0 import db, keys, migrate, seed
+from stage0 import keys
 from stage0.config import Home, row_dir
+from stage0.ledger import db, migrate, seed
 
 REPO = Path(__file__).resolve().parent.parent
 #: Set to keep this run's temporary root after it ends (to look at what a test left).

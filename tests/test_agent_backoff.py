@@ -17,7 +17,7 @@ from stage0.errors import LoglineError
 
 def refusal(status: int, code: str) -> LoglineError:
     exc = LoglineError(code, f"the server said {status}")
-    exc.status = status  # type: ignore[attr-defined]  # as stage0.client raises them
+    exc.status = status  # type: ignore[attr-defined]  # as stage0.agent.client raises them
     return exc
 
 

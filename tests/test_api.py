@@ -27,12 +27,13 @@ import psycopg
 import pytest
 from nacl.signing import SigningKey
 
-from stage0 import db, keys, ledger, seed
-from stage0.canonical import FIELDS, normalise, now_at
+from stage0 import keys
+from stage0.boot.loader import Loader
 from stage0.config import Home, row_dir
-from stage0.loader import Loader
-from stage0.proofs import check_proofs, public_key_hex, seal
-from stage0.worker import KERNELS
+from stage0.ledger import db, seed, store
+from stage0.runtime.worker import KERNELS
+from stage0.spans.canonical import FIELDS, normalise, now_at
+from stage0.spans.proofs import check_proofs, public_key_hex, seal
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -150,7 +151,7 @@ class Api:
     def operator(self) -> Key:
         """The local operator's key (as `logline up` makes it): the only one with the
         operator role."""
-        from stage0.operator import operator_token
+        from stage0.gov.operator import operator_token
 
         token = operator_token(self.home, self.database)
         return Key(token, token.split("_")[1], "operator", "default")
@@ -373,7 +374,7 @@ def append_as(api: Api, key: Key, n: int, entity_type: str, **fields: Any) -> li
               "owner_id": key.user, "tenant_id": key.tenant, "visibility": "tenant", **fields}
              for i in range(n)]
     with api.kernel() as conn:
-        stored = ledger.append(conn, spans, keys.operator_key(api.home))
+        stored = store.append(conn, spans, keys.operator_key(api.home))
         positions = {r["id"]: r["position"] for r in conn.execute(
             "SELECT id::text AS id, position FROM ledger.universal_registry "
             "WHERE id = ANY(%s::uuid[])", ([s["id"] for s in stored],))}
@@ -466,12 +467,12 @@ def test_no_key_is_issued_to_act_as_the_platform_itself(api, user, tenant, field
 
 def test_a_platform_key_issued_before_the_rule_does_not_authenticate(api):
     """Fail closed for keys of `system` already in a ledger: as if made by an older version."""
-    from stage0 import apikeys
+    from stage0.gov import apikeys
 
     key_id = "5e5e5e5e5e5e5e5e"
     token = f"llk_{key_id}_{'A' * 43}"
     with api.kernel() as conn:
-        ledger.append(conn, [{
+        store.append(conn, [{
             "id": apikeys.span_id_for(keys.derivation_secret(keys.operator_key(api.home)),
                                       key_id), "seq": 0, "entity_type": "api_key",
             "who": "logline", "did": "issued", "this": f"api key {key_id}",
@@ -614,7 +615,7 @@ def test_b_cannot_execute_a_function_of_a(a_spans, b):
 def platform_executions(api: Api, *drafts: dict[str, Any]) -> list[dict[str, Any]]:
     """Executions as the platform records them (the workers sign with the operator key)."""
     with api.kernel() as conn:
-        return ledger.append(conn, [{"entity_type": "execution", "who": "run_code",
+        return store.append(conn, [{"entity_type": "execution", "who": "run_code",
                                      "did": "executed", "this": "fn", "owner_id": "alice",
                                      "visibility": "tenant", **d} for d in drafts],
                              keys.operator_key(api.home))
@@ -976,7 +977,7 @@ JUNK = ["", "nope", 0, -1, 2**63, 1.5, True, [], {}, ["nope"], "\u0000", "x" * 5
 def junk_keys(api: Api) -> list[Key]:
     """Writers for the junk battery, so it does not spend the shared keys' rate limits
     (created in-process: `logline apikey create` is tested above and is slower)."""
-    from stage0 import apikeys
+    from stage0.gov import apikeys
 
     out = []
     with api.kernel() as conn:

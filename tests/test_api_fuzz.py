@@ -19,7 +19,8 @@ from schemathesis.checks import (
 )
 from test_api import Api, start_api
 
-from stage0 import apikeys, keys
+from stage0 import keys
+from stage0.gov import apikeys
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]

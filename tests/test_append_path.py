@@ -14,8 +14,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from stage0 import ledger, verify
 from stage0.errors import LoglineError
+from stage0.ledger import store, verify
 
 
 def note(**fields):
@@ -33,14 +33,14 @@ def test_an_append_from_a_stale_repeatable_read_snapshot_is_refused_not_forked(
     with seeded.connect("kernel") as other, seeded.connect("kernel", autocommit=False) as rr:
         rr.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         rr.execute("SELECT count(*) FROM ledger.universal_registry").fetchone()  # the snapshot
-        ledger.append(other, [note()], operator)  # commits after rr's snapshot
+        store.append(other, [note()], operator)  # commits after rr's snapshot
         with pytest.raises(LoglineError) as refused:
-            ledger.append(rr, [note()], operator)
+            store.append(rr, [note()], operator)
         assert refused.value.code == "LEDGER_STALE_SNAPSHOT"
         assert "retry the transaction" in refused.value.message
         rr.rollback()
         # Retried in a fresh transaction, it chains to the real tip.
-        ledger.append(rr, [note()], operator)
+        store.append(rr, [note()], operator)
         rr.commit()
         assert_verifies(other, home)
 
@@ -48,18 +48,18 @@ def test_an_append_from_a_stale_repeatable_read_snapshot_is_refused_not_forked(
 def test_a_row_skipped_by_on_conflict_leaves_no_head_and_no_notification(seeded, operator,
                                                                          home):
     """As the API's role: two requests with one idempotency key; the second is skipped."""
-    spans = [ledger.prepare(note(entity_type="request", status="scheduled",
+    spans = [store.prepare(note(entity_type="request", status="scheduled",
                                  metadata={"idempotency_key": "k1"}), {}, operator, None)
              for _ in range(2)]
-    columns = ", ".join(f'"{f}"' for f in ledger.FIELDS)
+    columns = ", ".join(f'"{f}"' for f in store.FIELDS)
     with seeded.connect("app") as app, seeded.connect("kernel") as kernel:
         kernel.execute("LISTEN timeline_updates")
         for span in spans:
             with app.transaction():
                 app.execute("SELECT set_config('app.user_id', 't', true), "
                             "set_config('app.tenant_id', 'acme', true)")
-                values = [psycopg.types.json.Jsonb(span[f]) if f in ledger.JSON_FIELDS
-                          and span[f] is not None else span[f] for f in ledger.FIELDS]
+                values = [psycopg.types.json.Jsonb(span[f]) if f in store.JSON_FIELDS
+                          and span[f] is not None else span[f] for f in store.FIELDS]
                 app.execute(f"INSERT INTO ledger.universal_registry ({columns}) VALUES "
                             f"({', '.join(['%s'] * len(values))}) ON CONFLICT DO NOTHING",
                             values)
@@ -73,7 +73,7 @@ def test_a_row_skipped_by_on_conflict_leaves_no_head_and_no_notification(seeded,
 
 def test_verify_names_an_at_python_cannot_read_instead_of_crashing(seeded, operator):
     with seeded.connect("kernel") as conn:
-        [span] = ledger.append(conn, [note()], operator)
+        [span] = store.append(conn, [note()], operator)
     with seeded.connect("admin") as admin:
         admin.execute("SET session_replication_role = replica")
         admin.execute("UPDATE ledger.universal_registry SET at = 'infinity' WHERE id = %s",
@@ -84,7 +84,7 @@ def test_verify_names_an_at_python_cannot_read_instead_of_crashing(seeded, opera
 
 
 
-# --- one statement for new ids (ledger._append_small) -------------------------------------------
+# --- one statement for new ids (store._append_small) -------------------------------------------
 
 def test_a_small_batch_mixing_new_and_existing_ids_is_chained_and_stored_whole(
         seeded, operator, home):
@@ -94,13 +94,13 @@ def test_a_small_batch_mixing_new_and_existing_ids_is_chained_and_stored_whole(
     a = "6a2b5c1e-0000-4000-8000-00000000000a"
     b = "6a2b5c1e-0000-4000-8000-00000000000b"
     with seeded.connect("kernel") as conn:
-        first = ledger.append(conn, [note(id=a)], operator)[0]
-        stored = ledger.append(conn, [note(id=a, status="second"), note(id=b)], operator)
+        first = store.append(conn, [note(id=a)], operator)[0]
+        stored = store.append(conn, [note(id=a, status="second"), note(id=b)], operator)
         assert [(s["id"], s["seq"]) for s in stored] == [(a, 1), (b, 0)]
         assert stored[0]["prev_hash"] == first["curr_hash"]
-        assert [v["seq"] for v in ledger.versions(conn, a)] == [0, 1]
-        assert [v["seq"] for v in ledger.versions(conn, b)] == [0]
-        assert ledger.head(conn, a)["status"] == "second"
+        assert [v["seq"] for v in store.versions(conn, a)] == [0, 1]
+        assert [v["seq"] for v in store.versions(conn, b)] == [0]
+        assert store.head(conn, a)["status"] == "second"
         assert_verifies(conn, home)
 
 
@@ -108,10 +108,10 @@ def test_several_versions_of_a_new_id_in_one_small_batch_chain_to_each_other(
         seeded, operator, home):
     c = "6a2b5c1e-0000-4000-8000-0000000000c0"
     with seeded.connect("kernel") as conn:
-        stored = ledger.append(conn, [note(id=c, status=s) for s in ("a", "b", "c")], operator)
+        stored = store.append(conn, [note(id=c, status=s) for s in ("a", "b", "c")], operator)
         assert [s["seq"] for s in stored] == [0, 1, 2]
         assert [s["prev_hash"] for s in stored[1:]] == [s["curr_hash"] for s in stored[:2]]
-        assert ledger.head(conn, c)["status"] == "c"
+        assert store.head(conn, c)["status"] == "c"
         assert_verifies(conn, home)
 
 
@@ -124,21 +124,21 @@ def test_the_app_role_appends_new_and_next_versions_in_one_call_under_rls(seeded
             with app.transaction():
                 app.execute("SELECT set_config('app.user_id', 't', true), "
                             "set_config('app.tenant_id', 'acme', true)")
-                ledger.append(app, [note(id=a, status=status)], operator)
+                store.append(app, [note(id=a, status=status)], operator)
         with app.transaction():
             app.execute("SELECT set_config('app.user_id', 't', true), "
                         "set_config('app.tenant_id', 'acme', true)")
-            assert [(v["seq"], v["status"]) for v in ledger.versions(app, a)] == [
+            assert [(v["seq"], v["status"]) for v in store.versions(app, a)] == [
                 (0, "one"), (1, "two"), (2, "three")]
 
 
 def test_a_refused_span_in_a_small_batch_stores_nothing(seeded, operator):
     a = "6a2b5c1e-0000-4000-8000-0000000000c1"
     with seeded.connect("kernel") as conn:
-        ledger.append(conn, [note(id=a)], operator)
+        store.append(conn, [note(id=a)], operator)
         with pytest.raises(LoglineError) as refused:  # another tenant: ownership is fixed
-            ledger.append(conn, [note(this="lost"), note(id=a, tenant_id="other")], operator)
+            store.append(conn, [note(this="lost"), note(id=a, tenant_id="other")], operator)
         assert refused.value.code == "LEDGER_OWNERSHIP_CHANGE"
-        assert [v["seq"] for v in ledger.versions(conn, a)] == [0]
+        assert [v["seq"] for v in store.versions(conn, a)] == [0]
         assert conn.execute("SELECT count(*) AS n FROM ledger.universal_registry "
                             "WHERE this = 'lost'").fetchone()["n"] == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stage0 import scaffold
+from stage0.cli import scaffold
 
 REPO = Path(__file__).resolve().parent.parent
 GUIDE = REPO / "docs" / "authoring.md"
@@ -109,8 +109,8 @@ def logline(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def test_new_writes_code_once_and_versions_the_row(tmp_path, operator):
-    from stage0.cli import _sign_row
-    from stage0.proofs import public_key_hex
+    from stage0.cli.main import _sign_row
+    from stage0.spans.proofs import public_key_hex
 
     first = scaffold.write("function", "hello", tmp_path, tenant="acme", owner="alice")
     assert first.wrote_code and first.changed

@@ -4,7 +4,7 @@ Every case goes through the real `logline seed FILE` (exit code 2, the reason co
 no traceback, the ledger unchanged); the location of each error (file:line and field) is
 checked through the library, whose message is exactly what the CLI prints after `error: `.
 Line 1 of every file is a valid row, so "nothing appended" also proves a file is
-all-or-nothing. The same bad spans are then sent through `ledger.append`, the write path the
+all-or-nothing. The same bad spans are then sent through `store.append`, the write path the
 HTTP API's POST uses.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from stage0 import ledger, seed
-from stage0.canonical import MAX_SPAN_BYTES, normalise
 from stage0.errors import LoglineError
-from stage0.manifest import MANIFEST_ID
-from stage0.proofs import seal
+from stage0.ledger import seed, store
+from stage0.ledger.manifest import MANIFEST_ID
+from stage0.spans.canonical import MAX_SPAN_BYTES, normalise
+from stage0.spans.proofs import seal
 
 SAFE = 2**53 - 1
 
@@ -218,7 +218,7 @@ def test_limits_themselves_are_accepted(cli, seeded, tmp_path):
     path.write_bytes(line(edge) + b"\r\n\n")  # CRLF and a trailing blank line are fine
     cli("seed", str(path))
     with seeded.connect("kernel") as conn:
-        stored = ledger.head(conn, edge["id"])
+        stored = store.head(conn, edge["id"])
     assert stored["metadata"] == edge["metadata"]
     assert stored["this"] == edge["this"]
     assert stored["at"] == "2025-01-01T10:00:00.123Z"
@@ -231,7 +231,7 @@ def test_row_just_under_the_size_limit_is_accepted(seeded, operator, tmp_path):
     with seeded.connect("kernel") as conn:
         [result] = seed.seed(conn, [path], operator)
         assert result.appended == 1
-        assert ledger.head(conn, big["id"])["code"] == big["code"]
+        assert store.head(conn, big["id"])["code"] == big["code"]
 
 
 @pytest.mark.parametrize("entries", [[{"name": "bob"}], "not-a-list"], ids=["no key", "string"])
@@ -248,7 +248,7 @@ def test_malformed_trusted_keys_in_a_manifest_row(cli, seeded, tmp_path, entries
     assert count_spans(seeded) == before
 
 
-# The write path behind POST /api/spans: ledger.append refuses the same spans, all or nothing.
+# The write path behind POST /api/spans: store.append refuses the same spans, all or nothing.
 
 APPEND_CASES = {
     "unknown column": ({"colour": "red"}, "SPAN_UNKNOWN_FIELD", "colour"),
@@ -270,7 +270,7 @@ def test_append_refuses_bad_span_and_writes_nothing(seeded, operator, fields, co
     good, bad = row(), row(**fields)
     before = count_spans(seeded)
     with seeded.connect("kernel") as conn, pytest.raises(LoglineError) as caught:
-        ledger.append(conn, [good, bad], operator)
+        store.append(conn, [good, bad], operator)
     assert caught.value.code == code
     assert "span[1]" in str(caught.value)
     if field:

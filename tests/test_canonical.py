@@ -16,8 +16,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from stage0 import rows
-from stage0.canonical import (
+from stage0.errors import LoglineError
+from stage0.ledger import rows
+from stage0.spans.canonical import (
     FIELDS,
     MAX_SAFE_INTEGER,
     MAX_SPAN_BYTES,
@@ -27,8 +28,7 @@ from stage0.canonical import (
     normalise,
     signing_view,
 )
-from stage0.errors import LoglineError
-from stage0.proofs import check_proofs, seal
+from stage0.spans.proofs import check_proofs, seal
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS_FILE = REPO / "tests" / "vectors" / "vectors.json"

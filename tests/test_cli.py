@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from stage0 import cli as cli_module
-from stage0 import ledger
-from stage0.canonical import normalise
-from stage0.proofs import check_proofs, public_key_hex
+from stage0.cli import base
+from stage0.cli import main as cli_module
+from stage0.ledger import store
+from stage0.spans.canonical import normalise
+from stage0.spans.proofs import check_proofs, public_key_hex
 
 DB_ENV = ("LOGLINE_DATABASE_URL", "LOGLINE_APP_DATABASE_URL", "LOGLINE_KERNEL_DATABASE_URL")
 
@@ -220,7 +221,7 @@ def test_trusting_the_author_key_lets_its_rows_seed(cli, seeded, author, authore
     assert count_spans(seeded) == before
     with seeded.connect("kernel") as conn:
         for r in read_rows(authored):
-            assert ledger.head(conn, r["id"]) == normalise(r)  # stored exactly as signed
+            assert store.head(conn, r["id"]) == normalise(r)  # stored exactly as signed
     assert cli("verify").returncode == 0
 
 
@@ -328,7 +329,7 @@ def test_rows_signed_by_the_operator_seed_exactly_as_signed(cli, seeded, tmp_pat
     [signed] = read_rows(path)
     assert "1 appended" in cli("seed", str(path)).stdout
     with seeded.connect("kernel") as conn:
-        assert ledger.head(conn, signed["id"]) == normalise(signed)
+        assert store.head(conn, signed["id"]) == normalise(signed)
 
 
 # --- error messages -----------------------------------------------------------------------
@@ -393,7 +394,7 @@ def test_the_help_covers_every_command():
 
 
 def test_version(bare_env):
-    from stage0.cli import version
+    from stage0.cli.main import version
 
     proc = logline("--version", env=bare_env)
     assert proc.returncode == 0 and proc.stdout == f"logline {version()}\n"
@@ -430,7 +431,7 @@ def test_schedule_of_a_function_without_owner_names_what_to_pass(cli, seeded, tm
     assert "--user USER" in proc.stderr and "SPAN_MISSING_FIELD" not in proc.stderr
     request_id = cli("schedule", fn["id"], "--user", "alice").stdout.strip()
     with seeded.connect("kernel") as conn:
-        request = ledger.head(conn, request_id)
+        request = store.head(conn, request_id)
     assert (request["owner_id"], request["tenant_id"], request["status"]) == \
         ("alice", "acme", "scheduled")
 
@@ -439,7 +440,7 @@ def test_schedule_of_a_function_without_owner_names_what_to_pass(cli, seeded, tm
 
 
 cli_module.parser()  # registers the commands cli_governed, cli_inspect and cli_author define
-ALL_COMMANDS = sorted(cli_module.COMMANDS)
+ALL_COMMANDS = sorted(base.COMMANDS)
 
 
 def _flat(text: str) -> str:

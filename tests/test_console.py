@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stage0 import ledger
+from stage0.ledger import store
 
 CHROMIUM = "/usr/bin/chromium"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -147,7 +147,7 @@ def token(cli) -> str:
 def spans(seeded, operator) -> dict[str, dict]:
     """A function of the caller's tenant, and another tenant's private span."""
     with seeded.connect("kernel") as conn:
-        [greet, secret] = ledger.append(conn, [
+        [greet, secret] = store.append(conn, [
             {"entity_type": "function", "who": USER, "did": "defined", "this": "greet",
              "name": "greet", "description": "Greets whoever is named in the input.",
              "code": GREET, "language": "python", "owner_id": USER, "tenant_id": TENANT,
@@ -242,7 +242,7 @@ def test_console_login_live_timeline_verify_execute_and_execution(
             serve.stop()
             expect(page.locator("#live")).to_have_attribute("data-state", "retrying")
             with seeded.connect("kernel") as conn:
-                [missed] = ledger.append(conn, [{
+                [missed] = store.append(conn, [{
                     "entity_type": "note", "who": USER, "did": "wrote",
                     "this": "appended while the server was down", "owner_id": USER,
                     "tenant_id": TENANT, "visibility": "tenant"}], operator)

@@ -16,12 +16,13 @@ from nacl.signing import SigningKey
 from test_api import ECHO, Api, assert_error, post, start_api
 from test_tamper import tamper
 
-from stage0 import keys, ledger, manifest
+from stage0 import keys
 from stage0.api import operations
 from stage0.api.errors import ApiError
 from stage0.api.state import ServerState
-from stage0.loader import Loader
-from stage0.worker import KERNELS
+from stage0.boot.loader import Loader
+from stage0.ledger import manifest, store
+from stage0.runtime.worker import KERNELS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -55,7 +56,7 @@ def test_the_timeline_narrows_by_status_owner_and_time(api):
     spans = [post(alice, status="open", **shared), post(alice, status="done", **shared),
              post(bob, who="bob", status="open", **shared)]
     with api.kernel() as conn:
-        [old] = ledger.append(conn, [{
+        [old] = store.append(conn, [{
             "entity_type": "note", "who": "alice", "this": "from 2020", "owner_id": "alice",
             "tenant_id": name, "visibility": "tenant", "status": "open", "trace_id": trace,
             "at": "2020-01-01T00:00:00.000Z"}], manifest_key(api))

@@ -32,8 +32,8 @@ from test_platform_records import (
 )
 
 from stage0 import keys
-from stage0.display import visible
-from stage0.proofs import public_key_hex
+from stage0.spans.display import visible
+from stage0.spans.proofs import public_key_hex
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(180)]
 

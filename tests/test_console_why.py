@@ -22,9 +22,10 @@ from test_api import Api, Key, post, start_api
 from test_console import CHROMIUM, CHROMIUM_ARGS, shot  # skips this module without Chromium
 from test_tamper import tamper
 
-from stage0 import keys, ledger, manifest
-from stage0.loader import Loader
-from stage0.worker import KERNELS
+from stage0 import keys
+from stage0.boot.loader import Loader
+from stage0.ledger import manifest, store
+from stage0.runtime.worker import KERNELS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -247,7 +248,7 @@ def test_each_filter_narrows_the_timeline_and_the_url_keeps_them(api, browser, t
             post(alice, status="other", this="alice other", **shared)]
     bobs = post(bob, who="bob", status=status, this="bob open", **shared)
     with api.kernel() as conn:
-        [old] = ledger.append(conn, [{
+        [old] = store.append(conn, [{
             "entity_type": "note", "who": "alice", "this": "from 2020", "owner_id": "alice",
             "tenant_id": name, "visibility": "tenant", "status": status,
             "at": "2020-01-01T12:00:00.000Z"}], keys.operator_key(api.home))

@@ -29,10 +29,12 @@ import httpx
 import pytest
 from test_api import Api, Stream, assert_error, start_api, wait_for
 
-from stage0 import apikeys, keys, ledger, manifest
-from stage0.contracts import contract_id
-from stage0.proofs import public_key_hex
-from stage0.worker import KERNELS
+from stage0 import keys
+from stage0.gov import apikeys
+from stage0.gov.contracts import contract_id
+from stage0.ledger import manifest, store
+from stage0.runtime.worker import KERNELS
+from stage0.spans.proofs import public_key_hex
 
 #: Short deadlines, so the attacks below end in seconds.
 EDGE_ARGS = ("--header-timeout", "2", "--body-timeout", "2", "--request-timeout", "3",
@@ -121,7 +123,7 @@ def test_no_tenant_key_can_hold_the_operator_role(api):
     key_id = "6d6d6d6d6d6d6d6d"
     token = f"llk_{key_id}_{'M' * 43}"
     with api.kernel() as conn:
-        ledger.append(conn, [{
+        store.append(conn, [{
             "id": apikeys.span_id_for(keys.derivation_secret(keys.operator_key(api.home)),
                                       key_id), "seq": 0, "entity_type": "api_key",
             "who": "logline", "did": "issued", "this": f"api key {key_id}",
@@ -142,14 +144,14 @@ def test_a_ledger_still_holding_the_older_api_contract_lets_no_tenant_admin_boot
     with serving(server, template, tmp_path) as api:
         with api.kernel() as conn:
             secret = keys.derivation_secret(keys.operator_key(api.home))
-            head = ledger.head(conn, contract_id(secret, "api", "1.0.0"))
+            head = store.head(conn, contract_id(secret, "api", "1.0.0"))
             content = head["content"]
             for action in ("kernel_boot", "metrics_scrape"):
                 content["actions"][action]["requesters"] = ["admin"]
             draft = {k: v for k, v in head.items()
                      if k not in ("at", "curr_hash", "signature", "public_key")}
             draft.update(seq=head["seq"] + 1, prev_hash=head["curr_hash"], content=content)
-            ledger.append(conn, [draft], keys.operator_key(api.home))
+            store.append(conn, [draft], keys.operator_key(api.home))
         api.stop()
         api.start()
         admin = api.client(api.key("oldboss", "acme", "admin"))
@@ -187,7 +189,7 @@ def test_a_boot_that_times_out_stops_and_leaves_nothing_behind(api):
     Its process is gone with the 504, its database session too, and its span never comes."""
     operator_key = keys.operator_key(api.home)
     with api.kernel() as conn:
-        [kernel] = ledger.append(conn, [{
+        [kernel] = store.append(conn, [{
             "entity_type": "function", "who": "test", "this": "slow kernel", "name": "slow",
             "code": SLOW_KERNEL, "owner_id": "system", "tenant_id": "system",
             "visibility": "public", "status": "active"}], operator_key)

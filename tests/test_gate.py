@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stage0.contracts import contract_id, load, parse, to_span
 from stage0.errors import LoglineError
-from stage0.gate import Approval, approver_refusal, canonical_action, decide
+from stage0.gov.contracts import contract_id, load, parse, to_span
+from stage0.gov.gate import Approval, approver_refusal, canonical_action, decide
 
 ROW = Path(__file__).resolve().parent.parent / "ROW" / "contracts"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -176,7 +176,7 @@ def test_every_route_maps_to_exactly_one_action_and_every_action_to_one_profile(
 
 
 def test_a_route_whose_action_has_no_profile_is_denied_not_allowed():
-    from stage0.governance import route_decision
+    from stage0.gov.governance import route_decision
 
     api = load(ROW / "api@1.0.0.yaml")
     assert route_decision(api, "api.not_a_route", None).reason == "G_NO_PROFILE"

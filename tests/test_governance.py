@@ -23,7 +23,7 @@ import httpx
 import pytest
 from test_api import REPO, Api, Key, start_api
 
-from stage0.contracts import load
+from stage0.gov.contracts import load
 
 pytestmark = pytest.mark.slow
 PHOTO = b"\xff\xd8 the same picture " * 100

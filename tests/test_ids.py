@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from stage0 import apikeys, governance, keys, ledger
-from stage0.apikeys import Principal
+from stage0 import keys
 from stage0.config import Home
-from stage0.contracts import contract_id, load
 from stage0.errors import LoglineError
-from stage0.ids import derive_id
+from stage0.gov import apikeys, governance
+from stage0.gov.apikeys import Principal
+from stage0.gov.contracts import contract_id, load
+from stage0.ledger import store
+from stage0.spans.ids import derive_id
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +30,7 @@ def old_style(*parts: str) -> str:
 
 def squat(conn, operator, span_id: str, tenant: str = "mallory") -> None:
     """What any writer can do: append a span of its own under a chosen id."""
-    ledger.append(conn, [{"id": span_id, "seq": 0, "entity_type": "note", "who": "mallory",
+    store.append(conn, [{"id": span_id, "seq": 0, "entity_type": "note", "who": "mallory",
                           "this": "squat", "owner_id": "mallory", "tenant_id": tenant,
                           "visibility": "tenant"}], operator)
 
@@ -68,7 +70,7 @@ def test_a_span_at_the_old_claim_id_no_longer_keeps_an_agent_from_its_job(
     squat(kernel_conn, operator, old_style("claim", job_id), tenant="acme")
     [handed] = claim(kernel_conn, operator, home, acme, secret)
     assert handed["id"] == job_id
-    span = ledger.head(kernel_conn, governance.claim_id(secret, job_id))
+    span = store.head(kernel_conn, governance.claim_id(secret, job_id))
     assert (span["entity_type"], span["status"]) == ("job_claim", "claimed")
     result, new = governance.report(kernel_conn, operator, acme, job_id, "done", {"files": []},
                                     secret=secret)
@@ -89,7 +91,7 @@ def test_a_claim_that_cannot_be_recorded_skips_that_job_and_says_why(
     # Asked again: the claimed job comes back (not yet reported), the skipped one never does.
     assert [j["id"] for j in claim(kernel_conn, operator, home, acme, secret)] == [fine]
     assert governance.proposal_state(kernel_conn, home.root_public_key(), "acme",
-                                     ledger.head(kernel_conn, taken)["parent_id"]
+                                     store.head(kernel_conn, taken)["parent_id"]
                                      )["jobs"]["execute"]["state"] == "refused"
 
 
@@ -111,9 +113,9 @@ def test_a_tenant_contract_cannot_be_squatted_nor_probed_by_another_tenant(
 
 def test_system_contracts_and_api_keys_are_found_by_their_keyed_ids(
         kernel_conn, operator, secret):
-    span = ledger.head(kernel_conn, contract_id(secret, "personal_ops", "1.0.0"))
+    span = store.head(kernel_conn, contract_id(secret, "personal_ops", "1.0.0"))
     assert span and span["entity_type"] == "contract"  # seeded under the keyed id
-    assert ledger.head(kernel_conn, old_style("contract", "personal_ops@1.0.0")) is None
+    assert store.head(kernel_conn, old_style("contract", "personal_ops@1.0.0")) is None
     token, issued = apikeys.create(kernel_conn, operator, "alice", "acme", ("reader",),
                                    secret)
     key_id = issued["metadata"]["key_id"]
@@ -140,7 +142,7 @@ def test_what_was_recorded_under_the_old_ids_still_counts_and_only_that(
     contracts can still be activated; a span of another kind at such an id counts for
     nothing (clients cannot append api_key or contract spans)."""
     key_id, token = "0123456789abcdef", "llk_0123456789abcdef_" + "A" * 43
-    ledger.append(kernel_conn, [{
+    store.append(kernel_conn, [{
         "id": old_style("api_key", key_id), "seq": 0, "entity_type": "api_key",
         "who": "logline", "did": "issued", "this": "api key", "owner_id": "olga",
         "tenant_id": "acme", "visibility": "private", "status": "active",
@@ -152,7 +154,7 @@ def test_what_was_recorded_under_the_old_ids_still_counts_and_only_that(
 
     contract = load(REPO / "ROW" / "contracts" / "personal_ops@1.0.0.yaml").model_copy(
         update={"name": "old_ops"})
-    ledger.append(kernel_conn, [{
+    store.append(kernel_conn, [{
         "id": old_style("contract", "acme", "old_ops@1.0.0"), "seq": 0,
         "entity_type": "contract", "who": "ann", "did": "published", "this": "old_ops@1.0.0",
         "name": "old_ops", "owner_id": "ann", "tenant_id": "acme", "visibility": "tenant",

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from stage0.canonical import MAX_SAFE_INTEGER, normalise
-from stage0.proofs import check_proofs
+from stage0.spans.canonical import MAX_SAFE_INTEGER, normalise
+from stage0.spans.proofs import check_proofs
 
 REPO = Path(__file__).resolve().parent.parent
 VERIFY_JS = REPO / "tools" / "verify-js"

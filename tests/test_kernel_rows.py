@@ -1,6 +1,6 @@
 """ROW/kernels and ROW/policies are generated from kernels/: they must not drift."""
 
-from stage0 import kernel_rows
+from stage0.ledger import kernel_rows
 
 
 def test_rows_match_kernel_sources():

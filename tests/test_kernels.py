@@ -15,15 +15,15 @@ import pytest
 from nacl.signing import SigningKey
 from test_loader import allow, function_span
 
-from stage0 import ledger, manifest
-from stage0.canonical import normalise, now_at
+from stage0.boot.loader import Loader
 from stage0.errors import LoglineError
-from stage0.loader import Loader
-from stage0.proofs import check_proofs, public_key_hex, seal
-from stage0.queries import q
-from stage0.requests import schedule
-from stage0.sandbox import SandboxPool
-from stage0.worker import KERNELS
+from stage0.ledger import manifest, store
+from stage0.ledger.queries import q
+from stage0.runtime.requests import schedule
+from stage0.runtime.worker import KERNELS
+from stage0.sandbox.pool import SandboxPool
+from stage0.spans.canonical import normalise, now_at
+from stage0.spans.proofs import check_proofs, public_key_hex, seal
 
 _spec = importlib.util.spec_from_file_location(
     "kernel_run_code", __file__.rsplit("/tests/", 1)[0] + "/kernels/run_code.py")
@@ -60,7 +60,7 @@ def loader(seeded, home, pool):
 
 def user_function(conn, operator, code: str = ECHO, tenant: str = "acme",
                   visibility: str = "tenant", **extra) -> dict:
-    [fn] = ledger.append(conn, [{
+    [fn] = store.append(conn, [{
         "entity_type": "function", "who": "alice", "did": "defined", "this": "user function",
         "name": "fn", "code": code, "language": "python", "owner_id": "alice",
         "tenant_id": tenant, "visibility": visibility, "status": "active", **extra}], operator)
@@ -68,8 +68,8 @@ def user_function(conn, operator, code: str = ECHO, tenant: str = "acme",
 
 
 def raw_request(conn, operator, function_id: str, tenant: str, input=None, **extra) -> dict:
-    """A scheduled request appended as is (no checks by stage0.requests.schedule)."""
-    [req] = ledger.append(conn, [{
+    """A scheduled request appended as is (no checks by stage0.runtime.requests.schedule)."""
+    [req] = store.append(conn, [{
         "entity_type": "request", "who": "bob", "did": "scheduled", "this": "run",
         "parent_id": function_id, "owner_id": "bob", "tenant_id": tenant,
         "visibility": "tenant", "status": "scheduled", "input": input,
@@ -177,7 +177,7 @@ def test_cli_boot_run_code_prints_the_signed_execution(cli, kernel_conn, operato
     assert span["trace_id"]
     assert span["metadata"]["function_hash"] == fn["curr_hash"]
     assert check_proofs(span).ok
-    assert ledger.head(kernel_conn, span["id"]) == span  # what was printed is what was stored
+    assert store.head(kernel_conn, span["id"]) == span  # what was printed is what was stored
     assert len(of_type(kernel_conn, "execution")) == 1
 
 
@@ -239,7 +239,7 @@ def test_private_function_is_not_run_for_another_tenant(loader, kernel_conn, ope
     request = raw_request(kernel_conn, operator, fn["id"], "globex", {"x": 1})
     out = loader.boot(WORKER, {"batch": 8})
     assert out["claimed"] == 1 and out["executions"][0]["status"] == "error"
-    done = ledger.head(kernel_conn, request["id"])
+    done = store.head(kernel_conn, request["id"])
     assert (done["seq"], done["status"]) == (1, "error")
     assert "another tenant" in done["error"]["message"]
     assert of_type(kernel_conn, "execution") == []
@@ -251,7 +251,7 @@ def test_public_function_runs_for_any_tenant(loader, kernel_conn, operator):
     request = schedule(kernel_conn, operator, fn["id"], {"x": 2}, user_id="bob",
                        tenant_id="globex")
     loader.boot(WORKER, {"batch": 8})
-    assert ledger.head(kernel_conn, request["id"])["status"] == "complete"
+    assert store.head(kernel_conn, request["id"])["status"] == "complete"
     execution = execution_for(kernel_conn, request["id"])
     assert (execution["tenant_id"], execution["output"]) == ("globex", {"x": 2})
 
@@ -283,8 +283,8 @@ def test_bad_request_in_a_batch_does_not_sink_the_others(loader, kernel_conn, op
     good = schedule(kernel_conn, operator, private["id"], {"x": 2})
     out = loader.boot(WORKER, {"batch": 8})
     assert out["claimed"] == 2
-    assert ledger.head(kernel_conn, bad["id"])["status"] == "error"
-    assert ledger.head(kernel_conn, good["id"])["status"] == "complete"
+    assert store.head(kernel_conn, bad["id"])["status"] == "error"
+    assert store.head(kernel_conn, good["id"])["status"] == "complete"
     assert execution_for(kernel_conn, good["id"])["output"] == {"x": 2}
 
 
@@ -300,7 +300,7 @@ def test_daily_quota_denies_the_rest_and_spares_other_tenants(loader, kernel_con
     assert [e["output"] for e in of_type(kernel_conn, "execution", "acme")] == [
         {"i": 0}, {"i": 1}, {"i": 2}]
     assert len(of_type(kernel_conn, "execution", "globex")) == 2
-    heads = [ledger.head(kernel_conn, r["id"]) for r in acme_requests]
+    heads = [store.head(kernel_conn, r["id"]) for r in acme_requests]
     assert [h["status"] for h in heads] == ["complete"] * 3 + ["denied"] * 2
     assert all(h["metadata"]["reason"] == "QUOTA_EXCEEDED" for h in heads[3:])
     violations = of_type(kernel_conn, "policy_violation")
@@ -308,7 +308,7 @@ def test_daily_quota_denies_the_rest_and_spares_other_tenants(loader, kernel_con
     assert sorted(v["related_to"][0] for v in violations) == sorted(r["id"] for r in
                                                                    acme_requests[3:])
     assert all(v["tenant_id"] == "acme" and v["metadata"]["limit"] == 3 for v in violations)
-    assert [ledger.head(kernel_conn, r["id"])["status"] for r in globex_requests] == [
+    assert [store.head(kernel_conn, r["id"])["status"] for r in globex_requests] == [
         "complete", "complete"]
     # Direct runs count against the same quota.
     assert run(loader, acme["id"], {"i": 9})["entity_type"] == "policy_violation"
@@ -334,7 +334,7 @@ def test_two_workers_racing_never_exceed_the_quota(seeded, home, pool, kernel_co
                 break
             out.append(more)
     assert len(of_type(kernel_conn, "execution", "acme")) == limit
-    statuses = sorted(ledger.head(kernel_conn, r["id"])["status"] for r in requests)
+    statuses = sorted(store.head(kernel_conn, r["id"])["status"] for r in requests)
     assert statuses == ["complete"] * limit + ["denied"] * (len(requests) - limit)
     assert sum(o["claimed"] for o in out) == len(requests)
 
@@ -362,7 +362,7 @@ def test_workers_that_both_passed_the_precheck_still_take_one_slot_each(seeded, 
             out = join_all(threads, results)
     assert [o["claimed"] for o in out] == [2, 2]
     assert len(of_type(kernel_conn, "execution", "acme")) == limit
-    statuses = sorted(ledger.head(kernel_conn, r["id"])["status"] for r in requests)
+    statuses = sorted(store.head(kernel_conn, r["id"])["status"] for r in requests)
     assert statuses == ["complete", "complete", "denied", "denied"]
 
 
@@ -382,16 +382,16 @@ def test_force_by_the_override_key_bypasses_the_quota(loader, kernel_conn, opera
             "owner_id": "ops", "tenant_id": "acme", "visibility": "tenant",
             "status": "scheduled", "input": {"force": force}, "trace_id": str(uuid.uuid4()),
             "metadata": {"force": force}})
-        return ledger.append(kernel_conn, [seal(span, key)], operator)[0]
+        return store.append(kernel_conn, [seal(span, key)], operator)[0]
 
     forced = request(override, True)
     operator_forced = request(operator, True)  # not the override key
     unforced = request(override, False)  # override key, but no force flag
     loader.boot(WORKER, {"batch": 8})
-    assert ledger.head(kernel_conn, forced["id"])["status"] == "complete"
+    assert store.head(kernel_conn, forced["id"])["status"] == "complete"
     assert execution_for(kernel_conn, forced["id"])["output"] == {"force": True}
-    assert ledger.head(kernel_conn, operator_forced["id"])["status"] == "denied"
-    assert ledger.head(kernel_conn, unforced["id"])["status"] == "denied"
+    assert store.head(kernel_conn, operator_forced["id"])["status"] == "denied"
+    assert store.head(kernel_conn, unforced["id"])["status"] == "denied"
     assert len(of_type(kernel_conn, "execution", "acme")) == 2
 
 
@@ -414,7 +414,7 @@ def test_observer_schedules_each_function_version_once(loader, kernel_conn, oper
     assert req["metadata"]["function_seq"] == 0
     assert requests_for(kernel_conn, idle["id"]) == []
 
-    ledger.append(kernel_conn, [{**{k: fn[k] for k in ("id", "entity_type", "who", "this",
+    store.append(kernel_conn, [{**{k: fn[k] for k in ("id", "entity_type", "who", "this",
                                                       "name", "owner_id", "tenant_id",
                                                       "visibility", "code")},
                                  "status": "scheduled", "input": {"v": 1}}], operator)
@@ -470,7 +470,7 @@ def test_request_worker_is_fifo_batched_and_completes_each_request(loader, kerne
     first = loader.boot(WORKER, {"batch": 2})
     assert first["claimed"] == 2
     assert [e["request_id"] for e in first["executions"]] == [reqs[0]["id"], reqs[1]["id"]]
-    assert [ledger.head(kernel_conn, r["id"])["seq"] for r in reqs] == [1, 1, 0, 0, 0]
+    assert [store.head(kernel_conn, r["id"])["seq"] for r in reqs] == [1, 1, 0, 0, 0]
     assert loader.boot(WORKER, {"batch": 2})["claimed"] == 2
     assert loader.boot(WORKER, {"batch": 2})["claimed"] == 1
     assert loader.boot(WORKER, {"batch": 2}) == {"claimed": 0, "executions": []}
@@ -480,7 +480,7 @@ def test_request_worker_is_fifo_batched_and_completes_each_request(loader, kerne
     assert positions == sorted(positions)  # executed in scheduling order
     assert [e["output"] for e in executions] == [{"i": i} for i in range(5)]
     for req, execution in zip(reqs, executions, strict=True):
-        done = ledger.head(kernel_conn, req["id"])
+        done = store.head(kernel_conn, req["id"])
         assert (done["seq"], done["status"]) == (1, "complete")
         assert done["prev_hash"] == req["curr_hash"]
         assert done["metadata"]["execution_id"] == execution["id"]
@@ -500,7 +500,7 @@ def test_a_tenants_flood_of_requests_does_not_push_another_tenants_behind_it(
     # it behind all 40)
     assert [e["request_id"] for e in first["executions"]][:2] == [flood[0]["id"], mine["id"]]
     assert first["claimed"] == 8
-    assert ledger.head(kernel_conn, mine["id"])["status"] == "complete"
+    assert store.head(kernel_conn, mine["id"])["status"] == "complete"
     assert [e["request_id"] for e in first["executions"]][2:] == [r["id"] for r in flood[1:7]]
 
 
@@ -527,7 +527,7 @@ def test_claims_take_each_tenants_oldest_in_turn_and_skip_what_others_hold(
 def test_cli_schedule_prints_the_request_id_and_is_idempotent(cli, kernel_conn, operator):
     fn = user_function(kernel_conn, operator, ECHO)
     plain = cli("schedule", fn["id"], "--input", '{"n": 1}').stdout.strip()
-    request = ledger.head(kernel_conn, plain)
+    request = store.head(kernel_conn, plain)
     assert (request["entity_type"], request["status"], request["parent_id"],
             request["input"]) == ("request", "scheduled", fn["id"], {"n": 1})
     keyed = [cli("schedule", fn["id"], "--idempotency-key", "nightly-1").stdout.strip()
@@ -547,12 +547,12 @@ def _untrusted(conn, operator):
                            "entity_type": "function", "who": "mallory", "this": "fn",
                            "code": ECHO, "owner_id": "alice", "tenant_id": "acme",
                            "visibility": "tenant", "status": "active"}), SigningKey.generate())
-    ledger.insert(conn, [span])
+    store.insert(conn, [span])
     return span["id"]
 
 
 def _not_a_function(conn, operator):
-    return ledger.append(conn, [{"entity_type": "note", "who": "alice", "this": "a note",
+    return store.append(conn, [{"entity_type": "note", "who": "alice", "this": "a note",
                                  "owner_id": "alice", "tenant_id": "acme",
                                  "visibility": "tenant"}], operator)[0]["id"]
 
@@ -564,7 +564,7 @@ def test_request_for_an_unusable_function_completes_with_error(loader, kernel_co
                                                                target, reason):
     request = raw_request(kernel_conn, operator, target(kernel_conn, operator), "acme")
     assert loader.boot(WORKER, {"batch": 8})["claimed"] == 1
-    done = ledger.head(kernel_conn, request["id"])
+    done = store.head(kernel_conn, request["id"])
     assert (done["seq"], done["status"]) == (1, "error")
     assert reason in done["error"]["message"]
     assert of_type(kernel_conn, "execution") == []
@@ -580,14 +580,14 @@ def test_function_edited_behind_the_back_is_not_run(loader, seeded, kernel_conn,
                       ("def main(input):\n    return 'evil'\n", fn["id"]))
     request = schedule(kernel_conn, operator, fn["id"], {"x": 2})
     loader.boot(WORKER, {"batch": 8})
-    done = ledger.head(kernel_conn, request["id"])
+    done = store.head(kernel_conn, request["id"])
     assert done["status"] == "error" and "HASH_MISMATCH" in done["error"]["message"]
     assert [e["output"] for e in of_type(kernel_conn, "execution")] == [{"x": 1}]
 
 
 # --- capabilities ----------------------------------------------------------------------------
 def boot_kernel(loader, conn, operator, body: str):
-    [fn] = ledger.append(conn, [function_span(code=f"def main(ctx):\n    {body}\n")], operator)
+    [fn] = store.append(conn, [function_span(code=f"def main(ctx):\n    {body}\n")], operator)
     allow(conn, operator, fn["id"])
     return loader.boot(fn["id"])
 
@@ -617,7 +617,7 @@ def test_kernel_cannot_reach_past_its_capabilities(loader, kernel_conn, operator
 
 
 def test_kernel_sql_refusal_is_a_reason_code_not_a_traceback(cli, kernel_conn, operator):
-    [fn] = ledger.append(kernel_conn, [function_span(
+    [fn] = store.append(kernel_conn, [function_span(
         code="def main(ctx):\n    return ctx.sql('UPDATE ledger.universal_registry "
              "SET status = NULL')\n")], operator)
     allow(kernel_conn, operator, fn["id"])

@@ -7,11 +7,11 @@ import json
 import pytest
 from nacl.signing import SigningKey
 
-from stage0 import ledger, manifest
-from stage0.canonical import normalise, now_at
-from stage0.loader import BootRefused, Loader
-from stage0.proofs import seal
-from stage0.worker import KERNELS
+from stage0.boot.loader import BootRefused, Loader
+from stage0.ledger import manifest, store
+from stage0.runtime.worker import KERNELS
+from stage0.spans.canonical import normalise, now_at
+from stage0.spans.proofs import seal
 
 ECHO = "def main(ctx):\n    return {'echo': ctx.input, 'tenant': ctx.identity['tenant_id']}\n"
 
@@ -41,7 +41,7 @@ def refusals(conn, function_id: str) -> list[dict]:
 
 
 def test_boot_records_boot_event_and_returns_output(loader, kernel_conn, operator):
-    [fn] = ledger.append(kernel_conn, [function_span()], operator)
+    [fn] = store.append(kernel_conn, [function_span()], operator)
     allow(kernel_conn, operator, fn["id"])
     assert loader.boot(fn["id"], {"x": 1}, tenant_id="acme") == {"echo": {"x": 1},
                                                                  "tenant": "acme"}
@@ -56,7 +56,7 @@ def test_observer_kernel_boots(loader):
 
 
 def test_id_not_in_manifest_is_refused_and_recorded(loader, kernel_conn, operator):
-    [fn] = ledger.append(kernel_conn, [function_span()], operator)
+    [fn] = store.append(kernel_conn, [function_span()], operator)
     with pytest.raises(BootRefused) as refused:
         loader.boot(fn["id"])
     assert refused.value.code == "BOOT_NOT_ALLOWED"
@@ -76,7 +76,7 @@ def test_function_signed_by_untrusted_key_is_refused(loader, kernel_conn, operat
     stranger = SigningKey.generate()
     span = seal(normalise({**function_span(), "id": "00000000-0000-4000-8000-00000000beef",
                            "at": now_at()}), stranger)
-    ledger.insert(kernel_conn, [span])
+    store.insert(kernel_conn, [span])
     kernel_conn.commit()
     allow(kernel_conn, operator, span["id"])
     with pytest.raises(BootRefused) as refused:
@@ -99,7 +99,7 @@ def test_unsigned_function_is_refused(loader, seeded, kernel_conn, operator):
 
 
 def test_function_edited_behind_the_back_is_refused(loader, seeded, kernel_conn, operator):
-    [fn] = ledger.append(kernel_conn, [function_span()], operator)
+    [fn] = store.append(kernel_conn, [function_span()], operator)
     allow(kernel_conn, operator, fn["id"])
     assert loader.boot(fn["id"], 1)["echo"] == 1
     with seeded.connect("admin") as admin:
@@ -122,10 +122,10 @@ def test_manifest_not_signed_by_root_is_refused(loader, seeded, kernel_conn, ope
 
 
 def test_new_kernel_seq_is_picked_up_without_restart(loader, kernel_conn, operator):
-    [fn] = ledger.append(kernel_conn, [function_span()], operator)
+    [fn] = store.append(kernel_conn, [function_span()], operator)
     allow(kernel_conn, operator, fn["id"])
     assert "echo" in loader.boot(fn["id"], 1)
-    ledger.append(kernel_conn, [function_span(code="def main(ctx):\n    return 'v2'\n",
+    store.append(kernel_conn, [function_span(code="def main(ctx):\n    return 'v2'\n",
                                               id=fn["id"])], operator)
     assert loader.boot(fn["id"], 1) == "v2"
     hashes = kernel_conn.execute(
@@ -138,7 +138,7 @@ def test_new_kernel_seq_is_picked_up_without_restart(loader, kernel_conn, operat
 def test_kernel_sql_must_be_a_literal_of_its_source(loader, kernel_conn, operator):
     code = ("def main(ctx):\n    table = 'ledger.universal_registry'\n"
             "    return ctx.sql('SELECT count(*) AS n FROM ' + table)\n")
-    [fn] = ledger.append(kernel_conn, [function_span(code=code)], operator)
+    [fn] = store.append(kernel_conn, [function_span(code=code)], operator)
     allow(kernel_conn, operator, fn["id"])
     with pytest.raises(Exception) as refused:
         loader.boot(fn["id"])
@@ -152,7 +152,7 @@ def test_kernel_sql_must_be_a_literal_of_its_source(loader, kernel_conn, operato
     ("return open('/etc/passwd').read()", "KERNEL_ERROR"),
 ])
 def test_kernel_cannot_reach_past_its_capabilities(loader, kernel_conn, operator, body, code):
-    [fn] = ledger.append(kernel_conn, [function_span(code=f"def main(ctx):\n    {body}\n")],
+    [fn] = store.append(kernel_conn, [function_span(code=f"def main(ctx):\n    {body}\n")],
                          operator)
     allow(kernel_conn, operator, fn["id"])
     with pytest.raises(Exception) as refused:

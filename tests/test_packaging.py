@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stage0 import config, db
+from stage0 import config
+from stage0.ledger import db
 
 REPO = Path(__file__).resolve().parent.parent
 DB_ENV = ("LOGLINE_DATABASE_URL", "LOGLINE_APP_DATABASE_URL", "LOGLINE_KERNEL_DATABASE_URL")

@@ -32,9 +32,10 @@ from nacl.signing import SigningKey
 from test_api import REPO, Api, Key, client_signed, start_api
 from test_governance import personal_ops_as
 
-from stage0 import keys, ledger, manifest
-from stage0.display import visible
-from stage0.proofs import public_key_hex
+from stage0 import keys
+from stage0.ledger import manifest, store
+from stage0.spans.display import visible
+from stage0.spans.proofs import public_key_hex
 
 pytestmark = pytest.mark.slow
 RUN_CODE = "00000000-0000-4000-8000-000000000001"
@@ -93,7 +94,7 @@ def append(api: Api, key: SigningKey, **fields: Any) -> dict[str, Any]:
     draft = {"who": "run_code", "this": "fn", "owner_id": "alice", "tenant_id": "acme",
              "visibility": "tenant", **fields}
     with api.kernel() as conn:
-        return ledger.append(conn, [draft], key)[0]
+        return store.append(conn, [draft], key)[0]
 
 
 def post_signed(client: httpx.Client, key: SigningKey, **fields: Any) -> dict[str, Any] | None:
@@ -251,7 +252,7 @@ def test_a_contract_the_platform_did_not_sign_or_cannot_read_is_left_out_and_fla
         content = {"name": "lookalike_ops", "version": "1.0.0", "actions": valid["actions"]}
     key = operator(api) if signer == "operator" else SigningKey.generate()
     with api.kernel() as conn:
-        [span] = ledger.append(conn, [contract_span("lookalike_ops", content)], key)
+        [span] = store.append(conn, [contract_span("lookalike_ops", content)], key)
     answer = acme.http(acme.requester).get("/api/contracts")
     assert answer.status_code == 200, answer.text
     body = answer.json()

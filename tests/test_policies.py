@@ -26,14 +26,15 @@ from test_kernels import (
     user_function,
 )
 
-from stage0 import keys, ledger, manifest
-from stage0.canonical import normalise, now_at
-from stage0.ids import derive_id
+from stage0 import keys
+from stage0.boot.loader import Loader
 from stage0.keys import derivation_secret
-from stage0.loader import Loader
-from stage0.proofs import check_proofs, seal
-from stage0.sandbox import SandboxPool
-from stage0.worker import KERNELS
+from stage0.ledger import manifest, store
+from stage0.runtime.worker import KERNELS
+from stage0.sandbox.pool import SandboxPool
+from stage0.spans.canonical import normalise, now_at
+from stage0.spans.ids import derive_id
+from stage0.spans.proofs import check_proofs, seal
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "kernels" / "policies"
 AGENT = KERNELS["policy_agent"]
@@ -201,7 +202,7 @@ def test_error_report_for_a_failed_execution(loader, kernel_conn, operator):
     assert report["error"]["code"] == "SANDBOX_RUNTIME_ERROR"
     assert report["metadata"]["function_id"] == failed["parent_id"]
     assert report["metadata"]["policy_id"] == error_report.POLICY_ID
-    assert check_proofs(ledger.head(kernel_conn, report["id"])).ok
+    assert check_proofs(store.head(kernel_conn, report["id"])).ok
 
 
 def test_metrics_exec_duration_one_metric_per_execution(loader, kernel_conn, operator):
@@ -234,7 +235,7 @@ def test_slow_exec_follows_the_manifests_slow_ms(loader, kernel_conn, operator):
 
 
 def rollups(conn) -> dict:
-    heads = [ledger.head(conn, r["id"]) for r in of_type(conn, "rollup") if r["seq"] == 0]
+    heads = [store.head(conn, r["id"]) for r in of_type(conn, "rollup") if r["seq"] == 0]
     return {h["metadata"]["labels"]["status"]: h for h in heads}
 
 
@@ -273,7 +274,7 @@ def test_throttle_labels_the_violation(loader, kernel_conn, operator):
 
 
 def add(conn, operator, entity_type: str, tenant: str = "acme", **extra) -> dict:
-    return ledger.append(conn, [{"entity_type": entity_type, "who": "alice", "this": "thing",
+    return store.append(conn, [{"entity_type": entity_type, "who": "alice", "this": "thing",
                                  "owner_id": "alice", "tenant_id": tenant,
                                  "visibility": "tenant", "status": "active", **extra}],
                          operator)[0]
@@ -308,7 +309,7 @@ def test_ttl_reaper_archives_once_under_two_agents(seeded, home, pool, kernel_co
 # --- tenant policies, errors and the cursor --------------------------------------------------
 def tenant_policy(conn, operator, code: str, tenant: str = "acme", on=("note",),
                   **meta) -> dict:
-    return ledger.append(conn, [{
+    return store.append(conn, [{
         "entity_type": "policy", "who": "alice", "did": "defined", "this": "tenant policy",
         "name": f"p{uuid.uuid4().hex[:6]}", "code": code, "owner_id": "alice",
         "tenant_id": tenant, "visibility": "tenant", "status": "active",
@@ -325,7 +326,7 @@ def cursor(conn, policy_id: str) -> dict | None:
     row = conn.execute("SELECT id::text AS id FROM ledger.latest_spans WHERE entity_type = "
                        "'policy_cursor' AND metadata ->> 'policy_id' = %s",
                        (policy_id,)).fetchone()
-    return ledger.head(conn, row["id"]) if row else None
+    return store.head(conn, row["id"]) if row else None
 
 
 SEEN = ("def main(span):\n"
@@ -441,7 +442,7 @@ def test_run_action_schedules_a_request_once(loader, kernel_conn, operator):
         "request", "scheduled", fn["id"])
     assert request["metadata"]["caused_by"] == note["id"]
     assert loader.boot(WORKER, {"batch": 8})["claimed"] == 1
-    assert ledger.head(kernel_conn, request["id"])["status"] == "complete"
+    assert store.head(kernel_conn, request["id"])["status"] == "complete"
     assert [e["output"] for e in of_type(kernel_conn, "execution")] == [{"hi": 1}]
 
 
@@ -451,7 +452,7 @@ def test_cursor_never_jumps_a_late_committing_writer(seeded, loader, kernel_conn
     early = add(kernel_conn, operator, "note")
     with seeded.connect("kernel") as late_conn:
         with late_conn.transaction():  # a writer that commits late
-            [late] = ledger.append(late_conn, [{
+            [late] = store.append(late_conn, [{
                 "entity_type": "note", "who": "alice", "this": "late", "owner_id": "alice",
                 "tenant_id": "acme", "visibility": "tenant"}], operator)
             threads, results = in_threads(lambda: agent(loader))
@@ -547,7 +548,7 @@ def test_unverified_policy_does_not_run(loader, seeded, kernel_conn, operator, h
             "owner_id": "alice", "tenant_id": "acme", "visibility": "tenant",
             "status": "active", "metadata": {"on_entity_types": ["note"]}}),
             SigningKey.generate())
-        ledger.insert(kernel_conn, [span])
+        store.insert(kernel_conn, [span])
         policy_id = span["id"]
     else:
         policy_id = tenant_policy(kernel_conn, operator, "def main(span):\n    return []\n")["id"]
@@ -637,7 +638,7 @@ def test_one_tenants_spinning_policies_cannot_starve_another_tenants(
 
 
 def platform_policy(conn, key, code: str, **meta) -> dict:
-    return ledger.append(conn, [{
+    return store.append(conn, [{
         "entity_type": "policy", "who": "ops", "did": "defined", "this": "system policy",
         "name": f"s{uuid.uuid4().hex[:6]}", "code": code, "owner_id": "system",
         "tenant_id": "system", "visibility": "public", "status": "active",
@@ -734,7 +735,7 @@ def test_a_span_at_the_old_cursor_id_no_longer_wedges_or_steers_a_policy(
         loader, kernel_conn, operator, squatter):
     policy = tenant_policy(kernel_conn, operator, SEEN)
     # mallory, a writer of the same tenant, takes the id the old uuid5 derivation gave
-    ledger.append(kernel_conn, [{"id": old_cursor_id(policy["id"]), "seq": 0, "who": "mallory",
+    store.append(kernel_conn, [{"id": old_cursor_id(policy["id"]), "seq": 0, "who": "mallory",
                                  "this": "squat", "owner_id": "mallory", "tenant_id": "acme",
                                  "visibility": "tenant", "parent_id": policy["id"],
                                  **squatter}], operator)
@@ -749,7 +750,7 @@ def test_a_span_at_the_old_cursor_id_no_longer_wedges_or_steers_a_policy(
 def test_a_cursor_an_older_agent_kept_is_carried_on(loader, kernel_conn, operator):
     policy = tenant_policy(kernel_conn, operator, SEEN)
     before = add(kernel_conn, operator, "note")
-    ledger.append(kernel_conn, [{  # what the agent recorded before ids were keyed
+    store.append(kernel_conn, [{  # what the agent recorded before ids were keyed
         "id": old_cursor_id(policy["id"]), "seq": 0, "entity_type": "policy_cursor",
         "who": "policy_agent", "did": "advanced", "this": policy["name"],
         "parent_id": policy["id"], "owner_id": policy["owner_id"], "tenant_id": "acme",
@@ -770,7 +771,7 @@ def test_an_action_the_ledger_refuses_becomes_a_policy_error_and_the_rest_procee
     note = add(kernel_conn, operator, "note")
     # The id the agent will give the policy's first action is taken.
     taken = derive_id(derivation_secret(operator), "emit", policy["id"], note["id"], 0, 0)
-    ledger.append(kernel_conn, [{"id": taken, "seq": 0, "entity_type": "note", "who": "x",
+    store.append(kernel_conn, [{"id": taken, "seq": 0, "entity_type": "note", "who": "x",
                                  "this": "taken", "owner_id": "x", "tenant_id": "globex",
                                  "visibility": "tenant"}], operator)
     agent(loader)
@@ -805,7 +806,7 @@ def test_a_tenants_archive_mark_does_not_keep_a_span_from_the_reaper(loader, ker
     expired = add(kernel_conn, operator, "memory", metadata={"ttl_at": "2000-01-01T00:00:00Z"})
     edge = keys.edge_key(operator)
     for tenant in ("acme", "globex"):
-        ledger.append(kernel_conn, [{
+        store.append(kernel_conn, [{
             "entity_type": "status_patch", "who": "mallory", "this": "archived by hand",
             "parent_id": expired["id"], "status": "archived", "owner_id": "mallory",
             "tenant_id": tenant}], edge)

@@ -13,10 +13,10 @@ import pytest
 from test_api import Api, assert_error, post, start_api
 from test_kernels import ECHO, WORKER, of_type, run, user_function
 
-from stage0 import db, ledger, manifest, quota, seed
+from stage0.boot.loader import Loader
 from stage0.config import row_dir
-from stage0.loader import Loader
-from stage0.requests import schedule
+from stage0.ledger import db, manifest, quota, seed, store
+from stage0.runtime.requests import schedule
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 
@@ -83,7 +83,7 @@ def loader(seeded, home, pool) -> Iterator[Loader]:
 
 @pytest.fixture(scope="module")
 def pool():
-    from stage0.sandbox import SandboxPool
+    from stage0.sandbox.pool import SandboxPool
 
     with SandboxPool(size=2) as p:
         yield p
@@ -101,7 +101,7 @@ def test_a_denied_request_carries_the_reason_and_other_tenants_keep_the_default(
     assert reasons == {first["id"]: None, second["id"]: "QUOTA_EXCEEDED",
                        **{o["id"]: None for o in others}}
 
-    denied = ledger.head(kernel_conn, second["id"])
+    denied = store.head(kernel_conn, second["id"])
     assert denied["status"] == "denied"
     assert denied["error"]["code"] == "QUOTA_EXCEEDED"
     assert "tenant acme has used its 1 executions" in denied["error"]["message"]
@@ -109,12 +109,12 @@ def test_a_denied_request_carries_the_reason_and_other_tenants_keep_the_default(
     assert denied["metadata"]["reason"] == "QUOTA_EXCEEDED" and denied["metadata"]["limit"] == 1
     [violation] = of_type(kernel_conn, "policy_violation")
     assert violation["error"] == denied["error"] and violation["metadata"]["limit"] == 1
-    assert [ledger.head(kernel_conn, o["id"])["status"] for o in others] == ["complete"] * 2
+    assert [store.head(kernel_conn, o["id"])["status"] for o in others] == ["complete"] * 2
     assert quota.of_tenant(kernel_conn, manifest_meta(kernel_conn, operator), "acme").spent
 
 
 def manifest_meta(conn, operator) -> dict:
-    from stage0.proofs import public_key_hex
+    from stage0.spans.proofs import public_key_hex
 
     return manifest.latest(conn, public_key_hex(operator))["metadata"]
 

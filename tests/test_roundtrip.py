@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from stage0 import ledger
-from stage0.canonical import MAX_SAFE_INTEGER, canonical_bytes
-from stage0.proofs import check_proofs
+from stage0.ledger import store
+from stage0.spans.canonical import MAX_SAFE_INTEGER, canonical_bytes
+from stage0.spans.proofs import check_proofs
 
 PIECES = st.one_of(
     st.characters(codec="utf-8", exclude_characters="\x00"),
@@ -65,8 +65,8 @@ def _same_owner_per_id(span: dict) -> dict:
 
 
 def _assert_round_trips(conn, span, key):
-    [stored] = ledger.append(conn, [span], key)
-    back = ledger.head(conn, stored["id"])
+    [stored] = store.append(conn, [span], key)
+    back = store.head(conn, stored["id"])
     assert back == stored
     assert canonical_bytes(back) == canonical_bytes(stored)
     check = check_proofs(back)
@@ -89,17 +89,17 @@ def test_stored_span_rehashes_to_its_curr_hash(kernel_conn, operator, span):
 def test_versions_read_back_verify_and_chain(kernel_conn, operator):
     span_id = "7e570000-0000-4000-8000-00000000c4a1"
     for n in range(3):
-        ledger.append(kernel_conn, [{"id": span_id.upper(), "entity_type": "note", "who": "w",
+        store.append(kernel_conn, [{"id": span_id.upper(), "entity_type": "note", "who": "w",
                                      "this": f"v{n}", "owner_id": "o", "tenant_id": "t",
                                      "metadata": {"n": n + 0.5}}], operator)
-    stored = ledger.versions(kernel_conn, span_id)
+    stored = store.versions(kernel_conn, span_id)
     assert [s["seq"] for s in stored] == [0, 1, 2]
     assert all(check_proofs(s).ok for s in stored)
     assert [s["prev_hash"] for s in stored] == [None] + [s["curr_hash"] for s in stored[:-1]]
 
 
 # jsonb keeps numbers as numeric and prints 1e16 as 10000000000000000: read back naively that
-# is an int beyond +-(2^53-1) and the span would no longer hash (stage0.db.loads handles it).
+# is an int beyond +-(2^53-1) and the span would no longer hash (stage0.ledger.db.loads handles it).
 BIG_FLOATS = {"1e16": 1e16, "1e21": 1e21, "-1.5e300": -1.5e300, "max": 1.7976931348623157e308,
               "2^53 as float": 9007199254740992.0, "tiny": 5e-324}
 
@@ -113,7 +113,7 @@ def test_big_floats_survive_the_database(kernel_conn, operator):
 
 
 def test_verify_passes_after_storing_big_floats(kernel_conn, operator, cli):
-    ledger.append(kernel_conn, [{"entity_type": "note", "who": "w", "this": "t",
+    store.append(kernel_conn, [{"entity_type": "note", "who": "w", "this": "t",
                                  "owner_id": "o", "tenant_id": "t",
                                  "output": [1e16, 1e21, -0.0, 5e-324]}], operator)
     kernel_conn.commit()

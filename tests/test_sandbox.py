@@ -14,9 +14,9 @@ import types
 
 import pytest
 
-from stage0 import sandbox_worker
 from stage0.errors import LoglineError
-from stage0.sandbox import ERROR_CODES, Limits, SandboxPool
+from stage0.sandbox import worker as sandbox_worker
+from stage0.sandbox.pool import ERROR_CODES, Limits, SandboxPool
 
 LIMITS = Limits(wall_ms=3000, cpu_ms=300, memory_mb=128, output_bytes=64 * 1024,
                 input_bytes=64 * 1024, stdout_bytes=4096)

@@ -16,9 +16,9 @@ import threading
 
 import pytest
 
-from stage0 import sandbox_worker
 from stage0.errors import LoglineError
-from stage0.sandbox import Limits, SandboxPool
+from stage0.sandbox import worker as sandbox_worker
+from stage0.sandbox.pool import Limits, SandboxPool
 
 LIMITS = Limits(wall_ms=5000, cpu_ms=1000, memory_mb=128)
 
@@ -316,7 +316,7 @@ def test_every_common_codec_works_after_the_walls(one):
 HOST_PATHS = [
     "/usr/lib/python3.11/encodings/cp437.py",
     "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/RestrictedPython/Guards.py",
-    "/work/wt/sandbox/stage0/sandbox_worker.py",
+    "/work/wt/sandbox/stage0/sandbox/worker.py",
 ]
 ORDINARY = ["2024/01/02", "a/b", "x / y", "unsupported operand type(s) for /: 'int' and 'str'",
             "see https://example.com/a/b", "/", "/single"]

@@ -23,12 +23,12 @@ import pytest
 from nacl.signing import SigningKey
 from psycopg.types.json import Jsonb
 
-from stage0 import db, ledger, migrate, verify
-from stage0.canonical import FIELDS, JSON_FIELDS, normalise, now_at
 from stage0.config import schema_dir
 from stage0.errors import LoglineError
-from stage0.manifest import MANIFEST_ID
-from stage0.proofs import public_key_hex, seal
+from stage0.ledger import db, migrate, store, verify
+from stage0.ledger.manifest import MANIFEST_ID
+from stage0.spans.canonical import FIELDS, JSON_FIELDS, normalise, now_at
+from stage0.spans.proofs import public_key_hex, seal
 
 ROLES = ("app", "kernel")
 APPEND_LOCK_KEY = 5514346441049466213
@@ -67,20 +67,20 @@ _INSERT = (f"INSERT INTO {TABLE} ({', '.join(chr(34) + f + chr(34) for f in FIEL
 
 def sql_insert(conn: psycopg.Connection, span: dict[str, Any]) -> None:
     """Insert one span with a plain INSERT (RLS and the triggers decide); refusals come back
-    as LoglineError with the database's reason code, like stage0.ledger.insert."""
+    as LoglineError with the database's reason code, like stage0.ledger.store.insert."""
     values = [Jsonb(span[f]) if f in JSON_FIELDS and span[f] is not None else span[f]
               for f in FIELDS]
     try:
         with conn.transaction():
             conn.execute(_INSERT, values)
     except psycopg.Error as exc:
-        raise ledger.ledger_error(exc) from None
+        raise store.ledger_error(exc) from None
 
 
 def kernel_insert(conn: psycopg.Connection, span: dict[str, Any]) -> None:
-    """stage0.ledger.insert (COPY) in its own transaction or savepoint."""
+    """stage0.ledger.store.insert (COPY) in its own transaction or savepoint."""
     with conn.transaction():
-        ledger.insert(conn, [span])
+        store.insert(conn, [span])
 
 
 def head_row(conn: psycopg.Connection, span_id: str) -> dict[str, Any] | None:
@@ -316,7 +316,7 @@ def tenants(seeded: db.Database, operator: SigningKey) -> dict[str, str]:
             for v in range(versions):
                 batch.append(draft(id=ids[name], this=f"{name} v{v}", owner_id=owner,
                                    tenant_id=tenant, visibility=visibility, is_deleted=deleted))
-        ledger.append(conn, batch, operator)
+        store.append(conn, batch, operator)
     return ids
 
 
@@ -439,15 +439,15 @@ def test_rls_app_inserts_only_as_itself(seeded, operator):
 def test_app_role_appends_through_ledger_append(seeded, operator):
     with seeded.connect("app") as conn:
         with db.as_identity(conn, "alice", "A"):
-            [span] = ledger.append(conn, [draft(visibility="tenant")], operator)
+            [span] = store.append(conn, [draft(visibility="tenant")], operator)
         with db.as_identity(conn, "bob", "A"):
-            assert ledger.head(conn, span["id"]) == span
+            assert store.head(conn, span["id"]) == span
         with db.as_identity(conn, "alice", "A"):
-            [v1] = ledger.append(conn, [draft(id=span["id"], status="edited")], operator)
+            [v1] = store.append(conn, [draft(id=span["id"], status="edited")], operator)
         assert v1["seq"] == 1
         batch = [draft(this=f"bulk {i}") for i in range(100)]
         with db.as_identity(conn, "alice", "A"):
-            stored_batch = ledger.append(conn, batch, operator)
+            stored_batch = store.append(conn, batch, operator)
             assert len(stored_batch) == 100
             n = conn.execute(f"SELECT count(*) AS n FROM {TABLE} WHERE \"this\" LIKE 'bulk %%'"
                              ).fetchone()["n"]
@@ -460,9 +460,9 @@ def test_app_role_appends_through_ledger_append(seeded, operator):
 def chained(kernel, operator) -> dict[str, Any]:
     """A span with two versions, appended by the kernel; returns its latest version."""
     span_id = str(uuid.uuid4())
-    ledger.append(kernel, [draft(id=span_id, status="v0"), draft(id=span_id, status="v1")],
+    store.append(kernel, [draft(id=span_id, status="v0"), draft(id=span_id, status="v1")],
                   operator)
-    return ledger.head(kernel, span_id)
+    return store.head(kernel, span_id)
 
 
 def _refused(conn: psycopg.Connection, span: dict, code: str, insert=kernel_insert) -> None:
@@ -486,17 +486,17 @@ def test_chain_seq_gap_refused(kernel, operator, chained):
 
 @pytest.mark.parametrize("seq", [0, 1])
 def test_chain_existing_seq_refused(kernel, operator, chained, seq):
-    versions = ledger.versions(kernel, chained["id"])
+    versions = store.versions(kernel, chained["id"])
     prev = versions[seq - 1] if seq else None
     again = (next_version(operator, prev, this="fork") if prev
              else sealed(operator, id=chained["id"], this="fork"))
     assert again["seq"] == seq
     _refused(kernel, again, "LEDGER_SEQ_CONFLICT")
-    assert ledger.versions(kernel, chained["id"]) == versions
+    assert store.versions(kernel, chained["id"]) == versions
 
 
 def test_chain_prev_hash_mismatch_refused(kernel, operator, chained):
-    first = ledger.versions(kernel, chained["id"])[0]
+    first = store.versions(kernel, chained["id"])[0]
     wrong = next_version(operator, chained, prev_hash=first["curr_hash"])
     _refused(kernel, wrong, "LEDGER_PREV_HASH_MISMATCH")
     _refused(kernel, next_version(operator, chained, prev_hash="0" * 64),
@@ -521,7 +521,7 @@ def test_chain_tenant_b_cannot_append_to_a_public_system_span(seeded, operator):
     with seeded.connect("app") as conn:
         with db.as_identity(conn, "carol", "B"):
             # The public manifest is readable, so carol knows its head and hash ...
-            current = ledger.head(conn, MANIFEST_ID)
+            current = store.head(conn, MANIFEST_ID)
             assert current is not None and current["owner_id"] == "system"
             # ... but a version that moves it into her ownership is refused by the trigger,
             hijack = next_version(intruder, current, owner_id="carol", tenant_id="B",
@@ -534,7 +534,7 @@ def test_chain_tenant_b_cannot_append_to_a_public_system_span(seeded, operator):
                 sql_insert(conn, forged)
             assert err.value.code == "LEDGER_FORBIDDEN"
     with seeded.connect("kernel") as k:
-        assert [v["seq"] for v in ledger.versions(k, MANIFEST_ID)] == [0]
+        assert [v["seq"] for v in store.versions(k, MANIFEST_ID)] == [0]
         assert head_row(k, MANIFEST_ID)["curr_hash"] == current["curr_hash"]
 
 
@@ -561,7 +561,7 @@ def test_concurrent_explicit_versions_never_fork(seeded, operator):
             for r in range(rounds):
                 outcomes = list(pool.map(attempt, range(threads), [prev] * threads))
                 assert sorted(outcomes) == ["LEDGER_SEQ_CONFLICT"] * (threads - 1) + ["ok"], r
-                prev = ledger.head(reader, span_id)
+                prev = store.head(reader, span_id)
                 reader.rollback()
                 assert prev["seq"] == r
                 assert prev["who"] == f"writer{outcomes.index('ok')}"
@@ -572,14 +572,14 @@ def test_concurrent_explicit_versions_never_fork(seeded, operator):
 
 
 def test_concurrent_auto_chained_appends_all_succeed_linearly(seeded, operator):
-    threads = ledger.MAX_CHAIN_RETRIES  # each loss is another writer's commit: N-1 at most
+    threads = store.MAX_CHAIN_RETRIES  # each loss is another writer's commit: N-1 at most
     span_id = str(uuid.uuid4())
     barrier = threading.Barrier(threads)
 
     def append(i: int) -> dict:
         with seeded.connect("kernel") as conn:
             barrier.wait(timeout=30)
-            return ledger.append(conn, [draft(id=span_id, who=f"writer{i}")], operator)[0]
+            return store.append(conn, [draft(id=span_id, who=f"writer{i}")], operator)[0]
 
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(append, range(threads)))
@@ -614,7 +614,7 @@ def test_position_is_assigned_in_commit_order(seeded, operator):
 
         def second() -> None:
             try:
-                result["span"] = ledger.append(t2, [draft(this="second")], operator)[0]
+                result["span"] = store.append(t2, [draft(this="second")], operator)[0]
             except BaseException as exc:  # reported by the main thread
                 result["error"] = exc
             finally:
@@ -622,7 +622,7 @@ def test_position_is_assigned_in_commit_order(seeded, operator):
 
         worker = threading.Thread(target=second)
         with t1.transaction():
-            [first] = ledger.append(t1, [draft(this="first")], operator)
+            [first] = store.append(t1, [draft(this="first")], operator)
             p1 = _position(t1, first["id"])
             worker.start()
             wait_until(lambda: _waiting_for_append_lock(watcher, t2.info.backend_pid),
@@ -646,7 +646,7 @@ def test_reader_never_sees_a_position_below_one_already_seen(seeded, operator):
         with seeded.connect("kernel") as conn:
             barrier.wait(timeout=30)
             for n in range(appends):
-                ledger.append(conn, [draft(this=f"w{i} #{n}", tenant_id=f"T{i}")], operator)
+                store.append(conn, [draft(this=f"w{i} #{n}", tenant_id=f"T{i}")], operator)
         return appends
 
     with seeded.connect("kernel", autocommit=True) as reader, ThreadPoolExecutor(writers) as pool:
@@ -680,11 +680,11 @@ def test_head_projection_tracks_the_latest_version(kernel, operator):
     job, other = str(uuid.uuid4()), str(uuid.uuid4())
     statuses = ["scheduled", "running", "failed", "scheduled", "done"]
     for i, status in enumerate(statuses):
-        ledger.append(kernel, [draft(id=job, entity_type="request", status=status,
+        store.append(kernel, [draft(id=job, entity_type="request", status=status,
                                      visibility="tenant" if i < 3 else "public"),
                                draft(id=str(uuid.uuid4()), entity_type="request",
                                      status="scheduled")], operator)
-    ledger.append(kernel, [draft(id=other, entity_type="request", status="scheduled")],
+    store.append(kernel, [draft(id=other, entity_type="request", status="scheduled")],
                   operator)
     rows = kernel.execute(f"SELECT * FROM {TABLE} WHERE id = %s ORDER BY seq", (job,)).fetchall()
     latest = rows[-1]
@@ -726,11 +726,11 @@ def test_notify_carries_a_small_envelope_even_for_a_big_span(seeded, operator):
     with seeded.connect("kernel", autocommit=True) as listener, \
             seeded.connect("kernel") as writer:
         listener.execute("LISTEN timeline_updates")
-        [span] = ledger.append(writer, [draft(entity_type="function", code=code,
+        [span] = store.append(writer, [draft(entity_type="function", code=code,
                                               visibility="tenant")], operator)
         notes = list(listener.notifies(timeout=10, stop_after=1))
         position = _position(writer, span["id"])
-        assert ledger.head(writer, span["id"])["code"] == code
+        assert store.head(writer, span["id"])["code"] == code
     assert len(notes) == 1
     note = notes[0]
     assert note.channel == "timeline_updates"
@@ -745,9 +745,9 @@ def test_notify_is_sent_only_on_commit(seeded, operator):
             seeded.connect("kernel") as writer:
         listener.execute("LISTEN timeline_updates")
         with pytest.raises(RuntimeError), writer.transaction():
-            ledger.append(writer, [draft(this="rolled back")], operator)
+            store.append(writer, [draft(this="rolled back")], operator)
             raise RuntimeError("abort")
-        [kept] = ledger.append(writer, [draft(this="kept")], operator)
+        [kept] = store.append(writer, [draft(this="kept")], operator)
         notes = list(listener.notifies(timeout=10, stop_after=1))
         # Notifications arrive in commit order: the first one is already the kept span's.
         assert [json.loads(n.payload)["id"] for n in notes] == [kept["id"]]
@@ -760,17 +760,17 @@ def test_request_idempotency_key_is_unique_per_tenant(kernel, operator):
         return draft(**{"entity_type": "request", "status": "scheduled",
                         "metadata": {"idempotency_key": "fn-1:2024-06-01"}, **fields})
 
-    [first] = ledger.append(kernel, [request()], operator)
+    [first] = store.append(kernel, [request()], operator)
     with pytest.raises(LoglineError) as err:
-        ledger.append(kernel, [request()], operator)
+        store.append(kernel, [request()], operator)
     assert err.value.code == "LEDGER_DUPLICATE"
     assert "ur_request_idempotency" in err.value.message
     # Completing the request appends seq 1 with the same key: allowed.
-    [done] = ledger.append(kernel, [request(id=first["id"], status="done")], operator)
+    [done] = store.append(kernel, [request(id=first["id"], status="done")], operator)
     assert done["seq"] == 1
     # Other tenants and other kinds of span may use the same key.
-    ledger.append(kernel, [request(tenant_id="B")], operator)
-    ledger.append(kernel, [draft(entity_type="note", metadata={
+    store.append(kernel, [request(tenant_id="B")], operator)
+    store.append(kernel, [draft(entity_type="note", metadata={
         "idempotency_key": "fn-1:2024-06-01"})], operator)
     n = kernel.execute(f"SELECT count(*) AS n FROM {TABLE} WHERE entity_type = 'request' AND "
                        "tenant_id = 'A'").fetchone()["n"]

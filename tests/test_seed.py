@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from stage0 import ledger, seed
-from stage0.canonical import normalise
-from stage0.manifest import MANIFEST_ID
-from stage0.proofs import check_proofs, public_key_hex
+from stage0.ledger import seed, store
+from stage0.ledger.manifest import MANIFEST_ID
+from stage0.spans.canonical import normalise
+from stage0.spans.proofs import check_proofs, public_key_hex
 
 
 def row(**fields: Any) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def test_unsigned_rows_are_signed_by_the_operator_at_seed_time(seeded, operator,
     path = write_rows(tmp_path / "w.ndjson", rows)
     with seeded.connect("kernel") as conn:
         [result] = seed.seed(conn, [path], operator)
-        stored = [ledger.head(conn, r["id"]) for r in rows]
+        stored = [store.head(conn, r["id"]) for r in rows]
     assert (result.appended, result.unchanged) == (2, 0)
     for span in stored:
         assert span["seq"] == 0 and span["prev_hash"] is None
@@ -87,7 +87,7 @@ def test_changed_content_appends_the_next_seq_chained_to_the_previous(seeded, op
         write_rows(path, [{**widget, "status": "retired", "metadata": {"v": 3}}])
         seed.seed(conn, [path], operator)
         seed.seed(conn, [path], operator)  # unchanged again: nothing more
-        versions = ledger.versions(conn, widget["id"])
+        versions = store.versions(conn, widget["id"])
     assert result.appended == 1
     assert [v["seq"] for v in versions] == [0, 1, 2]
     assert [v["status"] for v in versions] == ["active", "retired", "retired"]

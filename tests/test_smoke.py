@@ -1,10 +1,10 @@
-from stage0 import ledger
+from stage0.ledger import store
 
 
 def test_append_and_read_back(kernel_conn, operator):
-    [span] = ledger.append(kernel_conn, [{"entity_type": "note", "who": "t", "this": "x",
+    [span] = store.append(kernel_conn, [{"entity_type": "note", "who": "t", "this": "x",
                                           "owner_id": "u", "tenant_id": "a"}], operator)
-    assert ledger.head(kernel_conn, span["id"]) == span
+    assert store.head(kernel_conn, span["id"]) == span
 
 
 def test_cli_verify(cli):

@@ -4,7 +4,7 @@ signature each make `verify` fail and name the span.
 
 The tampering is done the way a database administrator would: a superuser connection with
 `SET session_replication_role = replica`, which switches the ledger's triggers off. Each case
-is checked twice: through stage0.verify.verify and through the real `logline verify` CLI (exit
+is checked twice: through stage0.ledger.verify.verify and through the real `logline verify` CLI (exit
 code 1, the span and the reason in the human output and in `--json`).
 """
 
@@ -20,9 +20,9 @@ import pytest
 from nacl.signing import SigningKey
 from psycopg.types.json import Jsonb
 
-from stage0 import db, ledger, manifest, verify
-from stage0.canonical import FIELDS, JSON_FIELDS, normalise, now_at
-from stage0.proofs import digest, public_key_hex, seal
+from stage0.ledger import db, manifest, store, verify
+from stage0.spans.canonical import FIELDS, JSON_FIELDS, normalise, now_at
+from stage0.spans.proofs import digest, public_key_hex, seal
 
 TABLE = "ledger.universal_registry"
 COLUMNS = (*FIELDS, "position", "chain_hash")
@@ -42,7 +42,7 @@ class Ledger:
 
 
 def full_span(span_id: str, status: str) -> dict[str, Any]:
-    """A draft with every span column set (chaining and proofs are filled by ledger.append)."""
+    """A draft with every span column set (chaining and proofs are filled by store.append)."""
     return {
         "id": span_id, "entity_type": "function", "who": "tester", "did": "defined",
         "this": "a span with every column", "parent_id": str(uuid.uuid4()),
@@ -65,16 +65,16 @@ def note(**fields: Any) -> dict[str, Any]:
 def ledger_x(seeded: db.Database, operator: SigningKey) -> Ledger:
     x = str(uuid.uuid4())
     with seeded.connect("kernel") as conn:
-        ledger.append(conn, [note(), note(visibility="public")], operator)
-        ledger.append(conn, [full_span(x, "draft")], operator)
+        store.append(conn, [note(), note(visibility="public")], operator)
+        store.append(conn, [full_span(x, "draft")], operator)
         with pytest.raises(RuntimeError), conn.transaction():
-            [lost] = ledger.append(conn, [note(this="rolled back")], operator)
+            [lost] = store.append(conn, [note(this="rolled back")], operator)
             gap = position_of(conn, lost["id"], 0)
             raise RuntimeError("roll back: leave a hole in the positions")
-        ledger.append(conn, [full_span(x, "active")], operator)
-        ledger.append(conn, [note(this="between")], operator)
-        ledger.append(conn, [full_span(x, "retired")], operator)
-        ledger.append(conn, [note(this="after")], operator)
+        store.append(conn, [full_span(x, "active")], operator)
+        store.append(conn, [note(this="between")], operator)
+        store.append(conn, [full_span(x, "retired")], operator)
+        store.append(conn, [note(this="after")], operator)
         versions = conn.execute(f"SELECT * FROM {TABLE} WHERE id = %s ORDER BY seq",
                                 (x,)).fetchall()
     assert [v["seq"] for v in versions] == [0, 1, 2]
@@ -285,7 +285,7 @@ def test_row_with_recomputed_hash_but_no_valid_signature_is_named(ledger_x, cli,
 
 
 def test_edit_with_recomputed_hash_is_named(ledger_x, cli):
-    v1 = ledger.span_from_row(ledger_x.versions[1])
+    v1 = store.span_from_row(ledger_x.versions[1])
     v1["code"] = "def main(a, b): return a - b"
     v1["curr_hash"] = digest(v1).hex()
     tamper(ledger_x.database, f"UPDATE {TABLE} SET code = %(code)s, curr_hash = %(h)s "
@@ -297,7 +297,7 @@ def test_edit_with_recomputed_hash_is_named(ledger_x, cli):
 
 def _manifest_version(conn: psycopg.Connection, key: SigningKey, **metadata: Any) -> dict:
     """The next manifest version, signed by `key`, built without the Python trust checks."""
-    current = ledger.head(conn, manifest.MANIFEST_ID)
+    current = store.head(conn, manifest.MANIFEST_ID)
     draft = {k: v for k, v in current.items()
              if k not in ("curr_hash", "signature", "public_key", "at")}
     draft.update(seq=current["seq"] + 1, prev_hash=current["curr_hash"], at=now_at(),
@@ -313,7 +313,7 @@ def test_latest_manifest_signed_by_a_trusted_non_root_key_is_named(ledger_x, cli
         forged = _manifest_version(conn, author, allowed_boot_ids=["forged"])
         # The database checks the chain, not the signer: this goes in.
         with conn.transaction():
-            ledger.insert(conn, [forged])
+            store.insert(conn, [forged])
     report = run_verify(ledger_x.database, ledger_x.root)
     assert (manifest.MANIFEST_ID, "MANIFEST_UNTRUSTED") in {(f.id, f.reason)
                                                             for f in report.failures}
@@ -333,10 +333,10 @@ def test_middle_manifest_version_signed_by_a_non_root_key_is_named(ledger_x, cli
         conn.commit()
         forged = _manifest_version(conn, author, allowed_boot_ids=["forged"])
         with conn.transaction():
-            ledger.insert(conn, [forged])
+            store.insert(conn, [forged])
         # The operator appends a proper version on top; the forged one stays in the history.
         with conn.transaction():
-            ledger.insert(conn, [_manifest_version(conn, ledger_x.key)])
+            store.insert(conn, [_manifest_version(conn, ledger_x.key)])
     assert_named(ledger_x, cli, manifest.MANIFEST_ID, forged["seq"], "MANIFEST_UNTRUSTED")
 
 
@@ -353,7 +353,7 @@ def busy_ledger(seeded: db.Database, operator: SigningKey) -> db.Database:
                                metadata={"i": i, "v": v, "text": "é✓" * (i % 5)}))
     with seeded.connect("kernel") as conn:
         for start in range(0, len(drafts), 50):
-            ledger.append(conn, drafts[start:start + 50], operator)
+            store.append(conn, drafts[start:start + 50], operator)
     return seeded
 
 

@@ -16,9 +16,9 @@ from psycopg import sql
 from test_kernels import raw_request, user_function
 from test_policies import add, tenant_policy
 
-from stage0 import ledger, seed, verify
-from stage0.loader import Loader
-from stage0.worker import KERNELS
+from stage0.boot.loader import Loader
+from stage0.ledger import seed, store, verify
+from stage0.runtime.worker import KERNELS
 
 SPIN_MS = """import datetime
 
@@ -90,7 +90,7 @@ def test_a_batch_and_a_round_that_outlast_the_idle_timeout_still_complete(
         assert loader.boot(KERNELS["request_worker"], {"batch": 8})["claimed"] == 3
         # ~1.5 s of policy code while the round's transaction is idle
         assert loader.boot(KERNELS["policy_agent"], {"batch": 50})["errors"] == 0
-    assert {ledger.head(kernel_conn, r["id"])["status"] for r in requests} == {"complete"}
+    assert {store.head(kernel_conn, r["id"])["status"] for r in requests} == {"complete"}
     assert kernel_conn.execute("SELECT count(*) AS n FROM ledger.universal_registry WHERE "
                                "entity_type = 'seen' AND metadata ->> 'policy_id' = %s",
                                (policy["id"],)).fetchone()["n"] >= 1

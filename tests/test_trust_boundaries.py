@@ -21,11 +21,12 @@ import pytest
 from nacl.signing import SigningKey
 from test_api import Api, Key, start_api
 
-from stage0 import checkpoint, db, keys, ledger, manifest, verify
-from stage0.canonical import normalise, now_at, parse_at
+from stage0 import keys
+from stage0.boot.loader import BootRefused, Loader
 from stage0.errors import LoglineError
-from stage0.loader import BootRefused, Loader
-from stage0.proofs import public_key_hex, seal
+from stage0.ledger import checkpoint, db, manifest, store, verify
+from stage0.spans.canonical import normalise, now_at, parse_at
+from stage0.spans.proofs import public_key_hex, seal
 
 RUN_CODE = "00000000-0000-4000-8000-000000000001"
 
@@ -138,10 +139,10 @@ def test_concurrent_next_versions_without_a_seq_all_land(api, writer):
 def test_verify_names_a_platform_record_signed_by_the_edge_key(seeded, operator):
     edge = keys.edge_key(operator)
     with seeded.connect("kernel") as conn:
-        [forged] = ledger.append(conn, [{
+        [forged] = store.append(conn, [{
             "entity_type": "execution", "who": "run_code", "this": "forged",
             "owner_id": "wendy", "tenant_id": "acme", "status": "complete"}], edge)
-        [fine] = ledger.append(conn, [{"entity_type": "note", "who": "wendy", "this": "ok",
+        [fine] = store.append(conn, [{"entity_type": "note", "who": "wendy", "this": "ok",
                                        "owner_id": "wendy", "tenant_id": "acme"}], edge)
         report = verify.verify(conn, public_key_hex(operator), jobs=1)
     found = {(f.id, f.reason) for f in report.failures}
@@ -153,11 +154,11 @@ def test_a_kernel_signed_by_an_author_key_does_not_boot(seeded, operator, home):
     author = SigningKey.generate()
     with seeded.connect("kernel") as conn:
         manifest.set_trust(conn, operator, public_key_hex(author), "author", True)
-        head = ledger.head(conn, RUN_CODE)
+        head = store.head(conn, RUN_CODE)
         draft = {k: v for k, v in head.items()
                  if k not in ("curr_hash", "signature", "public_key", "at")}
         draft.update(seq=head["seq"] + 1, prev_hash=head["curr_hash"])
-        ledger.append(conn, [draft], author)
+        store.append(conn, [draft], author)
     with Loader(seeded, home) as loader, pytest.raises(BootRefused) as refused:
         loader.boot(RUN_CODE, {"function_id": str(uuid.uuid4())})
     assert refused.value.code == "KEY_NOT_PLATFORM"
@@ -168,7 +169,7 @@ def test_a_worker_key_trusted_as_platform_may_sign_platform_records(seeded, oper
     with seeded.connect("kernel") as conn:
         manifest.set_trust(conn, operator, public_key_hex(machine), "machine-2", True,
                            role="platform")
-        ledger.append(conn, [{"entity_type": "execution", "who": "run_code", "this": "x",
+        store.append(conn, [{"entity_type": "execution", "who": "run_code", "this": "x",
                               "owner_id": "u", "tenant_id": "t"}], machine)
         assert verify.verify(conn, public_key_hex(operator), jobs=1).ok
 
@@ -190,7 +191,7 @@ def superuser(database: db.Database, sql: str, params: tuple = ()) -> None:
 
 def notes(database: db.Database, operator: SigningKey, n: int) -> list[dict[str, Any]]:
     with database.connect("kernel") as conn:
-        return [ledger.append(conn, [{"entity_type": "note", "who": "w", "this": f"n{i}",
+        return [store.append(conn, [{"entity_type": "note", "who": "w", "this": f"n{i}",
                                       "owner_id": "u", "tenant_id": "t"}], operator)[0]
                 for i in range(n)]
 

@@ -28,9 +28,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from stage0 import ledger, manifest, verify
-from stage0.loader import Loader
-from stage0.worker import KERNELS
+from stage0.boot.loader import Loader
+from stage0.ledger import manifest, store, verify
+from stage0.runtime.worker import KERNELS
 
 RUN_CODE_ID = "00000000-0000-4000-8000-000000000001"
 REPO = Path(__file__).resolve().parent.parent
@@ -158,7 +158,7 @@ def conn(seeded, operator) -> Iterator[psycopg.Connection]:
 
 
 def add_function(conn, operator, code: str = SPIN, tenant: str = TENANT) -> dict[str, Any]:
-    [fn] = ledger.append(conn, [{
+    [fn] = store.append(conn, [{
         "entity_type": "function", "who": "tester", "did": "defined", "this": "spin",
         "name": "spin", "code": code, "language": "python", "owner_id": "tester",
         "tenant_id": tenant, "visibility": "tenant", "status": "active"}], operator)
@@ -173,7 +173,7 @@ def schedule_many(conn, operator, function: dict[str, Any], inputs: list[Any]) -
         "visibility": "tenant", "status": "scheduled", "input": payload,
         "trace_id": str(uuid.uuid4()), "metadata": {"function_seq": function["seq"]},
     } for payload in inputs]
-    return [s["id"] for s in ledger.append(conn, spans, operator)]
+    return [s["id"] for s in store.append(conn, spans, operator)]
 
 
 def executions(conn, tenant: str = TENANT) -> list[dict[str, Any]]:
@@ -236,7 +236,7 @@ def idle(conn, worker: WorkerProcess) -> bool:
                for e in boot_events(conn, KERNELS["policy_agent"]))
 
 
-#: stage0/worker.py Worker._wait calls listener.notifies() again while the generator of an
+#: stage0/runtime/worker.py Worker._wait calls listener.notifies() again while the generator of an
 #: outer listener.notifies() loop is still open; psycopg 3 holds the connection's
 #: (non-reentrant) lock for a generator's whole life, so the first NOTIFY that arrives while
 #: the worker waits deadlocks it for good. Everything after a worker's first cycle needs it.
@@ -502,10 +502,10 @@ def test_a_request_wakes_an_idle_worker_at_once_not_at_the_next_poll(conn, opera
 
 def next_version(conn, operator, kernel_id: str, marker: str) -> dict[str, Any]:
     """Append the next seq of a kernel: the same source with one more comment line."""
-    head = ledger.head(conn, kernel_id)
+    head = store.head(conn, kernel_id)
     draft = {k: v for k, v in head.items() if k not in CHAIN_FIELDS}
     draft["code"] = head["code"] + f"\n# {marker}\n"
-    [span] = ledger.append(conn, [draft], operator)
+    [span] = store.append(conn, [draft], operator)
     assert span["seq"] == head["seq"] + 1
     return span
 
@@ -568,7 +568,7 @@ class Agent(threading.Thread):
 @pytest.mark.slow
 def test_policy_cursor_skips_and_repeats_nothing_under_concurrent_writers(
         conn, seeded, home, operator):
-    [policy] = ledger.append(conn, [{
+    [policy] = store.append(conn, [{
         "entity_type": "policy", "who": "tester", "did": "defined", "this": "echo",
         "name": "echo_probe", "code": ECHO_POLICY, "owner_id": "tester",
         "tenant_id": PROBE_TENANT, "visibility": "tenant", "status": "active",
@@ -591,12 +591,12 @@ def test_policy_cursor_skips_and_repeats_nothing_under_concurrent_writers(
                     if k % 8 == 3:  # begin, append, wait for the agents to read past it, commit
                         release = threading.Event()
                         with c.transaction():
-                            ledger.append(c, [probe(n, k)], operator)
+                            store.append(c, [probe(n, k)], operator)
                             held.put(release)
                             if not release.wait(60):
                                 raise AssertionError("never released")
                     else:
-                        ledger.append(c, [probe(n, k)], operator)
+                        store.append(c, [probe(n, k)], operator)
         except BaseException as exc:
             errors.append(exc)
 
@@ -673,7 +673,7 @@ def backend(conn, name: str) -> dict[str, Any] | None:
 
 def time_an_append(conn, operator) -> float:
     started = time.monotonic()
-    ledger.append(conn, [{"entity_type": "note", "who": "bystander", "did": "wrote",
+    store.append(conn, [{"entity_type": "note", "who": "bystander", "did": "wrote",
                           "this": "hello", "owner_id": "bystander", "tenant_id": "bystander",
                           "visibility": "tenant", "status": "new"}], operator)
     return time.monotonic() - started
@@ -732,8 +732,8 @@ def test_appends_are_not_blocked_while_a_policy_runs(conn, seeded, home, operato
                 "visibility": "tenant", "status": "active",
                 "metadata": {"on_entity_types": ["probe"], "timeout_ms": 10_000}}
 
-    ledger.append(conn, [policy("echo", ECHO_POLICY), policy("slow", SLOW_POLICY)], operator)
-    ledger.append(conn, [{"entity_type": "probe", "who": "w", "did": "wrote", "this": "p",
+    store.append(conn, [policy("echo", ECHO_POLICY), policy("slow", SLOW_POLICY)], operator)
+    store.append(conn, [{"entity_type": "probe", "who": "w", "did": "wrote", "this": "p",
                           "owner_id": "w", "tenant_id": PROBE_TENANT, "visibility": "tenant",
                           "status": "new"}], operator)
     with named_loader(seeded, home, "agent") as loader:
@@ -755,13 +755,13 @@ def untrusted_run_code_seq(conn) -> None:
     """Append a next seq of run_code signed by a key the manifest does not trust."""
     from nacl.signing import SigningKey
 
-    from stage0.canonical import normalise, now_at
-    from stage0.proofs import seal
+    from stage0.spans.canonical import normalise, now_at
+    from stage0.spans.proofs import seal
 
-    head = ledger.head(conn, RUN_CODE_ID)
+    head = store.head(conn, RUN_CODE_ID)
     draft = {k: v for k, v in head.items() if k not in CHAIN_FIELDS}
     draft.update(seq=head["seq"] + 1, prev_hash=head["curr_hash"], at=now_at())
-    ledger.insert(conn, [seal(normalise(draft), SigningKey.generate())])
+    store.insert(conn, [seal(normalise(draft), SigningKey.generate())])
 
 
 def test_refused_run_code_inside_the_request_worker_leaves_a_boot_refused_span(

@@ -29,7 +29,7 @@ and measures (issue 4, item 8):
 
 1. SSE: --clients (100) concurrent SSE clients on raw asyncio sockets in two client processes,
    spread over the tenants and several keys each; another process appends --rate (500)
-   spans/s through stage0.ledger.append (kernel role) in batches of --batch (10), one tenant
+   spans/s through stage0.ledger.store.append (kernel role) in batches of --batch (10), one tenant
    per batch, for --duration (20) s. Latency is the client's receive time minus the span's
    commit time taken by the writer right after the commit returns (one clock: same host).
    The raw NOTIFY latency (psycopg LISTEN in this process) is measured in the same runs.
@@ -78,9 +78,11 @@ import psycopg  # noqa: E402
 from bench_ingest import met, release, run_bench, table  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from stage0 import apikeys, db, keys, ledger, migrate, seed  # noqa: E402
+from stage0 import keys  # noqa: E402
 from stage0.config import Home, row_dir  # noqa: E402
-from stage0.queries import SPAN_COLUMNS  # noqa: E402
+from stage0.gov import apikeys  # noqa: E402
+from stage0.ledger import db, migrate, seed, store  # noqa: E402
+from stage0.ledger.queries import SPAN_COLUMNS  # noqa: E402
 
 GOALS = {"sse_p99_ms": 50.0, "timeline_p95_ms": 10.0}
 console = Console(width=160)
@@ -268,7 +270,7 @@ class SketchGroup:
 def serve_floor(port: int, dsn: str, app_dsn: str) -> None:
     import uvicorn
 
-    # The same call as stage0/cli.py _serve.
+    # The same call as stage0/cli/main.py _serve.
     uvicorn.run(floor_app(dsn, app_dsn), host=HOST, port=port, log_level="warning",
                 timeout_graceful_shutdown=5)
 
@@ -427,14 +429,14 @@ def http_load(port: int, variants: list[tuple[str, str | None]], connections: in
 def write_spans(admin_url: str, home_path: str, tenants: list[str], rate: float, batch: int,
                 seconds: float, run: str, go: Any, out_file: str) -> None:
     """Child process: append `rate` spans/s in batches (one tenant per batch, in turn) with
-    stage0.ledger.append as the kernel role; record each span's send and commit time."""
+    stage0.ledger.store.append as the kernel role; record each span's send and commit time."""
     from bench_ingest import draft  # the ingest benchmark's span mix (~480 bytes)
 
     database = db.Database(admin_url)
     key = keys.operator_key(Home(Path(home_path)))
     records: list[tuple[bytes, str, float, float]] = []
     with database.connect("kernel") as conn:
-        ledger.append(conn, [{**draft(run, -1), "tenant_id": "bench-warmup"}], key)
+        store.append(conn, [{**draft(run, -1), "tenant_id": "bench-warmup"}], key)
         go.wait()
         interval = batch / rate
         batches = max(1, int(round(seconds * rate / batch)))
@@ -456,7 +458,7 @@ def write_spans(admin_url: str, home_path: str, tenants: list[str], rate: float,
                 span.update(tenant_id=tenant, owner_id=f"{tenant}-writer", visibility="tenant",
                             metadata={**span.get("metadata", {}), "sent": sent, "batch": k})
                 spans.append(span)
-            stored = ledger.append(conn, spans, key)
+            stored = store.append(conn, spans, key)
             committed = time.time()
             records += [(s["id"].encode(), tenant, sent, committed) for s in stored]
         wall = time.perf_counter() - t0
@@ -780,7 +782,7 @@ class Bench:
                 while len(pending) >= 2 * workers or (pending and offset + n >= todo):
                     spans = pending.popleft().result()
                     with conn.transaction():
-                        ledger.insert(conn, spans)
+                        store.insert(conn, spans)
         with self.database.connect("admin", autocommit=True) as conn:
             conn.execute("ANALYZE ledger.universal_registry")
             conn.execute("ANALYZE ledger.span_heads")

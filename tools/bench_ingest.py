@@ -9,10 +9,10 @@ the manifest, then measures, in one run:
 
 * raw primitives: canonicalise + BLAKE3 + Ed25519 sign, Ed25519 verify, COPY into an
   identical table without triggers or indexes, one INSERT per commit into that table;
-* stage0.ledger.append (normalise, chain, hash, sign, COPY through the append trigger) in
+* stage0.ledger.store.append (normalise, chain, hash, sign, COPY through the append trigger) in
   batches and one span per commit, into a fresh ledger and into one preloaded to N spans;
-* stage0.verify.verify with one job and with every core;
-* stage0.ledger.head latency on random ids and the "all scheduled requests" queries.
+* stage0.ledger.verify.verify with one job and with every core;
+* stage0.ledger.store.head latency on random ids and the "all scheduled requests" queries.
 
 Each figure is printed beside the primitive it is bounded by and beside its goal (issue 2,
 item 9). Besides wall-clock rates it reports CPU time per span, of this process (with its
@@ -59,17 +59,18 @@ from nacl.signing import SigningKey, VerifyKey  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from stage0 import db, keys, ledger, migrate, seed, verify  # noqa: E402
-from stage0.canonical import (  # noqa: E402
+from stage0 import keys  # noqa: E402
+from stage0.config import Home, row_dir  # noqa: E402
+from stage0.ledger import db, migrate, seed, store, verify
+from stage0.ledger.queries import SPAN_COLUMNS, q  # noqa: E402
+from stage0.spans.canonical import (  # noqa: E402
     FIELDS,
     canonical_bytes,
     format_at,
     normalise,
     signing_view,
 )
-from stage0.config import Home, row_dir  # noqa: E402
-from stage0.proofs import public_key_hex, seal  # noqa: E402
-from stage0.queries import SPAN_COLUMNS, q  # noqa: E402
+from stage0.spans.proofs import public_key_hex, seal  # noqa: E402
 
 GOALS = {
     "batched_fresh": 15_000,    # spans/s
@@ -274,7 +275,7 @@ def phase_times(acc: dict[str, float]) -> Iterator[None]:
     inserts nothing and returns the heads when an id exists, and then _prepare_rows and
     _insert_rows run again with those heads)."""
     names = ("_stream", "_prepare_rows", "_insert_if_new", "_insert_rows")
-    originals = {name: getattr(ledger, name) for name in names}
+    originals = {name: getattr(store, name) for name in names}
 
     def timed(name: str, fn: Callable) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -286,12 +287,12 @@ def phase_times(acc: dict[str, float]) -> Iterator[None]:
         return wrapper
 
     for name, fn in originals.items():
-        setattr(ledger, name, timed(name, fn))
+        setattr(store, name, timed(name, fn))
     try:
         yield
     finally:
         for name, fn in originals.items():
-            setattr(ledger, name, fn)
+            setattr(store, name, fn)
 
 
 def concurrently(conns: list[psycopg.Connection], work: Callable[[int, psycopg.Connection], None]
@@ -317,10 +318,10 @@ def concurrently(conns: list[psycopg.Connection], work: Callable[[int, psycopg.C
 
 
 def copy_rows(conn: psycopg.Connection, table: str, spans: list[dict[str, Any]]) -> None:
-    """The same COPY as ledger.insert, into another table."""
+    """The same COPY as store.insert, into another table."""
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(FIELDS)}) FROM STDIN") as cp:
         for span in spans:
-            cp.write_row([ledger._copy_value(f, span[f]) for f in FIELDS])
+            cp.write_row([store._copy_value(f, span[f]) for f in FIELDS])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,12 +529,12 @@ class Bench:
         with self.connect("kernel") as conn, Meter(conn) as m:
             for k in range(0, len(spans), batch):
                 with conn.transaction():
-                    ledger.insert(conn, spans[k:k + batch])
+                    store.insert(conn, spans[k:k + batch])
         prim["copy_ledger_trigger"] = m.per(len(spans))
         commits = self.args.commits
         cols = ", ".join('"this"' if f == "this" else f for f in FIELDS)
         sql = f"INSERT INTO bench_raw.bare ({cols}) VALUES ({', '.join(['%s'] * len(FIELDS))})"
-        rows = [[ledger._copy_value(f, s[f]) for f in FIELDS]
+        rows = [[store._copy_value(f, s[f]) for f in FIELDS]
                 for s in (spans * (commits // len(spans) + 1))[:commits]]
         with self.connect("admin", autocommit=True) as conn, Meter(conn) as m:
             for row in rows:
@@ -556,21 +557,21 @@ class Bench:
         w = Workload(self.run, self.next_i, self.rng)
         n, batch, commits = self.args.spans, self.args.batch, self.args.commits
         with self.connect("kernel") as conn:
-            ledger.append(conn, w.take(100), self.key)  # warm-up: connection, plans
+            store.append(conn, w.take(100), self.key)  # warm-up: connection, plans
             # The drafts are made before the clock starts: making them is the benchmark's
             # work, not append()'s.
             batches = [w.take(min(batch, n - done)) for done in range(0, n, batch)]
             acc: dict[str, float] = {}
             with phase_times(acc), Meter(conn) as m:
                 for drafts in batches:
-                    ledger.append(conn, drafts, self.key)
+                    store.append(conn, drafts, self.key)
             self.record_ingest(label, "batched", size, m.per(n), acc,
                                GOALS["batched_fresh" if label == "fresh" else "batched_large"])
             singles = w.take(commits)
             acc = {}
             with phase_times(acc), Meter(conn) as m:
                 for one in singles:
-                    ledger.append(conn, [one], self.key)
+                    store.append(conn, [one], self.key)
             self.record_ingest(label, "per_commit", size, m.per(commits), acc,
                                GOALS["per_commit"])
             # Concurrent appenders: batches from one client per core (signing of one batch
@@ -588,7 +589,7 @@ class Bench:
                 def work(k: int, conn: psycopg.Connection,
                          work_of: list[list[list[dict[str, Any]]]] = work_of) -> None:
                     for drafts in work_of[k]:
-                        ledger.append(conn, drafts, self.key)
+                        store.append(conn, drafts, self.key)
 
                 try:
                     m = concurrently(conns, work)
@@ -605,7 +606,7 @@ class Bench:
                 profiler = cProfile.Profile()
                 profiler.enable()
                 for _ in range(5):
-                    ledger.append(conn, w.take(batch), self.key)
+                    store.append(conn, w.take(batch), self.key)
                 profiler.disable()
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
@@ -647,7 +648,7 @@ class Bench:
                     spans = pending.popleft().result()
                     t = time.perf_counter()
                     with conn.transaction():
-                        ledger.insert(conn, spans)
+                        store.insert(conn, spans)
                     copy_seconds += time.perf_counter() - t
         t = time.perf_counter()
         with self.connect("admin", autocommit=True) as conn:
@@ -691,7 +692,7 @@ class Bench:
             heads = iter(sample * 2)
 
             def head() -> None:
-                assert ledger.head(conn, next(heads)) is not None
+                assert store.head(conn, next(heads)) is not None
 
             self.lookup(label, size, "ledger.head(random id)", conn, head, n,
                         goal=GOALS["head_p99_ms"])
@@ -753,7 +754,7 @@ class Bench:
                             with self.connect("kernel") as conn, Meter(conn) as m:
                                 for k in range(0, n, batch):
                                     with conn.transaction():
-                                        ledger.insert(conn, spans[k:k + batch])
+                                        store.insert(conn, spans[k:k + batch])
                         except Exception as exc:  # a variant that fails is reported
                             out[name] = {"skipped": f"{type(exc).__name__}: {exc}"[:200]}
                             continue
@@ -883,7 +884,7 @@ def report(results: dict[str, Any]) -> None:
                       f"µs/span; ANALYZE {p['analyze_seconds']:.1f} s; ledger now "
                       f"{p['rows_after']:,} rows\n")
 
-    t = table("Ingest through stage0.ledger.append (normalise, chain, hash, sign, COPY, commit)",
+    t = table("Ingest through stage0.ledger.store.append (normalise, chain, hash, sign, COPY, commit)",
               ["ledger", "mode", "rows before", "spans", "spans/s", "CPU µs/span ours / server",
                "wall s: stream / rest, or prepare / insert / rest", "bounded by (same run)",
                "goal", "met"],

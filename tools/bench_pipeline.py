@@ -15,7 +15,7 @@ LOGLINE_DATABASE_URL), creates two fresh databases on it (LogLine's, migrated an
 the peer's, with procrastinate's schema), then measures, in one run:
 
 * throughput: N requests for a function whose code is `def main(input): return input`,
-  scheduled in one append (stage0.ledger.append), drained by 1 and by 2 `python -m stage0.cli
+  scheduled in one append (stage0.ledger.store.append), drained by 1 and by 2 `python -m stage0.cli
   worker` processes (each with its own sandbox pool), with the seeded policies off and on;
   executions/s from the schedule's commit to the last request head with status complete
   (polled from the ledger against a deadline). The peer: the same N jobs (a task returning its
@@ -70,9 +70,10 @@ from bench_ingest import met, release, run_bench, table  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from stage0 import db, keys, ledger, manifest, migrate, seed  # noqa: E402
+from stage0 import keys  # noqa: E402
 from stage0.config import Home, row_dir  # noqa: E402
-from stage0.proofs import public_key_hex  # noqa: E402
+from stage0.ledger import db, manifest, migrate, seed, store  # noqa: E402
+from stage0.spans.proofs import public_key_hex  # noqa: E402
 
 GOALS = {
     "one_worker_per_s": 1_000,   # executions/s with one worker process
@@ -110,13 +111,13 @@ FOR EACH ROW WHEN (NEW.status = 'succeeded') EXECUTE FUNCTION bench_job_done();
 #: and/or the request worker's batch size in the manifest. Measurements, not LogLine as shipped.
 VARIANTS: dict[str, dict[str, Any]] = {
     "no NOTIFY debounce (worker.POLICY_DEBOUNCE_S = 0)": {"processes": (1,), "patch": (
-        "import stage0.worker as w\n"
+        "import stage0.runtime.worker as w\n"
         "w.POLICY_DEBOUNCE_S = 0\n")},
     "sign outside the append lock (costing only: the recount moves out too)": {
         "processes": (2,), "patch": (
-        "import stage0.capabilities as c\n"
+        "import stage0.boot.capabilities as c\n"
         "import stage0.ledger as l\n"
-        "from stage0.queries import q\n"
+        "from stage0.ledger.queries import q\n"
         "def lock_appends(self):\n"
         "    self._late_lock = True\n"
         "def append(self, spans):\n"
@@ -130,7 +131,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "c.KernelContext.lock_appends = lock_appends\n"
         "c.KernelContext.append = append\n")},
     "no daily quota count (costing only)": {"processes": (1,), "patch": (
-        "import stage0.capabilities as c\n"
+        "import stage0.boot.capabilities as c\n"
         "sql = c.KernelContext.sql\n"
         "def no_count(self, query, params=None):\n"
         "    if query.startswith('SELECT count(*) AS n FROM ledger.universal_registry WHERE "
@@ -321,7 +322,7 @@ class LogLine(System):
         run_code's daily quota count (which grows with them) weighs the same in every run."""
         self.tenant = f"{TENANT}-{label}"
         self.tenants.append(self.tenant)
-        [self.function] = ledger.append(self.conn, [{
+        [self.function] = store.append(self.conn, [{
             "entity_type": "function", "who": "bench", "did": "defined", "this": "echo",
             "name": "echo", "code": ECHO, "language": "python", "owner_id": "bench",
             "tenant_id": self.tenant, "visibility": "tenant", "status": "active"}], self.key)
@@ -329,13 +330,13 @@ class LogLine(System):
     def set_policies(self, active: bool) -> int:
         """Every seeded policy's next seq with status active (on) or disabled (off)."""
         want = "active" if active else "disabled"
-        heads = [ledger.head(self.conn, r["id"]) for r in self.conn.execute(
+        heads = [store.head(self.conn, r["id"]) for r in self.conn.execute(
             "SELECT id::text AS id FROM ledger.span_heads WHERE entity_type = 'policy'")]
         drafts = [{k: v for k, v in h.items() if k not in (
             "seq", "prev_hash", "curr_hash", "signature", "public_key", "at")}
             | {"status": want} for h in heads if h and h["status"] != want]
         if drafts:
-            ledger.append(self.conn, drafts, self.key)
+            store.append(self.conn, drafts, self.key)
         return len(heads)
 
     def start(self, processes: int, label: str) -> None:
@@ -354,7 +355,7 @@ class LogLine(System):
                 return [sys.executable, "-m", "stage0.cli", "worker", "--id", name]
             return [sys.executable, "-c", VARIANTS[self.variant].get("patch", "") +
                     "import sys\n"
-                    "from stage0.cli import main\n"
+                    "from stage0.cli.main import main\n"
                     f"sys.exit(main(['worker', '--id', {name!r}]))\n"]
 
         self.procs = [Proc(f"logline-{label}-{k}", argv(f"logline-{label}-{k}"), self.env,
@@ -382,7 +383,7 @@ class LogLine(System):
         return out
 
     def submit(self, n: int) -> list[str]:
-        return [s["id"] for s in ledger.append(self.conn, self._requests(n), self.key)]
+        return [s["id"] for s in store.append(self.conn, self._requests(n), self.key)]
 
     def submit_one(self) -> str:
         return self.submit(1)[0]
@@ -652,7 +653,7 @@ def _one(system: System, listener: psycopg.Connection, timeout: float) -> tuple[
 # ---------------------------------------------------------------------------------------------
 
 def ceilings(bench: Bench, n: int) -> dict[str, Any]:
-    from stage0.sandbox import SandboxPool
+    from stage0.sandbox.pool import SandboxPool
 
     out: dict[str, Any] = {}
     with SandboxPool(size=1) as pool:
@@ -672,7 +673,7 @@ def ceilings(bench: Bench, n: int) -> dict[str, Any]:
     # the quota count and the sandbox).
     sys_ = bench.logline
     assert sys_ is not None
-    reqs = ledger.append(sys_.conn, sys_._requests(n), bench.key)  # noqa: SLF001
+    reqs = store.append(sys_.conn, sys_._requests(n), bench.key)  # noqa: SLF001
     with bench.database.connect("kernel") as conn:
         pid = conn.execute("SELECT pg_backend_pid() AS p").fetchone()["p"]
         s0, cpu0, t = proc_cpu(pid), _own_cpu(), time.perf_counter()
@@ -692,7 +693,7 @@ def ceilings(bench: Bench, n: int) -> dict[str, Any]:
                             metadata={**r["metadata"], "execution_id": str(uuid.uuid4())})
                 spans += [ex, done]
             with conn.transaction():
-                ledger.append(conn, spans, bench.key)
+                store.append(conn, spans, bench.key)
         seconds = time.perf_counter() - t
         server = proc_cpu(pid)
         out["record"] = {"per_s": n / seconds, "cpu_us": (_own_cpu() - cpu0) * 1e6 / n,

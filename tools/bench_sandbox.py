@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stage0.sandbox import Limits, SandboxPool  # noqa: E402
+from stage0.sandbox.pool import Limits, SandboxPool  # noqa: E402
 
 CODE = "def main(input):\n    return {'n': input['n'] + 1}\n"
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from stage0.canonical import canonical_bytes, normalise
 from stage0.errors import LoglineError
-from stage0.proofs import seal
+from stage0.spans.canonical import canonical_bytes, normalise
+from stage0.spans.proofs import seal
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "vectors.json"
 SEED = bytes(range(32))

@@ -60,7 +60,7 @@ from typing import Any
 
 import blake3
 
-from ..errors import LoglineError
+from stage0.errors import LoglineError
 
 TRASH_DIR = ".logline-trash"
 MAX_PATH = 4096

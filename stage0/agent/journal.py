@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoglineError
+from stage0.errors import LoglineError
 
 FILE = "journal.jsonl"
 LOCK = "journal.lock"

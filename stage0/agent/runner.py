@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..client import Client
-from ..errors import LoglineError
-from ..loader import log
-from .fsops import ACTIONS, FsRefused, Root
-from .journal import Journal
+from stage0.agent.client import Client
+from stage0.agent.fsops import ACTIONS, FsRefused, Root
+from stage0.agent.journal import Journal
+from stage0.errors import LoglineError
+from stage0.log import log
 
 CONFIG = "config.json"
 #: The personal_ops actions this agent performs (it claims no other job).

@@ -11,12 +11,10 @@ one error shape; a known caller's is recorded as a span, an anonymous one counte
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,88 +25,18 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .. import apikeys
-from ..errors import LoglineError
-from ..governance import route_decision
-from .errors import ApiError, error_response
-from .state import ServerState
+from stage0.api.endpoint import UUID, Call, Endpoint
+from stage0.api.errors import ApiError, error_response
+from stage0.api.governed import ENDPOINTS as GOVERNED
+from stage0.api.operations import ENDPOINTS as OPERATIONS
+from stage0.api.routes import ENDPOINTS as ROUTES
+from stage0.api.state import ServerState
+from stage0.errors import LoglineError
+from stage0.gov import apikeys
+from stage0.gov.governance import route_decision
 
 MAX_BODY = 1024 * 1024
-#: Ids the API accepts (paths, ?trace_id=, X-Request-ID): the 8-4-4-4-12 form, any case.
-UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 CONSOLE = Path(__file__).parent / "console"
-
-
-@dataclass
-class Endpoint:
-    """One route: what it does, who may call it, and what it takes and returns (the OpenAPI
-    document is generated from these)."""
-
-    method: str
-    path: str
-    handler: Callable[..., Awaitable[Any]]
-    summary: str
-    action: str  # api.NAME: its profile in ROW/contracts/api@1.0.0.yaml says who may call it
-    limit: str = "read"
-    body: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None
-    status: int = 200
-    query: dict[str, tuple[str, str]] = field(default_factory=dict)
-    stream: bool = False
-    public: bool = False
-    text: bool = False  # the response is text, not JSON
-    media: tuple[str, ...] = ("text/plain",)  # its content types when text
-
-
-@dataclass
-class Call:
-    """What a handler gets."""
-
-    request: Request
-    state: ServerState
-    principal: apikeys.Principal | None
-    body: Any
-    request_id: str
-
-    @property
-    def token(self) -> str:
-        """The bearer token the caller authenticated with (a stream re-checks it)."""
-        return getattr(self.request.state, "token", "")
-
-    def query(self, name: str, default: str | None = None) -> str | None:
-        value = self.request.query_params.get(name, default)
-        if value is not None and ("\x00" in value or len(value) > 1000):
-            raise ApiError(400, "BAD_QUERY", f"{name} holds a NUL or is over 1000 characters")
-        return value
-
-    def uuid_query(self, name: str) -> str | None:
-        """An optional id filter (?trace_id=): a UUID or 400 BAD_ID."""
-        value = self.request.query_params.get(name)
-        return None if value is None else parse_uuid(value, name)
-
-    def int_query(self, name: str, default: int | None, low: int, high: int) -> int | None:
-        raw = self.request.query_params.get(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ApiError(400, "BAD_QUERY", f"{name} must be an integer") from None
-        if not low <= value <= high:
-            raise ApiError(400, "BAD_QUERY", f"{name} must be between {low} and {high}")
-        return value
-
-    async def db(self, fn: Callable[..., Any], *args: Any, role: str = "app") -> Any:
-        """Run `fn(conn, *args)` in a thread, in one transaction as the caller."""
-        return await anyio.to_thread.run_sync(
-            lambda: self.state.in_transaction(role, self.principal, fn, *args))
-
-
-def parse_uuid(value: str | None, name: str) -> str:
-    """`value` as a lowercase UUID, else 400 BAD_ID naming `name` (never echoing value)."""
-    if value is None or not UUID.fullmatch(value):
-        raise ApiError(400, "BAD_ID", f"{name} must be a UUID (8-4-4-4-12 hex digits)")
-    return value.lower()
 
 
 def _request_id(request: Request) -> str:
@@ -138,7 +66,7 @@ async def _read_body(request: Request, timeout_s: float) -> bytes:
 
 
 def _parse_body(endpoint: Endpoint, raw: bytes) -> Any:
-    from ..rows import parse_line
+    from stage0.ledger.rows import parse_line
 
     try:
         data = parse_line(raw.decode("utf-8")) if raw.strip() else None
@@ -251,7 +179,7 @@ def _respond(endpoint: Endpoint, result: Any) -> Response:
 
 
 def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
-    from .openapi import document
+    from stage0.api.openapi import document
 
     spec = document(endpoints)
 
@@ -303,18 +231,14 @@ class _App(Starlette):
     """Starlette with the security headers outside everything else, errors included."""
 
     def build_middleware_stack(self) -> Any:
-        from .headers import SecurityHeaders
+        from stage0.api.headers import SecurityHeaders
 
         return SecurityHeaders(super().build_middleware_stack())
 
 
 def endpoints() -> list[Endpoint]:
     """Every route the server has (the api contract holds one profile per route)."""
-    from .governed import ENDPOINTS as GOVERNED
-    from .operations import ENDPOINTS as OPERATIONS
-    from .routes import ENDPOINTS
-
-    return [*ENDPOINTS, *GOVERNED, *OPERATIONS]
+    return [*ROUTES, *GOVERNED, *OPERATIONS]
 
 
 def create_app(state: ServerState | None = None) -> Starlette:

@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import LoglineError
+from stage0.errors import LoglineError
 
 TERM_GRACE_S = 1.0  # SIGTERM, then this long before SIGKILL
 
@@ -75,9 +75,9 @@ def _terminated(signum: int, frame: Any) -> None:
 
 
 def main() -> int:
-    from ..config import Home
-    from ..db import Database
-    from ..loader import Loader
+    from stage0.boot.loader import Loader
+    from stage0.config import Home
+    from stage0.ledger.db import Database
 
     signal.signal(signal.SIGTERM, _terminated)
     job = json.loads(sys.stdin.buffer.read())

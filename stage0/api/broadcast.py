@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from ..db import Database
+from stage0.ledger.db import Database
 
 STREAM_POOL_SIZE = 4  # SSE reads of clients catching up (the live edge has its own)
 

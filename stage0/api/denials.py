@@ -7,7 +7,7 @@ below), and once per audit interval, when anything was counted, the tally become
 `audit_summary` span: counts by reason and by route, how many distinct clients, and the
 busiest few. Denials of callers with a valid key are still one span each (a key is
 accountable, and the per-second cap in state.py bounds them), with their client text cut
-(stage0/clip.py).
+(stage0/spans/clip.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import threading
 from collections import Counter
 from typing import Any
 
-from ..canonical import now_at
-from ..clip import clip
+from stage0.spans.canonical import now_at
+from stage0.spans.clip import clip
 
 MAX_CLIENTS = 10_000  # distinct clients tracked per interval (the rest are counted apart)
 TOP_CLIENTS = 10

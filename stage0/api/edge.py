@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import LoglineError
+from stage0.errors import LoglineError
 
 #: Descriptors the server needs besides client connections: database pools and listener,
 #: boot children's pipes, logs, the event loop, the listening socket.

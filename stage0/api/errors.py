@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import LoglineError
+from stage0.errors import LoglineError
 
 #: Ledger reason codes -> HTTP status (anything else from the ledger is a 422).
 STATUS = {

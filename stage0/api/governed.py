@@ -1,5 +1,5 @@
 """Governed execution over HTTP: contracts, proposals and intents, approvals, agent jobs and
-the audit export. The rules live in stage0/governance.py; these handlers only translate.
+the audit export. The rules live in stage0/gov/governance.py; these handlers only translate.
 
 A refusal by the gate is recorded (a gate_decision span) in the request's transaction and
 only then answered with its reason code as the error code, so a denial always leaves its
@@ -15,13 +15,14 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from .. import apikeys, audit, governance, intents, records
-from ..clip import clip_fields
-from ..contracts import parse as parse_contract
-from .app import Call, Endpoint
-from .errors import ApiError
-from .models import Flag
-from .routes import _uuid
+from stage0.api.endpoint import Call, Endpoint
+from stage0.api.errors import ApiError
+from stage0.api.models import Flag
+from stage0.api.routes import _uuid
+from stage0.gov import apikeys, audit, governance, intents
+from stage0.gov.contracts import parse as parse_contract
+from stage0.ledger import records
+from stage0.spans.clip import clip_fields
 
 JSON = Any
 #: Refusal codes -> HTTP status (everything else the gate refuses with is a 403).

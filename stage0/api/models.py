@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import LoglineError
-from ..kinds import PLATFORM_KINDS, check_kind
+from stage0.errors import LoglineError
+from stage0.spans.kinds import PLATFORM_KINDS, check_kind
 
 Visibility = Literal["private", "tenant", "public"]
 TRACE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .models import ErrorBody
+from stage0.api.models import ErrorBody
 
 ERRORS = {
     "400": "malformed request (BAD_JSON, BAD_QUERY, BAD_ID)",

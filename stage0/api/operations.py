@@ -4,7 +4,7 @@ verification an admin can run from the browser.
 
 The queue is read on the kernel role (the quota's counter is the kernel's table) with the
 caller's tenant in every condition; the verification walks every span with
-stage0.verify.verify on one kernel connection, one at a time per server, and is cancelled
+stage0.ledger.verify.verify on one kernel connection, one at a time per server, and is cancelled
 after VERIFY_TIMEOUT_S (`logline verify` has no such limit). Its failures in spans the caller
 cannot see are counted, not named: an admin of one tenant learns that the ledger is damaged,
 not what another tenant holds.
@@ -20,11 +20,11 @@ import anyio
 import psycopg
 from pydantic import BaseModel, Field
 
-from .. import manifest, records, verify
-from ..canonical import format_at
-from ..queries import q
-from .app import Call, Endpoint
-from .errors import ApiError
+from stage0.api.endpoint import Call, Endpoint
+from stage0.api.errors import ApiError
+from stage0.ledger import manifest, records, verify
+from stage0.ledger.queries import q
+from stage0.spans.canonical import format_at
 
 #: run_code's quota when the manifest sets none (kernels/run_code.py).
 DAILY_LIMIT_DEFAULT = 100

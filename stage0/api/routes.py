@@ -10,14 +10,9 @@ import anyio
 import psycopg
 from starlette.responses import Response
 
-from .. import apikeys, ledger, manifest, quota, records
-from ..canonical import format_at, parse_at
-from ..errors import LoglineError
-from ..proofs import check_proofs
-from ..queries import SPAN_COLUMNS
-from .app import Call, Endpoint, parse_uuid
-from .errors import ApiError
-from .models import (
+from stage0.api.endpoint import Call, Endpoint, parse_uuid
+from stage0.api.errors import ApiError
+from stage0.api.models import (
     BootIn,
     BootOut,
     ExecuteIn,
@@ -34,19 +29,25 @@ from .models import (
     Verification,
     reserved_message,
 )
-from .stream import stream
+from stage0.api.stream import stream
+from stage0.errors import LoglineError
+from stage0.gov import apikeys
+from stage0.ledger import manifest, quota, records, store
+from stage0.ledger.queries import SPAN_COLUMNS
+from stage0.spans.canonical import format_at, parse_at
+from stage0.spans.proofs import check_proofs
 
 PAGE_MAX = 500
 
 
 def _span_out(row: dict[str, Any]) -> dict[str, Any]:
-    span = ledger.span_from_row(row)
+    span = store.span_from_row(row)
     span["position"] = row["position"]
     return span
 
 
 def _visible_head(conn: psycopg.Connection, span_id: str) -> dict[str, Any]:
-    span = ledger.head(conn, span_id)
+    span = store.head(conn, span_id)
     if span is None:  # absent and invisible look the same: nothing leaks
         raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
     return span
@@ -134,7 +135,7 @@ async def post_span(call: Call) -> Any:
         if draft["entity_type"] in signers.platform_kinds:
             raise ApiError(422, "BAD_FIELD", "entity_type: "
                            + reserved_message(draft["entity_type"]))
-        [span] = ledger.append(conn, [draft], call.state.edge_key, signers.trusted)
+        [span] = store.append(conn, [draft], call.state.edge_key, signers.trusted)
         row = conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
                            "AND seq = %s", (span["id"], span["seq"])).fetchone()
         return {**span, "position": row["position"]}
@@ -144,7 +145,7 @@ async def post_span(call: Call) -> Any:
         try:
             return await call.db(run)
         except LoglineError as exc:
-            if pinned or exc.code not in ledger.CHAIN_CODES or attempt == CHAIN_RETRIES - 1:
+            if pinned or exc.code not in store.CHAIN_CODES or attempt == CHAIN_RETRIES - 1:
                 raise
 
 
@@ -231,11 +232,11 @@ async def execute(call: Call) -> ExecuteOut:
                 "metadata ->> 'idempotency_key' = %s",
                 (principal.tenant_id, body.idempotency_key)).fetchone()
             if existing:
-                head = ledger.head(conn, existing["id"])
+                head = store.head(conn, existing["id"])
                 return ExecuteOut(request_id=existing["id"], status=head["status"] if head
                                   else "scheduled", trace_id=existing["trace_id"])
         _quota_left(conn, call)
-        [request] = ledger.append(conn, [{
+        [request] = store.append(conn, [{
             "entity_type": "request", "who": principal.user_id, "did": "scheduled",
             "this": function.get("name") or function_id, "parent_id": function_id,
             "owner_id": principal.user_id, "tenant_id": principal.tenant_id,
@@ -268,7 +269,7 @@ def _caller_quota(conn: psycopg.Connection, call: Call) -> quota.Quota:
 async def boot(call: Call) -> BootOut:
     """Operator only: kernels act for every tenant. The boot runs in a child process that
     is stopped, its transaction rolled back, if the request ends first (stage0/api/boot.py)."""
-    from . import boot as child
+    from stage0.api import boot as child
 
     principal = _operator_only(call)
     function_id = _uuid(call.request.path_params["id"])
@@ -348,7 +349,7 @@ async def verify_span(call: Call) -> Verification:
     await call.db(_visible_head, span_id)
 
     def run(conn: psycopg.Connection) -> Verification:
-        versions = ledger.versions(conn, span_id)
+        versions = store.versions(conn, span_id)
         head = versions[-1]
         proofs = check_proofs(head)
         trusted = head.get("public_key") in manifest.trust_set(conn, root)

@@ -15,22 +15,23 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from .. import apikeys, ledger, manifest
-from ..clip import clip_fields
-from ..config import Home
-from ..contracts import Contract
-from ..db import Database, configure, resolve
-from ..errors import LoglineError
-from ..governance import PLATFORM, contract_span, load_contract
-from ..keys import edge_key, id_secret, operator_key
-from ..loader import log
-from ..proofs import public_key_hex
-from ..queries import q
-from .broadcast import Broadcaster
-from .denials import Tally, summary_span
-from .edge import EdgeConfig
-from .metrics import Metrics
-from .ratelimit import RateLimiter
+from stage0.api.broadcast import Broadcaster
+from stage0.api.denials import Tally, summary_span
+from stage0.api.edge import EdgeConfig
+from stage0.api.metrics import Metrics
+from stage0.api.ratelimit import RateLimiter
+from stage0.config import Home
+from stage0.errors import LoglineError
+from stage0.gov import apikeys
+from stage0.gov.contracts import Contract
+from stage0.gov.governance import PLATFORM, contract_span, load_contract
+from stage0.keys import edge_key, id_secret, operator_key
+from stage0.ledger import manifest, store
+from stage0.ledger.db import Database, configure, resolve
+from stage0.ledger.queries import q
+from stage0.log import log
+from stage0.spans.clip import clip_fields
+from stage0.spans.proofs import public_key_hex
 
 AUTH_CACHE_S = 2.0  # a revoked key stops working within this long
 AUDIT_PER_SECOND = 20  # denial spans beyond this are counted into the next one
@@ -151,7 +152,7 @@ class ServerState:
         actions); appended before the handler runs, so the attempt is on record even if
         the action then fails."""
         with self.pools["kernel"].connection() as conn:
-            ledger.append(conn, [{
+            store.append(conn, [{
                 "entity_type": "gate_decision", "who": "api", "did": "allowed",
                 "this": endpoint.action, "owner_id": principal.user_id,
                 "tenant_id": principal.tenant_id, "visibility": "private", "status": "allow",
@@ -177,7 +178,7 @@ class ServerState:
             return
         try:
             with self.pools["kernel"].connection() as conn:
-                ledger.append(conn, [summary_span(summary, self.edge.audit_interval_s)],
+                store.append(conn, [summary_span(summary, self.edge.audit_interval_s)],
                               self.key)
         except (psycopg.Error, Exception) as exc:
             self.log("audit_failed", error=str(exc)[:300], denials=summary["total"])
@@ -191,7 +192,7 @@ class ServerState:
                      request: Any, request_id: str) -> None:
         """Record a denial of a known caller as a span, at most AUDIT_PER_SECOND a second
         (the rest are counted into the next one), so a flood of bad requests cannot flood
-        the ledger; the client's text in it is cut (stage0/clip.py)."""
+        the ledger; the client's text in it is cut (stage0/spans/clip.py)."""
         self.metrics.denials.labels(code=code).inc()
         second = int(time.monotonic())
         with self._audit_lock:
@@ -220,7 +221,7 @@ class ServerState:
         }
         try:
             with self.pools["kernel"].connection() as conn:
-                ledger.append(conn, [span], self.key)
+                store.append(conn, [span], self.key)
         except (psycopg.Error, Exception) as exc:  # never turn a denial into a 500
             self.log("audit_failed", error=str(exc)[:300])
 

@@ -32,9 +32,9 @@ from typing import Any
 import anyio
 import psycopg
 
-from ..canonical import FIELDS
-from .broadcast import Broadcaster
-from .sse import SseResponse
+from stage0.api.broadcast import Broadcaster
+from stage0.api.sse import SseResponse
+from stage0.spans.canonical import FIELDS
 
 SSE_BATCH = 200  # rows per read
 SSE_SEND_TIMEOUT_S = 5.0  # a client that cannot take a write in this long is dropped

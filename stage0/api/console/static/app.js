@@ -44,7 +44,7 @@
   /** Invisible and direction-changing characters: C0 and C1 controls, DEL, soft hyphen,
    * U+061C, U+180E, zero-width and directional marks, line/paragraph separators, bidi
    * embeddings, overrides and isolates, word joiners, BOM, interlinear annotations. The same
-   * set as stage0/display.py (a browser test compares them). */
+   * set as stage0/spans/display.py (a browser test compares them). */
   const INVISIBLE = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/;
   const INVISIBLE_ALL = new RegExp(INVISIBLE.source, 'g');
   const escapeChar = (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
@@ -556,7 +556,7 @@
     }
   }
 
-  /** What a span is to the platform (as stage0/records.py decides it): `platform` (signed by
+  /** What a span is to the platform (as stage0/ledger/records.py decides it): `platform` (signed by
    * a platform key), `forged` (a platform kind signed by another key) or `tenant`. */
   function recordOf(span) {
     if (state.me && state.me.platformKeys.has(span.public_key)) return 'platform';

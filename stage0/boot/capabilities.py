@@ -1,0 +1,200 @@
+"""The capability context a kernel receives: everything it may do, and nothing else.
+
+Kernel code (RestrictedPython) sees only public methods of KernelContext; its connection, key
+and loader sit behind underscore names that restricted code cannot reach. SQL must be a string
+literal of the kernel's own signed source, so no string-built SQL reaches the database, and
+always travels with separate parameters.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import blake3
+import psycopg
+
+from stage0.errors import LoglineError
+from stage0.ledger import store
+from stage0.ledger.queries import q
+from stage0.spans import kinds
+from stage0.spans.canonical import format_at, normalise, now_at
+from stage0.spans.ids import derive_id
+
+if TYPE_CHECKING:
+    from stage0.boot.loader import Loader
+
+#: Environment variables a kernel may read (nothing secret).
+ENV_ALLOWLIST = ("LOGLINE_ENV", "LOGLINE_WORKER_ID", "TZ")
+
+
+@lru_cache(maxsize=256)
+def string_literals(source: str) -> frozenset[str]:
+    return frozenset(node.value for node in ast.walk(ast.parse(source))
+                     if isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return format_at(value)
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class KernelContext:
+    """What `main(ctx)` of a kernel gets. Public methods are the capabilities."""
+
+    def __init__(self, loader: Loader, source: str, kernel: dict[str, Any], input: Any,
+                 user_id: str, tenant_id: str, trace_id: str) -> None:
+        self._loader = loader
+        self._conn: psycopg.Connection = loader.conn
+        self._literals = string_literals(source)
+        self.input = input
+        self.kernel = {k: kernel[k] for k in ("id", "seq", "name", "curr_hash")}
+        self.identity = {"user_id": user_id, "tenant_id": tenant_id}
+        self.trace_id = trace_id
+        self.manifest = loader.manifest_metadata()
+        self.signer_public_key = loader.signer_public_key
+        self.root_public_key = loader.root
+        #: Kinds only the platform records, the keys that sign platform records, and the
+        #: kinds no policy may emit (stage0.spans.kinds), for kernels that act for others.
+        self.platform_kinds = kinds.platform_kinds(self.manifest)
+        self.platform_keys = kinds.platform_keys(self.manifest, loader.root)
+        self.never_emitted = kinds.NEVER_EMITTED
+        import os
+        self.env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
+
+    # --- data -----------------------------------------------------------------------------
+    def sql(self, query: str, params: Any = None) -> list[dict[str, Any]]:
+        """Run a parameterised query; `query` must be a literal of the kernel's source."""
+        if not isinstance(query, str) or query not in self._literals:
+            raise LoglineError("KERNEL_SQL_NOT_LITERAL", "SQL must be a string literal of the "
+                               "kernel's signed source; pass values as parameters",
+                               self.kernel["name"])
+        try:
+            rows = self._conn.execute(query, params).fetchall() if params is not None \
+                else self._conn.execute(query).fetchall()
+        except psycopg.Error as exc:
+            raise store.ledger_error(exc) from None
+        return [{k: _jsonable(v) for k, v in row.items()} for row in rows]
+
+    def sql_one(self, query: str, params: Any = None) -> dict[str, Any] | None:
+        rows = self.sql(query, params)
+        return rows[0] if rows else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A savepoint: what happens inside commits or rolls back together."""
+        with self._conn.transaction():
+            yield
+
+    def lock_appends(self) -> None:
+        """Take the ledger's append lock now (held to commit): counts made after this see
+        every committed append, and nobody appends until this transaction ends."""
+        self._conn.execute(q("append_lock"))
+
+    def append(self, spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Normalise, chain, hash, sign (operator key) and append, all or nothing."""
+        return store.append(self._conn, spans, self._loader.key)
+
+    def check_span(self, span: dict[str, Any]) -> str | None:
+        """Why `span` could not be appended as it is (normal form), or None if it could."""
+        try:
+            normalise({"at": now_at(), **span})
+        except LoglineError as exc:
+            return str(exc)
+        return None
+
+    def kind_problem(self, kind: Any) -> str | None:
+        """Why `kind` is not a well-formed kind name (a look-alike, say), or None."""
+        try:
+            kinds.check_kind(kind)
+        except LoglineError as exc:
+            return str(exc)
+        return None
+
+    def head(self, span_id: str) -> dict[str, Any] | None:
+        return store.head(self._conn, span_id)
+
+    def claim_requests(self, batch: int) -> list[dict[str, Any]]:
+        """Lock up to `batch` scheduled requests for this transaction, round-robin across
+        tenants (each tenant's oldest first), in the order to run them. The transaction may
+        then stay idle while the sandbox runs them: up to twice batch x policy.timeout_ms
+        (a batch that cannot be recorded is run again one by one), plus a minute."""
+        timeout = int((self.manifest.get("policy") or {}).get("timeout_ms", 30000))
+        self.allow_idle_ms(2 * int(batch) * timeout + 60_000)
+        rows = self._conn.execute(q("claim_requests"), {"batch": int(batch)}).fetchall()
+        return [store.span_from_row(r) for r in rows]
+
+    def allow_idle_ms(self, ms: int) -> None:
+        """Let this transaction sit idle (while untrusted code runs) for up to `ms`, even
+        beyond the kernel role's idle_in_transaction_session_timeout (never less than it)."""
+        self._conn.execute(q("allow_idle"), {"ms": int(ms)})
+
+    def verified(self, span_id: str) -> dict[str, Any]:
+        """The latest version of a span after checking its hash, signature and key trust."""
+        span = store.head(self._conn, span_id)
+        if span is None:
+            raise LoglineError("FUNCTION_NOT_FOUND", "no such span", span_id)
+        self._loader.check_span(span)
+        if span["public_key"] not in self._loader.trusted():
+            raise LoglineError("KEY_UNTRUSTED", f"signed by untrusted {span['public_key']}",
+                               span_id)
+        return span
+
+    # --- computation ----------------------------------------------------------------------
+    def sandbox(self, code: str, input: Any, timeout_ms: int | None = None,
+                entry: str = "main", *, tenant: str) -> dict[str, Any]:
+        """Run untrusted code (`entry(input)`) in the sandbox pool; returns its RunResult.
+        `tenant` (required) is the tenant the code belongs to (a function's or a policy's
+        tenant_id): a sandbox worker only ever runs code of one tenant."""
+        if not isinstance(tenant, str) or not tenant:
+            raise LoglineError("SANDBOX_INVALID_REQUEST",
+                               f"tenant must be a non-empty string, got {tenant!r}",
+                               self.kernel["name"])
+        return self._loader.run_untrusted(code, input, timeout_ms, entry, tenant=tenant)
+
+    def call(self, function_id: str, input: Any) -> Any:
+        """Run another kernel the manifest allows, verified like a boot, in this transaction."""
+        return self._loader.call(function_id, input, self.identity["user_id"],
+                                 self.identity["tenant_id"], self.trace_id)
+
+    # --- utilities ------------------------------------------------------------------------
+    def now(self) -> str:
+        return now_at()
+
+    def new_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def derived_id(self, *parts: Any) -> str:
+        """A UUID derived from `parts` with the platform's id secret (stage0.spans.ids): the same
+        parts give the same id (idempotent appends such as cursors), and nobody without the
+        secret can compute it first and take it."""
+        return derive_id(self._loader.id_secret, *parts)
+
+    def stable_id(self, *parts: str) -> str:
+        """The uuid5 of names that ids were derived with before derived_id: anyone can
+        compute it, so use it only to read what older versions recorded, never as the id
+        of something to append."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "logline:" + ":".join(map(str, parts))))
+
+    def blake3(self, text: str) -> str:
+        return blake3.blake3(text.encode("utf-8")).hexdigest()
+
+    def json_dumps(self, value: Any) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    def log(self, event: str, **fields: Any) -> None:
+        self._loader.log(event, kernel=self.kernel["name"], **fields)

@@ -1,0 +1,101 @@
+"""What every `logline` command shares: the command table, output, progress bars, the home
+and root key, and the argument parsers for ids, JSON and positive numbers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from stage0.config import Home
+from stage0.errors import LoglineError
+from stage0.ledger import rows
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@contextmanager
+def progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr when it is a terminal; silent otherwise (logs and pipes
+    stay clean), and for a total of 0 (nothing worth a bar)."""
+    if not sys.stderr.isatty() or total == 0:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    # Lines printed meanwhile go above the bar when stdout is the same terminal, and stay on
+    # stdout when it is a pipe or a file.
+    with Progress(console=Console(stderr=True), transient=True,
+                  redirect_stdout=sys.stdout.isatty()) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def home() -> Home:
+    return Home.from_env()
+
+
+def root(home: Home) -> str:
+    return home.root_public_key()
+
+
+def json_arg(text: str | None, flag: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return rows.parse_line(text)
+    except ValueError as exc:
+        raise LoglineError("INPUT_BAD_JSON", str(exc), flag) from None
+
+
+def span_id(text: str, hint: str) -> str:
+    """A span id (a UUID, any case) or BAD_ID with a hint of what the command wants."""
+    from stage0.spans.canonical import _UUID
+
+    if not _UUID.fullmatch(text.strip()):
+        raise LoglineError("BAD_ID", f"{text!r} is not a span id (a UUID such as "
+                           f"3f2b8f9e-1c4d-4e5f-8a6b-7c8d9e0f1a2b): {hint}")
+    return text.strip().lower()
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_number(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got "
+                                             f"{text!r}")
+        return value
+
+    return parse
+
+
+def about(text: str) -> dict[str, str]:
+    """The same words in the command list and at the top of the command's own --help."""
+    return {"help": text, "description": text}

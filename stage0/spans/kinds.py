@@ -1,0 +1,73 @@
+"""Span kinds: what a kind name may look like, and which kinds only the platform signs.
+
+A *platform kind* is a record whose meaning is "the platform did or decided this": an
+execution, a completed request, a job, an approval, a gate decision, a policy's cursor, a
+boot event. Such a span counts only when it is signed by a platform key (the root key or a
+key the manifest trusts with role `platform`); anything else that carries one of these kinds
+is a named violation (`KIND_NOT_PLATFORM_SIGNED`), never a record. Spans that arrive through
+`POST /api/spans` are signed by the separate edge key, so a tenant can never mint one.
+
+The list lives in the manifest (`metadata.platform_kinds`, seeded from ROW/manifest); the
+constant below is the default used when a manifest does not name them, and the floor: a
+manifest can add kinds but never remove these.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from stage0.errors import LoglineError
+
+#: A kind is lowercase ASCII: a letter, then letters, digits or `_`, 64 characters at most.
+#: No look-alikes (zero-width, Cyrillic, upper case) can pass for a reserved kind.
+KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
+
+PLATFORM_KINDS: frozenset[str] = frozenset({
+    # the manifest and keys
+    "manifest", "api_key",
+    # stage 0 and the kernels
+    "boot_event", "boot_refused", "execution", "request", "policy_cursor", "policy_error",
+    "policy_violation", "rollup", "metric",
+    # governance
+    "contract", "contract_activation", "gate_decision", "proposal", "approval_request",
+    "approval", "job", "job_claim", "job_result", "audit_denial", "audit_summary",
+})
+
+#: Kinds no policy may emit, whoever wrote it: code, trust, scheduling and the records
+#: that authorise action (the agent's own cursor/error/rollup spans are written by it).
+NEVER_EMITTED: frozenset[str] = frozenset({
+    "manifest", "api_key", "function", "policy", "request", "execution", "boot_event",
+    "boot_refused", "policy_cursor", "policy_error", "rollup", "contract",
+    "contract_activation", "gate_decision", "proposal", "approval_request", "approval",
+    "job", "job_claim", "job_result", "audit_denial", "audit_summary",
+})
+
+
+def check_kind(kind: Any, where: str = "entity_type") -> str:
+    """`kind` if it is a well-formed kind name, else LoglineError SPAN_INVALID_KIND."""
+    if not isinstance(kind, str) or not KIND_PATTERN.match(kind):
+        shown = repr(kind)[:80].encode("ascii", "backslashreplace").decode()
+        raise LoglineError("SPAN_INVALID_KIND", f"a kind is a lowercase letter followed by "
+                           f"up to 63 lowercase letters, digits or '_', got {shown}", where)
+    return kind
+
+
+def platform_kinds(manifest_metadata: Mapping[str, Any] | None) -> frozenset[str]:
+    """The manifest's platform kinds (never fewer than PLATFORM_KINDS)."""
+    declared = (manifest_metadata or {}).get("platform_kinds") or ()
+    return PLATFORM_KINDS | frozenset(k for k in declared if isinstance(k, str))
+
+
+def platform_keys(manifest_metadata: Mapping[str, Any] | None, root_key: str) -> frozenset[str]:
+    """Keys whose signatures make a platform record: the root key, and trusted keys whose
+    manifest entry says `role: platform`."""
+    entries = (manifest_metadata or {}).get("trusted_keys") or []
+    return frozenset([root_key, *(e.get("public_key") for e in entries
+                                  if isinstance(e, dict) and e.get("role") == "platform")])
+
+
+def is_platform_record(span: Mapping[str, Any], keys: Iterable[str]) -> bool:
+    """True when `span` is signed by one of the platform `keys`."""
+    return span.get("public_key") in keys
