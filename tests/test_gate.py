@@ -176,7 +176,7 @@ def test_every_route_maps_to_exactly_one_action_and_every_action_to_one_profile(
 
 
 def test_a_route_whose_action_has_no_profile_is_denied_not_allowed():
-    from stage0.gov.governance import route_decision
+    from stage0.gov.routes_gate import route_decision
 
     api = load(ROW / "api@1.0.0.yaml")
     assert route_decision(api, "api.not_a_route", None).reason == "G_NO_PROFILE"

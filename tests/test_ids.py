@@ -14,7 +14,7 @@ import pytest
 from stage0 import keys
 from stage0.config import Home
 from stage0.errors import LoglineError
-from stage0.gov import apikeys, governance
+from stage0.gov import apikeys, contract_store, jobs, proposals
 from stage0.gov.apikeys import Principal
 from stage0.gov.contracts import contract_id, load
 from stage0.ledger import store
@@ -45,13 +45,13 @@ def acme(kernel_conn, operator, home, secret) -> Principal:
     """Tenant acme with personal_ops active; the principal is its requester (and agent)."""
     principal = Principal("k0000000000000001", "alice", "acme",
                           ("admin", "requester", "agent"))
-    governance.activate(kernel_conn, operator, home.root_public_key(), principal,
+    contract_store.activate(kernel_conn, operator, home.root_public_key(), principal,
                         "personal_ops@1.0.0", str(uuid.uuid4()), secret=secret)
     return principal
 
 
 def queue_job(conn, operator, home, principal, secret, path: str = "photos") -> str:
-    outcome = governance.propose(conn, operator, home.root_public_key(), principal,
+    outcome = proposals.propose(conn, operator, home.root_public_key(), principal,
                                  "personal_ops.list_files", {"path": path},
                                  str(uuid.uuid4()), secret=secret)
     assert outcome.decision.outcome == "ALLOW" and outcome.job_id
@@ -60,7 +60,7 @@ def queue_job(conn, operator, home, principal, secret, path: str = "photos") -> 
 
 def claim(conn, operator, home, principal, secret, limit: int = 4) -> list[dict]:
     with conn.transaction():
-        return governance.claim(conn, operator, home.root_public_key(), principal, limit,
+        return jobs.claim(conn, operator, home.root_public_key(), principal, limit,
                                 secret=secret)
 
 
@@ -70,9 +70,9 @@ def test_a_span_at_the_old_claim_id_no_longer_keeps_an_agent_from_its_job(
     squat(kernel_conn, operator, old_style("claim", job_id), tenant="acme")
     [handed] = claim(kernel_conn, operator, home, acme, secret)
     assert handed["id"] == job_id
-    span = store.head(kernel_conn, governance.claim_id(secret, job_id))
+    span = store.head(kernel_conn, jobs.claim_id(secret, job_id))
     assert (span["entity_type"], span["status"]) == ("job_claim", "claimed")
-    result, new = governance.report(kernel_conn, operator, acme, job_id, "done", {"files": []},
+    result, new = jobs.report(kernel_conn, operator, acme, job_id, "done", {"files": []},
                                     secret=secret)
     assert new and result["id"] == derive_id(secret, "result", job_id)
 
@@ -80,7 +80,7 @@ def test_a_span_at_the_old_claim_id_no_longer_keeps_an_agent_from_its_job(
 def test_a_claim_that_cannot_be_recorded_skips_that_job_and_says_why(
         kernel_conn, operator, home, acme, secret):
     taken, fine = (queue_job(kernel_conn, operator, home, acme, secret, p) for p in ("a", "b"))
-    squat(kernel_conn, operator, governance.claim_id(secret, taken), tenant="acme")
+    squat(kernel_conn, operator, jobs.claim_id(secret, taken), tenant="acme")
     assert [j["id"] for j in claim(kernel_conn, operator, home, acme, secret)] == [fine]
     [refused] = [r for r in kernel_conn.execute(
         "SELECT status, content FROM ledger.universal_registry WHERE entity_type = "
@@ -90,7 +90,7 @@ def test_a_claim_that_cannot_be_recorded_skips_that_job_and_says_why(
     assert refused["content"]["detail"].startswith("LEDGER_")  # the ledger said no
     # Asked again: the claimed job comes back (not yet reported), the skipped one never does.
     assert [j["id"] for j in claim(kernel_conn, operator, home, acme, secret)] == [fine]
-    assert governance.proposal_state(kernel_conn, home.root_public_key(), "acme",
+    assert proposals.proposal_state(kernel_conn, home.root_public_key(), "acme",
                                      store.head(kernel_conn, taken)["parent_id"]
                                      )["jobs"]["execute"]["state"] == "refused"
 
@@ -102,12 +102,12 @@ def test_a_tenant_contract_cannot_be_squatted_nor_probed_by_another_tenant(
     globex = Principal("k0000000000000002", "gus", "globex", ("admin",))
     # Mallory guesses globex's contract name and takes the id the old derivation gave it.
     squat(kernel_conn, operator, old_style("contract", "globex", "secret_project@1.0.0"))
-    span = governance.publish(kernel_conn, operator, globex, contract, secret=secret)
-    assert span["id"] == governance.tenant_contract_id(secret, "globex", "secret_project",
+    span = contract_store.publish(kernel_conn, operator, globex, contract, secret=secret)
+    assert span["id"] == contract_store.tenant_contract_id(secret, "globex", "secret_project",
                                                        "1.0.0")
     assert span["id"] != old_style("contract", "globex", "secret_project@1.0.0")
     with pytest.raises(LoglineError) as again:
-        governance.publish(kernel_conn, operator, globex, contract, secret=secret)
+        contract_store.publish(kernel_conn, operator, globex, contract, secret=secret)
     assert again.value.code == "CONTRACT_EXISTS"
 
 
@@ -162,17 +162,17 @@ def test_what_was_recorded_under_the_old_ids_still_counts_and_only_that(
     squat(kernel_conn, operator, old_style("contract", "globex", "old_ops@1.0.0"), "globex")
     acme = Principal("k1", "ann", "acme", ("admin",))
     globex = Principal("k2", "gus", "globex", ("admin",))
-    activation = governance.activate(kernel_conn, operator, home.root_public_key(), acme,
+    activation = contract_store.activate(kernel_conn, operator, home.root_public_key(), acme,
                                      "old_ops@1.0.0", str(uuid.uuid4()), secret=secret)
     assert activation["content"]["contract_id"] == old_style("contract", "acme",
                                                              "old_ops@1.0.0")
     with pytest.raises(LoglineError) as nothing:
-        governance.activate(kernel_conn, operator, home.root_public_key(), globex,
+        contract_store.activate(kernel_conn, operator, home.root_public_key(), globex,
                             "old_ops@1.0.0", str(uuid.uuid4()), secret=secret)
     assert nothing.value.code == "CONTRACT_NOT_FOUND"
     with pytest.raises(LoglineError) as exists:
-        governance.publish(kernel_conn, operator, acme, contract, secret=secret)
+        contract_store.publish(kernel_conn, operator, acme, contract, secret=secret)
     assert exists.value.code == "CONTRACT_EXISTS"
-    refs = [c["ref"] for c in governance.contracts(kernel_conn, home.root_public_key(),
+    refs = [c["ref"] for c in contract_store.contracts(kernel_conn, home.root_public_key(),
                                                    "acme")[0]]
     assert sorted(refs) == sorted(set(refs))  # each contract listed once

@@ -4,8 +4,8 @@ signature each make `verify` fail and name the span.
 
 The tampering is done the way a database administrator would: a superuser connection with
 `SET session_replication_role = replica`, which switches the ledger's triggers off. Each case
-is checked twice: through stage0.ledger.verify.verify and through the real `logline verify` CLI (exit
-code 1, the span and the reason in the human output and in `--json`).
+is checked twice: through stage0.ledger.verify.verify and through the real `logline verify`
+CLI (exit code 1, the span and the reason in the human output and in `--json`).
 """
 
 from __future__ import annotations

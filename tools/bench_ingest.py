@@ -884,7 +884,8 @@ def report(results: dict[str, Any]) -> None:
                       f"µs/span; ANALYZE {p['analyze_seconds']:.1f} s; ledger now "
                       f"{p['rows_after']:,} rows\n")
 
-    t = table("Ingest through stage0.ledger.store.append (normalise, chain, hash, sign, COPY, commit)",
+    t = table("Ingest through stage0.ledger.store.append (normalise, chain, hash, sign, COPY, "
+              "commit)",
               ["ledger", "mode", "rows before", "spans", "spans/s", "CPU µs/span ours / server",
                "wall s: stream / rest, or prepare / insert / rest", "bounded by (same run)",
                "goal", "met"],

@@ -33,7 +33,7 @@ from stage0.api.routes import ENDPOINTS as ROUTES
 from stage0.api.state import ServerState
 from stage0.errors import LoglineError
 from stage0.gov import apikeys
-from stage0.gov.governance import route_decision
+from stage0.gov.routes_gate import route_decision
 
 MAX_BODY = 1024 * 1024
 CONSOLE = Path(__file__).parent / "console"

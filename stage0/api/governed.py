@@ -1,5 +1,6 @@
 """Governed execution over HTTP: contracts, proposals and intents, approvals, agent jobs and
-the audit export. The rules live in stage0/gov/governance.py; these handlers only translate.
+the audit export. The rules live in stage0/gov/ (contract_store, proposals, approvals,
+jobs); these handlers only translate.
 
 A refusal by the gate is recorded (a gate_decision span) in the request's transaction and
 only then answered with its reason code as the error code, so a denial always leaves its
@@ -19,7 +20,7 @@ from stage0.api.endpoint import Call, Endpoint
 from stage0.api.errors import ApiError
 from stage0.api.models import Flag
 from stage0.api.routes import _uuid
-from stage0.gov import apikeys, audit, governance, intents
+from stage0.gov import apikeys, approvals, audit, contract_store, intents, jobs, proposals
 from stage0.gov.contracts import parse as parse_contract
 from stage0.ledger import records
 from stage0.spans.clip import clip_fields
@@ -157,7 +158,7 @@ class ResultOut(BaseModel):
     new: bool
 
 
-def _refused(outcome: governance.Outcome) -> ApiError:
+def _refused(outcome: proposals.Outcome) -> ApiError:
     d = outcome.decision
     return ApiError(REFUSAL_STATUS.get(d.reason, 403), d.reason,
                     f"{d.message} (decision {outcome.decision_id})", audited=True)
@@ -168,7 +169,7 @@ async def list_contracts(call: Call) -> ContractList:
     p = call.principal
     assert p is not None
 
-    items, flags = await call.db(governance.contracts, call.state.root, p.tenant_id)
+    items, flags = await call.db(contract_store.contracts, call.state.root, p.tenant_id)
     return ContractList(items=[ContractItem(**c) for c in items], flags=flags)
 
 
@@ -178,7 +179,7 @@ async def publish_contract(call: Call) -> ContractItem:
     contract = parse_contract(call.body.contract, "body.contract")
 
     def run(conn: psycopg.Connection) -> ContractItem:
-        span = governance.publish(conn, call.state.key, p, contract,
+        span = contract_store.publish(conn, call.state.key, p, contract,
                                   secret=call.state.id_secret)
         return ContractItem(id=span["id"], ref=contract.ref, tenant_id=p.tenant_id,
                             active=False, actions=span["content"]["actions"])
@@ -191,7 +192,7 @@ async def activate_contract(call: Call) -> Activated:
     assert p is not None
 
     def run(conn: psycopg.Connection) -> Activated:
-        span = governance.activate(conn, call.state.key, call.state.root, p, call.body.ref,
+        span = contract_store.activate(conn, call.state.key, call.state.root, p, call.body.ref,
                                    call.request_id, secret=call.state.id_secret)
         return Activated(ref=span["this"], activation_id=span["id"])
 
@@ -202,7 +203,7 @@ async def activate_contract(call: Call) -> Activated:
 async def propose(call: Call) -> Decision:
     p = call.principal
     assert p is not None
-    outcome = await call.db(lambda conn: governance.propose(
+    outcome = await call.db(lambda conn: proposals.propose(
         conn, call.state.key, call.state.root, p, call.body.action, call.body.args,
         call.request_id, secret=call.state.id_secret))
     if outcome.decision.outcome == "DENY":
@@ -215,8 +216,8 @@ async def intent(call: Call) -> IntentOut:
     assert p is not None
     text = call.body.text
 
-    def run(conn: psycopg.Connection) -> tuple[intents.Intent, governance.Outcome]:
-        contracts = [c for c, _ in governance.active_contracts(conn, call.state.root,
+    def run(conn: psycopg.Connection) -> tuple[intents.Intent, proposals.Outcome]:
+        contracts = [c for c, _ in contract_store.active_contracts(conn, call.state.root,
                                                                 p.tenant_id)]
         if not contracts:
             raise ApiError(422, "INTENT_NOT_UNDERSTOOD", f"tenant {p.tenant_id} has no active "
@@ -229,7 +230,7 @@ async def intent(call: Call) -> IntentOut:
                 "none: their actions declare no phrases (`logline propose ACTION` asks by name)"
             raise ApiError(422, "INTENT_NOT_UNDERSTOOD", f"no action of your active contracts "
                            f"reads like that; try for example {hints}")
-        outcome = governance.propose(conn, call.state.key, call.state.root, p,
+        outcome = proposals.propose(conn, call.state.key, call.state.root, p,
                                      parsed.qualified, parsed.args, call.request_id,
                                      source=clip_fields({"via": "intent", "text": text,
                                                          "phrase": parsed.phrase}),
@@ -256,7 +257,7 @@ async def get_proposal(call: Call) -> Proposal:
     p = call.principal
     assert p is not None
     proposal_id = _uuid(call.request.path_params["id"])
-    state = await call.db(governance.proposal_state, call.state.root, p.tenant_id,
+    state = await call.db(proposals.proposal_state, call.state.root, p.tenant_id,
                           proposal_id)
     if state is None:
         raise ApiError(404, "NOT_FOUND", "no proposal with this id is visible to you")
@@ -274,10 +275,10 @@ async def list_approvals(call: Call) -> ProposalList:
     wanted = call.query("state")
     limit = call.int_query("limit", 50, 1, 200)
     states = tuple(wanted.split(",")) if wanted else None
-    items, flags = await call.db(governance.approvals_inbox, call.state.root, p.tenant_id,
+    items, flags = await call.db(proposals.approvals_inbox, call.state.root, p.tenant_id,
                                  limit, states)
-    proposals = [_proposal(i, flags) for i in items]
-    return ProposalList(items=[x for x in proposals if x is not None], flags=flags)
+    shown = [_proposal(i, flags) for i in items]
+    return ProposalList(items=[x for x in shown if x is not None], flags=flags)
 
 
 async def decide_approval(call: Call) -> Decision:
@@ -289,7 +290,7 @@ async def decide_approval(call: Call) -> Decision:
     def agents(role: str) -> set[str]:
         return call.state.in_transaction("kernel", None, apikeys.holders, p.tenant_id, role)
 
-    outcome = await call.db(lambda conn: governance.approve(
+    outcome = await call.db(lambda conn: approvals.approve(
         conn, call.state.key, call.state.root, p, proposal_id, body.decision == "approve",
         body.reason, call.request_id, agents, secret=call.state.id_secret))
     if outcome.refused:
@@ -305,17 +306,17 @@ async def claim_jobs(call: Call) -> JobList:
     body: ClaimIn = call.body
 
     def claim(conn: psycopg.Connection) -> list[dict[str, Any]]:
-        return governance.claim(conn, call.state.key, call.state.root, p, body.limit,
-                                body.actions, secret=call.state.id_secret)
+        return jobs.claim(conn, call.state.key, call.state.root, p, body.limit, body.actions,
+                          secret=call.state.id_secret)
 
     subscription = call.state.broadcaster.subscribe(p.tenant_id)
     deadline = anyio.current_time() + body.wait_s
     try:
         while True:
             subscription.event.clear()
-            jobs = await call.db(claim)  # never cancelled midway: a claim commits whole
-            if jobs or anyio.current_time() >= deadline:
-                return JobList(jobs=jobs)
+            handed = await call.db(claim)  # never cancelled midway: a claim commits whole
+            if handed or anyio.current_time() >= deadline:
+                return JobList(jobs=handed)
             with anyio.move_on_at(deadline):
                 await subscription.event.wait()
     finally:
@@ -327,7 +328,7 @@ async def report_result(call: Call) -> ResultOut:
     assert p is not None
     job_id = _uuid(call.request.path_params["id"])
     body: ResultIn = call.body
-    span, new = await call.db(lambda conn: governance.report(
+    span, new = await call.db(lambda conn: jobs.report(
         conn, call.state.key, p, job_id, body.status, body.output,
         secret=call.state.id_secret))
     return ResultOut(acknowledged=True, result_id=span["id"], new=new)

@@ -23,8 +23,8 @@ from stage0.api.ratelimit import RateLimiter
 from stage0.config import Home
 from stage0.errors import LoglineError
 from stage0.gov import apikeys
+from stage0.gov.contract_store import PLATFORM, contract_span, load_contract
 from stage0.gov.contracts import Contract
-from stage0.gov.governance import PLATFORM, contract_span, load_contract
 from stage0.keys import edge_key, id_secret, operator_key
 from stage0.ledger import manifest, store
 from stage0.ledger.db import Database, configure, resolve

@@ -17,7 +17,7 @@ from stage0.agent.client import Client
 from stage0.cli import base
 from stage0.cli.base import command, out
 from stage0.errors import LoglineError
-from stage0.gov import audit, governance
+from stage0.gov import audit, contract_store
 from stage0.gov.apikeys import Principal
 from stage0.gov.contracts import load as load_contract_file
 from stage0.ledger import db, manifest, records
@@ -45,7 +45,7 @@ def cmd_contract(args: argparse.Namespace) -> int:
     key = keys.operator_key(home)
     with db.resolve(home).connect("kernel") as conn:
         if args.contract_command == "list":
-            items, flags = governance.contracts(conn, base.root(home), args.tenant)
+            items, flags = contract_store.contracts(conn, base.root(home), args.tenant)
             for c in items:
                 mark = "active" if c["active"] else "      "
                 out(visible(f"{mark}  {c['ref']:<24} {c['tenant_id']:<10} "
@@ -53,11 +53,11 @@ def cmd_contract(args: argparse.Namespace) -> int:
             _print_flags(flags)
         elif args.contract_command == "publish":
             contract = load_contract_file(Path(args.file))
-            span = governance.publish(conn, key, _operator(args.tenant), contract,
+            span = contract_store.publish(conn, key, _operator(args.tenant), contract,
                                       secret=keys.id_secret(home, key))
             out(f"published {contract.ref} for tenant {args.tenant} ({span['id']})")
         else:
-            span = governance.activate(conn, key, base.root(home), _operator(args.tenant),
+            span = contract_store.activate(conn, key, base.root(home), _operator(args.tenant),
                                        args.ref, str(uuid.uuid4()),
                                        secret=keys.id_secret(home, key))
             out(f"activated {span['this']} for tenant {args.tenant} ({span['id']})")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_loads
 
 from stage0.config import Home
@@ -29,6 +29,8 @@ from stage0.errors import LoglineError
 from stage0.ledger.queries import q
 
 Role = Literal["admin", "app", "kernel"]
+#: What Database.connect returns (rows as dicts); the one connection type every layer names.
+Connection = psycopg.Connection[DictRow]
 ROLE_NAMES = {"app": "logline_app", "kernel": "logline_kernel"}
 EMBEDDED_DBNAME = "logline"
 _SAFE = 2**53 - 1
@@ -92,7 +94,7 @@ class Database:
     def dbname(self) -> str:
         return conninfo_to_dict(self.admin_url).get("dbname", "")
 
-    def connect(self, role: Role = "app", autocommit: bool = True) -> psycopg.Connection:
+    def connect(self, role: Role = "app", autocommit: bool = True) -> Connection:
         """A connection in autocommit mode by default: work that must be atomic says so with
         `with conn.transaction()`, and no implicit transaction is ever left open holding
         the append lock."""
