@@ -3,9 +3,17 @@
 A function whose latest version has status "scheduled" gets one request per version; with
 metadata.every_s = N it gets one request per N-second window instead. The idempotency key
 (tenant, key) is unique in the ledger, so two observers never schedule the same run twice.
-Tenants already over their daily quota are skipped.
 
-Input: {"limit": 100}. Output: {"scheduled": [request ids], "skipped": n}.
+A function whose tenant has already used its daily quota is not scheduled (its runs wait
+for 00:00 UTC, or a higher limit), and that says so once per function and UTC day: a
+request at once `denied`, with QUOTA_EXCEEDED in its error and metadata.reason, beside a
+policy_violation (status over_quota), as run_code records a refused request. Once a day,
+not once a round (every 2 s) nor once per every_s window: the quota is per day, so the first
+record already says everything until it resets, and the ledger is not flooded. Its own
+idempotency key (observer:<function>:quota:<day>) makes it once even across observers.
+
+Input: {"limit": 100}. Output: {"scheduled": [request ids], "skipped": n,
+"denied": [ids of the requests recorded as denied for the quota this round]}.
 """
 
 KERNEL_ID = "00000000-0000-4000-8000-000000000002"
@@ -25,7 +33,8 @@ EXISTS = (
 )
 COUNT_TODAY = (
     "SELECT coalesce((SELECT n FROM ledger.tenant_exec_counts WHERE tenant_id = %(tenant)s "
-    "AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS n"
+    "AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS n, "
+    "((now() AT TIME ZONE 'UTC')::date)::text AS day"
 )
 EPOCH_S = "SELECT floor(extract(epoch FROM now()))::bigint AS s"
 
@@ -52,15 +61,70 @@ def daily_limit(ctx, tenant):
     return value
 
 
+def spent_quota(ctx, tenant):
+    """{"used", "limit", "day"} when the tenant has no execution left today, else None."""
+    today = ctx.sql_one(COUNT_TODAY, {"tenant": tenant})
+    limit = daily_limit(ctx, tenant)
+    if today["n"] < limit:
+        return None
+    return {"used": today["n"], "limit": limit, "day": today["day"]}
+
+
+def deny_over_quota(ctx, function, quota):
+    """Say, once per function and UTC day, that it was not scheduled for its tenant's
+    quota: a denied request and a policy_violation. Returns the request's id, or None
+    when today's is already recorded."""
+    tenant = function["tenant_id"]
+    key = "observer:" + function["id"] + ":quota:" + quota["day"]
+    if ctx.sql_one(EXISTS, {"tenant": tenant, "key": key}):
+        return None
+    error = {"code": "QUOTA_EXCEEDED", "message": "tenant " + str(tenant) + " has used "
+             + str(quota["used"]) + " of its " + str(quota["limit"]) + " executions for "
+             + quota["day"] + " (UTC), so " + NAME + " does not schedule this function "
+             "until the quota resets at 00:00 UTC (said once per function and day; "
+             "`logline quota show --tenant " + str(tenant) + "`)"}
+    request_id, trace_id = ctx.new_id(), ctx.new_id()
+    spans = [{
+        "id": ctx.new_id(), "seq": 0, "entity_type": "policy_violation", "who": NAME,
+        "did": "refused", "this": "per_tenant_daily_exec_limit",
+        "parent_id": function["id"], "related_to": [request_id],
+        "owner_id": function["owner_id"], "tenant_id": tenant, "visibility": "tenant",
+        "status": "over_quota", "trace_id": trace_id, "error": error,
+        "metadata": {"limit": quota["limit"], "function_id": function["id"]},
+    }, {
+        "id": request_id, "seq": 0, "entity_type": "request", "who": NAME, "did": "denied",
+        "this": function.get("name") or function["id"], "parent_id": function["id"],
+        "owner_id": function["owner_id"], "tenant_id": tenant,
+        "visibility": function["visibility"], "status": "denied", "trace_id": trace_id,
+        "input": function.get("input"), "error": error,
+        "metadata": {"idempotency_key": key, "function_seq": function["seq"],
+                     "reason": "QUOTA_EXCEEDED", "limit": quota["limit"]},
+    }]
+    try:
+        with ctx.transaction():
+            ctx.append(spans)
+    except Exception as exc:  # another observer said it first
+        ctx.log("schedule_skipped", function_id=function["id"], reason=str(exc)[:200])
+        return None
+    ctx.log("request_denied", request_id=request_id, function_id=function["id"],
+            tenant_id=tenant, reason="QUOTA_EXCEEDED")
+    return request_id
+
+
 def main(ctx):
-    scheduled, skipped, over = [], 0, {}
+    scheduled, skipped, denied, over = [], 0, [], {}
     for function in ctx.sql(SCHEDULED, {"limit": int((ctx.input or {}).get("limit", 100))}):
         tenant = function["tenant_id"]
         if tenant not in over:
-            over[tenant] = ctx.sql_one(COUNT_TODAY, {"tenant": tenant})["n"] >= \
-                daily_limit(ctx, tenant)
+            over[tenant] = spent_quota(ctx, tenant)
+        if over[tenant]:
+            skipped += 1
+            request_id = deny_over_quota(ctx, function, over[tenant])
+            if request_id:
+                denied.append(request_id)
+            continue
         key = idempotency_key(ctx, function)
-        if over[tenant] or ctx.sql_one(EXISTS, {"tenant": tenant, "key": key}):
+        if ctx.sql_one(EXISTS, {"tenant": tenant, "key": key}):
             skipped += 1
             continue
         request = {
@@ -77,4 +141,4 @@ def main(ctx):
         except Exception as exc:  # another observer scheduled it first
             ctx.log("schedule_skipped", function_id=function["id"], reason=str(exc)[:200])
             skipped += 1
-    return {"scheduled": scheduled, "skipped": skipped}
+    return {"scheduled": scheduled, "skipped": skipped, "denied": denied}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: Set to keep this run's temporary root after it ends (to look at what a test left).
 KEEP_TMP = "LOGLINE_KEEP_TEST_TMP"
 _OWN_ROOT = pytest.StashKey[Path]()  # set when this run chose its root (and so removes it)
+_BASETEMP: list[Path] = []  # this run's temporary root (pytest_configure sets it)
 
 
 def run_root(pid: int | None = None) -> Path:
@@ -45,6 +47,23 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp is None:
         config.option.basetemp = str(run_root())
         config.stash[_OWN_ROOT] = Path(config.option.basetemp)
+    _BASETEMP[:] = [Path(config.option.basetemp).resolve()]
+
+
+def reachable_by_postgres(path: Path) -> Path:
+    """`path`, with the run's temporary directories above it open for traversal when the
+    tests run as root (CI does). As root the embedded PostgreSQL runs as another OS user, and
+    LogLine refuses (EMBEDDED_AS_ROOT) rather than open a directory on its way; pytest makes
+    its temporary directories 0700. So, as an operator would, the test opens its own ones,
+    from the run's root down to `path`, for traversal only (o+x: still not listable)."""
+    if os.geteuid() != 0 or not _BASETEMP:
+        return path
+    root, path = _BASETEMP[0], path.resolve()
+    for d in [path, *path.parents]:
+        if d != root and root not in d.parents:
+            break  # only the run's own directories
+        d.chmod(stat.S_IMODE(d.stat().st_mode) | stat.S_IXOTH)
+    return path
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -60,7 +79,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[db.Database]:
     if url:
         yield db.Database(url)
         return
-    home = Home(tmp_path_factory.mktemp("pg"))
+    home = Home(reachable_by_postgres(tmp_path_factory.mktemp("pg")))
     yield db.embedded(home)
     db.stop_embedded(home)
 

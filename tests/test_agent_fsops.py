@@ -196,58 +196,126 @@ def test_list_files_recursive_sorted_with_sizes_and_hashes(root):
     assert [f["path"] for f in root.list_files(".")][0] == "docs/notes.txt"
 
 
+def aged(path: Path, data: bytes, mtime: int) -> Path:
+    """A file with `data`, last modified `mtime` seconds after the epoch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
 def test_duplicates_are_found_by_content_not_name(root, rootdir):
     (rootdir / "docs" / "a.jpg").write_bytes(b"JPEG-C")      # same name, other content
-    (rootdir / "docs" / "renamed.bin").write_bytes(b"JPEG-B")  # other name, same content
+    aged(rootdir / "docs" / "renamed.bin", b"JPEG-B", 2000)  # other name, same content
+    os.utime(rootdir / "photos" / "b.jpg", (1000, 1000))     # ... and older
     (rootdir / "docs" / "empty1").write_bytes(b"")             # empty files are not dupes
     (rootdir / "docs" / "empty2").write_bytes(b"")
     assert root.detect_duplicates(".") == [
-        {"blake3": b3(b"JPEG-B"), "size": 6, "paths": ["docs/renamed.bin", "photos/b.jpg"]},
+        {"blake3": b3(b"JPEG-B"), "size": 6, "paths": ["docs/renamed.bin", "photos/b.jpg"],
+         "keep": "photos/b.jpg"},
         {"blake3": b3(b"JPEG-A"), "size": 6,
-         "paths": ["photos/2024/copy-of-a.jpg", "photos/a.jpg"]},
+         "paths": ["photos/2024/copy-of-a.jpg", "photos/a.jpg"], "keep": "photos/a.jpg"},
     ]
     assert root.detect_duplicates("docs") == []
 
 
-def test_suggest_cleanup_keeps_the_first_path_and_changes_nothing(root, rootdir):
+def test_suggest_cleanup_keeps_the_plainly_named_copy_and_changes_nothing(root, rootdir):
+    os.utime(rootdir / "photos" / "2024" / "copy-of-a.jpg", (1000, 1000))  # older, but a copy
     before = snapshot(rootdir)
     plan = root.suggest_cleanup("photos")
-    assert [(op["op"], op["path"]) for op in plan] == [("trash", "photos/a.jpg")]
-    st = (rootdir / "photos" / "a.jpg").stat()
+    assert [(op["op"], op["path"]) for op in plan] == [("trash", "photos/2024/copy-of-a.jpg")]
+    st = (rootdir / "photos" / "2024" / "copy-of-a.jpg").stat()
     assert plan[0]["inode"] == [st.st_dev, st.st_ino]
     assert plan[0]["size"] == 6 and plan[0]["blake3"] == b3(b"JPEG-A")
+    assert (plan[0]["duplicate_of"], plan[0]["kept_because"]) == ("photos/a.jpg", "name")
     assert snapshot(rootdir) == before
+
+
+def test_the_copy_kept_is_the_plainly_named_then_the_oldest_then_the_first_by_path(root,
+                                                                                 rootdir):
+    d = rootdir / "keep"
+    # A plain name beats an older copy-like one; "copy", "Copy of", "(1)" and "~" are copies.
+    aged(d / "report.pdf", b"REPORT", 3000)
+    aged(d / "report (1).pdf", b"REPORT", 1000)
+    aged(d / "Copy of report.pdf", b"REPORT", 500)
+    aged(d / "old copy" / "report.pdf", b"REPORT", 100)  # a folder's name counts too
+    aged(d / "report.pdf~", b"REPORT", 50)
+    # Among plain names, the older file stays; "copyright" is not a copy's name.
+    aged(d / "x" / "copyright.txt", b"LICENSE", 3000)
+    aged(d / "y" / "copyright.txt", b"LICENSE", 1000)
+    # Among copies, too.
+    aged(d / "b copy.txt", b"BEE", 10)
+    aged(d / "b (2).txt", b"BEE", 5)
+    # The same age: the first by path.
+    aged(d / "m" / "n.txt", b"NNN", 7)
+    aged(d / "l" / "n.txt", b"NNN", 7)
+    groups = {tuple(g["paths"]): g["keep"] for g in root.detect_duplicates("keep")}
+    assert sorted(groups.values()) == [
+        "keep/b (2).txt", "keep/l/n.txt", "keep/report.pdf", "keep/y/copyright.txt"]
+    plan = root.plan("delete_duplicates", {"path": "keep"})
+    assert sorted((op["path"], op["duplicate_of"], op["kept_because"]) for op in plan) == [
+        ("keep/Copy of report.pdf", "keep/report.pdf", "name"),
+        ("keep/b copy.txt", "keep/b (2).txt", "older"),
+        ("keep/m/n.txt", "keep/l/n.txt", "path"),
+        ("keep/old copy/report.pdf", "keep/report.pdf", "name"),
+        ("keep/report (1).pdf", "keep/report.pdf", "name"),
+        ("keep/report.pdf~", "keep/report.pdf", "name"),
+        ("keep/x/copyright.txt", "keep/y/copyright.txt", "older"),
+    ]
+    assert all(op["op"] == "trash" and op["to"] is None for op in plan)
+    assert root.plan("delete_duplicates", {"path": "keep"}) == plan  # the same every time
 
 
 # --- delete is a move into the trash; restore brings it back -----------------------------
 
 def test_delete_duplicates_then_restore_byte_identical(root, rootdir):
+    copy = "photos/2024/copy-of-a.jpg"
     plan = root.plan("delete_duplicates", {"path": "."})
-    ino = (rootdir / "photos" / "a.jpg").stat().st_ino
+    ino = (rootdir / copy).stat().st_ino
     seen = []
     results = root.execute(plan, on_op=lambda i, r: seen.append((i, r["status"])))
     assert seen == [(0, "done")]
     (res,) = results
     assert res["status"] == "done" and res["code"] is None
     assert res["blake3_before"] == res["blake3_after"] == b3(b"JPEG-A")
-    assert not (rootdir / "photos" / "a.jpg").exists()
-    assert (rootdir / "photos" / "2024" / "copy-of-a.jpg").read_bytes() == b"JPEG-A"
+    assert not (rootdir / copy).exists()
+    assert (rootdir / "photos" / "a.jpg").read_bytes() == b"JPEG-A"  # the copy kept
     trashed = rootdir / res["to"]
-    assert res["to"].startswith(f"{TRASH_DIR}/") and res["to"].endswith("/photos/a.jpg")
+    assert res["to"].startswith(f"{TRASH_DIR}/") and res["to"].endswith(f"/{copy}")
     assert trashed.read_bytes() == b"JPEG-A" and trashed.stat().st_ino == ino  # moved, kept
     (index,) = trash_entries(rootdir)
-    assert index["original"] == "photos/a.jpg" and index["blake3"] == b3(b"JPEG-A")
+    assert index["original"] == copy and index["blake3"] == b3(b"JPEG-A")
     assert index["size"] == 6 and index["trashed_at"].endswith("Z")
     assert [f["path"] for f in root.list_files(".")] == [
-        "docs/notes.txt", "photos/2024/copy-of-a.jpg", "photos/b.jpg"]  # trash not listed
-    assert [t["original"] for t in root.trashed()] == ["photos/a.jpg"]
+        "docs/notes.txt", "photos/a.jpg", "photos/b.jpg"]  # trash not listed
+    assert [t["original"] for t in root.trashed()] == [copy]
 
-    (back,) = root.restore(["photos/a.jpg"])
+    (back,) = root.restore([copy])
     assert back["status"] == "done" and back["blake3_after"] == b3(b"JPEG-A")
-    assert (rootdir / "photos" / "a.jpg").read_bytes() == b"JPEG-A"
-    assert (rootdir / "photos" / "a.jpg").stat().st_ino == ino
+    assert (rootdir / copy).read_bytes() == b"JPEG-A"
+    assert (rootdir / copy).stat().st_ino == ino
     assert trash_entries(rootdir) == [] and root.trashed() == []
     assert list((rootdir / TRASH_DIR).iterdir()) == []  # the entry's directories are gone
+
+
+def test_a_duplicate_stays_when_the_copy_kept_is_gone_or_changed(root, rootdir):
+    """Trashing a duplicate must never leave no copy in place: each op checks its kept copy."""
+    aged(rootdir / "docs" / "b-copy.jpg", b"JPEG-B", 9)
+    plan = root.plan("delete_duplicates", {"path": "."})
+    assert [(op["path"], op["duplicate_of"]) for op in plan] == [
+        ("docs/b-copy.jpg", "photos/b.jpg"), ("photos/2024/copy-of-a.jpg", "photos/a.jpg")]
+    (rootdir / "photos" / "b.jpg").unlink()
+    with open(rootdir / "photos" / "a.jpg", "r+b") as f:
+        f.write(b"EDITED")
+    results = root.execute(plan)
+    assert [(r["path"], r["status"], r["code"]) for r in results] == [
+        ("docs/b-copy.jpg", "refused", "P_CHANGED"),
+        ("photos/2024/copy-of-a.jpg", "refused", "P_CHANGED")]
+    assert "photos/b.jpg, is gone" in results[0]["message"]
+    assert "photos/a.jpg, changed" in results[1]["message"]
+    assert (rootdir / "docs" / "b-copy.jpg").read_bytes() == b"JPEG-B"
+    assert (rootdir / "photos" / "2024" / "copy-of-a.jpg").read_bytes() == b"JPEG-A"
+    assert root.trashed() == [] and trash_entries(rootdir) == []
 
 
 def test_restore_never_overwrites_and_unknown_is_not_found(root, rootdir):
@@ -407,13 +475,15 @@ def test_malformed_or_hostile_ops_are_refused_one_by_one(root, rootdir):
         {**good, "op": "rename", "path": "photos/a.jpg", "to": "docs/a.jpg"},
         {**good, "blake3": "not-a-hash"},
         {**good, "inode": "1:2"},
+        {**good, "duplicate_of": "docs/notes.txt"},  # "keeps" the very file it trashes
+        {**good, "duplicate_of": "../outside/secret.txt"},
         "not an op",
         good,
     ]
     results = root.execute(hostile)
     assert [r["code"] for r in results] == [
         "P_BAD_OP", "P_TRAVERSAL", "P_ABSOLUTE", "P_IN_TRASH", "P_BAD_OP", "P_BAD_OP",
-        "P_BAD_OP", "P_BAD_OP", None]
+        "P_BAD_OP", "P_BAD_OP", "P_TRAVERSAL", "P_BAD_OP", None]
     assert (rootdir / "photos" / "a.jpg").read_bytes() == b"JPEG-A"
     assert not (rootdir / "docs" / "notes.txt").exists()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import reachable_by_postgres
 
 from stage0.cli import base
 from stage0.cli import main as cli_module
@@ -75,6 +76,7 @@ def test_init_twice_in_an_empty_directory_on_the_embedded_server(tmp_path, bare_
     when the suite itself runs against another PostgreSQL (LOGLINE_DATABASE_URL)."""
     project = tmp_path / "project"
     project.mkdir()
+    reachable_by_postgres(project)
     env = {**bare_env, "LOGLINE_HOME": str(project / ".logline")}
     try:
         first = logline("init", env=env, cwd=project, timeout=300)
@@ -99,6 +101,37 @@ def test_init_twice_in_an_empty_directory_on_the_embedded_server(tmp_path, bare_
         stopped = logline("db", "stop", env=env, cwd=project, timeout=120)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
     assert not (project / ".logline" / "pgdata" / "postmaster.pid").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(os.geteuid() != 0, reason="what LogLine does as root (CI runs as root)")
+def test_as_root_init_never_opens_a_closed_directory(tmp_path, bare_env):
+    """As root the embedded PostgreSQL runs as the OS user pgserver, which pgserver alone would
+    let through by chmod-ing every directory above the data folder (a 0700 one became 0755).
+    `init` in a home under a 0700 directory refuses instead, naming it and the remedies, and
+    changes nothing; once the operator opens it for traversal, init works and leaves it so."""
+    private = reachable_by_postgres(tmp_path) / "private"
+    private.mkdir()
+    private.chmod(0o700)
+    env = {**bare_env, "LOGLINE_HOME": str(private / "home")}
+    refused = logline("init", env=env, cwd=tmp_path, timeout=300)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "EMBEDDED_AS_ROOT" in refused.stderr
+    assert f"{private} (mode 0700" in refused.stderr
+    assert f"chmod o+x {private};" in refused.stderr
+    assert "LOGLINE_HOME" in refused.stderr and "LOGLINE_DATABASE_URL" in refused.stderr
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert not (private / "home" / "pgdata" / "PG_VERSION").exists()
+
+    private.chmod(0o711)  # what the refusal suggests: traversal, not listing
+    try:
+        done = logline("init", env=env, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "(embedded)" in done.stdout
+    finally:
+        logline("db", "stop", env=env, cwd=tmp_path, timeout=120)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o711  # pgserver would make it 0755
 
 
 # --- keys ---------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A real `logline serve`, real keys (a requester, an approver, an agent of one ten
 personal_ops contract active and the real `logline agent` working in a temporary folder with
 two identical photos. The requester asks in a sentence and sees PENDING_APPROVAL; the approver
 watches the request arrive, sees the agent's plan (which file goes to the trash, its size)
-appear live, cannot approve before the plan exists; the requester's own approval is refused
+appear live, with the copy each duplicate keeps ("duplicates photos/a.jpg, which is kept"),
+cannot approve before the plan exists; the requester's own approval is refused
 with G_SOD_VIOLATION; the approver approves; the agent runs and the request's detail turns
 done with each file's result and hashes; the audit trail downloads as CSV and opens in the
 timeline. Screenshots are left in the test's tmp dir (`screens/`).
@@ -12,6 +13,7 @@ timeline. Screenshots are left in the test's tmp dir (`screens/`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import blake3
@@ -62,6 +64,7 @@ def test_ask_approve_and_follow_a_governed_request(api, tmp_path):
     photos.mkdir()
     (photos / "a.jpg").write_bytes(PHOTO)
     (photos / "b.jpg").write_bytes(PHOTO)
+    os.utime(photos / "a.jpg", (10**9, 10**9))  # the older copy: it is the one kept
     digest = blake3.blake3(PHOTO).hexdigest()
     crashes: list[str] = []
     with sync_playwright() as pw:
@@ -116,9 +119,12 @@ def test_ask_approve_and_follow_a_governed_request(api, tmp_path):
             a.run_agent()
             expect(card).to_have_attribute("data-state", "pending")
             op = card.locator(".plan-op")
-            expect(op).to_have_count(1)  # the first of the two identical photos stays
+            expect(op).to_have_count(1)  # the older of the two identical photos stays
             expect(op).to_have_attribute("data-path", "photos/b.jpg")
             expect(op).to_have_attribute("data-op", "trash")
+            expect(op).to_have_attribute("data-duplicate-of", "photos/a.jpg")
+            expect(op.locator(".plan-dup")).to_have_text(
+                "duplicates photos/a.jpg, which is kept (the older file)")
             expect(op).to_have_attribute("data-size", str(len(PHOTO)))
             expect(op).to_contain_text("4.9 KiB")
             expect(op).to_contain_text("trash (restorable)")

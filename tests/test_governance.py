@@ -111,6 +111,7 @@ def story(api, tenants):
     (a.root / "photos" / "a.jpg").write_bytes(PHOTO)
     (a.root / "photos" / "b.jpg").write_bytes(PHOTO)
     (a.root / "photos" / "2024" / "c.jpg").write_bytes(PHOTO)
+    os.utime(a.root / "photos" / "2024" / "c.jpg", (10**9, 10**9))  # the oldest copy
     (a.root / "photos" / "other.jpg").write_bytes(OTHER)
     (b.root / "photos").mkdir()
     (b.root / "photos" / "x.jpg").write_bytes(PHOTO)
@@ -175,9 +176,11 @@ def test_the_approver_sees_what_will_happen(story):
     [item] = story["inbox"]
     assert item["id"] == story["proposal"] and item["state"] == "pending"
     plan = {op["path"]: op for op in item["plan"]}
-    # The first path of the group (sorted) is kept, the two copies go; other.jpg stays.
+    # The oldest of the three identical photos is kept, the two others go; other.jpg stays.
     assert sorted(plan) == ["photos/a.jpg", "photos/b.jpg"]
     assert all(op["op"] == "trash" and op["size"] == len(PHOTO) for op in plan.values())
+    assert {(op["duplicate_of"], op["kept_because"]) for op in plan.values()} == {
+        ("photos/2024/c.jpg", "older")}
 
 
 def test_an_approved_plan_runs_and_the_files_go_to_the_trash(story, tenants):
@@ -676,6 +679,43 @@ def test_the_cli_asks_lists_and_approves_over_the_api(api, tenants):
     assert approved.startswith("ALLOW G_APPROVED")
     a.run_agent()
     assert (a.root / "cli" / "memo.txt").read_text() == "n"
+
+
+def test_the_cli_inbox_says_which_copy_each_duplicate_keeps(api, tenants):
+    """`logline approvals list`: under each file the plan trashes, the file it duplicates,
+    which stays, and why that one (a plain name over a copy's, then the older file)."""
+    a, _ = tenants
+    scans = a.root / "scans"
+    (scans / "2023").mkdir(parents=True)
+    for name, mtime in (("2023/bill.pdf", 3000), ("bill (1).pdf", 1000),
+                        ("Copy of bill.pdf", 500), ("note.txt", 100), ("note-2.txt", 200)):
+        data = b"%PDF bill" * 30 if name.endswith(".pdf") else b"the note"
+        (scans / name).write_bytes(data)
+        os.utime(scans / name, (mtime, mtime))
+    env = {**api.env, "LOGLINE_URL": api.url}
+
+    def logline(key: Key, *args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "stage0.cli", *args],
+                              env={**env, "LOGLINE_TOKEN": key.token}, cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    asked = logline(a.requester, "ask", "delete", "duplicates", "in", "scans")
+    proposal = asked.split("proposal_id")[1].split()[0]
+    a.run_agent()
+    listing = logline(a.approver, "approvals", "list").splitlines()
+    start = next(i for i, line in enumerate(listing) if line.startswith(proposal))
+    assert listing[start + 1:start + 7] == [
+        "    trash   scans/Copy of bill.pdf  270 bytes",
+        "      duplicates scans/2023/bill.pdf, which is kept (its name is not copy-like)",
+        "    trash   scans/bill (1).pdf  270 bytes",
+        "      duplicates scans/2023/bill.pdf, which is kept (its name is not copy-like)",
+        "    trash   scans/note-2.txt  8 bytes",
+        "      duplicates scans/note.txt, which is kept (the older file)",
+    ], "\n".join(listing)
+    logline(a.approver, "approvals", "reject", proposal, "--reason", "keep them all")
+    assert len(files(scans)) == 5
 
 
 def test_a_running_agent_wakes_for_new_jobs_and_stops_cleanly_on_sigterm(api, tenants):

@@ -450,16 +450,50 @@ def test_observer_every_s_schedules_once_per_window(loader, kernel_conn, operato
     assert len(requests_for(kernel_conn, yearly["id"])) == 1
 
 
-def test_observer_skips_tenants_over_quota(loader, kernel_conn, operator):
+def test_observer_says_once_a_day_why_it_skips_functions_over_quota(cli, loader, kernel_conn,
+                                                                      operator):
+    """A tenant over its quota gets nothing scheduled, and each of its functions says why,
+    where a user looks: a request denied with QUOTA_EXCEEDED (and a policy_violation, as
+    run_code records a refusal). Once per function and UTC day, not once per round."""
     set_limit(kernel_conn, operator, 1)
     spent = user_function(kernel_conn, operator, ECHO, tenant="acme")
     run(loader, spent["id"], {"x": 1})
-    acme = user_function(kernel_conn, operator, ECHO, tenant="acme", status="scheduled")
+    acme = user_function(kernel_conn, operator, ECHO, tenant="acme", status="scheduled",
+                         input={"v": 1})
+    each_second = user_function(kernel_conn, operator, ECHO, tenant="acme",
+                                status="scheduled", metadata={"every_s": 1})
     globex = user_function(kernel_conn, operator, ECHO, tenant="globex", status="scheduled")
     out = loader.boot(OBSERVER)
-    assert out["skipped"] == 1
-    assert requests_for(kernel_conn, acme["id"]) == []
+    assert out["skipped"] == 2
     assert [r["id"] for r in requests_for(kernel_conn, globex["id"])] == out["scheduled"]
+    [denied] = requests_for(kernel_conn, acme["id"])
+    [each] = requests_for(kernel_conn, each_second["id"])
+    assert sorted(out["denied"]) == sorted([denied["id"], each["id"]])
+    assert (denied["status"], denied["error"]["code"], denied["metadata"]["reason"]) == (
+        "denied", "QUOTA_EXCEEDED", "QUOTA_EXCEEDED")
+    assert "tenant acme has used 1 of its 1 executions" in denied["error"]["message"]
+    assert denied["input"] == {"v": 1} and denied["owner_id"] == "alice"
+    [violation] = [v for v in of_type(kernel_conn, "policy_violation", "acme")
+                   if v["parent_id"] == acme["id"]]
+    assert violation["status"] == "over_quota" and violation["related_to"] == [denied["id"]]
+    assert violation["error"] == denied["error"]
+
+    for _ in range(3):  # later rounds the same day add nothing (every_s windows included)
+        again = loader.boot(OBSERVER)
+        assert (again["scheduled"], again["denied"], again["skipped"]) == ([], [], 3)
+    assert len(requests_for(kernel_conn, acme["id"])) == 1
+    assert len(requests_for(kernel_conn, each_second["id"])) == 1
+    assert len(of_type(kernel_conn, "policy_violation", "acme")) == 2
+
+    listed = cli("spans", "--entity-type", "request", "--tenant", "acme").stdout
+    assert listed.count("denied QUOTA_EXCEEDED") == 2, listed
+    assert "does not schedule this function until the quota resets" in \
+        cli("show", denied["id"]).stdout
+
+    set_limit(kernel_conn, operator, 100)  # a higher limit: scheduled again at once
+    assert len(loader.boot(OBSERVER)["scheduled"]) == 2
+    assert [r["status"] for r in requests_for(kernel_conn, acme["id"])] == [
+        "denied", "scheduled"]
 
 
 # --- request_worker --------------------------------------------------------------------------
@@ -613,7 +647,8 @@ def test_kernel_cannot_reach_past_its_capabilities(loader, kernel_conn, operator
     assert refused.value.code == code
     # Only the function, its manifest entry and its boot_event were appended.
     assert kernel_conn.execute(q("count_spans")).fetchone()["n"] == before + 3
-    assert loader.boot(OBSERVER) == {"scheduled": [], "skipped": 0}  # the loader still works
+    assert loader.boot(OBSERVER) == {  # the loader still works
+        "scheduled": [], "skipped": 0, "denied": []}
 
 
 def test_kernel_sql_refusal_is_a_reason_code_not_a_traceback(cli, kernel_conn, operator):

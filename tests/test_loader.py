@@ -52,7 +52,8 @@ def test_boot_records_boot_event_and_returns_output(loader, kernel_conn, operato
 
 
 def test_observer_kernel_boots(loader):
-    assert loader.boot(KERNELS["observer_bot"]) == {"scheduled": [], "skipped": 0}
+    assert loader.boot(KERNELS["observer_bot"]) == {"scheduled": [], "skipped": 0,
+                                                    "denied": []}
 
 
 def test_id_not_in_manifest_is_refused_and_recorded(loader, kernel_conn, operator):
@@ -162,6 +163,6 @@ def test_kernel_cannot_reach_past_its_capabilities(loader, kernel_conn, operator
 
 def test_cli_boot_prints_output_and_refusal_exits_nonzero(cli):
     ok = cli("boot", KERNELS["observer_bot"])
-    assert json.loads(ok.stdout) == {"scheduled": [], "skipped": 0}
+    assert json.loads(ok.stdout) == {"scheduled": [], "skipped": 0, "denied": []}
     bad = cli("boot", "00000000-0000-4000-8000-000000000999", check=False)
     assert bad.returncode == 2 and "BOOT_NOT_ALLOWED" in bad.stderr

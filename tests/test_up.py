@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import reachable_by_postgres
 
 DB_ENV = ("LOGLINE_DATABASE_URL", "LOGLINE_APP_DATABASE_URL", "LOGLINE_KERNEL_DATABASE_URL")
 FUNCTION = "def main(input):\n    return {'doubled': input['n'] * 2}\n"
@@ -37,7 +38,7 @@ def wait_for(predicate, timeout: float, what: str):
 @pytest.mark.slow
 def test_up_serves_console_api_and_worker_then_stops_on_ctrl_c(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
-    env["LOGLINE_HOME"] = str(tmp_path / "home")
+    env["LOGLINE_HOME"] = str(reachable_by_postgres(tmp_path) / "home")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "stage0.cli", "up", "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -93,7 +94,7 @@ def test_up_on_a_taken_port_says_so_and_announces_nothing(tmp_path: Path):
     """`up` binds before it announces: with the port taken it names the problem and the way
     out, starts no worker, and never prints a URL that is someone else's server."""
     env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
-    env["LOGLINE_HOME"] = str(tmp_path / "home")
+    env["LOGLINE_HOME"] = str(reachable_by_postgres(tmp_path) / "home")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

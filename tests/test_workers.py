@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import reachable_by_postgres
 
 from stage0.boot.loader import Loader
 from stage0.ledger import manifest, store, verify
@@ -810,6 +811,7 @@ DB_ENV = ("LOGLINE_DATABASE_URL", "LOGLINE_APP_DATABASE_URL", "LOGLINE_KERNEL_DA
 def test_demo_in_an_empty_directory_on_the_embedded_database(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
+    reachable_by_postgres(project)
     env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
     env["LOGLINE_HOME"] = str(project / ".logline")
 

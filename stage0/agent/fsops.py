@@ -22,6 +22,20 @@ How escapes and races are prevented:
 - listing never follows symlinks (they are skipped, as are FIFOs, sockets and devices) and
   skips names that are not valid UTF-8 (they could not be reported in a span).
 
+Which copy delete_duplicates keeps (one per group of identical files; the others are
+trashed): the one ranked first by
+1. a name that does not look like a copy: no component of its path (folder or file name)
+   contains the word "copy" ("a copy.jpg", "a - Copy.jpg", "Copy of a.jpg", "copy-of-a.jpg";
+   not "copyright.txt"), ends in a number in brackets ("a (1).jpg", "a(2)") or in "~"
+   ("a.txt~"). Such names are what copying tools give the copy, so they say which is which;
+2. then the oldest modification time: the original is usually there first (`cp`, downloads
+   and sync tools give the copy a new time), and it is what other things may already point to;
+3. then the path, sorted: ties are broken the same way every time.
+Each trash op of the plan names the copy kept (`duplicate_of`) and which of these rules
+chose it over this file (`kept_because`: "name", "older" or "path"), so approvers see both.
+When the plan runs, a trash op with `duplicate_of` first checks that the kept copy is still
+there with the same content; if not, that file is not trashed (P_CHANGED).
+
 Reason codes (FsRefused.code; `where` is the offending relative path):
 | code | meaning |
 | --- | --- |
@@ -34,11 +48,13 @@ Reason codes (FsRefused.code; `where` is the offending relative path):
 | P_NOT_A_DIR | a directory was expected |
 | P_EXISTS | a destination exists (never overwritten), or two ops have the same destination |
 | P_IN_TRASH | a user path inside `.logline-trash/` (the trash cannot be listed or targeted) |
-| P_CHANGED | a file's content or identity changed between plan and execution |
+| P_CHANGED | a file's content or identity changed between plan and execution; or the kept
+  copy a duplicate names (duplicate_of) is gone or changed |
 | P_UNKNOWN_ACTION | plan() of an action that is not delete, delete_duplicates, move, rename |
 | P_BAD_ARGS | the action's arguments are missing, of the wrong type, or list a path twice |
 | P_BAD_NAME | rename's new_name is empty, '.', '..', contains '/' or NUL, or is too long |
-| P_BAD_OP | an op given to execute() is malformed (unknown op, bad hash, bad inode...) |
+| P_BAD_OP | an op given to execute() is malformed (unknown op, bad hash, bad inode, a
+  duplicate_of naming the file itself...) |
 | P_TOO_DEEP | a directory tree deeper than 256 levels |
 | P_IO | any other operating-system error (message included) |
 """
@@ -69,6 +85,8 @@ MAX_PATHS = 10000
 MAX_DEPTH = 256
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: A path component that names a copy (see "Which copy delete_duplicates keeps" above).
+_COPY_LIKE = re.compile(r"(?<![a-z0-9])copy(?![a-z])|\(\d+\)(?:\.[^.]*)*$|~$")
 _DRIVE = re.compile(r"[A-Za-z]:(?:[\\/]|$)")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -298,6 +316,12 @@ def _check_op(op: Any) -> tuple[str, tuple[str, ...], tuple[str, ...] | None, di
     if (not isinstance(inode, list | tuple) or len(inode) != 2
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in inode)):
         raise FsRefused("P_BAD_OP", "inode must be [st_dev, st_ino]", where)
+    planned: dict[str, Any] = {"blake3": digest, "size": size, "inode": list(inode)}
+    if kind == "trash" and op.get("duplicate_of") is not None:
+        keep = parse_path(op["duplicate_of"])
+        if not keep or keep == src:
+            raise FsRefused("P_BAD_OP", "duplicate_of must name another file", where)
+        planned["duplicate_of"] = keep
     dst = None
     if kind != "trash":
         dst = parse_path(op.get("to"))
@@ -305,7 +329,7 @@ def _check_op(op: Any) -> tuple[str, tuple[str, ...], tuple[str, ...] | None, di
             raise FsRefused("P_EXISTS", "the root cannot be a destination", ".")
         if kind == "rename" and dst[:-1] != src[:-1]:
             raise FsRefused("P_BAD_OP", "a rename stays in its directory", _rel(dst))
-    return kind, src, dst, {"blake3": digest, "size": size, "inode": list(inode)}
+    return kind, src, dst, planned
 
 
 # --- the root -----------------------------------------------------------------------------
@@ -419,7 +443,7 @@ class Root:
                 else:
                     state = {"blake3": None, "size": st.st_size,
                              "inode": [st.st_dev, st.st_ino]}
-                out.append({"path": rel, **state})
+                out.append({"path": rel, **state, "mtime_ns": st.st_mtime_ns})
 
     @_io_refusals
     def list_files(self, path: str) -> list[dict[str, Any]]:
@@ -430,9 +454,11 @@ class Root:
 
     def _duplicates(self, path: str) -> tuple[list[dict[str, Any]], dict[str, dict]]:
         by_size: dict[int, list[str]] = {}
+        mtimes: dict[str, int] = {}
         for e in self._walk(path, hashed=False):
             if e["size"] > 0:  # empty files are placeholders, not duplicates
                 by_size.setdefault(e["size"], []).append(e["path"])
+                mtimes[e["path"]] = e["mtime_ns"]
         states: dict[str, dict[str, Any]] = {}
         by_hash: dict[str, list[str]] = {}
         for paths in by_size.values():
@@ -445,16 +471,23 @@ class Root:
                     continue  # gone or replaced while we looked
                 states[rel] = state
                 by_hash.setdefault(state["blake3"], []).append(rel)
-        groups = [{"blake3": h, "size": states[ps[0]]["size"], "paths": sorted(ps)}
+        groups = [{"blake3": h, "size": states[ps[0]]["size"], "paths": sorted(ps),
+                   "keep": min(ps, key=lambda p: _keep_rank(p, mtimes[p]))}
                   for h, ps in by_hash.items() if len(ps) >= 2]
         groups.sort(key=lambda g: g["paths"][0])
+        for g in groups:
+            keep = _keep_rank(g["keep"], mtimes[g["keep"]])
+            g["why"] = {p: _kept_because(keep, _keep_rank(p, mtimes[p]))
+                        for p in g["paths"] if p != g["keep"]}
         return groups, states
 
     @_io_refusals
     def detect_duplicates(self, path: str) -> list[dict[str, Any]]:
         """Groups of >= 2 non-empty files under `path` with the same content (BLAKE3):
-        [{"blake3", "size", "paths": [sorted]}], sorted by first path."""
-        return self._duplicates(path)[0]
+        [{"blake3", "size", "paths": [sorted], "keep": the copy delete_duplicates keeps}],
+        sorted by first path."""
+        return [{k: g[k] for k in ("blake3", "size", "paths", "keep")}
+                for g in self._duplicates(path)[0]]
 
     @_io_refusals
     def suggest_cleanup(self, path: str) -> list[dict[str, Any]]:
@@ -476,8 +509,9 @@ class Root:
             return [self._op("trash", p, None) for p in _paths_arg(args)]
         if action == "delete_duplicates":
             groups, states = self._duplicates(_str_arg(args, "path"))
-            return [{"op": "trash", "path": rel, "to": None, **states[rel]}
-                    for g in groups for rel in g["paths"][1:]]
+            return [{"op": "trash", "path": rel, "to": None, **states[rel],
+                     "duplicate_of": g["keep"], "kept_because": g["why"][rel]}
+                    for g in groups for rel in g["paths"] if rel != g["keep"]]
         if action == "move":
             sources = _paths_arg(args)
             dest = parse_path(_str_arg(args, "destination"))
@@ -607,6 +641,8 @@ class Root:
             res["blake3_before"] = before["blake3"]
             if not _same(planned, before):
                 raise FsRefused("P_CHANGED", "content or identity differs from the plan", where)
+            if planned.get("duplicate_of"):
+                self._check_kept(planned["duplicate_of"], planned["blake3"], where)
             tfd = self._trash_fd(create=True)
             assert tfd is not None
             try:
@@ -634,6 +670,18 @@ class Root:
                 os.close(tfd)
         finally:
             os.close(sfd)
+
+    def _check_kept(self, keep: tuple[str, ...], digest: str, where: str) -> None:
+        """A duplicate is trashed only while the copy the plan keeps is still there, with
+        the same content: otherwise trashing it could leave no copy in place."""
+        try:
+            kept = self._state(keep)["blake3"]
+        except FsRefused as exc:
+            raise FsRefused("P_CHANGED", f"the copy the plan keeps, {_rel(keep)}, is gone or "
+                            f"unreadable ({exc.code}): not trashed", where) from None
+        if kept != digest:
+            raise FsRefused("P_CHANGED", f"the copy the plan keeps, {_rel(keep)}, changed: "
+                            "not trashed", where)
 
     # --- the trash ---
 
@@ -746,6 +794,23 @@ class Root:
         except FileNotFoundError:
             pass
         _drop_entry(tfd, entry["entry"], parts[:-1])
+
+
+def _copy_like(path: str) -> bool:
+    """Whether a folder or the file name of `path` looks like a copy's."""
+    return any(_COPY_LIKE.search(part.casefold()) for part in path.split("/"))
+
+
+def _keep_rank(path: str, mtime_ns: int) -> tuple[bool, int, str]:
+    """delete_duplicates keeps the lowest: not copy-like, then oldest, then by path."""
+    return (_copy_like(path), mtime_ns, path)
+
+
+def _kept_because(keep: tuple[bool, int, str], other: tuple[bool, int, str]) -> str:
+    """Which rule put the kept copy before `other`: "name", "older" or "path"."""
+    if keep[0] != other[0]:
+        return "name"
+    return "older" if keep[1] != other[1] else "path"
 
 
 def _write_new(dir_fd: int, name: str, data: bytes) -> None:

@@ -109,7 +109,10 @@ class Proposal(BaseModel):
                                 "be claimed by then")
     requester: str
     at: str
-    plan: list[dict[str, JSON]] | None
+    plan: list[dict[str, JSON]] | None = Field(
+        description="the agent's ops: {op, path, to, blake3, size, inode}; a duplicate that "
+        "delete_duplicates trashes also names duplicate_of (the copy kept) and kept_because "
+        "(name, older or path: docs/governance.md)")
     approvals: list[dict[str, JSON]]
     jobs: dict[str, JSON]
     flags: list[Flag] = Field(default_factory=list, description="spans of this request left "

@@ -80,6 +80,20 @@ def _op_line(op: Any) -> str:
     return f"    {op.get('op')!s:<7} {op.get('path')}{to}  {op.get('size', '?')} bytes"
 
 
+#: Why delete_duplicates kept the other copy rather than this one (stage0/agent/fsops.py).
+KEPT_BECAUSE = {"name": "its name is not copy-like", "older": "the older file",
+                "path": "same age, first by path"}
+
+
+def _kept_line(op: Any) -> str | None:
+    """For a duplicate the plan trashes: the file it duplicates, which is the copy kept."""
+    if not isinstance(op, dict) or not op.get("duplicate_of"):
+        return None
+    why = op.get("kept_because")
+    why = KEPT_BECAUSE.get(why, why) if isinstance(why, str) else None
+    return f"      duplicates {op['duplicate_of']}, which is kept" + (f" ({why})" if why else "")
+
+
 def _result_line(r: Any) -> str:
     if not isinstance(r, dict):
         return f"    {json.dumps(r)}"
@@ -133,6 +147,9 @@ def cmd_approvals(args: argparse.Namespace) -> int:
                         f"/{p['required']} approvals)"))
             for op in (p["plan"] or [])[:20]:
                 out(visible(_op_line(op)))
+                kept = _kept_line(op)
+                if kept:
+                    out(visible(kept))
             if p["plan"] and len(p["plan"]) > 20:
                 out(f"    ... and {len(p['plan']) - 20} more")
             _print_flags(p.get("flags"), "    ")

@@ -6,16 +6,29 @@ With LOGLINE_DATABASE_URL unset, LogLine starts (or reuses) an embedded PostgreS
 the administrative connection (migrations). The application and kernel connections log in as
 the roles `logline_app` and `logline_kernel` on the same server (LOGLINE_APP_DATABASE_URL and
 LOGLINE_KERNEL_DATABASE_URL override them, e.g. to carry passwords).
+
+As root: PostgreSQL refuses to run as root, so pgserver runs it as the OS user `pgserver`
+(and chowns the data folder, $LOGLINE_HOME/pgdata, to it); LogLine makes that user's own
+group its only one (pgserver alone would leave it root's groups). Left to itself pgserver would also
+create that user silently and `chmod g+rx,o+rx` every directory above the data folder and
+above its PostgreSQL programs, up to / (a 0700 home became 0755). LogLine never lets it:
+it says on stderr that it creates the user, and why, before it does; and when a directory on
+the way is closed to that user it changes nothing and refuses with EMBEDDED_AS_ROOT, naming
+each directory and the remedies (README, "Running as root").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
@@ -33,6 +46,8 @@ Role = Literal["admin", "app", "kernel"]
 Connection = psycopg.Connection[DictRow]
 ROLE_NAMES = {"app": "logline_app", "kernel": "logline_kernel"}
 EMBEDDED_DBNAME = "logline"
+#: The OS user the embedded PostgreSQL runs as when LogLine runs as root (pgserver's name).
+PG_OS_USER = "pgserver"
 _SAFE = 2**53 - 1
 
 
@@ -120,13 +135,156 @@ def _pgserver() -> Any:
         import pgserver._commands
 
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    if os.geteuid() == 0:
+        # pgserver's own helpers would create the user and chmod directories up to / without
+        # a word: they only check here (what they would change, LogLine refuses to).
+        import pgserver.postgres_server as server_module
+
+        server_module.ensure_user_exists = _os_user
+        server_module.ensure_prefix_permissions = lambda path: _require_reachable(
+            [Path(path).parent], "the database's directories")
+        server_module.ensure_folder_permissions = lambda path, flag: _require_readable(
+            Path(path))
+        server_module.initdb = _in_own_group(pgserver._commands.initdb)
+        server_module.pg_ctl = _in_own_group(pgserver._commands.pg_ctl)
     return pgserver
+
+
+# --- the embedded server as root --------------------------------------------------------
+def _os_user(name: str = PG_OS_USER) -> Any:
+    """The OS user's passwd entry, created (and said so first) when it does not exist."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+    print(f"logline: running as root. PostgreSQL refuses to run as root, so the embedded "
+          f"database runs as the unprivileged OS user {name!r}, which does not exist yet: "
+          f"creating it now ({' '.join(command)})", file=sys.stderr, flush=True)
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
+        return pwd.getpwnam(name)
+    except (OSError, subprocess.SubprocessError, KeyError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        raise LoglineError("EMBEDDED_AS_ROOT", f"could not create the OS user {name!r} the "
+                           f"embedded database runs as: {detail.strip()}. Create it yourself "
+                           f"(`useradd --system {name}`), run logline as a normal user, or set "
+                           "LOGLINE_DATABASE_URL to a PostgreSQL server") from None
+
+
+def _own_group(user: str) -> dict[str, Any]:
+    """subprocess arguments that run a command as `user` in its own group only: pgserver's
+    `user=` alone changes the uid and keeps root's group and supplementary groups."""
+    import pwd
+
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def _in_own_group(command: Any) -> Any:
+    def run(args: list[str], pgdata: Any = None, **kwargs: Any) -> Any:
+        if kwargs.get("user"):
+            kwargs.update(_own_group(kwargs["user"]))
+        return command(args, pgdata=pgdata, **kwargs)
+    return run
+
+
+def _may(st: os.stat_result, uid: int | None, gids: set[int], bits: str) -> bool:
+    """Whether the user (uid, groups) has `bits` ("r", "x", "rx") on a file of status st,
+    by the owner, group or other permission bits as the kernel picks them."""
+    if uid is not None and st.st_uid == uid:
+        which = {"r": stat.S_IRUSR, "x": stat.S_IXUSR}
+    elif st.st_gid in gids:
+        which = {"r": stat.S_IRGRP, "x": stat.S_IXGRP}
+    else:
+        which = {"r": stat.S_IROTH, "x": stat.S_IXOTH}
+    return all(st.st_mode & which[b] for b in bits)
+
+
+def _pg_identity() -> tuple[int | None, set[int]]:
+    """The uid and groups PostgreSQL runs with as root: the user's, and its own group only
+    (_own_group)."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(PG_OS_USER)
+    except KeyError:  # not created yet: it will get a new group of its own
+        return None, set()
+    return entry.pw_uid, {entry.pw_gid}
+
+
+def _closed(dirs: list[Path]) -> list[Path]:
+    """Of `dirs` and the directories above them, those (from / down) the PostgreSQL user
+    cannot traverse."""
+    uid, gids = _pg_identity()
+    closed: list[Path] = []
+    for path in dirs:
+        for d in reversed([path, *path.parents]):
+            if d not in closed and d.exists() and not _may(d.stat(), uid, gids, "x"):
+                closed.append(d)
+    return closed
+
+
+def _require_reachable(dirs: list[Path], what: str, home: Home | None = None) -> None:
+    """EMBEDDED_AS_ROOT unless the PostgreSQL user can traverse `dirs` and every directory
+    above them; nothing is changed either way."""
+    closed = _closed(dirs)
+    if not closed:
+        return
+    listed = ", ".join(f"{d} (mode {stat.S_IMODE(d.stat().st_mode):04o}, owner uid "
+                       f"{d.stat().st_uid})" for d in closed)
+    where = ("set LOGLINE_HOME to a directory every user may traverse (e.g. "
+             "/var/lib/logline/home), ") if home is not None else ""
+    raise LoglineError(
+        "EMBEDDED_AS_ROOT",
+        f"running as root, the embedded PostgreSQL runs as the OS user {PG_OS_USER!r} "
+        f"(PostgreSQL refuses root), and it cannot reach {what}: {listed} "
+        f"{'is' if len(closed) == 1 else 'are'} closed to other users. LogLine does not open "
+        f"your directories. Either run logline as a normal user; or {where}or open "
+        f"{'it' if len(closed) == 1 else 'them'} for traversal only, yourself: chmod o+x "
+        f"{' '.join(str(d) for d in closed)}; or set LOGLINE_DATABASE_URL to a PostgreSQL "
+        "server", str(home.path) if home is not None else str(dirs[0]))
+
+
+def _require_readable(folder: Path) -> None:
+    """EMBEDDED_AS_ROOT unless the PostgreSQL user can read (and run) PostgreSQL's own
+    programs and libraries under `folder` (pip installs them so; nothing is changed)."""
+    uid, gids = _pg_identity()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            needs = "rx" if stat.S_ISDIR(st.st_mode) or folder.name == "bin" else "r"
+            if not stat.S_ISLNK(st.st_mode) and not _may(st, uid, gids, needs):
+                raise LoglineError(
+                    "EMBEDDED_AS_ROOT", f"running as root, the embedded PostgreSQL runs as the "
+                    f"OS user {PG_OS_USER!r}, which cannot read {path} (mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}). LogLine does not change it: reinstall "
+                    "the package so that its files are world-readable, run logline as a "
+                    "normal user, or set LOGLINE_DATABASE_URL", str(path))
+
+
+def _as_root(pgserver: Any, home: Home) -> None:
+    """Before the embedded server starts as root: every directory PostgreSQL's user must
+    cross is already open to it (else EMBEDDED_AS_ROOT, nothing changed), then the user."""
+    programs = Path(pgserver._commands.POSTGRES_BIN_PATH)
+    # The data folder itself becomes the PostgreSQL user's (pgserver chowns it): LogLine's.
+    _require_reachable([home.pgdata.resolve().parent], "the data folder", home)
+    _require_reachable([programs, programs.parent / "lib"],
+                       "PostgreSQL's programs (in the Python environment)")
+    _require_readable(programs)
+    _require_readable(programs.parent / "lib")
+    _os_user()
 
 
 def embedded(home: Home) -> Database:
     """Start the embedded server if it is not running, and make sure our database exists."""
     home.path.mkdir(parents=True, exist_ok=True)
-    server = _pgserver().get_server(home.pgdata, cleanup_mode=None)
+    pgserver = _pgserver()
+    if os.geteuid() == 0:
+        _as_root(pgserver, home)
+    server = pgserver.get_server(home.pgdata, cleanup_mode=None)
     base = Database(server.get_uri())
     with base.connect("admin", autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
@@ -177,8 +335,8 @@ def stop_embedded(home: Home) -> bool:
     """Stop the embedded server of this home, if it runs. True when one was stopped."""
     if not (home.pgdata / "postmaster.pid").exists():
         return False
-    user = "pgserver" if os.geteuid() == 0 else None
-    _pgserver()._commands.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=home.pgdata, user=user)
+    as_user = _own_group(PG_OS_USER) if os.geteuid() == 0 else {}
+    _pgserver()._commands.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=home.pgdata, **as_user)
     return True
 
 

@@ -11,8 +11,9 @@ append trigger keeps per tenant and UTC day.
 
 Where a refusal shows: the request ends `denied` with `error.code` QUOTA_EXCEEDED (and a
 policy_violation span), `POST /api/execute` answers 429 QUOTA_EXCEEDED before scheduling when
-the day's quota is already spent, `GET /api/metrics` and `logline quota show` tell what is
-left.
+the day's quota is already spent, observer_bot records a scheduled function it does not
+schedule as such a denied request (once per function and UTC day), `GET /api/metrics` and
+`logline quota show` tell what is left.
 """
 
 from __future__ import annotations

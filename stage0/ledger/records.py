@@ -104,8 +104,9 @@ def counted(spans: list[dict[str, Any]], platform: Platform, tenant_id: str,
 
 def plan_problem(ops: Any) -> str | None:
     """Why `ops` is not a plan an approver can be shown, or None: a plan is a list of
-    objects, each naming its `op` and `path` as text, with `to` text or null and `size` a
-    whole number >= 0 when present."""
+    objects, each naming its `op` and `path` as text, with `to` (and a duplicate's
+    `duplicate_of` and `kept_because`) text or null and `size` a whole number >= 0 when
+    present."""
     if not isinstance(ops, list):
         return f"ops is {type(ops).__name__}, not a list of operations"
     for i, op in enumerate(ops):
@@ -114,8 +115,9 @@ def plan_problem(ops: Any) -> str | None:
         for name in ("op", "path"):
             if not isinstance(op.get(name), str) or not op[name]:
                 return f"ops[{i}].{name} is not text"
-        if op.get("to") is not None and not isinstance(op["to"], str):
-            return f"ops[{i}].to is neither text nor null"
+        for name in ("to", "duplicate_of", "kept_because"):
+            if op.get(name) is not None and not isinstance(op[name], str):
+                return f"ops[{i}].{name} is neither text nor null"
         size = op.get("size")
         if size is not None and (type(size) is not int or size < 0):
             return f"ops[{i}].size is not a whole number of bytes"

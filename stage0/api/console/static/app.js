@@ -1556,6 +1556,9 @@
   const GOVERNANCE = new Set(['gate_decision', 'proposal', 'approval_request', 'approval', 'job',
     'job_claim', 'job_result']);
   const UNDECIDED = new Set(['planning', 'pending']); // the states an approver may answer
+  /** Why delete_duplicates kept the other copy rather than this one (as the CLI says it). */
+  const KEPT_BECAUSE = { name: 'its name is not copy-like', older: 'the older file',
+    path: 'same age, first by path' };
 
   /** 1536 -> "1.5 KiB" (binary units; exact bytes go in a title). */
   function humanBytes(n) {
@@ -1625,6 +1628,15 @@
       if (op.op === 'trash') return h('span', { class: 'muted' }, "the root's trash (restorable)");
       return h('span', { class: 'muted' }, '—');
     };
+    // A duplicate to be trashed: the file it duplicates, which is the copy that stays.
+    const kept = (op) => {
+      if (typeof op.duplicate_of !== 'string' || !op.duplicate_of) return null;
+      const why = Object.hasOwn(KEPT_BECAUSE, op.kept_because) ? KEPT_BECAUSE[op.kept_because]
+        : op.kept_because;
+      return h('div', { class: 'plan-dup small muted' }, 'duplicates ',
+        h('span', { class: 'mono plan-kept', title: op.duplicate_of }, op.duplicate_of),
+        ', which is kept', typeof why === 'string' && why ? ` (${why})` : '');
+    };
     return h('div', { class: 'plan' },
       h('table', { class: 'grid plan-table' },
         h('caption', { class: 'sr-only' }, 'What the agent will do'),
@@ -1632,9 +1644,10 @@
           h('th', { scope: 'col' }, 'Path'), h('th', { scope: 'col' }, 'Destination'),
           h('th', { class: 'col-size', scope: 'col' }, 'Size'))),
         h('tbody', {}, plan.map((op) => h('tr', { class: 'plan-op', 'data-op': op.op,
-          'data-path': op.path, 'data-size': Number.isInteger(op.size) ? op.size : '' },
+          'data-path': op.path, 'data-size': Number.isInteger(op.size) ? op.size : '',
+          'data-duplicate-of': typeof op.duplicate_of === 'string' ? op.duplicate_of : null },
         h('td', {}, h('span', { class: 'op', 'data-op': op.op }, op.op)),
-        h('td', {}, h('span', { class: 'mono', title: op.path }, op.path)),
+        h('td', {}, h('span', { class: 'mono', title: op.path }, op.path), kept(op)),
         h('td', {}, where(op)),
         h('td', { class: 'num', title: exactBytes(op.size) }, humanBytes(op.size)))))),
       h('div', { class: 'plan-total', 'data-files': files, 'data-bytes': total },
