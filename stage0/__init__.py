@@ -14,5 +14,6 @@ Each layer imports only from the layers listed below it (import-linter checks th
     ledger/   everything that talks to PostgreSQL: connections, named SQL, append/read,
               manifest, migrations, seeding, verification
     spans/    pure: canonical form, hashes and signatures, kinds, derived ids (no I/O)
-    (root)    errors, config (the home folder), keys (files in it), log (stderr lines)
+    (root)    errors, reasons (every reason code: HTTP status, meaning), config (the home
+              folder), keys (files in it), log (stderr lines)
 """

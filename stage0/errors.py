@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class LoglineError(Exception):
-    """A refusal with a stable, documented reason code (see docs/errors.md).
+    """A refusal with a stable reason code, registered in stage0/reasons.py (docs/errors.md
+    is generated from it).
 
     `where` names the place: a file:line, a field path, a span id.
     """

@@ -51,17 +51,17 @@ async def _read_body(request: Request, timeout_s: float) -> bytes:
     answered 408 and the connection closed, not waited for)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
+        raise ApiError.of("BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
     chunks, size = [], 0
     with anyio.move_on_after(timeout_s) as late:
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_BODY:
-                raise ApiError(413, "BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
+                raise ApiError.of("BODY_TOO_LARGE", f"the body limit is {MAX_BODY} bytes")
             chunks.append(chunk)
     if late.cancelled_caught:
-        raise ApiError(408, "BODY_TIMEOUT", f"the body took longer than {timeout_s:g}s to "
-                       "arrive", {"Connection": "close"})
+        raise ApiError.of("BODY_TIMEOUT", f"the body took longer than {timeout_s:g}s to "
+                          "arrive", {"Connection": "close"})
     return b"".join(chunks)
 
 
@@ -71,17 +71,17 @@ def _parse_body(endpoint: Endpoint, raw: bytes) -> Any:
     try:
         data = parse_line(raw.decode("utf-8")) if raw.strip() else None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, "BAD_JSON", f"the body is not valid JSON: {exc}") from None
+        raise ApiError.of("BAD_JSON", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise ApiError(400, "BAD_JSON", "the body nests too deeply") from None
+        raise ApiError.of("BAD_JSON", "the body nests too deeply") from None
     if data is None:
-        raise ApiError(400, "BAD_JSON", "a JSON body is required")
+        raise ApiError.of("BAD_JSON", "a JSON body is required")
     try:
         return endpoint.body.model_validate(data)  # type: ignore[union-attr]
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(422, "BAD_FIELD", f"{where}: {first['msg']}") from None
+        raise ApiError.of("BAD_FIELD", f"{where}: {first['msg']}") from None
 
 
 def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaitable[Response]]:
@@ -97,8 +97,8 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
             if endpoint.body is not None:
                 kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
                 if kind != "application/json":
-                    raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE",
-                                   "send the body as application/json")
+                    raise ApiError.of("UNSUPPORTED_MEDIA_TYPE",
+                                      "send the body as application/json")
                 body = _parse_body(endpoint, await _read_body(request,
                                                               state.edge.body_timeout_s))
             call = Call(request, state, principal, body, request_id)
@@ -137,7 +137,7 @@ def _gate(endpoint: Endpoint, state: ServerState, principal: apikeys.Principal |
     Denials are recorded by the dispatcher; True when the profile wants allowances recorded
     too (`record: all`)."""
     decision = route_decision(state.platform, endpoint.action, principal)
-    if decision.outcome != "ALLOW":
+    if decision.outcome != "ALLOW":  # whatever the reason, a route the gate refuses is a 403
         raise ApiError(403, decision.reason, decision.message)
     assert state.platform is not None
     return state.platform.actions[decision.action].record == "all"
@@ -151,19 +151,19 @@ async def _authenticate(endpoint: Endpoint, state: ServerState,
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "AUTH_REQUIRED", "send Authorization: Bearer <api key>",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError.of("AUTH_REQUIRED", "send Authorization: Bearer <api key>",
+                          {"WWW-Authenticate": "Bearer"})
     principal = await anyio.to_thread.run_sync(state.authenticate, token.strip())
     if principal is None:
-        raise ApiError(401, "AUTH_INVALID", "unknown, revoked or malformed API key",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError.of("AUTH_INVALID", "unknown, revoked or malformed API key",
+                          {"WWW-Authenticate": "Bearer"})
     request.state.principal, request.state.token = principal, token.strip()
     record = _gate(endpoint, state, principal)
     decision = state.limiter.take(principal.key_id, endpoint.limit)
     request.state.rate = decision
     if not decision.allowed:
-        raise ApiError(429, "RATE_LIMITED", f"too many {endpoint.limit} requests; retry in "
-                       f"{decision.retry_after_s}s", decision.headers())
+        raise ApiError.of("RATE_LIMITED", f"too many {endpoint.limit} requests; retry in "
+                          f"{decision.retry_after_s}s", decision.headers())
     if record:
         await anyio.to_thread.run_sync(state.record_allowance, endpoint, principal,
                                        request.state.request_id)

@@ -60,7 +60,7 @@ class Call:
     def query(self, name: str, default: str | None = None) -> str | None:
         value = self.request.query_params.get(name, default)
         if value is not None and ("\x00" in value or len(value) > 1000):
-            raise ApiError(400, "BAD_QUERY", f"{name} holds a NUL or is over 1000 characters")
+            raise ApiError.of("BAD_QUERY", f"{name} holds a NUL or is over 1000 characters")
         return value
 
     def uuid_query(self, name: str) -> str | None:
@@ -75,9 +75,9 @@ class Call:
         try:
             value = int(raw)
         except ValueError:
-            raise ApiError(400, "BAD_QUERY", f"{name} must be an integer") from None
+            raise ApiError.of("BAD_QUERY", f"{name} must be an integer") from None
         if not low <= value <= high:
-            raise ApiError(400, "BAD_QUERY", f"{name} must be between {low} and {high}")
+            raise ApiError.of("BAD_QUERY", f"{name} must be between {low} and {high}")
         return value
 
     async def db(self, fn: Callable[..., Any], *args: Any, role: str = "app") -> Any:
@@ -89,5 +89,5 @@ class Call:
 def parse_uuid(value: str | None, name: str) -> str:
     """`value` as a lowercase UUID, else 400 BAD_ID naming `name` (never echoing value)."""
     if value is None or not UUID.fullmatch(value):
-        raise ApiError(400, "BAD_ID", f"{name} must be a UUID (8-4-4-4-12 hex digits)")
+        raise ApiError.of("BAD_ID", f"{name} must be a UUID (8-4-4-4-12 hex digits)")
     return value.lower()

@@ -16,6 +16,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
+from stage0 import reasons
 from stage0.api.endpoint import Call, Endpoint
 from stage0.api.errors import ApiError
 from stage0.api.models import Flag
@@ -26,9 +27,6 @@ from stage0.ledger import records
 from stage0.spans.clip import clip_fields
 
 JSON = Any
-#: Refusal codes -> HTTP status (everything else the gate refuses with is a 403).
-REFUSAL_STATUS = {"G_BAD_ARGUMENTS": 422, "G_UNKNOWN_ACTION": 422, "G_AMBIGUOUS_ACTION": 422,
-                  "G_APPROVAL_REPLAYED": 409, "G_PLAN_PENDING": 409, "G_NOT_PENDING": 409}
 CLAIM_WAIT_MAX_S = 10  # under the request timeout
 
 
@@ -162,8 +160,8 @@ class ResultOut(BaseModel):
 
 
 def _refused(outcome: proposals.Outcome) -> ApiError:
-    d = outcome.decision
-    return ApiError(REFUSAL_STATUS.get(d.reason, 403), d.reason,
+    d = outcome.decision  # a gate refusal without a status of its own is a 403
+    return ApiError(reasons.http_status(d.reason) or 403, d.reason,
                     f"{d.message} (decision {outcome.decision_id})", audited=True)
 
 
@@ -223,16 +221,16 @@ async def intent(call: Call) -> IntentOut:
         contracts = [c for c, _ in contract_store.active_contracts(conn, call.state.root,
                                                                 p.tenant_id)]
         if not contracts:
-            raise ApiError(422, "INTENT_NOT_UNDERSTOOD", f"tenant {p.tenant_id} has no active "
-                           "contract, so no sentence can be understood yet: an operator "
-                           "activates one, e.g. `logline contract activate personal_ops@1.0.0 "
-                           f"--tenant {p.tenant_id}` (`logline contract list` shows them)")
+            raise ApiError.of("INTENT_NOT_UNDERSTOOD", f"tenant {p.tenant_id} has no active "
+                              "contract, so no sentence can be understood yet: an operator "
+                              "activates one, e.g. `logline contract activate personal_ops@1.0.0 "
+                              f"--tenant {p.tenant_id}` (`logline contract list` shows them)")
         parsed = intents.parse(text, contracts)
         if parsed is None:
             hints = "; ".join(f'"{e}"' for e in intents.examples(contracts)) or \
                 "none: their actions declare no phrases (`logline propose ACTION` asks by name)"
-            raise ApiError(422, "INTENT_NOT_UNDERSTOOD", f"no action of your active contracts "
-                           f"reads like that; try for example {hints}")
+            raise ApiError.of("INTENT_NOT_UNDERSTOOD", f"no action of your active contracts "
+                              f"reads like that; try for example {hints}")
         outcome = proposals.propose(conn, call.state.key, call.state.root, p,
                                      parsed.qualified, parsed.args, call.request_id,
                                      source=clip_fields({"via": "intent", "text": text,
@@ -263,11 +261,11 @@ async def get_proposal(call: Call) -> Proposal:
     state = await call.db(proposals.proposal_state, call.state.root, p.tenant_id,
                           proposal_id)
     if state is None:
-        raise ApiError(404, "NOT_FOUND", "no proposal with this id is visible to you")
+        raise ApiError.of("NOT_FOUND", "no proposal with this id is visible to you")
     flags: list[dict[str, str]] = []
     proposal = _proposal(state, flags)
     if proposal is None:
-        raise ApiError(422, records.MALFORMED, flags[0]["detail"])
+        raise ApiError.of(records.MALFORMED, flags[0]["detail"])
     return proposal
 
 
@@ -346,7 +344,7 @@ async def audit_export(call: Call) -> Response:
     assert p is not None
     fmt = call.query("format", "jsonl")
     if fmt not in ("jsonl", "csv"):
-        raise ApiError(400, "BAD_QUERY", "format is jsonl or csv")
+        raise ApiError.of("BAD_QUERY", "format is jsonl or csv")
     types = call.query("entity_type")
     spans = await call.db(lambda conn: audit.rows(
         conn, call.state.root, trace_id=call.uuid_query("trace_id"), tenant=p.tenant_id,

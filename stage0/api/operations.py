@@ -130,9 +130,9 @@ def _walk(conn: psycopg.Connection, root: str) -> verify.Report:
     try:
         return verify.verify(conn, root, jobs=1)
     except psycopg.errors.QueryCanceled:
-        raise ApiError(504, "VERIFY_TIMEOUT", f"the ledger could not be verified within "
-                       f"{VERIFY_TIMEOUT_S:.0f} s here; run `logline verify` (no time "
-                       "limit, several processes)") from None
+        raise ApiError.of("VERIFY_TIMEOUT", f"the ledger could not be verified within "
+                          f"{VERIFY_TIMEOUT_S:.0f} s here; run `logline verify` (no time "
+                          "limit, several processes)") from None
     finally:
         with guard:
             done = True
@@ -141,8 +141,8 @@ def _walk(conn: psycopg.Connection, root: str) -> verify.Report:
 
 def _verify_once(call: Call) -> verify.Report:
     if not _VERIFYING.acquire(blocking=False):
-        raise ApiError(409, "VERIFY_RUNNING", "a ledger-wide verification is already running "
-                       "on this server; try again when it has finished")
+        raise ApiError.of("VERIFY_RUNNING", "a ledger-wide verification is already running "
+                          "on this server; try again when it has finished")
     try:
         with call.state.pools["kernel"].connection() as conn:
             return _walk(conn, call.state.root)

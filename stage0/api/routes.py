@@ -49,7 +49,7 @@ def _span_out(row: dict[str, Any]) -> dict[str, Any]:
 def _visible_head(conn: psycopg.Connection, span_id: str) -> dict[str, Any]:
     span = store.head(conn, span_id)
     if span is None:  # absent and invisible look the same: nothing leaks
-        raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
+        raise ApiError.of("NOT_FOUND", "no span with this id is visible to you")
     return span
 
 
@@ -63,8 +63,8 @@ def _operator_only(call: Call) -> apikeys.Principal:
     must not let a tenant's admin through."""
     principal = call.principal
     if principal is None or apikeys.OPERATOR_ROLE not in principal.roles:
-        raise ApiError(403, "OPERATOR_ONLY", "only the platform operator's key may do this "
-                       "(it acts for every tenant)")
+        raise ApiError.of("OPERATOR_ONLY", "only the platform operator's key may do this "
+                          "(it acts for every tenant)")
     return principal
 
 
@@ -102,12 +102,12 @@ async def get_span(call: Call) -> Any:
                                 "ledger.universal_registry WHERE id = %s ORDER BY seq",
                                 (span_id,)).fetchall()
             if not rows:
-                raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
+                raise ApiError.of("NOT_FOUND", "no span with this id is visible to you")
             return {"items": [_span_out(r) for r in rows], "next_before": None}
         row = conn.execute(f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
                            "WHERE id = %s", (span_id,)).fetchone()
         if row is None:
-            raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
+            raise ApiError.of("NOT_FOUND", "no span with this id is visible to you")
         return _span_out(row)
 
     return await call.db(run)
@@ -124,7 +124,7 @@ async def post_span(call: Call) -> Any:
     draft = body.model_dump(exclude_unset=True)
     for field, mine in (("owner_id", principal.user_id), ("tenant_id", principal.tenant_id)):
         if draft.setdefault(field, mine) != mine:
-            raise ApiError(403, "LEDGER_FORBIDDEN", f"{field} must be your own ({mine})")
+            raise ApiError.of("LEDGER_FORBIDDEN", f"{field} must be your own ({mine})")
     signed = bool(draft.get("signature"))
     if not signed:  # a client-signed span is stored exactly as signed
         draft.setdefault("trace_id", call.request_id)
@@ -133,8 +133,8 @@ async def post_span(call: Call) -> Any:
     def run(conn: psycopg.Connection) -> dict[str, Any]:
         signers = manifest.signers(conn, call.state.root)
         if draft["entity_type"] in signers.platform_kinds:
-            raise ApiError(422, "BAD_FIELD", "entity_type: "
-                           + reserved_message(draft["entity_type"]))
+            raise ApiError.of("BAD_FIELD", "entity_type: "
+                              + reserved_message(draft["entity_type"]))
         [span] = store.append(conn, [draft], call.state.edge_key, signers.trusted)
         row = conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
                            "AND seq = %s", (span["id"], span["seq"])).fetchone()
@@ -161,8 +161,8 @@ def _server_time(draft: dict[str, Any]) -> None:
     given = format_at(parse_at(given))  # a malformed time is still named as one
     metadata = draft.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        raise ApiError(422, "BAD_FIELD", "at: the server sets `at`; a client's time is kept "
-                       "as metadata.client_at, which needs metadata to be an object")
+        raise ApiError.of("BAD_FIELD", "at: the server sets `at`; a client's time is kept "
+                          "as metadata.client_at, which needs metadata to be an object")
     draft["metadata"] = {**(metadata or {}), CLIENT_AT: given}
 
 
@@ -189,15 +189,15 @@ def _time_query(call: Call, name: str) -> datetime | None:
     try:
         return parse_at(raw, name)
     except LoglineError:
-        raise ApiError(400, "BAD_QUERY", f"{name} must be an ISO 8601 time with a zone, "
-                       "e.g. 2026-11-25T12:00:00Z") from None
+        raise ApiError.of("BAD_QUERY", f"{name} must be an ISO 8601 time with a zone, "
+                          "e.g. 2026-11-25T12:00:00Z") from None
 
 
 async def timeline(call: Call) -> SpanList:
     limit = call.int_query("limit", 50, 1, PAGE_MAX)
     start, end = _time_query(call, "from"), _time_query(call, "until")
     if start is not None and end is not None and start >= end:
-        raise ApiError(400, "BAD_QUERY", "from must be before until")
+        raise ApiError.of("BAD_QUERY", "from must be before until")
     params = {"entity_type": call.query("entity_type"), "trace_id": call.uuid_query("trace_id"),
               "status": call.query("status"), "owner_id": call.query("owner_id"),
               "from": start, "until": end,
@@ -222,7 +222,7 @@ async def execute(call: Call) -> ExecuteOut:
     def run(conn: psycopg.Connection) -> ExecuteOut:
         function = _visible_head(conn, function_id)
         if function["entity_type"] != "function":
-            raise ApiError(404, "FUNCTION_NOT_FOUND", "that span is not a function")
+            raise ApiError.of("FUNCTION_NOT_FOUND", "that span is not a function")
         metadata: dict[str, Any] = {"function_seq": function["seq"]}
         if body.idempotency_key:
             metadata["idempotency_key"] = body.idempotency_key
@@ -256,8 +256,8 @@ def _quota_left(conn: psycopg.Connection, call: Call) -> None:
     spent = _caller_quota(conn, call)
     if spent.spent:
         refusal = spent.refusal()
-        raise ApiError(429, refusal.code, refusal.message,
-                       {"Retry-After": str(max(1, spent.resets_in_s))})
+        raise ApiError.of(refusal.code, refusal.message,
+                          {"Retry-After": str(max(1, spent.resets_in_s))})
 
 
 def _caller_quota(conn: psycopg.Connection, call: Call) -> quota.Quota:
