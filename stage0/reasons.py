@@ -149,6 +149,11 @@ AREAS: tuple[Area, ...] = (
         R("MIGRATION_CHANGED", None, "a migration already applied with different content",
           "add a new migration instead of editing it"),
         R("MIGRATION_FAILED", None, "PostgreSQL refused a migration (its message included)"),
+        R("EMBEDDED_AS_ROOT", None, "running as root, the embedded PostgreSQL runs as the OS "
+          "user `pgserver`, and a directory above its data folder or its programs is closed to "
+          "that user (or a file of its programs unreadable, or the user could not be created): "
+          "LogLine changes nothing; the message names each directory and the remedies "
+          "(README, \"Running as root\")"),
         R("NOT_INITIALISED", None, "`$LOGLINE_HOME` has no operator key and config, or no "
           "embedded database yet, or the database was never migrated (nothing is started)",
           "`logline init`"),
@@ -253,7 +258,8 @@ AREAS: tuple[Area, ...] = (
     ), before="A run's `error` is `{\"code\", \"message\"}` (an execution's `error.code`, "
               "`logline try`'s error); `docs/sandbox.md` explains the limits. Problems of "
               "the pool itself raise the last four."),
-    Area("contracts", "Contracts (`stage0/gov/contracts.py`, `stage0/gov/governance.py`)", (
+    Area("contracts", "Contracts (`stage0/gov/contracts.py`, `stage0/gov/contract_store.py`, "
+         "`proposals.py`, `approvals.py`, `jobs.py`)", (
         R("CONTRACT_INVALID", 422, "a contract does not fit the schema (names the field: "
           "`actions.delete.approvals: ...`)"),
         R("CONTRACT_BAD_YAML", None, "a contract file is not YAML (file:line)"),
@@ -434,7 +440,8 @@ AREAS: tuple[Area, ...] = (
         R("P_IN_TRASH", None, "a path inside `.logline-trash/` (the trash cannot be listed or "
           "targeted)"),
         R("P_CHANGED", None, "a file's content or identity changed between plan and execution "
-          "(moved back when it could be)"),
+          "(moved back when it could be), or the copy a duplicate's trash op keeps "
+          "(`duplicate_of`) is gone or changed (the duplicate is not trashed)"),
         R("P_UNKNOWN_ACTION", None, "planning an action that is not delete, delete_duplicates, "
           "move, rename"),
         R("P_BAD_ARGS", None, "the action's arguments are missing, of the wrong type, or list "
