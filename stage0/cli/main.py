@@ -13,6 +13,7 @@ from typing import Any
 
 from stage0 import keys
 from stage0.cli import author, base, governed, inspection
+from stage0.cli import secrets as secrets_commands
 from stage0.cli.base import command, out, progress
 from stage0.config import row_dir
 from stage0.errors import LoglineError
@@ -525,7 +526,7 @@ def parser() -> argparse.ArgumentParser:
     ds.add_parser("stop", **base.about("stop the embedded server"))
     url = ds.add_parser("url", **base.about("print a connection string"))
     url.add_argument("--role", choices=["admin", "app", "kernel"], default="app")
-    for commands in (governed, inspection, author):
+    for commands in (governed, inspection, author, secrets_commands):
         commands.add_parsers(sub, base.about)
     return p
 

@@ -33,6 +33,8 @@ PLATFORM_KINDS: frozenset[str] = frozenset({
     # governance
     "contract", "contract_activation", "gate_decision", "proposal", "approval_request",
     "approval", "job", "job_claim", "job_result", "audit_denial", "audit_summary",
+    # the vault (stage0/vault): encrypted values and the tenants' wrapped data keys
+    "secret", "tenant_key",
 })
 
 #: Kinds no policy may emit, whoever wrote it: code, trust, scheduling and the records
@@ -41,7 +43,7 @@ NEVER_EMITTED: frozenset[str] = frozenset({
     "manifest", "api_key", "function", "policy", "request", "execution", "boot_event",
     "boot_refused", "policy_cursor", "policy_error", "rollup", "contract",
     "contract_activation", "gate_decision", "proposal", "approval_request", "approval",
-    "job", "job_claim", "job_result", "audit_denial", "audit_summary",
+    "job", "job_claim", "job_result", "audit_denial", "audit_summary", "secret", "tenant_key",
 })
 
 

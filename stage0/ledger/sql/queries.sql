@@ -175,3 +175,25 @@ ORDER BY h.position DESC LIMIT 1
 -- name: visible_ids
 -- Which of these ids the caller may see (run as the caller, under row-level security).
 SELECT DISTINCT id::text AS id FROM ledger.universal_registry WHERE id = ANY(%(ids)s::uuid[])
+
+-- name: vault_heads
+-- A tenant's vault spans as the kernel reads them (stage0/vault): its tenant_key and its
+-- secrets (only the one named, when name is given). The vault checks who signed them.
+SELECT {r_columns} FROM ledger.span_heads h
+JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+WHERE h.tenant_id = %(tenant_id)s
+  AND (h.entity_type = 'tenant_key'
+       OR (h.entity_type = 'secret' AND (%(name)s::text IS NULL OR r.name = %(name)s)))
+ORDER BY h.position
+
+-- name: vault_tenant_keys
+-- Every tenant's data key span (a master key rotation re-wraps them all).
+SELECT {r_columns} FROM ledger.span_heads h
+JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+WHERE h.entity_type = 'tenant_key'
+ORDER BY h.position
+
+-- name: vault_first_at
+-- When each of these spans was first appended (a secret's creation time).
+SELECT id::text AS id, min(at) AS first_at FROM ledger.universal_registry
+WHERE id = ANY(%(ids)s::uuid[]) GROUP BY id

@@ -1,0 +1,342 @@
+"""The vault (stage0/vault): AES-256-GCM envelope encryption of credentials in the ledger.
+
+Attacks covered here: a wrong or missing master key, another tenant asking for a secret or its
+names, a ciphertext copied into another tenant's or name's span, a tenant's own API-key role
+reading the rows, and the plaintext (or its base64/hex) anywhere in the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from typing import Any
+
+import pytest
+
+from stage0 import keys
+from stage0.errors import LoglineError
+from stage0.ledger import store, verify
+from stage0.spans.proofs import public_key_hex
+from stage0.vault import credentials, crypto, rotation, tenant_keys
+from stage0.vault import master as masters
+
+VALUE = "sk-test-Zq8v3LmN0pRt7WxY2bC5dF9gH1jK4"
+
+
+def forms(value: str) -> list[str]:
+    """The value as an attacker would grep for it: as is, base64 (standard and urlsafe, with
+    and without padding), hex (both cases)."""
+    raw = value.encode()
+    b64 = base64.b64encode(raw).decode()
+    url = base64.urlsafe_b64encode(raw).decode()
+    return [value, b64, b64.rstrip("="), url, url.rstrip("="), raw.hex(), raw.hex().upper()]
+
+
+def assert_nowhere(text: str, value: str = VALUE) -> None:
+    for form in forms(value):
+        assert form not in text, f"{form!r} found"
+
+
+def database_text(conn: Any) -> str:
+    """Every row of every table of the ledger schema as text (what a pg_dump would hold)."""
+    tables = [r["t"] for r in conn.execute(
+        "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) AS t "
+        "FROM pg_tables WHERE schemaname = 'ledger'")]
+    assert "ledger.universal_registry" in tables
+    parts = []
+    for table in tables:
+        # a table name from the catalogue, quoted by PostgreSQL itself: no user input
+        parts += [r["j"] for r in conn.execute(f"SELECT row_to_json(x)::text AS j FROM {table} x")]
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def master() -> masters.Master:
+    return masters.Master(crypto.new_key(), "test")
+
+
+@pytest.fixture
+def root(operator) -> str:
+    return public_key_hex(operator)
+
+
+def put(conn, operator, master, tenant="acme", name="openai", value=VALUE, root=None):
+    return credentials.put(conn, operator, master, tenant, name, value, root_key=root)
+
+
+# --- sealing (pure) -------------------------------------------------------------------------
+def test_a_sealed_value_opens_only_with_its_key_and_its_bindings():
+    key = crypto.new_key()
+    sealed = crypto.seal(key, VALUE, {"tenant_id": "acme", "name": "n", "version": 1})
+    assert crypto.open_(key, sealed, {"version": 1, "name": "n", "tenant_id": "acme"}) \
+        == VALUE.encode()
+    attempts = [(crypto.new_key(), sealed, {"tenant_id": "acme", "name": "n", "version": 1}),
+                (key, sealed, {"tenant_id": "globex", "name": "n", "version": 1}),
+                (key, sealed, {"tenant_id": "acme", "name": "n", "version": 2}),
+                (key, {**sealed, "ciphertext": base64.b64encode(
+                    b"\0" + base64.b64decode(sealed["ciphertext"])[1:]).decode()},
+                 {"tenant_id": "acme", "name": "n", "version": 1}),
+                (key, {**sealed, "alg": "none"}, {}), (key, {"alg": crypto.ALG}, {})]
+    for k, s, aad in attempts:
+        with pytest.raises(LoglineError) as caught:
+            crypto.open_(k, s, aad)
+        assert caught.value.code == "SECRET_UNREADABLE"
+        assert_nowhere(str(caught.value))
+
+
+def test_every_seal_has_a_fresh_nonce():
+    key = crypto.new_key()
+    nonces = {crypto.seal(key, "same", b"")["nonce"] for _ in range(200)}
+    assert len(nonces) == 200
+
+
+# --- the master key ---------------------------------------------------------------------------
+def test_the_master_key_comes_from_the_environment_first_in_hex_or_base64(home, monkeypatch):
+    raw = crypto.new_key()
+    masters.write_file(masters.path(home), crypto.new_key())
+    for text in (raw.hex(), base64.b64encode(raw).decode()):
+        monkeypatch.setenv(masters.ENV, text)
+        found = masters.load(home)
+        assert (found.key, found.source) == (raw, masters.ENV)
+        assert raw.hex() not in repr(found) and text not in repr(found)
+    monkeypatch.setenv(masters.ENV, "not a key")
+    with pytest.raises(LoglineError) as caught:
+        masters.load(home)
+    assert caught.value.code == "MASTER_KEY_INVALID" and "not a key" not in str(caught.value)
+
+
+def test_no_master_key_is_a_refusal_and_a_readable_key_file_too(home, monkeypatch):
+    monkeypatch.delenv(masters.ENV, raising=False)
+    with pytest.raises(LoglineError) as caught:
+        masters.load(home)
+    assert caught.value.code == "MASTER_KEY_MISSING"
+    masters.write_file(masters.path(home), crypto.new_key())
+    assert stat.S_IMODE(masters.path(home).stat().st_mode) == 0o600
+    os.chmod(masters.path(home), 0o644)
+    with pytest.raises(LoglineError) as caught:
+        masters.load(home)
+    assert caught.value.code == "KEY_PERMISSIONS"
+
+
+# --- storing and revealing ----------------------------------------------------------------------
+def test_a_secret_is_stored_encrypted_and_revealed_only_in_stage0(kernel_conn, operator, master,
+                                                                 root):
+    first = put(kernel_conn, operator, master, root=root)
+    assert first == {"name": "openai", "version": 1, "tenant_id": "acme",
+                     "created_at": first["created_at"], "updated_at": first["created_at"]}
+    assert credentials.reveal(kernel_conn, master, "acme", "openai", root_key=root) == VALUE
+    assert_nowhere(database_text(kernel_conn))
+    [span] = store.versions(kernel_conn, credentials.span_id(
+        keys.derivation_secret(operator), "acme", "openai"))
+    assert (span["entity_type"], span["owner_id"], span["visibility"]) == \
+        ("secret", "system", "private")
+    assert set(span["content"]) == {"name", "version", "key_version", "alg", "nonce",
+                                    "ciphertext", "aad"}
+    assert verify.verify(kernel_conn, root).ok
+
+
+def test_versions_are_listed_never_values(kernel_conn, operator, master, root):
+    put(kernel_conn, operator, master, value="first-value-1234", root=root)
+    credentials.rotate(kernel_conn, operator, master, "acme", "openai", VALUE, root_key=root)
+    put(kernel_conn, operator, master, name="anthropic", value="other-value-5678", root=root)
+    listed = credentials.names(kernel_conn, "acme", root_key=root)
+    assert [(s["name"], s["version"]) for s in listed] == [("anthropic", 1), ("openai", 2)]
+    assert listed[1]["created_at"] < listed[1]["updated_at"]
+    for value in ("first-value-1234", VALUE, "other-value-5678"):
+        assert_nowhere(repr(listed), value)
+        assert_nowhere(database_text(kernel_conn), value)
+    assert credentials.reveal(kernel_conn, master, "acme", "openai") == VALUE
+
+
+@pytest.mark.parametrize(("value", "code"), [("", "SECRET_EMPTY"), ("  \n", "SECRET_EMPTY"),
+                                             ("x" * 65537, "SECRET_TOO_LARGE")])
+def test_an_empty_or_oversized_value_is_refused(kernel_conn, operator, master, value, code):
+    with pytest.raises(LoglineError) as caught:
+        put(kernel_conn, operator, master, value=value)
+    assert caught.value.code == code
+
+
+@pytest.mark.parametrize(("tenant", "name"), [("acme", ""), ("acme", "a b"), ("", "n"),
+                                              ("acme", "n\u200b"), ("acme", "x" * 129)])
+def test_a_bad_name_is_refused(kernel_conn, operator, master, tenant, name):
+    with pytest.raises(LoglineError) as caught:
+        put(kernel_conn, operator, master, tenant=tenant, name=name)
+    assert caught.value.code == "SECRET_BAD_NAME"
+
+
+def test_rotating_a_secret_that_does_not_exist_is_refused(kernel_conn, operator, master):
+    with pytest.raises(LoglineError) as caught:
+        credentials.rotate(kernel_conn, operator, master, "acme", "nope", VALUE)
+    assert caught.value.code == "SECRET_NOT_FOUND"
+
+
+# --- wrong and missing master keys ------------------------------------------------------------
+def test_a_wrong_master_key_is_a_clear_refusal(kernel_conn, operator, master):
+    put(kernel_conn, operator, master)
+    wrong = masters.Master(crypto.new_key(), "elsewhere")
+    for attempt in (lambda: credentials.reveal(kernel_conn, wrong, "acme", "openai"),
+                    lambda: put(kernel_conn, operator, wrong, name="other")):
+        with pytest.raises(LoglineError) as caught:
+            attempt()
+        assert caught.value.code == "MASTER_KEY_WRONG"
+        assert_nowhere(str(caught.value))
+        assert wrong.key.hex() not in str(caught.value)
+    assert [s["name"] for s in credentials.names(kernel_conn, "acme")] == ["openai"]
+
+
+def test_a_master_key_forged_into_the_span_still_does_not_open(kernel_conn, operator, master):
+    """Copying the right master key id next to data keys wrapped by another master key."""
+    put(kernel_conn, operator, master)
+    wrong = masters.Master(crypto.new_key(), "elsewhere")
+    head = _tenant_key(kernel_conn, operator)
+    tampered = {**head, "content": {**head["content"], "master_key_id": wrong.key_id}}
+    with pytest.raises(LoglineError) as caught:
+        tenant_keys.unwrap(tampered, wrong)
+    assert caught.value.code == "SECRET_UNREADABLE"
+
+
+def test_no_master_key_means_nothing_is_read_or_written(kernel_conn, operator, home, master,
+                                                        monkeypatch):
+    monkeypatch.delenv(masters.ENV, raising=False)
+    put(kernel_conn, operator, master)  # the ledger now holds a data key wrapped by `master`
+    for attempt in (lambda: credentials.reveal(kernel_conn, home, "acme", "openai"),
+                    lambda: put(kernel_conn, operator, home, name="other")):
+        with pytest.raises(LoglineError) as caught:
+            attempt()
+        assert caught.value.code == "MASTER_KEY_MISSING"
+    assert not masters.path(home).exists()  # never replaced by a new, unrelated key
+
+
+def test_the_first_secret_of_a_ledger_creates_the_master_key_file(kernel_conn, operator, home,
+                                                                  monkeypatch):
+    monkeypatch.delenv(masters.ENV, raising=False)
+    put(kernel_conn, operator, home)
+    assert stat.S_IMODE(masters.path(home).stat().st_mode) == 0o600
+    assert credentials.reveal(kernel_conn, home, "acme", "openai") == VALUE
+    assert_nowhere(masters.path(home).read_text())
+
+
+# --- tenants ------------------------------------------------------------------------------------
+def test_another_tenant_can_neither_reveal_nor_list_a_secret(kernel_conn, operator, master):
+    put(kernel_conn, operator, master)
+    with pytest.raises(LoglineError) as caught:
+        credentials.reveal(kernel_conn, master, "globex", "openai")
+    assert caught.value.code == "SECRET_NOT_FOUND"
+    assert credentials.names(kernel_conn, "globex") == []
+
+
+def _secret(conn, operator, tenant="acme", name="openai") -> dict[str, Any]:
+    return store.head(conn, credentials.span_id(keys.derivation_secret(operator), tenant, name))
+
+
+def _tenant_key(conn, operator, tenant="acme") -> dict[str, Any]:
+    return store.head(conn, tenant_keys.span_id(keys.derivation_secret(operator), tenant))
+
+
+def _plant(conn, operator, tenant, name, content) -> None:
+    """A platform-signed secret span of `tenant` carrying someone else's ciphertext."""
+    existing = _secret(conn, operator, tenant, name)
+    store.append(conn, [{
+        "id": credentials.span_id(keys.derivation_secret(operator), tenant, name),
+        **({"seq": existing["seq"] + 1, "prev_hash": existing["curr_hash"]} if existing
+           else {"seq": 0}),
+        "entity_type": "secret", "who": "logline", "this": "planted", "name": name,
+        "owner_id": "system", "tenant_id": tenant, "visibility": "private",
+        "content": content}], operator)
+
+
+def test_a_ciphertext_copied_into_another_tenants_span_does_not_open(kernel_conn, operator,
+                                                                      master):
+    put(kernel_conn, operator, master)
+    put(kernel_conn, operator, master, tenant="globex", name="openai", value="globex-own-9876")
+    theirs = _secret(kernel_conn, operator)["content"]
+    _plant(kernel_conn, operator, "globex", "openai", theirs)
+    with pytest.raises(LoglineError) as caught:
+        credentials.reveal(kernel_conn, master, "globex", "openai")
+    assert caught.value.code == "SECRET_UNREADABLE"
+    assert_nowhere(str(caught.value))
+    # Even with acme's own data key copied over too, the bindings (tenant) refuse it.
+    acme_key = _tenant_key(kernel_conn, operator)
+    keys_of_acme = tenant_keys.unwrap(acme_key, master)
+    with pytest.raises(LoglineError) as caught:
+        crypto.open_(keys_of_acme.key(1), theirs, credentials.aad("globex", "openai", 2))
+    assert caught.value.code == "SECRET_UNREADABLE"
+
+
+def test_a_ciphertext_moved_to_another_name_of_the_same_tenant_does_not_open(
+        kernel_conn, operator, master):
+    """Same tenant, same data key: only the associated data (the name) stops it."""
+    put(kernel_conn, operator, master)
+    content = _secret(kernel_conn, operator)["content"]
+    _plant(kernel_conn, operator, "acme", "stolen", {**content, "name": "stolen"})
+    with pytest.raises(LoglineError) as caught:
+        credentials.reveal(kernel_conn, master, "acme", "stolen")
+    assert caught.value.code == "SECRET_UNREADABLE"
+
+
+def test_a_wrapped_data_key_copied_to_another_tenant_does_not_open(kernel_conn, operator,
+                                                                   master):
+    put(kernel_conn, operator, master)
+    head = _tenant_key(kernel_conn, operator)
+    moved = {**head, "tenant_id": "globex", "curr_hash": "0" * 64}
+    with pytest.raises(LoglineError) as caught:
+        tenant_keys.unwrap(moved, master)
+    assert caught.value.code == "SECRET_UNREADABLE"
+
+
+def test_no_api_key_role_can_read_the_rows_not_even_the_tenants_own(seeded, kernel_conn,
+                                                                     operator, master):
+    put(kernel_conn, operator, master)
+    with seeded.connect("app") as app:
+        for user in ("alice", "system", "operator"):
+            app.execute("SELECT set_config('app.tenant_id', 'acme', false), "
+                        "set_config('app.user_id', %s, false)", (user,))
+            found = app.execute("SELECT count(*) AS n FROM ledger.universal_registry "
+                                "WHERE entity_type IN ('secret', 'tenant_key')").fetchone()
+            assert found["n"] == (2 if user == "system" else 0)
+    # `system` is the platform's own user: no API key is ever issued for it (apikeys.RESERVED).
+
+
+# --- rotation -----------------------------------------------------------------------------------
+def test_a_new_master_key_rewraps_every_tenant_and_values_stay_readable(kernel_conn, operator,
+                                                                       master, root):
+    put(kernel_conn, operator, master)
+    put(kernel_conn, operator, master, tenant="globex", value="globex-own-9876")
+    new = masters.Master(crypto.new_key(), "new")
+    assert rotation.rewrap_all(kernel_conn, operator, master, new, root) == \
+        {"rewrapped": 2, "kept": 0}
+    assert credentials.reveal(kernel_conn, new, "acme", "openai") == VALUE
+    assert credentials.reveal(kernel_conn, new, "globex", "openai") == "globex-own-9876"
+    with pytest.raises(LoglineError) as caught:
+        credentials.reveal(kernel_conn, master, "acme", "openai")
+    assert caught.value.code == "MASTER_KEY_WRONG"
+    # again (an interrupted rotation run a second time): nothing left to do
+    assert rotation.rewrap_all(kernel_conn, operator, master, new, root) == \
+        {"rewrapped": 0, "kept": 2}
+    assert [s["version"] for s in credentials.names(kernel_conn, "acme")] == [1]
+    assert verify.verify(kernel_conn, root).ok
+
+
+def test_a_rotation_from_the_wrong_master_key_changes_nothing(kernel_conn, operator, master):
+    put(kernel_conn, operator, master)
+    wrong, new = (masters.Master(crypto.new_key(), n) for n in ("wrong", "new"))
+    before = _tenant_key(kernel_conn, operator)
+    with pytest.raises(LoglineError) as caught:
+        rotation.rewrap_all(kernel_conn, operator, wrong, new)
+    assert caught.value.code == "MASTER_KEY_WRONG"
+    assert _tenant_key(kernel_conn, operator)["seq"] == before["seq"]
+
+
+def test_a_new_data_key_version_reseals_the_tenants_secrets(kernel_conn, operator, master,
+                                                             root):
+    put(kernel_conn, operator, master)
+    put(kernel_conn, operator, master, name="anthropic", value="other-value-5678")
+    done = rotation.rotate_data_key(kernel_conn, operator, master, "acme", root)
+    assert done == {"tenant_id": "acme", "key_version": 2, "secrets": 2}
+    assert credentials.reveal(kernel_conn, master, "acme", "openai") == VALUE
+    assert credentials.reveal(kernel_conn, master, "acme", "anthropic") == "other-value-5678"
+    assert _secret(kernel_conn, operator)["content"]["key_version"] == 2
+    assert [s["version"] for s in credentials.names(kernel_conn, "acme")] == [2, 2]
+    assert_nowhere(database_text(kernel_conn))
+    assert verify.verify(kernel_conn, root).ok
