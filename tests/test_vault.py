@@ -340,3 +340,36 @@ def test_a_new_data_key_version_reseals_the_tenants_secrets(kernel_conn, operato
     assert [s["version"] for s in credentials.names(kernel_conn, "acme")] == [2, 2]
     assert_nowhere(database_text(kernel_conn))
     assert verify.verify(kernel_conn, root).ok
+
+
+def test_the_vault_kinds_are_platform_kinds_in_the_code_and_the_manifest():
+    import json
+
+    from stage0.config import row_dir
+    from stage0.spans import kinds
+
+    [manifest] = [json.loads(line) for line in
+                  (row_dir() / "manifest" / "manifest.ndjson").read_text().splitlines()]
+    declared = set(manifest["metadata"]["platform_kinds"])
+    assert declared == set(kinds.PLATFORM_KINDS)
+    assert {"secret", "tenant_key"} <= declared & kinds.NEVER_EMITTED
+
+
+def test_a_look_alike_signed_by_another_key_is_never_counted(kernel_conn, operator, master,
+                                                             root):
+    """A `secret` span of acme's under another id, signed by a key that is not the
+    platform's (as if a trusted author had slipped one in): ignored when the root key is
+    known, and a refusal (never a guess) when only the master key is."""
+    from nacl.signing import SigningKey
+
+    put(kernel_conn, operator, master)
+    real = _secret(kernel_conn, operator)
+    store.append(kernel_conn, [{
+        "entity_type": "secret", "who": "mallory", "this": "look-alike", "name": "openai",
+        "owner_id": "system", "tenant_id": "acme", "visibility": "private",
+        "content": real["content"]}], SigningKey.generate())
+    assert credentials.reveal(kernel_conn, master, "acme", "openai", root_key=root) == VALUE
+    assert len(credentials.names(kernel_conn, "acme", root_key=root)) == 1
+    with pytest.raises(LoglineError) as caught:
+        credentials.reveal(kernel_conn, master, "acme", "openai")
+    assert caught.value.code == "SECRET_UNREADABLE"

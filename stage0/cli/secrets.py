@@ -16,9 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import SigningKey
+
 from stage0 import keys
 from stage0.cli import base
 from stage0.cli.base import command, out
+from stage0.config import Home
 from stage0.errors import LoglineError
 from stage0.ledger import db
 from stage0.vault import credentials, crypto, rotation
@@ -73,7 +76,8 @@ def _print_list(items: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"updated {item['updated_at']}")
 
 
-def _rotate_master(conn: db.Connection, home: Any, key: Any, new_file: str | None) -> int:
+def _rotate_master(conn: db.Connection, home: Home, key: SigningKey,
+                   new_file: str | None) -> int:
     """Re-wrap every data key with a new master key. The new key goes to keys/master.key.new
     (or --new-key-file) BEFORE the ledger changes, so an interruption never loses it: running
     the command again picks it up and finishes. Then, for the home's own key file, the old

@@ -194,14 +194,19 @@ def tenant_heads(conn: Connection, tenant_id: str, name: str | None, root_key: s
     tk = [s for s in rows if s["entity_type"] == tenant_keys.KIND]
     secrets: dict[str, dict[str, Any]] = {}
     for span in rows:
-        if span["entity_type"] != KIND:
-            continue
-        if span["name"] in secrets or len(tk) > 1:
-            raise LoglineError("SECRET_UNREADABLE", "several spans claim this tenant's key or "
-                               "secret: look at `logline spans --entity-type secret`",
-                               _where(tenant_id, span["name"]))
-        secrets[span["name"]] = span
+        if span["entity_type"] == KIND:
+            if span["name"] in secrets:
+                raise _several(tenant_id, span["name"])
+            secrets[span["name"]] = span
+    if len(tk) > 1:
+        raise _several(tenant_id, name)
     return (tk[0] if tk else None), secrets
+
+
+def _several(tenant_id: str, name: str | None) -> LoglineError:
+    return LoglineError("SECRET_UNREADABLE", "several spans claim this tenant's data key or "
+                        "secret: look at `logline spans --entity-type secret` and "
+                        "`--entity-type tenant_key`", _where(tenant_id, name))
 
 
 def _root(given: HomeOrMaster, root_key: str | None) -> str | None:
