@@ -373,3 +373,51 @@ def test_a_look_alike_signed_by_another_key_is_never_counted(kernel_conn, operat
     with pytest.raises(LoglineError) as caught:
         credentials.reveal(kernel_conn, master, "acme", "openai")
     assert caught.value.code == "SECRET_UNREADABLE"
+
+
+# --- values at rest (transcripts, memory) --------------------------------------------------------
+def test_a_value_sealed_for_a_tenant_opens_only_for_it_and_its_bindings(kernel_conn, operator,
+                                                                        master):
+    from stage0.vault import at_rest
+
+    aad = {"purpose": "transcript", "execution_id": "e1"}
+    sealed = at_rest.seal_for(kernel_conn, operator, master, "acme", VALUE, aad)
+    assert sealed["key_version"] == 1 and VALUE not in repr(sealed)
+    assert at_rest.open_for(kernel_conn, master, "acme", sealed, aad) == VALUE.encode()
+    put(kernel_conn, operator, master)  # the same data key serves the tenant's secrets
+    assert credentials.reveal(kernel_conn, master, "acme", "openai") == VALUE
+    at_rest.seal_for(kernel_conn, operator, master, "globex", "theirs", aad)
+    for tenant, bindings in (("globex", aad), ("acme", {**aad, "execution_id": "e2"}),
+                             ("acme", {**aad, "tenant_id": "globex"})):
+        with pytest.raises(LoglineError) as caught:
+            at_rest.open_for(kernel_conn, master, tenant, sealed, bindings)
+        assert caught.value.code == "SECRET_UNREADABLE"
+    rotation.rotate_data_key(kernel_conn, operator, master, "acme")
+    assert at_rest.open_for(kernel_conn, master, "acme", sealed, aad) == VALUE.encode()
+    assert at_rest.seal_for(kernel_conn, operator, master, "acme", "x", aad)["key_version"] == 2
+
+
+def test_concurrent_first_secrets_of_a_tenant_share_one_data_key(seeded, operator, master):
+    import threading
+
+    barrier, errors = threading.Barrier(4), []
+
+    def one(i: int) -> None:
+        with seeded.connect("kernel") as conn:
+            barrier.wait()
+            try:
+                put(conn, operator, master, name="shared", value=f"value-{i}-abcdef")
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with seeded.connect("kernel") as conn:
+        [listed] = credentials.names(conn, "acme")
+        assert listed["version"] == 4
+        assert credentials.reveal(conn, master, "acme", "shared").startswith("value-")
+        assert _tenant_key(conn, operator)["seq"] == 0
