@@ -410,6 +410,33 @@ AREAS: tuple[Area, ...] = (
           "proxy, another program); the console shows it too"),
     ), after="Refusals from the API reach the CLI with the server's own code (`error: "
              "G_SOD_VIOLATION: ...`)."),
+    Area("vault", "Credentials and the master key (`stage0/vault/`; `docs/providers.md`)", (
+        R("MASTER_KEY_MISSING", None, "no `LOGLINE_MASTER_KEY` and no `keys/master.key`: "
+          "nothing is encrypted or decrypted (fail closed); when the ledger already holds data "
+          "keys no new master key is created either", "restore the master key from its backup "
+          "or set `LOGLINE_MASTER_KEY`"),
+        R("MASTER_KEY_INVALID", None, "a master key that is not 32 bytes in hex or base64 (the "
+          "message never repeats what was given), or a rotation to the same key",
+          "`openssl rand -hex 32` makes one"),
+        R("MASTER_KEY_WRONG", None, "the tenant's data key is wrapped by another master key "
+          "than the one given (both named by their id, a keyed hash: never the key)",
+          "use the master key the ledger was sealed with; after `secrets rotate-master` the "
+          "old one is `keys/master.key.retired-*`"),
+        R("MASTER_KEY_FROM_ENV", None, "`logline secrets rotate-master` with the key in "
+          "`LOGLINE_MASTER_KEY` and no `--new-key-file`", "pass `--new-key-file FILE`, then "
+          "set the variable to its content"),
+        R("SECRET_UNREADABLE", None, "a secret or a data key that does not open: altered "
+          "bytes, moved to another tenant, name or version, not a vault record, or several "
+          "spans claiming one secret"),
+        R("SECRET_NOT_FOUND", None, "the tenant has no secret of that name (another tenant's "
+          "is not found either); `rotate` of a name never set; `rotate-key` of a tenant with "
+          "no data key", "`logline secrets list --tenant T`"),
+        R("SECRET_EMPTY", None, "the value read from standard input is empty or blank",
+          "pipe the value in, e.g. with `printf %s \"$KEY\"`"),
+        R("SECRET_TOO_LARGE", None, "a value over 64 KiB"),
+        R("SECRET_BAD_NAME", None, "a secret name that is not 1-128 letters, digits or `_.:-`, "
+          "or a tenant that is not 1-200 letters, digits or `_.@:-`"),
+    )),
     Area("agent", "The governed agent (`stage0/agent/runner.py`)", (
         R("AGENT_NOT_CONFIGURED", None, "`logline agent run/status` before `logline agent "
           "configure`"),

@@ -83,6 +83,13 @@ def test_a_secret_appears_in_no_answer_stream_metric_export_or_log(api, admin):
                logline(api, "audit", "export", "--tenant", "acme", "--type",
                        "secret,tenant_key").stdout,
                logline(api, "spans", "--entity-type", "secret", "--json").stdout]
+    trail = api.home.path.parent / "vault-trail.jsonl"
+    logline(api, "audit", "export", "--tenant", "acme", "--type", "secret,tenant_key",
+            "--out", str(trail))
+    exports.append(trail.read_text())
+    assert {json.loads(line)["entity_type"] for line in exports[-1].splitlines()} == \
+        {"secret", "tenant_key"}  # ciphertext and wrapped keys: what an audit may show
+    assert "ok" in logline(api, "verify", "--export", str(trail)).stdout.lower()
     log = api.log.read_text()
     text = "\n".join([*seen, *answers, *exports, log,
                       *(p.stdout + p.stderr for p in printed)])
