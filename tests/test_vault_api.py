@@ -78,6 +78,14 @@ def test_a_secret_appears_in_no_answer_stream_metric_export_or_log(api, admin):
         ("/api/spans", {"limit": 500}), ("/api/timeline", {"limit": 500}),
         ("/api/metrics", {}), ("/api/audit/export", {}), ("/api/me", {}))]
     assert json.loads(answers[0])["items"] == json.loads(answers[1])["items"] == []
+    with api.kernel() as conn:
+        ids = [r["id"] for r in conn.execute(
+            "SELECT id::text AS id FROM ledger.span_heads WHERE tenant_id = 'acme' "
+            "AND entity_type IN ('secret', 'tenant_key')")]
+    assert len(ids) == 2
+    for span_id in ids:  # by id, as the tenant's own admin: not there
+        for path in (f"/api/spans/{span_id}", f"/api/spans/{span_id}?all=1"):
+            assert client.get(path).status_code == 404
     answers.append(api.scrape().text)  # Prometheus, the operator's view of every tenant
     exports = [logline(api, "audit", "export", "--tenant", "acme").stdout,
                logline(api, "audit", "export", "--tenant", "acme", "--type",
