@@ -421,3 +421,23 @@ def test_concurrent_first_secrets_of_a_tenant_share_one_data_key(seeded, operato
         assert listed["version"] == 4
         assert credentials.reveal(conn, master, "acme", "shared").startswith("value-")
         assert _tenant_key(conn, operator)["seq"] == 0
+
+
+def test_two_processes_creating_the_master_key_end_with_one(home, monkeypatch):
+    import threading
+
+    monkeypatch.delenv(masters.ENV, raising=False)
+    barrier, made = threading.Barrier(8), []
+
+    def one() -> None:
+        barrier.wait()
+        made.append(masters.create(home).key)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(made) == 8 and len(set(made)) == 1
+    assert [p.name for p in home.keys.iterdir() if "master" in p.name] == ["master.key"]
+    assert masters.load(home).key == made[0]

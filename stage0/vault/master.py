@@ -20,6 +20,7 @@ import base64
 import binascii
 import os
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,24 +101,35 @@ def read_file(file: Path) -> Master:
 
 
 def write_file(file: Path, key: bytes) -> None:
-    """Write a key file that did not exist (mode 0600; never overwrites one)."""
+    """Write a key file that did not exist (mode 0600; never overwrites one). The key is
+    written and synced under a temporary name first, then linked into place: a reader never
+    sees a half-written key, and of two processes creating one, one wins (KEY_EXISTS)."""
     file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, file)
     except FileExistsError:
         raise LoglineError("KEY_EXISTS", "a master key already exists here; refusing to "
                            "overwrite it", str(file)) from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def create(home: Home) -> Master:
     """A new master key in the home's keys/master.key (the caller checked that no data key
-    exists yet)."""
+    exists yet); the one another process created meanwhile, if it won."""
     key = new_key()
-    write_file(path(home), key)
+    try:
+        write_file(path(home), key)
+    except LoglineError as exc:
+        if exc.code != "KEY_EXISTS":
+            raise
+        return read_file(path(home))
     return Master(key, str(path(home)))
 
 
