@@ -434,6 +434,8 @@ AREAS: tuple[Area, ...] = (
         R("SECRET_EMPTY", None, "the value read from standard input is empty or blank",
           "pipe the value in, e.g. with `printf %s \"$KEY\"`"),
         R("SECRET_TOO_LARGE", None, "a value over 64 KiB"),
+        R("SECRET_NOT_TEXT", None, "the value on standard input is not UTF-8 text (the "
+          "message never quotes its bytes)"),
         R("SECRET_BAD_NAME", None, "a secret name that is not 1-128 letters, digits or `_.:-`, "
           "or a tenant that is not 1-200 letters, digits or `_.@:-`"),
     )),

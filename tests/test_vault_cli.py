@@ -74,6 +74,16 @@ def test_an_empty_value_is_refused(logline, stdin, code):
     assert code in proc.stderr
 
 
+def test_a_value_that_is_not_text_is_refused_without_quoting_it(logline, home, seeded):
+    proc = subprocess.run(
+        [sys.executable, "-m", "stage0.cli", "secrets", "set", "k", "--tenant", "acme"],
+        input=b"sk-\xff\xfe-binary", capture_output=True, timeout=120,
+        env={**os.environ, "LOGLINE_HOME": str(home.path),
+             "LOGLINE_DATABASE_URL": seeded.admin_url})
+    assert proc.returncode == 2 and b"SECRET_NOT_TEXT" in proc.stderr
+    assert b"Traceback" not in proc.stderr and b"0xff" not in proc.stderr
+
+
 def test_rotating_a_name_never_set_is_refused(logline):
     proc = logline("secrets", "rotate", "nope", "--tenant", "acme", stdin=VALUE, code=2)
     assert "SECRET_NOT_FOUND" in proc.stderr

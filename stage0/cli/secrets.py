@@ -59,7 +59,11 @@ def _read_value(name: str) -> str:
     if sys.stdin.isatty():
         value = getpass.getpass(f"value of {name} (not echoed): ")
     else:
-        value = sys.stdin.read()
+        try:
+            value = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError:  # its message would quote the value's bytes
+            raise LoglineError("SECRET_NOT_TEXT", "the value on standard input is not UTF-8 "
+                               "text", "stdin") from None
     # One line's end is the shell's (`echo "$KEY" |`), not the secret's.
     return value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
 
