@@ -431,6 +431,8 @@ AREAS: tuple[Area, ...] = (
         R("SECRET_NOT_FOUND", None, "the tenant has no secret of that name (another tenant's "
           "is not found either); `rotate` of a name never set; `rotate-key` of a tenant with "
           "no data key", "`logline secrets list --tenant T`"),
+        R("SECRET_REVOKED", None, "the secret was revoked (`logline secrets revoke`), or "
+          "revoking one that already is", "`logline secrets set` gives it a new value"),
         R("SECRET_EMPTY", None, "the value read from standard input is empty or blank",
           "pipe the value in, e.g. with `printf %s \"$KEY\"`"),
         R("SECRET_TOO_LARGE", None, "a value over 64 KiB"),

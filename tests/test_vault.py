@@ -123,7 +123,7 @@ def test_no_master_key_is_a_refusal_and_a_readable_key_file_too(home, monkeypatc
 def test_a_secret_is_stored_encrypted_and_revealed_only_in_stage0(kernel_conn, operator, master,
                                                                  root):
     first = put(kernel_conn, operator, master, root=root)
-    assert first == {"name": "openai", "version": 1, "tenant_id": "acme",
+    assert first == {"name": "openai", "version": 1, "tenant_id": "acme", "status": "active",
                      "created_at": first["created_at"], "updated_at": first["created_at"]}
     assert credentials.reveal(kernel_conn, master, "acme", "openai", root_key=root) == VALUE
     assert_nowhere(database_text(kernel_conn))
@@ -441,3 +441,26 @@ def test_two_processes_creating_the_master_key_end_with_one(home, monkeypatch):
     assert len(made) == 8 and len(set(made)) == 1
     assert [p.name for p in home.keys.iterdir() if "master" in p.name] == ["master.key"]
     assert masters.load(home).key == made[0]
+
+
+def test_a_revoked_secret_is_not_revealed_until_a_new_value_is_set(kernel_conn, operator,
+                                                                   master, root):
+    put(kernel_conn, operator, master)
+    put(kernel_conn, operator, master, name="other", value="other-value-5678")
+    done = credentials.revoke(kernel_conn, operator, "acme", "openai", root_key=root)
+    assert (done["version"], done["status"]) == (2, "revoked")
+    for attempt in (lambda: credentials.reveal(kernel_conn, master, "acme", "openai"),
+                    lambda: credentials.revoke(kernel_conn, operator, "acme", "openai")):
+        with pytest.raises(LoglineError) as caught:
+            attempt()
+        assert caught.value.code == "SECRET_REVOKED"
+    assert "ciphertext" not in _secret(kernel_conn, operator)["content"]
+    assert rotation.rotate_data_key(kernel_conn, operator, master, "acme")["secrets"] == 1
+    assert [(s["name"], s["status"]) for s in credentials.names(kernel_conn, "acme")] == \
+        [("openai", "revoked"), ("other", "active")]
+    credentials.put(kernel_conn, operator, master, "acme", "openai", "sk-new-0000")
+    assert credentials.reveal(kernel_conn, master, "acme", "openai") == "sk-new-0000"
+    with pytest.raises(LoglineError) as caught:
+        credentials.revoke(kernel_conn, operator, "globex", "openai")
+    assert caught.value.code == "SECRET_NOT_FOUND"
+    assert verify.verify(kernel_conn, root).ok

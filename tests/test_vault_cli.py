@@ -169,8 +169,19 @@ def test_rotate_key_reseals_with_a_new_data_key_version(logline, home, seeded):
     assert " v2 " in logline("secrets", "list", "--tenant", "acme").stdout
 
 
+def test_revoke_stops_a_secret_until_it_is_set_again(logline, home, seeded):
+    logline("secrets", "set", "openai_api_key", "--tenant", "acme", stdin=VALUE)
+    assert "revoked openai_api_key" in logline("secrets", "revoke", "openai_api_key",
+                                               "--tenant", "acme").stdout
+    assert " revoked " in logline("secrets", "list", "--tenant", "acme").stdout
+    proc = logline("secrets", "revoke", "openai_api_key", "--tenant", "acme", code=2)
+    assert "SECRET_REVOKED" in proc.stderr
+    logline("secrets", "set", "openai_api_key", "--tenant", "acme", stdin="sk-new-0000")
+    assert reveal(seeded, home) == "sk-new-0000"
+
+
 def test_every_secrets_command_has_help_with_what_it_does(logline):
     text = logline("secrets", "--help").stdout
-    for action in ("set", "rotate", "list", "rotate-key", "rotate-master"):
+    for action in ("set", "rotate", "revoke", "list", "rotate-key", "rotate-master"):
         assert action in text
     assert "standard input" in logline("secrets", "set", "--help").stdout

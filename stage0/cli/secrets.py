@@ -39,6 +39,12 @@ def cmd_secrets(args: argparse.Namespace) -> int:
         if action == "list":
             _print_list(credentials.names(conn, args.tenant, root_key=base.root(home)), args)
             return 0
+        if action == "revoke":
+            done = credentials.revoke(conn, key, args.tenant, args.name,
+                                      root_key=base.root(home))
+            out(f"revoked {done['name']} for tenant {done['tenant_id']} (v{done['version']}); "
+                "`secrets set` gives it a new value")
+            return 0
         if action == "rotate-master":
             return _rotate_master(conn, home, key, args.new_key_file)
         if action == "rotate-key":
@@ -76,8 +82,8 @@ def _print_list(items: list[dict[str, Any]], args: argparse.Namespace) -> None:
     if not items:
         out(f"tenant {args.tenant} has no secrets")
     for item in items:
-        out(f"{item['name']:<32} v{item['version']:<4} created {item['created_at']}  "
-            f"updated {item['updated_at']}")
+        out(f"{item['name']:<32} v{item['version']:<4} {item['status']:<8} created "
+            f"{item['created_at']}  updated {item['updated_at']}")
 
 
 def _rotate_master(conn: db.Connection, home: Home, key: SigningKey,
@@ -120,7 +126,7 @@ def _rotate_master(conn: db.Connection, home: Home, key: SigningKey,
 
 def add_parsers(sub: Any, about: Any) -> None:
     s = sub.add_parser("secrets", **about("credentials, encrypted in the ledger: set, rotate, "
-                                          "list (never shows values)"))
+                                          "revoke, list (never shows values)"))
     ss = s.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
     for name, text in (("set", "store a secret's value, read from standard input"),
                        ("rotate", "replace an existing secret's value (standard input)")):
@@ -129,6 +135,10 @@ def add_parsers(sub: Any, about: Any) -> None:
                                  f"{name} openai_api_key --tenant acme")
         p.add_argument("name", help="the secret's name, e.g. openai_api_key")
         p.add_argument("--tenant", required=True)
+    rv = ss.add_parser("revoke", **about("stop a secret from being used until a new value "
+                                         "is set"))
+    rv.add_argument("name")
+    rv.add_argument("--tenant", required=True)
     ls = ss.add_parser("list", **about("a tenant's secrets: names, versions, dates"))
     ls.add_argument("--tenant", required=True)
     ls.add_argument("--json", action="store_true", help="one secret per line")

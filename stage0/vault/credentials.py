@@ -40,6 +40,7 @@ NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
 TENANT = re.compile(r"^[A-Za-z0-9_.@:-]{1,200}\Z")
 MAX_VALUE_BYTES = 64 * 1024
 RETRIES = 5
+REVOKED = "revoked"
 
 HomeOrMaster = Home | Master | bytes
 
@@ -67,6 +68,28 @@ def rotate(conn: Connection, key: SigningKey, master: HomeOrMaster, tenant_id: s
            root_key: str | None = None) -> dict[str, Any]:
     """Replace an existing secret's value with a new version (SECRET_NOT_FOUND if none)."""
     return _write(conn, key, master, tenant_id, name, value, id_secret, root_key, rotating=True)
+
+
+def revoke(conn: Connection, key: SigningKey, tenant_id: str, name: str, *,
+           root_key: str | None = None) -> dict[str, Any]:
+    """Stop a secret from being revealed (SECRET_REVOKED from now on) until a new value is
+    set: a next version with status `revoked` and no ciphertext. Older versions stay sealed
+    in the ledger's history. Needs no master key."""
+    _check_names(tenant_id, name)
+    _, heads = tenant_heads(conn, tenant_id, name, root_key)
+    head = heads.get(name)
+    if head is None:
+        raise _not_found(tenant_id, name)
+    if head["status"] == REVOKED:
+        raise LoglineError("SECRET_REVOKED", "already revoked", _where(tenant_id, name))
+    version = head["seq"] + 2
+    span = store.append(conn, [{
+        **{k: head[k] for k in ("id", "entity_type", "who", "name", "owner_id", "tenant_id",
+                                "visibility")},
+        "seq": head["seq"] + 1, "prev_hash": head["curr_hash"], "status": REVOKED,
+        "did": "revoked", "this": f"secret {name} v{version} (revoked)",
+        "content": {"name": name, "version": version, "revoked": True}}], key)[0]
+    return _listed(span, _first_at(conn, [span["id"]]).get(span["id"]))
 
 
 def _write(conn: Connection, key: SigningKey, master: HomeOrMaster, tenant_id: str, name: str,
@@ -136,7 +159,7 @@ def reveal(conn: Connection, home_or_master: HomeOrMaster, tenant_id: str, name:
     """The plaintext of tenant `tenant_id`'s secret `name` (its latest version). For stage 0
     only: never handed to sandboxed code, never logged. MASTER_KEY_MISSING without a master
     key, SECRET_NOT_FOUND when the tenant has no such secret (another tenant's is not
-    there), MASTER_KEY_WRONG / SECRET_UNREADABLE when it does not open."""
+    there), SECRET_REVOKED, MASTER_KEY_WRONG / SECRET_UNREADABLE when it does not open."""
     found = masters.resolve(home_or_master)
     _check_names(tenant_id, name)
     tk_head, heads = tenant_heads(conn, tenant_id, name, _root(home_or_master, root_key))
@@ -153,6 +176,9 @@ def open_span(span: Mapping[str, Any], keys: tenant_keys.DataKeys, name: str) ->
     """The plaintext of one version of a secret span."""
     body = span.get("content") or {}
     where = _where(span["tenant_id"], name)
+    if span.get("status") == REVOKED:
+        raise LoglineError("SECRET_REVOKED", "this secret was revoked; `logline secrets set` "
+                           "gives it a new value", where)
     try:
         version, key_version = int(body["version"]), int(body["key_version"])
     except (KeyError, TypeError, ValueError):
@@ -163,7 +189,8 @@ def open_span(span: Mapping[str, Any], keys: tenant_keys.DataKeys, name: str) ->
 
 def names(conn: Connection, tenant_id: str, *,
           root_key: str | None = None) -> list[dict[str, Any]]:
-    """The tenant's secrets: name, version, created_at, updated_at. Never a value."""
+    """The tenant's secrets: name, version, status (active or revoked), created_at,
+    updated_at. Never a value."""
     _, heads = tenant_heads(conn, tenant_id, None, root_key)
     first = _first_at(conn, [h["id"] for h in heads.values()])
     return sorted((_listed(h, first.get(h["id"])) for h in heads.values()),
@@ -179,7 +206,7 @@ def _first_at(conn: Connection, ids: list[str]) -> dict[str, str]:
 
 def _listed(span: Mapping[str, Any], created_at: str | None) -> dict[str, Any]:
     return {"name": span["name"], "version": span["seq"] + 1, "tenant_id": span["tenant_id"],
-            "created_at": created_at, "updated_at": span["at"]}
+            "status": span["status"], "created_at": created_at, "updated_at": span["at"]}
 
 
 def tenant_heads(conn: Connection, tenant_id: str, name: str | None, root_key: str | None

@@ -51,8 +51,8 @@ def rewrap_all(conn: Connection, key: SigningKey, old: Master, new: Master,
 
 def rotate_data_key(conn: Connection, key: SigningKey, master: Master, tenant_id: str,
                     root_key: str | None = None) -> dict[str, Any]:
-    """A new data key version for `tenant_id`, and every one of its secrets sealed again by
-    it; {"tenant_id", "key_version", "secrets": n}."""
+    """A new data key version for `tenant_id`, and every one of its secrets (but revoked
+    ones) sealed again by it; {"tenant_id", "key_version", "secrets": n}."""
     tk_head, heads = credentials.tenant_heads(conn, tenant_id, None, root_key)
     if tk_head is None:
         raise LoglineError("SECRET_NOT_FOUND", f"tenant {tenant_id} has no data key yet "
@@ -61,7 +61,8 @@ def rotate_data_key(conn: Connection, key: SigningKey, master: Master, tenant_id
     version = max(keys.keys) + 1
     newer = tenant_keys.DataKeys(tenant_id, version, {**keys.keys, version: crypto.new_key()})
     drafts = [tenant_keys.next_draft(tk_head, master, newer, "rotated")]
-    for name, head in sorted(heads.items()):
+    live = {name: head for name, head in heads.items() if head["status"] != credentials.REVOKED}
+    for name, head in sorted(live.items()):
         plaintext = credentials.open_span(head, keys, name)
         body = head["content"]
         sealed = crypto.seal(newer.key(), plaintext,
@@ -75,4 +76,4 @@ def rotate_data_key(conn: Connection, key: SigningKey, master: Master, tenant_id
                                    "aad": credentials.aad(tenant_id, name, head["seq"] + 2)}})
     with conn.transaction():
         store.append(conn, drafts, key)
-    return {"tenant_id": tenant_id, "key_version": version, "secrets": len(heads)}
+    return {"tenant_id": tenant_id, "key_version": version, "secrets": len(live)}
