@@ -15,5 +15,6 @@ Each layer imports only from the layers listed below it (import-linter checks th
               manifest, migrations, seeding, verification
     spans/    pure: canonical form, hashes and signatures, kinds, derived ids (no I/O)
     (root)    errors, reasons (every reason code: HTTP status, meaning), config (the home
-              folder), keys (files in it), log (stderr lines)
+              folder), keys (files in it), log (stderr lines): shared foundations (keys
+              and log use spans/, config uses errors)
 """
