@@ -10,10 +10,13 @@ Each layer imports only from the layers listed below it (import-linter checks th
     runtime/  long-running workers and request scheduling
     boot/     THE stage-0 loader: verify a kernel span and run it (loader, restricted
               compile, kernel capabilities)
-    sandbox/  resource-limited worker processes running user code (RestrictedPython)
+    sandbox/  resource-limited worker processes running user code (RestrictedPython)  | side
+    vault/    credentials and values encrypted at rest: AES-256-GCM under a master   | by
+              key held outside the database (stage 0 only; never the sandbox)      | side
     ledger/   everything that talks to PostgreSQL: connections, named SQL, append/read,
               manifest, migrations, seeding, verification
     spans/    pure: canonical form, hashes and signatures, kinds, derived ids (no I/O)
     (root)    errors, reasons (every reason code: HTTP status, meaning), config (the home
-              folder), keys (files in it), log (stderr lines)
+              folder), keys (files in it), log (stderr lines): shared foundations (keys
+              and log use spans/, config uses errors)
 """

@@ -109,7 +109,7 @@ def logline(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def test_new_writes_code_once_and_versions_the_row(tmp_path, operator):
-    from stage0.cli.main import _sign_row
+    from stage0.cli.ledger_cmds import _sign_row
     from stage0.spans.proofs import public_key_hex
 
     first = scaffold.write("function", "hello", tmp_path, tenant="acme", owner="alice")

@@ -472,7 +472,7 @@ def test_schedule_of_a_function_without_owner_names_what_to_pass(cli, seeded, tm
 # --- help ---------------------------------------------------------------------------------
 
 
-cli_module.parser()  # registers the commands cli_governed, cli_inspect and cli_author define
+cli_module.parser()  # importing stage0.cli.main registered every command group (its GROUPS)
 ALL_COMMANDS = sorted(base.COMMANDS)
 
 

@@ -270,7 +270,7 @@ class SketchGroup:
 def serve_floor(port: int, dsn: str, app_dsn: str) -> None:
     import uvicorn
 
-    # The same call as stage0/cli/main.py _serve.
+    # The same call as stage0/cli/serve_cmds.py _serve.
     uvicorn.run(floor_app(dsn, app_dsn), host=HOST, port=port, log_level="warning",
                 timeout_graceful_shutdown=5)
 

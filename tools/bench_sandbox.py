@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Sandbox benchmark: runs/s of a trivial function through stage0.sandbox.SandboxPool, with
-bytecode cached by BLAKE3 code hash (the default) next to compiling on every call.
+"""Sandbox benchmark: runs/s of a trivial function through stage0.sandbox.pool.SandboxPool,
+with bytecode cached by BLAKE3 code hash (the default) next to compiling on every call.
 
     python tools/bench_sandbox.py [--seconds 2] [--threads 1] [--size 1] [--json FILE]
 

@@ -1,5 +1,6 @@
-"""The API's routes. Each is one Endpoint (see app.py); handlers are small and do their
-database work in one transaction as the caller, under row-level security."""
+"""The API's routes. Each is one Endpoint (see endpoint.py; app.py serves them); handlers
+are small and do their database work in one transaction as the caller, under row-level
+security."""
 
 from __future__ import annotations
 

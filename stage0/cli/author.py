@@ -8,7 +8,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from stage0.cli import base, scaffold
 from stage0.cli.base import command, out
@@ -23,7 +22,25 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-@command("new")
+def new_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=scaffold.KINDS)
+    p.add_argument("name", metavar="NAME", help="lowercase letters, digits and _ (the files' "
+                   "and the span's name)")
+    p.add_argument("--tenant", help=f"the tenant it belongs to (default {TENANT}, the "
+                   "tenant of `logline up`'s API key)")
+    p.add_argument("--owner", help=f"its owner, who runs it by default (default {USER})")
+    p.add_argument("--public", action="store_true", help="a function any tenant may run "
+                   "(default: its tenant only)")
+    p.add_argument("--code", metavar="FILE", help="take the code from FILE instead of "
+                   "NAME.py")
+    p.add_argument("--on", action="append", metavar="KIND[,KIND]", help="policy: the kinds "
+                   "of span it sees (written into NAME.py's ON_ENTITY_TYPES the first time; "
+                   "default execution)")
+    p.add_argument("--dir", default=".", help="where the files are (default: here)")
+
+
+@command("new", "write your own function or policy: NAME.py (the code) and NAME.ndjson (the "
+         "row to sign and seed)", new_args)
 def cmd_new(args: argparse.Namespace) -> int:
     on = [k for part in args.on or [] for k in part.split(",") if k] if args.kind == "policy" \
         else None
@@ -45,7 +62,13 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("try")
+def try_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="NAME.ndjson (from `logline new`) or NAME.py")
+    p.add_argument("--input", help="JSON: the function's input, or the span a policy sees")
+
+
+@command("try", "run a function's or policy's main() in the sandbox before committing it "
+         "(no database needed)", try_args)
 def cmd_try(args: argparse.Namespace) -> int:
     from stage0.sandbox.pool import Limits, SandboxPool
 
@@ -75,26 +98,3 @@ def cmd_try(args: argparse.Namespace) -> int:
     out(f"{len(result.output)} action(s), each one the policy agent would take"
         if result.output else "no action: the policy does nothing with this span")
     return 0
-
-
-def add_parsers(sub: Any, about: Any) -> None:
-    n = sub.add_parser("new", **about("write your own function or policy: NAME.py (the code) "
-                                      "and NAME.ndjson (the row to sign and seed)"))
-    n.add_argument("kind", choices=scaffold.KINDS)
-    n.add_argument("name", metavar="NAME", help="lowercase letters, digits and _ (the files' "
-                   "and the span's name)")
-    n.add_argument("--tenant", help=f"the tenant it belongs to (default {TENANT}, the "
-                   "tenant of `logline up`'s API key)")
-    n.add_argument("--owner", help=f"its owner, who runs it by default (default {USER})")
-    n.add_argument("--public", action="store_true", help="a function any tenant may run "
-                   "(default: its tenant only)")
-    n.add_argument("--code", metavar="FILE", help="take the code from FILE instead of "
-                   "NAME.py")
-    n.add_argument("--on", action="append", metavar="KIND[,KIND]", help="policy: the kinds "
-                   "of span it sees (written into NAME.py's ON_ENTITY_TYPES the first time; "
-                   "default execution)")
-    n.add_argument("--dir", default=".", help="where the files are (default: here)")
-    t = sub.add_parser("try", **about("run a function's or policy's main() in the sandbox "
-                                      "before committing it (no database needed)"))
-    t.add_argument("path", metavar="PATH", help="NAME.ndjson (from `logline new`) or NAME.py")
-    t.add_argument("--input", help="JSON: the function's input, or the span a policy sees")

@@ -7,18 +7,44 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from stage0.config import Home
 from stage0.errors import LoglineError
 from stage0.ledger import rows
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+Handler = Callable[[argparse.Namespace], int]
 
 
-def command(name: str) -> Callable:
-    def register(fn: Callable[[argparse.Namespace], int]) -> Callable:
-        COMMANDS[name] = fn
+@dataclass(frozen=True)
+class Command:
+    """One `logline NAME`: its summary, its arguments and the function that runs it."""
+
+    name: str
+    summary: str
+    run: Handler
+    args: Callable[[argparse.ArgumentParser], object] | None
+
+    def add_to(self, sub: Any) -> None:
+        """Add this command's parser to `logline`'s subparsers."""
+        parser = sub.add_parser(self.name, **about(self.summary))
+        if self.args:
+            self.args(parser)
+
+
+#: Every command, by name, in the order its module defines them (cli/main.py orders the
+#: modules for `logline --help`).
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, summary: str,
+            args: Callable[[argparse.ArgumentParser], object] | None = None,
+            ) -> Callable[[Handler], Handler]:
+    """Register `logline NAME`: `summary` is its line in `logline --help` and the top of its
+    own --help; `args(parser)`, declared right above the handler, adds its arguments."""
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = Command(name, summary, fn, args)
         return fn
     return register
 

@@ -38,8 +38,26 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url or os.environ.get("LOGLINE_URL") or DEFAULT_URL, token)
 
 
+def _api_options(p: argparse.ArgumentParser) -> None:
+    """Where the commands that go over the API find it, and whose key they use."""
+    p.add_argument("--url", help=f"the API (default $LOGLINE_URL or {DEFAULT_URL})")
+    p.add_argument("--token", help="your API key (default $LOGLINE_TOKEN)")
+
+
 # --- contracts ----------------------------------------------------------------------------
-@command("contract")
+def contract_args(p: argparse.ArgumentParser) -> None:
+    cs = p.add_subparsers(dest="contract_command", required=True, metavar="ACTION")
+    cl = cs.add_parser("list", **base.about("contracts a tenant can use, and the active ones"))
+    cp = cs.add_parser("publish", **base.about("publish a contract YAML for one tenant"))
+    cp.add_argument("file", help="NAME@VERSION.yaml")
+    ca = cs.add_parser("activate", **base.about("make NAME@VERSION the tenant's active "
+                                                "version"))
+    ca.add_argument("ref", help="NAME@VERSION, e.g. personal_ops@1.0.0")
+    for action in (cl, cp, ca):
+        action.add_argument("--tenant", required=True)
+
+
+@command("contract", "contracts: list, publish and activate per tenant", contract_args)
 def cmd_contract(args: argparse.Namespace) -> int:
     home = base.home()
     key = keys.operator_key(home)
@@ -109,7 +127,13 @@ def _print_decision(d: dict[str, Any]) -> None:
             out(f"  {name:<12} {d[name]}")
 
 
-@command("propose")
+def propose_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", help="CONTRACT.ACTION, e.g. personal_ops.delete")
+    p.add_argument("--args", default="{}", help="the action's arguments as JSON")
+    _api_options(p)
+
+
+@command("propose", "ask for a governed action (the gate answers)", propose_args)
 def cmd_propose(args: argparse.Namespace) -> int:
     try:
         action_args = json.loads(args.args)
@@ -120,7 +144,13 @@ def cmd_propose(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("ask")
+def ask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="+")
+    _api_options(p)
+
+
+@command("ask", "a sentence like 'delete duplicates in photos', parsed against your "
+         "contracts, then proposed", ask_args)
 def cmd_ask(args: argparse.Namespace) -> int:
     answer = _client(args).post("/api/intents", {"text": " ".join(args.text)})
     out(f"understood: {answer['parsed']['action']} {json.dumps(answer['parsed']['args'])}")
@@ -128,7 +158,63 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("approvals")
+def proposal_args(p: argparse.ArgumentParser) -> None:
+    pss = p.add_subparsers(dest="proposal_command", required=True, metavar="ACTION")
+    show = pss.add_parser("show", **base.about("show one request (its id from propose or ask)"))
+    show.add_argument("proposal_id")
+    show.add_argument("--json", action="store_true", help="the API's answer as JSON")
+    _api_options(show)
+
+
+@command("proposal", "a governed request: state, approvals, jobs and their results",
+         proposal_args)
+def cmd_proposal(args: argparse.Namespace) -> int:
+    p = _client(args).get(f"/api/proposals/{args.proposal_id}")
+    if args.json:
+        out(json.dumps(p, indent=2, sort_keys=True))
+        return 0
+    def show(text: str) -> None:
+        out(visible(text))
+
+    show(f"{p['id']}  {p['state']}  {p['contract']} {p['action']} {json.dumps(p['args'])}")
+    show(f"  requested by {p['requester']} at {p['at']}; trace {p['trace_id']}")
+    for a in p["approvals"]:
+        show(f"  {a['status']:<9} by {a['approver']} at {a['at']}: {a['reason']}")
+    for kind, job in sorted(p["jobs"].items()):
+        show(f"  job {kind:<8} {job['state']:<11} {job['id']}"
+             + (f"  (agent {job['agent']})" if job["agent"] else ""))
+        output = (job["result"] or {}).get("output")
+        output = output if isinstance(output, dict) else {}
+        if "code" in output:
+            show(f"    refused: {output['code']} {output.get('message', '')}")
+        results = output.get("results")
+        for r in (results if isinstance(results, list) else [])[:50]:
+            show(_result_line(r))
+        for name in ("files", "groups", "ops"):
+            listed = output.get(name)
+            if isinstance(listed, list):
+                show(f"    {output.get('count', len(listed))} {name}")
+                for item in listed[:50]:
+                    show(f"      {json.dumps(item, sort_keys=True)}")
+    _print_flags(p.get("flags"), "  ")
+    return 0
+
+
+def approvals_args(p: argparse.ArgumentParser) -> None:
+    aps = p.add_subparsers(dest="approvals_command", required=True, metavar="ACTION")
+    al = aps.add_parser("list", **base.about("your tenant's approval requests and their plans"))
+    al.add_argument("--state", default="pending",
+                    help="comma-separated states (default pending; '' for all)")
+    al.add_argument("--json", action="store_true", help="one request per line")
+    _api_options(al)
+    for name in ("approve", "reject"):
+        answer = aps.add_parser(name, **base.about(f"{name} a request, with a reason"))
+        answer.add_argument("proposal_id")
+        answer.add_argument("--reason", required=True)
+        _api_options(answer)
+
+
+@command("approvals", "approval requests: list, approve, reject", approvals_args)
 def cmd_approvals(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.approvals_command == "list":
@@ -163,45 +249,27 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("proposal")
-def cmd_proposal(args: argparse.Namespace) -> int:
-    p = _client(args).get(f"/api/proposals/{args.proposal_id}")
-    if args.json:
-        out(json.dumps(p, indent=2, sort_keys=True))
-        return 0
-    def show(text: str) -> None:
-        out(visible(text))
-
-    show(f"{p['id']}  {p['state']}  {p['contract']} {p['action']} {json.dumps(p['args'])}")
-    show(f"  requested by {p['requester']} at {p['at']}; trace {p['trace_id']}")
-    for a in p["approvals"]:
-        show(f"  {a['status']:<9} by {a['approver']} at {a['at']}: {a['reason']}")
-    for kind, job in sorted(p["jobs"].items()):
-        show(f"  job {kind:<8} {job['state']:<11} {job['id']}"
-             + (f"  (agent {job['agent']})" if job["agent"] else ""))
-        output = (job["result"] or {}).get("output")
-        output = output if isinstance(output, dict) else {}
-        if "code" in output:
-            show(f"    refused: {output['code']} {output.get('message', '')}")
-        results = output.get("results")
-        for r in (results if isinstance(results, list) else [])[:50]:
-            show(_result_line(r))
-        for name in ("files", "groups", "ops"):
-            listed = output.get(name)
-            if isinstance(listed, list):
-                show(f"    {output.get('count', len(listed))} {name}")
-                for item in listed[:50]:
-                    show(f"      {json.dumps(item, sort_keys=True)}")
-    _print_flags(p.get("flags"), "  ")
-    return 0
-
-
 # --- the agent ----------------------------------------------------------------------------
 def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state) if args.state else base.home().path / "agent"
 
 
-@command("agent")
+def agent_args(p: argparse.ArgumentParser) -> None:
+    ags = p.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    conf = ags.add_parser("configure", **base.about("point the agent at a server, key and "
+                                                    "root"))
+    conf.add_argument("--url", required=True)
+    conf.add_argument("--token", required=True, help="an API key with the agent role")
+    conf.add_argument("--root", required=True, help="the only directory it may touch")
+    run = ags.add_parser("run", **base.about("claim and run jobs until stopped (Ctrl-C)"))
+    run.add_argument("--once", action="store_true", help="stop when no job is queued")
+    st = ags.add_parser("status", **base.about("configuration, local journal, server "
+                                               "reachability"))
+    for action in (conf, run, st):
+        action.add_argument("--state", help="state directory (default $LOGLINE_HOME/agent)")
+
+
+@command("agent", "the governed local agent", agent_args)
 def cmd_agent(args: argparse.Namespace) -> int:
     from stage0.agent import runner
 
@@ -228,7 +296,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 # --- audit --------------------------------------------------------------------------------
-@command("audit")
+def audit_args(p: argparse.ArgumentParser) -> None:
+    aus = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    ex = aus.add_parser("export", **base.about("spans of a trace or a tenant as JSONL or CSV"))
+    ex.add_argument("--tenant", help="only this tenant")
+    ex.add_argument("--trace", help="one governed request (its trace id)")
+    ex.add_argument("--type", help="comma-separated entity types (default: all)")
+    ex.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    ex.add_argument("--since", type=int, help="only after this position")
+    ex.add_argument("--limit", type=int, default=audit.EXPORT_MAX)
+    ex.add_argument("--out", help="write to this file (default: stdout)")
+
+
+@command("audit", "audit trail export", audit_args)
 def cmd_audit(args: argparse.Namespace) -> int:
     home = base.home()
     types = args.type.split(",") if args.type else None
@@ -262,68 +342,3 @@ def verify_export(path: str) -> int:
         f"{report.tenant} written by tenants" if report.ok
         else f"{len(report.failures)} of {report.spans} span(s) fail")
     return 0 if report.ok else 1
-
-
-def add_parsers(sub: Any, about: Any) -> None:
-    c = sub.add_parser("contract", **about("contracts: list, publish and activate per tenant"))
-    cs = c.add_subparsers(dest="contract_command", required=True, metavar="ACTION")
-    cl = cs.add_parser("list", **about("contracts a tenant can use, and the active ones"))
-    cp = cs.add_parser("publish", **about("publish a contract YAML for one tenant"))
-    cp.add_argument("file", help="NAME@VERSION.yaml")
-    ca = cs.add_parser("activate", **about("make NAME@VERSION the tenant's active version"))
-    ca.add_argument("ref", help="NAME@VERSION, e.g. personal_ops@1.0.0")
-    for p in (cl, cp, ca):
-        p.add_argument("--tenant", required=True)
-
-    def api_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", help=f"the API (default $LOGLINE_URL or {DEFAULT_URL})")
-        p.add_argument("--token", help="your API key (default $LOGLINE_TOKEN)")
-
-    pr = sub.add_parser("propose", **about("ask for a governed action (the gate answers)"))
-    pr.add_argument("action", help="CONTRACT.ACTION, e.g. personal_ops.delete")
-    pr.add_argument("--args", default="{}", help="the action's arguments as JSON")
-    api_options(pr)
-    ask = sub.add_parser("ask", **about("a sentence like 'delete duplicates in photos', "
-                                        "parsed against your contracts, then proposed"))
-    ask.add_argument("text", nargs="+")
-    api_options(ask)
-    ps = sub.add_parser("proposal", **about("a governed request: state, approvals, jobs "
-                                            "and their results"))
-    pss = ps.add_subparsers(dest="proposal_command", required=True, metavar="ACTION")
-    show = pss.add_parser("show", **about("show one request (its id from propose or ask)"))
-    show.add_argument("proposal_id")
-    show.add_argument("--json", action="store_true", help="the API's answer as JSON")
-    api_options(show)
-    a = sub.add_parser("approvals", **about("approval requests: list, approve, reject"))
-    aps = a.add_subparsers(dest="approvals_command", required=True, metavar="ACTION")
-    al = aps.add_parser("list", **about("your tenant's approval requests and their plans"))
-    al.add_argument("--state", default="pending",
-                    help="comma-separated states (default pending; '' for all)")
-    al.add_argument("--json", action="store_true", help="one request per line")
-    api_options(al)
-    for name in ("approve", "reject"):
-        p = aps.add_parser(name, **about(f"{name} a request, with a reason"))
-        p.add_argument("proposal_id")
-        p.add_argument("--reason", required=True)
-        api_options(p)
-    ag = sub.add_parser("agent", **about("the governed local agent"))
-    ags = ag.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
-    conf = ags.add_parser("configure", **about("point the agent at a server, key and root"))
-    conf.add_argument("--url", required=True)
-    conf.add_argument("--token", required=True, help="an API key with the agent role")
-    conf.add_argument("--root", required=True, help="the only directory it may touch")
-    run = ags.add_parser("run", **about("claim and run jobs until stopped (Ctrl-C)"))
-    run.add_argument("--once", action="store_true", help="stop when no job is queued")
-    st = ags.add_parser("status", **about("configuration, local journal, server reachability"))
-    for p in (conf, run, st):
-        p.add_argument("--state", help="state directory (default $LOGLINE_HOME/agent)")
-    au = sub.add_parser("audit", **about("audit trail export"))
-    aus = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    ex = aus.add_parser("export", **about("spans of a trace or a tenant as JSONL or CSV"))
-    ex.add_argument("--tenant", help="only this tenant")
-    ex.add_argument("--trace", help="one governed request (its trace id)")
-    ex.add_argument("--type", help="comma-separated entity types (default: all)")
-    ex.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    ex.add_argument("--since", type=int, help="only after this position")
-    ex.add_argument("--limit", type=int, default=audit.EXPORT_MAX)
-    ex.add_argument("--out", help="write to this file (default: stdout)")

@@ -21,7 +21,13 @@ def _json(value: Any) -> str:
 
 
 # --- show ---------------------------------------------------------------------------------
-@command("show")
+def show_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("span_id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+
+
+@command("show", "a span: its latest version, every version with its signer, and whether "
+         "they verify", show_args)
 def cmd_show(args: argparse.Namespace) -> int:
     span_id = base.span_id(args.span_id, "`logline show` takes a span id (`logline spans` lists "
                        "them)")
@@ -60,7 +66,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 # --- trace --------------------------------------------------------------------------------
-@command("trace")
+def trace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="a request id (what `logline schedule` prints), "
+                   "any span of the trace, or a trace id")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+
+
+@command("trace", "a request's trace as a tree: request -> execution -> policy output, with "
+         "statuses and durations", trace_args)
 def cmd_trace(args: argparse.Namespace) -> int:
     with db.resolve(base.home()).connect("kernel") as conn:
         found = explain.trace(conn, args.id)
@@ -102,7 +115,23 @@ def _line(node: dict[str, Any]) -> str:
 
 
 # --- quota --------------------------------------------------------------------------------
-@command("quota")
+def quota_args(p: argparse.ArgumentParser) -> None:
+    qs = p.add_subparsers(dest="quota_command", required=True, metavar="ACTION")
+    show = qs.add_parser("show", **base.about("each tenant's limit, executions today and what "
+                                              "is left (tenants with an override or runs "
+                                              "today)"))
+    show.add_argument("--tenant", help="only this tenant")
+    show.add_argument("--json", action="store_true", help="one JSON object per tenant")
+    st = qs.add_parser("set", **base.about("a tenant's daily limit (a new manifest version, "
+                                           "signed by the operator key)"))
+    st.add_argument("limit", metavar="LIMIT", help="executions per UTC day, a whole number "
+                    ">= 0; or `default` to drop the tenant's override")
+    st.add_argument("--tenant", required=True, help="the tenant (the default for all is "
+                    "throttle.per_tenant_daily_exec_limit in ROW/manifest)")
+
+
+@command("quota", "daily execution quotas per tenant: what is used and left, and the limits",
+         quota_args)
 def cmd_quota(args: argparse.Namespace) -> int:
     home = base.home()
     if args.quota_command == "set":
@@ -142,28 +171,3 @@ def _known_tenants(conn: Any, meta: dict[str, Any]) -> list[str]:
 def _duration(seconds: int) -> str:
     hours, rest = divmod(max(0, seconds), 3600)
     return f"{hours}h{rest // 60:02d}m"
-
-
-def add_parsers(sub: Any, about: Any) -> None:
-    sh = sub.add_parser("show", **about("a span: its latest version, every version with its "
-                                        "signer, and whether they verify"))
-    sh.add_argument("span_id", metavar="ID")
-    sh.add_argument("--json", action="store_true", help="machine-readable")
-    tr = sub.add_parser("trace", **about("a request's trace as a tree: request -> execution "
-                                         "-> policy output, with statuses and durations"))
-    tr.add_argument("id", metavar="ID", help="a request id (what `logline schedule` prints), "
-                    "any span of the trace, or a trace id")
-    tr.add_argument("--json", action="store_true", help="machine-readable")
-    qt = sub.add_parser("quota", **about("daily execution quotas per tenant: what is used and "
-                                         "left, and the limits"))
-    qs = qt.add_subparsers(dest="quota_command", required=True, metavar="ACTION")
-    show = qs.add_parser("show", **about("each tenant's limit, executions today and what is "
-                                         "left (tenants with an override or runs today)"))
-    show.add_argument("--tenant", help="only this tenant")
-    show.add_argument("--json", action="store_true", help="one JSON object per tenant")
-    st = qs.add_parser("set", **about("a tenant's daily limit (a new manifest version, signed "
-                                      "by the operator key)"))
-    st.add_argument("limit", metavar="LIMIT", help="executions per UTC day, a whole number "
-                    ">= 0; or `default` to drop the tenant's override")
-    st.add_argument("--tenant", required=True, help="the tenant (the default for all is "
-                    "throttle.per_tenant_daily_exec_limit in ROW/manifest)")

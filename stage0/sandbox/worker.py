@@ -1,7 +1,7 @@
 """The sandbox worker: one warm OS process that runs untrusted code (function spans, policies).
 
-Started by stage0.sandbox.SandboxPool as `python -I <this file> CONFIG_JSON` with an empty
-environment. It imports only the standard library, RestrictedPython and blake3 (never
+Started by stage0.sandbox.pool.SandboxPool as `python -I <this file> CONFIG_JSON` with an
+empty environment. It imports only the standard library, RestrictedPython and blake3 (never
 stage0: it runs with -I, so nothing of the host application is importable), then hardens
 itself once:
 

@@ -2,7 +2,7 @@
 
 Values come from standard input (never argv, which other users see in `ps` and the shell
 keeps in its history); on a terminal the value is asked for without echo. Nothing here prints
-a value: `list` shows names, versions and dates.
+a value: `list` shows names, versions, status and dates.
 """
 
 from __future__ import annotations
@@ -28,7 +28,36 @@ from stage0.vault import credentials, crypto, rotation
 from stage0.vault import master as masters
 
 
-@command("secrets")
+def secrets_args(p: argparse.ArgumentParser) -> None:
+    about = base.about
+    ss = p.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
+    for name, text in (("set", "store a secret's value, read from standard input"),
+                       ("rotate", "replace an existing secret's value (standard input)")):
+        one = ss.add_parser(name, **about(text),
+                            epilog="example: printf %s \"$OPENAI_API_KEY\" | logline secrets "
+                                   f"{name} openai_api_key --tenant acme")
+        one.add_argument("name", help="the secret's name, e.g. openai_api_key")
+        one.add_argument("--tenant", required=True)
+    rv = ss.add_parser("revoke", **about("stop a secret from being used until a new value "
+                                         "is set"))
+    rv.add_argument("name")
+    rv.add_argument("--tenant", required=True)
+    ls = ss.add_parser("list", **about("a tenant's secrets: names, versions, status, dates"))
+    ls.add_argument("--tenant", required=True)
+    ls.add_argument("--json", action="store_true", help="one secret per line")
+    rk = ss.add_parser("rotate-key", **about("a new data key version for a tenant; its "
+                                             "secrets are sealed again by it"))
+    rk.add_argument("--tenant", required=True)
+    rm = ss.add_parser("rotate-master", **about("re-wrap every tenant's data key with a new "
+                                                "master key (the old key file is kept)"))
+    rm.add_argument("--new-key-file", metavar="FILE",
+                    help="put the new master key in FILE (created 0600; used as it is when it "
+                         "exists) and leave the home's key files alone; required when the "
+                         f"key comes from {masters.ENV}")
+
+
+@command("secrets", "credentials, encrypted in the ledger: set, rotate, revoke, "
+         "list (never shows values)", secrets_args)
 def cmd_secrets(args: argparse.Namespace) -> int:
     home = base.home()
     key = keys.operator_key(home)
@@ -122,32 +151,3 @@ def _rotate_master(conn: db.Connection, home: Home, key: SigningKey,
     out(f"{current} is the new master key; the old one is kept as {retired} for backups "
         "taken before now (delete it when they expire)")
     return 0
-
-
-def add_parsers(sub: Any, about: Any) -> None:
-    s = sub.add_parser("secrets", **about("credentials, encrypted in the ledger: set, rotate, "
-                                          "revoke, list (never shows values)"))
-    ss = s.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
-    for name, text in (("set", "store a secret's value, read from standard input"),
-                       ("rotate", "replace an existing secret's value (standard input)")):
-        p = ss.add_parser(name, **about(text),
-                          epilog="example: printf %s \"$OPENAI_API_KEY\" | logline secrets "
-                                 f"{name} openai_api_key --tenant acme")
-        p.add_argument("name", help="the secret's name, e.g. openai_api_key")
-        p.add_argument("--tenant", required=True)
-    rv = ss.add_parser("revoke", **about("stop a secret from being used until a new value "
-                                         "is set"))
-    rv.add_argument("name")
-    rv.add_argument("--tenant", required=True)
-    ls = ss.add_parser("list", **about("a tenant's secrets: names, versions, dates"))
-    ls.add_argument("--tenant", required=True)
-    ls.add_argument("--json", action="store_true", help="one secret per line")
-    rk = ss.add_parser("rotate-key", **about("a new data key version for a tenant; its "
-                                             "secrets are sealed again by it"))
-    rk.add_argument("--tenant", required=True)
-    rm = ss.add_parser("rotate-master", **about("re-wrap every tenant's data key with a new "
-                                                "master key (the old key file is kept)"))
-    rm.add_argument("--new-key-file", metavar="FILE",
-                    help="put the new master key in FILE (created 0600; used as it is when it "
-                         "exists) and leave the home's key files alone; required when the "
-                         f"key comes from {masters.ENV}")
