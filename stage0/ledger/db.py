@@ -341,7 +341,7 @@ def stop_embedded(home: Home) -> bool:
 
 
 @contextmanager
-def unbounded(conn: psycopg.Connection) -> Iterator[None]:
+def unbounded(conn: Connection) -> Iterator[None]:
     """No statement or idle-in-transaction timeout on this session inside (the role's own
     again after): for the operator's commands that legitimately run long, such as seeding a
     big file. Applied and reset outside any transaction."""
@@ -354,7 +354,7 @@ def unbounded(conn: psycopg.Connection) -> Iterator[None]:
 
 
 @contextmanager
-def as_identity(conn: psycopg.Connection, user_id: str, tenant_id: str | None) -> Iterator[None]:
+def as_identity(conn: Connection, user_id: str, tenant_id: str | None) -> Iterator[None]:
     """One transaction with the caller's identity set locally (never on the session)."""
     with conn.transaction():
         conn.execute("SELECT set_config('app.user_id', %s, true), "

@@ -27,6 +27,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from stage0.errors import LoglineError
+from stage0.ledger.db import Connection
 from stage0.ledger.queries import q
 from stage0.spans.canonical import (
     _UUID,
@@ -126,7 +127,7 @@ def _silent(n: int) -> None:
     return None
 
 
-def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+def append(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
            trusted: frozenset[str] | None = None,
            progress: Progress | None = None) -> list[dict[str, Any]]:
     """Append spans in one transaction (all or nothing); return them as stored.
@@ -161,7 +162,7 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
     raise AssertionError("unreachable")
 
 
-def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+def _append_once(conn: Connection, spans: Sequence[Mapping[str, Any]],
                  key: SigningKey, trusted: frozenset[str] | None,
                  progress: Progress) -> list[dict[str, Any]]:
     """One attempt of append() when the caller has no transaction open.
@@ -189,13 +190,13 @@ def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
             conn.autocommit = autocommit
 
 
-def _small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]]) -> bool:
+def _small(conn: Connection, spans: Sequence[Mapping[str, Any]]) -> bool:
     """Whether the spans go in as one INSERT: a small batch, or under row-level security
     (where PostgreSQL refuses COPY) as many as one INSERT takes."""
     return len(spans) <= SMALL_BATCH or (len(spans) <= INSERT_CHUNK and _row_security(conn))
 
 
-def _append_small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+def _append_small(conn: Connection, spans: Sequence[Mapping[str, Any]],
                   key: SigningKey, trusted: frozenset[str] | None) -> list[dict[str, Any]]:
     """Up to INSERT_CHUNK spans in one INSERT, prepared as if every id they chain were new.
     The statement inserts them only if none of those ids has a head, and returns the heads it
@@ -213,7 +214,7 @@ def _append_small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
     return prepared
 
 
-def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+def _stream(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
             trusted: frozenset[str] | None, progress: Progress) -> list[dict[str, Any]]:
     """Prepare and COPY span by span: PostgreSQL inserts (and runs the append trigger on)
     the rows already sent while this process signs the next ones, one core each. A span
@@ -253,7 +254,7 @@ def _chained_ids(spans: Sequence[Mapping[str, Any]]) -> list[str]:
             and "seq" not in s and not is_signed(s)]
 
 
-def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+def _prepare_all(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
                  trusted: frozenset[str] | None, progress: Progress | None = None
                  ) -> tuple[list[dict[str, Any]], list[list]]:
     return _prepare_rows(spans, current_heads(conn, _chained_ids(spans)), key, trusted,
@@ -270,7 +271,7 @@ def _prepare_rows(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int
     return out, rows
 
 
-def current_heads(conn: psycopg.Connection, ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+def current_heads(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[int, str]]:
     ids = list(set(ids))
     if not ids:
         return {}
@@ -282,7 +283,7 @@ def _copy_value(field: str, value: Any) -> Any:
     return Jsonb(value) if field in JSON_FIELDS and value is not None else value
 
 
-def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+def insert(conn: Connection, spans: Sequence[Mapping[str, Any]],
            rows: Sequence[list[Any]] | None = None) -> None:
     """Insert prepared spans: one multi-row INSERT for small batches (one round trip), COPY
     for large ones. The triggers check every row either way. `rows` are the spans' column
@@ -300,7 +301,7 @@ def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
         raise ledger_error(exc) from None
 
 
-def _insert_rows(conn: psycopg.Connection, rows: Sequence[list[Any]]) -> None:
+def _insert_rows(conn: Connection, rows: Sequence[list[Any]]) -> None:
     # PostgreSQL refuses COPY FROM under row-level security: the app role inserts.
     try:
         for start in range(0, len(rows), INSERT_CHUNK):
@@ -310,7 +311,7 @@ def _insert_rows(conn: psycopg.Connection, rows: Sequence[list[Any]]) -> None:
         raise ledger_error(exc) from None
 
 
-def _insert_if_new(conn: psycopg.Connection, ids: list[str], rows: Sequence[list[Any]]
+def _insert_if_new(conn: Connection, ids: list[str], rows: Sequence[list[Any]]
                    ) -> dict[str, tuple[int, str]]:
     """INSERT `rows` (at most INSERT_CHUNK) only if none of `ids` has a head; return the heads
     found (then nothing was inserted). One statement: atomic, and no error when ids exist."""
@@ -324,10 +325,10 @@ def _insert_if_new(conn: psycopg.Connection, ids: list[str], rows: Sequence[list
     return {span_id: (seq, curr_hash) for span_id, seq, curr_hash in found}
 
 
-_RLS: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
+_RLS: weakref.WeakKeyDictionary[Connection, bool] = weakref.WeakKeyDictionary()
 
 
-def _row_security(conn: psycopg.Connection) -> bool:
+def _row_security(conn: Connection) -> bool:
     if conn not in _RLS:
         _RLS[conn] = conn.execute(
             "SELECT row_security_active('ledger.universal_registry') AS on").fetchone()["on"]
@@ -381,10 +382,10 @@ def ledger_error(exc: psycopg.Error) -> LoglineError:
     return LoglineError("LEDGER_REJECTED", message)
 
 
-def head(conn: psycopg.Connection, span_id: str) -> dict[str, Any] | None:
+def head(conn: Connection, span_id: str) -> dict[str, Any] | None:
     row = conn.execute(q("head_lookup"), {"id": span_id}).fetchone()
     return span_from_row(row) if row else None
 
 
-def versions(conn: psycopg.Connection, span_id: str) -> list[dict[str, Any]]:
+def versions(conn: Connection, span_id: str) -> list[dict[str, Any]]:
     return [span_from_row(r) for r in conn.execute(q("all_versions"), {"id": span_id})]

@@ -28,7 +28,7 @@ from psycopg.types.json import set_json_loads
 from stage0.errors import LoglineError
 from stage0.ledger import checkpoint as pin
 from stage0.ledger import manifest
-from stage0.ledger.db import LOSSY, strict_loads
+from stage0.ledger.db import LOSSY, Connection, strict_loads
 from stage0.ledger.queries import q
 from stage0.spans.canonical import FIELDS
 from stage0.spans.proofs import check_proofs
@@ -127,7 +127,7 @@ def _loads(data: bytes) -> Any:
     return _DECODER.decode(data.decode())
 
 
-def _walk_range(conn: psycopg.Connection, lo: str, hi: str, walk: _Walk) -> None:
+def _walk_range(conn: Connection, lo: str, hi: str, walk: _Walk) -> None:
     """Stream the versions of ids in [lo, hi] into `walk` (rows come back with ids, `at` and
     related_to already as the text a span holds: PostgreSQL converts them)."""
     with conn.cursor(name="verify_stream", row_factory=tuple_row) as cur:
@@ -175,12 +175,12 @@ def _worker_range(snapshot: str, lo: str, hi: str, signers: manifest.Signers, ro
     return walk.spans, walk.ids, walk.failures
 
 
-def _conninfo(conn: psycopg.Connection) -> str:
+def _conninfo(conn: Connection) -> str:
     password = conn.info.password
     return make_conninfo(conn.info.dsn, **({"password": password} if password else {}))
 
 
-def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
+def verify(conn: Connection, root_key: str, jobs: int | None = None,
            progress: Callable[[int], None] | None = None,
            checkpoint: dict[str, Any] | None = None) -> Report:
     """Check the whole ledger. `conn` must see every row (the kernel role or a superuser).
@@ -273,7 +273,7 @@ def chain_link(prev: str | None, position: int, curr_hash: str) -> str:
     return hashlib.sha256(f"{prev or ''}:{position}:{curr_hash}".encode()).hexdigest()
 
 
-def _check_ledger_chain(conn: psycopg.Connection, failures: list[Failure]) -> dict | None:
+def _check_ledger_chain(conn: Connection, failures: list[Failure]) -> dict | None:
     """Walk the ledger in position order: every row must extend the chain of the row before
     it, so an edited position or a removed row shows up where it happened. Returns the tip."""
     prev: str | None = None
@@ -291,7 +291,7 @@ def _check_ledger_chain(conn: psycopg.Connection, failures: list[Failure]) -> di
     return tip
 
 
-def _check_tip(conn: psycopg.Connection, tip: dict | None, failures: list[Failure]) -> None:
+def _check_tip(conn: Connection, tip: dict | None, failures: list[Failure]) -> None:
     """The newest row must be the tip the last append recorded: rows deleted from the end
     leave a tip that points past them."""
     recorded = conn.execute(q("chain_tip")).fetchone()
