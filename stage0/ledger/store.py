@@ -27,7 +27,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from stage0.errors import LoglineError
-from stage0.ledger.db import Connection
+from stage0.ledger.db import Connection, db_error
 from stage0.ledger.queries import q
 from stage0.spans.canonical import (
     _UUID,
@@ -227,7 +227,7 @@ def _stream(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKe
                 copy.write_row(row)
                 out.append(span)
     except psycopg.Error as exc:
-        raise ledger_error(exc) from None
+        raise db_error(exc) from None
     return out
 
 
@@ -298,7 +298,7 @@ def insert(conn: Connection, spans: Sequence[Mapping[str, Any]],
             for row in rows:
                 copy.write_row(row)
     except psycopg.Error as exc:
-        raise ledger_error(exc) from None
+        raise db_error(exc) from None
 
 
 def _insert_rows(conn: Connection, rows: Sequence[list[Any]]) -> None:
@@ -308,7 +308,7 @@ def _insert_rows(conn: Connection, rows: Sequence[list[Any]]) -> None:
             chunk = rows[start:start + INSERT_CHUNK]
             conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
     except psycopg.Error as exc:
-        raise ledger_error(exc) from None
+        raise db_error(exc) from None
 
 
 def _insert_if_new(conn: Connection, ids: list[str], rows: Sequence[list[Any]]
@@ -321,7 +321,7 @@ def _insert_if_new(conn: Connection, ids: list[str], rows: Sequence[list[Any]]
                                 [ids[0] if len(ids) == 1 else ids,
                                  *(v for row in rows for v in row)]).fetchall()
     except psycopg.Error as exc:
-        raise ledger_error(exc) from None
+        raise db_error(exc) from None
     return {span_id: (seq, curr_hash) for span_id, seq, curr_hash in found}
 
 
@@ -361,25 +361,6 @@ def _insert_if_new_sql(rows: int, one_id: bool) -> str:
             f"stored AS (INSERT INTO {_TABLE} SELECT * FROM ({_values_sql(rows)}) AS v "
             f"WHERE NOT EXISTS (SELECT FROM known)) "
             f"SELECT id, seq, curr_hash FROM known")
-
-
-def ledger_error(exc: psycopg.Error) -> LoglineError:
-    """A database refusal as a LoglineError with the trigger's reason code."""
-    message = (exc.diag.message_primary or str(exc)).strip()
-    code, sep, rest = message.partition(": ")
-    if sep and code.replace("_", "").isupper():
-        return LoglineError(code, rest)
-    if isinstance(exc, psycopg.errors.UniqueViolation):
-        return LoglineError("LEDGER_DUPLICATE", message)
-    if isinstance(exc, psycopg.errors.SerializationFailure):
-        # ledger.chain_tip changed after this REPEATABLE READ/SERIALIZABLE snapshot: chaining
-        # to the tip it shows would fork the ledger (schema/0004). The caller retries.
-        return LoglineError("LEDGER_STALE_SNAPSHOT", "another transaction committed a "
-                            "conflicting change after this one's snapshot was taken; retry "
-                            f"the transaction (PostgreSQL: {message})")
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return LoglineError("LEDGER_FORBIDDEN", message)
-    return LoglineError("LEDGER_REJECTED", message)
 
 
 def head(conn: Connection, span_id: str) -> dict[str, Any] | None:
