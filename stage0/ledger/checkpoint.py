@@ -23,7 +23,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from stage0.errors import LoglineError
-from stage0.ledger.db import Connection
+from stage0.ledger.db import Connection, one
 from stage0.spans.canonical import now_at
 from stage0.spans.proofs import public_key_hex
 
@@ -79,8 +79,8 @@ def check(conn: Connection, point: dict[str, Any]) -> tuple[str, str] | None:
     row = conn.execute("SELECT chain_hash FROM ledger.universal_registry WHERE position = %s",
                        (point["position"],)).fetchone()
     if row is None:
-        newest = conn.execute("SELECT max(position) AS p FROM ledger.universal_registry"
-                              ).fetchone()["p"]
+        newest = one(conn.execute("SELECT max(position) AS p FROM ledger.universal_registry"
+                                  ))["p"]
         return ("CHAIN_TRUNCATED", f"the checkpoint of {point['at']} pins position "
                 f"{point['position']}, which the ledger no longer holds (newest: {newest}): "
                 "rows were deleted or an older backup was restored")

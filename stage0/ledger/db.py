@@ -102,14 +102,14 @@ class Database:
         params = conninfo_to_dict(self.admin_url)
         params.pop("password", None)
         params["user"] = ROLE_NAMES[role]
-        return make_conninfo(**params)
+        return make_conninfo("", **params)
 
     def with_dbname(self, dbname: str) -> Database:
         return Database(make_conninfo(self.admin_url, dbname=dbname))
 
     @property
     def dbname(self) -> str:
-        return conninfo_to_dict(self.admin_url).get("dbname", "")
+        return str(conninfo_to_dict(self.admin_url).get("dbname") or "")
 
     def connect(self, role: Role = "app", autocommit: bool = True) -> Connection:
         """A connection in autocommit mode by default: work that must be atomic says so with
@@ -123,7 +123,7 @@ class Database:
         return conn
 
 
-def configure(conn: psycopg.Connection) -> None:
+def configure(conn: psycopg.Connection[Any]) -> None:
     set_json_loads(loads, conn)
 
 
@@ -368,6 +368,14 @@ def stop_embedded(home: Home) -> bool:
     as_user = _own_group(PG_OS_USER) if os.geteuid() == 0 else {}
     _pgserver()._commands.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=home.pgdata, **as_user)
     return True
+
+
+def one(cursor: psycopg.Cursor[DictRow]) -> DictRow:
+    """The row of a statement that always returns one (an aggregate, a function call)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise AssertionError("the statement returned no row")
+    return row
 
 
 @contextmanager

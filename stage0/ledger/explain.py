@@ -90,7 +90,8 @@ def trace_id_of(conn: Connection, ident: str) -> str:
             if not span["trace_id"]:
                 raise LoglineError("NOT_FOUND", f"this {span['entity_type']} belongs to no "
                                    "trace (it has no trace_id)", ident)
-            return span["trace_id"]
+            trace_id: str = span["trace_id"]
+            return trace_id
     return ident
 
 

@@ -47,7 +47,8 @@ def latest(conn: Connection, root_key: str) -> dict[str, Any]:
 
 def trusted_keys(manifest: dict[str, Any] | None, root_key: str) -> frozenset[str]:
     entries = ((manifest or {}).get("metadata") or {}).get("trusted_keys") or []
-    return frozenset([root_key, *(e.get("public_key") for e in entries if isinstance(e, dict))])
+    return frozenset([root_key, *(e["public_key"] for e in entries
+                                  if isinstance(e, dict) and isinstance(e.get("public_key"), str))])
 
 
 def trust_set(conn: Connection, root_key: str) -> frozenset[str]:
@@ -112,7 +113,7 @@ def _entry_order(entry: dict[str, Any]) -> tuple[str, str]:
     return entry.get("name", ""), entry["public_key"]
 
 
-def check_trusted_keys(entries: Any) -> list[dict]:
+def check_trusted_keys(entries: Any) -> list[dict[str, Any]]:
     """`metadata.trusted_keys` must be a list of {name, public_key (64 hex), role?}."""
     where = "metadata.trusted_keys"
     if entries is None:
@@ -130,7 +131,8 @@ def check_trusted_keys(entries: Any) -> list[dict]:
     return entries
 
 
-def merge_trusted(entries: list[dict], current: list[dict]) -> list[dict]:
+def merge_trusted(entries: list[dict[str, Any]], current: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
     """Keys trusted in the ledger stay trusted when a manifest row is re-seeded: trust is
     granted and withdrawn with `logline keys trust/untrust`, never by omission."""
     merged = {e["public_key"]: e for e in current}

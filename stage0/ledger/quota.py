@@ -25,7 +25,7 @@ from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
 from stage0.ledger import manifest
-from stage0.ledger.db import Connection
+from stage0.ledger.db import Connection, one
 from stage0.ledger.queries import q
 from stage0.spans.proofs import public_key_hex
 
@@ -86,20 +86,20 @@ class Quota:
 def _quota(conn: Connection, metadata: dict[str, Any] | None, tenant: str,
            used: int) -> Quota:
     limit, source = limit_for(metadata, tenant)
-    clock = conn.execute(q("utc_day")).fetchone()
+    clock = one(conn.execute(q("utc_day")))
     return Quota(tenant, clock["day"], limit, int(used), source, clock["resets_in_s"])
 
 
 def of_tenant(conn: Connection, metadata: dict[str, Any] | None, tenant: str) -> Quota:
     """Any tenant's quota today (the kernel role: it reads every tenant's count)."""
-    used = conn.execute(q("exec_count_today"), {"tenant": tenant}).fetchone()["n"]
+    used = one(conn.execute(q("exec_count_today"), {"tenant": tenant}))["n"]
     return _quota(conn, metadata, tenant, used)
 
 
 def of_caller(conn: Connection, metadata: dict[str, Any] | None, tenant: str) -> Quota:
     """The caller's own tenant's quota, in a transaction whose app.tenant_id is `tenant`
     (the API's app role: schema 0008's function counts for that tenant only)."""
-    used = conn.execute(q("my_exec_count_today")).fetchone()["n"]
+    used = one(conn.execute(q("my_exec_count_today")))["n"]
     return _quota(conn, metadata, tenant, used)
 
 

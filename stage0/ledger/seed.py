@@ -165,7 +165,8 @@ def _draft(conn: Connection, data: dict[str, Any], root: str, edge: dict[str, st
 
 
 def _signed_draft(conn: Connection, data: dict[str, Any], root: str,
-                  trusted: frozenset[str], chain: dict[str, tuple[int, str]]) -> dict | None:
+                  trusted: frozenset[str], chain: dict[str, tuple[int, str]]
+                  ) -> dict[str, Any] | None:
     span = normalise(data)
     if span["entity_type"] == "manifest" and span["public_key"] != root:
         raise LoglineError("MANIFEST_UNTRUSTED", "a manifest must be signed by the root key "

@@ -27,7 +27,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from stage0.errors import LoglineError
-from stage0.ledger.db import Connection, db_error
+from stage0.ledger.db import Connection, db_error, one
 from stage0.ledger.queries import q
 from stage0.spans.canonical import (
     _UUID,
@@ -233,7 +233,7 @@ def _stream(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKe
 
 def _each_prepared(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int, str]],
                    key: SigningKey, trusted: frozenset[str] | None,
-                   progress: Progress | None = None) -> Iterator[tuple[dict[str, Any], list]]:
+                   progress: Progress | None = None) -> Iterator[tuple[dict[str, Any], list[Any]]]:
     """(span, COPY row) for each draft, in order; a refusal names the span's index."""
     for i, raw in enumerate(spans):
         try:
@@ -256,14 +256,14 @@ def _chained_ids(spans: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _prepare_all(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
                  trusted: frozenset[str] | None, progress: Progress | None = None
-                 ) -> tuple[list[dict[str, Any]], list[list]]:
+                 ) -> tuple[list[dict[str, Any]], list[list[Any]]]:
     return _prepare_rows(spans, current_heads(conn, _chained_ids(spans)), key, trusted,
                          progress)
 
 
 def _prepare_rows(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int, str]],
                   key: SigningKey, trusted: frozenset[str] | None,
-                  progress: Progress | None = None) -> tuple[list[dict[str, Any]], list[list]]:
+                  progress: Progress | None = None) -> tuple[list[dict[str, Any]], list[list[Any]]]:
     out, rows = [], []
     for span, row in _each_prepared(spans, heads, key, trusted, progress):
         out.append(span)
@@ -330,8 +330,8 @@ _RLS: weakref.WeakKeyDictionary[Connection, bool] = weakref.WeakKeyDictionary()
 
 def _row_security(conn: Connection) -> bool:
     if conn not in _RLS:
-        _RLS[conn] = conn.execute(
-            "SELECT row_security_active('ledger.universal_registry') AS on").fetchone()["on"]
+        _RLS[conn] = one(conn.execute(
+            "SELECT row_security_active('ledger.universal_registry') AS on"))["on"]
     return _RLS[conn]
 
 
