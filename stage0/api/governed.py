@@ -24,9 +24,9 @@ from stage0.gov import apikeys, approvals, audit, contract_store, intents, jobs,
 from stage0.gov.contracts import parse as parse_contract
 from stage0.ledger import records
 from stage0.ledger.db import Connection
+from stage0.spans.canonical import JSON
 from stage0.spans.clip import clip_fields
 
-JSON = Any
 CLAIM_WAIT_MAX_S = 10  # under the request timeout
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from stage0.api.endpoint import Call, Endpoint
 from stage0.api.errors import ApiError
 from stage0.ledger import manifest, records, verify
-from stage0.ledger.db import Connection
+from stage0.ledger.db import Connection, one
 from stage0.ledger.queries import q
 from stage0.spans.canonical import format_at
 
@@ -100,8 +100,8 @@ async def queue(call: Call) -> Queue:
     def run(conn: Connection) -> Queue:
         keys = sorted(records.platform(conn, call.state.root).keys)
         args = {"tenant": p.tenant_id, "keys": keys}
-        waiting = conn.execute(q("queue_health"), args).fetchone()
-        today = conn.execute(q("executions_today"), args).fetchone()
+        waiting = one(conn.execute(q("queue_health"), args))
+        today = one(conn.execute(q("executions_today"), args))
         last = conn.execute(q("last_execution"), args).fetchone()
         limit = _daily_limit(conn, call.state.root)
         return Queue(

@@ -33,7 +33,7 @@ from stage0.api.stream import stream
 from stage0.errors import LoglineError
 from stage0.gov import apikeys
 from stage0.ledger import manifest, quota, records, store
-from stage0.ledger.db import Connection
+from stage0.ledger.db import Connection, one
 from stage0.ledger.queries import SPAN_COLUMNS
 from stage0.spans.canonical import format_at, parse_at
 from stage0.spans.proofs import check_proofs
@@ -137,8 +137,8 @@ async def post_span(call: Call) -> Any:
             raise ApiError.of("BAD_FIELD", "entity_type: "
                               + reserved_message(draft["entity_type"]))
         [span] = store.append(conn, [draft], call.state.edge_key, signers.trusted)
-        row = conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
-                           "AND seq = %s", (span["id"], span["seq"])).fetchone()
+        row = one(conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
+                               "AND seq = %s", (span["id"], span["seq"])))
         return {**span, "position": row["position"]}
 
     pinned = signed or draft.get("seq") is not None
@@ -301,8 +301,9 @@ async def executions(call: Call) -> ExecutionList:
     p = call.principal
     assert p is not None
     limit = call.int_query("limit", 50, 1, PAGE_MAX)
-    params = {"tenant": p.tenant_id, "status": call.query("status"), "limit": limit,
-              "before": call.int_query("before", None, 1, 2**62)}
+    params: dict[str, Any] = {
+        "tenant": p.tenant_id, "status": call.query("status"), "limit": limit,
+        "before": call.int_query("before", None, 1, 2**62)}
 
     def run(conn: Connection) -> ExecutionList:
         params["keys"] = _platform_keys(call, conn)
