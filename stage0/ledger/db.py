@@ -142,13 +142,14 @@ def _pgserver() -> Any:
         # a word: they only check here (what they would change, LogLine refuses to).
         import pgserver.postgres_server as server_module
 
-        server_module.ensure_user_exists = _os_user
+        server_module.ensure_user_exists = lambda username: _os_user(username)
         server_module.ensure_prefix_permissions = lambda path: _require_reachable(
             [Path(path).parent], "the database's directories")
         server_module.ensure_folder_permissions = lambda path, flag: _require_readable(
             Path(path))
-        server_module.initdb = _in_own_group(pgserver._commands.initdb)
-        server_module.pg_ctl = _in_own_group(pgserver._commands.pg_ctl)
+        commands: Any = pgserver._commands  # it makes initdb, pg_ctl, ... at run time
+        server_module.initdb = _in_own_group(commands.initdb)
+        server_module.pg_ctl = _in_own_group(commands.pg_ctl)
     return pgserver
 
 
