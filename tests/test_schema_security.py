@@ -74,7 +74,7 @@ def sql_insert(conn: psycopg.Connection, span: dict[str, Any]) -> None:
         with conn.transaction():
             conn.execute(_INSERT, values)
     except psycopg.Error as exc:
-        raise store.ledger_error(exc) from None
+        raise db.db_error(exc) from None
 
 
 def kernel_insert(conn: psycopg.Connection, span: dict[str, Any]) -> None:

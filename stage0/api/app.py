@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from stage0.api.endpoint import UUID, Call, Endpoint
 from stage0.api.errors import ApiError, error_response
@@ -65,7 +65,7 @@ async def _read_body(request: Request, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_body(endpoint: Endpoint, raw: bytes) -> Any:
+def _parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     from stage0.ledger.rows import parse_line
 
     try:
@@ -77,7 +77,7 @@ def _parse_body(endpoint: Endpoint, raw: bytes) -> Any:
     if data is None:
         raise ApiError.of("BAD_JSON", "a JSON body is required")
     try:
-        return endpoint.body.model_validate(data)  # type: ignore[union-attr]
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -99,8 +99,8 @@ def _guard(endpoint: Endpoint, state: ServerState) -> Callable[[Request], Awaita
                 if kind != "application/json":
                     raise ApiError.of("UNSUPPORTED_MEDIA_TYPE",
                                       "send the body as application/json")
-                body = _parse_body(endpoint, await _read_body(request,
-                                                              state.edge.body_timeout_s))
+                body = _parse_body(endpoint.body, await _read_body(request,
+                                                                   state.edge.body_timeout_s))
             call = Call(request, state, principal, body, request_id)
             if endpoint.stream:
                 response = await endpoint.handler(call)
@@ -189,7 +189,8 @@ def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
     async def console(request: Request) -> Response:
         return FileResponse(CONSOLE / "index.html")
 
-    routes = [Route(e.path, _guard(e, state), methods=[e.method]) for e in endpoints]
+    routes: list[BaseRoute] = [Route(e.path, _guard(e, state), methods=[e.method])
+                               for e in endpoints]
     routes += [Route("/openapi.json", openapi), Route("/", console)]
     if (CONSOLE / "static").is_dir():
         from starlette.routing import Mount
@@ -198,7 +199,7 @@ def build(state: ServerState, endpoints: list[Endpoint]) -> Starlette:
         routes.append(Mount("/static", StaticFiles(directory=CONSOLE / "static")))
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.start()
         try:
             yield

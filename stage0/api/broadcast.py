@@ -36,7 +36,7 @@ class Subscription:
         if self.on_wake is not None:
             self.on_wake()
 
-    def offer(self, note: dict) -> None:
+    def offer(self, note: dict[str, Any]) -> None:
         if note.get("visibility") == "public" or note.get("tenant_id") == self.tenant_id:
             self.wake()
 
@@ -46,7 +46,7 @@ class Broadcaster:
         self.database = database
         self.by_tenant: dict[str, set[Subscription]] = {}
         self.tip = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         # The hub's reads for the live edge have a connection of their own, so they never
         # wait behind clients catching up from an old position (those share `pool`).
         self.live_pool = AsyncConnectionPool(database.url("app"), min_size=1, max_size=1,
@@ -121,6 +121,6 @@ class Broadcaster:
         if note.get("visibility") == "public":
             woken = [sub for subs in self.by_tenant.values() for sub in subs]
         else:
-            woken = list(self.by_tenant.get(note.get("tenant_id"), ()))  # type: ignore[arg-type]
+            woken = list(self.by_tenant.get(note.get("tenant_id"), ()))
         for sub in woken:
             sub.wake()

@@ -138,7 +138,7 @@ def listen(host: str, port: int, guard: Guard, backlog: int) -> Listener:
 def guarded(base: type[asyncio.Protocol], guard: Guard) -> type[asyncio.Protocol]:
     """`base` (uvicorn's HTTP protocol) with the header deadline and the connection cap."""
 
-    class Guarded(base):  # type: ignore[valid-type, misc]
+    class Guarded(base):  # type: ignore[valid-type, misc]  # mypy: a base known at run time
         _timer: asyncio.TimerHandle | None = None
         _head_of: Any = None  # the request cycle whose head arrived last
 

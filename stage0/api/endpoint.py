@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import anyio
 from pydantic import BaseModel
@@ -16,6 +16,8 @@ from starlette.requests import Request
 from stage0.api.errors import ApiError
 from stage0.api.state import ServerState
 from stage0.gov import apikeys
+
+T = TypeVar("T")
 
 #: Ids the API accepts (paths, ?trace_id=, X-Request-ID): the 8-4-4-4-12 form, any case.
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -68,6 +70,11 @@ class Call:
         value = self.request.query_params.get(name)
         return None if value is None else parse_uuid(value, name)
 
+    @overload
+    def int_query(self, name: str, default: int, low: int, high: int) -> int: ...
+    @overload
+    def int_query(self, name: str, default: None, low: int, high: int) -> int | None: ...
+
     def int_query(self, name: str, default: int | None, low: int, high: int) -> int | None:
         raw = self.request.query_params.get(name)
         if raw is None:
@@ -80,7 +87,7 @@ class Call:
             raise ApiError.of("BAD_QUERY", f"{name} must be between {low} and {high}")
         return value
 
-    async def db(self, fn: Callable[..., Any], *args: Any, role: str = "app") -> Any:
+    async def db(self, fn: Callable[..., T], *args: Any, role: str = "app") -> T:
         """Run `fn(conn, *args)` in a thread, in one transaction as the caller."""
         return await anyio.to_thread.run_sync(
             lambda: self.state.in_transaction(role, self.principal, fn, *args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -12,7 +13,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from stage0.ledger import records
 
@@ -24,7 +25,7 @@ class _Executions:
     def __init__(self, state: Any) -> None:
         self.state = state
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("logline_executions", "execution spans by status",
                                    labels=["status"])
         try:
@@ -48,7 +49,7 @@ class _Connections:
     def __init__(self, guard: Any) -> None:
         self.guard = guard
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("logline_connections", "open client connections",
                                 value=self.guard.open)
         yield GaugeMetricFamily("logline_connection_cap", "most client connections held open",

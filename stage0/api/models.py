@@ -4,16 +4,16 @@ from them, so the document cannot drift from what the server accepts."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stage0.errors import LoglineError
+from stage0.spans.canonical import JSON
 from stage0.spans.kinds import PLATFORM_KINDS, check_kind
 
 Visibility = Literal["private", "tenant", "public"]
 TRACE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-JSON = Any
 
 
 class _Content(BaseModel):

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-import psycopg
 from starlette.responses import Response
 
 from stage0.api.endpoint import Call, Endpoint, parse_uuid
@@ -34,6 +33,7 @@ from stage0.api.stream import stream
 from stage0.errors import LoglineError
 from stage0.gov import apikeys
 from stage0.ledger import manifest, quota, records, store
+from stage0.ledger.db import Connection, one
 from stage0.ledger.queries import SPAN_COLUMNS
 from stage0.spans.canonical import format_at, parse_at
 from stage0.spans.proofs import check_proofs
@@ -47,7 +47,7 @@ def _span_out(row: dict[str, Any]) -> dict[str, Any]:
     return span
 
 
-def _visible_head(conn: psycopg.Connection, span_id: str) -> dict[str, Any]:
+def _visible_head(conn: Connection, span_id: str) -> dict[str, Any]:
     span = store.head(conn, span_id)
     if span is None:  # absent and invisible look the same: nothing leaks
         raise ApiError.of("NOT_FOUND", "no span with this id is visible to you")
@@ -76,7 +76,7 @@ async def list_spans(call: Call) -> SpanList:
     params = {"entity_type": call.query("entity_type"), "status": call.query("status"),
               "before": before, "limit": limit}
 
-    def run(conn: psycopg.Connection) -> list[dict]:
+    def run(conn: Connection) -> list[dict]:
         return [_span_out(r) for r in conn.execute(LIST_SPANS, params)]
 
     items = await call.db(run)
@@ -97,7 +97,7 @@ async def get_span(call: Call) -> Any:
     span_id = _uuid(call.request.path_params["id"])
     every = call.query("all") in ("1", "true")
 
-    def run(conn: psycopg.Connection) -> Any:
+    def run(conn: Connection) -> Any:
         if every:
             rows = conn.execute(f"SELECT {SPAN_COLUMNS}, position FROM "
                                 "ledger.universal_registry WHERE id = %s ORDER BY seq",
@@ -131,14 +131,14 @@ async def post_span(call: Call) -> Any:
         draft.setdefault("trace_id", call.request_id)
         _server_time(draft)
 
-    def run(conn: psycopg.Connection) -> dict[str, Any]:
+    def run(conn: Connection) -> dict[str, Any]:
         signers = manifest.signers(conn, call.state.root)
         if draft["entity_type"] in signers.platform_kinds:
             raise ApiError.of("BAD_FIELD", "entity_type: "
                               + reserved_message(draft["entity_type"]))
         [span] = store.append(conn, [draft], call.state.edge_key, signers.trusted)
-        row = conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
-                           "AND seq = %s", (span["id"], span["seq"])).fetchone()
+        row = one(conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
+                               "AND seq = %s", (span["id"], span["seq"])))
         return {**span, "position": row["position"]}
 
     pinned = signed or draft.get("seq") is not None
@@ -205,7 +205,7 @@ async def timeline(call: Call) -> SpanList:
               "before": call.int_query("before", None, 1, 2**62),
               "after": call.int_query("since", None, 0, 2**62), "limit": limit}
 
-    def run(conn: psycopg.Connection) -> list[dict]:
+    def run(conn: Connection) -> list[dict]:
         return [_span_out(r) for r in conn.execute(TIMELINE, params)]
 
     items = await call.db(run)
@@ -220,7 +220,7 @@ async def execute(call: Call) -> ExecuteOut:
     assert principal is not None
     function_id = parse_uuid(body.span_id, "span_id")
 
-    def run(conn: psycopg.Connection) -> ExecuteOut:
+    def run(conn: Connection) -> ExecuteOut:
         function = _visible_head(conn, function_id)
         if function["entity_type"] != "function":
             raise ApiError.of("FUNCTION_NOT_FOUND", "that span is not a function")
@@ -249,7 +249,7 @@ async def execute(call: Call) -> ExecuteOut:
     return await call.db(run)
 
 
-def _quota_left(conn: psycopg.Connection, call: Call) -> None:
+def _quota_left(conn: Connection, call: Call) -> None:
     """Refuse at once (429 QUOTA_EXCEEDED) what the workers would refuse anyway: a run for a
     tenant whose executions today have reached its daily limit. (One accepted while the last
     slots go can still end `denied`, with the reason on the request.)"""
@@ -261,7 +261,7 @@ def _quota_left(conn: psycopg.Connection, call: Call) -> None:
                           {"Retry-After": str(max(1, spent.resets_in_s))})
 
 
-def _caller_quota(conn: psycopg.Connection, call: Call) -> quota.Quota:
+def _caller_quota(conn: Connection, call: Call) -> quota.Quota:
     assert call.principal is not None
     metadata = manifest.latest(conn, call.state.root).get("metadata") or {}
     return quota.of_caller(conn, metadata, call.principal.tenant_id)
@@ -301,10 +301,11 @@ async def executions(call: Call) -> ExecutionList:
     p = call.principal
     assert p is not None
     limit = call.int_query("limit", 50, 1, PAGE_MAX)
-    params = {"tenant": p.tenant_id, "status": call.query("status"), "limit": limit,
-              "before": call.int_query("before", None, 1, 2**62)}
+    params: dict[str, Any] = {
+        "tenant": p.tenant_id, "status": call.query("status"), "limit": limit,
+        "before": call.int_query("before", None, 1, 2**62)}
 
-    def run(conn: psycopg.Connection) -> ExecutionList:
+    def run(conn: Connection) -> ExecutionList:
         params["keys"] = _platform_keys(call, conn)
         items = [_span_out(r) for r in conn.execute(EXECUTIONS, params)]
         flags = [records.flag(r["id"], records.NOT_PLATFORM_SIGNED, "an execution span "
@@ -330,7 +331,7 @@ async def functions(call: Call) -> FunctionList:
     assert p is not None
     limit = call.int_query("limit", 200, 1, PAGE_MAX)
 
-    def run(conn: psycopg.Connection) -> FunctionList:
+    def run(conn: Connection) -> FunctionList:
         keys = _platform_keys(call, conn)
         rows = conn.execute(FUNCTIONS, {"tenant": p.tenant_id, "keys": keys, "limit": limit})
         return FunctionList(items=[{**span, "kernel": span["tenant_id"] == "system"}
@@ -349,7 +350,7 @@ async def verify_span(call: Call) -> Verification:
     # only booleans about them come back.
     await call.db(_visible_head, span_id)
 
-    def run(conn: psycopg.Connection) -> Verification:
+    def run(conn: Connection) -> Verification:
         versions = store.versions(conn, span_id)
         head = versions[-1]
         proofs = check_proofs(head)
@@ -380,7 +381,7 @@ METRICS = (
 )
 
 
-def _platform_keys(call: Call, conn: psycopg.Connection) -> list[str]:
+def _platform_keys(call: Call, conn: Connection) -> list[str]:
     return sorted(records.platform(conn, call.state.root).keys)
 
 
@@ -389,7 +390,7 @@ async def metrics(call: Call) -> Metrics:
     p = call.principal
     assert p is not None
 
-    def run(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], quota.Quota]:
+    def run(conn: Connection) -> tuple[list[dict[str, Any]], quota.Quota]:
         rows = conn.execute(METRICS, {"days": days, "tenant": p.tenant_id,
                                       "keys": _platform_keys(call, conn)}).fetchall()
         return rows, _caller_quota(conn, call)

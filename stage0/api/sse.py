@@ -8,7 +8,7 @@ or the response is dropped, the connection is closed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -18,7 +18,7 @@ HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
 
 
 class SseResponse:
-    def __init__(self, chunks: AsyncIterator[bytes], send_timeout_s: float, state: Any,
+    def __init__(self, chunks: AsyncGenerator[bytes, None], send_timeout_s: float, state: Any,
                  request_id: str) -> None:
         self.chunks, self.send_timeout_s = chunks, send_timeout_s
         self.state, self.request_id = state, request_id
@@ -59,5 +59,5 @@ class SseResponse:
                 self.drop("send_timeout")
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self.chunks.aclose()  # type: ignore[attr-defined]
+                    await self.chunks.aclose()
             group.cancel_scope.cancel()

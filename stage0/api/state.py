@@ -8,7 +8,8 @@ import contextlib
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 import psycopg
@@ -27,7 +28,7 @@ from stage0.gov.contract_store import PLATFORM, contract_span, load_contract
 from stage0.gov.contracts import Contract
 from stage0.keys import edge_key, id_secret, operator_key
 from stage0.ledger import manifest, store
-from stage0.ledger.db import Database, configure, resolve
+from stage0.ledger.db import Connection, Database, Role, configure, one, resolve
 from stage0.ledger.queries import q
 from stage0.log import log
 from stage0.spans.clip import clip_fields
@@ -35,6 +36,13 @@ from stage0.spans.proofs import public_key_hex
 
 AUTH_CACHE_S = 2.0  # a revoked key stops working within this long
 AUDIT_PER_SECOND = 20  # denial spans beyond this are counted into the next one
+T = TypeVar("T")
+
+
+def _pool(database: Database, role: Role, size: int) -> ConnectionPool[Connection]:
+    return ConnectionPool(database.url(role), min_size=1, max_size=size, open=False,
+                          kwargs={"autocommit": True, "row_factory": dict_row},
+                          configure=configure, name=f"logline-{role}")
 
 
 class ServerState:
@@ -51,19 +59,15 @@ class ServerState:
         self.root = home.root_public_key()
         self.limiter = limiter or RateLimiter()
         self.metrics = Metrics(self)
-        self.pools = {
-            role: ConnectionPool(database.url(role), min_size=1, max_size=size, open=False,
-                                 kwargs={"autocommit": True, "row_factory": dict_row},
-                                 configure=configure, name=f"logline-{role}")
-            for role, size in (("app", pool_size), ("kernel", 4))
-        }
+        self.pools = {"app": _pool(database, "app", pool_size),
+                      "kernel": _pool(database, "kernel", 4)}
         self.broadcaster = Broadcaster(database)
         self.platform: Contract | None = None  # loaded from the ledger at start()
         self._auth: dict[str, tuple[float, apikeys.Principal | None]] = {}
         self._audit_lock = threading.Lock()
         self._audit_window = (0.0, 0, 0)  # (second, written, dropped)
         self.anonymous = Tally()
-        self._summaries: asyncio.Task | None = None
+        self._summaries: asyncio.Task[None] | None = None
 
     @classmethod
     def from_env(cls) -> ServerState:
@@ -109,7 +113,7 @@ class ServerState:
 
     # --- database -------------------------------------------------------------------------
     def in_transaction(self, role: str, principal: apikeys.Principal | None,
-                       fn: Any, *args: Any) -> Any:
+                       fn: Callable[..., T], *args: Any) -> T:
         """fn(conn, *args) in one transaction with the caller's identity set locally."""
         with self.pools[role].connection() as conn, conn.transaction():
             if principal is not None:
@@ -130,8 +134,9 @@ class ServerState:
     def end_sessions(self, application_name: str) -> int:
         """Terminate the database sessions named `application_name` (a killed boot's)."""
         with self.pools["kernel"].connection() as conn:
-            return conn.execute(q("terminate_backends"),
-                                {"name": application_name}).fetchone()["ended"]
+            ended: int = one(conn.execute(q("terminate_backends"),
+                                          {"name": application_name}))["ended"]
+            return ended
 
     def authenticate(self, token: str) -> apikeys.Principal | None:
         now = time.monotonic()

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anyio
@@ -82,7 +82,9 @@ async def read(broadcaster: Broadcaster, key: Key, after: int) -> tuple[Rows, in
                 await conn.execute(SET_IDENTITY, (user, tenant))
                 tip = await conn.execute(VISIBLE_TIP)
                 rows = await conn.execute(STREAM_EVENTS, _params(key, after))
-            return await rows.fetchall(), (await tip.fetchone())[0]  # type: ignore[index]
+            found, newest = await rows.fetchall(), await tip.fetchone()
+    assert newest is not None  # an aggregate: always one row
+    return found, newest[0]
 
 
 async def read_many(broadcaster: Broadcaster, reads: list[tuple[Key, int]]) -> list[Rows]:
@@ -101,7 +103,7 @@ async def read_many(broadcaster: Broadcaster, reads: list[tuple[Key, int]]) -> l
             with contextlib.suppress(Exception):
                 await conn.rollback()  # a failed read leaves its transaction open
             raise
-        return [await cursor.fetchall() for cursor in cursors]  # type: ignore[misc]
+        return [await cursor.fetchall() for cursor in cursors]
 
 
 def render(rows: Rows, after: int = -1) -> bytes:
@@ -289,7 +291,7 @@ async def stream(call: Any) -> SseResponse:
     if since is None:
         since = (await read(broadcaster, key, 2**62))[1]
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncGenerator[bytes, None]:
         state.metrics.sse_clients.inc()
         member = Member(key, since)
         member.on_overflow = lambda: response.drop("queue_full", queued_bytes=member.queued)

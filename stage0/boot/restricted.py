@@ -12,14 +12,16 @@ from functools import lru_cache
 from types import CodeType
 from typing import Any
 
-from RestrictedPython import compile_restricted, limited_builtins, safe_builtins
+from RestrictedPython.compile import compile_restricted
 from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
 from RestrictedPython.Guards import (
     full_write_guard,
     guarded_iter_unpack_sequence,
     guarded_unpack_sequence,
+    safe_builtins,
     safer_getattr,
 )
+from RestrictedPython.Limits import limited_builtins
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
 from stage0.errors import LoglineError

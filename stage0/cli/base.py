@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from stage0.config import Home
 from stage0.errors import LoglineError
@@ -122,6 +122,11 @@ def positive_number(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def about(text: str) -> dict[str, str]:
+class About(TypedDict):
+    help: str
+    description: str
+
+
+def about(text: str) -> About:
     """The same words in the command list and at the top of the command's own --help."""
     return {"help": text, "description": text}

@@ -13,7 +13,7 @@ from stage0 import keys
 from stage0.boot.loader import Loader
 from stage0.config import Home
 from stage0.ledger import store, verify
-from stage0.ledger.db import Database
+from stage0.ledger.db import Database, one
 from stage0.ledger.queries import q
 from stage0.runtime.requests import schedule
 from stage0.runtime.worker import KERNELS
@@ -31,7 +31,7 @@ DEMO_FUNCTION = '''def main(input):
 def run_demo(database: Database, home: Home, out: Callable[[str], None]) -> dict[str, Any]:
     key = keys.operator_key(home)
     with database.connect("kernel") as conn:
-        start = conn.execute(q("position_high_water")).fetchone()["high"] or 0
+        start = one(conn.execute(q("position_high_water")))["high"] or 0
         [function] = store.append(conn, [{
             "entity_type": "function", "who": "demo-user", "did": "defined", "this": "fibonacci",
             "name": "fibonacci", "code": DEMO_FUNCTION, "language": "python",

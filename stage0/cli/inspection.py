@@ -12,6 +12,7 @@ from stage0 import keys
 from stage0.cli import base
 from stage0.cli.base import command, out
 from stage0.ledger import db, explain, manifest, quota
+from stage0.ledger.db import Connection
 
 OUTPUT_CHARS = 160
 
@@ -162,7 +163,7 @@ def cmd_quota(args: argparse.Namespace) -> int:
     return 0
 
 
-def _known_tenants(conn: Any, meta: dict[str, Any]) -> list[str]:
+def _known_tenants(conn: Connection, meta: dict[str, Any]) -> list[str]:
     overrides = (meta.get("throttle") or {}).get(quota.OVERRIDES_KEY)
     named = set(overrides) if isinstance(overrides, dict) else set()
     return sorted(named | set(quota.used_today(conn)))

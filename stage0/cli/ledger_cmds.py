@@ -187,7 +187,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     home = base.home()
     pinned = checkpoint.load(Path(args.checkpoint), base.root(home)) if args.checkpoint else None
     with db.resolve(home).connect("kernel") as conn:
-        total = conn.execute(q("count_spans")).fetchone()["n"]
+        total = db.one(conn.execute(q("count_spans")))["n"]
         with progress(total, "verifying") as advance:
             report = verify.verify(conn, base.root(home), jobs=args.jobs, progress=advance,
                                    checkpoint=pinned)

@@ -75,9 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoglineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except db.psycopg.Error as exc:
-        refusal = db.unmigrated(exc)
-        if refusal is None:
+    except db.DriverError as exc:
+        refusal = db.db_error(exc, "command")
+        if refusal.code != "NOT_INITIALISED":  # anything else is a bug: its traceback
             raise
         print(f"error: {refusal}", file=sys.stderr)
         return 2

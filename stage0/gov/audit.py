@@ -20,10 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-
 from stage0.errors import LoglineError
 from stage0.ledger import records, store
+from stage0.ledger.db import Connection
 from stage0.ledger.queries import SPAN_COLUMNS
 from stage0.spans.canonical import normalise
 from stage0.spans.display import visible
@@ -46,7 +45,7 @@ TRAIL = (
 )
 
 
-def rows(conn: psycopg.Connection, root: str, *, trace_id: str | None = None,
+def rows(conn: Connection, root: str, *, trace_id: str | None = None,
          tenant: str | None = None, types: list[str] | None = None, after: int | None = None,
          limit: int = EXPORT_MAX) -> list[dict[str, Any]]:
     """Oldest first, each with its `position` and `record`. Under the app role row-level

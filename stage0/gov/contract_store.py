@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
@@ -13,6 +12,7 @@ from stage0.gov import gate
 from stage0.gov.apikeys import Principal
 from stage0.gov.contracts import Contract, contract_id, parse
 from stage0.ledger import manifest, records, store
+from stage0.ledger.db import Connection
 from stage0.ledger.queries import SPAN_COLUMNS
 from stage0.spans.ids import derive_id, legacy_id
 from stage0.spans.proofs import check_proofs
@@ -24,7 +24,7 @@ def tenant_contract_id(secret: bytes, tenant_id: str, name: str, version: str) -
     return derive_id(secret, "contract", tenant_id, f"{name}@{version}")
 
 
-def contract_span(conn: psycopg.Connection, secret: bytes, tenant_id: str, name: str,
+def contract_span(conn: Connection, secret: bytes, tenant_id: str, name: str,
                    version: str) -> dict[str, Any] | None:
     """The contract NAME@VERSION of a tenant (`system`: the system's) the caller can see:
     under its keyed id, or (published before ids were keyed) under the old one. Only a
@@ -42,7 +42,7 @@ def contract_span(conn: psycopg.Connection, secret: bytes, tenant_id: str, name:
     return None
 
 
-def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str],
+def load_contract(conn: Connection, span_id: str, trusted: frozenset[str],
                   expected_hash: str | None = None) -> tuple[Contract, dict[str, Any]] | None:
     """A contract span the caller can see, checked (hash, signature, trusted key, and the
     exact version when `expected_hash` is given). None when absent or not visible."""
@@ -64,7 +64,7 @@ def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str
     return parse(span["content"], span_id), span
 
 
-def publish(conn: psycopg.Connection, key: SigningKey, principal: Principal,
+def publish(conn: Connection, key: SigningKey, principal: Principal,
             contract: Contract, *, secret: bytes) -> dict[str, Any]:
     """Store a tenant's own contract (visible to that tenant only)."""
     span_id = tenant_contract_id(secret, principal.tenant_id, contract.name, contract.version)
@@ -85,7 +85,7 @@ def publish(conn: psycopg.Connection, key: SigningKey, principal: Principal,
     return span
 
 
-def activate(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+def activate(conn: Connection, key: SigningKey, root: str, principal: Principal,
              ref: str, trace_id: str, *, secret: bytes) -> dict[str, Any]:
     """Make NAME@VERSION the tenant's active version of NAME (a span, like everything)."""
     name, _, version = ref.partition("@")
@@ -120,7 +120,7 @@ ACTIVE = (
 )
 
 
-def active_contracts(conn: psycopg.Connection, root: str,
+def active_contracts(conn: Connection, root: str,
                      tenant_id: str) -> list[tuple[Contract, dict[str, Any]]]:
     """The tenant's active contracts: activations count only when the platform signed them."""
     trusted = manifest.trust_set(conn, root)
@@ -140,7 +140,7 @@ CONTRACTS = (
 )
 
 
-def contracts(conn: psycopg.Connection, root: str, tenant_id: str
+def contracts(conn: Connection, root: str, tenant_id: str
               ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The contracts a tenant can use (the system's and its own, signed by the platform),
     marked active or not; and the flags of the contract spans left out (not signed by the

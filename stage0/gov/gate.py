@@ -72,7 +72,7 @@ def check_args(args: Any, spec: dict[str, ArgSpec]) -> str | None:
 
 
 def _check_value(value: Any, rule: ArgSpec) -> str | None:
-    kinds = {"string": str, "integer": int, "boolean": bool, "array": list}
+    kinds: dict[str, type[Any]] = {"string": str, "integer": int, "boolean": bool, "array": list}
     if not isinstance(value, kinds[rule.type]) or (rule.type == "integer" and
                                                     isinstance(value, bool)):
         return f"must be a {rule.type}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
@@ -16,6 +15,7 @@ from stage0.gov.contract_store import load_contract
 from stage0.gov.proposals import decision_span, span_of
 from stage0.gov.routes_gate import now
 from stage0.ledger import manifest, records, store
+from stage0.ledger.db import Connection
 from stage0.ledger.queries import SPAN_COLUMNS
 from stage0.spans.canonical import FIELDS
 from stage0.spans.ids import derive_id, legacy_id
@@ -43,7 +43,7 @@ UNREPORTED = (
 )
 
 
-def claim(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+def claim(conn: Connection, key: SigningKey, root: str, principal: Principal,
           limit: int, actions: list[str] | None = None, *,
           secret: bytes) -> list[dict[str, Any]]:
     """Hand the agent up to `limit` jobs of its tenant (of the `actions` it performs, when
@@ -85,7 +85,7 @@ _CLAIM_FOR_GOOD = ("LEDGER_SEQ_CONFLICT", "LEDGER_DUPLICATE", "LEDGER_OWNERSHIP_
                    "LEDGER_PREV_HASH_MISMATCH", "LEDGER_SEQ_GAP")
 
 
-def _claim_spans(conn: psycopg.Connection, trusted: frozenset[str],
+def _claim_spans(conn: Connection, trusted: frozenset[str],
                  platform: records.Platform, principal: Principal, job: dict[str, Any],
                  secret: bytes) -> tuple[list[dict[str, Any]], bool]:
     """The spans claiming `job` (the gate's decision first, for an execute job) and whether
@@ -111,7 +111,7 @@ def _claim_spans(conn: psycopg.Connection, trusted: frozenset[str],
     return spans, not refused
 
 
-def _claim_alone(conn: psycopg.Connection, key: SigningKey, principal: Principal,
+def _claim_alone(conn: Connection, key: SigningKey, principal: Principal,
                  job: dict[str, Any], spans: list[dict[str, Any]]) -> bool:
     """Record one job's claim in a savepoint. When the ledger refuses it for good, the job
     is skipped and refused with JOB_CLAIM_FAILED under an id of its own, so it is never
@@ -143,7 +143,7 @@ def _handed(job: dict[str, Any]) -> dict[str, Any]:
             "trace_id": job["trace_id"]}
 
 
-def report(conn: psycopg.Connection, key: SigningKey, principal: Principal, job_id: str,
+def report(conn: Connection, key: SigningKey, principal: Principal, job_id: str,
            status: str, output: Any, *, secret: bytes) -> tuple[dict[str, Any], bool]:
     """Record a job's result (once). A retry of the same result is acknowledged again;
     a different one is refused. Returns (the result span, whether it is new)."""

@@ -7,7 +7,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
@@ -16,6 +15,7 @@ from stage0.gov.apikeys import Principal
 from stage0.gov.contract_store import active_contracts, resolve
 from stage0.gov.routes_gate import now, roles_of
 from stage0.ledger import records, store
+from stage0.ledger.db import Connection
 from stage0.ledger.queries import SPAN_COLUMNS
 from stage0.spans.clip import clip_fields, clip_json
 from stage0.spans.ids import derive_id
@@ -69,7 +69,7 @@ def decision_span(principal: Principal, decision: gate.Decision, trace_id: str,
                  input={"action": said["action"], "args": args_cut}, content=content)
 
 
-def propose(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+def propose(conn: Connection, key: SigningKey, root: str, principal: Principal,
             action: str, args: Any, trace_id: str,
             source: dict[str, Any] | None = None, *, secret: bytes) -> Outcome:
     """Ask the gate; record its decision and, unless denied, what follows from it: a job
@@ -120,11 +120,11 @@ def job_span(secret: bytes, principal: Principal, proposal_id: str, kind: str,
                  parent_id=proposal_id, status="queued", content=content)
 
 
-def children(conn: psycopg.Connection, parent_id: str) -> list[dict[str, Any]]:
+def children(conn: Connection, parent_id: str) -> list[dict[str, Any]]:
     return _children_of(conn, [parent_id]).get(parent_id, [])
 
 
-def _children_of(conn: psycopg.Connection, parent_ids: list[str]
+def _children_of(conn: Connection, parent_ids: list[str]
                  ) -> dict[str, list[dict[str, Any]]]:
     """Every stored version of the spans whose parent is one of `parent_ids`, per parent, in
     position order: one query for any number of parents."""
@@ -138,7 +138,7 @@ def _children_of(conn: psycopg.Connection, parent_ids: list[str]
     return out
 
 
-def proposal_state(conn: psycopg.Connection, root: str, tenant_id: str,
+def proposal_state(conn: Connection, root: str, tenant_id: str,
                    proposal_id: str) -> dict[str, Any] | None:
     """A proposal as the caller may see it: terms, plan (the agent's preview), approvals,
     jobs and their results, a state (planning, plan_failed, pending, approved, rejected,
@@ -156,7 +156,7 @@ def proposal_state(conn: psycopg.Connection, root: str, tenant_id: str,
     return state
 
 
-def states_of(conn: psycopg.Connection, requests: list[dict[str, Any]],
+def states_of(conn: Connection, requests: list[dict[str, Any]],
             platform: records.Platform) -> tuple[list[dict[str, Any] | None], list[dict]]:
     """proposal_state for each of `requests` (their head spans), in three queries in all:
     the requests' children (approvals, jobs), then the jobs' children (claims, results).
@@ -240,7 +240,7 @@ PENDING = (
 )
 
 
-def approvals_inbox(conn: psycopg.Connection, root: str, tenant_id: str, limit: int = 100,
+def approvals_inbox(conn: Connection, root: str, tenant_id: str, limit: int = 100,
                     states: tuple[str, ...] | None = None
                     ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The tenant's approval requests (platform records only), newest first, and the flags

@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from stage0.errors import LoglineError
+from stage0.ledger.db import Connection, one
 from stage0.spans.canonical import now_at
 from stage0.spans.proofs import public_key_hex
 
@@ -36,7 +36,7 @@ def _message(data: dict[str, Any]) -> bytes:
                       separators=(",", ":")).encode("utf-8")
 
 
-def take(conn: psycopg.Connection, root: SigningKey) -> dict[str, Any]:
+def take(conn: Connection, root: SigningKey) -> dict[str, Any]:
     """The current tip (the newest row's position and chain hash), signed by root."""
     row = conn.execute(
         "SELECT r.position, r.chain_hash, (SELECT count(*) FROM ledger.universal_registry) "
@@ -74,13 +74,13 @@ def load(path: Path, root_key: str) -> dict[str, Any]:
     return data
 
 
-def check(conn: psycopg.Connection, point: dict[str, Any]) -> tuple[str, str] | None:
+def check(conn: Connection, point: dict[str, Any]) -> tuple[str, str] | None:
     """(reason, detail) when the ledger no longer holds the checkpoint's tip, else None."""
     row = conn.execute("SELECT chain_hash FROM ledger.universal_registry WHERE position = %s",
                        (point["position"],)).fetchone()
     if row is None:
-        newest = conn.execute("SELECT max(position) AS p FROM ledger.universal_registry"
-                              ).fetchone()["p"]
+        newest = one(conn.execute("SELECT max(position) AS p FROM ledger.universal_registry"
+                                  ))["p"]
         return ("CHAIN_TRUNCATED", f"the checkpoint of {point['at']} pins position "
                 f"{point['position']}, which the ledger no longer holds (newest: {newest}): "
                 "rows were deleted or an older backup was restored")

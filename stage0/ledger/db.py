@@ -44,6 +44,8 @@ from stage0.ledger.queries import q
 Role = Literal["admin", "app", "kernel"]
 #: What Database.connect returns (rows as dicts); the one connection type every layer names.
 Connection = psycopg.Connection[DictRow]
+#: The driver's base error, for the layers above that catch it (db_error says what it means).
+DriverError = psycopg.Error
 ROLE_NAMES = {"app": "logline_app", "kernel": "logline_kernel"}
 EMBEDDED_DBNAME = "logline"
 #: The OS user the embedded PostgreSQL runs as when LogLine runs as root (pgserver's name).
@@ -100,14 +102,14 @@ class Database:
         params = conninfo_to_dict(self.admin_url)
         params.pop("password", None)
         params["user"] = ROLE_NAMES[role]
-        return make_conninfo(**params)
+        return make_conninfo("", **params)
 
     def with_dbname(self, dbname: str) -> Database:
         return Database(make_conninfo(self.admin_url, dbname=dbname))
 
     @property
     def dbname(self) -> str:
-        return conninfo_to_dict(self.admin_url).get("dbname", "")
+        return str(conninfo_to_dict(self.admin_url).get("dbname") or "")
 
     def connect(self, role: Role = "app", autocommit: bool = True) -> Connection:
         """A connection in autocommit mode by default: work that must be atomic says so with
@@ -116,12 +118,12 @@ class Database:
         try:
             conn = psycopg.connect(self.url(role), autocommit=autocommit, row_factory=dict_row)
         except psycopg.OperationalError as exc:
-            raise _refused_login(role, exc) from None
+            raise db_error(exc, "connect", role) from None
         configure(conn)
         return conn
 
 
-def configure(conn: psycopg.Connection) -> None:
+def configure(conn: psycopg.Connection[Any]) -> None:
     set_json_loads(loads, conn)
 
 
@@ -140,13 +142,14 @@ def _pgserver() -> Any:
         # a word: they only check here (what they would change, LogLine refuses to).
         import pgserver.postgres_server as server_module
 
-        server_module.ensure_user_exists = _os_user
+        server_module.ensure_user_exists = lambda username: _os_user(username)
         server_module.ensure_prefix_permissions = lambda path: _require_reachable(
             [Path(path).parent], "the database's directories")
         server_module.ensure_folder_permissions = lambda path, flag: _require_readable(
             Path(path))
-        server_module.initdb = _in_own_group(pgserver._commands.initdb)
-        server_module.pg_ctl = _in_own_group(pgserver._commands.pg_ctl)
+        commands: Any = pgserver._commands  # it makes initdb, pg_ctl, ... at run time
+        server_module.initdb = _in_own_group(commands.initdb)
+        server_module.pg_ctl = _in_own_group(commands.pg_ctl)
     return pgserver
 
 
@@ -313,22 +316,50 @@ def not_initialised(what: str) -> LoglineError:
                         "at an initialised home, or LOGLINE_DATABASE_URL at a migrated server)")
 
 
-def unmigrated(exc: BaseException) -> LoglineError | None:
-    """NOT_INITIALISED for a query on a database whose migrations have not (all) run, else
-    None (the CLI turns the driver's `relation "ledger..." does not exist` into this)."""
-    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+#: What was being done when the driver raised: it decides the reason code (see db_error).
+During = Literal["statement", "command", "connect", "migration"]
+
+
+def db_error(exc: psycopg.Error, during: During = "statement", where: str = "") -> LoglineError:
+    """The one place a database error becomes a LoglineError; every layer that catches the
+    driver's errors hands them here.
+
+    - "statement" (a write or a kernel's query): the append trigger's own reason code (its
+      message is `CODE: text`), else by the error's kind LEDGER_DUPLICATE,
+      LEDGER_STALE_SNAPSHOT or LEDGER_FORBIDDEN, else LEDGER_REJECTED.
+    - "command" (what escaped a command): NOT_INITIALISED when LogLine's tables or schemas
+      are missing (the driver's `relation "ledger..." does not exist`), else as a statement.
+    - "connect" (`where` is the role): a server without LogLine's roles has never been
+      migrated, so NOT_INITIALISED, not the driver's `role "logline_kernel" does not
+      exist`; else DB_UNAVAILABLE.
+    - "migration" (`where` is its file): MIGRATION_FAILED there.
+    """
+    if during == "connect":
+        name = ROLE_NAMES.get(where)  # the admin role is the server's own
+        if name and f'role "{name}" does not exist' in str(exc):
+            return not_initialised(f"the database has no {name} role (not migrated)")
+        return LoglineError("DB_UNAVAILABLE", f"cannot connect as {where}: {exc}".strip())
+    if during == "migration":
+        return LoglineError("MIGRATION_FAILED", str(exc).strip(), where)
+    if during == "command" and isinstance(exc, psycopg.errors.UndefinedTable
+                                          | psycopg.errors.InvalidSchemaName):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return not_initialised(f"the database is not migrated ({first})")
-    return None
-
-
-def _refused_login(role: str, exc: psycopg.OperationalError) -> LoglineError:
-    """A server without LogLine's roles has never been migrated: say so, not the driver's
-    `role "logline_kernel" does not exist`."""
-    text = str(exc)
-    if role != "admin" and f'role "{ROLE_NAMES[role]}" does not exist' in text:
-        return not_initialised(f"the database has no {ROLE_NAMES[role]} role (not migrated)")
-    return LoglineError("DB_UNAVAILABLE", f"cannot connect as {role}: {exc}".strip())
+    message = (exc.diag.message_primary or str(exc)).strip()
+    code, sep, rest = message.partition(": ")
+    if sep and code.replace("_", "").isupper():
+        return LoglineError(code, rest)
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return LoglineError("LEDGER_DUPLICATE", message)
+    if isinstance(exc, psycopg.errors.SerializationFailure):
+        # ledger.chain_tip changed after this REPEATABLE READ/SERIALIZABLE snapshot: chaining
+        # to the tip it shows would fork the ledger (schema/0004). The caller retries.
+        return LoglineError("LEDGER_STALE_SNAPSHOT", "another transaction committed a "
+                            "conflicting change after this one's snapshot was taken; retry "
+                            f"the transaction (PostgreSQL: {message})")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return LoglineError("LEDGER_FORBIDDEN", message)
+    return LoglineError("LEDGER_REJECTED", message)
 
 
 def stop_embedded(home: Home) -> bool:
@@ -340,8 +371,16 @@ def stop_embedded(home: Home) -> bool:
     return True
 
 
+def one(cursor: psycopg.Cursor[DictRow]) -> DictRow:
+    """The row of a statement that always returns one (an aggregate, a function call)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise AssertionError("the statement returned no row")
+    return row
+
+
 @contextmanager
-def unbounded(conn: psycopg.Connection) -> Iterator[None]:
+def unbounded(conn: Connection) -> Iterator[None]:
     """No statement or idle-in-transaction timeout on this session inside (the role's own
     again after): for the operator's commands that legitimately run long, such as seeding a
     big file. Applied and reset outside any transaction."""
@@ -354,7 +393,7 @@ def unbounded(conn: psycopg.Connection) -> Iterator[None]:
 
 
 @contextmanager
-def as_identity(conn: psycopg.Connection, user_id: str, tenant_id: str | None) -> Iterator[None]:
+def as_identity(conn: Connection, user_id: str, tenant_id: str | None) -> Iterator[None]:
     """One transaction with the caller's identity set locally (never on the session)."""
     with conn.transaction():
         conn.execute("SELECT set_config('app.user_id', %s, true), "

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-
 from stage0.errors import LoglineError
 from stage0.ledger import manifest, store
+from stage0.ledger.db import Connection
 from stage0.ledger.queries import q
 from stage0.spans.canonical import _UUID, parse_at
 from stage0.spans.proofs import check_proofs
@@ -32,7 +31,7 @@ def _key_names(meta: dict[str, Any], root: str) -> dict[str, tuple[str, str]]:
     return names
 
 
-def describe(conn: psycopg.Connection, root: str, span_id: str) -> dict[str, Any]:
+def describe(conn: Connection, root: str, span_id: str) -> dict[str, Any]:
     """The span `span_id`, its versions and their verification (the kernel role sees all)."""
     versions = store.versions(conn, span_id.strip().lower())
     if not versions:
@@ -82,7 +81,7 @@ def _code(span: dict[str, Any]) -> str | None:
 
 
 # --- traces -------------------------------------------------------------------------------
-def trace_id_of(conn: psycopg.Connection, ident: str) -> str:
+def trace_id_of(conn: Connection, ident: str) -> str:
     """The trace `ident` names: a span id (its trace), or a trace id itself."""
     ident = ident.strip()
     if _UUID.fullmatch(ident):
@@ -91,11 +90,12 @@ def trace_id_of(conn: psycopg.Connection, ident: str) -> str:
             if not span["trace_id"]:
                 raise LoglineError("NOT_FOUND", f"this {span['entity_type']} belongs to no "
                                    "trace (it has no trace_id)", ident)
-            return span["trace_id"]
+            trace_id: str = span["trace_id"]
+            return trace_id
     return ident
 
 
-def trace(conn: psycopg.Connection, ident: str) -> dict[str, Any]:
+def trace(conn: Connection, ident: str) -> dict[str, Any]:
     """{"trace_id", "spans", "roots"}: the trace's spans as a tree of nodes, oldest first."""
     trace_id = trace_id_of(conn, ident)
     rows = [store.span_from_row(r) for r in conn.execute(

@@ -15,12 +15,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
 from stage0.keys import edge_key
 from stage0.ledger import store
+from stage0.ledger.db import Connection
 from stage0.spans import kinds
 from stage0.spans.proofs import check_proofs, public_key_hex
 
@@ -30,7 +30,7 @@ ROLES = ("platform", "edge", "author")
 EDGE_NAME = "edge"
 
 
-def latest(conn: psycopg.Connection, root_key: str) -> dict[str, Any]:
+def latest(conn: Connection, root_key: str) -> dict[str, Any]:
     """The latest manifest, after checking it is intact and signed by the root key."""
     span = store.head(conn, MANIFEST_ID)
     if span is None:
@@ -47,10 +47,11 @@ def latest(conn: psycopg.Connection, root_key: str) -> dict[str, Any]:
 
 def trusted_keys(manifest: dict[str, Any] | None, root_key: str) -> frozenset[str]:
     entries = ((manifest or {}).get("metadata") or {}).get("trusted_keys") or []
-    return frozenset([root_key, *(e.get("public_key") for e in entries if isinstance(e, dict))])
+    return frozenset([root_key, *(e["public_key"] for e in entries
+                                  if isinstance(e, dict) and isinstance(e.get("public_key"), str))])
 
 
-def trust_set(conn: psycopg.Connection, root_key: str) -> frozenset[str]:
+def trust_set(conn: Connection, root_key: str) -> frozenset[str]:
     try:
         return trusted_keys(latest(conn, root_key), root_key)
     except LoglineError as exc:
@@ -83,7 +84,7 @@ def signers_of(manifest: dict[str, Any] | None, root_key: str) -> Signers:
                    kinds.platform_kinds(metadata))
 
 
-def signers(conn: psycopg.Connection, root_key: str) -> Signers:
+def signers(conn: Connection, root_key: str) -> Signers:
     """The latest manifest's Signers (only the root key, when there is no manifest yet)."""
     try:
         return signers_of(latest(conn, root_key), root_key)
@@ -97,7 +98,7 @@ def edge_entry(root: SigningKey) -> dict[str, str]:
     return {"name": EDGE_NAME, "public_key": public_key_hex(edge_key(root)), "role": "edge"}
 
 
-def ensure_edge_key(conn: psycopg.Connection, root: SigningKey) -> dict[str, Any] | None:
+def ensure_edge_key(conn: Connection, root: SigningKey) -> dict[str, Any] | None:
     """Append a manifest version that trusts the API's edge key (role edge) if the latest
     does not; returns that version, or None when nothing was needed."""
     entry = edge_entry(root)
@@ -112,7 +113,7 @@ def _entry_order(entry: dict[str, Any]) -> tuple[str, str]:
     return entry.get("name", ""), entry["public_key"]
 
 
-def check_trusted_keys(entries: Any) -> list[dict]:
+def check_trusted_keys(entries: Any) -> list[dict[str, Any]]:
     """`metadata.trusted_keys` must be a list of {name, public_key (64 hex), role?}."""
     where = "metadata.trusted_keys"
     if entries is None:
@@ -130,7 +131,8 @@ def check_trusted_keys(entries: Any) -> list[dict]:
     return entries
 
 
-def merge_trusted(entries: list[dict], current: list[dict]) -> list[dict]:
+def merge_trusted(entries: list[dict[str, Any]], current: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
     """Keys trusted in the ledger stay trusted when a manifest row is re-seeded: trust is
     granted and withdrawn with `logline keys trust/untrust`, never by omission."""
     merged = {e["public_key"]: e for e in current}
@@ -138,7 +140,7 @@ def merge_trusted(entries: list[dict], current: list[dict]) -> list[dict]:
     return sorted(merged.values(), key=_entry_order)
 
 
-def set_trust(conn: psycopg.Connection, root: SigningKey, public_key: str,
+def set_trust(conn: Connection, root: SigningKey, public_key: str,
               name: str | None, trusted: bool, role: str = "author") -> dict[str, Any]:
     """Append the next manifest version with `public_key` added (with `role`) or removed."""
     public_key = public_key.strip().lower()
@@ -158,7 +160,7 @@ def set_trust(conn: psycopg.Connection, root: SigningKey, public_key: str,
     return amend(conn, root, trusted_keys=sorted(entries, key=_entry_order))
 
 
-def amend(conn: psycopg.Connection, root: SigningKey, **changes: Any) -> dict[str, Any]:
+def amend(conn: Connection, root: SigningKey, **changes: Any) -> dict[str, Any]:
     """Append the next manifest version with these metadata keys replaced, signed by root."""
     current = latest(conn, public_key_hex(root))
     draft = {k: v for k, v in current.items()

@@ -16,7 +16,7 @@ import psycopg
 
 from stage0.config import schema_dir
 from stage0.errors import LoglineError
-from stage0.ledger.db import Database
+from stage0.ledger.db import Connection, Database, db_error
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK = 5514346441049466214
@@ -87,7 +87,7 @@ def migrate(db: Database, directory: Path | None = None) -> list[str]:
     return applied_now
 
 
-def _apply(conn: psycopg.Connection, m: Migration) -> None:
+def _apply(conn: Connection, m: Migration) -> None:
     try:
         with conn.transaction():
             conn.execute(m.sql)
@@ -95,7 +95,7 @@ def _apply(conn: psycopg.Connection, m: Migration) -> None:
             conn.execute("INSERT INTO logline_meta.migrations (version, name, checksum) "
                          "VALUES (%s, %s, %s)", (m.version, m.name, m.checksum))
     except psycopg.Error as exc:
-        raise LoglineError("MIGRATION_FAILED", str(exc).strip(), str(m.path)) from None
+        raise db_error(exc, "migration", str(m.path)) from None
 
 
 def applied(db: Database) -> list[str]:

@@ -21,11 +21,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
 from stage0.ledger import manifest
+from stage0.ledger.db import Connection, one
 from stage0.ledger.queries import q
 from stage0.spans.proofs import public_key_hex
 
@@ -83,27 +83,27 @@ class Quota:
                             "`logline quota set`)")
 
 
-def _quota(conn: psycopg.Connection, metadata: dict[str, Any] | None, tenant: str,
+def _quota(conn: Connection, metadata: dict[str, Any] | None, tenant: str,
            used: int) -> Quota:
     limit, source = limit_for(metadata, tenant)
-    clock = conn.execute(q("utc_day")).fetchone()
+    clock = one(conn.execute(q("utc_day")))
     return Quota(tenant, clock["day"], limit, int(used), source, clock["resets_in_s"])
 
 
-def of_tenant(conn: psycopg.Connection, metadata: dict[str, Any] | None, tenant: str) -> Quota:
+def of_tenant(conn: Connection, metadata: dict[str, Any] | None, tenant: str) -> Quota:
     """Any tenant's quota today (the kernel role: it reads every tenant's count)."""
-    used = conn.execute(q("exec_count_today"), {"tenant": tenant}).fetchone()["n"]
+    used = one(conn.execute(q("exec_count_today"), {"tenant": tenant}))["n"]
     return _quota(conn, metadata, tenant, used)
 
 
-def of_caller(conn: psycopg.Connection, metadata: dict[str, Any] | None, tenant: str) -> Quota:
+def of_caller(conn: Connection, metadata: dict[str, Any] | None, tenant: str) -> Quota:
     """The caller's own tenant's quota, in a transaction whose app.tenant_id is `tenant`
     (the API's app role: schema 0008's function counts for that tenant only)."""
-    used = conn.execute(q("my_exec_count_today")).fetchone()["n"]
+    used = one(conn.execute(q("my_exec_count_today")))["n"]
     return _quota(conn, metadata, tenant, used)
 
 
-def used_today(conn: psycopg.Connection) -> dict[str, int]:
+def used_today(conn: Connection) -> dict[str, int]:
     """Executions so far today per tenant (the kernel role)."""
     return {r["tenant_id"]: int(r["n"]) for r in conn.execute(q("exec_counts_today"))}
 
@@ -122,7 +122,7 @@ def parse_limit(text: str) -> int | None:
     return value
 
 
-def set_limit(conn: psycopg.Connection, root: SigningKey, tenant: str,
+def set_limit(conn: Connection, root: SigningKey, tenant: str,
               limit: int | None) -> dict[str, Any]:
     """Append a manifest version with `tenant`'s override set to `limit` (None: removed, so
     the default applies again). Returns that manifest version."""

@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
 from stage0.errors import LoglineError
 from stage0.ledger import manifest, store
+from stage0.ledger.db import Connection
 from stage0.spans import kinds
 
 #: How a span stands towards the platform (the audit export's `record` field).
@@ -59,7 +58,7 @@ class Platform:
 _BY_HEAD: dict[tuple[str, str], Platform] = {}
 
 
-def platform(conn: psycopg.Connection, root_key: str) -> Platform:
+def platform(conn: Connection, root_key: str) -> Platform:
     """The platform's keys and kinds from the latest manifest (the root key and the default
     kinds when the ledger holds none yet)."""
     head = store.head(conn, manifest.MANIFEST_ID)

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
 from stage0.ledger import db, manifest, quota, rows, store
+from stage0.ledger.db import Connection
 from stage0.ledger.queries import q
 from stage0.spans.canonical import FIELDS, canonical_bytes, normalise, now_at
 from stage0.spans.proofs import check_proofs, public_key_hex
@@ -34,7 +34,7 @@ class SeedResult:
     unchanged: int
 
 
-def seed(conn: psycopg.Connection, paths: Iterable[Path], key: SigningKey,
+def seed(conn: Connection, paths: Iterable[Path], key: SigningKey,
          on_file: Callable[[SeedResult], None] | None = None,
          progress: Callable[[int], None] | None = None) -> list[SeedResult]:
     """Seed files in order, each in its own transaction; `on_file` hears of each as it
@@ -80,7 +80,7 @@ def _silent(n: int) -> None:
     return None
 
 
-def seed_file(conn: psycopg.Connection, path: Path, key: SigningKey,
+def seed_file(conn: Connection, path: Path, key: SigningKey,
               progress: Callable[[int], None] = _silent) -> SeedResult:
     root = public_key_hex(key)
     parsed = _contract_rows(path, key) if path.suffix == ".yaml" else rows.read(path)
@@ -124,7 +124,7 @@ def _span_index(exc: LoglineError) -> int | None:
     return None
 
 
-def _draft(conn: psycopg.Connection, data: dict[str, Any], root: str, edge: dict[str, str],
+def _draft(conn: Connection, data: dict[str, Any], root: str, edge: dict[str, str],
            trusted: frozenset[str], chain: dict[str, tuple[int, str]],
            unsigned_lines: dict[str, str], where: str) -> dict[str, Any] | None:
     """What to append for one row, or None when the ledger already holds it. Everything
@@ -164,8 +164,9 @@ def _draft(conn: psycopg.Connection, data: dict[str, Any], root: str, edge: dict
     return {f: span[f] for f in FIELDS if f not in CHAIN_FIELDS or f == "at"}
 
 
-def _signed_draft(conn: psycopg.Connection, data: dict[str, Any], root: str,
-                  trusted: frozenset[str], chain: dict[str, tuple[int, str]]) -> dict | None:
+def _signed_draft(conn: Connection, data: dict[str, Any], root: str,
+                  trusted: frozenset[str], chain: dict[str, tuple[int, str]]
+                  ) -> dict[str, Any] | None:
     span = normalise(data)
     if span["entity_type"] == "manifest" and span["public_key"] != root:
         raise LoglineError("MANIFEST_UNTRUSTED", "a manifest must be signed by the root key "
@@ -189,7 +190,7 @@ def _signed_draft(conn: psycopg.Connection, data: dict[str, Any], root: str,
     return span
 
 
-def _check_follows(conn: psycopg.Connection, span: dict[str, Any],
+def _check_follows(conn: Connection, span: dict[str, Any],
                    chain: dict[str, tuple[int, str]]) -> None:
     """A signed row must be the next version of what the ledger (or this file) holds."""
     if span["id"] not in chain:

@@ -27,6 +27,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from stage0.errors import LoglineError
+from stage0.ledger.db import Connection, db_error, one
 from stage0.ledger.queries import q
 from stage0.spans.canonical import (
     _UUID,
@@ -126,7 +127,7 @@ def _silent(n: int) -> None:
     return None
 
 
-def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+def append(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
            trusted: frozenset[str] | None = None,
            progress: Progress | None = None) -> list[dict[str, Any]]:
     """Append spans in one transaction (all or nothing); return them as stored.
@@ -161,7 +162,7 @@ def append(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: Si
     raise AssertionError("unreachable")
 
 
-def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+def _append_once(conn: Connection, spans: Sequence[Mapping[str, Any]],
                  key: SigningKey, trusted: frozenset[str] | None,
                  progress: Progress) -> list[dict[str, Any]]:
     """One attempt of append() when the caller has no transaction open.
@@ -189,13 +190,13 @@ def _append_once(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
             conn.autocommit = autocommit
 
 
-def _small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]]) -> bool:
+def _small(conn: Connection, spans: Sequence[Mapping[str, Any]]) -> bool:
     """Whether the spans go in as one INSERT: a small batch, or under row-level security
     (where PostgreSQL refuses COPY) as many as one INSERT takes."""
     return len(spans) <= SMALL_BATCH or (len(spans) <= INSERT_CHUNK and _row_security(conn))
 
 
-def _append_small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+def _append_small(conn: Connection, spans: Sequence[Mapping[str, Any]],
                   key: SigningKey, trusted: frozenset[str] | None) -> list[dict[str, Any]]:
     """Up to INSERT_CHUNK spans in one INSERT, prepared as if every id they chain were new.
     The statement inserts them only if none of those ids has a head, and returns the heads it
@@ -213,7 +214,7 @@ def _append_small(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
     return prepared
 
 
-def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+def _stream(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
             trusted: frozenset[str] | None, progress: Progress) -> list[dict[str, Any]]:
     """Prepare and COPY span by span: PostgreSQL inserts (and runs the append trigger on)
     the rows already sent while this process signs the next ones, one core each. A span
@@ -226,13 +227,13 @@ def _stream(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: S
                 copy.write_row(row)
                 out.append(span)
     except psycopg.Error as exc:
-        raise ledger_error(exc) from None
+        raise db_error(exc) from None
     return out
 
 
 def _each_prepared(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int, str]],
                    key: SigningKey, trusted: frozenset[str] | None,
-                   progress: Progress | None = None) -> Iterator[tuple[dict[str, Any], list]]:
+                   progress: Progress | None = None) -> Iterator[tuple[dict[str, Any], list[Any]]]:
     """(span, COPY row) for each draft, in order; a refusal names the span's index."""
     for i, raw in enumerate(spans):
         try:
@@ -253,16 +254,16 @@ def _chained_ids(spans: Sequence[Mapping[str, Any]]) -> list[str]:
             and "seq" not in s and not is_signed(s)]
 
 
-def _prepare_all(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
+def _prepare_all(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
                  trusted: frozenset[str] | None, progress: Progress | None = None
-                 ) -> tuple[list[dict[str, Any]], list[list]]:
+                 ) -> tuple[list[dict[str, Any]], list[list[Any]]]:
     return _prepare_rows(spans, current_heads(conn, _chained_ids(spans)), key, trusted,
                          progress)
 
 
 def _prepare_rows(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int, str]],
                   key: SigningKey, trusted: frozenset[str] | None,
-                  progress: Progress | None = None) -> tuple[list[dict[str, Any]], list[list]]:
+                  progress: Progress | None = None) -> tuple[list[dict[str, Any]], list[list[Any]]]:
     out, rows = [], []
     for span, row in _each_prepared(spans, heads, key, trusted, progress):
         out.append(span)
@@ -270,7 +271,7 @@ def _prepare_rows(spans: Sequence[Mapping[str, Any]], heads: dict[str, tuple[int
     return out, rows
 
 
-def current_heads(conn: psycopg.Connection, ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+def current_heads(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[int, str]]:
     ids = list(set(ids))
     if not ids:
         return {}
@@ -282,7 +283,7 @@ def _copy_value(field: str, value: Any) -> Any:
     return Jsonb(value) if field in JSON_FIELDS and value is not None else value
 
 
-def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
+def insert(conn: Connection, spans: Sequence[Mapping[str, Any]],
            rows: Sequence[list[Any]] | None = None) -> None:
     """Insert prepared spans: one multi-row INSERT for small batches (one round trip), COPY
     for large ones. The triggers check every row either way. `rows` are the spans' column
@@ -297,20 +298,20 @@ def insert(conn: psycopg.Connection, spans: Sequence[Mapping[str, Any]],
             for row in rows:
                 copy.write_row(row)
     except psycopg.Error as exc:
-        raise ledger_error(exc) from None
+        raise db_error(exc) from None
 
 
-def _insert_rows(conn: psycopg.Connection, rows: Sequence[list[Any]]) -> None:
+def _insert_rows(conn: Connection, rows: Sequence[list[Any]]) -> None:
     # PostgreSQL refuses COPY FROM under row-level security: the app role inserts.
     try:
         for start in range(0, len(rows), INSERT_CHUNK):
             chunk = rows[start:start + INSERT_CHUNK]
             conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
     except psycopg.Error as exc:
-        raise ledger_error(exc) from None
+        raise db_error(exc) from None
 
 
-def _insert_if_new(conn: psycopg.Connection, ids: list[str], rows: Sequence[list[Any]]
+def _insert_if_new(conn: Connection, ids: list[str], rows: Sequence[list[Any]]
                    ) -> dict[str, tuple[int, str]]:
     """INSERT `rows` (at most INSERT_CHUNK) only if none of `ids` has a head; return the heads
     found (then nothing was inserted). One statement: atomic, and no error when ids exist."""
@@ -320,17 +321,17 @@ def _insert_if_new(conn: psycopg.Connection, ids: list[str], rows: Sequence[list
                                 [ids[0] if len(ids) == 1 else ids,
                                  *(v for row in rows for v in row)]).fetchall()
     except psycopg.Error as exc:
-        raise ledger_error(exc) from None
+        raise db_error(exc) from None
     return {span_id: (seq, curr_hash) for span_id, seq, curr_hash in found}
 
 
-_RLS: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
+_RLS: weakref.WeakKeyDictionary[Connection, bool] = weakref.WeakKeyDictionary()
 
 
-def _row_security(conn: psycopg.Connection) -> bool:
+def _row_security(conn: Connection) -> bool:
     if conn not in _RLS:
-        _RLS[conn] = conn.execute(
-            "SELECT row_security_active('ledger.universal_registry') AS on").fetchone()["on"]
+        _RLS[conn] = one(conn.execute(
+            "SELECT row_security_active('ledger.universal_registry') AS on"))["on"]
     return _RLS[conn]
 
 
@@ -362,29 +363,10 @@ def _insert_if_new_sql(rows: int, one_id: bool) -> str:
             f"SELECT id, seq, curr_hash FROM known")
 
 
-def ledger_error(exc: psycopg.Error) -> LoglineError:
-    """A database refusal as a LoglineError with the trigger's reason code."""
-    message = (exc.diag.message_primary or str(exc)).strip()
-    code, sep, rest = message.partition(": ")
-    if sep and code.replace("_", "").isupper():
-        return LoglineError(code, rest)
-    if isinstance(exc, psycopg.errors.UniqueViolation):
-        return LoglineError("LEDGER_DUPLICATE", message)
-    if isinstance(exc, psycopg.errors.SerializationFailure):
-        # ledger.chain_tip changed after this REPEATABLE READ/SERIALIZABLE snapshot: chaining
-        # to the tip it shows would fork the ledger (schema/0004). The caller retries.
-        return LoglineError("LEDGER_STALE_SNAPSHOT", "another transaction committed a "
-                            "conflicting change after this one's snapshot was taken; retry "
-                            f"the transaction (PostgreSQL: {message})")
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return LoglineError("LEDGER_FORBIDDEN", message)
-    return LoglineError("LEDGER_REJECTED", message)
-
-
-def head(conn: psycopg.Connection, span_id: str) -> dict[str, Any] | None:
+def head(conn: Connection, span_id: str) -> dict[str, Any] | None:
     row = conn.execute(q("head_lookup"), {"id": span_id}).fetchone()
     return span_from_row(row) if row else None
 
 
-def versions(conn: psycopg.Connection, span_id: str) -> list[dict[str, Any]]:
+def versions(conn: Connection, span_id: str) -> list[dict[str, Any]]:
     return [span_from_row(r) for r in conn.execute(q("all_versions"), {"id": span_id})]

@@ -28,7 +28,7 @@ from psycopg.types.json import set_json_loads
 from stage0.errors import LoglineError
 from stage0.ledger import checkpoint as pin
 from stage0.ledger import manifest
-from stage0.ledger.db import LOSSY, strict_loads
+from stage0.ledger.db import LOSSY, Connection, one, strict_loads
 from stage0.ledger.queries import q
 from stage0.spans.canonical import FIELDS
 from stage0.spans.proofs import check_proofs
@@ -120,14 +120,16 @@ def _exact_float(text: str, value: float) -> float | str:
     return value if Decimal(text) == Decimal(repr(value)) else LOSSY + text
 
 
-def _loads(data: bytes) -> Any:
+def _loads(data: str | bytes) -> Any:
     """strict_loads, without a Python callback per integer."""
+    if isinstance(data, str):  # psycopg passes bytes, though its loads type allows str
+        data = data.encode()
     if _LONG_DIGITS.search(data):
         return strict_loads(data)
     return _DECODER.decode(data.decode())
 
 
-def _walk_range(conn: psycopg.Connection, lo: str, hi: str, walk: _Walk) -> None:
+def _walk_range(conn: Connection, lo: str, hi: str, walk: _Walk) -> None:
     """Stream the versions of ids in [lo, hi] into `walk` (rows come back with ids, `at` and
     related_to already as the text a span holds: PostgreSQL converts them)."""
     with conn.cursor(name="verify_stream", row_factory=tuple_row) as cur:
@@ -175,12 +177,12 @@ def _worker_range(snapshot: str, lo: str, hi: str, signers: manifest.Signers, ro
     return walk.spans, walk.ids, walk.failures
 
 
-def _conninfo(conn: psycopg.Connection) -> str:
+def _conninfo(conn: Connection) -> str:
     password = conn.info.password
     return make_conninfo(conn.info.dsn, **({"password": password} if password else {}))
 
 
-def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
+def verify(conn: Connection, root_key: str, jobs: int | None = None,
            progress: Callable[[int], None] | None = None,
            checkpoint: dict[str, Any] | None = None) -> Report:
     """Check the whole ledger. `conn` must see every row (the kernel role or a superuser).
@@ -209,13 +211,13 @@ def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
                 report.failures.append(Failure(manifest.MANIFEST_ID, -1, exc.code,
                                                exc.message))
                 signers = manifest.signers_of(None, root_key)
-            high = conn.execute(q("position_high_water")).fetchone()["high"] or 0
+            high = one(conn.execute(q("position_high_water")))["high"] or 0
             ranges = _ranges(max(16, 4 * jobs))
             walk = _Walk(signers, root_key, high)
             pending = []
             pool = None
             if jobs > 1 and own:
-                snapshot = conn.execute("SELECT pg_export_snapshot() AS s").fetchone()["s"]
+                snapshot = one(conn.execute("SELECT pg_export_snapshot() AS s"))["s"]
                 pool = ProcessPoolExecutor(jobs, initializer=_worker_start,
                                            initargs=(_conninfo(conn),))
                 pending = [(lo, hi, pool.submit(_worker_range, snapshot, lo, hi, signers,
@@ -234,9 +236,10 @@ def verify(conn: psycopg.Connection, root_key: str, jobs: int | None = None,
                 report.tip = _check_ledger_chain(conn, report.failures)
                 _check_tip(conn, report.tip, report.failures)
                 if checkpoint is not None:
-                    found = pin.check(conn, checkpoint)
-                    if found:
-                        report.failures.append(Failure("ledger", checkpoint["position"], *found))
+                    broken = pin.check(conn, checkpoint)
+                    if broken:
+                        report.failures.append(Failure("ledger", checkpoint["position"],
+                                                       *broken))
                 for row in conn.execute(q("heads_inconsistent")):
                     detail = ("the head projection disagrees with the stored versions"
                               if row["reason"] == "HEAD_MISMATCH"
@@ -273,7 +276,7 @@ def chain_link(prev: str | None, position: int, curr_hash: str) -> str:
     return hashlib.sha256(f"{prev or ''}:{position}:{curr_hash}".encode()).hexdigest()
 
 
-def _check_ledger_chain(conn: psycopg.Connection, failures: list[Failure]) -> dict | None:
+def _check_ledger_chain(conn: Connection, failures: list[Failure]) -> dict[str, Any] | None:
     """Walk the ledger in position order: every row must extend the chain of the row before
     it, so an edited position or a removed row shows up where it happened. Returns the tip."""
     prev: str | None = None
@@ -291,7 +294,8 @@ def _check_ledger_chain(conn: psycopg.Connection, failures: list[Failure]) -> di
     return tip
 
 
-def _check_tip(conn: psycopg.Connection, tip: dict | None, failures: list[Failure]) -> None:
+def _check_tip(conn: Connection, tip: dict[str, Any] | None, failures: list[Failure]
+               ) -> None:
     """The newest row must be the tip the last append recorded: rows deleted from the end
     leave a tip that points past them."""
     recorded = conn.execute(q("chain_tip")).fetchone()

@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
 from stage0.ledger import store
+from stage0.ledger.db import Connection
 
 
-def schedule(conn: psycopg.Connection, key: SigningKey, function_id: str, input: Any = None,
+def schedule(conn: Connection, key: SigningKey, function_id: str, input: Any = None,
              user_id: str | None = None, tenant_id: str | None = None,
              idempotency_key: str | None = None, trace_id: str | None = None) -> dict[str, Any]:
     """Append a scheduled request for `function_id` (the CLI twin of POST /api/execute).

@@ -27,7 +27,7 @@ import psycopg
 from stage0.boot.loader import Loader
 from stage0.config import Home
 from stage0.errors import LoglineError
-from stage0.ledger.db import Database
+from stage0.ledger.db import Connection, Database
 from stage0.log import log
 
 KERNELS = {"observer_bot": "00000000-0000-4000-8000-000000000002",
@@ -177,7 +177,7 @@ class Worker:
                 self.loader.log("request_denied", request_id=one.get("request_id"),
                                 reason=one.get("reason") or "QUOTA_EXCEEDED")
 
-    def _wait(self, listener: psycopg.Connection, due: Due) -> None:
+    def _wait(self, listener: Connection, due: Due) -> None:
         """Sleep until the next kernel is due, a relevant NOTIFY arrives, or we are stopped."""
         timeout = min(due.wait_s(), 0.5)  # bounded so a stop request is seen promptly
         if timeout <= 0:

@@ -483,14 +483,14 @@ class CompileRefused(Exception):
 #: refusal, (error code, message). Refusals are stored as plain data, not as exceptions: an
 #: exception raised again would carry the tracebacks (and so the frames and inputs) of
 #: every run that raised it before.
-_CODE_CACHE: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
+Compiled = tuple[types.CodeType, tuple[types.CodeType, ...]]
+_CODE_CACHE: OrderedDict[bytes, Compiled | tuple[str, str]] = OrderedDict()
 
 
-def compile_user_code(source: str, use_cache: bool = True) -> tuple[types.CodeType,
-                                                                     tuple[types.CodeType, ...]]:
+def compile_user_code(source: str, use_cache: bool = True) -> Compiled:
     """The module code and all code objects in it (for execute's survivor check)."""
     key = blake3(source.encode("utf-8", "surrogatepass")).digest() if use_cache else b""
-    hit = _CODE_CACHE.get(key) if use_cache else None
+    hit: Compiled | tuple[str, str] | None = _CODE_CACHE.get(key) if use_cache else None
     if hit is not None:
         _CODE_CACHE.move_to_end(key)
     else:
@@ -534,6 +534,7 @@ def _compile(source: str) -> types.CodeType:
             first = "line " + first[5:]
         more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
         raise CompileRefused("SANDBOX_FORBIDDEN", first + more)
+    assert result.code is not None  # RestrictedPython returns code when there are no errors
     return result.code
 
 

@@ -21,7 +21,8 @@ from stage0.errors import LoglineError
 from stage0.spans.kinds import check_kind
 
 try:  # the json module's C encoder, built once (json.dumps builds one per call)
-    from json.encoder import c_make_encoder as _c_make_encoder
+    # typeshed does not declare the C accelerator json.encoder imports when it has one
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - CPython always has it
     _c_make_encoder = None
 
@@ -39,6 +40,9 @@ TEXT_FIELDS = (
 )
 HEX_FIELDS = {"prev_hash": 64, "curr_hash": 64, "signature": 128, "public_key": 64}
 JSON_FIELDS = ("input", "output", "error", "metadata", "content")
+#: A JSON value, such as a JSON field holds: the one name for it in type hints. Any, because
+#: its shape is checked at run time (normalise) and every layer reads it as it likes.
+JSON = Any
 #: Every column of a span, in table order (the ledger's `position` is not part of a span).
 FIELDS = (
     "id", "seq", "entity_type", "who", "did", "this", "at", "parent_id", "related_to",
@@ -120,11 +124,11 @@ def parse_at(value: Any, field: str = "at") -> datetime:
     if value.tzinfo is None:
         raise _bad(field, "timestamp needs a time zone (use Z for UTC)", "SPAN_INVALID_TIMESTAMP")
     try:
-        value = value.astimezone(UTC)
+        utc = value.astimezone(UTC)
     except OverflowError:
         raise _bad(field, "falls outside years 0001-9999 once converted to UTC",
                    "SPAN_INVALID_TIMESTAMP") from None
-    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
 
 
 #: `at` already in its normal form; such a string is its own normal form once it parses.
@@ -411,21 +415,24 @@ def canonical_bytes(span: Mapping[str, Any], general: bool | None = None) -> byt
     return data
 
 
-_JCS_ARGS = {"sort_keys": True, "ensure_ascii": False, "separators": (",", ":"),
-             "allow_nan": False}
-_ENCODE = None if _c_make_encoder is None else _c_make_encoder(
-    None, json.JSONEncoder().default, json.encoder.encode_basestring, None, ":", ",",
-    True, False, False)  # markers, default, strings, indent, separators, sort, skip, nan
+#: The encoder of json.dumps(v, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+#: allow_nan=False), built once: (value, indent level) -> the text in chunks.
+_ENCODE: Callable[[object, int], Iterable[str]] | None = None
+if _c_make_encoder is not None:
+    _ENCODE = _c_make_encoder(
+        None, json.JSONEncoder().default, json.encoder.encode_basestring, None, ":", ",",
+        True, False, False)  # markers, default, strings, indent, separators, sort, skip, nan
 
 
 def _fast_jcs(view: Mapping[str, Any]) -> bytes:
     # For values holding no float and no astral-plane key, RFC 8785 coincides with sorted,
     # compact, non-ASCII-escaping JSON: same string escapes, same integer digits, and code
     # point order equals UTF-16 order below U+10000. tests/test_canonical.py proves it.
-    # The encoder is json.dumps(view, **_JCS_ARGS)'s own, built once; it skips the check for
-    # circular references, which normalise's depth limit already refuses.
+    # The encoder is json.dumps's own, built once; it skips the check for circular
+    # references, which normalise's depth limit already refuses.
     if _ENCODE is None:  # pragma: no cover
-        return json.dumps(view, **_JCS_ARGS).encode("utf-8")
+        return json.dumps(view, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
     return "".join(_ENCODE(view, 0)).encode("utf-8")
 
 
@@ -457,6 +464,8 @@ def _assemble(span: Mapping[str, Any], texts: dict[str, str] | None) -> bytes:
     """_fast_jcs(signing_view(span)) for a span with exactly the FIELDS keys, written member
     by member with the same encoder (no view to build, no keys to sort); the JSON fields'
     texts go to `texts` when it is given."""
+    encode = _ENCODE
+    assert encode is not None  # only called on the fast path, which needs the encoder
     members = []
     for f in _SIGNED_ORDER:
         v = span[f]
@@ -464,7 +473,7 @@ def _assemble(span: Mapping[str, Any], texts: dict[str, str] | None) -> bytes:
             continue
         t = type(v)
         if f in _JSON_SET:
-            text = "".join(_ENCODE(v, 0))  # type: ignore[misc]
+            text = "".join(encode(v, 0))
             if texts is not None:
                 texts[f] = text
         elif t is str:
@@ -472,6 +481,6 @@ def _assemble(span: Mapping[str, Any], texts: dict[str, str] | None) -> bytes:
         elif t is int:
             text = int.__repr__(v)
         else:
-            text = "".join(_ENCODE(v, 0))  # type: ignore[misc]
+            text = "".join(encode(v, 0))
         members.append(_MEMBER[f] + text)
     return ("{" + ",".join(members) + "}").encode("utf-8")

@@ -15,7 +15,7 @@ manifest can add kinds but never remove these.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from stage0.errors import LoglineError
@@ -66,10 +66,11 @@ def platform_keys(manifest_metadata: Mapping[str, Any] | None, root_key: str) ->
     """Keys whose signatures make a platform record: the root key, and trusted keys whose
     manifest entry says `role: platform`."""
     entries = (manifest_metadata or {}).get("trusted_keys") or []
-    return frozenset([root_key, *(e.get("public_key") for e in entries
-                                  if isinstance(e, dict) and e.get("role") == "platform")])
+    return frozenset([root_key, *(e["public_key"] for e in entries
+                                  if isinstance(e, dict) and e.get("role") == "platform"
+                                  and isinstance(e.get("public_key"), str))])
 
 
-def is_platform_record(span: Mapping[str, Any], keys: Iterable[str]) -> bool:
+def is_platform_record(span: Mapping[str, Any], keys: Collection[str]) -> bool:
     """True when `span` is signed by one of the platform `keys`."""
     return span.get("public_key") in keys
