@@ -62,18 +62,21 @@ def rotate_data_key(conn: Connection, key: SigningKey, master: Master, tenant_id
     newer = tenant_keys.DataKeys(tenant_id, version, {**keys.keys, version: crypto.new_key()})
     drafts = [tenant_keys.next_draft(tk_head, master, newer, "rotated")]
     live = {name: head for name, head in heads.items() if head["status"] != credentials.REVOKED}
-    for name, head in sorted(live.items()):
-        plaintext = credentials.open_span(head, keys, name)
-        body = head["content"]
-        sealed = crypto.seal(newer.key(), plaintext,
-                             credentials.aad(tenant_id, name, head["seq"] + 2))
-        drafts.append({**{k: head[k] for k in ("id", "entity_type", "who", "name", "owner_id",
-                                                "tenant_id", "visibility", "status")},
-                       "seq": head["seq"] + 1, "prev_hash": head["curr_hash"],
-                       "did": "resealed", "this": f"secret {name} v{head['seq'] + 2}",
-                       "content": {**body, "version": head["seq"] + 2, "key_version": version,
-                                   **sealed,
-                                   "aad": credentials.aad(tenant_id, name, head["seq"] + 2)}})
+    drafts += [_resealed(head, name, keys, newer) for name, head in sorted(live.items())]
     with conn.transaction():
         store.append(conn, drafts, key)
     return {"tenant_id": tenant_id, "key_version": version, "secrets": len(live)}
+
+
+def _resealed(head: dict[str, Any], name: str, old: tenant_keys.DataKeys,
+              new: tenant_keys.DataKeys) -> dict[str, Any]:
+    """The next version of a secret span: the same value, sealed by `new`'s current key."""
+    version = head["seq"] + 2
+    bindings = credentials.aad(head["tenant_id"], name, version)
+    sealed = crypto.seal(new.key(), credentials.open_span(head, old, name), bindings)
+    return {**{k: head[k] for k in ("id", "entity_type", "who", "name", "owner_id",
+                                    "tenant_id", "visibility", "status")},
+            "seq": head["seq"] + 1, "prev_hash": head["curr_hash"], "did": "resealed",
+            "this": f"secret {name} v{version}",
+            "content": {**head["content"], "version": version, "key_version": new.current,
+                        **sealed, "aad": bindings}}
