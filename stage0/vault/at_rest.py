@@ -28,6 +28,10 @@ from stage0.vault import crypto, tenant_keys
 from stage0.vault.credentials import HomeOrMaster, tenant_heads
 from stage0.vault.master import resolve
 
+#: The name no secret has (names are 1-128 characters): tenant_heads() then reads the
+#: tenant's data key alone.
+_NO_SECRET = ""
+
 
 def data_keys(conn: Connection, key: SigningKey, master: HomeOrMaster, tenant_id: str, *,
               id_secret: bytes | None = None,
@@ -35,7 +39,7 @@ def data_keys(conn: Connection, key: SigningKey, master: HomeOrMaster, tenant_id
     """The tenant's data keys, the first one created (and recorded) when it has none."""
     found = resolve(master)
     for attempt in range(5):
-        tk_head, _ = tenant_heads(conn, tenant_id, "", root_key)
+        tk_head, _ = tenant_heads(conn, tenant_id, _NO_SECRET, root_key)
         if tk_head is not None:
             return tenant_keys.unwrap(tk_head, found)
         draft, keys = tenant_keys.first_draft(id_secret or derivation_secret(key), found,
@@ -67,7 +71,7 @@ def seal_for(conn: Connection, key: SigningKey, master: HomeOrMaster, tenant_id:
 def open_for(conn: Connection, master: HomeOrMaster, tenant_id: str,
              sealed: Mapping[str, Any], aad: Mapping[str, Any], *,
              root_key: str | None = None) -> bytes:
-    tk_head, _ = tenant_heads(conn, tenant_id, "", root_key)
+    tk_head, _ = tenant_heads(conn, tenant_id, _NO_SECRET, root_key)
     if tk_head is None:
         raise LoglineError("SECRET_UNREADABLE", f"tenant {tenant_id} has no data key",
                            f"tenant {tenant_id}")
