@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import anyio
-import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
@@ -23,6 +22,7 @@ from stage0.api.routes import _uuid
 from stage0.gov import apikeys, approvals, audit, contract_store, intents, jobs, proposals
 from stage0.gov.contracts import parse as parse_contract
 from stage0.ledger import records
+from stage0.ledger.db import Connection
 from stage0.spans.clip import clip_fields
 
 JSON = Any
@@ -178,7 +178,7 @@ async def publish_contract(call: Call) -> ContractItem:
     assert p is not None
     contract = parse_contract(call.body.contract, "body.contract")
 
-    def run(conn: psycopg.Connection) -> ContractItem:
+    def run(conn: Connection) -> ContractItem:
         span = contract_store.publish(conn, call.state.key, p, contract,
                                   secret=call.state.id_secret)
         return ContractItem(id=span["id"], ref=contract.ref, tenant_id=p.tenant_id,
@@ -191,7 +191,7 @@ async def activate_contract(call: Call) -> Activated:
     p = call.principal
     assert p is not None
 
-    def run(conn: psycopg.Connection) -> Activated:
+    def run(conn: Connection) -> Activated:
         span = contract_store.activate(conn, call.state.key, call.state.root, p, call.body.ref,
                                    call.request_id, secret=call.state.id_secret)
         return Activated(ref=span["this"], activation_id=span["id"])
@@ -216,7 +216,7 @@ async def intent(call: Call) -> IntentOut:
     assert p is not None
     text = call.body.text
 
-    def run(conn: psycopg.Connection) -> tuple[intents.Intent, proposals.Outcome]:
+    def run(conn: Connection) -> tuple[intents.Intent, proposals.Outcome]:
         contracts = [c for c, _ in contract_store.active_contracts(conn, call.state.root,
                                                                 p.tenant_id)]
         if not contracts:
@@ -305,7 +305,7 @@ async def claim_jobs(call: Call) -> JobList:
     assert p is not None
     body: ClaimIn = call.body
 
-    def claim(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    def claim(conn: Connection) -> list[dict[str, Any]]:
         return jobs.claim(conn, call.state.key, call.state.root, p, body.limit, body.actions,
                           secret=call.state.id_secret)
 

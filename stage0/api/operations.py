@@ -17,12 +17,12 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-import psycopg
 from pydantic import BaseModel, Field
 
 from stage0.api.endpoint import Call, Endpoint
 from stage0.api.errors import ApiError
 from stage0.ledger import manifest, records, verify
+from stage0.ledger.db import Connection, QueryCanceled
 from stage0.ledger.queries import q
 from stage0.spans.canonical import format_at
 
@@ -85,7 +85,7 @@ def _at(value: datetime | None) -> str | None:
 
 
 # --- the queue ----------------------------------------------------------------------------
-def _daily_limit(conn: psycopg.Connection, root: str) -> int:
+def _daily_limit(conn: Connection, root: str) -> int:
     metadata = manifest.latest(conn, root).get("metadata") or {}
     limit = (metadata.get("throttle") or {}).get("per_tenant_daily_exec_limit")
     return limit if type(limit) is int else DAILY_LIMIT_DEFAULT
@@ -96,7 +96,7 @@ async def queue(call: Call) -> Queue:
     p = call.principal
     assert p is not None
 
-    def run(conn: psycopg.Connection) -> Queue:
+    def run(conn: Connection) -> Queue:
         keys = sorted(records.platform(conn, call.state.root).keys)
         args = {"tenant": p.tenant_id, "keys": keys}
         waiting = conn.execute(q("queue_health"), args).fetchone()
@@ -114,7 +114,7 @@ async def queue(call: Call) -> Queue:
 
 
 # --- the whole ledger ---------------------------------------------------------------------
-def _walk(conn: psycopg.Connection, root: str) -> verify.Report:
+def _walk(conn: Connection, root: str) -> verify.Report:
     """verify.verify on `conn`, cancelled after VERIFY_TIMEOUT_S. The cancel and the end of
     the walk take one lock, so a late timer never cancels what the connection does next."""
     guard = threading.Lock()
@@ -129,7 +129,7 @@ def _walk(conn: psycopg.Connection, root: str) -> verify.Report:
     timer.start()
     try:
         return verify.verify(conn, root, jobs=1)
-    except psycopg.errors.QueryCanceled:
+    except QueryCanceled:
         raise ApiError(504, "VERIFY_TIMEOUT", f"the ledger could not be verified within "
                        f"{VERIFY_TIMEOUT_S:.0f} s here; run `logline verify` (no time "
                        "limit, several processes)") from None
@@ -172,7 +172,7 @@ async def verify_ledger(call: Call) -> LedgerVerification:
     report = await anyio.to_thread.run_sync(_verify_once, call)
     ids = sorted({f.id for f in report.failures if _is_uuid(f.id)})
 
-    def visible(conn: psycopg.Connection) -> set[str]:
+    def visible(conn: Connection) -> set[str]:
         return {r["id"] for r in conn.execute(q("visible_ids"), {"ids": ids})}
 
     seen = await call.db(visible) if ids else set()

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-import psycopg
 from starlette.responses import Response
 
 from stage0.api.endpoint import Call, Endpoint, parse_uuid
@@ -33,7 +32,8 @@ from stage0.api.stream import stream
 from stage0.errors import LoglineError
 from stage0.gov import apikeys
 from stage0.ledger import manifest, quota, records, store
-from stage0.ledger.queries import SPAN_COLUMNS
+from stage0.ledger.db import Connection
+from stage0.ledger.queries import q
 from stage0.spans.canonical import format_at, parse_at
 from stage0.spans.proofs import check_proofs
 
@@ -46,7 +46,7 @@ def _span_out(row: dict[str, Any]) -> dict[str, Any]:
     return span
 
 
-def _visible_head(conn: psycopg.Connection, span_id: str) -> dict[str, Any]:
+def _visible_head(conn: Connection, span_id: str) -> dict[str, Any]:
     span = store.head(conn, span_id)
     if span is None:  # absent and invisible look the same: nothing leaks
         raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
@@ -75,37 +75,26 @@ async def list_spans(call: Call) -> SpanList:
     params = {"entity_type": call.query("entity_type"), "status": call.query("status"),
               "before": before, "limit": limit}
 
-    def run(conn: psycopg.Connection) -> list[dict]:
-        return [_span_out(r) for r in conn.execute(LIST_SPANS, params)]
+    def run(conn: Connection) -> list[dict]:
+        return [_span_out(r) for r in conn.execute(q("spans_page"), params)]
 
     items = await call.db(run)
     return SpanList(items=items, next_before=items[-1]["position"] if len(items) == limit
                     else None)
 
 
-LIST_SPANS = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
-    "WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
-    "AND (%(status)s::text IS NULL OR status = %(status)s) "
-    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
-    "ORDER BY position DESC LIMIT %(limit)s"
-)
-
 
 async def get_span(call: Call) -> Any:
     span_id = _uuid(call.request.path_params["id"])
     every = call.query("all") in ("1", "true")
 
-    def run(conn: psycopg.Connection) -> Any:
+    def run(conn: Connection) -> Any:
         if every:
-            rows = conn.execute(f"SELECT {SPAN_COLUMNS}, position FROM "
-                                "ledger.universal_registry WHERE id = %s ORDER BY seq",
-                                (span_id,)).fetchall()
+            rows = conn.execute(q("all_versions"), {"id": span_id}).fetchall()
             if not rows:
                 raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
             return {"items": [_span_out(r) for r in rows], "next_before": None}
-        row = conn.execute(f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
-                           "WHERE id = %s", (span_id,)).fetchone()
+        row = conn.execute(q("head_lookup"), {"id": span_id}).fetchone()
         if row is None:
             raise ApiError(404, "NOT_FOUND", "no span with this id is visible to you")
         return _span_out(row)
@@ -130,14 +119,14 @@ async def post_span(call: Call) -> Any:
         draft.setdefault("trace_id", call.request_id)
         _server_time(draft)
 
-    def run(conn: psycopg.Connection) -> dict[str, Any]:
+    def run(conn: Connection) -> dict[str, Any]:
         signers = manifest.signers(conn, call.state.root)
         if draft["entity_type"] in signers.platform_kinds:
             raise ApiError(422, "BAD_FIELD", "entity_type: "
                            + reserved_message(draft["entity_type"]))
         [span] = store.append(conn, [draft], call.state.edge_key, signers.trusted)
-        row = conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
-                           "AND seq = %s", (span["id"], span["seq"])).fetchone()
+        row = conn.execute(q("version_position"), {"id": span["id"], "seq": span["seq"]}
+                           ).fetchone()
         return {**span, "position": row["position"]}
 
     pinned = signed or draft.get("seq") is not None
@@ -167,19 +156,6 @@ def _server_time(draft: dict[str, Any]) -> None:
 
 
 # --- timeline -----------------------------------------------------------------------------
-TIMELINE = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
-    "WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
-    "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
-    "AND (%(status)s::text IS NULL OR status = %(status)s) "
-    "AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s) "
-    "AND (%(from)s::timestamptz IS NULL OR at >= %(from)s) "
-    "AND (%(until)s::timestamptz IS NULL OR at < %(until)s) "
-    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
-    "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
-    "ORDER BY position DESC LIMIT %(limit)s"
-)
-
 
 def _time_query(call: Call, name: str) -> datetime | None:
     """An ISO 8601 time with a zone from the query string (`from`, `until`), or None."""
@@ -204,8 +180,8 @@ async def timeline(call: Call) -> SpanList:
               "before": call.int_query("before", None, 1, 2**62),
               "after": call.int_query("since", None, 0, 2**62), "limit": limit}
 
-    def run(conn: psycopg.Connection) -> list[dict]:
-        return [_span_out(r) for r in conn.execute(TIMELINE, params)]
+    def run(conn: Connection) -> list[dict]:
+        return [_span_out(r) for r in conn.execute(q("timeline"), params)]
 
     items = await call.db(run)
     return SpanList(items=items, next_before=items[-1]["position"] if len(items) == limit
@@ -219,18 +195,15 @@ async def execute(call: Call) -> ExecuteOut:
     assert principal is not None
     function_id = parse_uuid(body.span_id, "span_id")
 
-    def run(conn: psycopg.Connection) -> ExecuteOut:
+    def run(conn: Connection) -> ExecuteOut:
         function = _visible_head(conn, function_id)
         if function["entity_type"] != "function":
             raise ApiError(404, "FUNCTION_NOT_FOUND", "that span is not a function")
         metadata: dict[str, Any] = {"function_seq": function["seq"]}
         if body.idempotency_key:
             metadata["idempotency_key"] = body.idempotency_key
-            existing = conn.execute(
-                "SELECT id::text AS id, trace_id FROM ledger.universal_registry WHERE "
-                "entity_type = 'request' AND seq = 0 AND tenant_id = %s AND "
-                "metadata ->> 'idempotency_key' = %s",
-                (principal.tenant_id, body.idempotency_key)).fetchone()
+            existing = conn.execute(q("request_by_idempotency_key"), {
+                "tenant": principal.tenant_id, "key": body.idempotency_key}).fetchone()
             if existing:
                 head = store.head(conn, existing["id"])
                 return ExecuteOut(request_id=existing["id"], status=head["status"] if head
@@ -248,7 +221,7 @@ async def execute(call: Call) -> ExecuteOut:
     return await call.db(run)
 
 
-def _quota_left(conn: psycopg.Connection, call: Call) -> None:
+def _quota_left(conn: Connection, call: Call) -> None:
     """Refuse at once (429 QUOTA_EXCEEDED) what the workers would refuse anyway: a run for a
     tenant whose executions today have reached its daily limit. (One accepted while the last
     slots go can still end `denied`, with the reason on the request.)"""
@@ -260,7 +233,7 @@ def _quota_left(conn: psycopg.Connection, call: Call) -> None:
                        {"Retry-After": str(max(1, spent.resets_in_s))})
 
 
-def _caller_quota(conn: psycopg.Connection, call: Call) -> quota.Quota:
+def _caller_quota(conn: Connection, call: Call) -> quota.Quota:
     assert call.principal is not None
     metadata = manifest.latest(conn, call.state.root).get("metadata") or {}
     return quota.of_caller(conn, metadata, call.principal.tenant_id)
@@ -280,18 +253,6 @@ async def boot(call: Call) -> BootOut:
 
 
 # --- views of platform records: executions, functions -------------------------------------
-EXECUTIONS = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
-    "WHERE entity_type = 'execution' AND tenant_id = %(tenant)s "
-    "AND public_key = ANY(%(keys)s) AND (%(status)s::text IS NULL OR status = %(status)s) "
-    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
-    "ORDER BY position DESC LIMIT %(limit)s"
-)
-LOOKALIKE_EXECUTIONS = (
-    "SELECT id::text AS id, public_key FROM ledger.latest_spans "
-    "WHERE entity_type = 'execution' AND tenant_id = %(tenant)s "
-    "AND NOT public_key = ANY(%(keys)s) ORDER BY position DESC LIMIT 20"
-)
 
 
 async def executions(call: Call) -> ExecutionList:
@@ -303,23 +264,16 @@ async def executions(call: Call) -> ExecutionList:
     params = {"tenant": p.tenant_id, "status": call.query("status"), "limit": limit,
               "before": call.int_query("before", None, 1, 2**62)}
 
-    def run(conn: psycopg.Connection) -> ExecutionList:
+    def run(conn: Connection) -> ExecutionList:
         params["keys"] = _platform_keys(call, conn)
-        items = [_span_out(r) for r in conn.execute(EXECUTIONS, params)]
+        items = [_span_out(r) for r in conn.execute(q("platform_executions"), params)]
         flags = [records.flag(r["id"], records.NOT_PLATFORM_SIGNED, "an execution span "
                               f"signed by {r['public_key']}, not by the platform")
-                 for r in conn.execute(LOOKALIKE_EXECUTIONS, params)]
+                 for r in conn.execute(q("lookalike_executions"), params)]
         return ExecutionList(items=items, flags=flags, next_before=items[-1]["position"]
                              if len(items) == limit else None)
 
     return await call.db(run)
-
-
-FUNCTIONS = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans WHERE entity_type = 'function' "
-    "AND (tenant_id = %(tenant)s OR (tenant_id = 'system' AND public_key = ANY(%(keys)s) "
-    "AND metadata @> '{\"kernel\": true}'::jsonb)) ORDER BY position DESC LIMIT %(limit)s"
-)
 
 
 async def functions(call: Call) -> FunctionList:
@@ -329,9 +283,10 @@ async def functions(call: Call) -> FunctionList:
     assert p is not None
     limit = call.int_query("limit", 200, 1, PAGE_MAX)
 
-    def run(conn: psycopg.Connection) -> FunctionList:
+    def run(conn: Connection) -> FunctionList:
         keys = _platform_keys(call, conn)
-        rows = conn.execute(FUNCTIONS, {"tenant": p.tenant_id, "keys": keys, "limit": limit})
+        rows = conn.execute(q("tenant_functions"), {"tenant": p.tenant_id, "keys": keys,
+                                                    "limit": limit})
         return FunctionList(items=[{**span, "kernel": span["tenant_id"] == "system"}
                                    for span in map(_span_out, rows)])
 
@@ -348,7 +303,7 @@ async def verify_span(call: Call) -> Verification:
     # only booleans about them come back.
     await call.db(_visible_head, span_id)
 
-    def run(conn: psycopg.Connection) -> Verification:
+    def run(conn: Connection) -> Verification:
         versions = store.versions(conn, span_id)
         head = versions[-1]
         proofs = check_proofs(head)
@@ -366,20 +321,7 @@ async def verify_span(call: Call) -> Verification:
     return await call.db(run, role="kernel")
 
 
-# Executions count only when the platform signed them, and only the caller's tenant's:
-# another tenant's public spans and a writer's look-alikes are never yours.
-METRICS = (
-    "SELECT to_char(date_trunc('day', at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') AS day, "
-    "coalesce(status, '') AS status, count(*) AS count, avg(duration_ms)::float AS avg_ms, "
-    "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)::float AS p95_ms "
-    "FROM ledger.visible_timeline WHERE entity_type = 'execution' "
-    "AND tenant_id = %(tenant)s AND public_key = ANY(%(keys)s) "
-    "AND at >= now() - make_interval(days => %(days)s) "
-    "GROUP BY GROUPING SETS ((1, 2), (1)) ORDER BY 1, 2"
-)
-
-
-def _platform_keys(call: Call, conn: psycopg.Connection) -> list[str]:
+def _platform_keys(call: Call, conn: Connection) -> list[str]:
     return sorted(records.platform(conn, call.state.root).keys)
 
 
@@ -388,9 +330,12 @@ async def metrics(call: Call) -> Metrics:
     p = call.principal
     assert p is not None
 
-    def run(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], quota.Quota]:
-        rows = conn.execute(METRICS, {"days": days, "tenant": p.tenant_id,
-                                      "keys": _platform_keys(call, conn)}).fetchall()
+    def run(conn: Connection) -> tuple[list[dict[str, Any]], quota.Quota]:
+        # Executions count only when the platform signed them, and only the caller's
+        # tenant's: another tenant's public spans and a writer's look-alikes are never yours.
+        rows = conn.execute(q("execution_metrics"), {"days": days, "tenant": p.tenant_id,
+                                                     "keys": _platform_keys(call, conn)}
+                            ).fetchall()
         return rows, _caller_quota(conn, call)
 
     rows, today = await call.db(run)
@@ -415,7 +360,7 @@ async def me(call: Call) -> Me:
 
 
 async def health(call: Call) -> Health:
-    await call.db(lambda conn: conn.execute("SELECT 1").fetchone(), role="kernel")
+    await call.db(lambda conn: conn.execute(q("health_check")).fetchone(), role="kernel")
     return Health(status="ok", database="ok")
 
 

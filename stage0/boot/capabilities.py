@@ -19,10 +19,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import blake3
-import psycopg
 
 from stage0.errors import LoglineError
 from stage0.ledger import store
+from stage0.ledger.db import Connection, DatabaseError
 from stage0.ledger.queries import q
 from stage0.spans import kinds
 from stage0.spans.canonical import format_at, normalise, now_at
@@ -59,7 +59,7 @@ class KernelContext:
     def __init__(self, loader: Loader, source: str, kernel: dict[str, Any], input: Any,
                  user_id: str, tenant_id: str, trace_id: str) -> None:
         self._loader = loader
-        self._conn: psycopg.Connection = loader.conn
+        self._conn: Connection = loader.conn
         self._literals = string_literals(source)
         self.input = input
         self.kernel = {k: kernel[k] for k in ("id", "seq", "name", "curr_hash")}
@@ -86,7 +86,7 @@ class KernelContext:
         try:
             rows = self._conn.execute(query, params).fetchall() if params is not None \
                 else self._conn.execute(query).fetchall()
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             raise store.ledger_error(exc) from None
         return [{k: _jsonable(v) for k, v in row.items()} for row in rows]
 

@@ -537,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoglineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except db.psycopg.Error as exc:
+    except db.DatabaseError as exc:
         refusal = db.unmigrated(exc)
         if refusal is None:
             raise

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import blake3
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
 from stage0.keys import derivation_secret
 from stage0.ledger import store
+from stage0.ledger.db import Connection
 from stage0.ledger.queries import q
 from stage0.spans.ids import derive_id, legacy_id
 
@@ -61,7 +61,7 @@ def span_id_for(secret: bytes, key_id: str) -> str:
     return derive_id(secret, "api_key", key_id)
 
 
-def key_span(conn: psycopg.Connection, secret: bytes, key_id: str) -> dict[str, Any] | None:
+def key_span(conn: Connection, secret: bytes, key_id: str) -> dict[str, Any] | None:
     """The api_key span of `key_id`: under its keyed id, or (a key issued before ids were
     keyed) under the old one. Only an api_key span counts, a kind no client can append."""
     for span_id in (span_id_for(secret, key_id), legacy_id("api_key", key_id)):
@@ -81,7 +81,7 @@ def parse(token: str) -> str | None:
     return match.group(1) if match else None
 
 
-def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: str,
+def create(conn: Connection, key: SigningKey, user_id: str, tenant_id: str,
            roles: tuple[str, ...] = DEFAULT_ROLES,
            secret: bytes | None = None) -> tuple[str, dict[str, Any]]:
     """Append a new api_key span; return (the token, shown only now; the span). `secret`
@@ -106,14 +106,14 @@ def create(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: s
     return _issue(conn, key, user_id, tenant_id, roles, secret)
 
 
-def issue_operator(conn: psycopg.Connection, key: SigningKey,
+def issue_operator(conn: Connection, key: SigningKey,
                    secret: bytes | None = None) -> tuple[str, dict[str, Any]]:
     """The local operator's key (tenant `default`, user `operator`): admin of its tenant and
     the platform's operator. Only stage0/gov/operator.py calls this."""
     return _issue(conn, key, OPERATOR_USER, OPERATOR_TENANT, ("admin", OPERATOR_ROLE), secret)
 
 
-def _issue(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: str,
+def _issue(conn: Connection, key: SigningKey, user_id: str, tenant_id: str,
            roles: tuple[str, ...], secret: bytes | None) -> tuple[str, dict[str, Any]]:
     key_id = secrets.token_hex(8)
     token = f"llk_{key_id}_{secrets.token_urlsafe(32)}"
@@ -128,26 +128,21 @@ def _issue(conn: psycopg.Connection, key: SigningKey, user_id: str, tenant_id: s
     return token, span
 
 
-def known_roles(conn: psycopg.Connection) -> list[str]:
+def known_roles(conn: Connection) -> list[str]:
     """The platform's roles and every role a seeded or published contract declares (but not
     the implicit ones every caller has)."""
-    declared = {r["role"] for r in conn.execute(
-        "SELECT DISTINCT jsonb_object_keys(content -> 'roles') AS role FROM ledger.latest_spans "
-        "WHERE entity_type = 'contract' AND jsonb_typeof(content -> 'roles') = 'object'")}
+    declared = {r["role"] for r in conn.execute(q("contract_roles"))}
     return sorted((set(ROLES) | declared) - {"anyone", "member", OPERATOR_ROLE})
 
 
-def holders(conn: psycopg.Connection, tenant_id: str, role: str) -> set[str]:
+def holders(conn: Connection, tenant_id: str, role: str) -> set[str]:
     """Users of a tenant with an active key carrying `role` (read as the kernel: keys are
     private to their owners)."""
-    return {r["owner_id"] for r in conn.execute(
-        "SELECT r.owner_id FROM ledger.span_heads h JOIN ledger.universal_registry r "
-        "ON r.id = h.id AND r.seq = h.seq WHERE h.entity_type = 'api_key' "
-        "AND h.tenant_id = %s AND h.status = 'active' AND r.metadata -> 'roles' ? %s",
-        (tenant_id, role))}
+    return {r["owner_id"] for r in conn.execute(q("role_holders"),
+                                                {"tenant": tenant_id, "role": role})}
 
 
-def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str,
+def revoke(conn: Connection, key: SigningKey, key_id: str,
            secret: bytes | None = None) -> dict[str, Any]:
     current = key_span(conn, secret or derivation_secret(key), key_id)
     if current is None:
@@ -161,18 +156,14 @@ def revoke(conn: psycopg.Connection, key: SigningKey, key_id: str,
     return store.append(conn, [draft], key)[0]
 
 
-def listing(conn: psycopg.Connection, tenant_id: str | None = None) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT r.owner_id, r.tenant_id, r.status, r.metadata, r.at FROM ledger.span_heads h "
-        "JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
-        "WHERE h.entity_type = 'api_key' AND (%(t)s::text IS NULL OR h.tenant_id = %(t)s) "
-        "ORDER BY h.position", {"t": tenant_id}).fetchall()
+def listing(conn: Connection, tenant_id: str | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(q("api_keys"), {"tenant": tenant_id}).fetchall()
     return [{"key_id": r["metadata"]["key_id"], "user_id": r["owner_id"],
              "tenant_id": r["tenant_id"], "roles": r["metadata"]["roles"],
              "status": r["status"]} for r in rows]
 
 
-def authenticate(conn: psycopg.Connection, token: str, secret: bytes) -> Principal | None:
+def authenticate(conn: Connection, token: str, secret: bytes) -> Principal | None:
     """The principal a token stands for, or None (malformed, unknown, revoked, wrong)."""
     key_id = parse(token)
     if key_id is None:
@@ -180,7 +171,7 @@ def authenticate(conn: psycopg.Connection, token: str, secret: bytes) -> Princip
     return _principal(key_id, key_span(conn, secret, key_id), token)
 
 
-def authenticate_many(conn: psycopg.Connection, tokens: list[str],
+def authenticate_many(conn: Connection, tokens: list[str],
                       secret: bytes) -> dict[str, Principal]:
     """The principals of the tokens that still authenticate, in one query (a live stream
     re-checks its key this way: revoked ones are missing from the answer)."""

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import blake3
-import psycopg
 import rfc8785
 from nacl.signing import SigningKey
 
@@ -20,6 +19,8 @@ from stage0.gov.contracts import Contract
 from stage0.gov.proposals import Outcome, children, decision_span, job_span, span_of, states_of
 from stage0.gov.routes_gate import now, roles_of
 from stage0.ledger import manifest, records, store
+from stage0.ledger.db import Connection
+from stage0.ledger.queries import q
 from stage0.spans.canonical import parse_at
 from stage0.spans.clip import clip_fields
 from stage0.spans.ids import derive_id
@@ -30,7 +31,7 @@ def plan_hash(plan: Any) -> str:
     return blake3.blake3(rfc8785.dumps(plan)).hexdigest()
 
 
-def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+def approve(conn: Connection, key: SigningKey, root: str, principal: Principal,
             proposal_id: str, approve: bool, reason: str, trace_id: str,
             agent_identities: Callable[[str], set[str]] | None = None, *,
             secret: bytes) -> Outcome:
@@ -107,15 +108,12 @@ def approve(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pri
     return outcome
 
 
-def _claimers(conn: psycopg.Connection, proposal_id: str) -> set[str]:
+def _claimers(conn: Connection, proposal_id: str) -> set[str]:
     """Who claimed this proposal's jobs (the agents that planned or ran it)."""
-    return {r["owner_id"] for r in conn.execute(
-        "SELECT c.owner_id FROM ledger.universal_registry j JOIN ledger.universal_registry c "
-        "ON c.parent_id = j.id AND c.entity_type = 'job_claim' "
-        "WHERE j.parent_id = %s AND j.entity_type = 'job'", (proposal_id,))}
+    return {r["owner_id"] for r in conn.execute(q("job_claimers"), {"proposal": proposal_id})}
 
 
-def decide_with_approvals(conn: psycopg.Connection, contract: Contract,
+def decide_with_approvals(conn: Connection, contract: Contract,
                            terms: dict[str, Any], request: dict[str, Any], at: datetime,
                            platform: records.Platform,
                            agents: set[str] | None = None) -> gate.Decision:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
@@ -13,7 +12,8 @@ from stage0.gov import gate
 from stage0.gov.apikeys import Principal
 from stage0.gov.contracts import Contract, contract_id, parse
 from stage0.ledger import manifest, records, store
-from stage0.ledger.queries import SPAN_COLUMNS
+from stage0.ledger.db import Connection
+from stage0.ledger.queries import q
 from stage0.spans.ids import derive_id, legacy_id
 from stage0.spans.proofs import check_proofs
 
@@ -24,7 +24,7 @@ def tenant_contract_id(secret: bytes, tenant_id: str, name: str, version: str) -
     return derive_id(secret, "contract", tenant_id, f"{name}@{version}")
 
 
-def contract_span(conn: psycopg.Connection, secret: bytes, tenant_id: str, name: str,
+def contract_span(conn: Connection, secret: bytes, tenant_id: str, name: str,
                    version: str) -> dict[str, Any] | None:
     """The contract NAME@VERSION of a tenant (`system`: the system's) the caller can see:
     under its keyed id, or (published before ids were keyed) under the old one. Only a
@@ -42,7 +42,7 @@ def contract_span(conn: psycopg.Connection, secret: bytes, tenant_id: str, name:
     return None
 
 
-def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str],
+def load_contract(conn: Connection, span_id: str, trusted: frozenset[str],
                   expected_hash: str | None = None) -> tuple[Contract, dict[str, Any]] | None:
     """A contract span the caller can see, checked (hash, signature, trusted key, and the
     exact version when `expected_hash` is given). None when absent or not visible."""
@@ -50,9 +50,8 @@ def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str
     if span is None or span["entity_type"] != "contract":
         return None
     if expected_hash is not None and span["curr_hash"] != expected_hash:
-        version = conn.execute(f"SELECT {SPAN_COLUMNS} FROM ledger.universal_registry "
-                               "WHERE id = %s AND curr_hash = %s",
-                               (span_id, expected_hash)).fetchone()
+        version = conn.execute(q("version_by_hash"), {"id": span_id, "hash": expected_hash}
+                               ).fetchone()
         if version is None:
             raise LoglineError("CONTRACT_CHANGED", "the contract version this was decided "
                                "under is gone", span_id)
@@ -64,7 +63,7 @@ def load_contract(conn: psycopg.Connection, span_id: str, trusted: frozenset[str
     return parse(span["content"], span_id), span
 
 
-def publish(conn: psycopg.Connection, key: SigningKey, principal: Principal,
+def publish(conn: Connection, key: SigningKey, principal: Principal,
             contract: Contract, *, secret: bytes) -> dict[str, Any]:
     """Store a tenant's own contract (visible to that tenant only)."""
     span_id = tenant_contract_id(secret, principal.tenant_id, contract.name, contract.version)
@@ -85,7 +84,7 @@ def publish(conn: psycopg.Connection, key: SigningKey, principal: Principal,
     return span
 
 
-def activate(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+def activate(conn: Connection, key: SigningKey, root: str, principal: Principal,
              ref: str, trace_id: str, *, secret: bytes) -> dict[str, Any]:
     """Make NAME@VERSION the tenant's active version of NAME (a span, like everything)."""
     name, _, version = ref.partition("@")
@@ -113,20 +112,14 @@ def activate(conn: psycopg.Connection, key: SigningKey, root: str, principal: Pr
     return activation
 
 
-ACTIVE = (
-    "SELECT DISTINCT ON (content ->> 'name') content FROM ledger.universal_registry "
-    "WHERE entity_type = 'contract_activation' AND tenant_id = %s AND status = 'active' "
-    "AND public_key = ANY(%s) ORDER BY content ->> 'name', position DESC"
-)
-
-
-def active_contracts(conn: psycopg.Connection, root: str,
+def active_contracts(conn: Connection, root: str,
                      tenant_id: str) -> list[tuple[Contract, dict[str, Any]]]:
     """The tenant's active contracts: activations count only when the platform signed them."""
     trusted = manifest.trust_set(conn, root)
     keys = sorted(records.platform(conn, root).keys)
     out = []
-    for row in conn.execute(ACTIVE, (tenant_id, keys)):
+    for row in conn.execute(q("active_contract_activations"), {"tenant": tenant_id,
+                                                                "keys": keys}):
         found = load_contract(conn, row["content"]["contract_id"], trusted,
                               row["content"]["contract_hash"])
         if found:
@@ -134,13 +127,7 @@ def active_contracts(conn: psycopg.Connection, root: str,
     return out
 
 
-CONTRACTS = (
-    "SELECT id::text AS id, tenant_id, public_key, content FROM ledger.latest_spans "
-    "WHERE entity_type = 'contract' AND tenant_id IN ('system', %s) ORDER BY position"
-)
-
-
-def contracts(conn: psycopg.Connection, root: str, tenant_id: str
+def contracts(conn: Connection, root: str, tenant_id: str
               ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The contracts a tenant can use (the system's and its own, signed by the platform),
     marked active or not; and the flags of the contract spans left out (not signed by the
@@ -150,7 +137,7 @@ def contracts(conn: psycopg.Connection, root: str, tenant_id: str
     active = {s["id"] for _, s in active_contracts(conn, root, tenant_id)}
     listed: dict[tuple[str, str], dict[str, Any]] = {}
     flags = []
-    for r in conn.execute(CONTRACTS, (tenant_id,)):
+    for r in conn.execute(q("tenant_contracts"), {"tenant": tenant_id}):
         if r["public_key"] not in keys:
             flags.append(records.flag(r["id"], records.NOT_PLATFORM_SIGNED))
             continue

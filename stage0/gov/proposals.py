@@ -7,7 +7,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from nacl.signing import SigningKey
 
 from stage0.errors import LoglineError
@@ -16,7 +15,8 @@ from stage0.gov.apikeys import Principal
 from stage0.gov.contract_store import active_contracts, resolve
 from stage0.gov.routes_gate import now, roles_of
 from stage0.ledger import records, store
-from stage0.ledger.queries import SPAN_COLUMNS
+from stage0.ledger.db import Connection
+from stage0.ledger.queries import q
 from stage0.spans.clip import clip_fields, clip_json
 from stage0.spans.ids import derive_id
 
@@ -69,7 +69,7 @@ def decision_span(principal: Principal, decision: gate.Decision, trace_id: str,
                  input={"action": said["action"], "args": args_cut}, content=content)
 
 
-def propose(conn: psycopg.Connection, key: SigningKey, root: str, principal: Principal,
+def propose(conn: Connection, key: SigningKey, root: str, principal: Principal,
             action: str, args: Any, trace_id: str,
             source: dict[str, Any] | None = None, *, secret: bytes) -> Outcome:
     """Ask the gate; record its decision and, unless denied, what follows from it: a job
@@ -120,25 +120,23 @@ def job_span(secret: bytes, principal: Principal, proposal_id: str, kind: str,
                  parent_id=proposal_id, status="queued", content=content)
 
 
-def children(conn: psycopg.Connection, parent_id: str) -> list[dict[str, Any]]:
+def children(conn: Connection, parent_id: str) -> list[dict[str, Any]]:
     return _children_of(conn, [parent_id]).get(parent_id, [])
 
 
-def _children_of(conn: psycopg.Connection, parent_ids: list[str]
+def _children_of(conn: Connection, parent_ids: list[str]
                  ) -> dict[str, list[dict[str, Any]]]:
     """Every stored version of the spans whose parent is one of `parent_ids`, per parent, in
     position order: one query for any number of parents."""
     out: dict[str, list[dict[str, Any]]] = {}
     if parent_ids:
-        for r in conn.execute(f"SELECT {SPAN_COLUMNS} FROM ledger.universal_registry "
-                              "WHERE parent_id = ANY(%s::uuid[]) ORDER BY position",
-                              (parent_ids,)):
+        for r in conn.execute(q("children_of"), {"parents": parent_ids}):
             span = store.span_from_row(r)
             out.setdefault(span["parent_id"], []).append(span)
     return out
 
 
-def proposal_state(conn: psycopg.Connection, root: str, tenant_id: str,
+def proposal_state(conn: Connection, root: str, tenant_id: str,
                    proposal_id: str) -> dict[str, Any] | None:
     """A proposal as the caller may see it: terms, plan (the agent's preview), approvals,
     jobs and their results, a state (planning, plan_failed, pending, approved, rejected,
@@ -156,7 +154,7 @@ def proposal_state(conn: psycopg.Connection, root: str, tenant_id: str,
     return state
 
 
-def states_of(conn: psycopg.Connection, requests: list[dict[str, Any]],
+def states_of(conn: Connection, requests: list[dict[str, Any]],
             platform: records.Platform) -> tuple[list[dict[str, Any] | None], list[dict]]:
     """proposal_state for each of `requests` (their head spans), in three queries in all:
     the requests' children (approvals, jobs), then the jobs' children (claims, results).
@@ -233,20 +231,13 @@ def _job_view(job: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, 
                        "output": result["output"]} if result else None}
 
 
-PENDING = (
-    f"SELECT {SPAN_COLUMNS} FROM ledger.latest_spans WHERE entity_type = 'approval_request' "
-    "AND tenant_id = %(tenant)s AND public_key = ANY(%(keys)s) "
-    "ORDER BY position DESC LIMIT %(limit)s"
-)
-
-
-def approvals_inbox(conn: psycopg.Connection, root: str, tenant_id: str, limit: int = 100,
+def approvals_inbox(conn: Connection, root: str, tenant_id: str, limit: int = 100,
                     states: tuple[str, ...] | None = None
                     ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The tenant's approval requests (platform records only), newest first, and the flags
     of the ones whose state cannot be read (skipped, never failing the rest)."""
     platform = records.platform(conn, root)
-    requests = [store.span_from_row(r) for r in conn.execute(PENDING, {
+    requests = [store.span_from_row(r) for r in conn.execute(q("approval_requests"), {
         "tenant": tenant_id, "keys": sorted(platform.keys), "limit": limit})]
     found, flags = states_of(conn, requests, platform)
     return [state for state in found if state is not None and

@@ -1,4 +1,5 @@
-"""The only module that knows the driver: where the database is, and how to connect to it.
+"""Where the database is, and how to connect to it (the rest of stage0/ledger/ runs SQL on
+the connections made here; nothing outside stage0/ledger/ imports the driver).
 
 With LOGLINE_DATABASE_URL unset, LogLine starts (or reuses) an embedded PostgreSQL 16 from
 `pgserver` whose data lives in $LOGLINE_HOME/pgdata and which keeps running between commands
@@ -19,6 +20,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
@@ -34,6 +36,12 @@ Connection = psycopg.Connection[DictRow]
 ROLE_NAMES = {"app": "logline_app", "kernel": "logline_kernel"}
 EMBEDDED_DBNAME = "logline"
 _SAFE = 2**53 - 1
+
+#: The driver's errors, for the layers above that must tell a database failure apart (they
+#: catch these names and never import the driver themselves).
+DatabaseError = psycopg.Error
+OperationalError = psycopg.OperationalError
+QueryCanceled = psycopg.errors.QueryCanceled
 
 
 def _parse_int(text: str) -> int | float:
@@ -129,10 +137,9 @@ def embedded(home: Home) -> Database:
     server = _pgserver().get_server(home.pgdata, cleanup_mode=None)
     base = Database(server.get_uri())
     with base.connect("admin", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                              (EMBEDDED_DBNAME,)).fetchone()
+        exists = conn.execute(q("database_exists"), {"name": EMBEDDED_DBNAME}).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
+            conn.execute(sql.SQL(q("create_database")).format(sql.Identifier(EMBEDDED_DBNAME)))
     return base.with_dbname(EMBEDDED_DBNAME)
 
 
@@ -191,14 +198,23 @@ def unbounded(conn: psycopg.Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        if not conn.closed and idle(conn):
             conn.execute(q("bounded_session"))
+
+
+def idle(conn: psycopg.Connection) -> bool:
+    """No transaction is open on this connection (nor failed, nor running a statement)."""
+    return conn.info.transaction_status == TransactionStatus.IDLE
 
 
 @contextmanager
 def as_identity(conn: psycopg.Connection, user_id: str, tenant_id: str | None) -> Iterator[None]:
     """One transaction with the caller's identity set locally (never on the session)."""
     with conn.transaction():
-        conn.execute("SELECT set_config('app.user_id', %s, true), "
-                     "set_config('app.tenant_id', %s, true)", (user_id, tenant_id or ""))
+        set_identity(conn, user_id, tenant_id)
         yield
+
+
+def set_identity(conn: psycopg.Connection, user_id: str, tenant_id: str | None) -> None:
+    """The caller's identity for the rest of the open transaction (row-level security)."""
+    conn.execute(q("set_identity"), {"user": user_id, "tenant": tenant_id or ""})
