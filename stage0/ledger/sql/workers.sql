@@ -2,8 +2,8 @@
 -- stage0/runtime/, stage0/api/state.py), on the kernel role.
 
 -- name: append_lock
--- Take the ledger's append lock now, held to commit (the key ledger.on_append takes: 0004).
-SELECT pg_advisory_xact_lock(5514346441049466213)
+-- Take the ledger's append lock now, held to commit (ledger.append_lock, schema/0009).
+SELECT ledger.append_lock()
 
 -- name: claim_requests
 -- Lock up to `batch` scheduled requests, round-robin across tenants, in the order to run
