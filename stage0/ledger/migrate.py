@@ -20,6 +20,9 @@ from stage0.ledger.db import Database
 from stage0.ledger.queries import q
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+#: The schema as the migrations leave it, beside them (tools/dump_schema.py writes it, a test
+#: checks it): a description for readers, never applied.
+SNAPSHOT = "schema.sql"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ def discover(directory: Path | None = None) -> list[Migration]:
     directory = directory or schema_dir()
     found = []
     for path in sorted(directory.glob("*.sql")):
+        if path.name == SNAPSHOT:
+            continue
         match = _NAME.match(path.name)
         if not match:
             raise LoglineError("MIGRATION_BAD_NAME", "migration files are named "
