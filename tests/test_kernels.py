@@ -352,13 +352,13 @@ def test_workers_that_both_passed_the_precheck_still_take_one_slot_each(seeded, 
             ld.load(RUN_CODE)
         requests = [schedule(kernel_conn, operator, fn["id"], {"i": i}) for i in range(4)]
         with seeded.connect("admin") as holder:
-            holder.execute("SELECT pg_advisory_lock(5514346441049466213)")
-            threads, results = in_threads(lambda: a.boot(WORKER, {"batch": 2}),
-                                          lambda: b.boot(WORKER, {"batch": 2}))
-            for t in threads:
-                t.start()
-            await_lock_waiters(kernel_conn, 2)
-            holder.execute("SELECT pg_advisory_unlock(5514346441049466213)")
+            with holder.transaction():  # the append lock, released at the block's end
+                holder.execute("SELECT ledger.append_lock()")
+                threads, results = in_threads(lambda: a.boot(WORKER, {"batch": 2}),
+                                              lambda: b.boot(WORKER, {"batch": 2}))
+                for t in threads:
+                    t.start()
+                await_lock_waiters(kernel_conn, 2)
             out = join_all(threads, results)
     assert [o["claimed"] for o in out] == [2, 2]
     assert len(of_type(kernel_conn, "execution", "acme")) == limit

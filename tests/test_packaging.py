@@ -80,7 +80,7 @@ def test_init_from_the_installed_package_migrates_seeds_and_verifies(
         where.stderr
     init = logline("init")
     assert init.returncode == 0, init.stdout + init.stderr
-    migrations = sorted(p.stem for p in (REPO / "schema").glob("*.sql"))
+    migrations = sorted(p.stem for p in (REPO / "schema").glob("[0-9]*.sql"))
     assert f"migrate   {', '.join(migrations)}" in init.stdout
     rows = [p for p in (REPO / "ROW").rglob("*") if p.suffix in (".ndjson", ".yaml")]
     assert f"from {len(rows)} file(s)" in init.stdout

@@ -39,7 +39,6 @@ from stage0.spans.proofs import check_proofs, seal
 POLICY_DIR = Path(__file__).resolve().parent.parent / "kernels" / "policies"
 AGENT = KERNELS["policy_agent"]
 WORKER = KERNELS["request_worker"]
-APPEND_LOCK = 5514346441049466213
 
 
 def policy_module(name: str):
@@ -469,14 +468,12 @@ def race_holding_the_append_lock(seeded, conn, *calls):
     """Start `calls` together while the ledger's append lock is held, so each reads before
     any records; release it once all of them wait to record; return their results."""
     with seeded.connect("admin") as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))
-        threads, results = in_threads(*calls)
-        for t in threads:
-            t.start()
-        try:
+        with holder.transaction():  # released at its end, whatever happens
+            holder.execute("SELECT ledger.append_lock()")
+            threads, results = in_threads(*calls)
+            for t in threads:
+                t.start()
             await_lock_waiters(conn, len(calls))
-        finally:
-            holder.execute("SELECT pg_advisory_unlock(%s)", (APPEND_LOCK,))
         return join_all(threads, results)
 
 

@@ -17,10 +17,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool
-
+from stage0.ledger import notify
 from stage0.ledger.db import Database
+from stage0.ledger.pools import async_connection_pool
 
 STREAM_POOL_SIZE = 4  # SSE reads of clients catching up (the live edge has its own)
 
@@ -49,12 +48,9 @@ class Broadcaster:
         self._task: asyncio.Task[None] | None = None
         # The hub's reads for the live edge have a connection of their own, so they never
         # wait behind clients catching up from an old position (those share `pool`).
-        self.live_pool = AsyncConnectionPool(database.url("app"), min_size=1, max_size=1,
-                                             open=False, kwargs={"autocommit": True},
-                                             name="logline-stream-live")
-        self.pool = AsyncConnectionPool(database.url("app"), min_size=min(2, pool_size),
-                                        max_size=pool_size, open=False,
-                                        kwargs={"autocommit": True}, name="logline-stream")
+        self.live_pool = async_connection_pool(database, "app", 1, 1, "logline-stream-live")
+        self.pool = async_connection_pool(database, "app", min(2, pool_size), pool_size,
+                                          "logline-stream")
         self.hub: Any = None  # stage0/api/stream.py's Hub, made by the first stream
 
     @property
@@ -97,15 +93,12 @@ class Broadcaster:
         backoff = 0.2
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.database.url("kernel"),
-                                                             autocommit=True)
-                async with conn:
-                    await conn.execute("LISTEN timeline_updates")
+                async with notify.listening(self.database) as notes:
                     backoff = 0.2
                     for sub in self.subscribers:
                         sub.wake()
-                    async for note in conn.notifies():
-                        self._dispatch(note.payload)
+                    async for payload in notes:
+                        self._dispatch(payload)
             except asyncio.CancelledError:
                 raise
             except Exception:

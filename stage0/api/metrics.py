@@ -16,6 +16,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from stage0.ledger import records
+from stage0.ledger.queries import q
 
 
 class _Executions:
@@ -31,10 +32,7 @@ class _Executions:
         try:
             with self.state.pools["kernel"].connection() as conn:
                 keys = sorted(records.platform(conn, self.state.root).keys)
-                rows = conn.execute(
-                    "SELECT coalesce(status, '') AS status, count(*) AS n "
-                    "FROM ledger.latest_spans WHERE entity_type = 'execution' "
-                    "AND public_key = ANY(%s) GROUP BY 1", (keys,)).fetchall()
+                rows = conn.execute(q("executions_by_status"), {"keys": keys}).fetchall()
         except Exception:
             rows = []
         for row in rows:

@@ -17,13 +17,12 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-import psycopg
 from pydantic import BaseModel, Field
 
 from stage0.api.endpoint import Call, Endpoint
 from stage0.api.errors import ApiError
 from stage0.ledger import manifest, records, verify
-from stage0.ledger.db import Connection, one
+from stage0.ledger.db import Connection, QueryCanceled, one
 from stage0.ledger.queries import q
 from stage0.spans.canonical import format_at
 
@@ -130,7 +129,7 @@ def _walk(conn: Connection, root: str) -> verify.Report:
     timer.start()
     try:
         return verify.verify(conn, root, jobs=1)
-    except psycopg.errors.QueryCanceled:
+    except QueryCanceled:
         raise ApiError.of("VERIFY_TIMEOUT", f"the ledger could not be verified within "
                           f"{VERIFY_TIMEOUT_S:.0f} s here; run `logline verify` (no time "
                           "limit, several processes)") from None

@@ -34,7 +34,7 @@ from stage0.errors import LoglineError
 from stage0.gov import apikeys
 from stage0.ledger import manifest, quota, records, store
 from stage0.ledger.db import Connection, one
-from stage0.ledger.queries import SPAN_COLUMNS
+from stage0.ledger.queries import q
 from stage0.spans.canonical import format_at, parse_at
 from stage0.spans.proofs import check_proofs
 
@@ -77,20 +77,12 @@ async def list_spans(call: Call) -> SpanList:
               "before": before, "limit": limit}
 
     def run(conn: Connection) -> list[dict]:
-        return [_span_out(r) for r in conn.execute(LIST_SPANS, params)]
+        return [_span_out(r) for r in conn.execute(q("spans_page"), params)]
 
     items = await call.db(run)
     return SpanList(items=items, next_before=items[-1]["position"] if len(items) == limit
                     else None)
 
-
-LIST_SPANS = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
-    "WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
-    "AND (%(status)s::text IS NULL OR status = %(status)s) "
-    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
-    "ORDER BY position DESC LIMIT %(limit)s"
-)
 
 
 async def get_span(call: Call) -> Any:
@@ -99,14 +91,11 @@ async def get_span(call: Call) -> Any:
 
     def run(conn: Connection) -> Any:
         if every:
-            rows = conn.execute(f"SELECT {SPAN_COLUMNS}, position FROM "
-                                "ledger.universal_registry WHERE id = %s ORDER BY seq",
-                                (span_id,)).fetchall()
+            rows = conn.execute(q("all_versions"), {"id": span_id}).fetchall()
             if not rows:
                 raise ApiError.of("NOT_FOUND", "no span with this id is visible to you")
             return {"items": [_span_out(r) for r in rows], "next_before": None}
-        row = conn.execute(f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
-                           "WHERE id = %s", (span_id,)).fetchone()
+        row = conn.execute(q("head_lookup"), {"id": span_id}).fetchone()
         if row is None:
             raise ApiError.of("NOT_FOUND", "no span with this id is visible to you")
         return _span_out(row)
@@ -137,8 +126,7 @@ async def post_span(call: Call) -> Any:
             raise ApiError.of("BAD_FIELD", "entity_type: "
                               + reserved_message(draft["entity_type"]))
         [span] = store.append(conn, [draft], call.state.edge_key, signers.trusted)
-        row = one(conn.execute("SELECT position FROM ledger.universal_registry WHERE id = %s "
-                               "AND seq = %s", (span["id"], span["seq"])))
+        row = one(conn.execute(q("version_position"), {"id": span["id"], "seq": span["seq"]}))
         return {**span, "position": row["position"]}
 
     pinned = signed or draft.get("seq") is not None
@@ -168,19 +156,6 @@ def _server_time(draft: dict[str, Any]) -> None:
 
 
 # --- timeline -----------------------------------------------------------------------------
-TIMELINE = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
-    "WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
-    "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
-    "AND (%(status)s::text IS NULL OR status = %(status)s) "
-    "AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s) "
-    "AND (%(from)s::timestamptz IS NULL OR at >= %(from)s) "
-    "AND (%(until)s::timestamptz IS NULL OR at < %(until)s) "
-    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
-    "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
-    "ORDER BY position DESC LIMIT %(limit)s"
-)
-
 
 def _time_query(call: Call, name: str) -> datetime | None:
     """An ISO 8601 time with a zone from the query string (`from`, `until`), or None."""
@@ -206,7 +181,7 @@ async def timeline(call: Call) -> SpanList:
               "after": call.int_query("since", None, 0, 2**62), "limit": limit}
 
     def run(conn: Connection) -> list[dict]:
-        return [_span_out(r) for r in conn.execute(TIMELINE, params)]
+        return [_span_out(r) for r in conn.execute(q("timeline"), params)]
 
     items = await call.db(run)
     return SpanList(items=items, next_before=items[-1]["position"] if len(items) == limit
@@ -227,11 +202,8 @@ async def execute(call: Call) -> ExecuteOut:
         metadata: dict[str, Any] = {"function_seq": function["seq"]}
         if body.idempotency_key:
             metadata["idempotency_key"] = body.idempotency_key
-            existing = conn.execute(
-                "SELECT id::text AS id, trace_id FROM ledger.universal_registry WHERE "
-                "entity_type = 'request' AND seq = 0 AND tenant_id = %s AND "
-                "metadata ->> 'idempotency_key' = %s",
-                (principal.tenant_id, body.idempotency_key)).fetchone()
+            existing = conn.execute(q("request_by_idempotency_key"), {
+                "tenant": principal.tenant_id, "key": body.idempotency_key}).fetchone()
             if existing:
                 head = store.head(conn, existing["id"])
                 return ExecuteOut(request_id=existing["id"], status=head["status"] if head
@@ -281,18 +253,6 @@ async def boot(call: Call) -> BootOut:
 
 
 # --- views of platform records: executions, functions -------------------------------------
-EXECUTIONS = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans "
-    "WHERE entity_type = 'execution' AND tenant_id = %(tenant)s "
-    "AND public_key = ANY(%(keys)s) AND (%(status)s::text IS NULL OR status = %(status)s) "
-    "AND (%(before)s::bigint IS NULL OR position < %(before)s) "
-    "ORDER BY position DESC LIMIT %(limit)s"
-)
-LOOKALIKE_EXECUTIONS = (
-    "SELECT id::text AS id, public_key FROM ledger.latest_spans "
-    "WHERE entity_type = 'execution' AND tenant_id = %(tenant)s "
-    "AND NOT public_key = ANY(%(keys)s) ORDER BY position DESC LIMIT 20"
-)
 
 
 async def executions(call: Call) -> ExecutionList:
@@ -307,21 +267,14 @@ async def executions(call: Call) -> ExecutionList:
 
     def run(conn: Connection) -> ExecutionList:
         params["keys"] = _platform_keys(call, conn)
-        items = [_span_out(r) for r in conn.execute(EXECUTIONS, params)]
+        items = [_span_out(r) for r in conn.execute(q("platform_executions"), params)]
         flags = [records.flag(r["id"], records.NOT_PLATFORM_SIGNED, "an execution span "
                               f"signed by {r['public_key']}, not by the platform")
-                 for r in conn.execute(LOOKALIKE_EXECUTIONS, params)]
+                 for r in conn.execute(q("lookalike_executions"), params)]
         return ExecutionList(items=items, flags=flags, next_before=items[-1]["position"]
                              if len(items) == limit else None)
 
     return await call.db(run)
-
-
-FUNCTIONS = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.latest_spans WHERE entity_type = 'function' "
-    "AND (tenant_id = %(tenant)s OR (tenant_id = 'system' AND public_key = ANY(%(keys)s) "
-    "AND metadata @> '{\"kernel\": true}'::jsonb)) ORDER BY position DESC LIMIT %(limit)s"
-)
 
 
 async def functions(call: Call) -> FunctionList:
@@ -333,7 +286,8 @@ async def functions(call: Call) -> FunctionList:
 
     def run(conn: Connection) -> FunctionList:
         keys = _platform_keys(call, conn)
-        rows = conn.execute(FUNCTIONS, {"tenant": p.tenant_id, "keys": keys, "limit": limit})
+        rows = conn.execute(q("tenant_functions"), {"tenant": p.tenant_id, "keys": keys,
+                                                    "limit": limit})
         return FunctionList(items=[{**span, "kernel": span["tenant_id"] == "system"}
                                    for span in map(_span_out, rows)])
 
@@ -368,19 +322,6 @@ async def verify_span(call: Call) -> Verification:
     return await call.db(run, role="kernel")
 
 
-# Executions count only when the platform signed them, and only the caller's tenant's:
-# another tenant's public spans and a writer's look-alikes are never yours.
-METRICS = (
-    "SELECT to_char(date_trunc('day', at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') AS day, "
-    "coalesce(status, '') AS status, count(*) AS count, avg(duration_ms)::float AS avg_ms, "
-    "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)::float AS p95_ms "
-    "FROM ledger.visible_timeline WHERE entity_type = 'execution' "
-    "AND tenant_id = %(tenant)s AND public_key = ANY(%(keys)s) "
-    "AND at >= now() - make_interval(days => %(days)s) "
-    "GROUP BY GROUPING SETS ((1, 2), (1)) ORDER BY 1, 2"
-)
-
-
 def _platform_keys(call: Call, conn: Connection) -> list[str]:
     return sorted(records.platform(conn, call.state.root).keys)
 
@@ -391,8 +332,11 @@ async def metrics(call: Call) -> Metrics:
     assert p is not None
 
     def run(conn: Connection) -> tuple[list[dict[str, Any]], quota.Quota]:
-        rows = conn.execute(METRICS, {"days": days, "tenant": p.tenant_id,
-                                      "keys": _platform_keys(call, conn)}).fetchall()
+        # Executions count only when the platform signed them, and only the caller's
+        # tenant's: another tenant's public spans and a writer's look-alikes are never yours.
+        rows = conn.execute(q("execution_metrics"), {"days": days, "tenant": p.tenant_id,
+                                                     "keys": _platform_keys(call, conn)}
+                            ).fetchall()
         return rows, _caller_quota(conn, call)
 
     rows, today = await call.db(run)
@@ -417,7 +361,7 @@ async def me(call: Call) -> Me:
 
 
 async def health(call: Call) -> Health:
-    await call.db(lambda conn: conn.execute("SELECT 1").fetchone(), role="kernel")
+    await call.db(lambda conn: conn.execute(q("health_check")).fetchone(), role="kernel")
     return Health(status="ok", database="ok")
 
 

@@ -12,9 +12,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
-import psycopg
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
 from stage0.api.broadcast import Broadcaster
 from stage0.api.denials import Tally, summary_span
@@ -28,7 +25,14 @@ from stage0.gov.contract_store import PLATFORM, contract_span, load_contract
 from stage0.gov.contracts import Contract
 from stage0.keys import edge_key, id_secret, operator_key
 from stage0.ledger import manifest, store
-from stage0.ledger.db import Connection, Database, Role, configure, one, resolve
+from stage0.ledger.db import (
+    Database,
+    DatabaseError,
+    one,
+    resolve,
+    set_identity,
+)
+from stage0.ledger.pools import connection_pool
 from stage0.ledger.queries import q
 from stage0.log import log
 from stage0.spans.clip import clip_fields
@@ -37,12 +41,6 @@ from stage0.spans.proofs import public_key_hex
 AUTH_CACHE_S = 2.0  # a revoked key stops working within this long
 AUDIT_PER_SECOND = 20  # denial spans beyond this are counted into the next one
 T = TypeVar("T")
-
-
-def _pool(database: Database, role: Role, size: int) -> ConnectionPool[Connection]:
-    return ConnectionPool(database.url(role), min_size=1, max_size=size, open=False,
-                          kwargs={"autocommit": True, "row_factory": dict_row},
-                          configure=configure, name=f"logline-{role}")
 
 
 class ServerState:
@@ -59,8 +57,8 @@ class ServerState:
         self.root = home.root_public_key()
         self.limiter = limiter or RateLimiter()
         self.metrics = Metrics(self)
-        self.pools = {"app": _pool(database, "app", pool_size),
-                      "kernel": _pool(database, "kernel", 4)}
+        self.pools = {"app": connection_pool(database, "app", pool_size, "logline-app"),
+                      "kernel": connection_pool(database, "kernel", 4, "logline-kernel")}
         self.broadcaster = Broadcaster(database)
         self.platform: Contract | None = None  # loaded from the ledger at start()
         self._auth: dict[str, tuple[float, apikeys.Principal | None]] = {}
@@ -117,9 +115,7 @@ class ServerState:
         """fn(conn, *args) in one transaction with the caller's identity set locally."""
         with self.pools[role].connection() as conn, conn.transaction():
             if principal is not None:
-                conn.execute("SELECT set_config('app.user_id', %s, true), "
-                             "set_config('app.tenant_id', %s, true)",
-                             (principal.user_id, principal.tenant_id))
+                set_identity(conn, principal.user_id, principal.tenant_id)
             return fn(conn, *args)
 
     def valid_principals(self, tokens: list[str]) -> dict[str, apikeys.Principal]:
@@ -185,7 +181,7 @@ class ServerState:
             with self.pools["kernel"].connection() as conn:
                 store.append(conn, [summary_span(summary, self.edge.audit_interval_s)],
                               self.key)
-        except (psycopg.Error, Exception) as exc:
+        except (DatabaseError, Exception) as exc:
             self.log("audit_failed", error=str(exc)[:300], denials=summary["total"])
 
     async def _summarise(self) -> None:
@@ -227,7 +223,7 @@ class ServerState:
         try:
             with self.pools["kernel"].connection() as conn:
                 store.append(conn, [span], self.key)
-        except (psycopg.Error, Exception) as exc:  # never turn a denial into a 500
+        except (DatabaseError, Exception) as exc:  # never turn a denial into a 500
             self.log("audit_failed", error=str(exc)[:300])
 
     def log(self, event: str, **fields: Any) -> None:

@@ -30,11 +30,11 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anyio
-import psycopg
 
 from stage0.api.broadcast import Broadcaster
 from stage0.api.sse import SseResponse
-from stage0.spans.canonical import FIELDS
+from stage0.ledger.db import DatabaseError
+from stage0.ledger.queries import q
 
 SSE_BATCH = 200  # rows per read
 SSE_SEND_TIMEOUT_S = 5.0  # a client that cannot take a write in this long is dropped
@@ -42,24 +42,6 @@ SSE_PING_S = 15  # a keep-alive comment after this long without an event
 SSE_QUEUE_BYTES = 8 * 1024 * 1024  # events waiting for one client; beyond it, it is dropped
 SSE_READS_PER_ROUND = 64  # group reads in one pipeline
 SSE_KEY_CHECK_S = 2.0  # a stream ends this long (at most) after its key is revoked
-
-SET_IDENTITY = ("SELECT set_config('app.user_id', %s, true), "
-                "set_config('app.tenant_id', %s, true)")
-#: Each new visible span as one SSE event whose data is the JSON text GET /api/spans/{id}
-#: returns (same fields, same `at` format): PostgreSQL renders it, the server only joins bytes.
-STREAM_EVENTS = (
-    "SELECT position, 'id: ' || position || E'\\nevent: span\\ndata: ' || json_build_object("
-    + ", ".join(f"'{f}', " + ("to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-                              if f == "at" else f'"{f}"') for f in FIELDS)
-    + ", 'position', position)::text || E'\\n\\n' FROM ledger.visible_timeline "
-    "WHERE position > %(after)s "
-    "AND (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s) "
-    "AND (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
-    "ORDER BY position LIMIT %(limit)s"
-)
-#: The newest position the principal can see. Read *before* the rows in the same transaction,
-#: so the rows' (later) snapshot holds every row up to it: positions become visible in order.
-VISIBLE_TIP = "SELECT coalesce(max(position), 0) FROM ledger.visible_timeline"
 
 Key = tuple[str, str, str | None, str | None]  # tenant, user, entity_type, trace_id
 Rows = list[tuple[int, str]]  # (position, rendered event)
@@ -79,9 +61,10 @@ async def read(broadcaster: Broadcaster, key: Key, after: int) -> tuple[Rows, in
     with anyio.CancelScope(shield=True):
         async with broadcaster.pool.connection() as conn:
             async with conn.pipeline(), conn.transaction():
-                await conn.execute(SET_IDENTITY, (user, tenant))
-                tip = await conn.execute(VISIBLE_TIP)
-                rows = await conn.execute(STREAM_EVENTS, _params(key, after))
+                await conn.execute(q("set_identity"), {"user": user, "tenant": tenant})
+                # The tip first: the rows' (later) snapshot then holds every row up to it.
+                tip = await conn.execute(q("visible_tip"))
+                rows = await conn.execute(q("stream_events"), _params(key, after))
             found, newest = await rows.fetchall(), await tip.fetchone()
     assert newest is not None  # an aggregate: always one row
     return found, newest[0]
@@ -95,10 +78,10 @@ async def read_many(broadcaster: Broadcaster, reads: list[tuple[Key, int]]) -> l
         try:
             async with conn.pipeline():
                 for key, after in reads:
-                    await conn.execute("BEGIN")
-                    await conn.execute(SET_IDENTITY, (key[1], key[0]))
-                    cursors.append(await conn.execute(STREAM_EVENTS, _params(key, after)))
-                    await conn.execute("COMMIT")
+                    await conn.execute(q("begin"))
+                    await conn.execute(q("set_identity"), {"user": key[1], "tenant": key[0]})
+                    cursors.append(await conn.execute(q("stream_events"), _params(key, after)))
+                    await conn.execute(q("commit"))
         except BaseException:
             with contextlib.suppress(Exception):
                 await conn.rollback()  # a failed read leaves its transaction open
@@ -330,7 +313,7 @@ async def stream(call: Any) -> SseResponse:
                     await member.ready.wait()
                 if idle.cancelled_caught:
                     yield b": ping\n\n"
-        except (psycopg.Error, OSError) as exc:  # the client resumes with Last-Event-ID
+        except (DatabaseError, OSError) as exc:  # the client resumes with Last-Event-ID
             state.log("sse_read_failed", request_id=call.request_id,
                       error=f"{type(exc).__name__}: {exc}"[:300])
         finally:

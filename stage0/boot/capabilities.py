@@ -19,11 +19,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import blake3
-import psycopg
 
 from stage0.errors import LoglineError
 from stage0.ledger import store
-from stage0.ledger.db import Connection, db_error
+from stage0.ledger.db import Connection, DatabaseError, db_error
 from stage0.ledger.queries import q
 from stage0.spans import kinds
 from stage0.spans.canonical import format_at, normalise, now_at
@@ -87,7 +86,7 @@ class KernelContext:
         try:
             rows = self._conn.execute(query, params).fetchall() if params is not None \
                 else self._conn.execute(query).fetchall()
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             raise db_error(exc) from None
         return [{k: _jsonable(v) for k, v in row.items()} for row in rows]
 

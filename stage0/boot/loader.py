@@ -19,15 +19,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg.pq import TransactionStatus
-
 from stage0.boot.capabilities import KernelContext
 from stage0.boot.restricted import load_main
 from stage0.config import Home
 from stage0.errors import LoglineError
 from stage0.keys import id_secret, operator_key
 from stage0.ledger import manifest, store
-from stage0.ledger.db import Database
+from stage0.ledger.db import Database, idle
 from stage0.log import log
 from stage0.spans.proofs import check_proofs, digest, public_key_hex
 
@@ -225,7 +223,7 @@ class Loader:
         take the ledger's append lock while sandboxed code still runs (stalling every writer),
         and a rollback of the caller would erase them."""
         self._records.append(record)
-        if self.conn.info.transaction_status == TransactionStatus.IDLE:
+        if idle(self.conn):
             self._flush_records()
 
     def _flush_records(self) -> None:

@@ -47,18 +47,12 @@ def run_demo(database: Database, home: Home, out: Callable[[str], None]) -> dict
         out(f"4. policy_agent       {policies['policies']} policies, {policies['actions']} "
             "action span(s)")
     with database.connect("kernel") as conn:
-        boots = conn.execute(
-            "SELECT position, this, metadata FROM ledger.universal_registry "
-            "WHERE entity_type = 'boot_event' AND position > %s ORDER BY position",
-            (start,)).fetchall()
+        boots = conn.execute(q("demo_boot_events"), {"after": start}).fetchall()
         out("\nboots (stage 0 verified each kernel: manifest, hash, signature, trust, chain):")
         for row in boots:
             out(f"  #{row['position']:<6} boot_event     {row['this']:<15} seq "
                 f"{row['metadata']['function_seq']} {row['metadata']['function_hash'][:16]}")
-        trace = conn.execute(
-            "SELECT position, entity_type, seq, status, who, this, duration_ms, output "
-            "FROM ledger.universal_registry WHERE trace_id = %s ORDER BY position",
-            (request["trace_id"],)).fetchall()
+        trace = conn.execute(q("demo_trace"), {"trace_id": request["trace_id"]}).fetchall()
         out("\ntrace of the request:")
         for row in trace:
             extra = f" {row['duration_ms']} ms -> {row['output']}" if row["output"] else ""

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoglineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except db.DriverError as exc:
+    except db.DatabaseError as exc:
         refusal = db.db_error(exc, "command")
         if refusal.code != "NOT_INITIALISED":  # anything else is a bug: its traceback
             raise

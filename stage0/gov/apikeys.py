@@ -131,20 +131,15 @@ def _issue(conn: Connection, key: SigningKey, user_id: str, tenant_id: str,
 def known_roles(conn: Connection) -> list[str]:
     """The platform's roles and every role a seeded or published contract declares (but not
     the implicit ones every caller has)."""
-    declared = {r["role"] for r in conn.execute(
-        "SELECT DISTINCT jsonb_object_keys(content -> 'roles') AS role FROM ledger.latest_spans "
-        "WHERE entity_type = 'contract' AND jsonb_typeof(content -> 'roles') = 'object'")}
+    declared = {r["role"] for r in conn.execute(q("contract_roles"))}
     return sorted((set(ROLES) | declared) - {"anyone", "member", OPERATOR_ROLE})
 
 
 def holders(conn: Connection, tenant_id: str, role: str) -> set[str]:
     """Users of a tenant with an active key carrying `role` (read as the kernel: keys are
     private to their owners)."""
-    return {r["owner_id"] for r in conn.execute(
-        "SELECT r.owner_id FROM ledger.span_heads h JOIN ledger.universal_registry r "
-        "ON r.id = h.id AND r.seq = h.seq WHERE h.entity_type = 'api_key' "
-        "AND h.tenant_id = %s AND h.status = 'active' AND r.metadata -> 'roles' ? %s",
-        (tenant_id, role))}
+    return {r["owner_id"] for r in conn.execute(q("role_holders"),
+                                                {"tenant": tenant_id, "role": role})}
 
 
 def revoke(conn: Connection, key: SigningKey, key_id: str,
@@ -162,11 +157,7 @@ def revoke(conn: Connection, key: SigningKey, key_id: str,
 
 
 def listing(conn: Connection, tenant_id: str | None = None) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT r.owner_id, r.tenant_id, r.status, r.metadata, r.at FROM ledger.span_heads h "
-        "JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
-        "WHERE h.entity_type = 'api_key' AND (%(t)s::text IS NULL OR h.tenant_id = %(t)s) "
-        "ORDER BY h.position", {"t": tenant_id}).fetchall()
+    rows = conn.execute(q("api_keys"), {"tenant": tenant_id}).fetchall()
     return [{"key_id": r["metadata"]["key_id"], "user_id": r["owner_id"],
              "tenant_id": r["tenant_id"], "roles": r["metadata"]["roles"],
              "status": r["status"]} for r in rows]

@@ -20,6 +20,7 @@ from stage0.gov.proposals import Outcome, children, decision_span, job_span, spa
 from stage0.gov.routes_gate import now, roles_of
 from stage0.ledger import manifest, records, store
 from stage0.ledger.db import Connection
+from stage0.ledger.queries import q
 from stage0.spans.canonical import parse_at
 from stage0.spans.clip import clip_fields
 from stage0.spans.ids import derive_id
@@ -109,10 +110,7 @@ def approve(conn: Connection, key: SigningKey, root: str, principal: Principal,
 
 def _claimers(conn: Connection, proposal_id: str) -> set[str]:
     """Who claimed this proposal's jobs (the agents that planned or ran it)."""
-    return {r["owner_id"] for r in conn.execute(
-        "SELECT c.owner_id FROM ledger.universal_registry j JOIN ledger.universal_registry c "
-        "ON c.parent_id = j.id AND c.entity_type = 'job_claim' "
-        "WHERE j.parent_id = %s AND j.entity_type = 'job'", (proposal_id,))}
+    return {r["owner_id"] for r in conn.execute(q("job_claimers"), {"proposal": proposal_id})}
 
 
 def decide_with_approvals(conn: Connection, contract: Contract,

@@ -23,7 +23,7 @@ from typing import Any
 from stage0.errors import LoglineError
 from stage0.ledger import records, store
 from stage0.ledger.db import Connection
-from stage0.ledger.queries import SPAN_COLUMNS
+from stage0.ledger.queries import q
 from stage0.spans.canonical import normalise
 from stage0.spans.display import visible
 from stage0.spans.proofs import check_proofs
@@ -35,14 +35,6 @@ COLUMNS = ("position", "id", "seq", "at", "entity_type", "who", "did", "this", "
 JSON_COLUMNS = ("input", "output", "content")
 #: What a spreadsheet reads as the start of a formula (CSV injection).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-TRAIL = (
-    f"SELECT {SPAN_COLUMNS}, position FROM ledger.visible_timeline "
-    "WHERE (%(trace_id)s::text IS NULL OR trace_id = %(trace_id)s) "
-    "AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s) "
-    "AND (%(types)s::text[] IS NULL OR entity_type = ANY(%(types)s)) "
-    "AND (%(after)s::bigint IS NULL OR position > %(after)s) "
-    "ORDER BY position LIMIT %(limit)s"
-)
 
 
 def rows(conn: Connection, root: str, *, trace_id: str | None = None,
@@ -53,7 +45,7 @@ def rows(conn: Connection, root: str, *, trace_id: str | None = None,
     operator's CLI (kernel role) names a tenant or none (every tenant)."""
     platform = records.platform(conn, root)
     return [{**span, "position": r["position"], "record": platform.record(span)}
-            for r in conn.execute(TRAIL, {"trace_id": trace_id, "tenant": tenant,
+            for r in conn.execute(q("audit_trail"), {"trace_id": trace_id, "tenant": tenant,
                                           "types": types, "after": after, "limit": limit})
             for span in [store.span_from_row(r)]]
 

@@ -13,7 +13,7 @@ from stage0.gov.apikeys import Principal
 from stage0.gov.contracts import Contract, contract_id, parse
 from stage0.ledger import manifest, records, store
 from stage0.ledger.db import Connection
-from stage0.ledger.queries import SPAN_COLUMNS
+from stage0.ledger.queries import q
 from stage0.spans.ids import derive_id, legacy_id
 from stage0.spans.proofs import check_proofs
 
@@ -50,9 +50,8 @@ def load_contract(conn: Connection, span_id: str, trusted: frozenset[str],
     if span is None or span["entity_type"] != "contract":
         return None
     if expected_hash is not None and span["curr_hash"] != expected_hash:
-        version = conn.execute(f"SELECT {SPAN_COLUMNS} FROM ledger.universal_registry "
-                               "WHERE id = %s AND curr_hash = %s",
-                               (span_id, expected_hash)).fetchone()
+        version = conn.execute(q("version_by_hash"), {"id": span_id, "hash": expected_hash}
+                               ).fetchone()
         if version is None:
             raise LoglineError("CONTRACT_CHANGED", "the contract version this was decided "
                                "under is gone", span_id)
@@ -113,31 +112,19 @@ def activate(conn: Connection, key: SigningKey, root: str, principal: Principal,
     return activation
 
 
-ACTIVE = (
-    "SELECT DISTINCT ON (content ->> 'name') content FROM ledger.universal_registry "
-    "WHERE entity_type = 'contract_activation' AND tenant_id = %s AND status = 'active' "
-    "AND public_key = ANY(%s) ORDER BY content ->> 'name', position DESC"
-)
-
-
 def active_contracts(conn: Connection, root: str,
                      tenant_id: str) -> list[tuple[Contract, dict[str, Any]]]:
     """The tenant's active contracts: activations count only when the platform signed them."""
     trusted = manifest.trust_set(conn, root)
     keys = sorted(records.platform(conn, root).keys)
     out = []
-    for row in conn.execute(ACTIVE, (tenant_id, keys)):
+    for row in conn.execute(q("active_contract_activations"), {"tenant": tenant_id,
+                                                                "keys": keys}):
         found = load_contract(conn, row["content"]["contract_id"], trusted,
                               row["content"]["contract_hash"])
         if found:
             out.append(found)
     return out
-
-
-CONTRACTS = (
-    "SELECT id::text AS id, tenant_id, public_key, content FROM ledger.latest_spans "
-    "WHERE entity_type = 'contract' AND tenant_id IN ('system', %s) ORDER BY position"
-)
 
 
 def contracts(conn: Connection, root: str, tenant_id: str
@@ -150,7 +137,7 @@ def contracts(conn: Connection, root: str, tenant_id: str
     active = {s["id"] for _, s in active_contracts(conn, root, tenant_id)}
     listed: dict[tuple[str, str], dict[str, Any]] = {}
     flags = []
-    for r in conn.execute(CONTRACTS, (tenant_id,)):
+    for r in conn.execute(q("tenant_contracts"), {"tenant": tenant_id}):
         if r["public_key"] not in keys:
             flags.append(records.flag(r["id"], records.NOT_PLATFORM_SIGNED))
             continue

@@ -16,31 +16,10 @@ from stage0.gov.proposals import decision_span, span_of
 from stage0.gov.routes_gate import now
 from stage0.ledger import manifest, records, store
 from stage0.ledger.db import Connection
-from stage0.ledger.queries import SPAN_COLUMNS
-from stage0.spans.canonical import FIELDS
+from stage0.ledger.queries import q
 from stage0.spans.ids import derive_id, legacy_id
 
 RESULT_STATUSES = ("done", "failed", "interrupted")
-QUEUED = (
-    f"SELECT {SPAN_COLUMNS} FROM ledger.latest_spans j WHERE j.entity_type = 'job' "
-    "AND j.tenant_id = %(tenant)s AND j.public_key = ANY(%(keys)s) "
-    "AND (%(actions)s::text[] IS NULL OR j.content ->> 'action' = ANY(%(actions)s)) "
-    "AND NOT EXISTS (SELECT 1 FROM ledger.universal_registry c "
-    "WHERE c.parent_id = j.id AND c.entity_type = 'job_claim') ORDER BY j.position "
-    "LIMIT %(limit)s"
-)
-
-
-UNREPORTED = (
-    f"SELECT {', '.join(f'j.{chr(34)}{f}{chr(34)}' for f in FIELDS)} "
-    "FROM ledger.latest_spans j JOIN ledger.universal_registry c ON c.parent_id = j.id "
-    "AND c.entity_type = 'job_claim' AND c.status = 'claimed' "
-    "AND c.content ->> 'key_id' = %(key_id)s AND c.public_key = ANY(%(keys)s) "
-    "WHERE j.entity_type = 'job' AND j.tenant_id = %(tenant)s "
-    "AND j.public_key = ANY(%(keys)s) AND NOT EXISTS ("
-    "SELECT 1 FROM ledger.universal_registry r WHERE r.parent_id = j.id "
-    "AND r.entity_type = 'job_result') ORDER BY j.position LIMIT %(limit)s"
-)
 
 
 def claim(conn: Connection, key: SigningKey, root: str, principal: Principal,
@@ -54,17 +33,16 @@ def claim(conn: Connection, key: SigningKey, root: str, principal: Principal,
     with the gate's reason, and never handed out. A job whose claim cannot be recorded
     (its claim id is taken) is skipped, refused for good with JOB_CLAIM_FAILED, and the
     other jobs are still handed out."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))",
-                 (f"jobs:{principal.tenant_id}",))
+    conn.execute(q("jobs_lock"), {"name": f"jobs:{principal.tenant_id}"})
     platform = records.platform(conn, root)  # only jobs the platform queued are handed out
     keys = sorted(platform.keys)
-    handed = [_handed(store.span_from_row(r)) for r in conn.execute(UNREPORTED, {
+    handed = [_handed(store.span_from_row(r)) for r in conn.execute(q("jobs_unreported"), {
         "tenant": principal.tenant_id, "key_id": principal.key_id, "keys": keys,
         "limit": limit})]
     trusted = manifest.trust_set(conn, root)
     picked: list[tuple[dict[str, Any], list[dict[str, Any]], bool]] = []
-    for row in conn.execute(QUEUED, {"tenant": principal.tenant_id, "actions": actions,
-                                     "keys": keys, "limit": limit * 4}).fetchall():
+    for row in conn.execute(q("jobs_queued"), {"tenant": principal.tenant_id, "actions": actions,
+                                               "keys": keys, "limit": limit * 4}).fetchall():
         if len(handed) + sum(ok for *_, ok in picked) == limit:
             break
         job = store.span_from_row(row)

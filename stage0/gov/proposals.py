@@ -16,7 +16,7 @@ from stage0.gov.contract_store import active_contracts, resolve
 from stage0.gov.routes_gate import now, roles_of
 from stage0.ledger import records, store
 from stage0.ledger.db import Connection
-from stage0.ledger.queries import SPAN_COLUMNS
+from stage0.ledger.queries import q
 from stage0.spans.clip import clip_fields, clip_json
 from stage0.spans.ids import derive_id
 
@@ -130,9 +130,7 @@ def _children_of(conn: Connection, parent_ids: list[str]
     position order: one query for any number of parents."""
     out: dict[str, list[dict[str, Any]]] = {}
     if parent_ids:
-        for r in conn.execute(f"SELECT {SPAN_COLUMNS} FROM ledger.universal_registry "
-                              "WHERE parent_id = ANY(%s::uuid[]) ORDER BY position",
-                              (parent_ids,)):
+        for r in conn.execute(q("children_of"), {"parents": parent_ids}):
             span = store.span_from_row(r)
             out.setdefault(span["parent_id"], []).append(span)
     return out
@@ -233,20 +231,13 @@ def _job_view(job: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, 
                        "output": result["output"]} if result else None}
 
 
-PENDING = (
-    f"SELECT {SPAN_COLUMNS} FROM ledger.latest_spans WHERE entity_type = 'approval_request' "
-    "AND tenant_id = %(tenant)s AND public_key = ANY(%(keys)s) "
-    "ORDER BY position DESC LIMIT %(limit)s"
-)
-
-
 def approvals_inbox(conn: Connection, root: str, tenant_id: str, limit: int = 100,
                     states: tuple[str, ...] | None = None
                     ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The tenant's approval requests (platform records only), newest first, and the flags
     of the ones whose state cannot be read (skipped, never failing the rest)."""
     platform = records.platform(conn, root)
-    requests = [store.span_from_row(r) for r in conn.execute(PENDING, {
+    requests = [store.span_from_row(r) for r in conn.execute(q("approval_requests"), {
         "tenant": tenant_id, "keys": sorted(platform.keys), "limit": limit})]
     found, flags = states_of(conn, requests, platform)
     return [state for state in found if state is not None and

@@ -24,6 +24,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from stage0.errors import LoglineError
 from stage0.ledger.db import Connection, one
+from stage0.ledger.queries import q
 from stage0.spans.canonical import now_at
 from stage0.spans.proofs import public_key_hex
 
@@ -38,10 +39,7 @@ def _message(data: dict[str, Any]) -> bytes:
 
 def take(conn: Connection, root: SigningKey) -> dict[str, Any]:
     """The current tip (the newest row's position and chain hash), signed by root."""
-    row = conn.execute(
-        "SELECT r.position, r.chain_hash, (SELECT count(*) FROM ledger.universal_registry) "
-        "AS spans FROM ledger.universal_registry r ORDER BY r.position DESC LIMIT 1"
-    ).fetchone()
+    row = conn.execute(q("checkpoint_tip")).fetchone()
     if row is None:
         raise LoglineError("CHECKPOINT_EMPTY", "the ledger holds no rows yet")
     data = {"kind": KIND, "position": row["position"], "chain_hash": row["chain_hash"],
@@ -76,11 +74,9 @@ def load(path: Path, root_key: str) -> dict[str, Any]:
 
 def check(conn: Connection, point: dict[str, Any]) -> tuple[str, str] | None:
     """(reason, detail) when the ledger no longer holds the checkpoint's tip, else None."""
-    row = conn.execute("SELECT chain_hash FROM ledger.universal_registry WHERE position = %s",
-                       (point["position"],)).fetchone()
+    row = conn.execute(q("chain_hash_at"), {"position": point["position"]}).fetchone()
     if row is None:
-        newest = one(conn.execute("SELECT max(position) AS p FROM ledger.universal_registry"
-                                  ))["p"]
+        newest = one(conn.execute(q("newest_position")))["p"]
         return ("CHAIN_TRUNCATED", f"the checkpoint of {point['at']} pins position "
                 f"{point['position']}, which the ledger no longer holds (newest: {newest}): "
                 "rows were deleted or an older backup was restored")

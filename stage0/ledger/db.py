@@ -1,4 +1,5 @@
-"""The only module that knows the driver: where the database is, and how to connect to it.
+"""Where the database is, and how to connect to it (the rest of stage0/ledger/ runs SQL on
+the connections made here; nothing outside stage0/ledger/ imports the driver).
 
 With LOGLINE_DATABASE_URL unset, LogLine starts (or reuses) an embedded PostgreSQL 16 from
 `pgserver` whose data lives in $LOGLINE_HOME/pgdata and which keeps running between commands
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
@@ -44,13 +46,17 @@ from stage0.ledger.queries import q
 Role = Literal["admin", "app", "kernel"]
 #: What Database.connect returns (rows as dicts); the one connection type every layer names.
 Connection = psycopg.Connection[DictRow]
-#: The driver's base error, for the layers above that catch it (db_error says what it means).
-DriverError = psycopg.Error
 ROLE_NAMES = {"app": "logline_app", "kernel": "logline_kernel"}
 EMBEDDED_DBNAME = "logline"
 #: The OS user the embedded PostgreSQL runs as when LogLine runs as root (pgserver's name).
 PG_OS_USER = "pgserver"
 _SAFE = 2**53 - 1
+
+#: The driver's errors, for the layers above that must tell a database failure apart (they
+#: catch these names and never import the driver themselves; db_error says what one means).
+DatabaseError = psycopg.Error
+OperationalError = psycopg.OperationalError
+QueryCanceled = psycopg.errors.QueryCanceled
 
 
 def _parse_int(text: str) -> int | float:
@@ -290,10 +296,9 @@ def embedded(home: Home) -> Database:
     server = pgserver.get_server(home.pgdata, cleanup_mode=None)
     base = Database(server.get_uri())
     with base.connect("admin", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                              (EMBEDDED_DBNAME,)).fetchone()
+        exists = conn.execute(q("database_exists"), {"name": EMBEDDED_DBNAME}).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
+            conn.execute(sql.SQL(q("create_database")).format(sql.Identifier(EMBEDDED_DBNAME)))
     return base.with_dbname(EMBEDDED_DBNAME)
 
 
@@ -388,14 +393,23 @@ def unbounded(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        if not conn.closed and idle(conn):
             conn.execute(q("bounded_session"))
+
+
+def idle(conn: Connection) -> bool:
+    """No transaction is open on this connection (nor failed, nor running a statement)."""
+    return conn.info.transaction_status == TransactionStatus.IDLE
 
 
 @contextmanager
 def as_identity(conn: Connection, user_id: str, tenant_id: str | None) -> Iterator[None]:
     """One transaction with the caller's identity set locally (never on the session)."""
     with conn.transaction():
-        conn.execute("SELECT set_config('app.user_id', %s, true), "
-                     "set_config('app.tenant_id', %s, true)", (user_id, tenant_id or ""))
+        set_identity(conn, user_id, tenant_id)
         yield
+
+
+def set_identity(conn: Connection, user_id: str, tenant_id: str | None) -> None:
+    """The caller's identity for the rest of the open transaction (row-level security)."""
+    conn.execute(q("set_identity"), {"user": user_id, "tenant": tenant_id or ""})

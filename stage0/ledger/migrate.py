@@ -17,20 +17,12 @@ import psycopg
 from stage0.config import schema_dir
 from stage0.errors import LoglineError
 from stage0.ledger.db import Connection, Database, db_error
+from stage0.ledger.queries import q
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-_LOCK = 5514346441049466214
-
-_META = """
-CREATE SCHEMA IF NOT EXISTS logline_meta;
-CREATE TABLE IF NOT EXISTS logline_meta.migrations (
-  version    integer PRIMARY KEY,
-  name       text NOT NULL,
-  checksum   text NOT NULL,
-  applied_at timestamptz NOT NULL DEFAULT now()
-);
-REVOKE ALL ON SCHEMA logline_meta FROM PUBLIC;
-"""
+#: The schema as the migrations leave it, beside them (tools/dump_schema.py writes it, a test
+#: checks it): a description for readers, never applied.
+SNAPSHOT = "schema.sql"
 
 
 @dataclass(frozen=True)
@@ -52,6 +44,8 @@ def discover(directory: Path | None = None) -> list[Migration]:
     directory = directory or schema_dir()
     found = []
     for path in sorted(directory.glob("*.sql")):
+        if path.name == SNAPSHOT:
+            continue
         match = _NAME.match(path.name)
         if not match:
             raise LoglineError("MIGRATION_BAD_NAME", "migration files are named "
@@ -68,11 +62,10 @@ def migrate(db: Database, directory: Path | None = None) -> list[str]:
     migrations = discover(directory)
     applied_now: list[str] = []
     with db.connect("admin", autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
+        conn.execute(q("migrations_lock"))
         try:
-            conn.execute(_META)
-            done = {r["version"]: r for r in conn.execute(
-                "SELECT version, name, checksum FROM logline_meta.migrations")}
+            conn.execute(q("migrations_table"))
+            done = {r["version"]: r for r in conn.execute(q("migrations_done"))}
             for m in migrations:
                 if m.version in done:
                     if done[m.version]["checksum"] != m.checksum:
@@ -83,7 +76,7 @@ def migrate(db: Database, directory: Path | None = None) -> list[str]:
                 _apply(conn, m)
                 applied_now.append(m.name)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+            conn.execute(q("migrations_unlock"))
     return applied_now
 
 
@@ -91,9 +84,9 @@ def _apply(conn: Connection, m: Migration) -> None:
     try:
         with conn.transaction():
             conn.execute(m.sql)
-            conn.execute("RESET ROLE")
-            conn.execute("INSERT INTO logline_meta.migrations (version, name, checksum) "
-                         "VALUES (%s, %s, %s)", (m.version, m.name, m.checksum))
+            conn.execute(q("reset_role"))
+            conn.execute(q("migration_record"), {"version": m.version, "name": m.name,
+                                                 "checksum": m.checksum})
     except psycopg.Error as exc:
         raise db_error(exc, "migration", str(m.path)) from None
 
@@ -101,7 +94,7 @@ def _apply(conn: Connection, m: Migration) -> None:
 def applied(db: Database) -> list[str]:
     with db.connect("admin") as conn:
         try:
-            rows = conn.execute("SELECT name FROM logline_meta.migrations ORDER BY version")
+            rows = conn.execute(q("migrations_applied"))
             return [r["name"] for r in rows]
         except psycopg.errors.UndefinedTable:
             return []

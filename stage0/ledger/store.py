@@ -330,11 +330,13 @@ _RLS: weakref.WeakKeyDictionary[Connection, bool] = weakref.WeakKeyDictionary()
 
 def _row_security(conn: Connection) -> bool:
     if conn not in _RLS:
-        _RLS[conn] = one(conn.execute(
-            "SELECT row_security_active('ledger.universal_registry') AS on"))["on"]
+        _RLS[conn] = one(conn.execute(q("row_security_active")))["on"]
     return _RLS[conn]
 
 
+# The only SQL built at run time (every other statement is named in stage0/ledger/sql/):
+# the INSERTs' multi-row VALUES lists, for a number of rows, and the COPY (_COPY above), from
+# the span's fields.
 @cache
 def _values_sql(rows: int) -> str:
     casts = ", ".join(f"%s::{_TYPES.get(f, 'text')}" for f in FIELDS)

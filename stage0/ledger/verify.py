@@ -171,7 +171,7 @@ def _worker_range(snapshot: str, lo: str, hi: str, signers: manifest.Signers, ro
         raise RuntimeError(f"verify worker has no connection: {_worker.get('error')}")
     walk = _Walk(signers, root, high)
     with conn.transaction():
-        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(snapshot))
+        conn.execute(sql.SQL(q("set_snapshot")).format(snapshot))
         conn.execute(q("unbounded_transaction"))
         _walk_range(conn, lo, hi, walk)
     return walk.spans, walk.ids, walk.failures
@@ -217,7 +217,7 @@ def verify(conn: Connection, root_key: str, jobs: int | None = None,
             pending = []
             pool = None
             if jobs > 1 and own:
-                snapshot = one(conn.execute("SELECT pg_export_snapshot() AS s"))["s"]
+                snapshot = one(conn.execute(q("export_snapshot")))["s"]
                 pool = ProcessPoolExecutor(jobs, initializer=_worker_start,
                                            initargs=(_conninfo(conn),))
                 pending = [(lo, hi, pool.submit(_worker_range, snapshot, lo, hi, signers,

@@ -10,6 +10,7 @@ from nacl.signing import SigningKey
 from stage0.errors import LoglineError
 from stage0.ledger import store
 from stage0.ledger.db import Connection
+from stage0.ledger.queries import q
 
 
 def schedule(conn: Connection, key: SigningKey, function_id: str, input: Any = None,
@@ -49,10 +50,8 @@ def schedule(conn: Connection, key: SigningKey, function_id: str, input: Any = N
         return store.append(conn, [request], key)[0]
     except LoglineError as exc:
         if exc.code == "LEDGER_DUPLICATE" and idempotency_key:
-            existing = conn.execute(
-                "SELECT id::text AS id FROM ledger.universal_registry WHERE entity_type = "
-                "'request' AND seq = 0 AND tenant_id = %s AND metadata ->> 'idempotency_key' = %s",
-                (tenant, idempotency_key)).fetchone()
+            existing = conn.execute(q("request_by_idempotency_key"),
+                                    {"tenant": tenant, "key": idempotency_key}).fetchone()
             if existing:
                 return store.head(conn, existing["id"]) or request
         raise

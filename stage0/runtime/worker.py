@@ -22,12 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-
 from stage0.boot.loader import Loader
 from stage0.config import Home
 from stage0.errors import LoglineError
-from stage0.ledger.db import Connection, Database
+from stage0.ledger import notify
+from stage0.ledger.db import Connection, Database, OperationalError
 from stage0.log import log
 
 KERNELS = {"observer_bot": "00000000-0000-4000-8000-000000000002",
@@ -89,7 +88,7 @@ class Worker:
                 try:
                     self._serve(pool, max_cycles)
                     return
-                except (psycopg.OperationalError, LoglineError) as exc:
+                except (OperationalError, LoglineError) as exc:
                     if isinstance(exc, LoglineError) and exc.code != "DB_UNAVAILABLE":
                         raise
                     log("database_lost", worker=self.worker_id, error=str(exc).strip()[:300],
@@ -108,7 +107,7 @@ class Worker:
                                    "trust as a platform key: everything it wrote would fail "
                                    "verify (`logline keys trust KEY --role platform`)")
             loader.id_secret  # noqa: B018 - ID_SECRET_MISSING now, not in every policy round
-            listener.execute("LISTEN timeline_updates")
+            notify.listen(listener)
             due = Due({name: 0.0 for name in self.kernels})
             loader.log("worker_started", kernels=list(self.kernels))
             cycles = 0
@@ -149,7 +148,7 @@ class Worker:
                 output = self.loader.boot(KERNELS[name], kernel_input)
             except LoglineError as exc:
                 if self.loader.conn.broken:  # not the kernel's fault: reconnect (see run)
-                    raise psycopg.OperationalError(exc.message) from None
+                    raise OperationalError(exc.message) from None
                 self.loader.log("kernel_failed", kernel=name, code=exc.code,
                                 message=exc.message[:500])
                 return False
@@ -182,12 +181,8 @@ class Worker:
         timeout = min(due.wait_s(), 0.5)  # bounded so a stop request is seen promptly
         if timeout <= 0:
             return
-        # One notifies() generator at a time: psycopg holds the connection while one is open.
-        notes = list(listener.notifies(timeout=timeout, stop_after=1))
-        if notes:  # take what else has already arrived, without waiting for more
-            notes += listener.notifies(timeout=0)
-        for note in notes:
-            self._wake(note.payload, due)
+        for payload in notify.wait(listener, timeout):
+            self._wake(payload, due)
 
     def _wake(self, payload: str, due: Due) -> None:
         try:
