@@ -13,7 +13,8 @@ processes, `logline serve`, workers, agents, a browser).
 
 Under xdist (`-n`, in pyproject's addopts) tests are handed out one by one (--dist loadgroup),
 except that the tests of a module that use one of its module-scoped fixtures (a server, a
-browser, a sandbox pool) run on one worker, which sets that fixture up once.
+browser, a sandbox pool) run on one worker, which sets that fixture up once; a module may
+name its own group (pytest.mark.xdist_group).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(layer)
         if layer == "acceptance":
             item.add_marker("integration")
-        if _uses_a_module_fixture(item):
+        if _uses_a_module_fixture(item) and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group("/".join(parts)))
 
 

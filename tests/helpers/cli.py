@@ -47,7 +47,7 @@ class Ran:
 
 def needs_own_process(args: Sequence[str]) -> bool:
     words = [a for a in args if not a.startswith("-")]
-    if not words:
+    if not words or "--help" in args or "-h" in args:  # argparse answers before it runs
         return False
     if words[0] in SERVES:
         return True

@@ -18,6 +18,9 @@ from stage0.errors import LoglineError
 from stage0.sandbox import worker as sandbox_worker
 from stage0.sandbox.pool import ERROR_CODES, Limits, SandboxPool
 
+#: CPU time and wall time are what these tests measure: under xdist they run one at a time, on
+#: one worker, rather than against each other (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("sandbox")
 LIMITS = Limits(wall_ms=3000, cpu_ms=300, memory_mb=128, output_bytes=64 * 1024,
                 input_bytes=64 * 1024, stdout_bytes=4096)
 IS_ROOT = os.geteuid() == 0

@@ -20,6 +20,9 @@ from stage0.errors import LoglineError
 from stage0.sandbox import worker as sandbox_worker
 from stage0.sandbox.pool import Limits, SandboxPool
 
+#: CPU time and wall time are what these tests measure: under xdist they run one at a time, on
+#: one worker, rather than against each other (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("sandbox")
 LIMITS = Limits(wall_ms=5000, cpu_ms=1000, memory_mb=128)
 
 #: Victim code: allocates 30,000 lists (dozens of collections of the youngest generations,
