@@ -115,8 +115,9 @@ def _uses_a_module_fixture(item: pytest.Item) -> bool:
 
 
 @pytest.fixture(scope="session")
-def run_dir(pytestconfig: pytest.Config) -> Path:
+def run_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This run's temporary root, shared by all its processes (for locks and shared files)."""
+    tmp_path_factory.getbasetemp()  # made (a given --basetemp emptied) before anything is put in
     return pytestconfig.stash[_ROOT]
 
 
