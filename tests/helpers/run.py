@@ -84,6 +84,7 @@ def shared_server(root: Path) -> db.Database:
     tests, TEST_SERVER_SETTINGS), reused by the rest."""
     home = _home(root)
     with locked(root / "pg.lock"):
+        home.path.mkdir(parents=True, exist_ok=True)
         reachable_by_postgres(home.path)
         fresh = not (home.pgdata / "PG_VERSION").is_file()
         server = db.embedded(home)
