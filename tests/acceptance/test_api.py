@@ -49,12 +49,12 @@ PROTECTED = [
     ("GET", "/api/executions"), ("GET", "/api/functions"),
     ("POST", "/api/boot/{id}"), ("GET", "/api/verify/{id}"), ("GET", "/api/metrics"),
     ("GET", "/api/me"), ("GET", "/metrics"),
-    # governed execution (tests/test_governance.py)
+    # governed execution (tests/acceptance/test_governance.py)
     ("GET", "/api/contracts"), ("POST", "/api/contracts"), ("POST", "/api/contracts/activate"),
     ("POST", "/api/proposals"), ("POST", "/api/intents"), ("GET", "/api/proposals/{id}"),
     ("GET", "/api/approvals"), ("POST", "/api/approvals/{id}"), ("POST", "/api/jobs/claim"),
     ("POST", "/api/jobs/{id}/result"), ("GET", "/api/audit/export"),
-    # the console's operations (tests/test_console_api.py)
+    # the console's operations (tests/acceptance/test_console_api.py)
     ("GET", "/api/queue"), ("POST", "/api/verify"),
 ]
 PUBLIC = [("GET", "/healthz")]
@@ -215,7 +215,7 @@ def test_a_reader_key_cannot_post(api):
 
 
 def test_only_the_operator_may_boot_a_kernel(api, a):
-    """Kernels act for every tenant: a tenant's admin is refused (tests/test_edge.py attacks
+    """Kernels act for every tenant: a tenant's admin is refused (acceptance/test_edge.py attacks
     it), the operator's key boots."""
     observer = KERNELS["observer_bot"]
     assert_error(a.post(f"/api/boot/{observer}", json={}), 403, "G_ROLE_DENIED")
@@ -819,7 +819,7 @@ def test_a_denial_of_a_known_caller_is_attributed_to_that_caller(api):
 
 
 def test_denials_of_known_callers_are_recorded_as_audit_spans(api, a):
-    """(Anonymous denials are counted into audit_summary spans instead: tests/test_edge.py.)"""
+    """(Anonymous denials are counted into audit_summary spans instead: test_edge.py.)"""
     anon = httpx.get(api.url + "/api/timeline", headers={"X-Request-ID": rid("audit-anon-1")},
                      timeout=10)
     assert anon.status_code == 401

@@ -108,7 +108,7 @@ def test_function_past_timeout_is_stopped_and_the_worker_recovers(loader, kernel
 
 def test_executions_carry_the_manifests_slow_threshold(loader, kernel_conn, operator):
     """One threshold: run_code writes policy.slow_ms into each execution, and the slow_exec
-    policy labels by it (tests/test_policies.py); run_code labels nothing itself."""
+    policy labels by it (tests/integration/test_policies.py); run_code labels nothing itself."""
     slow = run(loader, user_function(kernel_conn, operator, SLOW)["id"])
     assert slow["metadata"]["slow_ms"] == 5000  # the manifest's default (ROW/manifest)
     manifest.amend(kernel_conn, operator, policy={"slow_ms": 100, "timeout_ms": 5000})
