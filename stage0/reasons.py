@@ -4,7 +4,7 @@ A refusal carries a stable code (`LoglineError(code, ...)`, `ApiError`, a kernel
 `{"code": ...}`, a database trigger's `RAISE`). This module is the one place that says what
 each code means and which HTTP status the API answers it with: `stage0.api` reads the status
 from here (`http_status`), `tools/gen_errors_doc.py` writes docs/errors.md from it, and
-tests/test_reason_codes.py fails when a code the source raises is missing here, or a code
+tests/unit/test_reason_codes.py fails when a code the source raises is missing here, or a code
 here is raised nowhere. Plain data, no I/O.
 
 `http` is the status the API answers the code with; None for codes that only the CLI, the

@@ -4,7 +4,7 @@
     python tools/gen_errors_doc.py --check   # exit 1 if the file is not what this script makes
 
 The page is the registry's areas in order, each a table of its codes, between a fixed header
-(below) and nothing else: edit stage0/reasons.py, not the page (tests/test_reason_codes.py
+(below) and nothing else: edit stage0/reasons.py, not the page (tests/unit/test_reason_codes.py
 fails when the committed page differs from what this script makes).
 """
 
@@ -34,7 +34,7 @@ from the ledger, the gate's rules or the loader, it is answered 422).
 status when the API can answer it, one line saying what it means, and what to do about it when
 there is something to do), raise it (`LoglineError("MY_CODE", "message", where)`; in the API
 `ApiError.of("MY_CODE", "message")`, which takes its status from the registry), then run
-`python tools/gen_errors_doc.py` to regenerate this page. `tests/test_reason_codes.py` fails
+`python tools/gen_errors_doc.py` to regenerate this page. `tests/unit/test_reason_codes.py` fails
 on a code raised anywhere in `stage0/`, `kernels/`, `tools/`, `schema/` or the console that is
 not registered, on a registered code raised nowhere, and on this page when it is stale. Codes
 are never renamed or reused: clients and scripts match on them.

@@ -8,7 +8,7 @@ Each statement in those files starts with a header and a one-line description,
 
 and more comment lines after the description if it needs them. Code outside stage0/ledger/
 runs a statement as `conn.execute(q("head_lookup"), {...})` and never holds SQL of its own
-(tests/test_named_sql.py checks both). What must be built at run time (a multi-row VALUES
+(tests/unit/test_named_sql.py checks both). What must be built at run time (a multi-row VALUES
 list, COPY with the column list) is built in stage0/ledger/store.py.
 
 Placeholders filled in when the files are read, from the span's fields (spans/canonical.py):

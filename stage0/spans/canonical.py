@@ -427,7 +427,7 @@ if _c_make_encoder is not None:
 def _fast_jcs(view: Mapping[str, Any]) -> bytes:
     # For values holding no float and no astral-plane key, RFC 8785 coincides with sorted,
     # compact, non-ASCII-escaping JSON: same string escapes, same integer digits, and code
-    # point order equals UTF-16 order below U+10000. tests/test_canonical.py proves it.
+    # point order equals UTF-16 order below U+10000. tests/unit/test_canonical.py proves it.
     # The encoder is json.dumps's own, built once; it skips the check for circular
     # references, which normalise's depth limit already refuses.
     if _ENCODE is None:  # pragma: no cover
