@@ -162,3 +162,22 @@ def tenant_policy(conn, operator, code: str, tenant: str = "acme", on=("note",),
         "tenant_id": tenant, "visibility": "tenant", "status": "active",
         "metadata": {"on_entity_types": list(on) if on else None, "scope": "tenant", **meta}}],
         operator)[0]
+
+
+AGENT = KERNELS["policy_agent"]
+
+
+def agent(loader, batch: int = 200) -> dict:
+    return loader.boot(AGENT, {"batch": batch})
+
+
+def emitted_by(conn, policy_id: str, entity_type: str | None = None) -> list[dict]:
+    rows = conn.execute(
+        "SELECT id::text AS id, seq, entity_type, status, parent_id::text AS parent_id, "
+        "related_to, owner_id, tenant_id, error, metadata, position "
+        "FROM ledger.universal_registry WHERE metadata ->> 'policy_id' = %s "
+        "AND entity_type <> 'policy_cursor' AND (%s::text IS NULL OR entity_type = %s) "
+        "ORDER BY position", (policy_id, entity_type, entity_type)).fetchall()
+    for row in rows:
+        row["related_to"] = [str(u) for u in row["related_to"] or []]
+    return rows

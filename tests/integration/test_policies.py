@@ -18,7 +18,9 @@ from helpers.kernels import (
     SLOW,
     Recorder,
     add,
+    agent,
     await_lock_waiters,
+    emitted_by,
     in_threads,
     join_all,
     of_type,
@@ -164,22 +166,6 @@ def test_policy_gives_the_same_answers_in_the_sandbox(pool, module):
 
 
 # --- through policy_agent --------------------------------------------------------------------
-
-
-def agent(loader, batch: int = 200) -> dict:
-    return loader.boot(AGENT, {"batch": batch})
-
-
-def emitted_by(conn, policy_id: str, entity_type: str | None = None) -> list[dict]:
-    rows = conn.execute(
-        "SELECT id::text AS id, seq, entity_type, status, parent_id::text AS parent_id, "
-        "related_to, owner_id, tenant_id, error, metadata, position "
-        "FROM ledger.universal_registry WHERE metadata ->> 'policy_id' = %s "
-        "AND entity_type <> 'policy_cursor' AND (%s::text IS NULL OR entity_type = %s) "
-        "ORDER BY position", (policy_id, entity_type, entity_type)).fetchall()
-    for row in rows:
-        row["related_to"] = [str(u) for u in row["related_to"] or []]
-    return rows
 
 
 def test_error_report_for_a_failed_execution(loader, kernel_conn, operator):

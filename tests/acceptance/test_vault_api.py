@@ -10,9 +10,10 @@ import uuid
 from typing import Any
 
 import pytest
+from helpers import REPO
+from helpers.api import Api, Key, Stream, start_api
+from helpers.vault import VALUE, assert_nowhere, database_text
 from nacl.signing import SigningKey
-from test_api import REPO, Api, Key, Stream, start_api
-from test_vault import VALUE, assert_nowhere, database_text
 
 from stage0.spans.canonical import normalise, now_at
 from stage0.spans.proofs import public_key_hex, seal

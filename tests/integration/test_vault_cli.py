@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_vault import VALUE, assert_nowhere, database_text
+from helpers.vault import VALUE, assert_nowhere, database_text
 
 from stage0 import keys
 from stage0.ledger import verify

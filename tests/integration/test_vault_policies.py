@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from test_policies import add, agent, emitted_by, loader, pool, tenant_policy  # noqa: F401
-from test_vault import VALUE, assert_nowhere
+from helpers.kernels import add, agent, emitted_by, tenant_policy
+from helpers.vault import VALUE, assert_nowhere
 
 from stage0.vault import credentials, crypto
 from stage0.vault import master as masters

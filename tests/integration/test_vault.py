@@ -13,6 +13,7 @@ import stat
 from typing import Any
 
 import pytest
+from helpers.vault import VALUE, assert_nowhere, database_text
 
 from stage0 import keys
 from stage0.errors import LoglineError
@@ -20,35 +21,6 @@ from stage0.ledger import store, verify
 from stage0.spans.proofs import public_key_hex
 from stage0.vault import credentials, crypto, rotation, tenant_keys
 from stage0.vault import master as masters
-
-VALUE = "sk-test-Zq8v3LmN0pRt7WxY2bC5dF9gH1jK4"
-
-
-def forms(value: str) -> list[str]:
-    """The value as an attacker would grep for it: as is, base64 (standard and urlsafe, with
-    and without padding), hex (both cases)."""
-    raw = value.encode()
-    b64 = base64.b64encode(raw).decode()
-    url = base64.urlsafe_b64encode(raw).decode()
-    return [value, b64, b64.rstrip("="), url, url.rstrip("="), raw.hex(), raw.hex().upper()]
-
-
-def assert_nowhere(text: str, value: str = VALUE) -> None:
-    for form in forms(value):
-        assert form not in text, f"{form!r} found"
-
-
-def database_text(conn: Any) -> str:
-    """Every row of every table of the ledger schema as text (what a pg_dump would hold)."""
-    tables = [r["t"] for r in conn.execute(
-        "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) AS t "
-        "FROM pg_tables WHERE schemaname = 'ledger'")]
-    assert "ledger.universal_registry" in tables
-    parts = []
-    for table in tables:
-        # a table name from the catalogue, quoted by PostgreSQL itself: no user input
-        parts += [r["j"] for r in conn.execute(f"SELECT row_to_json(x)::text AS j FROM {table} x")]
-    return "\n".join(parts)
 
 
 @pytest.fixture
