@@ -171,6 +171,25 @@ class KernelContext:
         return self._loader.call(function_id, input, self.identity["user_id"],
                                  self.identity["tenant_id"], self.trace_id)
 
+    # --- models (issue 11: stage0/llm) ---------------------------------------------------
+    def llm(self, provider: str, messages: Any, params: Any = None) -> dict[str, Any]:
+        """Ask provider `provider` (a `provider` row) to answer `messages` ([{role, content}]):
+        stage 0 makes the call, so the sandbox never holds a socket. Returns {ok, text,
+        tokens_in, tokens_out, model, cost, error: {code, message} | None, execution_id};
+        each call is recorded as a provider_execution span in the caller's trace."""
+        return self._llm_call(provider, "chat", messages, params)
+
+    def embed(self, provider: str, input: Any, params: Any = None) -> dict[str, Any]:
+        """Embeddings of a text or a list of texts ({ok, embeddings, ...}, as llm())."""
+        return self._llm_call(provider, "embed", input, params)
+
+    def _llm_call(self, provider: Any, operation: str, payload: Any,
+                  params: Any) -> dict[str, Any]:
+        from stage0.llm.host import for_loader
+        return for_loader(self._loader).call(
+            provider, self.identity["tenant_id"], self.identity["user_id"], self.trace_id,
+            operation, payload, params, caller=dict(self.kernel))
+
     # --- utilities ------------------------------------------------------------------------
     def now(self) -> str:
         return now_at()

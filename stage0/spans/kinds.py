@@ -35,6 +35,8 @@ PLATFORM_KINDS: frozenset[str] = frozenset({
     "approval", "job", "job_claim", "job_result", "audit_denial", "audit_summary",
     # the vault (stage0/vault): encrypted values and the tenants' wrapped data keys
     "secret", "tenant_key",
+    # LLM providers (stage0/llm): the rows stage 0 calls, its calls, its breaker changes
+    "provider", "provider_execution", "provider_breaker",
 })
 
 #: Kinds no policy may emit, whoever wrote it: code, trust, scheduling and the records
@@ -44,6 +46,7 @@ NEVER_EMITTED: frozenset[str] = frozenset({
     "boot_refused", "policy_cursor", "policy_error", "rollup", "contract",
     "contract_activation", "gate_decision", "proposal", "approval_request", "approval",
     "job", "job_claim", "job_result", "audit_denial", "audit_summary", "secret", "tenant_key",
+    "provider", "provider_execution", "provider_breaker",
 })
 
 

@@ -1,0 +1,41 @@
+"""Reading `provider` rows and what the token budget counts (SQL in sql/queries.sql).
+
+Only rows signed by a platform key count: a tenant's look-alike `provider` span (posted
+through the API, signed by the edge key) is never a provider anyone calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from stage0.ledger import store
+from stage0.ledger.db import Connection
+from stage0.ledger.queries import q
+
+
+def find(conn: Connection, name: str, tenant: str, keys: Iterable[str]) -> dict[str, Any] | None:
+    """The provider span `tenant` means by `name` (its own, else the system one), or None."""
+    row = conn.execute(q("provider_by_name"), {"name": name, "tenant": tenant,
+                                               "keys": sorted(keys)}).fetchone()
+    return store.span_from_row(row) if row else None
+
+
+def listed(conn: Connection, keys: Iterable[str], tenant: str | None = None
+           ) -> list[dict[str, Any]]:
+    rows = conn.execute(q("providers_list"), {"tenant": tenant, "keys": sorted(keys)})
+    return [store.span_from_row(r) for r in rows.fetchall()]
+
+
+def tokens_today(conn: Connection, tenant: str, provider: str, keys: Iterable[str]) -> int:
+    row = conn.execute(q("provider_tokens_today"), {"tenant": tenant, "provider": provider,
+                                                    "keys": sorted(keys)}).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def execution_stats(conn: Connection, keys: Iterable[str]) -> list[dict[str, Any]]:
+    return list(conn.execute(q("provider_execution_stats"), {"keys": sorted(keys)}).fetchall())
+
+
+def breaker_states(conn: Connection, keys: Iterable[str]) -> list[dict[str, Any]]:
+    return list(conn.execute(q("provider_breaker_states"), {"keys": sorted(keys)}).fetchall())

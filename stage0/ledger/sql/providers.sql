@@ -1,0 +1,44 @@
+-- LLM providers (stage0/ledger/provider_rows.py): the provider rows stage 0 calls, the daily
+-- token budget (ledger.provider_token_counts, kept by the append trigger: schema/0010) and
+-- what /metrics reads of the calls.
+
+-- name: provider_by_name
+-- The provider row a tenant calls by name: its own first, else the platform-wide one
+-- (tenant system); only rows a platform key signed.
+SELECT {columns}, position FROM ledger.latest_spans
+WHERE entity_type = 'provider' AND name = %(name)s
+  AND tenant_id IN (%(tenant)s, 'system') AND public_key = ANY(%(keys)s)
+ORDER BY (tenant_id = %(tenant)s) DESC, position DESC LIMIT 1
+
+-- name: providers_list
+-- Every platform-signed provider row (or those a tenant may call: its own and the system's).
+SELECT {columns}, position FROM ledger.latest_spans
+WHERE entity_type = 'provider' AND public_key = ANY(%(keys)s)
+  AND (%(tenant)s::text IS NULL OR tenant_id IN (%(tenant)s, 'system'))
+ORDER BY name, tenant_id
+
+-- name: provider_tokens_today
+-- What the per-tenant daily token budget counts (schema/0010: kept by the append trigger).
+SELECT coalesce((SELECT c.tokens FROM ledger.provider_token_counts c
+                 WHERE c.tenant_id = %(tenant)s AND c.provider = %(provider)s
+                   AND c.day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint AS n
+
+-- name: provider_execution_stats
+-- For /metrics: calls, tokens and latency per provider, outcome and latency bucket
+-- (width_bucket over the bounds given, in ms), the platform's records only.
+SELECT "this" AS provider, coalesce(metadata->>'outcome', '') AS outcome,
+       width_bucket(coalesce(duration_ms, 0), %(bounds)s::int[]) AS bucket, count(*) AS calls,
+       coalesce(sum((metadata->>'tokens_in')::bigint), 0)::bigint AS tokens_in,
+       coalesce(sum((metadata->>'tokens_out')::bigint), 0)::bigint AS tokens_out,
+       coalesce(sum(duration_ms), 0)::bigint AS ms
+FROM ledger.universal_registry
+WHERE entity_type = 'provider_execution' AND public_key = ANY(%(keys)s)
+GROUP BY 1, 2, 3
+
+-- name: provider_breaker_states
+-- The last breaker change each provider's workers recorded.
+SELECT DISTINCT ON ("this", metadata->>'worker') "this" AS provider,
+       metadata->>'worker' AS worker, status AS state
+FROM ledger.universal_registry
+WHERE entity_type = 'provider_breaker' AND public_key = ANY(%(keys)s)
+ORDER BY "this", metadata->>'worker', position DESC

@@ -1,0 +1,196 @@
+"""Stage 0's side of `ctx.llm`: find the provider row, make the call, record what happened.
+
+Each call appends one `provider_execution` span (a platform kind): provider, model, operation,
+tokens in and out, latency (duration_ms), the cost estimate when the row has prices, attempts,
+HTTP status, outcome and error code, and the caller's trace_id. Never the prompt, the answer or
+the credential: a BLAKE3 hash and a length of each. Breaker changes are `provider_breaker`
+spans. Records go through the host's own autocommit connection: they survive a rollback of the
+calling kernel's transaction, count against the token budget at once, and never hold the
+ledger's append lock while a model answers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import blake3
+from nacl.signing import SigningKey
+
+from stage0.config import Home
+from stage0.errors import LoglineError
+from stage0.ledger import provider_rows, records, store
+from stage0.ledger.db import Connection
+from stage0.llm import providers
+from stage0.llm.client import CallResult, CredentialSource, LlmClient
+from stage0.llm.egress import Resolver, resolve
+from stage0.llm.hardening import BreakerChange
+from stage0.log import log
+
+if TYPE_CHECKING:
+    from stage0.boot.loader import Loader
+
+#: Outcomes decided here, before the provider saw anything (status `denied`).
+REFUSALS = frozenset({"PROVIDER_NOT_FOUND", "PROVIDER_DISABLED", "PROVIDER_KIND_UNKNOWN",
+                      "PROVIDER_INVALID", "BREAKER_OPEN", "TOKEN_BUDGET_EXCEEDED",
+                      "PROVIDER_THROTTLED", "TENANT_THROTTLED", "CREDENTIAL_MISSING",
+                      "EGRESS_DENIED", "LLM_REQUEST_INVALID", "LLM_OPERATION_UNSUPPORTED"})
+
+
+def no_credentials(tenant_id: str, name: str) -> str | None:
+    """The credential source until the vault is wired in: there are none, so a provider that
+    names a credential is refused with CREDENTIAL_MISSING (fail closed)."""
+    return None
+
+
+def credential_source(conn: Connection, home: Home) -> CredentialSource:
+    """Where stage 0 gets a tenant's provider credentials: THE wiring point for the vault.
+
+    TODO(issue 11, merge): return lambda tenant, name: stage0.vault.credentials.reveal(conn,
+    <master key of home>, tenant, name) (None when the tenant has no such secret).
+    """
+    return no_credentials
+
+
+def fingerprint(value: Any) -> dict[str, Any]:
+    """What a record keeps of a prompt or an answer: its BLAKE3 hash and length."""
+    if value is None:
+        return {"blake3": None, "length": 0}
+    text = value if isinstance(value, str) else \
+        json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return {"blake3": blake3.blake3(text.encode("utf-8")).hexdigest(), "length": len(text)}
+
+
+def status_of(outcome: str) -> str:
+    return "complete" if outcome == "ok" else "denied" if outcome in REFUSALS else "error"
+
+
+class LlmHost:
+    def __init__(self, conn: Connection, key: SigningKey, root: str,
+                 credentials: CredentialSource, worker: str = "stage0",
+                 resolver: Resolver = resolve, verify: bool | str = True,
+                 **client: Any) -> None:
+        self.conn, self.key, self.root, self.worker = conn, key, root, worker
+        self._lock = threading.Lock()
+        self.client = LlmClient(credentials, usage=self._usage, resolver=resolver,
+                                on_breaker=self._breaker_changed, verify=verify, **client)
+
+    def close(self) -> None:
+        self.client.close()
+        self.conn.close()
+
+    def _keys(self) -> frozenset[str]:
+        return records.platform(self.conn, self.root).keys
+
+    def _usage(self, tenant: str, provider: str) -> int:
+        with self._lock:
+            return provider_rows.tokens_today(self.conn, tenant, provider, self._keys())
+
+    def provider(self, name: Any, tenant: str) -> tuple[dict[str, Any], providers.Provider]:
+        if not isinstance(name, str) or not name:
+            raise LoglineError("PROVIDER_NOT_FOUND", "name a provider")
+        with self._lock:
+            span = provider_rows.find(self.conn, name, tenant, self._keys())
+        if span is None:
+            raise LoglineError("PROVIDER_NOT_FOUND", f"no provider {name!r} for tenant "
+                               f"{tenant} (`logline provider list`)")
+        return span, providers.from_span(span)
+
+    # --- one call ------------------------------------------------------------------------
+    def call(self, name: Any, tenant: str, user: str, trace_id: str | None, operation: str,
+             payload: Any, params: Any = None, *, caller: dict[str, Any] | None = None,
+             cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Call provider `name` for `tenant`; record it; the answer (never raises for a
+        provider's failure: `ok` is false and `error` says why)."""
+        span: dict[str, Any] | None = None
+        try:
+            span, provider = self.provider(name, tenant)
+        except LoglineError as exc:
+            result = CallResult(str(name), "", operation, tenant, exc.code, exc.message)
+        else:
+            result = self.client.call(provider, tenant, operation, payload, params, cancel)
+        record = self._record(result, span, user, trace_id, payload, caller)
+        return self._answer(result, record["id"])
+
+    @staticmethod
+    def _answer(result: CallResult, execution_id: str) -> dict[str, Any]:
+        answer = result.answer if result.ok else None
+        return {"ok": result.ok, "text": answer.text if answer else None,
+                "embeddings": answer.embeddings if answer else None,
+                "finish": answer.finish if answer else None, "model": result.model,
+                "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
+                "cost": result.cost, "currency": result.currency,
+                "latency_ms": result.latency_ms, "error": result.error(),
+                "retry_in_s": result.retry_in_s, "execution_id": execution_id}
+
+    def _record(self, result: CallResult, provider_span: dict[str, Any] | None, user: str,
+                trace_id: str | None, payload: Any, caller: dict[str, Any] | None
+                ) -> dict[str, Any]:
+        answer = result.answer if result.ok else None
+        output = None if answer is None else \
+            answer.text if answer.embeddings is None else answer.embeddings
+        meta = (provider_span or {}).get("metadata") or {}
+        span = {
+            "entity_type": "provider_execution", "who": "stage0", "did": "called",
+            "this": result.provider, "parent_id": (provider_span or {}).get("id"),
+            "owner_id": user, "tenant_id": result.tenant_id, "visibility": "tenant",
+            "status": status_of(result.outcome), "trace_id": trace_id,
+            "duration_ms": result.latency_ms, "error": result.error(),
+            "metadata": {
+                "provider": result.provider, "provider_seq": (provider_span or {}).get("seq"),
+                "kind": meta.get("kind"), "model": result.model,
+                "operation": result.operation, "outcome": result.outcome,
+                "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
+                "usage_estimated": bool(answer and answer.usage_estimated),
+                "cost": result.cost, "currency": result.currency,
+                "attempts": result.attempts, "http_status": result.status,
+                "streamed": result.streamed, "input": fingerprint(payload),
+                "output": fingerprint(output), "caller": caller, "worker": self.worker},
+        }
+        with self._lock:
+            stored = store.append(self.conn, [span], self.key)[0]
+        if not result.ok:
+            log("provider_call_failed", provider=result.provider, tenant=result.tenant_id,
+                code=result.outcome, attempts=result.attempts, trace_id=trace_id)
+        return stored
+
+    def _breaker_changed(self, change: BreakerChange) -> None:
+        did = {"open": "opened", "half_open": "half_opened", "closed": "closed"}[change.after]
+        span = {"entity_type": "provider_breaker", "who": "stage0", "did": did,
+                "this": change.provider, "owner_id": "system", "tenant_id": "system",
+                "visibility": "tenant", "status": change.after,
+                "metadata": {"before": change.before, "after": change.after,
+                             "reason": change.reason, "failures": change.failures,
+                             "error_rate": change.error_rate, "worker": self.worker}}
+        with self._lock:
+            store.append(self.conn, [span], self.key)
+        log("provider_breaker", provider=change.provider, before=change.before,
+            after=change.after, reason=change.reason, worker=self.worker)
+
+
+_HOSTS: weakref.WeakKeyDictionary[Any, LlmHost] = weakref.WeakKeyDictionary()
+_HOSTS_LOCK = threading.Lock()
+
+
+def attach(loader: Loader, **kw: Any) -> LlmHost:
+    """Give `loader` a host of its own: its own autocommit connection, the loader's signing
+    key, and (unless given) the credentials `credential_source` names. Tests pass
+    `credentials`, `resolver` and client settings here."""
+    with _HOSTS_LOCK:
+        old = _HOSTS.pop(loader, None)
+        if old is not None:
+            old.close()
+        conn = loader.database.connect("kernel", autocommit=True)
+        kw.setdefault("credentials", credential_source(conn, loader.home))
+        host = LlmHost(conn, loader.key, loader.root, worker=loader.worker_id, **kw)
+        _HOSTS[loader] = host
+        weakref.finalize(loader, host.close)
+        return host
+
+
+def for_loader(loader: Loader) -> LlmHost:
+    with _HOSTS_LOCK:
+        host = _HOSTS.get(loader)
+    return host if host is not None else attach(loader)

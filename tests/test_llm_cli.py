@@ -1,0 +1,58 @@
+"""`logline provider ...` in a subprocess against a real ledger and the loopback model server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from llm_server import LlmServer
+
+
+@pytest.fixture(scope="module")
+def model_server():
+    with LlmServer() as s:
+        yield s
+
+
+def test_add_list_show_test_disable(cli, model_server):
+    url = model_server.url
+    added = cli("provider", "add", "local", "--kind", "ollama", "--base-url", url,
+                "--model", "tiny", "--address", "127.0.0.1", "--tenant", "acme",
+                "--limits", '{"daily_token_budget": 1000}')
+    assert "added provider local for tenant acme" in added.stdout
+    listed = cli("provider", "list", "--tenant", "acme").stdout
+    assert "local" in listed and "ollama tiny" in listed
+    assert "openai" in listed and "disabled" in listed  # the seeded examples
+    shown = json.loads(cli("provider", "show", "local", "--tenant", "acme", "--json").stdout)
+    assert shown["limits"]["daily_token_budget"] == 1000
+    assert shown["egress"]["addresses"] == ["127.0.0.1"]
+    ok = cli("provider", "test", "local", "--tenant", "acme")
+    assert ok.stdout.startswith("ok: tiny answered") and "recorded as" in ok.stdout
+    assert model_server.requests[-1].path == "/api/chat"
+    cli("provider", "disable", "local", "--tenant", "acme")
+    failed = cli("provider", "test", "local", "--tenant", "acme", check=False)
+    assert failed.returncode == 1 and "PROVIDER_DISABLED" in failed.stdout
+
+
+def test_a_loopback_provider_without_its_address_is_refused(cli, model_server):
+    cli("provider", "add", "sneaky", "--kind", "openai", "--base-url",
+        model_server.url + "/v1", "--model", "m")
+    failed = cli("provider", "test", "sneaky", check=False)
+    assert failed.returncode == 1 and "EGRESS_DENIED" in failed.stdout
+
+
+@pytest.mark.parametrize("args,code", [
+    (["--kind", "gemini"], "PROVIDER_KIND_UNKNOWN"),
+    (["--kind", "openai", "--limits", '{"rps": "fast"}'], "PROVIDER_INVALID"),
+])
+def test_bad_rows_are_refused_with_their_code(cli, args, code):
+    proc = cli("provider", "add", "x", "--base-url", "https://a.example/v1", "--model", "m",
+               *args, check=False)
+    assert proc.returncode == 2 and code in proc.stderr
+
+
+def test_a_provider_that_needs_a_missing_credential(cli, model_server):
+    cli("provider", "add", "keyed", "--kind", "openai", "--base-url", model_server.url + "/v1",
+        "--model", "m", "--address", "127.0.0.1", "--credential", "nope")
+    failed = cli("provider", "test", "keyed", check=False)
+    assert "CREDENTIAL_MISSING" in failed.stdout
