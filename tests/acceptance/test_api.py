@@ -56,6 +56,10 @@ PROTECTED = [
     ("POST", "/api/jobs/{id}/result"), ("GET", "/api/audit/export"),
     # the console's operations (tests/acceptance/test_console_api.py)
     ("GET", "/api/queue"), ("POST", "/api/verify"),
+    # LLM providers (tests/test_llm_api.py)
+    ("GET", "/api/admin/providers"), ("GET", "/api/admin/providers/{name}"),
+    ("POST", "/api/admin/providers"), ("POST", "/api/admin/providers/{name}/enable"),
+    ("POST", "/api/admin/providers/{name}/disable"), ("POST", "/api/admin/providers/{name}/test"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

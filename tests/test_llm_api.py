@@ -1,0 +1,93 @@
+"""The providers' admin API on a real `logline serve`, against the loopback model server:
+the operator manages rows, a tenant's admin reads its own and the system's and tests them as
+its tenant, nobody else gets in."""
+
+from __future__ import annotations
+
+import pytest
+from llm_server import LlmServer
+from test_api import start_api
+
+
+@pytest.fixture(scope="module")
+def model_server():
+    with LlmServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def api(server, template, tmp_path_factory):
+    yield from start_api(server, template, tmp_path_factory.mktemp("llm-api"))
+
+
+@pytest.fixture(scope="module")
+def operator(api):
+    return api.client(api.operator())
+
+
+@pytest.fixture(scope="module")
+def ada(api):
+    return api.client(api.key("ada", "acme", "admin"))
+
+
+@pytest.fixture(scope="module")
+def gus(api):
+    return api.client(api.key("gus", "globex", "admin"))
+
+
+def row(model_server, name, tenant="system", **extra):
+    return {"name": name, "kind": "openai", "base_url": model_server.url + "/v1",
+            "model": "tiny", "tenant_id": tenant, "egress": {"addresses": ["127.0.0.1"]},
+            **extra}
+
+
+def test_the_operator_adds_and_a_tenant_admin_tests(operator, ada, model_server):
+    r = operator.post("/api/admin/providers", json=row(model_server, "shared"))
+    assert r.status_code == 201, r.text
+    assert (r.json()["seq"], r.json()["status"]) == (0, "active")
+    names = {p["name"] for p in ada.get("/api/admin/providers").json()["providers"]}
+    assert {"shared", "openai", "ollama"} <= names
+    shown = ada.get("/api/admin/providers/shared").json()
+    assert shown["egress"]["addresses"] == ["127.0.0.1"] and shown["kind"] == "openai"
+    tested = ada.post("/api/admin/providers/shared/test", json={})
+    assert tested.status_code == 200 and tested.json()["ok"], tested.text
+    assert tested.json()["tokens_out"] > 0
+    assert model_server.requests[-1].body["messages"][0]["role"] == "user"
+    off = operator.post("/api/admin/providers/shared/disable")
+    assert off.json()["status"] == "disabled" and off.json()["seq"] == 1
+    again = ada.post("/api/admin/providers/shared/test", json={}).json()
+    assert again["error"]["code"] == "PROVIDER_DISABLED"
+
+
+def test_a_tenant_admin_cannot_change_rows(ada, model_server):
+    r = ada.post("/api/admin/providers", json=row(model_server, "mine", tenant="acme"))
+    assert r.status_code == 403
+    assert ada.post("/api/admin/providers/openai/enable").status_code == 403
+
+
+def test_tenants_do_not_see_or_use_each_others_rows(operator, ada, gus, model_server):
+    assert operator.post("/api/admin/providers",
+                         json=row(model_server, "acme-only", tenant="acme")).status_code == 201
+    assert "acme-only" not in {p["name"] for p in
+                               gus.get("/api/admin/providers").json()["providers"]}
+    assert gus.get("/api/admin/providers/acme-only").status_code == 404
+    assert gus.post("/api/admin/providers/acme-only/test", json={}).json()["error"][
+        "code"] == "PROVIDER_NOT_FOUND"
+    assert gus.post("/api/admin/providers/acme-only/test",
+                    json={"tenant_id": "acme"}).status_code == 403
+    assert gus.get("/api/admin/providers?tenant=acme").status_code == 403
+    assert ada.post("/api/admin/providers/acme-only/test", json={}).json()["ok"]
+
+
+def test_bad_rows_are_refused_with_their_code(operator, model_server):
+    r = operator.post("/api/admin/providers", json={**row(model_server, "x"), "kind": "gemini"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "PROVIDER_KIND_UNKNOWN"
+    r = operator.post("/api/admin/providers",
+                      json={**row(model_server, "x"), "limits": {"rps": -1}})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "PROVIDER_INVALID"
+
+
+def test_readers_are_refused(api):
+    reader = api.client(api.key("rita", "acme", "reader"))
+    assert reader.get("/api/admin/providers").status_code == 403
+    assert reader.post("/api/admin/providers/openai/test", json={}).status_code == 403
