@@ -91,3 +91,28 @@ def test_readers_are_refused(api):
     reader = api.client(api.key("rita", "acme", "reader"))
     assert reader.get("/api/admin/providers").status_code == 403
     assert reader.post("/api/admin/providers/openai/test", json={}).status_code == 403
+
+
+def test_metrics_show_calls_tokens_latency_breaker_and_budget(api, operator, ada,
+                                                              model_server):
+    for name, limits in (("metered", {}), ("fragile", {"max_attempts": 1,
+                                                        "breaker_failures": 1}),
+                         ("broke", {"daily_token_budget": 0})):
+        assert operator.post("/api/admin/providers", json=row(
+            model_server, name, limits=limits)).status_code == 201
+    assert ada.post("/api/admin/providers/metered/test", json={}).json()["ok"]
+    model_server.plan("500")
+    assert ada.post("/api/admin/providers/fragile/test", json={}).json()["error"][
+        "code"] == "PROVIDER_UNAVAILABLE"
+    assert ada.post("/api/admin/providers/broke/test", json={}).json()["error"][
+        "code"] == "TOKEN_BUDGET_EXCEEDED"
+    text = api.scrape().text
+    assert 'logline_provider_calls_total{outcome="ok",provider="metered"} 1.0' in text
+    assert 'logline_provider_calls_total{outcome="PROVIDER_UNAVAILABLE",provider="fragile"} ' \
+        '1.0' in text
+    assert 'logline_provider_tokens_total{direction="out",provider="metered"} 7.0' in text
+    assert 'logline_provider_latency_seconds_count{provider="metered"} 1.0' in text
+    assert 'logline_provider_latency_seconds_bucket{le="+Inf",provider="metered"} 1.0' in text
+    assert 'logline_provider_budget_refusals_total{provider="broke"} 1.0' in text
+    assert 'logline_provider_breaker_state{provider="fragile",worker="api"} 2.0' in text
+    assert "Reply with the single word" not in text

@@ -15,6 +15,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from stage0.api.provider_metrics import ProviderCollector
 from stage0.ledger import records
 from stage0.ledger.queries import q
 
@@ -77,6 +78,7 @@ class Metrics:
                                          "not recorded one by one)", ["code"],
                                          registry=self.registry)
         self.registry.register(_Executions(state))
+        self.registry.register(ProviderCollector(state))  # issue 11: LLM providers
 
     def watch(self, guard: Any) -> None:
         """Expose the edge's connection counts (served by stage0/api/edge.py)."""

@@ -33,8 +33,13 @@ def tokens_today(conn: Connection, tenant: str, provider: str, keys: Iterable[st
     return int(row["n"]) if row else 0
 
 
-def execution_stats(conn: Connection, keys: Iterable[str]) -> list[dict[str, Any]]:
-    return list(conn.execute(q("provider_execution_stats"), {"keys": sorted(keys)}).fetchall())
+def execution_stats(conn: Connection, keys: Iterable[str], bounds_ms: list[int]
+                    ) -> list[dict[str, Any]]:
+    """Rows of (provider, outcome, bucket, calls, tokens_in, tokens_out, ms): bucket i counts
+    durations in [bounds_ms[i-1], bounds_ms[i]) (0: below the first, len: at or above the
+    last)."""
+    return list(conn.execute(q("provider_execution_stats"),
+                             {"keys": sorted(keys), "bounds": bounds_ms}).fetchall())
 
 
 def breaker_states(conn: Connection, keys: Iterable[str]) -> list[dict[str, Any]]:
