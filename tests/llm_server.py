@@ -9,7 +9,8 @@ SSE events), and misbehaves on demand.
 Behaviours (one per request; then `ok`): ok, latency=S, STATUS[:retry-after=N], malformed,
 truncated (a stream that stops before its end marker), cut (a body shorter than its
 Content-Length), drip=S (one byte every S seconds), stall (headers and a first chunk, then
-nothing), big=N (an N-byte body), redirect=URL, wrong-shape (valid JSON, wrong protocol).
+nothing), big=N (an N-byte body), redirect=URL, wrong-shape (valid JSON, wrong protocol),
+echo-error (an error object quoting the prompt back).
 Every request is kept (path, headers, JSON body) for the tests to look at.
 """
 
@@ -193,6 +194,12 @@ def _handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                 return
             if name == "malformed":
                 self.send(200, b'{"choices": [ {"message": oops')
+                return
+            if name == "echo-error":  # an error object quoting the prompt back
+                said = json.dumps(body.get("messages") or body.get("input"))
+                self.send(200, json.dumps({"error": {"message": f"bad: {said}",
+                                                     "type": "invalid_request_error"}}
+                                          ).encode())
                 return
             if name == "wrong-shape":
                 self.send(200, b'{"hello": "world"}')

@@ -385,6 +385,15 @@ def test_the_credential_never_appears_in_what_is_returned(server):
         assert SECRET not in repr(r)
 
 
+@pytest.mark.parametrize("kind", ["openai", "ollama", "anthropic"])
+def test_an_error_quoting_the_prompt_is_not_repeated(server, kind):
+    server.plan("echo-error")
+    secret_prompt = [{"role": "user", "content": "my-private-diagnosis"}]
+    r = client().call(make(server, kind), "acme", "chat", secret_prompt)
+    assert r.outcome == "PROVIDER_BAD_RESPONSE"
+    assert "my-private-diagnosis" not in repr(r) and "invalid_request_error" in r.message
+
+
 def test_a_disabled_provider_is_refused(server):
     p = make(server).model_copy(update={"enabled": False})
     assert client().call(p, "acme", "chat", MESSAGES).outcome == "PROVIDER_DISABLED"

@@ -54,6 +54,16 @@ def bad(message: str) -> LoglineError:
     return LoglineError("PROVIDER_BAD_RESPONSE", message)
 
 
+def error_kind(error: Any) -> str:
+    """What may be said of an error object a server sent: its type, if it is a short
+    identifier. Never its message: a server may quote the prompt back, and what we say is
+    recorded in the ledger."""
+    kind = error.get("type") or error.get("code") if isinstance(error, dict) else None
+    if isinstance(kind, str) and kind.replace("_", "").isalnum() and len(kind) <= 40:
+        return kind
+    return "unspecified"
+
+
 def check_messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise LoglineError("LLM_REQUEST_INVALID", "messages is a non-empty list")
@@ -177,12 +187,14 @@ def parse(provider: Provider, operation: str, body: Any) -> Answer:
     """The Answer in a whole (non-streamed) JSON body."""
     if not isinstance(body, dict):
         raise bad("the body is not a JSON object")
+    if "error" in body:
+        raise bad(f"the server answered with an error ({error_kind(body['error'])})")
     try:
         if operation == "embed":
             return _EMBED_PARSE[provider.kind](body)
         return _CHAT_PARSE[provider.kind](body)
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise bad(f"unexpected {provider.kind} body: {type(exc).__name__} {exc}") from None
+        raise bad(f"not a {provider.kind} answer ({type(exc).__name__})") from None
 
 
 def _text(value: Any) -> str:
@@ -218,7 +230,7 @@ def _openai_embed_parse(body: dict[str, Any]) -> Answer:
 
 def _ollama_chat_parse(body: dict[str, Any]) -> Answer:
     if "error" in body:
-        raise bad(f"ollama error: {str(body['error'])[:200]}")
+        raise bad(f"the server answered with an error ({error_kind(body['error'])})")
     return Answer(text=_text(body["message"]["content"]),
                   tokens_in=_int(body.get("prompt_eval_count")),
                   tokens_out=_int(body.get("eval_count")), finish=body.get("done_reason"),
@@ -233,7 +245,7 @@ def _ollama_embed_parse(body: dict[str, Any]) -> Answer:
 
 def _anthropic_parse(body: dict[str, Any]) -> Answer:
     if body.get("type") == "error":
-        raise bad(f"anthropic error: {str(body.get('error'))[:200]}")
+        raise bad(f"the server answered with an error ({error_kind(body.get('error'))})")
     text = "".join(_text(b["text"]) for b in body["content"] if b.get("type") == "text")
     usage = body.get("usage") or {}
     return Answer(text=text, tokens_in=_int(usage.get("input_tokens")),
@@ -308,7 +320,7 @@ class OpenAIStream(_SSE):
             return
         chunk = self._json(data)
         if "error" in chunk:
-            raise bad(f"stream error: {str(chunk['error'])[:200]}")
+            raise bad(f"the stream carried an error ({error_kind(chunk['error'])})")
         self.answer.model = chunk.get("model") or self.answer.model
         for choice in chunk.get("choices") or []:
             delta = (choice or {}).get("delta") or {}
@@ -334,8 +346,9 @@ class AnthropicStream(_SSE):
         if kind == "error":
             error = payload.get("error") or {}
             if error.get("type") in ("overloaded_error", "api_error"):
-                raise LoglineError("PROVIDER_UNAVAILABLE", f"stream error: {error.get('type')}")
-            raise bad(f"stream error: {str(error)[:200]}")
+                raise LoglineError("PROVIDER_UNAVAILABLE",
+                                   f"the stream carried an error ({error_kind(error)})")
+            raise bad(f"the stream carried an error ({error_kind(error)})")
         if kind == "message_start":
             message = payload.get("message") or {}
             self.answer.model = message.get("model")
@@ -357,7 +370,7 @@ class OllamaStream(StreamDecoder):
             return
         chunk = self._json(line)
         if "error" in chunk:
-            raise bad(f"ollama error: {str(chunk['error'])[:200]}")
+            raise bad(f"the stream carried an error ({error_kind(chunk['error'])})")
         content = (chunk.get("message") or {}).get("content")
         if content:
             self.answer.parts.append(_text(content))
