@@ -35,9 +35,11 @@ class Seen:
 
 
 class LlmServer:
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep  # False: do not keep requests (a benchmark's millions)
         self.requests: list[Seen] = []
         self._plan: list[str] = []
+        self.default = "ok"  # what a request gets when the plan is empty
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -58,7 +60,7 @@ class LlmServer:
 
     def next(self) -> str:
         with self._lock:
-            return self._plan.pop(0) if self._plan else "ok"
+            return self._plan.pop(0) if self._plan else self.default
 
     def __enter__(self) -> LlmServer:
         self.thread.start()
@@ -157,9 +159,10 @@ def _handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(raw or b"null")
             except ValueError:
                 body = None
-            with server._lock:
+            if server.keep:
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                server.requests.append(Seen(self.path, headers, body))
+                with server._lock:
+                    server.requests.append(Seen(self.path, headers, body))
             behaviour = server.next()
             name, _, arg = behaviour.partition("=")
             try:

@@ -162,3 +162,16 @@ def test_disable_and_enable(loader, model_server):
     assert run(loader, {"provider": "local", "messages": MESSAGES})["ok"]
     [row] = [r for r in admin.listed(loader.conn, loader.root, "acme") if r["name"] == "local"]
     assert row["seq"] == 2 and row["status"] == "active"
+
+
+@pytest.mark.parametrize("tokens", [-10**6, "many", 1.5e300, None])
+def test_a_look_alike_record_cannot_lower_the_days_count(loader, model_server, tokens):
+    add(loader, model_server, daily_token_budget=30)
+    run(loader, {"provider": "local", "messages": MESSAGES})
+    run(loader, {"provider": "local", "messages": MESSAGES})
+    forged = {"entity_type": "provider_execution", "who": "mallory", "this": "local",
+              "owner_id": "mallory", "tenant_id": "acme", "visibility": "tenant",
+              "metadata": {"tokens_in": tokens, "tokens_out": tokens}}
+    store.append(loader.conn, [forged], SigningKey.generate())
+    out = run(loader, {"provider": "local", "messages": MESSAGES})
+    assert out["error"]["code"] == "TOKEN_BUDGET_EXCEEDED"

@@ -27,9 +27,10 @@ def listed(conn: Connection, keys: Iterable[str], tenant: str | None = None
     return [store.span_from_row(r) for r in rows.fetchall()]
 
 
-def tokens_today(conn: Connection, tenant: str, provider: str, keys: Iterable[str]) -> int:
-    row = conn.execute(q("provider_tokens_today"), {"tenant": tenant, "provider": provider,
-                                                    "keys": sorted(keys)}).fetchone()
+def tokens_today(conn: Connection, tenant: str, provider: str) -> int:
+    """Tokens `tenant` used with `provider` since 00:00 UTC (schema/0010's counter)."""
+    row = conn.execute(q("provider_tokens_today"), {"tenant": tenant,
+                                                    "provider": provider}).fetchone()
     return int(row["n"]) if row else 0
 
 

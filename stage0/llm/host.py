@@ -74,6 +74,7 @@ class LlmHost:
                  **client: Any) -> None:
         self.conn, self.key, self.root, self.worker = conn, key, root, worker
         self._lock = threading.Lock()
+        self._local = threading.local()
         self.client = LlmClient(credentials, usage=self._usage, resolver=resolver,
                                 on_breaker=self._breaker_changed, verify=verify, **client)
 
@@ -82,16 +83,19 @@ class LlmHost:
         self.conn.close()
 
     def _keys(self) -> frozenset[str]:
-        return records.platform(self.conn, self.root).keys
+        """The platform's keys, read once per call (the manifest may change between calls)."""
+        keys = getattr(self._local, "keys", None)
+        return keys if keys is not None else records.platform(self.conn, self.root).keys
 
     def _usage(self, tenant: str, provider: str) -> int:
         with self._lock:
-            return provider_rows.tokens_today(self.conn, tenant, provider, self._keys())
+            return provider_rows.tokens_today(self.conn, tenant, provider)
 
     def provider(self, name: Any, tenant: str) -> tuple[dict[str, Any], providers.Provider]:
         if not isinstance(name, str) or not name:
             raise LoglineError("PROVIDER_NOT_FOUND", "name a provider")
         with self._lock:
+            self._local.keys = records.platform(self.conn, self.root).keys
             span = provider_rows.find(self.conn, name, tenant, self._keys())
         if span is None:
             raise LoglineError("PROVIDER_NOT_FOUND", f"no provider {name!r} for tenant "
@@ -105,6 +109,7 @@ class LlmHost:
         """Call provider `name` for `tenant`; record it; the answer (never raises for a
         provider's failure: `ok` is false and `error` says why)."""
         span: dict[str, Any] | None = None
+        self._local.keys = None
         try:
             span, provider = self.provider(name, tenant)
         except LoglineError as exc:
@@ -151,7 +156,7 @@ class LlmHost:
         }
         with self._lock:
             stored = store.append(self.conn, [span], self.key)[0]
-        if not result.ok:
+        if span["status"] == "error":  # refusals are recorded, not logged (no log floods)
             log("provider_call_failed", provider=result.provider, tenant=result.tenant_id,
                 code=result.outcome, attempts=result.attempts, trace_id=trace_id)
         return stored
