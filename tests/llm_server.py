@@ -17,9 +17,13 @@ Every request is kept (path, headers, JSON body) for the tests to look at.
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
+import subprocess
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 ANSWER = "Hello from the loopback model."
@@ -35,7 +39,7 @@ class Seen:
 
 
 class LlmServer:
-    def __init__(self, keep: bool = True) -> None:
+    def __init__(self, keep: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.keep = keep  # False: do not keep requests (a benchmark's millions)
         self.requests: list[Seen] = []
         self._plan: list[str] = []
@@ -44,6 +48,10 @@ class LlmServer:
         self.stopping = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -52,7 +60,7 @@ class LlmServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def plan(self, *behaviours: str) -> None:
         with self._lock:
@@ -70,6 +78,27 @@ class LlmServer:
         self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def make_certificates(folder: Path, name: str) -> tuple[Path, ssl.SSLContext] | None:
+    """A CA of its own and a certificate it signs for `name` (openssl); the CA's file and a
+    server context holding the certificate. None when there is no openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=folder)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
+        "server.key", "-out", "server.csr")
+    (folder / "san.cnf").write_text(f"subjectAltName=DNS:{name}\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "server.pem")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    return folder / "ca.pem", context
 
 
 # --- the three protocols ------------------------------------------------------------------

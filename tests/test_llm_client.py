@@ -3,12 +3,20 @@ protocols, the egress policy and every hardening behaviour, each refusal by its 
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from typing import Any
 
 import pytest
-from llm_server import ANSWER, ANSWER_TOKENS, EMBEDDING, PROMPT_TOKENS, LlmServer
+from llm_server import (
+    ANSWER,
+    ANSWER_TOKENS,
+    EMBEDDING,
+    PROMPT_TOKENS,
+    LlmServer,
+    make_certificates,
+)
 
 from stage0.errors import LoglineError
 from stage0.llm import providers
@@ -397,3 +405,46 @@ def test_an_error_quoting_the_prompt_is_not_repeated(server, kind):
 def test_a_disabled_provider_is_refused(server):
     p = make(server).model_copy(update={"enabled": False})
     assert client().call(p, "acme", "chat", MESSAGES).outcome == "PROVIDER_DISABLED"
+
+
+# --- TLS: the pinned address, the name's certificate ---------------------------------------
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    made = make_certificates(tmp_path_factory.mktemp("tls"), "llm.test")
+    if made is None:
+        pytest.skip("needs openssl to make a certificate")
+    ca, context = made
+    with LlmServer(tls=context) as s:
+        yield s, ca
+
+
+def tls_provider(server: LlmServer, host: str) -> providers.Provider:
+    return providers.parse({"name": "tls", "kind": "openai", "model": "m",
+                            "base_url": f"https://{host}:{server.port}/v1",
+                            "egress": {"addresses": ["127.0.0.1"]}})
+
+
+def test_tls_is_verified_against_the_name_while_connecting_to_the_checked_address(tls_server):
+    server, ca = tls_server
+    trusted = ssl.create_default_context(cafile=str(ca))
+    resolver = lambda host, port: ["127.0.0.1"]  # noqa: E731
+    c = client(resolver=resolver, verify=trusted, credentials=lambda t, n: None)
+    r = c.call(tls_provider(server, "llm.test"), "acme", "chat", MESSAGES)
+    assert r.ok, r.message
+    assert server.requests[-1].headers["host"] == f"llm.test:{server.port}"
+
+
+def test_a_certificate_for_another_name_is_refused(tls_server):
+    server, ca = tls_server
+    trusted = ssl.create_default_context(cafile=str(ca))
+    c = client(resolver=lambda host, port: ["127.0.0.1"], verify=trusted,
+               credentials=lambda t, n: None)
+    r = c.call(tls_provider(server, "other.test"), "acme", "chat", MESSAGES)
+    assert (r.outcome, r.attempts) == ("PROVIDER_TLS_FAILED", 1)
+
+
+def test_an_untrusted_certificate_is_refused(tls_server):
+    server, _ = tls_server
+    c = client(resolver=lambda host, port: ["127.0.0.1"], credentials=lambda t, n: None)
+    r = c.call(tls_provider(server, "llm.test"), "acme", "chat", MESSAGES)
+    assert r.outcome == "PROVIDER_TLS_FAILED"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ CredentialSource = Callable[[str, str], "str | None"]
 UsageSource = Callable[[str, str], int]
 #: Outcomes that never reached the provider (they say nothing about its health).
 LOCAL = frozenset({"EGRESS_DENIED", "LLM_REQUEST_INVALID", "LLM_OPERATION_UNSUPPORTED",
-                   "PROVIDER_CANCELLED"})
+                   "PROVIDER_CANCELLED", "PROVIDER_TLS_FAILED"})
 ERROR_BODY_BYTES = 4096
 
 
@@ -92,7 +93,7 @@ class LlmClient:
     clock: Callable[[], float] = time.monotonic
     rng: Callable[[float, float], float] = random.uniform
     on_breaker: Callable[[BreakerChange], None] | None = None
-    verify: bool | str = True
+    verify: bool | ssl.SSLContext = True
     sleep: Callable[[float], None] = time.sleep
     _breakers: dict[str, Breaker] = field(default_factory=dict)
     _buckets: dict[tuple[str, str], TokenBucket] = field(default_factory=dict)
@@ -272,6 +273,11 @@ class LlmClient:
             raise _Failure(code, f"no data for {read:.3g}s") from None
         except httpx.TimeoutException as exc:
             raise _Failure("PROVIDER_TIMEOUT", f"{type(exc).__name__}") from None
+        except httpx.ConnectError as exc:
+            if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc):
+                raise _Failure("PROVIDER_TLS_FAILED", "the server's certificate did not "
+                               f"verify for {provider.host}") from None
+            raise _Failure("PROVIDER_UNAVAILABLE", f"ConnectError: {str(exc)[:200]}") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:
             raise _Failure("PROVIDER_UNAVAILABLE", f"{type(exc).__name__}: "
                            f"{str(exc)[:200]}") from None

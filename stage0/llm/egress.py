@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from collections.abc import Callable
 
 import httpx
@@ -84,7 +85,7 @@ class EgressTransport(httpx.BaseTransport):
     """Checks and pins every request's address, then hands it to httpx's own transport."""
 
     def __init__(self, provider: Provider, resolver: Resolver = resolve,
-                 verify: bool | str = True) -> None:
+                 verify: bool | ssl.SSLContext = True) -> None:
         self.provider = provider
         self.resolver = resolver
         self._inner = httpx.HTTPTransport(verify=verify, retries=0, http2=False)

@@ -12,6 +12,7 @@ ledger's append lock while a model answers.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,7 @@ def status_of(outcome: str) -> str:
 class LlmHost:
     def __init__(self, conn: Connection, key: SigningKey, root: str,
                  credentials: CredentialSource, worker: str = "stage0",
-                 resolver: Resolver = resolve, verify: bool | str = True,
+                 resolver: Resolver = resolve, verify: bool | ssl.SSLContext = True,
                  **client: Any) -> None:
         self.conn, self.key, self.root, self.worker = conn, key, root, worker
         self._lock = threading.Lock()
