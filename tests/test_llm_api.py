@@ -116,3 +116,10 @@ def test_metrics_show_calls_tokens_latency_breaker_and_budget(api, operator, ada
     assert 'logline_provider_budget_refusals_total{provider="broke"} 1.0' in text
     assert 'logline_provider_breaker_state{provider="fragile",worker="api"} 2.0' in text
     assert "Reply with the single word" not in text
+
+
+def test_a_misspelt_field_is_refused_not_dropped(operator, model_server):
+    r = operator.post("/api/admin/providers", json={**row(model_server, "typo"),
+                                                     "egres": {"addresses": ["10.0.0.1"]}})
+    assert r.status_code in (400, 422) and "typo" not in {
+        p["name"] for p in operator.get("/api/admin/providers").json()["providers"]}

@@ -448,3 +448,10 @@ def test_an_untrusted_certificate_is_refused(tls_server):
     c = client(resolver=lambda host, port: ["127.0.0.1"], credentials=lambda t, n: None)
     r = c.call(tls_provider(server, "llm.test"), "acme", "chat", MESSAGES)
     assert r.outcome == "PROVIDER_TLS_FAILED"
+
+
+def test_retry_after_as_seconds_or_an_http_date():
+    from stage0.llm.hardening import parse_retry_after
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None

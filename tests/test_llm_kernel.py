@@ -175,3 +175,11 @@ def test_a_look_alike_record_cannot_lower_the_days_count(loader, model_server, t
     store.append(loader.conn, [forged], SigningKey.generate())
     out = run(loader, {"provider": "local", "messages": MESSAGES})
     assert out["error"]["code"] == "TOKEN_BUDGET_EXCEEDED"
+
+
+@pytest.mark.parametrize("name", ["x" * 100_000, 42, None, "UPPER", "../etc"])
+def test_a_bad_provider_name_is_a_small_refusal(loader, name):
+    out = run(loader, {"provider": name, "messages": MESSAGES})
+    assert out["error"]["code"] == "PROVIDER_NOT_FOUND"
+    [span] = executions(loader)
+    assert len(span["this"]) <= 63

@@ -11,7 +11,7 @@ import weakref
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from stage0.api.endpoint import Call, Endpoint
 from stage0.api.errors import ApiError
@@ -27,6 +27,8 @@ _HOSTS_LOCK = threading.Lock()
 
 
 class ProviderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not dropped
+
     name: str
     kind: str = Field(description="openai, ollama or anthropic")
     base_url: str

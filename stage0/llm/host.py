@@ -12,6 +12,7 @@ ledger's append lock while a model answers.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import threading
 import weakref
@@ -93,8 +94,9 @@ class LlmHost:
             return provider_rows.tokens_today(self.conn, tenant, provider)
 
     def provider(self, name: Any, tenant: str) -> tuple[dict[str, Any], providers.Provider]:
-        if not isinstance(name, str) or not name:
-            raise LoglineError("PROVIDER_NOT_FOUND", "name a provider")
+        if not isinstance(name, str) or not re.fullmatch(providers.NAME_PATTERN[1:-1], name):
+            raise LoglineError("PROVIDER_NOT_FOUND", "a provider's name is 1-63 lowercase "
+                               "letters, digits, '.', '_' or '-'")
         with self._lock:
             self._local.keys = records.platform(self.conn, self.root).keys
             span = provider_rows.find(self.conn, name, tenant, self._keys())
@@ -114,7 +116,8 @@ class LlmHost:
         try:
             span, provider = self.provider(name, tenant)
         except LoglineError as exc:
-            result = CallResult(str(name), "", operation, tenant, exc.code, exc.message)
+            shown = name if isinstance(name, str) and len(name) <= 63 else "(invalid name)"
+            result = CallResult(shown, "", operation, tenant, exc.code, exc.message)
         else:
             result = self.client.call(provider, tenant, operation, payload, params, cancel)
         record = self._record(result, span, user, trace_id, payload, caller)
