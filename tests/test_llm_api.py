@@ -4,6 +4,8 @@ its tenant, nobody else gets in."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from llm_server import LlmServer
 from test_api import start_api
@@ -123,3 +125,29 @@ def test_a_misspelt_field_is_refused_not_dropped(operator, model_server):
                                                      "egres": {"addresses": ["10.0.0.1"]}})
     assert r.status_code in (400, 422) and "typo" not in {
         p["name"] for p in operator.get("/api/admin/providers").json()["providers"]}
+
+
+@pytest.fixture(scope="module")
+def impatient(server, template, tmp_path_factory):
+    """A server whose requests may take one second."""
+    yield from start_api(server, template, tmp_path_factory.mktemp("llm-api-1s"),
+                         ("--request-timeout", "1"))
+
+
+def test_a_call_is_cancelled_when_the_request_ends(impatient, model_server):
+    operator = impatient.client(impatient.operator())
+    assert operator.post("/api/admin/providers", json=row(model_server, "slow", limits={
+        "read_timeout_s": 60, "total_timeout_s": 120})).status_code == 201
+    model_server.plan("latency=30")
+    r = operator.post("/api/admin/providers/slow/test", json={})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "REQUEST_TIMEOUT"
+    with impatient.kernel() as conn:
+        def recorded():
+            return conn.execute(
+                "SELECT status, error FROM ledger.universal_registry "
+                "WHERE entity_type = 'provider_execution' AND \"this\" = 'slow'").fetchone()
+        deadline = time.monotonic() + 10
+        while recorded() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the record is written by the server's thread, after the 504
+        span = recorded()
+    assert span["status"] == "cancelled" and span["error"]["code"] == "PROVIDER_CANCELLED"

@@ -323,6 +323,20 @@ def test_cancellation_stops_a_streaming_call(server):
     assert r.outcome == "PROVIDER_CANCELLED" and r.latency_ms < 3000
 
 
+def test_cancellation_stops_a_call_blocked_waiting_for_the_answer(server):
+    server.plan("latency=30")
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    r = client().call(make(server, read_timeout_s=60), "acme", "chat", MESSAGES,
+                      cancel=cancel)
+    assert r.outcome == "PROVIDER_CANCELLED" and r.latency_ms < 3000
+
+
+def test_a_cancellable_call_that_is_not_cancelled_answers(server):
+    r = client().call(make(server), "acme", "chat", MESSAGES, cancel=threading.Event())
+    assert r.ok, r.message
+
+
 # --- breaker, buckets, budget, credentials --------------------------------------------------
 def test_the_breaker_opens_sheds_and_recovers_through_a_probe(server):
     clock, changes = Clock(), []

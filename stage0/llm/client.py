@@ -77,6 +77,45 @@ class CallResult:
         return None if self.ok else {"code": self.outcome, "message": self.message}
 
 
+class _Watch:
+    """Cancels a call that is blocked in a read: when `cancel` is set, the call's socket is
+    shut down (a blocked recv returns at once). The socket comes from httpcore's trace hook
+    when the call connects; a cancellable call therefore gets a connection of its own."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self.finished = threading.Event()
+        self.socket: Any = None
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, daemon=True, name="llm-cancel").start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            with self._lock:
+                self.socket = info["return_value"].get_extra_info("socket")
+            if self.cancel.is_set():
+                self._shut()
+
+    def _run(self) -> None:
+        while not self.cancel.wait(0.1):
+            if self.finished.is_set():
+                return
+        self._shut()
+
+    def _shut(self) -> None:
+        import socket
+
+        with self._lock:
+            if self.socket is not None and not self.finished.is_set():
+                try:
+                    self.socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def done(self) -> None:
+        self.finished.set()
+
+
 class _Failure(Exception):
     def __init__(self, code: str, message: str, status: int | None = None,
                  retry_after: float | None = None) -> None:
@@ -137,6 +176,11 @@ class LlmClient:
                                   follow_redirects=False, trust_env=False)
             self._http[provider.name] = (provider, client)
             return client
+
+    def _own_client(self, provider: Provider) -> httpx.Client:
+        """A client for one cancellable call: its connection is its own to shut down."""
+        return httpx.Client(transport=EgressTransport(provider, self.resolver, self.verify),
+                            follow_redirects=False, trust_env=False)
 
     def close(self) -> None:
         with self._lock:
@@ -257,9 +301,12 @@ class LlmClient:
         timeout = httpx.Timeout(connect=min(limits.connect_timeout_s, remaining), read=read,
                                 write=read, pool=min(limits.connect_timeout_s, remaining))
         url = provider.base_url + request.path
+        watch = _Watch(cancel) if cancel is not None else None
+        http = self._client(provider) if watch is None else self._own_client(provider)
         try:
-            with self._client(provider).stream(
+            with http.stream(
                     "POST", url, json=request.body, timeout=timeout,
+                    extensions={"trace": watch.trace} if watch else None,
                     headers={"accept": "text/event-stream" if stream else "application/json",
                              **request.headers}) as response:
                 result.status = response.status_code
@@ -268,19 +315,27 @@ class LlmClient:
                 if stream:
                     return self._decode_stream(provider, chunks)
                 return self._decode_whole(provider, operation, chunks)
-        except httpx.ReadTimeout:
-            code = "PROVIDER_STREAM_IDLE" if stream else "PROVIDER_TIMEOUT"
-            raise _Failure(code, f"no data for {read:.3g}s") from None
-        except httpx.TimeoutException as exc:
-            raise _Failure("PROVIDER_TIMEOUT", f"{type(exc).__name__}") from None
-        except httpx.ConnectError as exc:
-            if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc):
-                raise _Failure("PROVIDER_TLS_FAILED", "the server's certificate did not "
-                               f"verify for {provider.host}") from None
-            raise _Failure("PROVIDER_UNAVAILABLE", f"ConnectError: {str(exc)[:200]}") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise _Failure("PROVIDER_UNAVAILABLE", f"{type(exc).__name__}: "
-                           f"{str(exc)[:200]}") from None
+            if cancel is not None and cancel.is_set():
+                raise LoglineError("PROVIDER_CANCELLED", "the caller went away") from None
+            raise self._failure(exc, provider, stream, read) from None
+        finally:
+            if watch is not None:
+                watch.done()
+                http.close()
+
+    @staticmethod
+    def _failure(exc: Exception, provider: Provider, stream: bool, read: float) -> _Failure:
+        if isinstance(exc, httpx.ReadTimeout):
+            code = "PROVIDER_STREAM_IDLE" if stream else "PROVIDER_TIMEOUT"
+            return _Failure(code, f"no data for {read:.3g}s")
+        if isinstance(exc, httpx.TimeoutException):
+            return _Failure("PROVIDER_TIMEOUT", type(exc).__name__)
+        if isinstance(exc, httpx.ConnectError) and (
+                isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc)):
+            return _Failure("PROVIDER_TLS_FAILED", "the server's certificate did not verify "
+                            f"for {provider.host}")
+        return _Failure("PROVIDER_UNAVAILABLE", f"{type(exc).__name__}: {str(exc)[:200]}")
 
     @staticmethod
     def _check_status(provider: Provider, response: httpx.Response) -> None:

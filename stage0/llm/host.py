@@ -66,7 +66,12 @@ def fingerprint(value: Any) -> dict[str, Any]:
 
 
 def status_of(outcome: str) -> str:
-    return "complete" if outcome == "ok" else "denied" if outcome in REFUSALS else "error"
+    """complete; denied (refused before anything was sent); cancelled; error."""
+    if outcome == "ok":
+        return "complete"
+    if outcome == "PROVIDER_CANCELLED":
+        return "cancelled"
+    return "denied" if outcome in REFUSALS else "error"
 
 
 class LlmHost:
