@@ -183,3 +183,13 @@ def test_a_bad_provider_name_is_a_small_refusal(loader, name):
     assert out["error"]["code"] == "PROVIDER_NOT_FOUND"
     [span] = executions(loader)
     assert len(span["this"]) <= 63
+
+
+def test_logs_carry_neither_the_prompt_nor_the_secret(loader, model_server, capfd):
+    add(loader, model_server, max_attempts=1)
+    model_server.plan("500", "echo-error")
+    for _ in range(2):
+        assert not run(loader, {"provider": "local", "messages": MESSAGES})["ok"]
+    err = capfd.readouterr().err
+    assert "provider_call_failed" in err
+    assert "zebra-unique-prompt" not in err and SECRET not in err

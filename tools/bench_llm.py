@@ -15,6 +15,8 @@ then measures, each after a warm-up:
 3. LogLine: `Loader.boot(provider_exec)`: the manifest, the kernel (verified, cached), its
    RestrictedPython `main`, `ctx.llm` -> the provider row read, the day's token usage read,
    the call, and the `provider_execution` span signed and appended. One worker, sequential.
+   Then the same with the host's record connection set to `synchronous_commit = off` (a
+   variant to inform a decision: LogLine commits its records synchronously).
    For scale, in the same run: a `SELECT 1` round trip and one `store.append` of a span of
    the same size in its own transaction (what recording alone costs).
 4. breaker: with the server answering 500, the calls until the breaker opens (its threshold),
@@ -111,6 +113,10 @@ def overhead(server: LlmServer, loader: Loader, n: int) -> dict[str, Any]:
         assert loader.boot(PROVIDER_EXEC, {"provider": "bench", "messages": MESSAGES},
                            user_id="bench", tenant_id="acme")["ok"]
     out["logline"] = timed(n, kernel_call)
+    records = host.for_loader(loader).conn
+    records.execute("SET synchronous_commit = off")  # a variant to inform a decision only
+    out["logline_async_commit"] = timed(n, kernel_call)
+    records.execute("SET synchronous_commit = on")
     conn = loader.database.connect("kernel", autocommit=True)
     out["select1"] = timed(n, lambda: conn.execute("SELECT 1").fetchone())
     span = {"entity_type": "bench_record", "who": "bench", "this": "bench", "owner_id": "b",
@@ -214,6 +220,8 @@ def report(r: dict[str, Any]) -> None:
     print("| path | p50 ms | p99 ms | calls/s |\n| --- | ---: | ---: | ---: |")
     for label, key in (("bare httpx (floor)", "bare"), ("LlmClient (no ledger)", "client"),
                        ("LogLine: boot provider_exec, span recorded", "logline"),
+                       ("the same, records committed with synchronous_commit = off "
+                        "(not what LogLine does)", "logline_async_commit"),
                        ("for scale: SELECT 1 (one round trip)", "select1"),
                        ("for scale: store.append of one span (autocommit)", "append")):
         m = o[key]
