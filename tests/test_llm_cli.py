@@ -56,3 +56,19 @@ def test_a_provider_that_needs_a_missing_credential(cli, model_server):
         "--model", "m", "--address", "127.0.0.1", "--credential", "nope")
     failed = cli("provider", "test", "keyed", check=False)
     assert "CREDENTIAL_MISSING" in failed.stdout
+
+
+def test_logline_boot_provider_exec(cli, model_server):
+    cli("provider", "add", "local", "--kind", "anthropic", "--base-url", model_server.url,
+        "--model", "tiny", "--address", "127.0.0.1")
+    args = {"provider": "local", "messages": [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": "hi"}],
+            "params": {"stream": True}}
+    out = cli("boot", "00000000-0000-4000-8000-000000000005", "--tenant", "acme",
+              "--user", "alice", "--input", json.dumps(args)).stdout
+    answer = json.loads(out)
+    assert answer["ok"] and answer["text"] == "Hello from the loopback model."
+    spans = [json.loads(line) for line in cli("spans", "--entity-type", "provider_execution",
+                                              "--json").stdout.splitlines()]
+    assert [(s["tenant_id"], s["owner_id"], s["status"]) for s in spans] == \
+        [("acme", "alice", "complete")]
