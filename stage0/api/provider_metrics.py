@@ -6,9 +6,11 @@ count (a look-alike provider_execution signed by another key does not)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from stage0.ledger import provider_rows, records
 
@@ -30,7 +32,7 @@ class ProviderCollector:
             return (provider_rows.execution_stats(conn, keys, bounds),
                     provider_rows.breaker_states(conn, keys))
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         try:
             stats, breakers = self._read()
         except Exception:
