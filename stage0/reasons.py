@@ -362,9 +362,10 @@ AREAS: tuple[Area, ...] = (
         R("AUTH_REQUIRED", 401, "no `Authorization: Bearer <api key>` (answered with "
           "`WWW-Authenticate: Bearer`)"),
         R("AUTH_INVALID", 401, "an unknown, revoked or malformed API key"),
-        R("OPERATOR_ONLY", 403, "`POST /api/boot/{id}` or `GET /metrics` with a key that lacks "
-          "the `operator` role, let through by an api contract not yet re-seeded (the gate "
-          "itself answers `G_ROLE_DENIED`)"),
+        R("OPERATOR_ONLY", 403, "`POST /api/boot/{id}`, `GET /metrics`, a change to a provider "
+          "row or acting for another tenant with a key that lacks the `operator` role, let "
+          "through by an api contract not yet re-seeded (the gate itself answers "
+          "`G_ROLE_DENIED`)"),
         R("NOT_FOUND", 404, "no such route, or no span, proposal, approval request or job with "
           "this id visible to you (absent and invisible look the same); `logline why` of an "
           "id that is neither a span nor a trace"),
@@ -389,6 +390,57 @@ AREAS: tuple[Area, ...] = (
         R("VERIFY_TIMEOUT", 504, "`POST /api/verify` did not finish within 10 s and was "
           "cancelled", "run `logline verify` (no time limit, several processes)"),
     )),
+    Area("llm", "LLM providers (`stage0/llm`; `docs/providers.md`)", (
+        R("PROVIDER_KIND_UNKNOWN", 422, "a provider row's kind is not openai, ollama or "
+          "anthropic (the row is never called)"),
+        R("PROVIDER_INVALID", 422, "a provider row (or `provider add`'s arguments) does not "
+          "parse; `where` names the field"),
+        R("PROVIDER_NOT_FOUND", 404, "no platform-signed provider row of this name for the "
+          "caller's tenant or the system", "`logline provider list`"),
+        R("PROVIDER_DISABLED", None, "the provider row's status is `disabled`",
+          "`logline provider enable NAME`"),
+        R("LLM_REQUEST_INVALID", None, "messages are not `[{role, content}]` (role system, "
+          "user or assistant; content text), input is not text(s), or params set a reserved "
+          "key (model, messages, input, system, prompt, stream_options)"),
+        R("LLM_OPERATION_UNSUPPORTED", None, "embeddings from an anthropic provider, or an "
+          "operation other than chat and embed"),
+        R("CREDENTIAL_MISSING", None, "the provider row names a credential the tenant does "
+          "not have"),
+        R("EGRESS_DENIED", None, "the host is not in the row's egress.hosts, it resolves only "
+          "to addresses the row does not allow (private, loopback, link-local, metadata), or "
+          "plain http to a public address"),
+        R("BREAKER_OPEN", None, "the provider's circuit breaker is open (or its half-open "
+          "probe is under way); `retry_in_s` says when calls resume"),
+        R("TOKEN_BUDGET_EXCEEDED", None, "the tenant has used its daily_token_budget with "
+          "this provider today (UTC)", "wait for 00:00 UTC, or raise the row's "
+          "limits.daily_token_budget"),
+        R("PROVIDER_THROTTLED", None, "the provider's request rate (limits.rps, burst) in "
+          "this worker is spent; `retry_in_s` says when"),
+        R("TENANT_THROTTLED", None, "the tenant's request rate for this provider "
+          "(limits.tenant_rps, tenant_burst) is spent"),
+        R("PROVIDER_TIMEOUT", None, "connecting or reading timed out, or the call's "
+          "total_timeout_s passed"),
+        R("PROVIDER_STREAM_IDLE", None, "a streamed answer sent nothing for "
+          "stream_idle_timeout_s"),
+        R("PROVIDER_STREAM_TRUNCATED", None, "a stream ended before its end marker (never "
+          "passed on as a shorter answer)"),
+        R("PROVIDER_RATE_LIMITED", None, "the provider answered 429 (after the retries, "
+          "honouring Retry-After)"),
+        R("PROVIDER_UNAVAILABLE", None, "a 5xx, a refused or dropped connection, a body cut "
+          "short, a name that does not resolve"),
+        R("PROVIDER_BAD_RESPONSE", None, "the answer is not JSON or not the protocol's "
+          "shape, or an error object (only its type is kept)"),
+        R("PROVIDER_RESPONSE_TOO_LARGE", None, "the answer is over limits.max_response_bytes"),
+        R("PROVIDER_REDIRECT", None, "the provider answered 3xx: never followed",
+          "set base_url to the final URL"),
+        R("PROVIDER_TLS_FAILED", None, "the server's certificate did not verify for the "
+          "provider's host name"),
+        R("PROVIDER_AUTH_FAILED", None, "401 or 403: the provider refused the credential"),
+        R("PROVIDER_REJECTED", None, "another 4xx: the provider refused the request"),
+        R("PROVIDER_CANCELLED", None, "the caller went away (the call was stopped, its "
+          "connection shut)"),
+    ), before="A failed call does not raise in the kernel: `ctx.llm` answers `ok: false` with "
+              "the code in `error`, and the `provider_execution` span records it."),
     Area("apikeys", "API keys and the CLI's client", (
         R("APIKEY_BAD_ROLE", None, "`apikey create --role` with a role that is neither reader, "
           "writer, admin nor declared by a contract"),
