@@ -400,8 +400,9 @@ AREAS: tuple[Area, ...] = (
         R("PROVIDER_DISABLED", None, "the provider row's status is `disabled`",
           "`logline provider enable NAME`"),
         R("LLM_REQUEST_INVALID", None, "messages are not `[{role, content}]` (role system, "
-          "user or assistant; content text), input is not text(s), or params set a reserved "
-          "key (model, messages, input, system, prompt, stream_options)"),
+          "user or assistant; content text), input is not text(s), params set a reserved key "
+          "(model, messages, input, system, prompt, stream_options, n), or max_tokens is not "
+          "a whole number >= 1"),
         R("LLM_OPERATION_UNSUPPORTED", None, "embeddings from an anthropic provider, or an "
           "operation other than chat and embed"),
         R("CREDENTIAL_MISSING", None, "the provider row names a credential the tenant does "

@@ -79,7 +79,7 @@ def test_chat_speaks_each_protocol(server, kind, stream):
         assert seen.path == "/v1/messages"
         assert seen.headers["x-api-key"] == SECRET
         assert seen.headers["anthropic-version"] == "2023-06-01"
-        assert seen.body["system"] == "Be brief." and seen.body["max_tokens"] == 1024
+        assert seen.body["system"] == "Be brief." and seen.body["max_tokens"] == 4096
         assert [m["role"] for m in seen.body["messages"]] == ["user"]
     else:
         assert seen.path == {"openai": "/v1/chat/completions", "ollama": "/api/chat"}[kind]
@@ -106,6 +106,28 @@ def test_ollama_params_go_to_options(server):
     body = server.requests[-1].body
     assert body["options"] == {"temperature": 0.2, "num_predict": 5}
     assert body["keep_alive"] == "1m"
+
+
+@pytest.mark.parametrize("kind,field", [("openai", "max_tokens"), ("anthropic", "max_tokens"),
+                                        ("ollama", "num_predict")])
+def test_the_answer_length_is_bounded_by_the_row_and_the_budget(server, kind, field):
+    def sent(p, params=None, used=0):
+        c = client(usage=lambda tenant, provider: used)
+        assert c.call(p, "acme", "chat", MESSAGES, params).ok
+        body = server.requests[-1].body
+        return (body.get("options") or {}).get(field) if kind == "ollama" else body[field]
+    p = make(server, kind, max_output_tokens=500, daily_token_budget=10_000)
+    assert sent(p) == 500
+    assert sent(p, {"max_tokens": 10_000}) == 500
+    assert sent(p, {"max_tokens": 20}) == 20
+    assert sent(p, {"max_completion_tokens": 30}) == 30
+    assert sent(p, used=9_900) == 100  # what is left of the day's budget
+
+
+@pytest.mark.parametrize("params", [{"n": 5}, {"max_tokens": 0}, {"max_tokens": "lots"}])
+def test_more_answers_or_a_bad_length_are_refused(server, params):
+    r = client().call(make(server), "acme", "chat", MESSAGES, params)
+    assert r.outcome == "LLM_REQUEST_INVALID" and not server.requests
 
 
 def test_callers_cannot_replace_the_model_or_messages(server):

@@ -194,8 +194,10 @@ class LlmClient:
         result = CallResult(provider.name, provider.model, operation, tenant_id)
         started = self.clock()
         try:
-            self._admit(provider, tenant_id, result)
+            left = self._admit(provider, tenant_id, result)
             params = wire.merged_params(provider, params)
+            if operation == "chat":
+                wire.cap_output(params, min(provider.limits.max_output_tokens, left))
             stream = bool(params.pop("stream", False)) if operation == "chat" else False
             result.streamed = stream
             credential = self._credential(provider, tenant_id)
@@ -208,7 +210,8 @@ class LlmClient:
             self._finish(provider, operation, payload, result)
         return result
 
-    def _admit(self, provider: Provider, tenant_id: str, result: CallResult) -> None:
+    def _admit(self, provider: Provider, tenant_id: str, result: CallResult) -> int:
+        """Refuse what may not go out now; the tokens left in the tenant's budget today."""
         if not provider.enabled:
             raise LoglineError("PROVIDER_DISABLED", f"provider {provider.name} is disabled")
         breaker = self.breaker(provider)
@@ -229,6 +232,7 @@ class LlmClient:
                 who = f"tenant {tenant_id}" if tenant else f"provider {provider.name}"
                 raise LoglineError(code, f"{who} is over its request rate; retry in "
                                    f"{result.retry_in_s}s")
+        return budget - used
 
     def _credential(self, provider: Provider, tenant_id: str) -> str | None:
         if provider.credential is None:

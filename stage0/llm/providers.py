@@ -39,6 +39,7 @@ class Limits(_Strict):
     stream_idle_timeout_s: float = Field(30.0, gt=0, le=900)
     max_response_bytes: int = Field(4_000_000, ge=1024, le=256_000_000)
     daily_token_budget: int = Field(200_000, ge=0)
+    max_output_tokens: int = Field(4096, ge=1, le=1_000_000)
     max_attempts: int = Field(3, ge=1, le=10)
     backoff_base_s: float = Field(0.5, ge=0, le=60)
     backoff_max_s: float = Field(8.0, ge=0, le=600)

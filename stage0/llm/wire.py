@@ -27,7 +27,9 @@ ANTHROPIC_VERSION = "2023-06-01"
 ROLES = ("system", "user", "assistant")
 #: Keys the platform sets itself; a caller's params cannot replace them.
 RESERVED_PARAMS = frozenset({"model", "messages", "input", "system",
-                             "stream_options", "prompt"})
+                             "stream_options", "prompt", "n"})
+#: The parameters that bound an answer's length, whatever the protocol calls them.
+OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "num_predict")
 OLLAMA_TOP_LEVEL = frozenset({"format", "keep_alive", "think", "tools"})
 
 
@@ -95,6 +97,20 @@ def merged_params(provider: Provider, params: Any) -> dict[str, Any]:
     if reserved:
         raise LoglineError("LLM_REQUEST_INVALID", f"params may not set {', '.join(reserved)}")
     return {**provider.params, **params}
+
+
+def cap_output(params: dict[str, Any], cap: int) -> None:
+    """Bound the answer's length to `cap` tokens (the row's max_output_tokens, or what is left
+    of the tenant's budget if less): a caller may ask for less, never for more."""
+    cap = max(1, cap)
+    asked = [params[k] for k in OUTPUT_LIMITS if k in params]
+    for value in asked:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LoglineError("LLM_REQUEST_INVALID", "max_tokens is a whole number >= 1")
+    limit = min([cap, *asked])
+    for key in OUTPUT_LIMITS:
+        params.pop(key, None)
+    params["max_tokens"] = limit
 
 
 def estimate_tokens(texts: list[str]) -> int:
