@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="logline-bench-llm-"))
+    if os.geteuid() == 0:  # the embedded server runs as another user: let it traverse (only)
+        tmp.chmod(0o711)
     home = Home(tmp / "home")
     external = bool(os.environ.get("LOGLINE_DATABASE_URL"))
     server_db = db.Database(os.environ["LOGLINE_DATABASE_URL"]) if external \
