@@ -47,6 +47,14 @@ BEGIN
   SELECT coalesce(tenant_id, ''), (at AT TIME ZONE 'UTC')::date, count(*)
   FROM appended WHERE entity_type = 'execution' GROUP BY 1, 2
   ON CONFLICT (tenant_id, day) DO UPDATE SET n = tenant_exec_counts.n + EXCLUDED.n;
+  -- LLM tokens per tenant, provider and UTC day (0010), one upsert per statement.
+  INSERT INTO ledger.provider_token_counts (tenant_id, provider, day, tokens)
+  SELECT coalesce(tenant_id, ''), coalesce("this", ''), (at AT TIME ZONE 'UTC')::date,
+         sum(ledger.token_count(metadata->'tokens_in')
+             + ledger.token_count(metadata->'tokens_out'))
+  FROM appended WHERE entity_type = 'provider_execution' GROUP BY 1, 2, 3
+  ON CONFLICT (tenant_id, provider, day)
+  DO UPDATE SET tokens = provider_token_counts.tokens + EXCLUDED.tokens;
   RETURN NULL;
 END
 $$;
@@ -305,6 +313,21 @@ $$;
 ALTER FUNCTION ledger.reject_mutation() OWNER TO logline_owner;
 
 --
+-- Name: token_count(jsonb); Type: FUNCTION; Schema: ledger; Owner: logline_owner
+--
+
+CREATE FUNCTION ledger.token_count(value jsonb) RETURNS bigint
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog'
+    AS $$
+  SELECT CASE WHEN jsonb_typeof(value) = 'number' AND value::numeric >= 0
+                   AND value::numeric <= 1000000000000
+              THEN floor(value::numeric)::bigint ELSE 0 END
+$$;
+
+ALTER FUNCTION ledger.token_count(value jsonb) OWNER TO logline_owner;
+
+--
 -- Name: chain_tip; Type: TABLE; Schema: ledger; Owner: logline_owner
 --
 
@@ -395,6 +418,19 @@ CREATE SEQUENCE ledger.position_seq
 ALTER SEQUENCE ledger.position_seq OWNER TO logline_owner;
 
 --
+-- Name: provider_token_counts; Type: TABLE; Schema: ledger; Owner: logline_owner
+--
+
+CREATE TABLE ledger.provider_token_counts (
+    tenant_id text NOT NULL,
+    provider text NOT NULL,
+    day date NOT NULL,
+    tokens bigint NOT NULL
+);
+
+ALTER TABLE ledger.provider_token_counts OWNER TO logline_owner;
+
+--
 -- Name: tenant_exec_counts; Type: TABLE; Schema: ledger; Owner: logline_owner
 --
 
@@ -455,6 +491,13 @@ ALTER VIEW ledger.visible_timeline OWNER TO logline_owner;
 
 ALTER TABLE ONLY ledger.chain_tip
     ADD CONSTRAINT chain_tip_pkey PRIMARY KEY (one);
+
+--
+-- Name: provider_token_counts provider_token_counts_pkey; Type: CONSTRAINT; Schema: ledger; Owner: logline_owner
+--
+
+ALTER TABLE ONLY ledger.provider_token_counts
+    ADD CONSTRAINT provider_token_counts_pkey PRIMARY KEY (tenant_id, provider, day);
 
 --
 -- Name: span_heads span_heads_pkey; Type: CONSTRAINT; Schema: ledger; Owner: logline_owner
@@ -683,6 +726,12 @@ GRANT ALL ON FUNCTION ledger.my_exec_count_today_v1() TO logline_kernel;
 REVOKE ALL ON FUNCTION ledger.on_append() FROM PUBLIC;
 
 --
+-- Name: FUNCTION token_count(value jsonb); Type: ACL; Schema: ledger; Owner: logline_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.token_count(value jsonb) FROM PUBLIC;
+
+--
 -- Name: TABLE chain_tip; Type: ACL; Schema: ledger; Owner: logline_owner
 --
 
@@ -707,6 +756,12 @@ GRANT SELECT ON TABLE ledger.latest_spans TO logline_kernel;
 --
 
 GRANT SELECT ON SEQUENCE ledger.position_seq TO logline_kernel;
+
+--
+-- Name: TABLE provider_token_counts; Type: ACL; Schema: ledger; Owner: logline_owner
+--
+
+GRANT SELECT ON TABLE ledger.provider_token_counts TO logline_kernel;
 
 --
 -- Name: TABLE tenant_exec_counts; Type: ACL; Schema: ledger; Owner: logline_owner
