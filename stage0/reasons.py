@@ -405,8 +405,9 @@ AREAS: tuple[Area, ...] = (
           "a whole number >= 1"),
         R("LLM_OPERATION_UNSUPPORTED", None, "embeddings from an anthropic provider, or an "
           "operation other than chat and embed"),
-        R("CREDENTIAL_MISSING", None, "the provider row names a credential the tenant does "
-          "not have"),
+        R("CREDENTIAL_MISSING", None, "the provider row names a credential neither the "
+          "tenant nor (for a system row) the system tenant has",
+          "`logline secrets set NAME --tenant T`"),
         R("EGRESS_DENIED", None, "the host is not in the row's egress.hosts, it resolves only "
           "to addresses the row does not allow (private, loopback, link-local, metadata), or "
           "plain http to a public address"),

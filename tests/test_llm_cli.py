@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from llm_server import LlmServer
@@ -51,11 +54,27 @@ def test_bad_rows_are_refused_with_their_code(cli, args, code):
     assert proc.returncode == 2 and code in proc.stderr
 
 
-def test_a_provider_that_needs_a_missing_credential(cli, model_server):
+def secrets_set(home, seeded, name, value):
+    """`logline secrets set NAME --tenant system` with the value on stdin (never argv)."""
+    env = {**os.environ, "LOGLINE_HOME": str(home.path),
+           "LOGLINE_DATABASE_URL": seeded.admin_url}
+    proc = subprocess.run([sys.executable, "-m", "stage0.cli", "secrets", "set", name,
+                           "--tenant", "system"], input=value, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_provider_that_needs_a_missing_credential(cli, home, seeded, model_server):
     cli("provider", "add", "keyed", "--kind", "openai", "--base-url", model_server.url + "/v1",
         "--model", "m", "--address", "127.0.0.1", "--credential", "nope")
     failed = cli("provider", "test", "keyed", check=False)
-    assert "CREDENTIAL_MISSING" in failed.stdout
+    assert failed.returncode == 1 and "MASTER_KEY_MISSING" in failed.stdout  # no vault yet
+    secrets_set(home, seeded, "other", "sk-other")
+    failed = cli("provider", "test", "keyed", check=False)
+    assert failed.returncode == 1 and "CREDENTIAL_MISSING" in failed.stdout
+    secrets_set(home, seeded, "nope", "sk-loopback-key")
+    assert cli("provider", "test", "keyed").stdout.startswith("ok:")
+    assert model_server.requests[-1].headers["authorization"] == "Bearer sk-loopback-key"
 
 
 def test_logline_boot_provider_exec(cli, model_server):

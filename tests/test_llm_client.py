@@ -422,6 +422,22 @@ def test_a_missing_credential_is_refused_before_any_call(server):
     assert r.outcome == "CREDENTIAL_MISSING" and not server.requests
 
 
+def test_a_system_row_falls_back_to_the_system_tenants_credential(server):
+    asked = []
+
+    def source(tenant, name):
+        asked.append(tenant)
+        return {"system": "sk-platform", "acme": "sk-acme"}.get(tenant)
+    p = make(server)
+    assert client(credentials=source).call(p, "acme", "chat", MESSAGES).ok
+    assert server.requests[-1].headers["authorization"] == "Bearer sk-acme"
+    assert client(credentials=source).call(p, "globex", "chat", MESSAGES).ok
+    assert server.requests[-1].headers["authorization"] == "Bearer sk-platform"
+    own = p.model_copy(update={"tenant_id": "globex"})
+    assert client(credentials=source).call(own, "globex", "chat", MESSAGES).outcome == \
+        "CREDENTIAL_MISSING"
+
+
 def test_the_credential_never_appears_in_what_is_returned(server):
     for plan in ("401", "malformed", "ok"):
         server.plan(plan)

@@ -193,3 +193,27 @@ def test_logs_carry_neither_the_prompt_nor_the_secret(loader, model_server, capf
     err = capfd.readouterr().err
     assert "provider_call_failed" in err
     assert "zebra-unique-prompt" not in err and SECRET not in err
+
+
+def test_the_credential_comes_from_the_vault(seeded, home, model_server):
+    """No callable given: stage 0 reads the tenant's secret from the vault (encrypted in the
+    ledger); a revoked secret refuses the call; the value is never in a record."""
+    from stage0.vault import credentials
+
+    model_server.plan()
+    model_server.requests.clear()
+    with Loader(seeded, home) as ld:
+        host.attach(ld)
+        add(ld, model_server)
+        credentials.put(ld.conn, ld.key, home, "acme", "local-key", SECRET,
+                        id_secret=keys.id_secret(home, ld.key))
+        out = run(ld, {"provider": "local", "messages": MESSAGES})
+        assert out["ok"], out
+        assert model_server.requests[-1].headers["authorization"] == f"Bearer {SECRET}"
+        credentials.revoke(ld.conn, ld.key, "acme", "local-key")
+        refused = run(ld, {"provider": "local", "messages": MESSAGES})
+        assert refused["error"]["code"] == "SECRET_REVOKED" and len(model_server.requests) == 1
+        assert [s["status"] for s in executions(ld)] == ["complete", "denied"]
+        dump = ld.conn.execute("SELECT string_agg(u::text, '') AS t "
+                               "FROM ledger.universal_registry u").fetchone()["t"]
+        assert SECRET not in dump

@@ -235,9 +235,14 @@ class LlmClient:
         return budget - used
 
     def _credential(self, provider: Provider, tenant_id: str) -> str | None:
+        """The calling tenant's secret of the row's credential name; for a system row, the
+        system tenant's when the caller has none of its own (a key the operator provides
+        for everyone). A revoked or unreadable one refuses: it is never skipped."""
         if provider.credential is None:
             return None
         secret = self.credentials(tenant_id, provider.credential)
+        if not secret and provider.tenant_id == "system" and tenant_id != "system":
+            secret = self.credentials("system", provider.credential)
         if not secret:
             raise LoglineError("CREDENTIAL_MISSING", f"no credential {provider.credential!r} "
                                f"for tenant {tenant_id}", provider.name)

@@ -38,22 +38,33 @@ if TYPE_CHECKING:
 REFUSALS = frozenset({"PROVIDER_NOT_FOUND", "PROVIDER_DISABLED", "PROVIDER_KIND_UNKNOWN",
                       "PROVIDER_INVALID", "BREAKER_OPEN", "TOKEN_BUDGET_EXCEEDED",
                       "PROVIDER_THROTTLED", "TENANT_THROTTLED", "CREDENTIAL_MISSING",
-                      "EGRESS_DENIED", "LLM_REQUEST_INVALID", "LLM_OPERATION_UNSUPPORTED"})
+                      "EGRESS_DENIED", "LLM_REQUEST_INVALID", "LLM_OPERATION_UNSUPPORTED",
+                      "SECRET_REVOKED", "SECRET_UNREADABLE", "MASTER_KEY_MISSING",
+                      "MASTER_KEY_WRONG", "MASTER_KEY_INVALID"})
 
 
 def no_credentials(tenant_id: str, name: str) -> str | None:
-    """The credential source until the vault is wired in: there are none, so a provider that
-    names a credential is refused with CREDENTIAL_MISSING (fail closed)."""
+    """A credential source with no credentials (a provider that names one is refused with
+    CREDENTIAL_MISSING): for tools and tests that must never read the vault."""
     return None
 
 
 def credential_source(conn: Connection, home: Home) -> CredentialSource:
-    """Where stage 0 gets a tenant's provider credentials: THE wiring point for the vault.
+    """Where stage 0 gets a tenant's provider credentials: the vault
+    (stage0.vault.credentials.reveal), read with `home`'s master key as the calling tenant.
+    A secret the tenant does not have is None (CREDENTIAL_MISSING); a revoked one, a missing
+    or wrong master key, or a value that does not open refuse the call with their own code
+    (SECRET_REVOKED, MASTER_KEY_MISSING, ...): never a call without the credential."""
+    from stage0.vault import credentials
 
-    TODO(issue 11, merge): return lambda tenant, name: stage0.vault.credentials.reveal(conn,
-    <master key of home>, tenant, name) (None when the tenant has no such secret).
-    """
-    return no_credentials
+    def reveal(tenant_id: str, name: str) -> str | None:
+        try:
+            return credentials.reveal(conn, home, tenant_id, name)
+        except LoglineError as exc:
+            if exc.code == "SECRET_NOT_FOUND":
+                return None
+            raise LoglineError(exc.code, exc.message, f"credential {name!r}") from None
+    return reveal
 
 
 def fingerprint(value: Any) -> dict[str, Any]:
