@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """LLM provider benchmark (issue 11): what LogLine adds to a model call, and how fast an open
-breaker sheds load, against the loopback model server of the tests (tests/llm_server.py, zero
-latency), beside a bare httpx call in the same run.
+breaker sheds load, against the loopback model server of the tests
+(tests/helpers/llm_server.py, zero latency), beside a bare httpx call in the same run.
 
     python tools/bench_llm.py [--calls 2000] [--json FILE]
 
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))
 
 import httpx  # noqa: E402
-from llm_server import LlmServer  # noqa: E402
+from helpers.llm_server import LlmServer  # noqa: E402
 
 from stage0 import keys  # noqa: E402
 from stage0.boot.loader import Loader  # noqa: E402

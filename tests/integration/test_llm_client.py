@@ -1,5 +1,6 @@
-"""The LLM client against a real model server on loopback (tests/llm_server.py): the three wire
-protocols, the egress policy and every hardening behaviour, each refusal by its reason code."""
+"""The LLM client against a real model server on loopback (tests/helpers/llm_server.py): the
+three wire protocols, the egress policy and every hardening behaviour, each refusal by its
+reason code."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from llm_server import (
+from helpers.llm_server import (
     ANSWER,
     ANSWER_TOKENS,
     EMBEDDING,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from llm_server import LlmServer
+from helpers.llm_server import LlmServer
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from llm_server import LlmServer
-from test_api import start_api
+from helpers.api import start_api
+from helpers.llm_server import LlmServer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from llm_server import ANSWER, ANSWER_TOKENS, PROMPT_TOKENS, LlmServer
+from helpers.llm_server import ANSWER, ANSWER_TOKENS, PROMPT_TOKENS, LlmServer
 from nacl.signing import SigningKey
 
 from stage0 import keys
