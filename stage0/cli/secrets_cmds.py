@@ -144,9 +144,17 @@ def _rotate_master(conn: db.Connection, home: Home, key: SigningKey,
             f"install it as {masters.path(home)} (the ledger no longer opens with the old one)"))
         return 0
     current = masters.path(home)
-    retired = current.with_name(f"{masters.FILE}.retired-"
-                                f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
-    os.link(current, retired)
+    stamp = datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')
+    for n in range(1000):  # two rotations in one second each keep their old key
+        retired = current.with_name(f"{masters.FILE}.retired-{stamp}" + (f".{n}" if n else ""))
+        try:
+            os.link(current, retired)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise LoglineError("KEY_EXISTS", f"{retired} and 999 more names taken: the old master "
+                           "key is not overwritten", str(current.parent))
     os.replace(pending, current)
     out(f"{current} is the new master key; the old one is kept as {retired} for backups "
         "taken before now (delete it when they expire)")
