@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from helpers.browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from helpers.governed import People
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -25,3 +26,15 @@ def browser() -> Iterator[Browser]:
             yield chromium
         finally:
             chromium.close()
+
+
+# Two tenants' people on the requesting module's own `api` server (each module that uses them
+# defines `api`; a module-scoped fixture here is still one per module).
+@pytest.fixture(scope="module")
+def acme(api) -> People:
+    return People(api, "acme")
+
+
+@pytest.fixture(scope="module")
+def globex(api) -> People:
+    return People(api, "globex")

@@ -21,7 +21,6 @@ from helpers.browser import require_chromium, shot
 from helpers.governed import (
     RLO,
     TRICKY_NAME,
-    People,
     append,
     forge_approval,
     op,
@@ -57,16 +56,6 @@ ESCAPED_BY_THE_CONSOLE = """() => {
 @pytest.fixture(scope="module")
 def api(server, template, tmp_path_factory) -> Iterator[Api]:
     yield from start_api(server, template, tmp_path_factory.mktemp("console-records"))
-
-
-@pytest.fixture(scope="module")
-def acme(api) -> People:
-    return People(api, "acme")
-
-
-@pytest.fixture(scope="module")
-def globex(api) -> People:
-    return People(api, "globex")
 
 
 def console(browser: Browser, api: Api, token: str, user: str, crashes: list[str]) -> Page:

@@ -57,16 +57,6 @@ def api(server, template, tmp_path_factory) -> Iterator[Api]:
 
 
 @pytest.fixture(scope="module")
-def acme(api) -> People:
-    return People(api, "acme")
-
-
-@pytest.fixture(scope="module")
-def globex(api) -> People:
-    return People(api, "globex")
-
-
-@pytest.fixture(scope="module")
 def client_key(api) -> SigningKey:
     """A key the operator trusts (`logline keys trust`), without the platform role."""
     key = SigningKey.generate()
