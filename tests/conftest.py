@@ -139,8 +139,9 @@ def has_pgvector(server: db.Database) -> bool:
 @pytest.fixture
 def one_migration_at_a_time(run_dir: Path) -> Iterator[None]:
     """Held by a test that migrates a database of the shared server. Migrations alter roles,
-    which belong to the whole server (schema/0006): two at once, even on two databases, fail
-    with `tuple concurrently updated`."""
+    which belong to the whole server (schema/0006): two at once, even on two databases, meet
+    there and the loser is retried (stage0/ledger/migrate.py); held so that a test that
+    stages that race itself is the only migration running."""
     with locked(run_dir / "migrate.lock"):
         yield
 

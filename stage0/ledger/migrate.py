@@ -1,14 +1,18 @@
 """Ordered SQL migrations from schema/, applied once each and recorded with their checksum.
 
 A migration runs in one transaction together with the row that records it, under an advisory
-lock so two `logline migrate` at once apply each file once. A file that changed after it was
-applied is refused: migrations are history, append a new one instead.
+lock so two `logline migrate` at once apply each file once. Migrations of two databases of one
+server can still meet on the roles, which the whole server shares: the loser is retried. A
+file that changed after it was applied is refused: migrations are history, append a new one
+instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +85,32 @@ def migrate(db: Database, directory: Path | None = None) -> list[str]:
 
 
 def _apply(conn: Connection, m: Migration) -> None:
-    try:
-        with conn.transaction():
-            conn.execute(m.sql)
-            conn.execute(q("reset_role"))
-            conn.execute(q("migration_record"), {"version": m.version, "name": m.name,
-                                                 "checksum": m.checksum})
-    except psycopg.Error as exc:
-        raise db_error(exc, "migration", str(m.path)) from None
+    for attempt in range(_ATTEMPTS):
+        try:
+            with conn.transaction():
+                conn.execute(m.sql)
+                conn.execute(q("reset_role"))
+                conn.execute(q("migration_record"), {"version": m.version, "name": m.name,
+                                                     "checksum": m.checksum})
+            return
+        except psycopg.Error as exc:
+            if attempt + 1 < _ATTEMPTS and _lost_a_server_wide_race(exc):
+                time.sleep(random.uniform(0, 0.05 * 2 ** attempt))  # full jitter
+                continue
+            raise db_error(exc, "migration", str(m.path)) from None
+
+
+#: Roles and their settings belong to the whole server (0001, 0006) while the migration lock
+#: is per database, so migrating two databases of one server at once can meet there: the
+#: loser of a catalog update fails ('tuple concurrently updated', or a duplicate role name).
+#: Its transaction rolled back whole; running it again sees the winner's work.
+_ATTEMPTS = 5
+
+
+def _lost_a_server_wide_race(exc: psycopg.Error) -> bool:
+    if exc.sqlstate == "XX000":
+        return "concurrently" in str(exc)
+    return exc.sqlstate == "23505" and (exc.diag.constraint_name or "").startswith("pg_")
 
 
 def applied(db: Database) -> list[str]:

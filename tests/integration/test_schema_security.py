@@ -904,3 +904,31 @@ def test_verify_accepts_the_spans_written_here(seeded, operator, seed_rows, tena
     assert report.ok, report.failures
     assert report.ids == len(tenants) - 1 + len({r["id"] for r in seed_rows})
 
+
+
+
+def test_a_migration_racing_another_database_on_role_settings_is_retried(
+        server, database, empty_database, one_migration_at_a_time):
+    """Roles and their settings belong to the whole server (0001, 0006), and the migration
+    lock is per database: migrating two databases of one server at once can meet on a role
+    setting. The loser's update fails with 'tuple concurrently updated'; it is retried, not
+    reported. Reproduced exactly (`database` makes sure the roles exist): another session
+    updates the setting 0006 writes and commits only once the migration waits on it."""
+    with server.connect("admin", autocommit=False) as other, \
+            server.connect("admin") as watch:
+        other.execute("ALTER ROLE logline_app SET statement_timeout = '30s'")
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(migrate.migrate, empty_database)
+            deadline = time.monotonic() + 60
+            while not _waits_on_a_lock(watch, empty_database):
+                assert not running.done(), running.result()
+                assert time.monotonic() < deadline, "the migration never reached 0006"
+                time.sleep(0.01)
+            other.commit()
+            assert running.result(timeout=60) == [m.name for m in migrate.discover()]
+
+
+def _waits_on_a_lock(conn: Any, database: db.Database) -> bool:
+    dbname = psycopg.conninfo.conninfo_to_dict(database.url("admin"))["dbname"]
+    return conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s "
+                        "AND wait_event_type = 'Lock'", (dbname,)).fetchone() is not None
