@@ -574,6 +574,13 @@ AREAS: tuple[Area, ...] = (
         R("PROMPT_VARIABLE_UNDECLARED", 422, "a var the variant's metadata.vars does not "
           "declare"),
         R("PROMPT_VARIABLE_INVALID", 422, "vars is not an object, or a value is not text"),
+        R("PROMPT_INPUT_INVALID", 422, "a run's user text is missing or not text, or its "
+          "context is not a list of `{role, content}` with role user or assistant (no system "
+          "messages: the system prompt is the build's alone); `where` names the field"),
+        R("PROMPT_OUTPUT_INVALID", None, "the model's answer broke the output contract "
+          "(`{text, confidence, follow_up_question?, actions[], citations[], "
+          "telemetry.tool_use_count}`) twice: once, then after one repair request; the "
+          "prompt_run span records it with status error"),
     ), before="The prompt kernels answer `ok: false` with the code in `error`; the CLI and "
               "the API turn it into a refusal with the status below."),
 )

@@ -215,5 +215,22 @@ class KernelContext:
     def json_dumps(self, value: Any) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
+    def json_loads(self, text: Any) -> dict[str, Any]:
+        """Parse JSON text that came from outside (a model's answer): {"ok": True, "value"}
+        or {"ok": False, "error": why}; never raises. Text over 1 MiB is refused unread."""
+        if not isinstance(text, str):
+            return {"ok": False, "error": "not text"}
+        if len(text) > 1 << 20:
+            return {"ok": False, "error": "over 1 MiB"}
+        try:
+            return {"ok": True, "value": json.loads(text)}
+        except (ValueError, RecursionError) as exc:
+            return {"ok": False, "error": f"not JSON: {str(exc)[:200]}"}
+
+    def clock_ms(self) -> float:
+        """A monotonic clock in milliseconds, for measuring how long something took."""
+        import time
+        return time.monotonic() * 1000
+
     def log(self, event: str, **fields: Any) -> None:
         self._loader.log(event, kernel=self.kernel["name"], **fields)
