@@ -13,7 +13,7 @@ import uuid
 import blake3
 import pytest
 from helpers.llm_server import LlmServer
-from helpers.prompts import BUILD, CONCISE, DOCTRINE, RUN, add_provider, contract
+from helpers.prompts import BUILD, CONCISE, DOCTRINE, EXPLAIN, RUN, add_provider, contract
 
 from stage0.ledger import store
 from stage0.llm import host
@@ -224,3 +224,33 @@ def test_provider_failures_and_bad_input_are_named(runner, model_server):
         "where"] == "user"
     assert boot(runner, RUN, {"family": "nobody", "provider": "local", "user": "q"})[
         "error"]["code"] == "PROMPT_NOT_FOUND"
+
+
+# --- the CLI ------------------------------------------------------------------------------
+def test_logline_prompt_build_and_run(cli, model_server):
+    model_server.plan()
+    model_server.answer = contract("Spans all the way down.", 0.7,
+                                   follow_up_question="Which span?",
+                                   actions=[{"action": "personal_ops.scan", "args": {}}])
+    built = cli("prompt", "build", CONCISE, "--var", "app=terminal", "--tenant", "acme")
+    assert built.stdout.startswith("You are the assistant of LogLine.")
+    assert "inside the terminal" in built.stdout and "-- compiled_hash " in built.stdout
+    missing = cli("prompt", "build", CONCISE, "--var", "nope=1", "--tenant", "acme",
+                  check=False)
+    assert missing.returncode == 2 and "PROMPT_VARIABLE_UNDECLARED" in missing.stderr
+    cli("provider", "add", "local", "--kind", "openai", "--base-url", model_server.url + "/v1",
+        "--model", "tiny", "--address", "127.0.0.1", "--tenant", "acme")
+    ran = cli("prompt", "run", "--message", "what is a span?", "--provider", "local",
+              "--tenant", "acme", "--user", "alice")
+    lines = ran.stdout.splitlines()
+    assert lines[0] == "Spans all the way down." and lines[1] == "? Which span?"
+    assert lines[2].startswith("proposed (not run): personal_ops.scan")
+    assert lines[3].startswith("-- prompt_run ") and "confidence 0.7" in lines[3]
+    as_json = json.loads(cli("prompt", "run", "--variant", EXPLAIN, "--message", "x",
+                             "--provider", "local", "--tenant", "acme", "--json").stdout)
+    assert as_json["ok"] and as_json["variant_id"] == EXPLAIN
+    model_server.plan("say=bad", "say=bad")
+    failed = cli("prompt", "run", "--message", "x", "--provider", "local", "--tenant", "acme",
+                 check=False)
+    assert failed.returncode == 2 and "PROMPT_OUTPUT_INVALID" in failed.stderr
+    assert "recorded with status error" in failed.stdout
