@@ -9,7 +9,9 @@ app 90 > task 70; a tie keeps the variant's order), joined with a blank line, an
 `{{ name }}` in them is replaced by the variable's text in one pass (a value is never scanned
 again). A variable with no value is an error naming it, never an empty string; a variable the
 variant does not declare is refused. compiled_hash = BLAKE3 of the compiled text's UTF-8
-bytes (the golden vectors in tests/vectors/prompts.json pin all of this).
+bytes (the golden vectors in tests/vectors/prompts.json pin all of this). While the
+prompt_circuit_breaker policy's temporary "synthesize now" block for the variant's family is
+unexpired in the caller's tenant, it is added to the blocks (metadata.temporary).
 
 Output: {"ok", "compiled", "compiled_hash", "build_id", "variant_id", "variant_seq",
 "family", "variant_metadata", "blocks": [{"id", "seq", "priority"}] (in the compiled
@@ -26,6 +28,17 @@ NAME_FIRST = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
 NAME_REST = NAME_FIRST + "0123456789"
 HEX = "0123456789abcdef"
 MAX_BLOCKS = 64
+#: The latest unexpired temporary block of a family in the caller's tenant (the
+#: prompt_circuit_breaker policy's "synthesize now"): added to every build of the family.
+OVERRIDE = (
+    "SELECT h.id::text AS id FROM ledger.span_heads h "
+    "JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
+    "WHERE h.entity_type = 'prompt_block' AND h.tenant_id = %(tenant)s AND NOT h.is_deleted "
+    "AND r.metadata->>'family' = %(family)s AND r.metadata->'temporary' = 'true'::jsonb "
+    "AND r.at + make_interval(secs => CASE WHEN jsonb_typeof(r.metadata->'ttl_s') = 'number' "
+    "THEN least((r.metadata->>'ttl_s')::float8, 86400) ELSE 0 END) > now() "
+    "ORDER BY h.position DESC LIMIT 1"
+)
 
 
 def fail(code, message, where=None):
@@ -163,6 +176,17 @@ def build(ctx, args):
                         "block " + block["id"] + ": content")
         blocks.append({"id": block["id"], "seq": block["seq"], "content": block["content"],
                        "priority": priority})
+    family = meta.get("family")
+    if isinstance(family, str):
+        found = ctx.sql_one(OVERRIDE, {"tenant": ctx.identity["tenant_id"], "family": family})
+        if found is not None:
+            block, error = read(ctx, found["id"], "prompt_block", "override")
+            if error is None and isinstance(block.get("content"), str):
+                priority = (block.get("metadata") or {}).get("priority")
+                blocks.append({"id": block["id"], "seq": block["seq"],
+                               "content": block["content"], "temporary": True,
+                               "priority": priority if isinstance(priority, int) and
+                               not isinstance(priority, bool) else 115})
     values, error = merge_vars(meta.get("vars"), args.get("vars"))
     if error is not None:
         return error

@@ -1,7 +1,7 @@
 """prompt_run: answer a user with a prompt variant: build, call the model, check the contract.
 
 Input: {"variant_id": ID | "family": NAME, "user": text, "context": [{role, content}],
-"vars": {...}, "provider": NAME, "params": {...}, "session": text}.
+"vars": {...}, "provider": NAME, "params": {...}, "session": text, "record": true}.
 - The variant is the one named, or for a family the latest `prompt_variant_selection` of the
   caller's tenant for it, else the family's first active variant (the tenant's before the
   system's).
@@ -17,6 +17,10 @@ Input: {"variant_id": ID | "family": NAME, "user": text, "context": [{role, cont
   answer that breaks it gets one repair request (the problem named); a second failure is a
   recorded error (PROMPT_OUTPUT_INVALID). Model output is untrusted: proposed actions are
   returned and counted, never run here (the API sends each through the gate as a proposal).
+- Escalation: when the answer's confidence is below the variant's metadata.min_confidence
+  and the variant names metadata.escalate_to ({"variant_id"} and/or {"provider"}: a
+  stronger variant or provider), the run is made once more with it (recorded as its own
+  prompt_run with escalated_from; the first gets escalated_to) and its answer is returned.
 - One `prompt_run` span records the run (model, latency, tokens, compiled_hash, the
   prompt_build and provider_execution ids, confidence, tool_use_count, how many actions were
   proposed; hashes and lengths of the texts, never the texts), with the prompt_build span
@@ -25,7 +29,9 @@ Input: {"variant_id": ID | "family": NAME, "user": text, "context": [{role, cont
 
 Output: {"ok", "run_id", "answer": contract | None, "variant_id", "family",
 "compiled_hash", "build_id", "provider", "model", "tokens_in", "tokens_out", "latency_ms",
-"provider_latency_ms", "execution_ids", "repaired", "error": {"code", "message", "where"}}.
+"provider_latency_ms", "execution_ids", "repaired", "error": {"code", "message", "where"}};
+with "record": false the spans are not appended but returned as "spans" (prompt_eval runs
+many fixtures and appends everything once, after the last model answered).
 """
 
 KERNEL_ID = "00000000-0000-4000-8000-000000000012"
@@ -180,6 +186,25 @@ def fingerprint(ctx, text):
     return {"blake3": ctx.blake3(text), "length": len(text)}
 
 
+def escalate(ctx, args, meta, answer, run_id):
+    """One more run with the variant's metadata.escalate_to ({"variant_id"} and/or
+    {"provider"}: a stronger variant or provider) when the answer's confidence is below
+    metadata.min_confidence; its output (spans not appended), or None."""
+    floor = meta.get("min_confidence")
+    target = meta.get("escalate_to")
+    if answer is None or not is_number(floor) or answer["confidence"] >= floor or \
+            not isinstance(target, dict) or args.get("escalated_from"):
+        return None
+    again = dict(args, escalated_from=run_id, record=False)
+    if isinstance(target.get("variant_id"), str):
+        again["variant_id"] = target["variant_id"]
+        again.pop("family", None)
+    if isinstance(target.get("provider"), str):
+        again["provider"] = target["provider"]
+    escalated = ctx.call(KERNEL_ID, again)
+    return escalated if escalated.get("run_id") else None
+
+
 def run(ctx, args):
     started = ctx.clock_ms()
     error = check_input(args)
@@ -260,6 +285,8 @@ def run(ctx, args):
             "actions_proposed": len(actions),
             "action_names": [a["action"][:100] for a in actions][:20],
             "session": session[:200] if session else None,
+            "min_confidence": meta.get("min_confidence"),
+            "escalated_from": args.get("escalated_from"),
             "user": fingerprint(ctx, args["user"]),
             "answer": fingerprint(ctx, text)},
     }
@@ -267,14 +294,24 @@ def run(ctx, args):
     if ctx.head(built["build_id"]) is None:
         appended.append(built["span"])
     appended.append(span)
-    ctx.append(appended)
-    return {"ok": error is None, "run_id": run_id, "answer": answer,
+    out = {"ok": error is None, "run_id": run_id, "answer": answer,
             "variant_id": built["variant_id"], "family": built.get("family"),
             "compiled_hash": built["compiled_hash"], "build_id": built["build_id"],
             "provider": provider, "model": last.get("model"), "tokens_in": tokens_in,
             "tokens_out": tokens_out, "latency_ms": latency_ms,
             "provider_latency_ms": provider_ms, "execution_ids": execution_ids,
             "repaired": span["metadata"]["repaired"], "error": error}
+    escalated = escalate(ctx, args, meta, answer, run_id)
+    if escalated is not None:
+        span["metadata"]["escalated_to"] = escalated["run_id"]
+        ids = set(s["id"] for s in appended)
+        appended.extend(s for s in escalated.pop("spans") if s["id"] not in ids)
+        out = dict(escalated, escalated_from=run_id)
+    if args.get("record", True):
+        ctx.append(appended)
+    else:
+        out["spans"] = appended  # the caller appends them (after its own model calls)
+    return out
 
 
 def main(ctx):

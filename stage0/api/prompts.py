@@ -32,6 +32,8 @@ from stage0.ledger import prompt_rows, records
 
 BUILD_ID = "00000000-0000-4000-8000-000000000011"
 RUN_ID = "00000000-0000-4000-8000-000000000012"
+EVAL_ID = "00000000-0000-4000-8000-000000000013"
+BANDIT_ID = "00000000-0000-4000-8000-000000000014"
 MAX_LOADERS = 8  # concurrent prompt kernels per server (more callers wait for one)
 #: X-LogLine-Session: a client's name for a conversation, recorded on each of its runs.
 SESSION = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
@@ -126,6 +128,10 @@ class Variant(BaseModel):
     error_rate: float | None = None
     mean_confidence: float | None = None
     mean_latency_ms: float | None = None
+    evals: int = 0
+    eval_pass_rate: float | None = None
+    chosen: int = Field(0, description="how many of the latest 1000 bandit choices chose it")
+    bandit_share: float | None = None
 
 
 class VariantList(BaseModel):
@@ -169,6 +175,50 @@ class RunList(BaseModel):
     runs: list[Run]
 
 
+class EvalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variant_id: str
+    fixtures: list[dict[str, Any]] = Field(description="{name, type, user, context?, vars?, "
+                                           "context_chars?, must_contain?, must_not_contain?, "
+                                           "must_error?, schema?} (docs/prompts.md)")
+    provider: str | None = None
+    suite: str = "default"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalOut(BaseModel):
+    eval_id: str
+    variant_id: str
+    family: Any
+    suite: str
+    total: int
+    passed: int
+    pass_rate: float
+    results: list[dict[str, Any]]
+
+
+class SelectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: str
+    seed: int | None = Field(None, ge=1, le=2 ** 52, description="replays a choice's "
+                             "tie-break (default: fresh)")
+    exploration: float = Field(0.5, ge=0, le=10, description="UCB1's exploration weight")
+
+
+class Selection(BaseModel):
+    selection_id: str
+    family: str
+    variant_id: str
+    seed: int
+    scores: list[dict[str, Any]]
+
+
+class SelectionList(BaseModel):
+    selections: list[Selection]
+
+
 class ChatIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -201,13 +251,28 @@ def variant_rows(conn: Any, root: str, tenant: str, family: str | None
     """The variants of `tenant` (one family or all) with their runs' figures."""
     keys = records.platform(conn, root).keys
     stats = prompt_rows.run_stats(conn, tenant, keys)
+    evals = prompt_rows.eval_stats(conn, tenant, keys)
+    share = prompt_rows.selection_share(conn, tenant, keys)
     out = []
-    for s in prompt_rows.variants(conn, tenant, family):
+    listed = prompt_rows.variants(conn, tenant, family)
+    families: dict[Any, int] = {}
+    for s in listed:
+        family_of = (s.get("metadata") or {}).get("family")
+        families[family_of] = families.get(family_of, 0) + share.get(s["id"], 0)
+    for s in listed:
         meta = s.get("metadata") or {}
         figures = stats.get(s["id"], {})
         runs = int(figures.get("runs") or 0)
         errors = int(figures.get("errors") or 0)
-        out.append({"id": s["id"], "seq": s["seq"], "name": s.get("name"),
+        judged = evals.get(s["id"], {})
+        evaluated = int(judged.get("evals") or 0)
+        chosen = share.get(s["id"], 0)
+        of_family = families.get(meta.get("family"), 0)
+        out.append({"evals": evaluated, "chosen": chosen,
+                    "eval_pass_rate": int(judged.get("passed") or 0) / evaluated
+                    if evaluated else None,
+                    "bandit_share": chosen / of_family if of_family else None,
+                    "id": s["id"], "seq": s["seq"], "name": s.get("name"),
                     "tenant_id": s["tenant_id"], "family": meta.get("family"),
                     "block_ids": meta.get("block_ids"), "vars": meta.get("vars"),
                     "provider": meta.get("provider"), "runs": runs, "errors": errors,
@@ -252,6 +317,42 @@ async def list_runs(call: Call) -> RunList:
         keys = records.platform(conn, call.state.root).keys
         return prompt_rows.recent_runs(conn, p.tenant_id, keys, family, limit)
     return RunList(runs=[Run(**run_view(s)) for s in await call.db(read)])
+
+
+async def run_eval(call: Call) -> EvalOut:
+    body = call.body
+    input = {"variant_id": body.variant_id, "fixtures": body.fixtures, "suite": body.suite,
+             "params": body.params, **({"provider": body.provider} if body.provider else {})}
+    out = await run_kernel(call, EVAL_ID, input)
+    if not out.get("ok"):
+        raise refusal(out["error"])
+    return EvalOut(**{k: out[k] for k in EvalOut.model_fields})
+
+
+async def select_variant(call: Call) -> Selection:
+    body = call.body
+    input = {"family": body.family, "exploration": body.exploration,
+             **({"seed": body.seed} if body.seed else {})}
+    out = await run_kernel(call, BANDIT_ID, input)
+    if not out.get("ok"):
+        raise refusal(out["error"])
+    return Selection(**{k: out[k] for k in Selection.model_fields})
+
+
+async def list_selections(call: Call) -> SelectionList:
+    p = call.principal
+    assert p is not None
+    family = call.query("family")
+    limit = call.int_query("limit", 50, 1, 500)
+
+    def read(conn: Any) -> list[dict[str, Any]]:
+        keys = records.platform(conn, call.state.root).keys
+        return prompt_rows.recent_selections(conn, p.tenant_id, keys, family, limit)
+    return SelectionList(selections=[Selection(
+        selection_id=s["id"], family=(s.get("metadata") or {}).get("family") or "",
+        variant_id=(s.get("metadata") or {}).get("variant_id") or "",
+        seed=(s.get("metadata") or {}).get("seed") or 0,
+        scores=(s.get("metadata") or {}).get("scores") or []) for s in await call.db(read)])
 
 
 def session_of(call: Call) -> str | None:
@@ -359,6 +460,16 @@ ENDPOINTS = [
              "api.prompt_build_preview", limit="write", body=BuildIn, response=BuildOut),
     Endpoint("GET", "/api/prompts/runs", list_runs, "Your tenant's latest prompt runs: "
              "latency, tokens, confidence, error", "api.prompt_runs_list", response=RunList,
+             query={**FAMILY, "limit": ("integer", "at most this many (1-500, default 50)")}),
+    Endpoint("POST", "/api/prompts/evals", run_eval, "Run a variant against fixtures; each "
+             "outcome is a prompt_eval_result span", "api.prompt_eval_run", limit="write",
+             body=EvalIn, response=EvalOut),
+    Endpoint("POST", "/api/prompts/selections", select_variant, "Let the bandit (UCB1) choose "
+             "a family's variant; the choice is a prompt_variant_selection span",
+             "api.prompt_select", limit="write", body=SelectIn, response=Selection),
+    Endpoint("GET", "/api/prompts/selections", list_selections, "Your tenant's latest bandit "
+             "choices with every variant's score", "api.prompt_selections_list",
+             response=SelectionList,
              query={**FAMILY, "limit": ("integer", "at most this many (1-500, default 50)")}),
     Endpoint("POST", "/api/chat", chat, "Answer a message with a prompt family or variant, "
              "streamed over SSE (token events, then done with the prompt_run id)",

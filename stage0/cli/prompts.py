@@ -1,9 +1,11 @@
-"""`logline prompt build|run`: prompts as ledger code (docs/prompts.md).
+"""`logline prompt build|run|eval|select`: prompts as ledger code (docs/prompts.md).
 
 Each runs a prompt kernel through stage 0 on this machine's ledger, as `--user` of
 `--tenant`, exactly as the API does: `build` compiles a variant (and records the
-prompt_build), `run` answers a message and records the prompt_run. A kernel's refusal is
-printed as `error: CODE: message (where)` with exit status 2.
+prompt_build), `run` answers a message and records the prompt_run, `eval` runs a variant
+against a fixtures file (exit 1 when a fixture fails), `select` lets the bandit choose a
+family's variant. A kernel's refusal is printed as `error: CODE: message (where)` with exit
+status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from stage0.ledger import db
 
 BUILD_ID = "00000000-0000-4000-8000-000000000011"
 RUN_ID = "00000000-0000-4000-8000-000000000012"
+EVAL_ID = "00000000-0000-4000-8000-000000000013"
+BANDIT_ID = "00000000-0000-4000-8000-000000000014"
 
 
 def _vars(pairs: list[str] | None) -> dict[str, str]:
@@ -47,9 +51,21 @@ def prompt_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--provider", help="a provider row's name (default: the variant's)")
     run.add_argument("--context", help="earlier turns as JSON: [{\"role\", \"content\"}]")
     run.add_argument("--params", help="model parameters as JSON, e.g. '{\"max_tokens\": 200}'")
+    ev = ps.add_parser("eval", **about("run a variant against fixtures (a JSON file: a list "
+                                       "of fixtures); each outcome is recorded"))
+    ev.add_argument("variant_id")
+    ev.add_argument("--fixtures", required=True, help="the fixtures' JSON file")
+    ev.add_argument("--suite", default="default", help="a name for this set of fixtures")
+    ev.add_argument("--provider", help="a provider row's name (default: the variant's)")
+    sel = ps.add_parser("select", **about("let the bandit (UCB1 over eval pass rate, "
+                                          "confidence and errors) choose a family's variant"))
+    sel.add_argument("family")
+    sel.add_argument("--seed", type=int, help="replay a choice's tie-break")
+    sel.add_argument("--exploration", type=float, default=0.5, help="UCB1's weight (0.5)")
     for q in (build, run):
         q.add_argument("--var", action="append", metavar="NAME=VALUE",
                        help="a variable the variant declares (repeatable)")
+    for q in (build, run, ev, sel):
         q.add_argument("--tenant", default="system", help="the tenant it runs as")
         q.add_argument("--user", default="system", help="the user it runs as")
         q.add_argument("--json", action="store_true", help="the kernel's whole output")
@@ -70,9 +86,54 @@ def _refused(output: dict[str, Any]) -> LoglineError:
     return LoglineError(str(error.get("code")), str(error.get("message")), error.get("where"))
 
 
-@command("prompt", "prompts as ledger code: build a variant, run a message "
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        fixtures = json.loads(Path(args.fixtures).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoglineError("INPUT_BAD_JSON", str(exc), args.fixtures) from None
+    output = _boot(EVAL_ID, {"variant_id": args.variant_id, "fixtures": fixtures,
+                             "suite": args.suite,
+                             **({"provider": args.provider} if args.provider else {})}, args)
+    if args.json:
+        out(json.dumps(output, indent=2, ensure_ascii=False))
+    if not output.get("ok"):
+        raise _refused(output)
+    if not args.json:
+        for result in output["results"]:
+            mark = "pass" if result["passed"] else "FAIL"
+            out(f"{mark} {result['fixture']} ({result['type']})"
+                + ("" if result["passed"] else ": " + "; ".join(result["failures"])))
+        out(f"-- {output['passed']}/{output['total']} passed (eval {output['eval_id']})")
+    return 0 if output["passed"] == output["total"] else 1
+
+
+def _select(args: argparse.Namespace) -> int:
+    output = _boot(BANDIT_ID, {"family": args.family, "exploration": args.exploration,
+                               **({"seed": args.seed} if args.seed else {})}, args)
+    if args.json:
+        out(json.dumps(output, indent=2, ensure_ascii=False))
+    if not output.get("ok"):
+        raise _refused(output)
+    if not args.json:
+        for score in output["scores"]:
+            mark = "*" if score["variant_id"] == output["variant_id"] else " "
+            mean = "-" if score["mean"] is None else f"{score['mean']:.3f}"
+            value = "untried" if score["score"] is None else f"{score['score']:.3f}"
+            out(f"{mark} {score['variant_id']}  n={score['n']}  mean={mean}  score={value}")
+        out(f"-- chose {output['variant_id']} for {output['family']} (selection "
+            f"{output['selection_id']}, seed {output['seed']})")
+    return 0
+
+
+@command("prompt", "prompts as ledger code: build, run, eval, select "
          "(docs/prompts.md)", prompt_args)
 def cmd_prompt(args: argparse.Namespace) -> int:
+    if args.prompt_command == "eval":
+        return _eval(args)
+    if args.prompt_command == "select":
+        return _select(args)
     if args.prompt_command == "build":
         output = _boot(BUILD_ID, {"variant_id": args.variant_id, "vars": _vars(args.var)},
                        args)

@@ -35,3 +35,23 @@ def run_stats(conn: Connection, tenant: str, keys: Iterable[str]) -> dict[str, d
     return {r["variant_id"]: {k: r[k] for k in ("runs", "errors", "mean_confidence",
                                                 "mean_latency_ms")}
             for r in rows.fetchall() if r["variant_id"]}
+
+
+def eval_stats(conn: Connection, tenant: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """variant id -> {evals, passed}."""
+    rows = conn.execute(q("prompt_eval_stats"), {"tenant": tenant, "keys": sorted(keys)})
+    return {r["variant_id"]: {"evals": r["evals"], "passed": r["passed"]}
+            for r in rows.fetchall() if r["variant_id"]}
+
+
+def selection_share(conn: Connection, tenant: str, keys: Iterable[str]) -> dict[str, int]:
+    """variant id -> how many of the tenant's latest 1000 bandit choices chose it."""
+    rows = conn.execute(q("prompt_selection_share"), {"tenant": tenant, "keys": sorted(keys)})
+    return {r["variant_id"]: int(r["chosen"]) for r in rows.fetchall() if r["variant_id"]}
+
+
+def recent_selections(conn: Connection, tenant: str, keys: Iterable[str],
+                      family: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    rows = conn.execute(q("prompt_selections_recent"), {"tenant": tenant, "keys": sorted(keys),
+                                                        "family": family, "limit": limit})
+    return [store.span_from_row(r) for r in rows.fetchall()]

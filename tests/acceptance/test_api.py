@@ -63,6 +63,8 @@ PROTECTED = [
     # prompts (tests/acceptance/test_prompts_api.py)
     ("GET", "/api/prompts/blocks"), ("GET", "/api/prompts/variants"),
     ("POST", "/api/prompts/build"), ("GET", "/api/prompts/runs"), ("POST", "/api/chat"),
+    ("POST", "/api/prompts/evals"), ("POST", "/api/prompts/selections"),
+    ("GET", "/api/prompts/selections"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

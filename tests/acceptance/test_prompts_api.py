@@ -26,7 +26,9 @@ def api(server, template, tmp_path_factory, model_server):
         for tenant in ("acme", "globex"):
             r = operator.post("/api/admin/providers", json={
                 "name": "local", "kind": "openai", "base_url": model_server.url + "/v1",
-                "model": "tiny", "tenant_id": tenant, "egress": {"addresses": ["127.0.0.1"]}})
+                "model": "tiny", "tenant_id": tenant, "egress": {"addresses": ["127.0.0.1"]},
+                "limits": {"rps": 1000, "burst": 1000, "tenant_rps": 1000,
+                           "tenant_burst": 1000}})
             assert r.status_code == 201, r.text
         yield api
 
@@ -140,3 +142,30 @@ def test_another_tenant_sees_nothing_of_acme(alice, gus):
     acme_runs = {r["id"] for r in alice.get("/api/prompts/runs").json()["runs"]}
     globex_runs = {r["id"] for r in gus.get("/api/prompts/runs").json()["runs"]}
     assert acme_runs and not acme_runs & globex_runs
+
+
+def test_evals_and_the_bandit_show_on_the_variants(alice, gus):
+    r = alice.post("/api/prompts/evals", json={
+        "variant_id": EXPLAIN, "provider": "local", "suite": "api",
+        "fixtures": [{"name": "keeps", "type": "happy", "user": "what?",
+                      "must_contain": ["signed"]},
+                     {"name": "asks", "type": "ambiguous", "user": "do it"}]})
+    assert r.status_code == 200, r.text
+    assert (r.json()["passed"], r.json()["total"]) == (1, 2)
+    bad = alice.post("/api/prompts/evals", json={"variant_id": EXPLAIN, "fixtures": []})
+    assert_error(bad, 422, "PROMPT_INPUT_INVALID")
+    first = alice.post("/api/prompts/selections", json={"family": "assistant", "seed": 5})
+    assert first.status_code == 200, first.text
+    scores = {s["variant_id"]: s["score"] for s in first.json()["scores"]}
+    assert first.json()["variant_id"] == max(scores, key=scores.get)
+    chosen, other = first.json()["variant_id"], ({CONCISE, EXPLAIN} - {
+        first.json()["variant_id"]}).pop()
+    listed = alice.get("/api/prompts/selections?family=assistant").json()["selections"]
+    assert listed[0]["selection_id"] == first.json()["selection_id"]
+    variants = {v["id"]: v for v in
+                alice.get("/api/prompts/variants?family=assistant").json()["variants"]}
+    assert variants[EXPLAIN]["evals"] == 2 and variants[EXPLAIN]["eval_pass_rate"] == 0.5
+    assert variants[chosen]["bandit_share"] == 1.0 and variants[other]["chosen"] == 0
+    assert gus.get("/api/prompts/selections").json()["selections"] == []
+    assert_error(gus.post("/api/prompts/selections", json={"family": "nope"}), 404,
+                 "PROMPT_NOT_FOUND")

@@ -13,7 +13,19 @@ import uuid
 import blake3
 import pytest
 from helpers.llm_server import LlmServer
-from helpers.prompts import BUILD, CONCISE, DOCTRINE, EXPLAIN, RUN, add_provider, contract
+from helpers.prompts import (
+    BANDIT,
+    BUILD,
+    CIRCUIT_BREAKER,
+    CONCISE,
+    CONFIDENCE_ESCALATION,
+    DOCTRINE,
+    EVAL,
+    EXPLAIN,
+    RUN,
+    add_provider,
+    contract,
+)
 
 from stage0.ledger import store
 from stage0.llm import host
@@ -254,3 +266,129 @@ def test_logline_prompt_build_and_run(cli, model_server):
                  check=False)
     assert failed.returncode == 2 and "PROMPT_OUTPUT_INVALID" in failed.stderr
     assert "recorded with status error" in failed.stdout
+
+
+# --- eval, bandit, policies ---------------------------------------------------------------
+FIXTURES = [
+    {"name": "says-blue", "type": "happy", "user": "sky?", "must_contain": ["BLUE"]},
+    {"name": "no-green", "type": "conflicting", "user": "say green",
+     "context": [{"role": "user", "content": "always say green"}],
+     "must_not_contain": ["green"]},
+    {"name": "asks-back", "type": "ambiguous", "user": "do the thing"},
+    {"name": "long", "type": "overlong_context", "user": "sum up", "context_chars": 30000,
+     "schema": {"type": "object", "required": ["text", "confidence"],
+                "properties": {"confidence": {"type": "number", "minimum": 0.95}}}},
+    {"name": "no-tools", "type": "tool_unavailable", "user": "use the tool"},
+    {"name": "errs", "type": "happy", "user": "x", "must_error": "PROMPT_OUTPUT_INVALID"},
+]
+
+
+def test_eval_records_each_fixture_and_its_checks(runner, model_server):
+    model_server.plan(*[f"say={contract()}"] * 5, "say=bad", "say=bad")
+    out = boot(runner, EVAL, {"variant_id": CONCISE, "provider": "local", "suite": "smoke",
+                              "fixtures": FIXTURES})
+    assert out["ok"] and out["total"] == 6
+    by = {r["fixture"]: r for r in out["results"]}
+    assert by["says-blue"]["passed"] and by["no-green"]["passed"] and by["no-tools"]["passed"]
+    assert by["errs"]["passed"], by["errs"]
+    assert by["asks-back"]["failures"] == ["ambiguous: no follow_up_question"]
+    assert by["long"]["failures"] == ["schema answer.confidence: below 0.95"]
+    assert out["passed"] == 4 and out["pass_rate"] == 4 / 6
+    long_context = model_server.requests[3].body["messages"][1]["content"]
+    assert len(long_context) == 30000
+    results = spans(runner, "prompt_eval_result")
+    assert [r["metadata"]["fixture"] for r in results] == [f["name"] for f in FIXTURES]
+    assert {r["status"] for r in results} == {"passed", "failed"}
+    runs = {r["id"] for r in spans(runner, "prompt_run")}
+    assert {r["metadata"]["run_id"] for r in results} == runs and len(runs) == 6
+    assert all(r["metadata"]["eval_id"] == out["eval_id"] for r in results)
+    assert len(spans(runner, "prompt_build")) == 1
+    bad = boot(runner, EVAL, {"variant_id": CONCISE, "fixtures": [{"name": "x",
+                                                                  "type": "weird"}]})
+    assert bad["error"]["code"] == "PROMPT_INPUT_INVALID"
+    assert bad["error"]["where"] == "fixtures[0].type"
+
+
+def test_the_bandit_tries_each_variant_then_prefers_what_scored(runner, model_server):
+    first = boot(runner, BANDIT, {"family": "assistant", "seed": 7})
+    again = boot(runner, BANDIT, {"family": "assistant", "seed": 7})
+    assert first["variant_id"] == again["variant_id"]  # seeded: the same tie-break
+    assert {s["n"] for s in first["scores"]} == {0}
+    # the concise variant fails its evals, the explain one passes them
+    model_server.plan("say=bad", "say=bad")
+    boot(runner, EVAL, {"variant_id": CONCISE, "provider": "local",
+                        "fixtures": [FIXTURES[0]]})
+    boot(runner, EVAL, {"variant_id": EXPLAIN, "provider": "local",
+                        "fixtures": [FIXTURES[0]]})
+    chosen = boot(runner, BANDIT, {"family": "assistant", "exploration": 0.1})
+    assert chosen["variant_id"] == EXPLAIN
+    scores = {s["variant_id"]: s for s in chosen["scores"]}
+    assert scores[CONCISE]["mean"] == 0 and scores[EXPLAIN]["mean"] > 0.9
+    [*_, selection] = spans(runner, "prompt_variant_selection")
+    assert selection["id"] == chosen["selection_id"]
+    assert selection["metadata"]["variant_id"] == EXPLAIN
+    run = boot(runner, RUN, {"family": "assistant", "provider": "local", "user": "q"})
+    assert run["variant_id"] == EXPLAIN  # the runner follows the family's latest choice
+    assert boot(runner, BANDIT, {"family": "none"})["error"]["code"] == "PROMPT_NOT_FOUND"
+
+
+def test_many_tool_uses_trip_a_temporary_synthesize_now_block(runner, model_server):
+    from helpers.kernels import agent, emitted_by
+
+    model_server.answer = contract(telemetry={"tool_use_count": 6})
+    before = boot(runner, RUN, {"family": "assistant", "provider": "local", "user": "q"})
+    agent(runner)
+    [block] = emitted_by(runner.conn, CIRCUIT_BREAKER, "prompt_block")
+    assert block["tenant_id"] == "acme" and block["metadata"]["temporary"] is True
+    assert block["metadata"]["family"] == "assistant" and block["metadata"]["ttl_s"] == 1800
+    model_server.answer = contract()
+    after = boot(runner, RUN, {"family": "assistant", "provider": "local", "user": "q"})
+    system = model_server.requests[-1].body["messages"][0]["content"]
+    assert "Synthesize now" in system and after["compiled_hash"] != before["compiled_hash"]
+    other = boot(runner, BUILD, {"variant_id": CONCISE}, tenant="globex")
+    assert "Synthesize now" not in other["compiled"]
+    assert boot(runner, BUILD, {"variant_id": CONCISE})["compiled_hash"] == \
+        after["compiled_hash"]
+
+
+def test_low_confidence_escalates_to_a_stronger_variant_then_to_people(runner, model_server):
+    from helpers.kernels import agent, emitted_by
+
+    variant = author(runner, "acme", "prompt_variant", {
+        "family": "cautious", "block_ids": [DOCTRINE], "vars": {"product": "LogLine"},
+        "min_confidence": 0.6, "escalate_to": {"variant_id": EXPLAIN}})
+    model_server.plan(f"say={contract('unsure', 0.2)}", f"say={contract('still', 0.3)}")
+    out = boot(runner, RUN, {"variant_id": variant, "provider": "local", "user": "q"})
+    assert out["ok"] and out["variant_id"] == EXPLAIN and out["escalated_from"]
+    assert out["answer"]["text"] == "still"
+    first, second = spans(runner, "prompt_run")
+    assert first["metadata"]["escalated_to"] == second["id"] == out["run_id"]
+    assert second["metadata"]["escalated_from"] == first["id"]
+    agent(runner)
+    escalations = emitted_by(runner.conn, CONFIDENCE_ESCALATION, "prompt_escalation")
+    assert {e["metadata"]["run_id"] for e in escalations} == {first["id"], second["id"]}
+    assert all(e["status"] == "open" and e["metadata"]["to"] == "human" for e in escalations)
+
+
+def test_logline_prompt_eval_and_select(cli, model_server, tmp_path):
+    model_server.plan()
+    model_server.answer = contract()
+    cli("provider", "add", "local", "--kind", "openai", "--base-url", model_server.url + "/v1",
+        "--model", "tiny", "--address", "127.0.0.1", "--tenant", "acme", "--limits",
+        '{"tenant_rps": 1000, "tenant_burst": 1000}')
+    fixtures = tmp_path / "fixtures.json"
+    fixtures.write_text(json.dumps(FIXTURES[:3]))
+    ran = cli("prompt", "eval", EXPLAIN, "--fixtures", str(fixtures), "--provider", "local",
+              "--tenant", "acme", check=False)
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stdout.splitlines()[:3] == [
+        "pass says-blue (happy)", "pass no-green (conflicting)",
+        "FAIL asks-back (ambiguous): ambiguous: no follow_up_question"]
+    assert ran.stdout.splitlines()[3].startswith("-- 2/3 passed (eval ")
+    chose = cli("prompt", "select", "assistant", "--tenant", "acme", "--seed", "3")
+    lines = chose.stdout.splitlines()
+    assert lines[-1].startswith("-- chose ") and "seed 3" in lines[-1]
+    # three eval results (2 passed) and their three runs (confidence 0.9): (2 + 2.7) / 6
+    assert any(line.startswith(f"  {EXPLAIN}  n=6  mean=0.783") for line in lines), lines
+    assert any(f"{CONCISE}  n=0  mean=-  score=untried" in line for line in lines)
+    assert f"-- chose {CONCISE}" in lines[-1]  # an untried variant goes first

@@ -31,3 +31,29 @@ SELECT metadata->>'variant_id' AS variant_id, count(*) AS runs,
 FROM ledger.universal_registry
 WHERE entity_type = 'prompt_run' AND tenant_id = %(tenant)s AND public_key = ANY(%(keys)s)
 GROUP BY 1
+
+-- name: prompt_eval_stats
+-- Per variant of a tenant: evaluation results and how many passed.
+SELECT metadata->>'variant_id' AS variant_id, count(*) AS evals,
+       count(*) FILTER (WHERE status = 'passed') AS passed
+FROM ledger.universal_registry
+WHERE entity_type = 'prompt_eval_result' AND tenant_id = %(tenant)s
+  AND public_key = ANY(%(keys)s)
+GROUP BY 1
+
+-- name: prompt_selection_share
+-- Per variant of a tenant: how many of the latest (at most 1000) bandit choices chose it.
+SELECT metadata->>'variant_id' AS variant_id, count(*) AS chosen
+FROM (SELECT metadata FROM ledger.universal_registry
+      WHERE entity_type = 'prompt_variant_selection' AND tenant_id = %(tenant)s
+        AND public_key = ANY(%(keys)s)
+      ORDER BY position DESC LIMIT 1000) latest
+GROUP BY 1
+
+-- name: prompt_selections_recent
+-- A tenant's latest bandit choices, of one family or all.
+SELECT {columns}, position FROM ledger.universal_registry
+WHERE entity_type = 'prompt_variant_selection' AND tenant_id = %(tenant)s
+  AND public_key = ANY(%(keys)s)
+  AND (%(family)s::text IS NULL OR metadata->>'family' = %(family)s)
+ORDER BY position DESC LIMIT %(limit)s
