@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from stage0.api.endpoint import UUID, Call, Endpoint
 from stage0.api.errors import ApiError, error_response
+from stage0.api.gateway import ENDPOINTS as GATEWAY  # issue 14: OpenAI-compatible
 from stage0.api.governed import ENDPOINTS as GOVERNED
 from stage0.api.operations import ENDPOINTS as OPERATIONS
 from stage0.api.prompts import ENDPOINTS as PROMPTS  # issue 14: prompts
@@ -241,7 +242,7 @@ class _App(Starlette):
 
 def endpoints() -> list[Endpoint]:
     """Every route the server has (the api contract holds one profile per route)."""
-    return [*ROUTES, *GOVERNED, *OPERATIONS, *PROVIDERS, *PROMPTS]
+    return [*ROUTES, *GOVERNED, *OPERATIONS, *PROVIDERS, *PROMPTS, *GATEWAY]
 
 
 def create_app(state: ServerState | None = None) -> Starlette:

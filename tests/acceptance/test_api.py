@@ -64,7 +64,7 @@ PROTECTED = [
     ("GET", "/api/prompts/blocks"), ("GET", "/api/prompts/variants"),
     ("POST", "/api/prompts/build"), ("GET", "/api/prompts/runs"), ("POST", "/api/chat"),
     ("POST", "/api/prompts/evals"), ("POST", "/api/prompts/selections"),
-    ("GET", "/api/prompts/selections"),
+    ("GET", "/api/prompts/selections"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
 ]
 PUBLIC = [("GET", "/healthz")]
 
