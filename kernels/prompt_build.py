@@ -141,31 +141,40 @@ def visible(span, tenant, kind):
         not span.get("is_deleted") and span.get("tenant_id") in (tenant, "system")
 
 
-def read(ctx, span_id, kind, where):
-    """The verified head of `span_id` if it is a `kind` the caller's tenant may use."""
-    if not is_uuid(span_id):
-        return None, fail("PROMPT_NOT_FOUND", "not a span id: " + repr(span_id)[:60], where)
-    head = ctx.head(span_id.lower())
-    if not visible(head, ctx.identity["tenant_id"], kind):
-        return None, fail("PROMPT_NOT_FOUND", "no " + kind + " " + span_id + " in tenant " +
-                          ctx.identity["tenant_id"] + " or system", where)
-    return ctx.verified(span_id.lower()), None
+def read_all(ctx, ids, kind, wheres):
+    """The verified heads of `ids` (one read) if each is a `kind` the caller's tenant may use:
+    (spans in order, None) or (None, the error naming the first that is not)."""
+    for span_id, where in zip(ids, wheres, strict=True):
+        if not is_uuid(span_id):
+            return None, fail("PROMPT_NOT_FOUND", "not a span id: " + repr(span_id)[:60], where)
+    found = ctx.verified_many(sorted(set(i.lower() for i in ids)))
+    tenant = ctx.identity["tenant_id"]
+    out = []
+    for span_id, where in zip(ids, wheres, strict=True):
+        span = found.get(span_id.lower())
+        if not visible(span, tenant, kind):
+            return None, fail("PROMPT_NOT_FOUND", "no " + kind + " " + span_id + " in tenant " +
+                              tenant + " or system", where)
+        out.append(span)
+    return out, None
 
 
 def build(ctx, args):
-    variant, error = read(ctx, args.get("variant_id"), "prompt_variant", "variant_id")
+    variants, error = read_all(ctx, [args.get("variant_id")], "prompt_variant", ["variant_id"])
     if error is not None:
         return error
+    variant = variants[0]
     meta = variant.get("metadata") or {}
     ids = meta.get("block_ids")
     if not isinstance(ids, list) or not ids or len(ids) > MAX_BLOCKS:
         return fail("PROMPT_VARIANT_INVALID", "metadata.block_ids must list 1 to " +
                     str(MAX_BLOCKS) + " prompt_block ids", "metadata.block_ids")
+    spans, error = read_all(ctx, ids, "prompt_block",
+                            ["metadata.block_ids[" + str(n) + "]" for n in range(len(ids))])
+    if error is not None:
+        return error
     blocks = []
-    for n, block_id in enumerate(ids):
-        block, error = read(ctx, block_id, "prompt_block", "metadata.block_ids[" + str(n) + "]")
-        if error is not None:
-            return error
+    for block in spans:
         priority = (block.get("metadata") or {}).get("priority")
         if not isinstance(priority, int) or isinstance(priority, bool):
             return fail("PROMPT_BLOCK_INVALID", "metadata.priority must be an integer "
@@ -180,8 +189,9 @@ def build(ctx, args):
     if isinstance(family, str):
         found = ctx.sql_one(OVERRIDE, {"tenant": ctx.identity["tenant_id"], "family": family})
         if found is not None:
-            block, error = read(ctx, found["id"], "prompt_block", "override")
-            if error is None and isinstance(block.get("content"), str):
+            override, error = read_all(ctx, [found["id"]], "prompt_block", ["override"])
+            block = override[0] if error is None else {}
+            if isinstance(block.get("content"), str):
                 priority = (block.get("metadata") or {}).get("priority")
                 blocks.append({"id": block["id"], "seq": block["seq"],
                                "content": block["content"], "temporary": True,

@@ -154,6 +154,21 @@ class KernelContext:
                                span_id)
         return span
 
+    def verified_many(self, span_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """verified() of several spans in one read: {id: span} of those that exist (an id
+        missing from the answer does not exist); a span that fails its checks raises."""
+        if not isinstance(span_ids, list) or len(span_ids) > 1000:
+            raise LoglineError("KERNEL_ERROR", "verified_many takes a list of at most 1000 "
+                               "ids", self.kernel["name"])
+        found = store.heads(self._conn, [str(i).lower() for i in span_ids])
+        trusted = self._loader.trusted()
+        for span_id, span in found.items():
+            self._loader.check_span(span)
+            if span["public_key"] not in trusted:
+                raise LoglineError("KEY_UNTRUSTED", f"signed by untrusted {span['public_key']}",
+                                   span_id)
+        return found
+
     # --- computation ----------------------------------------------------------------------
     def sandbox(self, code: str, input: Any, timeout_ms: int | None = None,
                 entry: str = "main", *, tenant: str) -> dict[str, Any]:
