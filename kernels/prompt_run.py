@@ -3,8 +3,8 @@
 Input: {"variant_id": ID | "family": NAME, "user": text, "context": [{role, content}],
 "vars": {...}, "provider": NAME, "params": {...}, "session": text, "record": true}.
 - The variant is the one named, or for a family the latest `prompt_variant_selection` of the
-  caller's tenant for it, else the family's first active variant (the tenant's before the
-  system's).
+  caller's tenant for it (only one a platform key signed), else the family's first active
+  variant (the tenant's before the system's).
 - messages = the compiled system prompt (prompt_build) + the context (user and assistant
   turns only) + the user's text as the last user message. User text never lands in a
   system message: the build takes only the variant's declared variables.
@@ -48,6 +48,7 @@ LATEST_SELECTION = (
     "JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
     "WHERE h.entity_type = 'prompt_variant_selection' AND h.tenant_id = %(tenant)s "
     "AND NOT h.is_deleted AND r.metadata->>'family' = %(family)s "
+    "AND r.public_key = ANY(%(keys)s) "
     "ORDER BY h.position DESC LIMIT 1"
 )
 FAMILY_VARIANTS = (
@@ -170,7 +171,8 @@ def pick_variant(ctx, args):
     if not isinstance(family, str) or not family:
         return None, fail("PROMPT_INPUT_INVALID", "name a variant_id or a family", "family")
     tenant = ctx.identity["tenant_id"]
-    chosen = ctx.sql_one(LATEST_SELECTION, {"tenant": tenant, "family": family})
+    chosen = ctx.sql_one(LATEST_SELECTION, {"tenant": tenant, "family": family,
+                                            "keys": sorted(ctx.platform_keys)})
     if chosen is not None and chosen.get("variant_id"):
         return chosen["variant_id"], None
     first = ctx.sql_one(FAMILY_VARIANTS, {"tenant": tenant, "family": family})
