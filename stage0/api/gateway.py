@@ -53,6 +53,17 @@ class ChatCompletionIn(BaseModel):
     n: int = Field(1, ge=1, le=1, description="one answer per call")
 
 
+class ChatCompletionOut(BaseModel):
+    id: str = Field(description="chatcmpl-<prompt_run id>")
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any]
+    logline: dict[str, Any] = Field(description="run_id, variant_id, compiled_hash, "
+                                    "confidence, follow_up_question, citations, actions")
+
+
 class ModelItem(BaseModel):
     id: str
     object: str = "model"
@@ -185,5 +196,8 @@ ENDPOINTS = [
              response=ModelList),
     Endpoint("POST", "/v1/chat/completions", chat_completions, "OpenAI-compatible chat "
              "completion through the prompt runner (stream: SSE chunks, then [DONE])",
-             "api.gateway_chat", limit="write", body=ChatCompletionIn, stream=True),
+             "api.gateway_chat", limit="write", body=ChatCompletionIn,
+             response=ChatCompletionOut, stream=True,
+             stream_about="a chat.completion object (application/json), or with stream: "
+             "true, text/event-stream of chat.completion.chunk objects ending with [DONE]"),
 ]

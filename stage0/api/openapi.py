@@ -50,10 +50,12 @@ def document(endpoints: list[Any]) -> dict[str, Any]:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": _schema(e.body, components)}}}
         if e.stream:
-            op["responses"][str(e.status)] = {"description": "text/event-stream of `span` "
-                                              "events (id = position)",
+            op["responses"][str(e.status)] = {"description": e.stream_about,
                                               "content": {"text/event-stream": {
                                                   "schema": {"type": "string"}}}}
+            if e.response is not None:  # a route that answers JSON unless asked to stream
+                op["responses"][str(e.status)]["content"]["application/json"] = {
+                    "schema": _schema(e.response, components)}
         elif e.text:
             op["responses"][str(e.status)] = {"description": "success", "content": {
                 media: {"schema": {"type": "string"}} for media in e.media}}

@@ -473,5 +473,8 @@ ENDPOINTS = [
              query={**FAMILY, "limit": ("integer", "at most this many (1-500, default 50)")}),
     Endpoint("POST", "/api/chat", chat, "Answer a message with a prompt family or variant, "
              "streamed over SSE (token events, then done with the prompt_run id)",
-             "api.chat", limit="write", body=ChatIn, stream=True),
+             "api.chat", limit="write", body=ChatIn, stream=True,
+             stream_about="text/event-stream: `start`, `token` events ({text}), then `done` "
+             "(the prompt_run id, the answer's other fields, the gate's decisions) or "
+             "`error`"),
 ]
