@@ -559,6 +559,30 @@ AREAS: tuple[Area, ...] = (
           "the browser's)"),
     ), before="The console shows the API's codes as the server sent them; these few are its "
               "own."),
+    Area("prompts", "Prompts (`kernels/prompt_*.py`; `docs/prompts.md`)", (
+        R("PROMPT_NOT_FOUND", 404, "no prompt_variant or prompt_block with this id (or no "
+          "variant of this family) in the caller's tenant or the system's"),
+        R("PROMPT_VARIANT_INVALID", 422, "a variant's metadata.block_ids is not a list of 1-64 "
+          "ids, or metadata.vars is not an object of name -> default text or null"),
+        R("PROMPT_BLOCK_INVALID", 422, "a block's metadata.priority is not an integer or its "
+          "content is not text"),
+        R("PROMPT_TEMPLATE_INVALID", 422, "a `{{` never closed, or `{{ x }}` where x is not a "
+          "variable name; `where` names the block"),
+        R("PROMPT_VARIABLE_MISSING", 422, "a `{{ name }}` with no value: neither given in vars "
+          "nor defaulted by the variant (never replaced by an empty string); `where` names "
+          "the block and the variable"),
+        R("PROMPT_VARIABLE_UNDECLARED", 422, "a var the variant's metadata.vars does not "
+          "declare"),
+        R("PROMPT_VARIABLE_INVALID", 422, "vars is not an object, or a value is not text"),
+        R("PROMPT_INPUT_INVALID", 422, "a run's user text is missing or not text, or its "
+          "context is not a list of `{role, content}` with role user or assistant (no system "
+          "messages: the system prompt is the build's alone); `where` names the field"),
+        R("PROMPT_OUTPUT_INVALID", None, "the model's answer broke the output contract "
+          "(`{text, confidence, follow_up_question?, actions[], citations[], "
+          "telemetry.tool_use_count}`) twice: once, then after one repair request; the "
+          "prompt_run span records it with status error"),
+    ), before="The prompt kernels answer `ok: false` with the code in `error`; the CLI and "
+              "the API turn it into a refusal with the status below."),
 )
 
 REASONS: dict[str, Reason] = {r.code: r for area in AREAS for r in area.reasons}

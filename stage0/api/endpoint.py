@@ -39,6 +39,8 @@ class Endpoint:
     status: int = 200
     query: dict[str, tuple[str, str]] = field(default_factory=dict)
     stream: bool = False
+    #: What a stream carries (the OpenAPI description of its text/event-stream answer).
+    stream_about: str = "text/event-stream of `span` events (id = position)"
     public: bool = False
     text: bool = False  # the response is text, not JSON
     media: tuple[str, ...] = ("text/plain",)  # its content types when text

@@ -26,6 +26,12 @@ ERRORS = {
 }
 
 
+#: One server-sent event (what a client reads from a text/event-stream answer).
+SSE_EVENT: dict[str, Any] = {"type": "object", "properties": {
+    "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
+    "retry": {"type": "integer"}}}
+
+
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, sub in schema.pop("$defs", {}).items():
@@ -50,10 +56,12 @@ def document(endpoints: list[Any]) -> dict[str, Any]:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": _schema(e.body, components)}}}
         if e.stream:
-            op["responses"][str(e.status)] = {"description": "text/event-stream of `span` "
-                                              "events (id = position)",
+            op["responses"][str(e.status)] = {"description": e.stream_about,
                                               "content": {"text/event-stream": {
-                                                  "schema": {"type": "string"}}}}
+                                                  "schema": SSE_EVENT}}}
+            if e.response is not None:  # a route that answers JSON unless asked to stream
+                op["responses"][str(e.status)]["content"]["application/json"] = {
+                    "schema": _schema(e.response, components)}
         elif e.text:
             op["responses"][str(e.status)] = {"description": "success", "content": {
                 media: {"schema": {"type": "string"}} for media in e.media}}

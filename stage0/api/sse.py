@@ -3,7 +3,7 @@
 A client that cannot take a write within the timeout is disconnected, and so is one that its
 stream gives up on (`drop`: stage0/api/stream.py drops a client whose queue overflows); it
 never slows anyone else. A client that goes away ends the generator; when the generator ends
-or the response is dropped, the connection is closed.
+the response ends (a chat's answer), and when it is dropped the connection is closed.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class SseResponse:
                     with anyio.fail_after(self.send_timeout_s):
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
+                with anyio.fail_after(self.send_timeout_s):  # a stream that ends (chat)
+                    await send({"type": "http.response.body", "body": b"",
+                                "more_body": False})
             except TimeoutError:
                 self.drop("send_timeout")
             finally:

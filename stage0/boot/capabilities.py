@@ -154,6 +154,21 @@ class KernelContext:
                                span_id)
         return span
 
+    def verified_many(self, span_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """verified() of several spans in one read: {id: span} of those that exist (an id
+        missing from the answer does not exist); a span that fails its checks raises."""
+        if not isinstance(span_ids, list) or len(span_ids) > 1000:
+            raise LoglineError("KERNEL_ERROR", "verified_many takes a list of at most 1000 "
+                               "ids", self.kernel["name"])
+        found = store.heads(self._conn, [str(i).lower() for i in span_ids])
+        trusted = self._loader.trusted()
+        for span_id, span in found.items():
+            self._loader.check_span(span)
+            if span["public_key"] not in trusted:
+                raise LoglineError("KEY_UNTRUSTED", f"signed by untrusted {span['public_key']}",
+                                   span_id)
+        return found
+
     # --- computation ----------------------------------------------------------------------
     def sandbox(self, code: str, input: Any, timeout_ms: int | None = None,
                 entry: str = "main", *, tenant: str) -> dict[str, Any]:
@@ -214,6 +229,23 @@ class KernelContext:
 
     def json_dumps(self, value: Any) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    def json_loads(self, text: Any) -> dict[str, Any]:
+        """Parse JSON text that came from outside (a model's answer): {"ok": True, "value"}
+        or {"ok": False, "error": why}; never raises. Text over 1 MiB is refused unread."""
+        if not isinstance(text, str):
+            return {"ok": False, "error": "not text"}
+        if len(text) > 1 << 20:
+            return {"ok": False, "error": "over 1 MiB"}
+        try:
+            return {"ok": True, "value": json.loads(text)}
+        except (ValueError, RecursionError) as exc:
+            return {"ok": False, "error": f"not JSON: {str(exc)[:200]}"}
+
+    def clock_ms(self) -> float:
+        """A monotonic clock in milliseconds, for measuring how long something took."""
+        import time
+        return time.monotonic() * 1000
 
     def log(self, event: str, **fields: Any) -> None:
         self._loader.log(event, kernel=self.kernel["name"], **fields)

@@ -37,7 +37,15 @@ PLATFORM_KINDS: frozenset[str] = frozenset({
     "secret", "tenant_key",
     # LLM providers (stage0/llm): the rows stage 0 calls, its calls, its breaker changes
     "provider", "provider_execution", "provider_breaker",
+    # prompts (issue 14): what the prompt kernels built, ran, measured and chose
+    "prompt_build", "prompt_run", "prompt_eval_result", "prompt_variant_selection",
 })
+
+#: The prompt system's kinds (docs/prompts.md). Blocks and variants are authored content
+#: (a tenant writes its own); builds, runs, eval results and variant choices are records of
+#: what the prompt kernels did, so they are platform kinds (a tenant cannot forge a run).
+PROMPT_KINDS: tuple[str, ...] = ("prompt_block", "prompt_variant", "prompt_build", "prompt_run",
+                                 "prompt_eval_result", "prompt_variant_selection")
 
 #: Kinds no policy may emit, whoever wrote it: code, trust, scheduling and the records
 #: that authorise action (the agent's own cursor/error/rollup spans are written by it).
@@ -47,6 +55,7 @@ NEVER_EMITTED: frozenset[str] = frozenset({
     "contract_activation", "gate_decision", "proposal", "approval_request", "approval",
     "job", "job_claim", "job_result", "audit_denial", "audit_summary", "secret", "tenant_key",
     "provider", "provider_execution", "provider_breaker",
+    "prompt_build", "prompt_run", "prompt_eval_result", "prompt_variant_selection",
 })
 
 

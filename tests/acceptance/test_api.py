@@ -60,6 +60,11 @@ PROTECTED = [
     ("GET", "/api/admin/providers"), ("GET", "/api/admin/providers/{name}"),
     ("POST", "/api/admin/providers"), ("POST", "/api/admin/providers/{name}/enable"),
     ("POST", "/api/admin/providers/{name}/disable"), ("POST", "/api/admin/providers/{name}/test"),
+    # prompts (tests/acceptance/test_prompts_api.py)
+    ("GET", "/api/prompts/blocks"), ("GET", "/api/prompts/variants"),
+    ("POST", "/api/prompts/build"), ("GET", "/api/prompts/runs"), ("POST", "/api/chat"),
+    ("POST", "/api/prompts/evals"), ("POST", "/api/prompts/selections"),
+    ("GET", "/api/prompts/selections"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

@@ -26,6 +26,7 @@ from stage0.spans.proofs import check_proofs
 
 VERIFY_JS = REPO / "tools" / "verify-js"
 VECTORS = REPO / "tests" / "vectors" / "vectors.json"
+PROMPT_VECTORS = REPO / "tests" / "vectors" / "prompts.json"
 LINE = re.compile(r"^(ok|FAIL) +(\S+):(\d+) (.*)$")
 
 
@@ -238,6 +239,26 @@ def test_node_rejects_a_vector_file_whose_canonical_text_differs(node, tmp_path)
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[1].startswith(f"FAIL {doc['vectors'][1]['name']} "
                                                   "canonical differs")
+
+
+def test_node_reproduces_the_prompt_build_vectors(node):
+    """The prompt build (issue 14) reimplemented in JavaScript from docs/prompts.md gives the
+    same compiled text and compiled_hash, and the same refusals, as the kernel."""
+    proc = node("--prompts", str(PROMPT_VECTORS))
+    names = [v["name"] for v in json.loads(PROMPT_VECTORS.read_text())["vectors"]]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [f"ok   {name}" for name in names]
+
+
+def test_node_rejects_a_prompt_vector_with_a_wrong_hash(node, tmp_path):
+    doc = json.loads(PROMPT_VECTORS.read_text())
+    doc["vectors"][0]["compiled_hash"] = "0" * 64
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(doc))
+    proc = node("--prompts", str(path))
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[0].startswith(f"FAIL {doc['vectors'][0]['name']} "
+                                                  "compiled_hash")
 
 
 def test_no_registry_means_a_skip_reason_not_an_error(tmp_path):

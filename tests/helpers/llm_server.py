@@ -6,7 +6,8 @@ SSE events), and misbehaves on demand.
         server.plan("429:retry-after=1", "ok")   # what the next requests get, in order
         server.url                               # http://127.0.0.1:PORT
 
-Behaviours (one per request; then `ok`): ok, latency=S, STATUS[:retry-after=N], malformed,
+Behaviours (one per request; then `ok`): ok (answers `server.answer`), say=TEXT (answers TEXT),
+latency=S, STATUS[:retry-after=N], malformed,
 truncated (a stream that stops before its end marker), cut (a body shorter than its
 Content-Length), drip=S (one byte every S seconds), stall (headers and a first chunk, then
 nothing), big=N (an N-byte body), redirect=URL, wrong-shape (valid JSON, wrong protocol),
@@ -44,6 +45,7 @@ class LlmServer:
         self.requests: list[Seen] = []
         self._plan: list[str] = []
         self.default = "ok"  # what a request gets when the plan is empty
+        self.answer = ANSWER  # what `ok` answers (say=TEXT answers TEXT once)
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -102,7 +104,7 @@ def make_certificates(folder: Path, name: str) -> tuple[Path, ssl.SSLContext] | 
 
 
 # --- the three protocols ------------------------------------------------------------------
-def whole(path: str, body: dict[str, Any]) -> dict[str, Any]:
+def whole(path: str, body: dict[str, Any], answer: str = ANSWER) -> dict[str, Any]:
     model = body.get("model")
     if path.endswith("/embeddings"):
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
@@ -113,35 +115,36 @@ def whole(path: str, body: dict[str, Any]) -> dict[str, Any]:
     if path.endswith("/chat/completions"):
         return {"id": "chatcmpl-1", "object": "chat.completion", "model": model,
                 "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": ANSWER}}],
+                             "message": {"role": "assistant", "content": answer}}],
                 "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": ANSWER_TOKENS,
                           "total_tokens": PROMPT_TOKENS + ANSWER_TOKENS}}
     if path == "/api/chat":
         return {"model": model, "created_at": "2026-12-07T00:00:00Z", "done": True,
-                "done_reason": "stop", "message": {"role": "assistant", "content": ANSWER},
+                "done_reason": "stop", "message": {"role": "assistant", "content": answer},
                 "prompt_eval_count": PROMPT_TOKENS, "eval_count": ANSWER_TOKENS}
     if path == "/api/embed":
         return {"model": model, "embeddings": [EMBEDDING for _ in body["input"]],
                 "prompt_eval_count": PROMPT_TOKENS}
     if path == "/v1/messages":
         return {"id": "msg_1", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": ANSWER}], "stop_reason": "end_turn",
+                "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn",
                 "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": ANSWER_TOKENS}}
     raise KeyError(path)
 
 
-def _words() -> list[str]:
-    words = ANSWER.split(" ")
+def _words(answer: str = ANSWER) -> list[str]:
+    words = answer.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
-def stream(path: str, body: dict[str, Any]) -> tuple[str, list[bytes], bytes]:
+def stream(path: str, body: dict[str, Any],
+           answer: str = ANSWER) -> tuple[str, list[bytes], bytes]:
     """Content type, the chunks, and the end marker (left out by `truncated`)."""
     model = body.get("model")
     if path.endswith("/chat/completions"):
         chunks = [b"data: " + json.dumps({"model": model, "choices": [
             {"index": 0, "delta": {"content": w}, "finish_reason": None}]}).encode() + b"\n\n"
-                  for w in _words()]
+                  for w in _words(answer)]
         chunks.append(b"data: " + json.dumps({"model": model, "choices": [
             {"index": 0, "delta": {}, "finish_reason": "stop"}]}).encode() + b"\n\n")
         chunks.append(b"data: " + json.dumps({"model": model, "choices": [], "usage": {
@@ -150,7 +153,7 @@ def stream(path: str, body: dict[str, Any]) -> tuple[str, list[bytes], bytes]:
         return "text/event-stream", chunks, b"data: [DONE]\n\n"
     if path == "/api/chat":
         chunks = [json.dumps({"model": model, "message": {"role": "assistant", "content": w},
-                              "done": False}).encode() + b"\n" for w in _words()]
+                              "done": False}).encode() + b"\n" for w in _words(answer)]
         end = json.dumps({"model": model, "message": {"role": "assistant", "content": ""},
                           "done": True, "done_reason": "stop",
                           "prompt_eval_count": PROMPT_TOKENS,
@@ -167,7 +170,7 @@ def stream(path: str, body: dict[str, Any]) -> tuple[str, list[bytes], bytes]:
               event("ping", {"type": "ping"})]
     chunks += [event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                              "delta": {"type": "text_delta", "text": w}})
-               for w in _words()]
+               for w in _words(answer)]
     chunks += [event("content_block_stop", {"type": "content_block_stop", "index": 0}),
                event("message_delta", {"type": "message_delta",
                                        "delta": {"stop_reason": "end_turn"},
@@ -194,6 +197,9 @@ def _handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                     server.requests.append(Seen(self.path, headers, body))
             behaviour = server.next()
             name, _, arg = behaviour.partition("=")
+            self.answer = server.answer
+            if name == "say":
+                name, self.answer = "ok", arg
             try:
                 self.behave(name, arg, body if isinstance(body, dict) else {})
             except (BrokenPipeError, ConnectionResetError):
@@ -247,13 +253,13 @@ def _handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                 self.send(200, b'{"pad": "' + b"x" * int(arg) + b'"}')
                 return
             if name == "cut":
-                data = json.dumps(whole(self.path, body)).encode()
+                data = json.dumps(whole(self.path, body, self.answer)).encode()
                 self.send(200, data[: len(data) // 2], length=len(data))
                 return
             if body.get("stream"):
                 self.stream(name, arg, body)
                 return
-            data = json.dumps(whole(self.path, body)).encode()
+            data = json.dumps(whole(self.path, body, self.answer)).encode()
             if name == "drip":
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -267,7 +273,7 @@ def _handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
             self.send(200, data)
 
         def stream(self, name: str, arg: str, body: dict[str, Any]) -> None:
-            ctype, chunks, end = stream(self.path, body)
+            ctype, chunks, end = stream(self.path, body, self.answer)
             self.send_response(200)
             self.send_header("content-type", ctype)
             self.end_headers()

@@ -5,6 +5,7 @@
 //
 //   node verify.mjs [FILE...]          verify NDJSON spans (no FILE or "-": standard input)
 //   node verify.mjs --vectors FILE     check tests/vectors/vectors.json byte for byte
+//   node verify.mjs --prompts FILE     check tests/vectors/prompts.json (the prompt build)
 //
 // Prints one line per span ("ok" or "FAIL" with a reason code) and a summary on stderr.
 // Exit status: 0 every span verifies, 1 at least one fails, 2 usage or unreadable input.
@@ -161,9 +162,67 @@ function verifyVectors(name) {
   return failed ? 1 : 0;
 }
 
+// prompts.json: the prompt build (docs/prompts.md), reimplemented from its description:
+// blocks by priority, highest first (a tie keeps the given order), joined with a blank line,
+// each `{{ name }}` replaced in one pass; compiled_hash = BLAKE3 of the UTF-8 bytes.
+const VAR_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
+function compilePrompt(blocks, vars) {
+  const order = blocks.map((b, i) => [b, i])
+    .sort(([a, i], [b, j]) => (b.priority - a.priority) || (i - j));
+  const parts = [];
+  for (const [block] of order) {
+    const where = `block ${block.id}`;
+    const text = block.content;
+    let out = '';
+    let i = 0;
+    for (;;) {
+      const j = text.indexOf('{{', i);
+      if (j < 0) { out += text.slice(i); break; }
+      const k = text.indexOf('}}', j + 2);
+      if (k < 0) return { error: { code: 'PROMPT_TEMPLATE_INVALID', where } };
+      const name = text.slice(j + 2, k).trim();
+      if (!VAR_NAME.test(name)) return { error: { code: 'PROMPT_TEMPLATE_INVALID', where } };
+      if (!Object.hasOwn(vars, name) || vars[name] === null) {
+        return { error: { code: 'PROMPT_VARIABLE_MISSING', where: `${where}: {{${name}}}` } };
+      }
+      out += text.slice(i, j) + vars[name];
+      i = k + 2;
+    }
+    parts.push(out);
+  }
+  return { compiled: parts.join('\n\n') };
+}
+
+function verifyPromptVectors(name) {
+  const doc = JSON.parse(readInput(name));
+  let failed = 0;
+  for (const v of doc.vectors) {
+    const got = compilePrompt(v.blocks, v.vars);
+    const problems = [];
+    if (v.error) {
+      if (!got.error || got.error.code !== v.error.code || got.error.where !== v.error.where) {
+        problems.push(`expected ${v.error.code} at ${v.error.where}, got ${JSON.stringify(got)}`);
+      }
+    } else if (got.error) {
+      problems.push(`refused with ${got.error.code} at ${got.error.where}`);
+    } else {
+      if (got.compiled !== v.compiled) problems.push(`compiled differs: ${JSON.stringify(got.compiled)}`);
+      const hash = bytesToHex(blake3(new TextEncoder().encode(got.compiled)));
+      if (hash !== v.compiled_hash) problems.push(`compiled_hash ${hash} != ${v.compiled_hash}`);
+    }
+    if (problems.length) failed += 1;
+    console.log(problems.length ? `FAIL ${v.name} ${problems.join('; ')}` : `ok   ${v.name}`);
+  }
+  process.stderr.write(`${doc.vectors.length} prompt vectors: ${doc.vectors.length - failed} `
+    + `verified, ${failed} failed\n`);
+  return failed ? 1 : 0;
+}
+
 const args = process.argv.slice(2);
 if (args.includes('-h') || args.includes('--help')) {
-  console.log('usage: node verify.mjs [FILE...] | node verify.mjs --vectors FILE');
+  console.log('usage: node verify.mjs [FILE...] | node verify.mjs --vectors FILE'
+    + ' | node verify.mjs --prompts FILE');
   process.exit(0);
 }
 if (args[0] === '--vectors') {
@@ -172,5 +231,12 @@ if (args[0] === '--vectors') {
     process.exit(2);
   }
   process.exit(verifyVectors(args[1]));
+}
+if (args[0] === '--prompts') {
+  if (args.length !== 2) {
+    process.stderr.write('usage: node verify.mjs --prompts FILE\n');
+    process.exit(2);
+  }
+  process.exit(verifyPromptVectors(args[1]));
 }
 process.exit(verifyNdjson(args));

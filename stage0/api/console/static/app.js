@@ -17,7 +17,7 @@
   const MAX_ROWS = 500;
   const STALL_MS = 45000; // the server pings every 15 s: this much silence means a dead link
   const VIEWS = ['timeline', 'approvals', 'functions', 'executions', 'metrics', 'health',
-    'trace'];
+    'trace', 'prompts'];
 
   const state = {
     token: null,
@@ -735,6 +735,74 @@
     if (view === 'metrics') loadMetrics();
     if (view === 'approvals') loadApprovals();
     if (view === 'health') loadHealth();
+    if (view === 'prompts') loadPrompts(arg);
+  }
+
+  // --- prompts: a page per family (#prompts/FAMILY) ---------------------------------------
+  function percent(value) {
+    return value === null || value === undefined ? '—' : `${Math.round(value * 100)} %`;
+  }
+
+  function decimal(value, digits = 2) {
+    return value === null || value === undefined ? '—' : Number(value).toFixed(digits);
+  }
+
+  async function loadPrompts(family) {
+    try {
+      const all = await api('/api/prompts/variants');
+      if (!state.me) return;
+      const families = [...new Set(all.variants.map((v) => v.family)
+        .filter((f) => typeof f === 'string'))].sort();
+      const chosen = families.includes(family) ? family : (families[0] || null);
+      const select = $('prompts-family');
+      clear(select);
+      for (const name of families) {
+        const option = h('option', { value: name }, visible(name));
+        if (name === chosen) option.selected = true;
+        select.append(option);
+      }
+      $('prompts-family-name').textContent = chosen ? visible(chosen) : '';
+      const variants = all.variants.filter((v) => v.family === chosen);
+      clear($('prompt-variant-rows'));
+      for (const v of variants) {
+        $('prompt-variant-rows').append(h('tr', { 'data-variant-id': v.id },
+          h('td', {}, h('span', { class: 'fn-name' }, visible(v.name || v.id)),
+            v.tenant_id === 'system' ? h('span', { class: 'muted small' }, ' · system') : null),
+          h('td', { class: 'num' }, String(v.evals)),
+          h('td', { class: 'num', 'data-eval-pass-rate': v.eval_pass_rate ?? '' },
+            percent(v.eval_pass_rate)),
+          h('td', { class: 'num', 'data-bandit-share': v.bandit_share ?? '' },
+            percent(v.bandit_share)),
+          h('td', { class: 'num' }, String(v.runs)),
+          h('td', { class: 'num' }, percent(v.error_rate)),
+          h('td', { class: 'num' }, decimal(v.mean_confidence)),
+          h('td', { class: 'num' }, duration(v.mean_latency_ms === null ? null
+            : Math.round(v.mean_latency_ms))),
+          h('td', {}, idEl(v.id, { label: 'variant id' }))));
+      }
+      $('prompt-variants-empty').hidden = variants.length > 0;
+      const names = new Map(variants.map((v) => [v.id, v.name || v.id]));
+      const runs = chosen ? await api(`/api/prompts/runs${query({ family: chosen, limit: 50 })}`)
+        : { runs: [] };
+      clear($('prompt-run-rows'));
+      for (const r of runs.runs) {
+        $('prompt-run-rows').append(h('tr', { class: 'clickable', 'data-run-id': r.id,
+          onclick: () => openDetail(r.id) },
+        h('td', {}, timeEl(r.at)),
+        h('td', {}, visible(names.get(r.variant_id) || r.variant_id || '—')),
+        h('td', {}, visible(r.model || '—')),
+        h('td', { class: 'num', 'data-latency-ms': r.latency_ms ?? '' }, duration(r.latency_ms)),
+        h('td', { class: 'num' }, String(r.tokens_in ?? '—')),
+        h('td', { class: 'num' }, String(r.tokens_out ?? '—')),
+        h('td', { class: 'num' }, decimal(r.confidence)),
+        h('td', {}, pill(r.status), r.error ? h('span', { class: 'muted small' },
+          ` ${visible(r.error)}`) : null),
+        h('td', {}, idEl(r.id, { label: 'run id' }))));
+      }
+      $('prompt-runs-empty').hidden = runs.runs.length > 0;
+    } catch (err) {
+      showError(err, 'Loading prompts');
+    }
   }
 
   // --- timeline ----------------------------------------------------------------------------
@@ -2631,6 +2699,10 @@
       });
     }
     window.addEventListener('hashchange', route);
+    $('prompts-family').addEventListener('change', () => {
+      location.hash = `#prompts/${encodeURIComponent($('prompts-family').value)}`;
+    });
+    $('prompts-refresh').addEventListener('click', () => loadPrompts(parseHash().arg));
     $('timeline-filters').addEventListener('submit', (ev) => { ev.preventDefault(); applyFilters(); });
     $('filter-clear').addEventListener('click', clearFilters);
     $('filter-range').addEventListener('change', applyRange);
