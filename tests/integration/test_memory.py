@@ -275,3 +275,36 @@ def test_reindex_rebuilds_the_derived_indexes_from_the_ledger(memory, kernel_con
     assert [h["preview"] for h in memory.search(ACME_ANA, "walrus")["hits"]] == \
         ["reindexed walrus fact"]
     assert memory.status("acme")["indexed"] == 1
+
+
+# --- the kernels ----------------------------------------------------------------------------
+UPSERT = "00000000-0000-4000-8000-000000000009"
+SEARCH = "00000000-0000-4000-8000-000000000010"
+
+
+@pytest.fixture
+def master_env(monkeypatch) -> None:
+    monkeypatch.setenv(masters.ENV, crypto.new_key().hex())
+
+
+def test_the_memory_kernels_write_and_search_as_their_caller(loader, master_env, kernel_conn):
+    written = loader.boot(UPSERT, {"memories": [{"text": SECRET_TEXT, "tags": ["health"]}],
+                                   "session_id": "chat-1"}, user_id="ana", tenant_id="acme")
+    [one] = written["written"]
+    assert one["layer"] == "session" and one["sensitivity"] == "internal"
+    found = loader.boot(SEARCH, {"query": "penicillin allergy", "session_id": "chat-1"},
+                        user_id="ana", tenant_id="acme")
+    assert [(h["span_id"], h["scope"], h["preview"]) for h in found["hits"]] == \
+        [(one["span_id"], "session", SECRET_TEXT)]
+    for user, tenant in (("bo", "acme"), ("ana", "globex")):
+        assert loader.boot(SEARCH, {"query": "penicillin allergy"}, user_id=user,
+                           tenant_id=tenant)["hits"] == []
+    assert_nowhere(database_text(kernel_conn), "penicillin")
+
+
+def test_the_upsert_kernel_refuses_a_bad_memory_by_field(loader, master_env):
+    with pytest.raises(LoglineError) as caught:
+        loader.boot(UPSERT, {"memories": [{"text": "x", "sensitivity": "loud"}]},
+                    user_id="ana", tenant_id="acme")
+    assert (caught.value.code, caught.value.where) == ("MEMORY_INVALID",
+                                                      "memories[0].sensitivity")
