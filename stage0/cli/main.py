@@ -17,6 +17,7 @@ from stage0.cli import (
     inspection,
     ledger_cmds,
     machine_cmds,
+    memory_cmds,
     providers,
     run_cmds,
     secrets_cmds,
@@ -28,7 +29,7 @@ from stage0.ledger import db
 #: The order of `logline --help`: these groups in turn, each one's commands in the order it
 #: defines them (importing a group registers its commands).
 GROUPS = (ledger_cmds, run_cmds, serve_cmds, machine_cmds, governed, inspection, author,
-          secrets_cmds, providers)
+          secrets_cmds, providers, memory_cmds)
 
 
 def version() -> str:
