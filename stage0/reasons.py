@@ -570,6 +570,9 @@ AREAS: tuple[Area, ...] = (
           "your tenant or a public one, or its `content.schema` is not a valid JSON Schema"),
         R("MEMORY_CONTRACT_VIOLATION", 422, "the memory's `data` does not satisfy its "
           "contract (`where` names the field, e.g. `memories[0].data.email`)"),
+        R("MEMORY_CONSENT_REQUIRED", 403, "writing memory without consent: memory is off by "
+          "default (`X-LogLine-Memory: on` or `session-only` turns it on; the choice is "
+          "recorded as a `memory_consent` span)"),
         R("MEMORY_EMBEDDER_UNAVAILABLE", 503, "the default embedder (wordllama) is not "
           "installed or its packaged weights are missing", "`pip install -e .`"),
     )),

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from stage0.api.endpoint import UUID, Call, Endpoint
 from stage0.api.errors import ApiError, error_response
 from stage0.api.governed import ENDPOINTS as GOVERNED
+from stage0.api.memory import ENDPOINTS as MEMORY  # issue 12: memory
 from stage0.api.operations import ENDPOINTS as OPERATIONS
 from stage0.api.providers import ENDPOINTS as PROVIDERS  # issue 11: LLM providers
 from stage0.api.routes import ENDPOINTS as ROUTES
@@ -240,7 +241,7 @@ class _App(Starlette):
 
 def endpoints() -> list[Endpoint]:
     """Every route the server has (the api contract holds one profile per route)."""
-    return [*ROUTES, *GOVERNED, *OPERATIONS, *PROVIDERS]
+    return [*ROUTES, *GOVERNED, *OPERATIONS, *PROVIDERS, *MEMORY]
 
 
 def create_app(state: ServerState | None = None) -> Starlette:

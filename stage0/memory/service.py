@@ -19,8 +19,9 @@ spans written with their hashes. Forgetting appends a `forgotten` version of eac
 a `memory_redaction` span; exporting appends a `memory_export` span.
 
 Search: the blind text index (text.py, PostgreSQL full text) and, with pgvector, the vector
-index (HNSW) each rank candidates; reciprocal rank fusion joins them, a scope weight prefers
-session > own > tenant > public, and hits are kept while they fit a budget of tokens.
+index (HNSW) each rank candidates; reciprocal rank fusion joins them; hits come nearest scope
+first (session > own > tenant > public), best score within a scope, and are kept while they
+fit a budget of tokens.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ CONTRACT = "memory_contract"
 LAYERS = ("session", "temporary", "permanent", "shared", "local")
 SENSITIVITIES = ("public", "internal", "secret", "pii")
 VISIBILITIES = ("private", "tenant", "public")
-SCOPE_WEIGHT = (1.0, 0.9, 0.8, 0.7)  # session, own, tenant, public
 RRF_K = 60
+#: A vector neighbour below this cosine similarity is not a match (the nearest memories are
+#: always "nearest", relevant or not); wordllama puts unrelated short texts under ~0.15.
+MIN_SIMILARITY = 0.2
 MAX_TEXT = 64 * 1024
 MAX_BATCH = 5000
 _TAG = re.compile(r"^[\w.:@/-]{1,64}\Z")
@@ -673,15 +676,15 @@ def _default_model() -> str:
 
 def _fuse(text_hits: list[dict[str, Any]], vector_hits: list[dict[str, Any]]
           ) -> list[dict[str, Any]]:
-    """Reciprocal rank fusion of the two rankings, weighted by scope."""
+    """Reciprocal rank fusion of the two rankings (vector neighbours under MIN_SIMILARITY
+    left out), nearest scope first: session, own, tenant, public; best score within one."""
     fused: dict[str, dict[str, Any]] = {}
-    for ranking in (text_hits, vector_hits):
+    near = [h for h in vector_hits if h["similarity"] >= MIN_SIMILARITY]
+    for ranking in (text_hits, near):
         for rank, hit in enumerate(ranking, start=1):
             entry = fused.setdefault(hit["span_id"], {**hit, "score": 0.0})
             entry["score"] += 1.0 / (RRF_K + rank)
-    for entry in fused.values():
-        entry["score"] *= SCOPE_WEIGHT[entry["scope"]]
-    return sorted(fused.values(), key=lambda h: (-h["score"], h["scope"], h["span_id"]))
+    return sorted(fused.values(), key=lambda h: (h["scope"], -h["score"], h["span_id"]))
 
 
 def _described(span: Mapping[str, Any]) -> dict[str, Any]:

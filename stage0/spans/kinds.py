@@ -38,7 +38,7 @@ PLATFORM_KINDS: frozenset[str] = frozenset({
     # LLM providers (stage0/llm): the rows stage 0 calls, its calls, its breaker changes
     "provider", "provider_execution", "provider_breaker",
     # memory (stage0/memory): written by stage 0 for the caller, never by a client
-    "memory", "memory_audit", "memory_redaction", "memory_export",
+    "memory", "memory_audit", "memory_redaction", "memory_export", "memory_consent",
 })
 
 #: Kinds no policy may emit, whoever wrote it: code, trust, scheduling and the records
@@ -49,7 +49,7 @@ NEVER_EMITTED: frozenset[str] = frozenset({
     "contract_activation", "gate_decision", "proposal", "approval_request", "approval",
     "job", "job_claim", "job_result", "audit_denial", "audit_summary", "secret", "tenant_key",
     "provider", "provider_execution", "provider_breaker",
-    "memory", "memory_audit", "memory_redaction", "memory_export",
+    "memory", "memory_audit", "memory_redaction", "memory_export", "memory_consent",
 })
 
 

@@ -60,6 +60,9 @@ PROTECTED = [
     ("GET", "/api/admin/providers"), ("GET", "/api/admin/providers/{name}"),
     ("POST", "/api/admin/providers"), ("POST", "/api/admin/providers/{name}/enable"),
     ("POST", "/api/admin/providers/{name}/disable"), ("POST", "/api/admin/providers/{name}/test"),
+    # memory (tests/acceptance/test_memory_api.py)
+    ("POST", "/api/memory"), ("GET", "/api/memory/search"), ("POST", "/api/memory/forget"),
+    ("GET", "/api/memory/export"), ("GET", "/api/memory/{id}"),
 ]
 PUBLIC = [("GET", "/healthz")]
 
