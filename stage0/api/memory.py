@@ -99,6 +99,23 @@ class ForgetOut(BaseModel):
     redaction_id: str
 
 
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    approve: bool | None = Field(None, description="absent: the owner asks for review; "
+                                 "true or false: a reviewer's answer")
+
+
+class PromoteOut(BaseModel):
+    promotion_id: str
+    status: str = Field(description="pending, approved or rejected")
+    reason: str
+    message: str
+    approvals: int
+    required: int
+    memory: MemoryWritten | None = None
+
+
 class ExportOut(BaseModel):
     tenant_id: str
     user_id: str
@@ -239,6 +256,20 @@ async def export_memory(call: Call) -> ExportOut:
     return ExportOut(**bundle)
 
 
+async def promote_memory(call: Call) -> PromoteOut:
+    from stage0.gov import memory_review
+
+    span_id = parse_uuid(call.request.path_params["id"], "id")
+    body: PromoteIn = call.body
+    principal = call.principal
+    assert principal is not None
+    state = call.state
+    done = await call.db(lambda conn: memory_review.promote(
+        conn, state.key, state.home, state.id_secret, state.root, principal, span_id,
+        body.approve, call.request_id), role="kernel")
+    return PromoteOut(**done)
+
+
 ID = {"id": ("path", "the memory's span id (UUID)")}
 HEADERS = "Headers: X-LogLine-Session, X-LogLine-Memory (off | session-only | on)"
 ENDPOINTS: list[Endpoint] = [
@@ -259,6 +290,10 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/memory/export", export_memory, "Your memories in your tenant, "
              "decrypted, with span ids and hashes (a data subject request)",
              "api.memory_export", response=ExportOut),
+    Endpoint("POST", "/api/memory/{id}/promote", promote_memory, "Make a memory permanent "
+             "through review: the owner asks (no body), an approver or admin other than "
+             "the owner answers ({approve})", "api.memory_promote", limit="write",
+             body=PromoteIn, response=PromoteOut, query=ID),
     Endpoint("GET", "/api/memory/{id}", get_memory, "One memory you may see, decrypted",
              "api.memory_read", response=MemoryOut, query=ID),
 ]

@@ -562,6 +562,22 @@ class Memory:
             self._audit(caller, f"forget_{what}", spans, {"redaction_id": redaction["id"]})
         return {"forgotten": len(ids), "span_ids": ids, "redaction_id": redaction["id"]}
 
+    def promote(self, owner: Caller, span_id: str) -> dict[str, Any]:
+        """The next version of `owner`'s memory in the `permanent` layer, without ttl_at
+        (the same content, sealed again for its new version). Only after a review:
+        stage0/gov/memory_review.py decides, through the gate."""
+        current = self.get(owner, span_id)
+        if current["owner_id"] != owner.user_id:
+            raise LoglineError("MEMORY_NOT_FOUND", "no memory of yours with this id", span_id)
+        head = mi.heads(self.conn, [span_id], owner.tenant_id, owner.user_id)[span_id]
+        item = {k: current[k] for k in ("text", "data", "type", "tags", "sensitivity",
+                                        "visibility", "schema_id", "session_id")}
+        item = {k: v for k, v in item.items() if v is not None}
+        [done] = self.upsert(owner, [{**item, "id": span_id, "layer": "permanent",
+                                      "embed_sensitive": head["metadata"].get("model")
+                                      is not None}])
+        return done
+
     def export(self, caller: Caller) -> dict[str, Any]:
         """The caller's memories in their tenant, decrypted, with span ids and hashes (a data
         subject request); forgotten ones are listed without content. Recorded as a

@@ -39,6 +39,7 @@ PLATFORM_KINDS: frozenset[str] = frozenset({
     "provider", "provider_execution", "provider_breaker",
     # memory (stage0/memory): written by stage 0 for the caller, never by a client
     "memory", "memory_audit", "memory_redaction", "memory_export", "memory_consent",
+    "memory_promotion",
 })
 
 #: Kinds no policy may emit, whoever wrote it: code, trust, scheduling and the records
@@ -50,6 +51,7 @@ NEVER_EMITTED: frozenset[str] = frozenset({
     "job", "job_claim", "job_result", "audit_denial", "audit_summary", "secret", "tenant_key",
     "provider", "provider_execution", "provider_breaker",
     "memory", "memory_audit", "memory_redaction", "memory_export", "memory_consent",
+    "memory_promotion",
 })
 
 

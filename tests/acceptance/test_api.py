@@ -63,6 +63,7 @@ PROTECTED = [
     # memory (tests/acceptance/test_memory_api.py)
     ("POST", "/api/memory"), ("GET", "/api/memory/search"), ("POST", "/api/memory/forget"),
     ("GET", "/api/memory/export"), ("GET", "/api/memory/{id}"),
+    ("POST", "/api/memory/{id}/promote"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

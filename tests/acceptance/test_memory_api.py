@@ -153,3 +153,42 @@ def test_a_database_dump_holds_no_plaintext_of_non_public_memory(api, ana):
     assert "The cafeteria opens at noon" in dump  # the dump does hold the data
     for word in (SECRET, "X12345678", "passport", "Lisbon"):
         assert_nowhere(dump, word)
+
+
+def test_promotion_to_permanent_goes_through_review(api, ana, bo):
+    written = remember(ana, "the wifi password rotates monthly", ttl_s=3600)
+    asked = ana.post(f"/api/memory/{written['span_id']}/promote", json={})
+    assert asked.status_code == 200, asked.text
+    assert (asked.json()["status"], asked.json()["reason"]) == ("pending",
+                                                                "G_APPROVAL_REQUIRED")
+    assert ana.get(f"/api/memory/{written['span_id']}").json()["layer"] == "temporary"
+    # the owner never approves their own; a writer without the approver role cannot either
+    assert_error(ana.post(f"/api/memory/{written['span_id']}/promote",
+                          json={"approve": True}), 403, "G_SOD_VIOLATION")
+    assert_error(bo.post(f"/api/memory/{written['span_id']}/promote",
+                         json={"approve": True}), 403, "G_ROLE_DENIED")
+    pat = api.client(api.key("pat", "acme", "approver"))
+    other = api.client(api.key("pat", "globex", "approver"))
+    assert_error(other.post(f"/api/memory/{written['span_id']}/promote",
+                            json={"approve": True}), 404, "MEMORY_NOT_FOUND")
+    done = pat.post(f"/api/memory/{written['span_id']}/promote", json={"approve": True})
+    assert done.status_code == 200, done.text
+    assert (done.json()["status"], done.json()["reason"]) == ("approved", "G_APPROVED")
+    now = ana.get(f"/api/memory/{written['span_id']}").json()
+    assert (now["layer"], now["ttl_at"], now["seq"], now["text"]) == \
+        ("permanent", None, 1, "the wifi password rotates monthly")
+    with api.kernel() as conn:
+        trail = conn.execute("SELECT status FROM ledger.universal_registry WHERE "
+                             "entity_type = 'memory_promotion' ORDER BY seq").fetchall()
+    assert [t["status"] for t in trail] == ["pending", "approved"]
+    assert_error(ana.post(f"/api/memory/{written['span_id']}/promote", json={}), 422,
+                 "MEMORY_INVALID")
+
+
+def test_a_rejected_promotion_leaves_the_memory_as_it_was(api, ana):
+    written = remember(ana, "temporary parking spot B12")
+    ana.post(f"/api/memory/{written['span_id']}/promote", json={})
+    boss = api.client(api.key("boss", "acme", "admin"))
+    done = boss.post(f"/api/memory/{written['span_id']}/promote", json={"approve": False})
+    assert (done.json()["status"], done.json()["reason"]) == ("rejected", "G_REJECTED")
+    assert ana.get(f"/api/memory/{written['span_id']}").json()["layer"] == "temporary"
