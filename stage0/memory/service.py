@@ -46,7 +46,7 @@ from stage0.memory import text as mtext
 from stage0.spans.canonical import format_at, parse_at
 from stage0.spans.ids import derive_id
 from stage0.vault import at_rest, crypto
-from stage0.vault.credentials import HomeOrMaster
+from stage0.vault.credentials import HomeOrMaster, tenant_heads
 
 KIND = "memory"
 AUDIT = "memory_audit"
@@ -216,6 +216,7 @@ class Memory:
         self.id_secret = id_secret or derivation_secret(key)
         self.root_key = root_key
         self._vectors: bool | None = None
+        self._data_keys: dict[str, Any] = {}
 
     # --- helpers ------------------------------------------------------------------------
     @property
@@ -232,14 +233,26 @@ class Memory:
         return self.master
 
     def _tenant_key(self, tenant_id: str, version: int | None = None) -> tuple[bytes, int]:
-        keys = at_rest.data_keys(self.conn, self.key, self._master(), tenant_id,
-                                 id_secret=self.id_secret, root_key=self.root_key)
+        """A tenant's data key (its current version, or `version`), read once per service
+        object: one is made per request, so a rotation is seen by the next one."""
+        keys = self._data_keys.get(tenant_id)
+        if keys is None:
+            keys = at_rest.data_keys(self.conn, self.key, self._master(), tenant_id,
+                                     id_secret=self.id_secret, root_key=self.root_key)
+            self._data_keys[tenant_id] = keys
         v = keys.current if version is None else version
         return keys.key(v), v
 
     def _terms_key(self, tenant_id: str) -> bytes:
         # The first data key version: a rotation of the data key leaves the index readable.
         return mtext.terms_key(self._tenant_key(tenant_id, 1)[0])
+
+    def _has_data_key(self, tenant_id: str) -> bool:
+        """Whether the tenant has a data key (read only: a search never makes one)."""
+        if tenant_id in self._data_keys:
+            return True
+        tk_head, _ = tenant_heads(self.conn, tenant_id, "", self.root_key)
+        return tk_head is not None
 
     def _audit(self, caller: Caller, op: str, spans: Sequence[Mapping[str, Any]],
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -464,7 +477,7 @@ class Memory:
                 "session_id": caller.session_id, "scopes": wanted, "limit": fetch}
         with self.conn.transaction():
             keys = [mtext.PUBLIC_KEY]
-            if self.master is not None:
+            if self.master is not None and self._has_data_key(caller.tenant_id):
                 keys.append(self._terms_key(caller.tenant_id))
             tsquery = mtext.query(keys, query)
             text_hits = mi.text_search(self.conn, query=tsquery, **args) if tsquery else []
