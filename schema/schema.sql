@@ -599,7 +599,7 @@ ALTER TABLE ONLY ledger.universal_registry
 -- Name: me_hnsw; Type: INDEX; Schema: ledger; Owner: logline_owner
 --
 
-CREATE INDEX me_hnsw ON ledger.memory_embeddings USING hnsw (((embedding)::public.vector(256)) public.vector_cosine_ops) WHERE (model = 'wordllama-l2_supercat-256'::text);
+CREATE INDEX me_hnsw ON ledger.memory_embeddings USING hnsw (((embedding)::public.vector(256)) public.vector_cosine_ops) WITH (m='8', ef_construction='32') WHERE (model = 'wordllama-l2_supercat-256'::text);
 
 --
 -- Name: me_tenant; Type: INDEX; Schema: ledger; Owner: logline_owner
