@@ -192,3 +192,38 @@ def test_a_rejected_promotion_leaves_the_memory_as_it_was(api, ana):
     done = boss.post(f"/api/memory/{written['span_id']}/promote", json={"approve": False})
     assert (done.json()["status"], done.json()["reason"]) == ("rejected", "G_REJECTED")
     assert ana.get(f"/api/memory/{written['span_id']}").json()["layer"] == "temporary"
+
+
+# --- the console's Memory page ---------------------------------------------------------------
+def test_the_console_searches_and_forgets_memory(api, browser, tmp_path):
+    from helpers.browser import require_chromium, shot
+    require_chromium()
+    from playwright.sync_api import expect
+
+    key = api.key("cora", "acme", "writer", "reader")
+    client = api.client(key)
+    kept = remember(client, "the heron nests by the north pond")
+    gone = remember(client, "the heron visits on <b>tuesdays</b>")
+    crashes: list[str] = []
+    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    page.set_default_timeout(20_000)
+    page.on("pageerror", lambda exc: crashes.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{api.url}/")
+    page.fill("#login-key", key.token)
+    page.click("#login-submit")
+    expect(page.locator("#who-user")).to_have_text("cora")
+    page.click(".tab[data-view='memory']")
+    page.fill("#memory-q", "heron")
+    page.click("#memory-search")
+    rows = page.locator("#memory-rows tr[data-span]")
+    expect(rows).to_have_count(2)
+    expect(page.locator(f"#memory-rows tr[data-span='{gone['span_id']}']")).to_contain_text(
+        "<b>tuesdays</b>")  # shown as text, never as markup
+    shot(page, tmp_path, "memory")
+    page.locator(f"#memory-rows tr[data-span='{gone['span_id']}'] .memory-forget").click()
+    expect(page.locator("#memory-note")).to_contain_text("Forgot 1 memory")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-span", kept["span_id"])
+    assert_error(client.get(f"/api/memory/{gone['span_id']}"), 410, "MEMORY_FORGOTTEN")
+    assert not crashes, crashes
