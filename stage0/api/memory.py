@@ -96,7 +96,8 @@ class ForgetIn(BaseModel):
 class ForgetOut(BaseModel):
     forgotten: int
     span_ids: list[str]
-    redaction_id: str
+    redaction_id: str | None = Field(description="the memory_redaction span; none when "
+                                     "there was nothing to forget")
 
 
 class PromoteIn(BaseModel):

@@ -131,6 +131,9 @@ def cmd_memory(args: argparse.Namespace) -> int:
             assert caller is not None
             span = base.span_id(args.id, "the memory to forget") if args.id else None
             done = memory.forget(caller, args.what, span_id=span)
+            if not done["forgotten"] and done["redaction_id"] is None:
+                out(f"nothing to forget for {args.user} in {args.tenant}")
+                return 0
             out(f"forgot {done['forgotten']} memor{'y' if done['forgotten'] == 1 else 'ies'} "
                 f"of {args.user} in {args.tenant} (redaction {done['redaction_id']}); their "
                 "keys are destroyed")

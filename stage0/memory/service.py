@@ -557,6 +557,8 @@ class Memory:
                 raise LoglineError("MEMORY_NOT_FOUND", "no live memory of yours with this id",
                                    span_id)
             ids = [s["id"] for s in mine]
+            if not ids and what in ("last", "me"):
+                return {"forgotten": 0, "span_ids": [], "redaction_id": None}
             for i in ids:
                 mi.forget_keys(self.conn, caller.tenant_id, caller.user_id, i, None)
             if what in ("session", "me"):  # keys of memories not indexed (an interrupted write)

@@ -237,6 +237,8 @@ def test_forget_last_session_and_me_destroy_keys_for_good(memory, kernel_conn, o
     assert [h["span_id"] for h in memory.search(ACME_ANA, "forgettable")["hits"]] == \
         [a["span_id"]]
     assert memory.forget(ACME_ANA, "me")["span_ids"] == [a["span_id"]]
+    assert memory.forget(ACME_ANA, "last") == {"forgotten": 0, "span_ids": [],
+                                               "redaction_id": None}
     assert memory.search(ACME_ANA, "forgettable")["hits"] == []
     assert memory.get(ACME_BO, kept["span_id"])["text"] == "forgettable note of bo"
     keys = kernel_conn.execute("SELECT owner_id FROM ledger.memory_keys").fetchall()
