@@ -738,13 +738,13 @@
   }
 
   // --- memory ------------------------------------------------------------------------------
-  /** Search the caller's memories (GET /api/memory/search); each hit can be forgotten. */
+  /** Search the caller's memories (GET /api/memory/search); each hit can be forgotten.
+   * #memory-mode says when search is text-only; #memory-note what was last done. */
   async function searchMemory() {
     const q = $('memory-q').value.trim();
     const rows = $('memory-rows');
-    const note = $('memory-note');
+    const mode = $('memory-mode');
     clear(rows);
-    note.hidden = true;
     if (!q) return;
     const scope = $('memory-scope').value;
     let found;
@@ -754,10 +754,8 @@
       showError(err, 'Searching memory');
       return;
     }
-    if (found.note) {
-      note.textContent = found.note;
-      note.hidden = false;
-    }
+    mode.textContent = found.note || '';
+    mode.hidden = !found.note;
     if (!found.hits.length) {
       rows.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, 'No memories found')));
       return;
@@ -2709,7 +2707,11 @@
       if (state.trace) openTrace(state.trace.id, true);
     });
     $('health-refresh').addEventListener('click', loadHealth);
-    $('memory-form').addEventListener('submit', (ev) => { ev.preventDefault(); searchMemory(); });
+    $('memory-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      $('memory-note').hidden = true;
+      searchMemory();
+    });
     $('memory-forget-me').addEventListener('click', () => forgetMemory({ what: 'me' }));
     $('memory-export').addEventListener('click', exportMemory);
     $('verify-run').addEventListener('click', runVerify);
