@@ -103,7 +103,7 @@ def text_search(conn: Connection, *, query: str, tenant_id: str, user_id: str,
 
 def vector_search(conn: Connection, *, embedding: Any, model: str, tenant_id: str,
                   user_id: str, session_id: str | None, scopes: Sequence[int], limit: int,
-                  exact: bool = False, ef: int = 200) -> list[dict[str, Any]]:
+                  exact: bool = False, ef: int = 400) -> list[dict[str, Any]]:
     """Nearest visible memories: through HNSW for the default model, else (or with exact)
     by an exact scan."""
     import numpy as np

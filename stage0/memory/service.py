@@ -479,8 +479,7 @@ class Memory:
             keys = [mtext.PUBLIC_KEY]
             if self.master is not None and self._has_data_key(caller.tenant_id):
                 keys.append(self._terms_key(caller.tenant_id))
-            tsquery = mtext.query(keys, query)
-            text_hits = mi.text_search(self.conn, query=tsquery, **args) if tsquery else []
+            text_hits = self._text_hits(keys, query, args)
             vector_hits: list[dict[str, Any]] = []
             if self.vectors:
                 if embedding is None:
@@ -496,6 +495,22 @@ class Memory:
             out["note"] = ("text search only: this PostgreSQL has no pgvector extension "
                            "(ledger.memory_embeddings does not exist)")
         return out
+
+    def _text_hits(self, keys: list[bytes], query: str,
+                   args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Memories holding every word of the query first; only when they are too few, those
+        holding any (ranking every memory that shares one common word costs the most)."""
+        every = mtext.query(keys, query, every=True)
+        if every is None:
+            return []
+        hits = mi.text_search(self.conn, query=every, **args)
+        if len(hits) >= args["limit"]:
+            return hits
+        seen = {h["span_id"] for h in hits}
+        anyword = mtext.query(keys, query)
+        more = mi.text_search(self.conn, query=anyword, **args) \
+            if anyword is not None and anyword != every else []
+        return hits + [h for h in more if h["span_id"] not in seen][:args["limit"] - len(hits)]
 
     def _fit(self, caller: Caller, fused: list[dict[str, Any]], budget: int,
              limit: int) -> list[dict[str, Any]]:

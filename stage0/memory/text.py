@@ -50,10 +50,15 @@ def terms(key: bytes, text: str) -> str:
     return " ".join(term(key, w) for w in words(text))
 
 
-def query(keys: list[bytes], text: str) -> str | None:
-    """A tsquery matching any word of `text` under any of `keys`; None for no words."""
-    found = sorted({term(k, w) for w in words(text) for k in keys})
-    return " | ".join(found) or None
+def query(keys: list[bytes], text: str, every: bool = False) -> str | None:
+    """A tsquery matching any word of `text` under any of `keys` (with `every`: all of its
+    words, under one key); None for no words."""
+    found = sorted(set(words(text)))
+    if not found:
+        return None
+    if every:
+        return " | ".join("(" + " & ".join(term(k, w) for w in found) + ")" for k in keys)
+    return " | ".join(sorted({term(k, w) for w in found for k in keys}))
 
 
 def tokens(text: str) -> int:
