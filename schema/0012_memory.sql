@@ -8,10 +8,17 @@
 -- it is created and ledger.memory_embeddings gets an HNSW index; where it does not (a plain
 -- Debian PostgreSQL 15), memory works with text search alone and `logline memory status`
 -- and every search response say so.
+-- A server that ships pgvector but will not let the migrating role create it (not a
+-- superuser, and pgvector 0.6 is not a trusted extension) is treated as one without it: a
+-- superuser can `CREATE EXTENSION vector` later, and a new migration would add the table.
 DO $$
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector') THEN
-    CREATE EXTENSION IF NOT EXISTS vector;
+    BEGIN
+      CREATE EXTENSION IF NOT EXISTS vector;
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE NOTICE 'pgvector is available but this role may not create it: memory is text-only';
+    END;
   END IF;
 END
 $$;
