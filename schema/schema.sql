@@ -405,6 +405,60 @@ CREATE VIEW ledger.latest_spans WITH (security_invoker='true') AS
 ALTER VIEW ledger.latest_spans OWNER TO logline_owner;
 
 --
+-- Name: memory_embeddings; Type: TABLE; Schema: ledger; Owner: logline_owner
+--
+
+CREATE TABLE ledger.memory_embeddings (
+    span_id uuid NOT NULL,
+    tenant_id text NOT NULL,
+    owner_id text NOT NULL,
+    session_id text,
+    visibility text NOT NULL,
+    model text NOT NULL,
+    embedding public.vector NOT NULL
+);
+
+ALTER TABLE ledger.memory_embeddings OWNER TO logline_owner;
+
+--
+-- Name: memory_index; Type: TABLE; Schema: ledger; Owner: logline_owner
+--
+
+CREATE TABLE ledger.memory_index (
+    span_id uuid NOT NULL,
+    seq integer NOT NULL,
+    tenant_id text NOT NULL,
+    owner_id text NOT NULL,
+    session_id text,
+    layer text NOT NULL,
+    visibility text NOT NULL,
+    sensitivity text NOT NULL,
+    kind text,
+    tags text[] DEFAULT '{}'::text[] NOT NULL,
+    ttl_at timestamp with time zone,
+    at timestamp with time zone NOT NULL,
+    tokens integer NOT NULL,
+    terms tsvector NOT NULL
+);
+
+ALTER TABLE ledger.memory_index OWNER TO logline_owner;
+
+--
+-- Name: memory_keys; Type: TABLE; Schema: ledger; Owner: logline_owner
+--
+
+CREATE TABLE ledger.memory_keys (
+    span_id uuid NOT NULL,
+    tenant_id text NOT NULL,
+    owner_id text NOT NULL,
+    session_id text,
+    wrapped jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ledger.memory_keys OWNER TO logline_owner;
+
+--
 -- Name: position_seq; Type: SEQUENCE; Schema: ledger; Owner: logline_owner
 --
 
@@ -493,6 +547,27 @@ ALTER TABLE ONLY ledger.chain_tip
     ADD CONSTRAINT chain_tip_pkey PRIMARY KEY (one);
 
 --
+-- Name: memory_embeddings memory_embeddings_pkey; Type: CONSTRAINT; Schema: ledger; Owner: logline_owner
+--
+
+ALTER TABLE ONLY ledger.memory_embeddings
+    ADD CONSTRAINT memory_embeddings_pkey PRIMARY KEY (span_id);
+
+--
+-- Name: memory_index memory_index_pkey; Type: CONSTRAINT; Schema: ledger; Owner: logline_owner
+--
+
+ALTER TABLE ONLY ledger.memory_index
+    ADD CONSTRAINT memory_index_pkey PRIMARY KEY (span_id);
+
+--
+-- Name: memory_keys memory_keys_pkey; Type: CONSTRAINT; Schema: ledger; Owner: logline_owner
+--
+
+ALTER TABLE ONLY ledger.memory_keys
+    ADD CONSTRAINT memory_keys_pkey PRIMARY KEY (span_id);
+
+--
 -- Name: provider_token_counts provider_token_counts_pkey; Type: CONSTRAINT; Schema: ledger; Owner: logline_owner
 --
 
@@ -519,6 +594,54 @@ ALTER TABLE ONLY ledger.tenant_exec_counts
 
 ALTER TABLE ONLY ledger.universal_registry
     ADD CONSTRAINT universal_registry_pkey PRIMARY KEY (id, seq);
+
+--
+-- Name: me_hnsw; Type: INDEX; Schema: ledger; Owner: logline_owner
+--
+
+CREATE INDEX me_hnsw ON ledger.memory_embeddings USING hnsw (((embedding)::public.vector(256)) public.vector_cosine_ops) WITH (m='8', ef_construction='32') WHERE (model = 'wordllama-l2_supercat-256'::text);
+
+--
+-- Name: me_tenant; Type: INDEX; Schema: ledger; Owner: logline_owner
+--
+
+CREATE INDEX me_tenant ON ledger.memory_embeddings USING btree (tenant_id, model);
+
+--
+-- Name: mi_public; Type: INDEX; Schema: ledger; Owner: logline_owner
+--
+
+CREATE INDEX mi_public ON ledger.memory_index USING btree (visibility) WHERE (visibility = 'public'::text);
+
+--
+-- Name: mi_scope; Type: INDEX; Schema: ledger; Owner: logline_owner
+--
+
+CREATE INDEX mi_scope ON ledger.memory_index USING btree (tenant_id, owner_id, session_id);
+
+--
+-- Name: mi_terms; Type: INDEX; Schema: ledger; Owner: logline_owner
+--
+
+CREATE INDEX mi_terms ON ledger.memory_index USING gin (terms);
+
+--
+-- Name: mi_ttl; Type: INDEX; Schema: ledger; Owner: logline_owner
+--
+
+CREATE INDEX mi_ttl ON ledger.memory_index USING btree (ttl_at) WHERE (ttl_at IS NOT NULL);
+
+--
+-- Name: mk_owner; Type: INDEX; Schema: ledger; Owner: logline_owner
+--
+
+CREATE INDEX mk_owner ON ledger.memory_keys USING btree (tenant_id, owner_id);
+
+--
+-- Name: mk_session; Type: INDEX; Schema: ledger; Owner: logline_owner
+--
+
+CREATE INDEX mk_session ON ledger.memory_keys USING btree (tenant_id, owner_id, session_id) WHERE (session_id IS NOT NULL);
 
 --
 -- Name: sh_entity_status; Type: INDEX; Schema: ledger; Owner: logline_owner
@@ -750,6 +873,24 @@ GRANT SELECT ON TABLE ledger.span_heads TO logline_kernel;
 
 GRANT SELECT ON TABLE ledger.latest_spans TO logline_app;
 GRANT SELECT ON TABLE ledger.latest_spans TO logline_kernel;
+
+--
+-- Name: TABLE memory_embeddings; Type: ACL; Schema: ledger; Owner: logline_owner
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE ledger.memory_embeddings TO logline_kernel;
+
+--
+-- Name: TABLE memory_index; Type: ACL; Schema: ledger; Owner: logline_owner
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE ledger.memory_index TO logline_kernel;
+
+--
+-- Name: TABLE memory_keys; Type: ACL; Schema: ledger; Owner: logline_owner
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE ledger.memory_keys TO logline_kernel;
 
 --
 -- Name: SEQUENCE position_seq; Type: ACL; Schema: ledger; Owner: logline_owner

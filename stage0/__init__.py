@@ -10,8 +10,10 @@ Each layer imports only from the layers listed below it (import-linter checks th
     runtime/  long-running workers and request scheduling
     boot/     THE stage-0 loader: verify a kernel span and run it (loader, restricted
               compile, kernel capabilities)
-    llm/      LLM providers: rows, wire protocols, egress policy, hardening; stage 0
-              calls models for kernels (ctx.llm), so the sandbox never has a socket
+    llm/      LLM providers: rows, wire protocols, egress policy, hardening; stage 0   | side
+              calls models for kernels (ctx.llm), so the sandbox never has a socket  | by
+    memory/   memory spans: encrypted content, text and vector indexes, forgetting  | side
+              by destroying keys, export (stage 0 for the memory kernels and the API)
     sandbox/  resource-limited worker processes running user code (RestrictedPython)  | side
     vault/    credentials and values encrypted at rest: AES-256-GCM under a master   | by
               key held outside the database (stage 0 only; never the sandbox)      | side

@@ -583,6 +583,23 @@ AREAS: tuple[Area, ...] = (
           "prompt_run span records it with status error"),
     ), before="The prompt kernels answer `ok: false` with the code in `error`; the CLI and "
               "the API turn it into a refusal with the status below."),
+    Area("memory", "Memory (`stage0/memory/`; `docs/memory.md`)", (
+        R("MEMORY_INVALID", 422, "a memory, search or forget request with a field that does "
+          "not fit (the message and `where` name it: `memories[0].sensitivity`, `query`...)"),
+        R("MEMORY_NOT_FOUND", 404, "no memory with this id that you may see (absent and "
+          "another's look the same), or updating one that is not your own"),
+        R("MEMORY_FORGOTTEN", 410, "the memory was forgotten or expired: its content key was "
+          "destroyed, so its content is unreadable for good"),
+        R("MEMORY_CONTRACT_NOT_FOUND", 422, "`schema_id` names no `memory_contract` span of "
+          "your tenant or a public one, or its `content.schema` is not a valid JSON Schema"),
+        R("MEMORY_CONTRACT_VIOLATION", 422, "the memory's `data` does not satisfy its "
+          "contract (`where` names the field, e.g. `memories[0].data.email`)"),
+        R("MEMORY_CONSENT_REQUIRED", 403, "writing memory without consent: memory is off by "
+          "default (`X-LogLine-Memory: on` or `session-only` turns it on; the choice is "
+          "recorded as a `memory_consent` span)"),
+        R("MEMORY_EMBEDDER_UNAVAILABLE", 503, "the default embedder (wordllama) is not "
+          "installed or its packaged weights are missing", "`pip install -e .`"),
+    )),
 )
 
 REASONS: dict[str, Reason] = {r.code: r for area in AREAS for r in area.reasons}

@@ -29,6 +29,7 @@ from stage0.api.endpoint import UUID, Call, Endpoint
 from stage0.api.errors import ApiError, error_response
 from stage0.api.gateway import ENDPOINTS as GATEWAY  # issue 14: OpenAI-compatible
 from stage0.api.governed import ENDPOINTS as GOVERNED
+from stage0.api.memory import ENDPOINTS as MEMORY  # issue 12: memory
 from stage0.api.operations import ENDPOINTS as OPERATIONS
 from stage0.api.prompts import ENDPOINTS as PROMPTS  # issue 14: prompts
 from stage0.api.providers import ENDPOINTS as PROVIDERS  # issue 11: LLM providers
@@ -242,7 +243,7 @@ class _App(Starlette):
 
 def endpoints() -> list[Endpoint]:
     """Every route the server has (the api contract holds one profile per route)."""
-    return [*ROUTES, *GOVERNED, *OPERATIONS, *PROVIDERS, *PROMPTS, *GATEWAY]
+    return [*ROUTES, *GOVERNED, *OPERATIONS, *PROVIDERS, *PROMPTS, *GATEWAY, *MEMORY]
 
 
 def create_app(state: ServerState | None = None) -> Starlette:

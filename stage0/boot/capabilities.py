@@ -205,6 +205,34 @@ class KernelContext:
             provider, self.identity["tenant_id"], self.identity["user_id"], self.trace_id,
             operation, payload, params, caller=dict(self.kernel))
 
+    # --- memory (issue 12: stage0/memory) ---------------------------------------------
+    def _memory(self, session_id: Any) -> tuple[Any, Any]:
+        from stage0.memory.service import Caller, Memory
+        if session_id is not None and not isinstance(session_id, str):
+            raise LoglineError("MEMORY_INVALID", "session_id must be a string", "session_id")
+        caller = Caller(self.identity["user_id"], self.identity["tenant_id"], session_id)
+        service = Memory(self._conn, self._loader.key, self._loader.home,
+                         id_secret=self._loader.id_secret, root_key=self._loader.root)
+        return service, caller
+
+    def memory_upsert(self, memories: Any, session_id: Any = None) -> list[dict[str, Any]]:
+        """Write memories for the caller (encrypted, indexed, audited by stage 0)."""
+        service, caller = self._memory(session_id)
+        written: list[dict[str, Any]] = service.upsert(caller, memories)
+        return written
+
+    def memory_search(self, query: Any, budget: Any = 1000, limit: Any = 10,
+                      scopes: Any = None, session_id: Any = None, embedding: Any = None,
+                      model: Any = None) -> dict[str, Any]:
+        """Search the memories the caller may see: {hits, mode, vectors, note?}."""
+        service, caller = self._memory(session_id)
+        found: dict[str, Any] = service.search(
+            caller, query, budget=budget, limit=limit,
+            scopes=list(scopes) if isinstance(scopes, list | tuple)
+            else ("session", "private", "tenant", "public") if scopes is None else ["?"],
+            embedding=embedding, model=model)
+        return found
+
     # --- utilities ------------------------------------------------------------------------
     def now(self) -> str:
         return now_at()

@@ -13,7 +13,7 @@ from stage0.ledger import db
 
 
 def bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["ingest", "pipeline", "api", "llm", "prompts"])
+    p.add_argument("what", choices=["ingest", "pipeline", "api", "llm", "prompts", "memory"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options "
                    "(e.g. --quick; see logline bench WHAT --help)")
 

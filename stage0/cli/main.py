@@ -17,6 +17,7 @@ from stage0.cli import (
     inspection,
     ledger_cmds,
     machine_cmds,
+    memory_cmds,
     prompts,
     providers,
     run_cmds,
@@ -29,7 +30,7 @@ from stage0.ledger import db
 #: The order of `logline --help`: these groups in turn, each one's commands in the order it
 #: defines them (importing a group registers its commands).
 GROUPS = (ledger_cmds, run_cmds, serve_cmds, machine_cmds, governed, inspection, author,
-          secrets_cmds, providers, prompts)
+          secrets_cmds, providers, prompts, memory_cmds)
 
 
 def version() -> str:

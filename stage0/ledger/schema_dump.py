@@ -78,5 +78,19 @@ def dump(database: Database) -> str:
     return normalise(done.stdout)
 
 
+#: The objects schema/0012_memory.sql makes only where the server has pgvector.
+VECTOR_ONLY = "memory_embeddings"
+_ENTRY = re.compile(r"(?=^--\n-- Name: )", re.MULTILINE)
+
+
+def without_vectors(text: str) -> str:
+    """The schema as a server without pgvector has it: the snapshot's entries for
+    ledger.memory_embeddings left out (each entry is a `-- Name:` comment and its
+    statements)."""
+    kept = [entry for entry in _ENTRY.split(text)
+            if not entry.startswith("--\n-- Name: ") or VECTOR_ONLY not in entry]
+    return re.sub(r"\n{3,}", "\n\n", "".join(kept))
+
+
 def snapshot_path() -> Path:
     return schema_dir() / SNAPSHOT

@@ -39,6 +39,9 @@ PLATFORM_KINDS: frozenset[str] = frozenset({
     "provider", "provider_execution", "provider_breaker",
     # prompts (issue 14): what the prompt kernels built, ran, measured and chose
     "prompt_build", "prompt_run", "prompt_eval_result", "prompt_variant_selection",
+    # memory (stage0/memory): written by stage 0 for the caller, never by a client
+    "memory", "memory_audit", "memory_redaction", "memory_export", "memory_consent",
+    "memory_promotion",
 })
 
 #: The prompt system's kinds (docs/prompts.md). Blocks and variants are authored content
@@ -56,6 +59,8 @@ NEVER_EMITTED: frozenset[str] = frozenset({
     "job", "job_claim", "job_result", "audit_denial", "audit_summary", "secret", "tenant_key",
     "provider", "provider_execution", "provider_breaker",
     "prompt_build", "prompt_run", "prompt_eval_result", "prompt_variant_selection",
+    "memory", "memory_audit", "memory_redaction", "memory_export", "memory_consent",
+    "memory_promotion",
 })
 
 

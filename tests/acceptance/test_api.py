@@ -65,6 +65,10 @@ PROTECTED = [
     ("POST", "/api/prompts/build"), ("GET", "/api/prompts/runs"), ("POST", "/api/chat"),
     ("POST", "/api/prompts/evals"), ("POST", "/api/prompts/selections"),
     ("GET", "/api/prompts/selections"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+    # memory (tests/acceptance/test_memory_api.py)
+    ("POST", "/api/memory"), ("GET", "/api/memory/search"), ("POST", "/api/memory/forget"),
+    ("GET", "/api/memory/export"), ("GET", "/api/memory/{id}"),
+    ("POST", "/api/memory/{id}/promote"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

@@ -17,7 +17,7 @@
   const MAX_ROWS = 500;
   const STALL_MS = 45000; // the server pings every 15 s: this much silence means a dead link
   const VIEWS = ['timeline', 'approvals', 'functions', 'executions', 'metrics', 'health',
-    'trace', 'prompts'];
+    'trace', 'prompts', 'memory'];
 
   const state = {
     token: null,
@@ -803,6 +803,72 @@
     } catch (err) {
       showError(err, 'Loading prompts');
     }
+  }
+
+  // --- memory ------------------------------------------------------------------------------
+  /** Search the caller's memories (GET /api/memory/search); each hit can be forgotten.
+   * #memory-mode says when search is text-only; #memory-note what was last done. */
+  async function searchMemory() {
+    const q = $('memory-q').value.trim();
+    const rows = $('memory-rows');
+    const mode = $('memory-mode');
+    clear(rows);
+    if (!q) return;
+    const scope = $('memory-scope').value;
+    let found;
+    try {
+      found = await api(`/api/memory/search${query({ q, scope })}`);
+    } catch (err) {
+      showError(err, 'Searching memory');
+      return;
+    }
+    mode.textContent = found.note || '';
+    mode.hidden = !found.note;
+    if (!found.hits.length) {
+      rows.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, 'No memories found')));
+      return;
+    }
+    for (const hit of found.hits) {
+      const forget = h('button', { class: 'btn btn-ghost memory-forget', type: 'button',
+        'data-span': hit.span_id }, 'Forget');
+      forget.addEventListener('click', () => forgetMemory({ what: 'span', span_id: hit.span_id }));
+      rows.append(h('tr', { 'data-span': hit.span_id },
+        h('td', { class: 'mono' }, hit.score.toFixed(4)), h('td', {}, hit.scope),
+        h('td', {}, hit.layer), h('td', { class: 'memory-preview' }, hit.preview),
+        h('td', {}, hit.scope === 'session' || hit.scope === 'private' ? forget : null)));
+    }
+  }
+
+  async function forgetMemory(body) {
+    const what = body.what === 'me' ? 'every memory of yours' : 'this memory';
+    if (!window.confirm(`Forget ${what} for good? Its keys are destroyed.`)) return;
+    try {
+      const done = await api('/api/memory/forget', { method: 'POST', body });
+      const note = $('memory-note');
+      note.textContent = `Forgot ${done.forgotten} memor${done.forgotten === 1 ? 'y' : 'ies'}.`;
+      note.hidden = false;
+    } catch (err) {
+      showError(err, 'Forgetting');
+      return;
+    }
+    await searchMemory();
+  }
+
+  async function exportMemory() {
+    let bundle;
+    try {
+      bundle = await api('/api/memory/export');
+    } catch (err) {
+      showError(err, 'Exporting memory');
+      return;
+    }
+    const url = URL.createObjectURL(new Blob([JSON.stringify(bundle, null, 2)],
+      { type: 'application/json' }));
+    const link = h('a', { href: url, download: 'logline-memory.json' });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    URL.revokeObjectURL(url);
   }
 
   // --- timeline ----------------------------------------------------------------------------
@@ -2713,6 +2779,13 @@
       if (state.trace) openTrace(state.trace.id, true);
     });
     $('health-refresh').addEventListener('click', loadHealth);
+    $('memory-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      $('memory-note').hidden = true;
+      searchMemory();
+    });
+    $('memory-forget-me').addEventListener('click', () => forgetMemory({ what: 'me' }));
+    $('memory-export').addEventListener('click', exportMemory);
     $('verify-run').addEventListener('click', runVerify);
     $('timeline-more').addEventListener('click', loadOlder);
     $('functions-refresh').addEventListener('click', loadFunctions);
