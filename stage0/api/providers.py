@@ -19,7 +19,7 @@ from stage0.errors import LoglineError
 from stage0.gov import apikeys
 from stage0.ledger.db import Connection
 from stage0.llm import admin, providers
-from stage0.llm.host import LlmHost, credential_source
+from stage0.llm.host import LlmHost, credential_source, no_credentials
 
 NAME = {"name": ("path", "the provider's name")}
 _HOSTS: weakref.WeakKeyDictionary[Any, LlmHost] = weakref.WeakKeyDictionary()
@@ -189,9 +189,9 @@ def _host(state: Any) -> LlmHost:
     with _HOSTS_LOCK:
         host = _HOSTS.get(state)
         if host is None:
-            conn = state.database.connect("kernel", autocommit=True)
-            host = LlmHost(conn, state.key, state.root, credential_source(conn, state.home),
-                           worker="api")
+            host = LlmHost(lambda: state.database.connect("kernel", autocommit=True),
+                           state.key, state.root, no_credentials, worker="api")
+            host.client.credentials = credential_source(host.conn, state.home)
             _HOSTS[state] = host
             weakref.finalize(state, host.close)
         return host
@@ -207,7 +207,8 @@ async def test_provider(call: Call) -> TestOut:
         answer = await anyio.to_thread.run_sync(
             lambda: host.call(name, tenant, user, call.request_id, "chat",
                               admin.TEST_MESSAGES, {"max_tokens": 8},
-                              caller={"name": "api provider test"}, cancel=cancel),
+                              caller={"name": "api provider test"}, cancel=cancel,
+                              durable=True),
             abandon_on_cancel=True)
     finally:
         cancel.set()  # the request ended (answered, timed out or gone): stop the call

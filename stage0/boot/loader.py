@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,8 @@ class Loader:
         self._verified_spans: dict[str, str] = {}
         self._records: list[tuple[Any, ...]] = []
         self._id_secret: bytes | None = None
+        self._on_close: list[Callable[[], None]] = []
+        self._verified_manifest: str | None = None
 
     @property
     def id_secret(self) -> bytes:
@@ -74,10 +77,19 @@ class Loader:
             self._id_secret = id_secret(self.home, self.key)
         return self._id_secret
 
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run `fn` when the loader closes (the LLM host: its records flushed, its
+        connections closed), before the loader's own connection."""
+        self._on_close.append(fn)
+
     def close(self) -> None:
-        if self._sandbox is not None and self._owns_sandbox:
-            self._sandbox.close()
-        self.conn.close()
+        try:
+            while self._on_close:
+                self._on_close.pop()()
+        finally:
+            if self._sandbox is not None and self._owns_sandbox:
+                self._sandbox.close()
+            self.conn.close()
 
     def __enter__(self) -> Loader:
         return self
@@ -89,7 +101,15 @@ class Loader:
     def manifest(self) -> dict[str, Any]:
         """The manifest as of the start of the current top-level boot (re-read per boot)."""
         if self._manifest is None:
-            self._manifest = manifest.latest(self.conn, self.root)
+            head = store.head(self.conn, manifest.MANIFEST_ID)
+            if head is not None and head["curr_hash"] == self._verified_manifest and \
+                    head["public_key"] == self.root and digest(head).hex() == head["curr_hash"]:
+                # The version verified before, still hashing to what was signed: the
+                # signature check is skipped, not the hash (an edit changes the digest).
+                self._manifest = head
+            else:
+                self._manifest = manifest.latest(self.conn, self.root)
+                self._verified_manifest = self._manifest["curr_hash"]
         return self._manifest
 
     def manifest_metadata(self) -> dict[str, Any]:
@@ -145,7 +165,8 @@ class Loader:
         return self._loaded[function_id]
 
     def _verified_function(self, function_id: str) -> dict[str, Any]:
-        allowed = [str(i).lower() for i in self.manifest_metadata().get("allowed_boot_ids", [])]
+        allowed = [str(i).lower()
+                   for i in (self.manifest().get("metadata") or {}).get("allowed_boot_ids", [])]
         if function_id not in allowed:
             raise LoglineError("BOOT_NOT_ALLOWED", "the manifest's allowed_boot_ids does not "
                                "list this id: only kernels boot (to run a function, schedule "

@@ -111,7 +111,8 @@ def cmd_provider(args: argparse.Namespace) -> int:
 
 
 def _test(conn: db.Connection, home: Any, key: Any, root: str, args: argparse.Namespace) -> int:
-    host = LlmHost(db.resolve(home).connect("kernel"), key, root,
+    database = db.resolve(home)
+    host = LlmHost(lambda: database.connect("kernel"), key, root,
                    credential_source(conn, home), worker="cli")
     try:
         answer = admin.test(host, args.name, args.tenant)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from stage0.ledger import store
-from stage0.ledger.db import Connection
+from stage0.ledger.db import Connection, one
 from stage0.ledger.queries import q
 
 
@@ -27,11 +27,24 @@ def listed(conn: Connection, keys: Iterable[str], tenant: str | None = None
     return [store.span_from_row(r) for r in rows.fetchall()]
 
 
-def tokens_today(conn: Connection, tenant: str, provider: str) -> int:
-    """Tokens `tenant` used with `provider` since 00:00 UTC (schema/0010's counter)."""
-    row = conn.execute(q("provider_tokens_today"), {"tenant": tenant,
-                                                    "provider": provider}).fetchone()
-    return int(row["n"]) if row else 0
+def for_call(conn: Connection, name: str, tenant: str, keys: Iterable[str]
+             ) -> tuple[dict[str, Any], int, str] | None:
+    """What one call needs, in one round trip: the provider span (as find()), the tokens
+    `tenant` used with it since 00:00 UTC, and that UTC day ("YYYY-MM-DD"); None when there
+    is no such provider."""
+    row = conn.execute(q("provider_for_call"), {"name": name, "tenant": tenant,
+                                                "keys": sorted(keys)}).fetchone()
+    if row is None:
+        return None
+    return store.span_from_row(row), int(row["tokens_today"]), row["utc_day"]
+
+
+def tokens_today(conn: Connection, tenant: str, provider: str) -> tuple[int, str]:
+    """Tokens `tenant` used with `provider` since 00:00 UTC (schema/0010's counter), and
+    that UTC day ("YYYY-MM-DD")."""
+    row = one(conn.execute(q("provider_tokens_today"), {"tenant": tenant,
+                                                        "provider": provider}))
+    return int(row["n"]), row["utc_day"]
 
 
 def execution_stats(conn: Connection, keys: Iterable[str], bounds_ms: list[int]

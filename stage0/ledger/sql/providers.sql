@@ -18,10 +18,25 @@ WHERE entity_type = 'provider' AND public_key = ANY(%(keys)s)
 ORDER BY name, tenant_id
 
 -- name: provider_tokens_today
--- What the per-tenant daily token budget counts (schema/0010: kept by the append trigger).
+-- What the per-tenant daily token budget counts (schema/0010: kept by the append trigger),
+-- and the UTC day it is for.
 SELECT coalesce((SELECT c.tokens FROM ledger.provider_token_counts c
                  WHERE c.tenant_id = %(tenant)s AND c.provider = %(provider)s
-                   AND c.day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint AS n
+                   AND c.day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint AS n,
+       to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS utc_day
+
+-- name: provider_for_call
+-- One call's look-up in one round trip: the provider row provider_by_name finds, the
+-- tokens the tenant used with it today (provider_tokens_today) and that UTC day.
+SELECT p.*,
+       coalesce((SELECT c.tokens FROM ledger.provider_token_counts c
+                 WHERE c.tenant_id = %(tenant)s AND c.provider = %(name)s
+                   AND c.day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint AS tokens_today,
+       to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS utc_day
+FROM (SELECT {columns}, position FROM ledger.latest_spans
+      WHERE entity_type = 'provider' AND name = %(name)s
+        AND tenant_id IN (%(tenant)s, 'system') AND public_key = ANY(%(keys)s)
+      ORDER BY (tenant_id = %(tenant)s) DESC, position DESC LIMIT 1) p
 
 -- name: provider_execution_stats
 -- For /metrics: calls, tokens and latency per provider, outcome and latency bucket
