@@ -36,6 +36,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,19 +65,56 @@ FAST = {"rps": 10_000, "burst": 10_000, "tenant_rps": 10_000, "tenant_burst": 10
 
 
 def timed(n: int, fn: Any) -> dict[str, float]:
-    for _ in range(min(200, n)):
-        fn()
-    samples = []
-    started = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    elapsed = time.perf_counter() - started
-    samples.sort()
-    return {"p50_ms": statistics.median(samples) * 1000,
-            "p99_ms": samples[int(len(samples) * 0.99) - 1] * 1000,
-            "per_s": n / elapsed, "n": n}
+    return interleaved(n, {"_": fn}, rounds=1)["_"]
+
+
+def interleaved(n: int, fns: dict[str, Any], rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Each fn n times after a warm-up, in `rounds` rounds taking turns, so that a change of
+    the machine's load during the run weighs on every path alike."""
+    for fn in fns.values():
+        for _ in range(min(200, n)):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    elapsed = dict.fromkeys(fns, 0.0)
+    cpu = dict.fromkeys(fns, 0.0)
+    for r in range(rounds):
+        calls = n // rounds + (1 if r < n % rounds else 0)
+        for name, fn in fns.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                t = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t)
+            elapsed[name] += time.perf_counter() - started
+            cpu[name] += time.process_time() - cpu_started
+    out = {}
+    for name, got in samples.items():
+        got.sort()
+        out[name] = {"p50_ms": statistics.median(got) * 1000,
+                     "p99_ms": got[max(0, int(len(got) * 0.99) - 1)] * 1000,
+                     "per_s": len(got) / elapsed[name], "n": len(got),
+                     "cpu_ms": cpu[name] / len(got) * 1000}
+    return out
+
+
+class ServerProcess:
+    """The loopback model server in a process of its own, as a real one is (in this process
+    it would take the GIL from the paths measured)."""
+
+    def __init__(self) -> None:
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from helpers.llm_server import LlmServer; "
+                "s = LlmServer(keep=False).__enter__(); print(s.url, flush=True); "
+                "sys.stdin.read()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
 
 
 class Clock:
@@ -93,26 +131,27 @@ def provider(url: str, name: str, **limits: Any) -> providers.Provider:
                             "limits": {**FAST, **limits}})
 
 
-def overhead(server: LlmServer, loader: Loader, n: int) -> dict[str, Any]:
-    url = server.url + "/v1/chat/completions"
+def overhead(server_url: str, loader: Loader, n: int) -> dict[str, Any]:
+    url = server_url + "/v1/chat/completions"
     body = {"model": "bench", "messages": MESSAGES, "stream": False}
-    with httpx.Client() as bare:
-        def bare_call() -> None:
-            r = bare.post(url, json=body)
-            assert r.json()["choices"][0]["message"]["content"]
-        out = {"bare": timed(n, bare_call)}
+    bare = httpx.Client()
+
+    def bare_call() -> None:
+        r = bare.post(url, json=body)
+        assert r.json()["choices"][0]["message"]["content"]
     client = LlmClient(lambda t, c: None)
-    p = provider(server.url, "bench")
+    p = provider(server_url, "bench")
 
     def client_call() -> None:
         assert client.call(p, "acme", "chat", MESSAGES).ok
-    out["client"] = timed(n, client_call)
-    client.close()
 
     def kernel_call() -> None:
         assert loader.boot(PROVIDER_EXEC, {"provider": "bench", "messages": MESSAGES},
                            user_id="bench", tenant_id="acme")["ok"]
-    out["logline"] = timed(n, kernel_call)
+    out: dict[str, Any] = interleaved(n, {"bare": bare_call, "client": client_call,
+                                          "logline": kernel_call})
+    bare.close()
+    client.close()
     llm_host = host.for_loader(loader)
     llm_host.flush()
 
@@ -196,15 +235,19 @@ def main(argv: list[str] | None = None) -> int:
         key, _ = keys.ensure_operator_key(home)
         with database.connect("kernel") as conn:
             seed.seed(conn, [row_dir()], key)
-        with LlmServer(keep=False) as model, Loader(database, home) as loader:
-            host.attach(loader, credentials=lambda t, c: None)
-            secret = keys.id_secret(home, key)
-            for p in (provider(model.url, "bench"), provider(model.url, "flaky",
-                                                             breaker_failures=5)):
-                admin.add(loader.conn, key, loader.root, secret, p)
-            model.keep = True
-            results["overhead"] = overhead(model, loader, args.calls)
-            results["breaker"] = breaker(model, loader, args.calls)
+        fast = ServerProcess()
+        try:
+            with LlmServer(keep=False) as model, Loader(database, home) as loader:
+                host.attach(loader, credentials=lambda t, c: None)
+                secret = keys.id_secret(home, key)
+                for p in (provider(fast.url, "bench"), provider(model.url, "flaky",
+                                                                breaker_failures=5)):
+                    admin.add(loader.conn, key, loader.root, secret, p)
+                model.keep = True
+                results["overhead"] = overhead(fast.url, loader, args.calls)
+                results["breaker"] = breaker(model, loader, args.calls)
+        finally:
+            fast.close()
     finally:
         try:
             with server_db.connect("admin", autocommit=True) as conn:
@@ -222,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(r: dict[str, Any]) -> None:
     o, b = r["overhead"], r["breaker"]
-    print("| path | p50 ms | p99 ms | calls/s |\n| --- | ---: | ---: | ---: |")
+    print("| path | p50 ms | p99 ms | calls/s | CPU ms/call (this process) |\n"
+          "| --- | ---: | ---: | ---: | ---: |")
     for label, key in (("bare httpx (floor)", "bare"), ("LlmClient (no ledger)", "client"),
                        ("LogLine: boot provider_exec, span recorded", "logline"),
                        ("the same, waiting for each record's commit (flush per call)",
@@ -230,7 +274,8 @@ def report(r: dict[str, Any]) -> None:
                        ("for scale: SELECT 1 (one round trip)", "select1"),
                        ("for scale: store.append of one span (autocommit)", "append")):
         m = o[key]
-        print(f"| {label} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['per_s']:,.0f} |")
+        print(f"| {label} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['per_s']:,.0f} | "
+              f"{m['cpu_ms']:.3f} |")
     print(f"\noverhead p50: LogLine {o['overhead_p50_ms']:.3f} ms (goal < 2 ms), client alone "
           f"{o['client_overhead_p50_ms']:.3f} ms; LogLine {o['logline']['per_s']:,.0f} calls/s "
           "through one worker (goal >= 500)")

@@ -370,5 +370,11 @@ def head(conn: Connection, span_id: str) -> dict[str, Any] | None:
     return span_from_row(row) if row else None
 
 
+def heads(conn: Connection, span_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The latest versions of several spans, by id, in one round trip (absent ids left out)."""
+    return {str(r["id"]): span_from_row(r)
+            for r in conn.execute(q("heads_of"), {"ids": list(span_ids)})}
+
+
 def versions(conn: Connection, span_id: str) -> list[dict[str, Any]]:
     return [span_from_row(r) for r in conn.execute(q("all_versions"), {"id": span_id})]

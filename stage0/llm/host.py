@@ -35,7 +35,7 @@ from stage0.ledger import provider_rows, records
 from stage0.ledger.db import Connection
 from stage0.llm import providers
 from stage0.llm.client import CallResult, CredentialSource, LlmClient
-from stage0.llm.egress import Resolver, resolve
+from stage0.llm.egress import CachedResolver, Resolver, resolve
 from stage0.llm.hardening import BreakerChange
 from stage0.llm.recorder import Recorder
 from stage0.log import log
@@ -105,7 +105,7 @@ class LlmHost:
 
     def __init__(self, connect: Callable[[], Connection], key: SigningKey, root: str,
                  credentials: CredentialSource, worker: str = "stage0",
-                 resolver: Resolver = resolve, verify: bool | ssl.SSLContext = True, *,
+                 resolver: Resolver | None = None, verify: bool | ssl.SSLContext = True, *,
                  platform_keys: Callable[[], frozenset[str]] | None = None,
                  recorder: dict[str, Any] | None = None, **client: Any) -> None:
         self.key, self.root, self.worker = key, root, worker
@@ -115,7 +115,8 @@ class LlmHost:
         self._local = threading.local()
         self._parsed: dict[str, providers.Provider] = {}
         self.recorder = Recorder(connect, key, name=worker, **(recorder or {}))
-        self.client = LlmClient(credentials, usage=self._usage, resolver=resolver,
+        self.client = LlmClient(credentials, usage=self._usage,
+                                resolver=resolver or CachedResolver(resolve),
                                 on_breaker=self._breaker_changed, verify=verify, **client)
         self._closed = False
 
