@@ -441,6 +441,11 @@ AREAS: tuple[Area, ...] = (
         R("PROVIDER_REJECTED", None, "another 4xx: the provider refused the request"),
         R("PROVIDER_CANCELLED", None, "the caller went away (the call was stopped, its "
           "connection shut)"),
+        R("RECORDER_FLUSH_FAILED", None, "provider records are still queued after the wait "
+          "(the database refused or was unreachable; they stay queued and are retried, and "
+          "the log says why: provider_records_flush_failed)", "bring the database back; "
+          "nothing is dropped while the process lives"),
+        R("RECORDER_CLOSED", None, "a provider call was recorded after its host was closed"),
     ), before="A failed call does not raise in the kernel: `ctx.llm` answers `ok: false` with "
               "the code in `error`, and the `provider_execution` span records it."),
     Area("apikeys", "API keys and the CLI's client", (
