@@ -47,14 +47,27 @@ def tokens_today(conn: Connection, tenant: str, provider: str) -> tuple[int, str
     return int(row["n"]), row["utc_day"]
 
 
-def execution_stats(conn: Connection, keys: Iterable[str], bounds_ms: list[int]
-                    ) -> list[dict[str, Any]]:
-    """Rows of (provider, outcome, bucket, calls, tokens_in, tokens_out, ms): bucket i counts
-    durations in [bounds_ms[i-1], bounds_ms[i]) (0: below the first, len: at or above the
-    last)."""
-    return list(conn.execute(q("provider_execution_stats"),
-                             {"keys": sorted(keys), "bounds": bounds_ms}).fetchall())
+def tip(conn: Connection) -> int:
+    """The position of the ledger's last row (0 when empty): every row at or below it is
+    committed (appends are serialised by the append lock and the tip moves at commit)."""
+    row = conn.execute(q("chain_tip")).fetchone()
+    return int(row["position"]) if row and row["position"] is not None else 0
 
 
-def breaker_states(conn: Connection, keys: Iterable[str]) -> list[dict[str, Any]]:
-    return list(conn.execute(q("provider_breaker_states"), {"keys": sorted(keys)}).fetchall())
+def execution_stats(conn: Connection, keys: Iterable[str], bounds_ms: list[int],
+                    after: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
+    """Rows of (provider, outcome, bucket, calls, tokens_in, tokens_out, ms) of the records
+    at positions in (after, upto]: bucket i counts durations in [bounds_ms[i-1],
+    bounds_ms[i]) (0: below the first, len: at or above the last)."""
+    return list(conn.execute(q("provider_execution_stats"), {
+        "keys": sorted(keys), "bounds": bounds_ms, "after": after,
+        "upto": tip(conn) if upto is None else upto}).fetchall())
+
+
+def breaker_states(conn: Connection, keys: Iterable[str], after: int = 0,
+                   upto: int | None = None) -> list[dict[str, Any]]:
+    """The last breaker state each (provider, worker) recorded at positions in (after,
+    upto]."""
+    return list(conn.execute(q("provider_breaker_states"), {
+        "keys": sorted(keys), "after": after,
+        "upto": tip(conn) if upto is None else upto}).fetchall())

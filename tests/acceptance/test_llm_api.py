@@ -118,6 +118,16 @@ def test_metrics_show_calls_tokens_latency_breaker_and_budget(api, operator, ada
     assert 'logline_provider_budget_refusals_total{provider="broke"} 1.0' in text
     assert 'logline_provider_breaker_state{provider="fragile",worker="api"} 2.0' in text
     assert "Reply with the single word" not in text
+    # the next scrape adds what was appended since the last one (the totals are kept)
+    assert ada.post("/api/admin/providers/metered/test", json={}).json()["ok"]
+    text = api.scrape().text
+    assert 'logline_provider_calls_total{outcome="ok",provider="metered"} 2.0' in text
+    assert 'logline_provider_tokens_total{direction="out",provider="metered"} 14.0' in text
+    assert 'logline_provider_calls_total{outcome="PROVIDER_UNAVAILABLE",provider="fragile"} ' \
+        '1.0' in text
+    assert 'logline_provider_breaker_state{provider="fragile",worker="api"} 2.0' in text
+    assert 'logline_provider_calls_total{outcome="ok",provider="metered"} 2.0' in \
+        api.scrape().text  # a scrape with nothing new adds nothing
 
 
 def test_a_misspelt_field_is_refused_not_dropped(operator, model_server):

@@ -40,20 +40,25 @@ FROM (SELECT {columns}, position FROM ledger.latest_spans
 
 -- name: provider_execution_stats
 -- For /metrics: calls, tokens and latency per provider, outcome and latency bucket
--- (width_bucket over the bounds given, in ms), the platform's records only.
+-- (width_bucket over the bounds given, in ms), the platform's records only, of the rows
+-- appended after position `after` up to `upto` (the chain's tip when the scrape began: a
+-- range of the ur_position index, so a scrape reads what was appended since the last one).
 SELECT "this" AS provider, coalesce(metadata->>'outcome', '') AS outcome,
        width_bucket(coalesce(duration_ms, 0), %(bounds)s::int[]) AS bucket, count(*) AS calls,
        coalesce(sum((metadata->>'tokens_in')::bigint), 0)::bigint AS tokens_in,
        coalesce(sum((metadata->>'tokens_out')::bigint), 0)::bigint AS tokens_out,
        coalesce(sum(duration_ms), 0)::bigint AS ms
 FROM ledger.universal_registry
-WHERE entity_type = 'provider_execution' AND public_key = ANY(%(keys)s)
+WHERE position > %(after)s AND position <= %(upto)s
+  AND entity_type = 'provider_execution' AND public_key = ANY(%(keys)s)
 GROUP BY 1, 2, 3
 
 -- name: provider_breaker_states
--- The last breaker change each provider's workers recorded.
+-- The last breaker change each provider's workers recorded among the rows appended after
+-- position `after` up to `upto` (as provider_execution_stats).
 SELECT DISTINCT ON ("this", metadata->>'worker') "this" AS provider,
        metadata->>'worker' AS worker, status AS state
 FROM ledger.universal_registry
-WHERE entity_type = 'provider_breaker' AND public_key = ANY(%(keys)s)
+WHERE position > %(after)s AND position <= %(upto)s
+  AND entity_type = 'provider_breaker' AND public_key = ANY(%(keys)s)
 ORDER BY "this", metadata->>'worker', position DESC
