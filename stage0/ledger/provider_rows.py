@@ -28,15 +28,28 @@ def listed(conn: Connection, keys: Iterable[str], tenant: str | None = None
 
 
 def for_call(conn: Connection, name: str, tenant: str, keys: Iterable[str]
-             ) -> tuple[dict[str, Any], int, str] | None:
+             ) -> tuple[dict[str, Any], int, str, bool] | None:
     """What one call needs, in one round trip: the provider span (as find()), the tokens
-    `tenant` used with it since 00:00 UTC, and that UTC day ("YYYY-MM-DD"); None when there
-    is no such provider."""
+    `tenant` used with it since 00:00 UTC, that UTC day ("YYYY-MM-DD"), and whether the
+    tenant keeps transcripts; None when there is no such provider."""
     row = conn.execute(q("provider_for_call"), {"name": name, "tenant": tenant,
                                                 "keys": sorted(keys)}).fetchone()
     if row is None:
         return None
-    return store.span_from_row(row), int(row["tokens_today"]), row["utc_day"]
+    return (store.span_from_row(row), int(row["tokens_today"]), row["utc_day"],
+            bool(row["keep_transcripts"]))
+
+
+def transcripts_on(conn: Connection, tenant: str, keys: Iterable[str]) -> bool:
+    row = one(conn.execute(q("transcripts_on"), {"tenant": tenant, "keys": sorted(keys)}))
+    return bool(row["keep"])
+
+
+def transcript_of(conn: Connection, execution_id: str, tenant: str, keys: Iterable[str]
+                  ) -> dict[str, Any] | None:
+    row = conn.execute(q("transcript_of"), {"execution_id": execution_id, "tenant": tenant,
+                                            "keys": sorted(keys)}).fetchone()
+    return store.span_from_row(row) if row else None
 
 
 def tokens_today(conn: Connection, tenant: str, provider: str) -> tuple[int, str]:

@@ -33,13 +33,15 @@ from stage0.config import Home
 from stage0.errors import LoglineError
 from stage0.ledger import provider_rows, records
 from stage0.ledger.db import Connection
-from stage0.llm import providers
+from stage0.llm import providers, transcripts
 from stage0.llm.client import CallResult, CredentialSource, LlmClient
 from stage0.llm.egress import CachedResolver, Resolver, resolve
 from stage0.llm.hardening import BreakerChange
 from stage0.llm.recorder import Recorder
 from stage0.log import log
 from stage0.spans.canonical import now_at
+from stage0.vault.credentials import HomeOrMaster
+from stage0.vault.tenant_keys import DataKeys
 
 if TYPE_CHECKING:
     from stage0.boot.loader import Loader
@@ -107,8 +109,12 @@ class LlmHost:
                  credentials: CredentialSource, worker: str = "stage0",
                  resolver: Resolver | None = None, verify: bool | ssl.SSLContext = True, *,
                  platform_keys: Callable[[], frozenset[str]] | None = None,
-                 recorder: dict[str, Any] | None = None, **client: Any) -> None:
+                 recorder: dict[str, Any] | None = None, master: HomeOrMaster | None = None,
+                 id_secret: bytes | None = None, **client: Any) -> None:
         self.key, self.root, self.worker = key, root, worker
+        #: The master key (or the home holding it) that seals the transcripts of tenants
+        #: that keep them; None: such a tenant's calls are refused (MASTER_KEY_MISSING).
+        self.master, self.id_secret = master, id_secret
         self.conn = connect()
         self._platform_keys = platform_keys
         self._lock = threading.Lock()
@@ -153,7 +159,10 @@ class LlmHost:
             used, day = provider_rows.tokens_today(self.conn, tenant, provider)
         return used + pending.get(day, 0)
 
-    def provider(self, name: Any, tenant: str) -> tuple[dict[str, Any], providers.Provider]:
+    def provider(self, name: Any, tenant: str
+                 ) -> tuple[dict[str, Any], providers.Provider, bool]:
+        """The provider row `tenant` means by `name`, parsed, and whether the tenant keeps
+        transcripts."""
         if not isinstance(name, str) or not re.fullmatch(providers.NAME_PATTERN[1:-1], name):
             raise LoglineError("PROVIDER_NOT_FOUND", "a provider's name is 1-63 lowercase "
                                "letters, digits, '.', '_' or '-'")
@@ -166,7 +175,7 @@ class LlmHost:
         if found is None:
             raise LoglineError("PROVIDER_NOT_FOUND", f"no provider {name!r} for tenant "
                                f"{tenant} (`logline provider list`)")
-        span, used, day = found
+        span, used, day, keep = found
         self._local.usage = ((tenant, name), used + pending.get(day, 0))
         parsed = self._parsed.get(span["curr_hash"])
         if parsed is None:
@@ -174,7 +183,7 @@ class LlmHost:
             if len(self._parsed) > 256:
                 self._parsed.clear()
             self._parsed[span["curr_hash"]] = parsed
-        return span, parsed
+        return span, parsed, keep
 
     # --- one call ------------------------------------------------------------------------
     def call(self, name: Any, tenant: str, user: str, trace_id: str | None, operation: str,
@@ -185,20 +194,38 @@ class LlmHost:
         the record is in the ledger (a one-off test); otherwise within the recorder's
         interval."""
         span: dict[str, Any] | None = None
+        sealing: DataKeys | None = None
         self._local.usage = None
         try:
-            span, provider = self.provider(name, tenant)
+            span, provider, keep = self.provider(name, tenant)
+            if keep:  # fail closed: a transcript that could not be sealed is no call
+                sealing = self._data_keys(tenant)
         except LoglineError as exc:
             shown = name if isinstance(name, str) and len(name) <= 63 else "(invalid name)"
-            result = CallResult(shown, "", operation, tenant, exc.code, exc.message)
+            result = CallResult(shown if span is None else span["name"], "", operation,
+                                tenant, exc.code, exc.message)
         else:
             result = self.client.call(provider, tenant, operation, payload, params, cancel)
         finally:
             self._local.usage = None
         record = self._record(result, span, user, trace_id, payload, caller)
+        if sealing is not None and status_of(result.outcome) != "denied":
+            answer = result.answer if result.ok else None
+            output = None if answer is None else \
+                answer.text if answer.embeddings is None else answer.embeddings
+            self.recorder.add(transcripts.draft(sealing, tenant, record["id"], record["at"],
+                                                payload, output))
         if durable:
             self.flush()
         return self._answer(result, record["id"])
+
+    def _data_keys(self, tenant: str) -> DataKeys:
+        if self.master is None:
+            raise LoglineError("MASTER_KEY_MISSING", f"tenant {tenant} keeps transcripts and "
+                               "this process has no master key to seal them")
+        with self._lock:
+            return transcripts.data_keys(self.conn, self.key, self.master, tenant,
+                                         self.id_secret, self.root)
 
     @staticmethod
     def _answer(result: CallResult, execution_id: str) -> dict[str, Any]:
@@ -270,16 +297,25 @@ def attach(loader: Loader, **kw: Any) -> LlmHost:
         if old is not None:
             old.close()
         given = kw.pop("credentials", None)
+        kw.setdefault("master", loader.home)
         host = LlmHost(lambda: loader.database.connect("kernel", autocommit=True),
                        loader.key, loader.root, worker=loader.worker_id,
                        platform_keys=loader.platform_keys,
                        credentials=given or no_credentials, **kw)
+        host.id_secret = host.id_secret or _id_secret(loader)
         if given is None:
             host.client.credentials = credential_source(host.conn, loader.home)
         _HOSTS[loader] = host
         loader.on_close(lambda: detach(loader))
         weakref.finalize(loader, host.close)  # a loader dropped without close()
         return host
+
+
+def _id_secret(loader: Loader) -> bytes | None:
+    try:
+        return loader.id_secret
+    except LoglineError:  # a home without one: the data key is derived as the vault does
+        return None
 
 
 def detach(loader: Loader) -> None:

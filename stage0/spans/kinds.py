@@ -37,6 +37,8 @@ PLATFORM_KINDS: frozenset[str] = frozenset({
     "secret", "tenant_key",
     # LLM providers (stage0/llm): the rows stage 0 calls, its calls, its breaker changes
     "provider", "provider_execution", "provider_breaker",
+    # opt-in transcripts (stage0/llm/transcripts.py): a tenant's setting, the sealed text
+    "tenant_setting", "provider_transcript",
 })
 
 #: Kinds no policy may emit, whoever wrote it: code, trust, scheduling and the records
@@ -47,6 +49,8 @@ NEVER_EMITTED: frozenset[str] = frozenset({
     "contract_activation", "gate_decision", "proposal", "approval_request", "approval",
     "job", "job_claim", "job_result", "audit_denial", "audit_summary", "secret", "tenant_key",
     "provider", "provider_execution", "provider_breaker",
+    # opt-in transcripts (stage0/llm/transcripts.py): a tenant's setting, the sealed text
+    "tenant_setting", "provider_transcript",
 })
 
 

@@ -27,12 +27,17 @@ SELECT coalesce((SELECT c.tokens FROM ledger.provider_token_counts c
 
 -- name: provider_for_call
 -- One call's look-up in one round trip: the provider row provider_by_name finds, the
--- tokens the tenant used with it today (provider_tokens_today) and that UTC day.
+-- tokens the tenant used with it today (provider_tokens_today), that UTC day, and whether
+-- the tenant keeps transcripts (transcripts_on).
 SELECT p.*,
        coalesce((SELECT c.tokens FROM ledger.provider_token_counts c
                  WHERE c.tenant_id = %(tenant)s AND c.provider = %(name)s
                    AND c.day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint AS tokens_today,
-       to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS utc_day
+       to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS utc_day,
+       coalesce((SELECT s.status = 'active' FROM ledger.latest_spans s
+                 WHERE s.entity_type = 'tenant_setting' AND s.tenant_id = %(tenant)s
+                   AND s.name = 'llm_transcripts' AND s.public_key = ANY(%(keys)s)
+                 ORDER BY s.position DESC LIMIT 1), false) AS keep_transcripts
 FROM (SELECT {columns}, position FROM ledger.latest_spans
       WHERE entity_type = 'provider' AND name = %(name)s
         AND tenant_id IN (%(tenant)s, 'system') AND public_key = ANY(%(keys)s)
@@ -62,3 +67,18 @@ FROM ledger.universal_registry
 WHERE position > %(after)s AND position <= %(upto)s
   AND entity_type = 'provider_breaker' AND public_key = ANY(%(keys)s)
 ORDER BY "this", metadata->>'worker', position DESC
+
+-- name: transcripts_on
+-- Whether a tenant keeps its calls' transcripts (stage0/llm/transcripts.py): its latest
+-- platform-signed `tenant_setting` llm_transcripts is active.
+SELECT coalesce((SELECT s.status = 'active' FROM ledger.latest_spans s
+                 WHERE s.entity_type = 'tenant_setting' AND s.tenant_id = %(tenant)s
+                   AND s.name = 'llm_transcripts' AND s.public_key = ANY(%(keys)s)
+                 ORDER BY s.position DESC LIMIT 1), false) AS keep
+
+-- name: transcript_of
+-- The sealed transcript of one call of a tenant (platform-signed).
+SELECT {columns}, position FROM ledger.latest_spans
+WHERE entity_type = 'provider_transcript' AND parent_id = %(execution_id)s::uuid
+  AND tenant_id = %(tenant)s AND public_key = ANY(%(keys)s)
+ORDER BY position DESC LIMIT 1
