@@ -14,7 +14,8 @@ nothing is dropped to make room:
   in the same order; the records stay queued meanwhile;
 - `flush()` returns once everything queued before it is committed (or raises after its
   timeout); `close()` flushes and stops the thread (`Loader.close()`, the end of `logline
-  boot` and of `logline worker`).
+  boot` and of `logline worker`); what it cannot commit within 10 s (the database is gone)
+  is logged as `provider_records_lost`, with the ids.
 
 Durability window: a record is in the ledger at most `interval_s` plus one commit after its
 call ended. A process that dies in between (SIGKILL, power loss) loses the records still
@@ -143,14 +144,18 @@ class Recorder:
                     continue
                 self._cond.wait(left if left is not None else 1.0)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Flush what is queued, then stop. A record that still cannot be committed after
-        `timeout` is reported (log and RECORDER_FLUSH_FAILED), never silently dropped."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush what is queued, then stop. Records that still cannot be committed after
+        `timeout` (the database is gone) are reported, never silently dropped: the log line
+        `provider_records_lost` names how many and their ids (close never raises: it runs
+        while a process stops, or a worker reconnects after losing its database)."""
         with self._cond:
             if self._closing and self._thread is None and not self._queue:
                 return
         try:
             self.flush(timeout)
+        except LoglineError:
+            pass  # said below, with the ids
         finally:
             with self._cond:
                 self._closing = True
@@ -160,10 +165,10 @@ class Recorder:
                 thread.join(timeout=5)
             with self._cond:
                 self._thread = None
-                left = len(self._queue)
+                left = [entry[0].get("id") for entry in self._queue]
             if left:
-                log("provider_records_lost", records=left, failing=self._failing,
-                    worker=self.name)
+                log("provider_records_lost", records=len(left), ids=left[:100],
+                    failing=self._failing, worker=self.name)
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

@@ -146,3 +146,22 @@ def test_a_full_queue_holds_the_caller_back_until_a_flush_makes_room(seeded, hom
     recorder.close()
     assert recorder.queued == 0
     assert recorder.pending_tokens(("acme", "local", "2026-01-01")) == 0
+
+
+def test_closing_while_the_database_is_gone_says_which_records_are_lost(seeded, home,
+                                                                       model_server, capfd):
+    """A worker that lost its database closes its loader before reconnecting: the close
+    does not raise (nor hang past its timeout), and names the records it could not keep."""
+    with Loader(seeded, home) as ld:
+        llm = host.attach(ld, credentials=lambda t, n: None)
+        add(ld, model_server)
+
+        def gone():
+            raise LoglineError("DB_UNAVAILABLE", "the database is down (test)")
+        llm.recorder._connect = gone
+        if llm.recorder._conn is not None:
+            llm.recorder._conn.close()
+        lost = run(ld)["execution_id"]
+        llm.recorder.close(timeout=0.3)
+    err = capfd.readouterr().err
+    assert "provider_records_lost" in err and lost in err
