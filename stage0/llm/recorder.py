@@ -72,6 +72,7 @@ class Recorder:
         self._queued = 0     # records ever queued
         self._committed = 0  # records ever committed (in queue order)
         self._closing = False
+        self._urgent = False  # flush()/close()/a full queue: do not wait for the interval
         self._failing: str | None = None  # the last flush's failure code, while it lasts
         self._thread: threading.Thread | None = None
 
@@ -92,6 +93,7 @@ class Recorder:
                     stalled = True
                     log("provider_records_backlog", queued=len(self._queue),
                         failing=self._failing, worker=self.name)
+                self._urgent = True
                 self._cond.notify_all()
                 self._cond.wait(0.5)
             self._queue.append([span, None, budget, tokens])
@@ -102,8 +104,8 @@ class Recorder:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name=f"llm-recorder-{self.name}")
                 self._thread.start()
-            if len(self._queue) >= self.batch:
-                self._cond.notify_all()
+            if len(self._queue) == 1 or len(self._queue) >= self.batch:
+                self._cond.notify_all()  # the thread sleeps while nothing is queued
         return span
 
     def pending_tokens(self, budget: BudgetKey) -> int:
@@ -130,6 +132,7 @@ class Recorder:
             target = self._queued
             if self._committed >= target:
                 return
+            self._urgent = True
             self._cond.notify_all()
             deadline = None if timeout is None else time.monotonic() + timeout
             while self._committed < target:
@@ -159,6 +162,7 @@ class Recorder:
         finally:
             with self._cond:
                 self._closing = True
+                self._urgent = True
                 self._cond.notify_all()
                 thread = self._thread
             if thread is not None:
@@ -178,20 +182,21 @@ class Recorder:
         pause = 0.0
         while True:
             with self._cond:
-                if not self._queue and self._closing:
-                    return
-                # wait for a full batch, the interval, a flush() or close()
-                if len(self._queue) < self.batch and not self._closing:
-                    self._cond.wait(self.interval_s + pause)
+                while not self._queue and not self._closing:
+                    self._cond.wait()  # nothing to do: asleep until a record comes
                 if not self._queue:
-                    continue
+                    return  # closing, and everything is committed
+                if not (self._urgent or self._closing or len(self._queue) >= self.batch):
+                    self._cond.wait(self.interval_s)  # gather a batch (or until asked)
+                self._urgent = False
             if self._flush_once():
                 pause = 0.0
-            else:
-                pause = min(RETRY_MAX_S, max(0.05, pause * 2))
-                with self._cond:
-                    if self._closing:
-                        return  # close() reports what is left
+                continue
+            pause = min(RETRY_MAX_S, max(0.05, pause * 2))
+            with self._cond:
+                if self._closing:
+                    return  # close() reports what is left
+                self._cond.wait(pause)
 
     def _flush_here(self) -> None:
         if not self._flush_once():
