@@ -6,26 +6,29 @@ breaker sheds load, against the loopback model server of the tests
     python tools/bench_llm.py [--calls 2000] [--json FILE]
 
 Starts its own embedded PostgreSQL in a temporary directory (or uses LOGLINE_DATABASE_URL),
-creates a fresh database, migrates and seeds it, adds a provider row for the loopback server,
-then measures, each after a warm-up:
+creates a fresh database, migrates and seeds it, adds a provider row for the loopback server
+(run in a process of its own, as a real model server is: in this process its threads would
+take the GIL from the paths measured), then measures, each after a warm-up, taking turns in
+five rounds (so that a change of the machine's load weighs on every path alike):
 
 1. bare: `httpx.Client.post` of an OpenAI chat completion, JSON decoded (the floor);
 2. client: `stage0.llm.client.LlmClient.call` (egress check and pinned address, breaker,
    buckets, budget callback returning 0, timeouts, size cap, decoding): no ledger;
-3. LogLine: `Loader.boot(provider_exec)`: the manifest, the kernel (verified, cached), its
-   RestrictedPython `main`, `ctx.llm` -> the provider row read, the day's token usage read,
-   the call, and the `provider_execution` span signed and appended. One worker, sequential.
-   Then the same with the host's record connection set to `synchronous_commit = off` (a
-   variant to inform a decision: LogLine commits its records synchronously).
-   For scale, in the same run: a `SELECT 1` round trip and one `store.append` of a span of
-   the same size in its own transaction (what recording alone costs).
+3. LogLine: `Loader.boot(provider_exec)`: the manifest's and the kernel's heads (one query),
+   its RestrictedPython `main`, `ctx.llm` -> the provider row with the day's token count (one
+   query), the call, and the `provider_execution` span queued to the host's recorder (signed
+   and appended in batches by its thread). One worker, sequential.
+   Then the same waiting for each record's commit before the next call (what a durable
+   record per call costs). For scale, in the same run: a `SELECT 1` round trip and one
+   `store.append` of a span of the same size in its own transaction.
 4. breaker: with the server answering 500, the calls until the breaker opens (its threshold),
    then the time an open breaker takes to refuse a call (client, and the whole kernel path
    with its `denied` record); then the server recovers, the breaker's open time is skipped
    on its clock, and the calls until traffic flows again (the half-open probe).
 
-Latency is per call, p50 and p99; calls/s is sequential through one process. A benchmark
-never fails: it reports. docs/benchmarks.md ("LLM providers") holds a recorded run.
+Latency is per call, p50 and p99; calls/s is sequential through one process; CPU is this
+process's (all its threads, the recorder's included) per call. A benchmark never fails: it
+reports. docs/benchmarks.md ("LLM providers") holds recorded runs.
 """
 
 from __future__ import annotations
