@@ -57,7 +57,7 @@ from helpers.llm_server import LlmServer  # noqa: E402
 from stage0 import keys  # noqa: E402
 from stage0.boot.loader import Loader  # noqa: E402
 from stage0.config import Home, row_dir  # noqa: E402
-from stage0.ledger import db, migrate, seed, store  # noqa: E402
+from stage0.ledger import db, manifest, migrate, provider_rows, seed, store  # noqa: E402
 from stage0.llm import admin, host, providers  # noqa: E402
 from stage0.llm.client import LlmClient  # noqa: E402
 
@@ -164,6 +164,10 @@ def overhead(server_url: str, loader: Loader, n: int) -> dict[str, Any]:
     out["logline_durable"] = timed(n, durable_call)
     conn = loader.database.connect("kernel", autocommit=True)
     out["select1"] = timed(n, lambda: conn.execute("SELECT 1").fetchone())
+    heads = [manifest.MANIFEST_ID, PROVIDER_EXEC]
+    out["heads"] = timed(n, lambda: store.heads(conn, heads))
+    keys = loader.platform_keys()
+    out["lookup"] = timed(n, lambda: provider_rows.for_call(conn, "bench", "acme", keys))
     span = {"entity_type": "bench_record", "who": "bench", "this": "bench", "owner_id": "b",
             "tenant_id": "acme", "metadata": {"tokens_in": 11, "tokens_out": 7}}
     out["append"] = timed(n, lambda: store.append(conn, [dict(span)], loader.key))
@@ -275,6 +279,9 @@ def report(r: dict[str, Any]) -> None:
                        ("the same, waiting for each record's commit (flush per call)",
                         "logline_durable"),
                        ("for scale: SELECT 1 (one round trip)", "select1"),
+                       ("the boot's query: manifest and kernel heads", "heads"),
+                       ("the call's query: provider row, tokens today, transcripts "
+                        "setting", "lookup"),
                        ("for scale: store.append of one span (autocommit)", "append")):
         m = o[key]
         print(f"| {label} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['per_s']:,.0f} | "
