@@ -2,10 +2,11 @@
 
 One signed append per call in its own transaction costs a commit (a WAL flush) per call, more
 than everything else LogLine adds to a model call. So the host hands each record to a
-Recorder, which fixes its id and time when the call ends and queues it; a thread of the
-recorder signs and appends what is queued, in one statement, every `interval_s` (5 ms) or as
-soon as `batch` (256) records wait, like OpenTelemetry's BatchSpanProcessor, except that
-nothing is dropped to make room:
+Recorder, which signs it at once (in the caller's thread: its id, time and signature are
+fixed when the call ends, and a record that could not be appended fails there, as an append
+did) and queues it; a thread of the recorder appends what is queued, in one statement,
+`interval_s` (5 ms) after the first record came or as soon as `batch` (256) records wait,
+like OpenTelemetry's BatchSpanProcessor, except that nothing is dropped to make room:
 
 - the queue is bounded (`max_queue`): a caller that finds it full waits until a flush makes
   room (back-pressure, logged once per stall) rather than losing a record;
@@ -22,11 +23,6 @@ call ended. A process that dies in between (SIGKILL, power loss) loses the recor
 queued: at most `max_queue`, in practice the last few ms of calls. Nothing else is lost or
 corrupted (each flush is one atomic statement; the chain re-checks every row).
 
-Records are signed by the recorder's thread, off the caller's path (the caller fixes the id
-and the time); a record that cannot be signed as it is (a bug: stage 0 builds them) is logged
-with its id and reason code (`provider_record_refused`) and left out of its batch, so that it
-cannot hold back the others.
-
 Tokens are counted while queued: `pending_tokens(tenant, provider, day)` is what this
 recorder holds for that budget day and has not committed yet. The budget check adds it to
 the ledger's count, reading it first: a flush committing in between is then counted twice
@@ -37,7 +33,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,7 +43,6 @@ from stage0.errors import LoglineError
 from stage0.ledger import store
 from stage0.ledger.db import Connection
 from stage0.log import log
-from stage0.spans.canonical import now_at
 
 #: (tenant_id, provider, UTC day "YYYY-MM-DD")
 BudgetKey = tuple[str, str, str]
@@ -65,8 +59,8 @@ class Recorder:
         self._connect, self.key, self.name = connect, key, name
         self.interval_s, self.batch, self.max_queue = interval_s, batch, max_queue
         self._conn: Connection | None = None
-        #: [draft, the span signed (once, by the thread), budget, tokens]
-        self._queue: deque[list[Any]] = deque()
+        #: (the span, signed; budget; tokens)
+        self._queue: deque[tuple[dict[str, Any], BudgetKey | None, int]] = deque()
         self._tokens: dict[BudgetKey, int] = defaultdict(int)
         self._cond = threading.Condition()
         self._queued = 0     # records ever queued
@@ -79,10 +73,9 @@ class Recorder:
     # --- the callers' side ----------------------------------------------------------------
     def add(self, draft: Mapping[str, Any], budget: BudgetKey | None = None,
             tokens: int = 0) -> dict[str, Any]:
-        """Queue `draft` as a new span (its id and time set here unless given); the draft
-        as queued. `tokens` count against `budget` until the span is committed."""
-        span = {**draft, "id": draft.get("id") or str(uuid.uuid4()),
-                "at": draft.get("at") or now_at()}
+        """Sign `draft` as a new span (seq 0) and queue it; the span as it will be stored.
+        `tokens` count against `budget` until the span is committed."""
+        span = store.prepare(draft, {}, self.key, None)
         stalled = False
         with self._cond:
             if self._closing:
@@ -96,7 +89,7 @@ class Recorder:
                 self._urgent = True
                 self._cond.notify_all()
                 self._cond.wait(0.5)
-            self._queue.append([span, None, budget, tokens])
+            self._queue.append((span, budget, tokens))
             self._queued += 1
             if budget is not None and tokens:
                 self._tokens[budget] += tokens
@@ -169,7 +162,7 @@ class Recorder:
                 thread.join(timeout=5)
             with self._cond:
                 self._thread = None
-                left = [entry[0].get("id") for entry in self._queue]
+                left = [span["id"] for span, _, _ in self._queue]
             if left:
                 log("provider_records_lost", records=len(left), ids=left[:100],
                     failing=self._failing, worker=self.name)
@@ -209,23 +202,10 @@ class Recorder:
             batch = [self._queue[i] for i in range(min(self.batch, len(self._queue)))]
         if not batch:
             return True
-        spans = []
-        for entry in batch:
-            if entry[1] is None:
-                try:
-                    entry[1] = store.prepare(entry[0], {}, self.key, None)
-                except LoglineError as exc:
-                    entry[1] = False
-                    log("provider_record_refused", id=entry[0].get("id"),
-                        entity_type=entry[0].get("entity_type"), code=exc.code,
-                        where=exc.where, worker=self.name)
-            if entry[1] is not False:
-                spans.append(entry[1])
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
-            if spans:
-                store.insert(self._conn, spans)
+            store.insert(self._conn, [span for span, _, _ in batch])
         except Exception as exc:  # noqa: BLE001 - any failure is logged and retried
             code = exc.code if isinstance(exc, LoglineError) else type(exc).__name__
             with self._cond:
@@ -238,7 +218,7 @@ class Recorder:
             return False
         with self._cond:
             for _ in batch:
-                _, _, budget, tokens = self._queue.popleft()
+                _, budget, tokens = self._queue.popleft()
                 if budget is not None and tokens:
                     left = self._tokens[budget] - tokens
                     if left > 0:
