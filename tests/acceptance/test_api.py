@@ -60,6 +60,9 @@ PROTECTED = [
     ("GET", "/api/admin/providers"), ("GET", "/api/admin/providers/{name}"),
     ("POST", "/api/admin/providers"), ("POST", "/api/admin/providers/{name}/enable"),
     ("POST", "/api/admin/providers/{name}/disable"), ("POST", "/api/admin/providers/{name}/test"),
+    # opt-in LLM transcripts (tests/acceptance/test_llm_api.py)
+    ("GET", "/api/admin/llm-transcripts"), ("POST", "/api/admin/llm-transcripts"),
+    ("GET", "/api/admin/llm-transcripts/{execution_id}"),
 ]
 PUBLIC = [("GET", "/healthz")]
 
