@@ -28,20 +28,23 @@ SELECT coalesce((SELECT c.tokens FROM ledger.provider_token_counts c
 -- name: provider_for_call
 -- One call's look-up in one round trip: the provider row provider_by_name finds, the
 -- tokens the tenant used with it today (provider_tokens_today), that UTC day, and whether
--- the tenant keeps transcripts (transcripts_on).
+-- the tenant keeps transcripts (transcripts_on). Every part starts from an index of the
+-- heads by kind (or the counter's key): its cost does not grow with the tenant's calls.
 SELECT p.*,
        coalesce((SELECT c.tokens FROM ledger.provider_token_counts c
                  WHERE c.tenant_id = %(tenant)s AND c.provider = %(name)s
                    AND c.day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint AS tokens_today,
        to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS utc_day,
-       coalesce((SELECT s.status = 'active' FROM ledger.latest_spans s
-                 WHERE s.entity_type = 'tenant_setting' AND s.tenant_id = %(tenant)s
+       coalesce((SELECT h.status = 'active' FROM ledger.span_heads h
+                 JOIN ledger.universal_registry s ON s.id = h.id AND s.seq = h.seq
+                 WHERE h.tenant_id = %(tenant)s AND h.entity_type = 'tenant_setting'
                    AND s.name = 'llm_transcripts' AND s.public_key = ANY(%(keys)s)
-                 ORDER BY s.position DESC LIMIT 1), false) AS keep_transcripts
-FROM (SELECT {columns}, position FROM ledger.latest_spans
-      WHERE entity_type = 'provider' AND name = %(name)s
-        AND tenant_id IN (%(tenant)s, 'system') AND public_key = ANY(%(keys)s)
-      ORDER BY (tenant_id = %(tenant)s) DESC, position DESC LIMIT 1) p
+                 ORDER BY h.position DESC LIMIT 1), false) AS keep_transcripts
+FROM (SELECT {columns:r}, r.position FROM ledger.span_heads h
+      JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+      WHERE h.entity_type = 'provider' AND h.tenant_id IN (%(tenant)s, 'system')
+        AND r.name = %(name)s AND r.public_key = ANY(%(keys)s)
+      ORDER BY (h.tenant_id = %(tenant)s) DESC, h.position DESC LIMIT 1) p
 
 -- name: provider_execution_stats
 -- For /metrics: calls, tokens and latency per provider, outcome and latency bucket
@@ -70,11 +73,13 @@ ORDER BY "this", metadata->>'worker', position DESC
 
 -- name: transcripts_on
 -- Whether a tenant keeps its calls' transcripts (stage0/llm/transcripts.py): its latest
--- platform-signed `tenant_setting` llm_transcripts is active.
-SELECT coalesce((SELECT s.status = 'active' FROM ledger.latest_spans s
-                 WHERE s.entity_type = 'tenant_setting' AND s.tenant_id = %(tenant)s
+-- platform-signed `tenant_setting` llm_transcripts is active. From the heads by tenant and
+-- kind (index sh_tenant_entity), never a walk over the tenant's rows.
+SELECT coalesce((SELECT h.status = 'active' FROM ledger.span_heads h
+                 JOIN ledger.universal_registry s ON s.id = h.id AND s.seq = h.seq
+                 WHERE h.tenant_id = %(tenant)s AND h.entity_type = 'tenant_setting'
                    AND s.name = 'llm_transcripts' AND s.public_key = ANY(%(keys)s)
-                 ORDER BY s.position DESC LIMIT 1), false) AS keep
+                 ORDER BY h.position DESC LIMIT 1), false) AS keep
 
 -- name: transcript_of
 -- The sealed transcript of one call of a tenant (platform-signed).
