@@ -5,10 +5,11 @@
 -- name: provider_by_name
 -- The provider row a tenant calls by name: its own first, else the platform-wide one
 -- (tenant system); only rows a platform key signed.
-SELECT {columns}, position FROM ledger.latest_spans
-WHERE entity_type = 'provider' AND name = %(name)s
-  AND tenant_id IN (%(tenant)s, 'system') AND public_key = ANY(%(keys)s)
-ORDER BY (tenant_id = %(tenant)s) DESC, position DESC LIMIT 1
+SELECT {columns:r}, r.position FROM ledger.span_heads h
+JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+WHERE h.entity_type = 'provider' AND h.tenant_id IN (%(tenant)s, 'system')
+  AND r.name = %(name)s AND r.public_key = ANY(%(keys)s)
+ORDER BY (h.tenant_id = %(tenant)s) DESC, h.position DESC LIMIT 1
 
 -- name: providers_list
 -- Every platform-signed provider row (or those a tenant may call: its own and the system's).
