@@ -441,6 +441,16 @@ AREAS: tuple[Area, ...] = (
         R("PROVIDER_REJECTED", None, "another 4xx: the provider refused the request"),
         R("PROVIDER_CANCELLED", None, "the caller went away (the call was stopped, its "
           "connection shut)"),
+        R("RECORDER_FLUSH_FAILED", None, "provider records are still queued after the wait "
+          "(the database refused or was unreachable; they stay queued and are retried, and "
+          "the log says why: provider_records_flush_failed)", "bring the database back; "
+          "nothing is dropped while the process lives"),
+        R("RECORDER_CLOSED", None, "a provider call was recorded after its host was closed"),
+        R("TRANSCRIPT_NOT_FOUND", 404, "the tenant kept no transcript of that call (it had not "
+          "opted in then, the id is not one of its calls, or it is another tenant's)",
+          "`logline provider transcripts on --tenant T` keeps those of later calls"),
+        R("TRANSCRIPT_INVALID", 422, "a transcripts setting or read names no tenant (or "
+          "`system`), or `keep` is not true or false"),
     ), before="A failed call does not raise in the kernel: `ctx.llm` answers `ok: false` with "
               "the code in `error`, and the `provider_execution` span records it."),
     Area("apikeys", "API keys and the CLI's client", (

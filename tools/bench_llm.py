@@ -6,26 +6,29 @@ breaker sheds load, against the loopback model server of the tests
     python tools/bench_llm.py [--calls 2000] [--json FILE]
 
 Starts its own embedded PostgreSQL in a temporary directory (or uses LOGLINE_DATABASE_URL),
-creates a fresh database, migrates and seeds it, adds a provider row for the loopback server,
-then measures, each after a warm-up:
+creates a fresh database, migrates and seeds it, adds a provider row for the loopback server
+(run in a process of its own, as a real model server is: in this process its threads would
+take the GIL from the paths measured), then measures, each after a warm-up, taking turns in
+five rounds (so that a change of the machine's load weighs on every path alike):
 
 1. bare: `httpx.Client.post` of an OpenAI chat completion, JSON decoded (the floor);
 2. client: `stage0.llm.client.LlmClient.call` (egress check and pinned address, breaker,
    buckets, budget callback returning 0, timeouts, size cap, decoding): no ledger;
-3. LogLine: `Loader.boot(provider_exec)`: the manifest, the kernel (verified, cached), its
-   RestrictedPython `main`, `ctx.llm` -> the provider row read, the day's token usage read,
-   the call, and the `provider_execution` span signed and appended. One worker, sequential.
-   Then the same with the host's record connection set to `synchronous_commit = off` (a
-   variant to inform a decision: LogLine commits its records synchronously).
-   For scale, in the same run: a `SELECT 1` round trip and one `store.append` of a span of
-   the same size in its own transaction (what recording alone costs).
+3. LogLine: `Loader.boot(provider_exec)`: the manifest's and the kernel's heads (one query),
+   its RestrictedPython `main`, `ctx.llm` -> the provider row with the day's token count (one
+   query), the call, and the `provider_execution` span queued to the host's recorder (signed
+   and appended in batches by its thread). One worker, sequential.
+   Then the same waiting for each record's commit before the next call (what a durable
+   record per call costs). For scale, in the same run: a `SELECT 1` round trip and one
+   `store.append` of a span of the same size in its own transaction.
 4. breaker: with the server answering 500, the calls until the breaker opens (its threshold),
    then the time an open breaker takes to refuse a call (client, and the whole kernel path
    with its `denied` record); then the server recovers, the breaker's open time is skipped
    on its clock, and the calls until traffic flows again (the half-open probe).
 
-Latency is per call, p50 and p99; calls/s is sequential through one process. A benchmark
-never fails: it reports. docs/benchmarks.md ("LLM providers") holds a recorded run.
+Latency is per call, p50 and p99; calls/s is sequential through one process; CPU is this
+process's (all its threads, the recorder's included) per call. A benchmark never fails: it
+reports. docs/benchmarks.md ("LLM providers") holds recorded runs.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +57,7 @@ from helpers.llm_server import LlmServer  # noqa: E402
 from stage0 import keys  # noqa: E402
 from stage0.boot.loader import Loader  # noqa: E402
 from stage0.config import Home, row_dir  # noqa: E402
-from stage0.ledger import db, migrate, seed, store  # noqa: E402
+from stage0.ledger import db, manifest, migrate, provider_rows, seed, store  # noqa: E402
 from stage0.llm import admin, host, providers  # noqa: E402
 from stage0.llm.client import LlmClient  # noqa: E402
 
@@ -64,19 +68,56 @@ FAST = {"rps": 10_000, "burst": 10_000, "tenant_rps": 10_000, "tenant_burst": 10
 
 
 def timed(n: int, fn: Any) -> dict[str, float]:
-    for _ in range(min(200, n)):
-        fn()
-    samples = []
-    started = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    elapsed = time.perf_counter() - started
-    samples.sort()
-    return {"p50_ms": statistics.median(samples) * 1000,
-            "p99_ms": samples[int(len(samples) * 0.99) - 1] * 1000,
-            "per_s": n / elapsed, "n": n}
+    return interleaved(n, {"_": fn}, rounds=1)["_"]
+
+
+def interleaved(n: int, fns: dict[str, Any], rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Each fn n times after a warm-up, in `rounds` rounds taking turns, so that a change of
+    the machine's load during the run weighs on every path alike."""
+    for fn in fns.values():
+        for _ in range(min(200, n)):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    elapsed = dict.fromkeys(fns, 0.0)
+    cpu = dict.fromkeys(fns, 0.0)
+    for r in range(rounds):
+        calls = n // rounds + (1 if r < n % rounds else 0)
+        for name, fn in fns.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                t = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t)
+            elapsed[name] += time.perf_counter() - started
+            cpu[name] += time.process_time() - cpu_started
+    out = {}
+    for name, got in samples.items():
+        got.sort()
+        out[name] = {"p50_ms": statistics.median(got) * 1000,
+                     "p99_ms": got[max(0, int(len(got) * 0.99) - 1)] * 1000,
+                     "per_s": len(got) / elapsed[name], "n": len(got),
+                     "cpu_ms": cpu[name] / len(got) * 1000}
+    return out
+
+
+class ServerProcess:
+    """The loopback model server in a process of its own, as a real one is (in this process
+    it would take the GIL from the paths measured)."""
+
+    def __init__(self) -> None:
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from helpers.llm_server import LlmServer; "
+                "s = LlmServer(keep=False).__enter__(); print(s.url, flush=True); "
+                "sys.stdin.read()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
 
 
 class Clock:
@@ -93,32 +134,40 @@ def provider(url: str, name: str, **limits: Any) -> providers.Provider:
                             "limits": {**FAST, **limits}})
 
 
-def overhead(server: LlmServer, loader: Loader, n: int) -> dict[str, Any]:
-    url = server.url + "/v1/chat/completions"
+def overhead(server_url: str, loader: Loader, n: int) -> dict[str, Any]:
+    url = server_url + "/v1/chat/completions"
     body = {"model": "bench", "messages": MESSAGES, "stream": False}
-    with httpx.Client() as bare:
-        def bare_call() -> None:
-            r = bare.post(url, json=body)
-            assert r.json()["choices"][0]["message"]["content"]
-        out = {"bare": timed(n, bare_call)}
+    bare = httpx.Client()
+
+    def bare_call() -> None:
+        r = bare.post(url, json=body)
+        assert r.json()["choices"][0]["message"]["content"]
     client = LlmClient(lambda t, c: None)
-    p = provider(server.url, "bench")
+    p = provider(server_url, "bench")
 
     def client_call() -> None:
         assert client.call(p, "acme", "chat", MESSAGES).ok
-    out["client"] = timed(n, client_call)
-    client.close()
 
     def kernel_call() -> None:
         assert loader.boot(PROVIDER_EXEC, {"provider": "bench", "messages": MESSAGES},
                            user_id="bench", tenant_id="acme")["ok"]
-    out["logline"] = timed(n, kernel_call)
-    records = host.for_loader(loader).conn
-    records.execute("SET synchronous_commit = off")  # a variant to inform a decision only
-    out["logline_async_commit"] = timed(n, kernel_call)
-    records.execute("SET synchronous_commit = on")
+    out: dict[str, Any] = interleaved(n, {"bare": bare_call, "client": client_call,
+                                          "logline": kernel_call})
+    bare.close()
+    client.close()
+    llm_host = host.for_loader(loader)
+    llm_host.flush()
+
+    def durable_call() -> None:  # each record committed before the call returns
+        kernel_call()
+        llm_host.flush()
+    out["logline_durable"] = timed(n, durable_call)
     conn = loader.database.connect("kernel", autocommit=True)
     out["select1"] = timed(n, lambda: conn.execute("SELECT 1").fetchone())
+    heads = [manifest.MANIFEST_ID, PROVIDER_EXEC]
+    out["heads"] = timed(n, lambda: store.heads(conn, heads))
+    keys = loader.platform_keys()
+    out["lookup"] = timed(n, lambda: provider_rows.for_call(conn, "bench", "acme", keys))
     span = {"entity_type": "bench_record", "who": "bench", "this": "bench", "owner_id": "b",
             "tenant_id": "acme", "metadata": {"tokens_in": 11, "tokens_out": 7}}
     out["append"] = timed(n, lambda: store.append(conn, [dict(span)], loader.key))
@@ -193,15 +242,19 @@ def main(argv: list[str] | None = None) -> int:
         key, _ = keys.ensure_operator_key(home)
         with database.connect("kernel") as conn:
             seed.seed(conn, [row_dir()], key)
-        with LlmServer(keep=False) as model, Loader(database, home) as loader:
-            host.attach(loader, credentials=lambda t, c: None)
-            secret = keys.id_secret(home, key)
-            for p in (provider(model.url, "bench"), provider(model.url, "flaky",
-                                                             breaker_failures=5)):
-                admin.add(loader.conn, key, loader.root, secret, p)
-            model.keep = True
-            results["overhead"] = overhead(model, loader, args.calls)
-            results["breaker"] = breaker(model, loader, args.calls)
+        fast = ServerProcess()
+        try:
+            with LlmServer(keep=False) as model, Loader(database, home) as loader:
+                host.attach(loader, credentials=lambda t, c: None)
+                secret = keys.id_secret(home, key)
+                for p in (provider(fast.url, "bench"), provider(model.url, "flaky",
+                                                                breaker_failures=5)):
+                    admin.add(loader.conn, key, loader.root, secret, p)
+                model.keep = True
+                results["overhead"] = overhead(fast.url, loader, args.calls)
+                results["breaker"] = breaker(model, loader, args.calls)
+        finally:
+            fast.close()
     finally:
         try:
             with server_db.connect("admin", autocommit=True) as conn:
@@ -219,15 +272,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(r: dict[str, Any]) -> None:
     o, b = r["overhead"], r["breaker"]
-    print("| path | p50 ms | p99 ms | calls/s |\n| --- | ---: | ---: | ---: |")
+    print("| path | p50 ms | p99 ms | calls/s | CPU ms/call (this process) |\n"
+          "| --- | ---: | ---: | ---: | ---: |")
     for label, key in (("bare httpx (floor)", "bare"), ("LlmClient (no ledger)", "client"),
                        ("LogLine: boot provider_exec, span recorded", "logline"),
-                       ("the same, records committed with synchronous_commit = off "
-                        "(not what LogLine does)", "logline_async_commit"),
+                       ("the same, waiting for each record's commit (flush per call)",
+                        "logline_durable"),
                        ("for scale: SELECT 1 (one round trip)", "select1"),
+                       ("the boot's query: manifest and kernel heads", "heads"),
+                       ("the call's query: provider row, tokens today, transcripts "
+                        "setting", "lookup"),
                        ("for scale: store.append of one span (autocommit)", "append")):
         m = o[key]
-        print(f"| {label} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['per_s']:,.0f} |")
+        print(f"| {label} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['per_s']:,.0f} | "
+              f"{m['cpu_ms']:.3f} |")
     print(f"\noverhead p50: LogLine {o['overhead_p50_ms']:.3f} ms (goal < 2 ms), client alone "
           f"{o['client_overhead_p50_ms']:.3f} ms; LogLine {o['logline']['per_s']:,.0f} calls/s "
           "through one worker (goal >= 500)")

@@ -2,7 +2,8 @@
 its own rows and the system's), add/change, enable/disable (the operator only: a provider
 row decides where the platform's host connects to, private addresses included), and test
 (one real call as the caller's tenant, recorded like any other, cancelled if the request
-ends first)."""
+ends first); and a tenant's opt-in transcripts (/api/admin/llm-transcripts: its admin sets
+and reads its own, the operator any tenant's)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ import weakref
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from stage0.api.endpoint import Call, Endpoint
 from stage0.api.errors import ApiError
 from stage0.errors import LoglineError
 from stage0.gov import apikeys
+from stage0.ledger import records
 from stage0.ledger.db import Connection
-from stage0.llm import admin, providers
-from stage0.llm.host import LlmHost, credential_source
+from stage0.llm import admin, providers, transcripts
+from stage0.llm.host import LlmHost, credential_source, no_credentials
 
 NAME = {"name": ("path", "the provider's name")}
 _HOSTS: weakref.WeakKeyDictionary[Any, LlmHost] = weakref.WeakKeyDictionary()
@@ -189,9 +191,10 @@ def _host(state: Any) -> LlmHost:
     with _HOSTS_LOCK:
         host = _HOSTS.get(state)
         if host is None:
-            conn = state.database.connect("kernel", autocommit=True)
-            host = LlmHost(conn, state.key, state.root, credential_source(conn, state.home),
-                           worker="api")
+            host = LlmHost(lambda: state.database.connect("kernel", autocommit=True),
+                           state.key, state.root, no_credentials, worker="api",
+                           master=state.home, id_secret=state.id_secret)
+            host.client.credentials = credential_source(host.conn, state.home)
             _HOSTS[state] = host
             weakref.finalize(state, host.close)
         return host
@@ -207,11 +210,67 @@ async def test_provider(call: Call) -> TestOut:
         answer = await anyio.to_thread.run_sync(
             lambda: host.call(name, tenant, user, call.request_id, "chat",
                               admin.TEST_MESSAGES, {"max_tokens": 8},
-                              caller={"name": "api provider test"}, cancel=cancel),
+                              caller={"name": "api provider test"}, cancel=cancel,
+                              durable=True),
             abandon_on_cancel=True)
     finally:
         cancel.set()  # the request ended (answered, timed out or gone): stop the call
     return TestOut(**{k: answer[k] for k in TestOut.model_fields})
+
+
+class TranscriptsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keep: StrictBool = Field(description="true: keep the prompts and answers of this tenant's "
+                       "calls, encrypted with its data key; false: hashes and lengths only")
+    tenant_id: str | None = Field(None, description="the operator may set another tenant's")
+
+
+class TranscriptsOut(BaseModel):
+    tenant_id: str
+    keep: bool
+
+
+class TranscriptOut(BaseModel):
+    execution_id: str
+    tenant_id: str
+    at: str
+    input: Any = Field(description="what was sent: the messages, or the texts to embed")
+    output: Any = Field(description="the answer's text or embeddings (null when it failed)")
+
+
+async def transcripts_setting(call: Call) -> TranscriptsOut:
+    tenant = _tenant(call, call.query("tenant"))
+    root = call.state.root
+    keep = await call.db(lambda conn: transcripts.keeps(
+        conn, records.platform(conn, root).keys, tenant), role="kernel")
+    return TranscriptsOut(tenant_id=tenant, keep=keep)
+
+
+async def set_transcripts(call: Call) -> TranscriptsOut:
+    body: TranscriptsIn = call.body
+    tenant = _tenant(call, body.tenant_id)
+    state, who = call.state, _principal(call).user_id
+
+    def write(conn: Connection) -> dict[str, Any]:
+        return transcripts.set_keep(conn, state.key, state.root, state.id_secret, tenant,
+                                    body.keep, by=who, master=state.home)
+    await _db(call, write)
+    return TranscriptsOut(tenant_id=tenant, keep=body.keep)
+
+
+async def read_transcript(call: Call) -> TranscriptOut:
+    tenant = _tenant(call, call.query("tenant"))
+    execution_id = call.request.path_params["execution_id"]
+    state = call.state
+    try:
+        shown = await call.db(lambda conn: transcripts.read(
+            conn, state.home, state.root, tenant, execution_id), role="kernel")
+    except LoglineError as exc:
+        if exc.code == "TRANSCRIPT_NOT_FOUND":
+            raise ApiError(404, exc.code, exc.message) from None
+        raise
+    return TranscriptOut(**shown)
 
 
 ENDPOINTS: list[Endpoint] = [
@@ -237,4 +296,17 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/api/admin/providers/{name}/test", test_provider, "One small real "
              "call as your tenant, recorded as a provider_execution span",
              "api.provider_test", limit="admin", body=TestIn, response=TestOut, query=NAME),
+    Endpoint("GET", "/api/admin/llm-transcripts", transcripts_setting, "Whether your tenant "
+             "keeps the prompts and answers of its LLM calls (encrypted)",
+             "api.transcripts_read", response=TranscriptsOut,
+             query={"tenant": ("string", "a tenant (the operator only, for another)")}),
+    Endpoint("POST", "/api/admin/llm-transcripts", set_transcripts, "Keep (or stop keeping) "
+             "your tenant's LLM call transcripts, encrypted with its data key",
+             "api.transcripts_set", limit="admin", body=TranscriptsIn,
+             response=TranscriptsOut),
+    Endpoint("GET", "/api/admin/llm-transcripts/{execution_id}", read_transcript, "The "
+             "prompt and answer of one of your tenant's calls (kept only when it opted in)",
+             "api.transcript_read", response=TranscriptOut,
+             query={"execution_id": ("path", "the call's provider_execution id"),
+                    "tenant": ("string", "a tenant (the operator only, for another)")}),
 ]

@@ -59,22 +59,35 @@ class KernelContext:
     def __init__(self, loader: Loader, source: str, kernel: dict[str, Any], input: Any,
                  user_id: str, tenant_id: str, trace_id: str) -> None:
         self._loader = loader
-        self._conn: Connection = loader.conn
         self._literals = string_literals(source)
         self.input = input
         self.kernel = {k: kernel[k] for k in ("id", "seq", "name", "curr_hash")}
         self.identity = {"user_id": user_id, "tenant_id": tenant_id}
         self.trace_id = trace_id
-        self.manifest = loader.manifest_metadata()
+        self._manifest: dict[str, Any] | None = None
         self.signer_public_key = loader.signer_public_key
         self.root_public_key = loader.root
         #: Kinds only the platform records, the keys that sign platform records, and the
         #: kinds no policy may emit (stage0.spans.kinds), for kernels that act for others.
-        self.platform_kinds = kinds.platform_kinds(self.manifest)
-        self.platform_keys = kinds.platform_keys(self.manifest, loader.root)
+        self.platform_kinds = loader.platform_kinds()
+        self.platform_keys = loader.platform_keys()
         self.never_emitted = kinds.NEVER_EMITTED
         import os
         self.env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
+
+    @property
+    def _conn(self) -> Connection:
+        """The loader's connection, in the boot's transaction (begun on first use)."""
+        self._loader.begin()
+        return self._loader.conn
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's metadata: a copy of its own, made when first read (a kernel that
+        edits it changes nothing for others; a kernel that never reads it pays nothing)."""
+        if self._manifest is None:
+            self._manifest = self._loader.manifest_metadata()
+        return self._manifest
 
     # --- data -----------------------------------------------------------------------------
     def sql(self, query: str, params: Any = None) -> list[dict[str, Any]]:

@@ -6,9 +6,11 @@ kernel (RestrictedPython, capability context) -> its JSON output. Any refusal ap
 `boot_refused` span and raises BootRefused with a stable reason code. There is no switch that
 skips verification.
 
-A loaded kernel is cached by its head's curr_hash: while the head does not move, later calls
-re-check only that the head is unchanged (one indexed query); a new seq is verified, booted
-(new boot_event) and used from the next call on, without a restart.
+A loaded kernel and the manifest are cached by their heads' curr_hash: while a head does not
+move, later boots re-read both heads (one indexed query) and re-check only that each is
+unchanged: the same content as the version verified, or content that still hashes to it (an
+edit behind our back is refused); a new seq is verified, booted (new boot_event) and used from
+the next call on, without a restart.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +30,17 @@ from stage0.errors import LoglineError
 from stage0.keys import id_secret, operator_key
 from stage0.ledger import manifest, store
 from stage0.ledger.db import Database, idle
+from stage0.ledger.manifest import Signers
 from stage0.log import log
+from stage0.spans.canonical import _UUID
 from stage0.spans.proofs import check_proofs, digest, public_key_hex
+
+
+class _Begun:
+    """The running boot's transaction, once begun (Loader.begin)."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self.stack = stack
 
 
 class BootRefused(LoglineError):
@@ -65,6 +78,12 @@ class Loader:
         self._verified_spans: dict[str, str] = {}
         self._records: list[tuple[Any, ...]] = []
         self._id_secret: bytes | None = None
+        self._on_close: list[Callable[[], None]] = []
+        self._verified_manifest: dict[str, Any] | None = None
+        self._signers: tuple[str, Signers] | None = None
+        self._prefetched: dict[str, Any] | None = None
+        self._manifest_head: dict[str, Any] | None = None
+        self._transaction: ExitStack | _Begun | None = None
 
     @property
     def id_secret(self) -> bytes:
@@ -74,10 +93,19 @@ class Loader:
             self._id_secret = id_secret(self.home, self.key)
         return self._id_secret
 
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run `fn` when the loader closes (the LLM host: its records flushed, its
+        connections closed), before the loader's own connection."""
+        self._on_close.append(fn)
+
     def close(self) -> None:
-        if self._sandbox is not None and self._owns_sandbox:
-            self._sandbox.close()
-        self.conn.close()
+        try:
+            while self._on_close:
+                self._on_close.pop()()
+        finally:
+            if self._sandbox is not None and self._owns_sandbox:
+                self._sandbox.close()
+            self.conn.close()
 
     def __enter__(self) -> Loader:
         return self
@@ -89,33 +117,81 @@ class Loader:
     def manifest(self) -> dict[str, Any]:
         """The manifest as of the start of the current top-level boot (re-read per boot)."""
         if self._manifest is None:
-            self._manifest = manifest.latest(self.conn, self.root)
+            head, self._manifest_head = self._manifest_head, None
+            self._manifest = self._checked_manifest(
+                head if head is not None else store.head(self.conn, manifest.MANIFEST_ID))
         return self._manifest
+
+    def _checked_manifest(self, head: dict[str, Any] | None) -> dict[str, Any]:
+        """The manifest head, verified. The version verified before (content equal to it, or
+        still hashing to what was signed) skips only the signature check (an edit changes
+        the digest)."""
+        known = self._verified_manifest
+        if head is not None and known is not None and head["curr_hash"] == known["curr_hash"] \
+                and head["public_key"] == self.root and \
+                (head == known or digest(head).hex() == head["curr_hash"]):
+            # (the same content as the version verified hashes the same: no need to hash it)
+            return head
+        self._signers = None
+        found = manifest.latest(self.conn, self.root) if head is None else \
+            manifest.latest_of(head, self.root)
+        self._verified_manifest = found
+        return found
+
+    def _manifest_signers(self) -> Signers:
+        current = self.manifest()
+        if self._signers is None or self._signers[0] != current["curr_hash"]:
+            self._signers = (current["curr_hash"], manifest.signers_of(current, self.root))
+        return self._signers[1]
 
     def manifest_metadata(self) -> dict[str, Any]:
         """A deep copy: a kernel that edits what it was given changes nothing for others."""
         return copy.deepcopy(self.manifest().get("metadata") or {})
 
     def trusted(self) -> frozenset[str]:
-        return manifest.trusted_keys(self.manifest(), self.root)
+        return self._manifest_signers().trusted
 
     def platform_keys(self) -> frozenset[str]:
         """Keys that may sign kernels and the platform's records (root + role platform)."""
-        return manifest.signers_of(self.manifest(), self.root).platform
+        return self._manifest_signers().platform
+
+    def platform_kinds(self) -> frozenset[str]:
+        return self._manifest_signers().platform_kinds
 
     # --- boot ---------------------------------------------------------------------------
     def boot(self, function_id: str, input: Any = None, user_id: str = "system",
              tenant_id: str = "system", trace_id: str | None = None) -> Any:
         """Verify, record and run a kernel once in its own transaction; return its output."""
         trace_id = trace_id or str(uuid.uuid4())
-        self._manifest = None  # every boot sees the latest manifest
         self._verified_in_boot = set()
+        # Every boot sees the latest manifest and the function's head, read together.
+        function_id = str(function_id).lower()
+        found = store.heads(self.conn, [manifest.MANIFEST_ID, function_id]) \
+            if _UUID.fullmatch(function_id) else {}
+        self._manifest = None
+        self._manifest_head = found.get(manifest.MANIFEST_ID)
+        self._prefetched = found.get(function_id)
         try:
             loaded = self.load(function_id, user_id, tenant_id, trace_id)
-            with self.conn.transaction():
-                return self._run(loaded, input, user_id, tenant_id, trace_id)
+            with ExitStack() as stack:
+                self._transaction = stack
+                try:
+                    return self._run(loaded, input, user_id, tenant_id, trace_id)
+                finally:
+                    self._transaction = None
         finally:
             self._flush_records()
+
+    def begin(self) -> None:
+        """Open the running boot's transaction, when it is not open yet. A boot's kernel
+        runs in one transaction, begun when the kernel first reaches the database (every
+        capability that does calls this): a kernel that never does (provider_exec) costs
+        no BEGIN and COMMIT. PostgreSQL takes a transaction's snapshot at its first
+        statement anyway, so nothing a kernel sees changes."""
+        stack = self._transaction
+        if stack is not None and not isinstance(stack, _Begun):
+            stack.enter_context(self.conn.transaction())
+            self._transaction = _Begun(stack)
 
     def call(self, function_id: str, input: Any, user_id: str, tenant_id: str,
              trace_id: str) -> Any:
@@ -145,20 +221,24 @@ class Loader:
         return self._loaded[function_id]
 
     def _verified_function(self, function_id: str) -> dict[str, Any]:
-        allowed = [str(i).lower() for i in self.manifest_metadata().get("allowed_boot_ids", [])]
+        allowed = [str(i).lower()
+                   for i in (self.manifest().get("metadata") or {}).get("allowed_boot_ids", [])]
         if function_id not in allowed:
             raise LoglineError("BOOT_NOT_ALLOWED", "the manifest's allowed_boot_ids does not "
                                "list this id: only kernels boot (to run a function, schedule "
                                "it: `logline schedule ID` or POST /api/execute)")
-        span = store.head(self.conn, function_id)
+        span, self._prefetched = self._prefetched, None
+        if span is None or span["id"] != function_id:
+            span = store.head(self.conn, function_id)
         if span is None:
             raise LoglineError("FUNCTION_NOT_FOUND", "no span with this id")
         cached = self._loaded.get(function_id)
         if cached and cached.span["curr_hash"] == span["curr_hash"] and \
-                digest(span).hex() == span["curr_hash"] and \
+                (span == cached.span or digest(span).hex() == span["curr_hash"]) and \
                 span["public_key"] in self.platform_keys():
             # The head has not moved and still hashes to what was verified when it was loaded
-            # (an edit behind our back changes the digest): skip only the signature check.
+            # (an edit behind our back changes the digest; content equal to the verified
+            # span's hashes the same without hashing it): skip only the signature check.
             return span
         versions = store.versions(self.conn, function_id)
         if span["entity_type"] != "function":

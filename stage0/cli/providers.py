@@ -1,4 +1,5 @@
-"""`logline provider add|list|show|test|enable|disable`: LLM provider rows (docs/providers.md).
+"""`logline provider add|list|show|test|enable|disable|transcripts|transcript`: LLM provider
+rows and a tenant's opt-in transcripts (docs/providers.md).
 
 The operator's commands, on the database with the operator key (a provider row is a platform
 record). `test` makes one real call through the same checks a kernel's call goes through
@@ -14,8 +15,8 @@ from typing import Any
 from stage0 import keys
 from stage0.cli import base
 from stage0.cli.base import command, out
-from stage0.ledger import db
-from stage0.llm import admin, providers
+from stage0.ledger import db, records
+from stage0.llm import admin, providers, transcripts
 from stage0.llm.host import LlmHost, credential_source
 from stage0.spans.display import visible
 
@@ -70,9 +71,20 @@ def provider_args(p: argparse.ArgumentParser) -> None:
         q.add_argument("--tenant", default="system",
                        help="the provider's tenant (default system: every tenant's)")
     ls.add_argument("--tenant", help="only what this tenant can use")
+    tr = ps.add_parser("transcripts", **about("whether a tenant keeps the prompts and answers "
+                                              "of its calls, encrypted (default: off, only "
+                                              "hashes and lengths)"))
+    tr.add_argument("keep", choices=("on", "off", "show"))
+    tr.add_argument("--tenant", required=True)
+    one = ps.add_parser("transcript", **about("the prompt and answer a tenant that keeps "
+                                              "transcripts sent and got in one call"))
+    one.add_argument("execution_id", metavar="ID",
+                     help="the call's provider_execution id (its answer's execution_id)")
+    one.add_argument("--tenant", required=True)
+    one.add_argument("--json", action="store_true")
 
 
-@command("provider", "LLM providers: add, list, show, test, enable, disable "
+@command("provider", "LLM providers: add, list, show, test, enable, disable, transcripts "
          "(docs/providers.md)", provider_args)
 def cmd_provider(args: argparse.Namespace) -> int:
     home = base.home()
@@ -101,6 +113,17 @@ def cmd_provider(args: argparse.Namespace) -> int:
         elif action == "show":
             shown = admin.show(conn, root, args.name, args.tenant)
             out(json.dumps(shown, indent=None if args.json else 2, sort_keys=True))
+        elif action == "transcripts":
+            _transcripts(conn, home, key, root, args)
+        elif action == "transcript":
+            shown = transcripts.read(conn, home, root, args.tenant, args.execution_id)
+            if args.json:
+                out(json.dumps(shown, sort_keys=True, ensure_ascii=False))
+            else:
+                out(f"call {shown['execution_id']} of tenant {shown['tenant_id']} at "
+                    f"{shown['at']}")
+                out(visible("input:  " + json.dumps(shown["input"], ensure_ascii=False)))
+                out(visible("output: " + json.dumps(shown["output"], ensure_ascii=False)))
         elif action in ("enable", "disable"):
             span = admin.set_enabled(conn, key, root, args.name, args.tenant,
                                      action == "enable")
@@ -110,9 +133,24 @@ def cmd_provider(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transcripts(conn: db.Connection, home: Any, key: Any, root: str,
+                 args: argparse.Namespace) -> None:
+    if args.keep == "show":
+        on = transcripts.keeps(conn, records.platform(conn, root).keys, args.tenant)
+    else:
+        on = args.keep == "on"
+        transcripts.set_keep(conn, key, root, keys.id_secret(home, key), args.tenant, on,
+                             master=home)
+    out(f"tenant {args.tenant}: " + ("keeps the prompts and answers of its calls, encrypted "
+                                     "with its data key" if on else
+                                     "keeps hashes and lengths only (no transcripts)"))
+
+
 def _test(conn: db.Connection, home: Any, key: Any, root: str, args: argparse.Namespace) -> int:
-    host = LlmHost(db.resolve(home).connect("kernel"), key, root,
-                   credential_source(conn, home), worker="cli")
+    database = db.resolve(home)
+    host = LlmHost(lambda: database.connect("kernel"), key, root,
+                   credential_source(conn, home), worker="cli", master=home,
+                   id_secret=keys.id_secret(home, key))
     try:
         answer = admin.test(host, args.name, args.tenant)
     finally:

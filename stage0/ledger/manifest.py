@@ -36,6 +36,12 @@ def latest(conn: Connection, root_key: str) -> dict[str, Any]:
     if span is None:
         raise LoglineError("MANIFEST_NOT_FOUND", "no manifest in the ledger; run `logline seed`",
                            MANIFEST_ID)
+    return latest_of(span, root_key)
+
+
+def latest_of(span: dict[str, Any], root_key: str) -> dict[str, Any]:
+    """`span` (the manifest's head, as read) after checking it is intact and signed by the
+    root key."""
     check = check_proofs(span)
     if not check.ok:
         raise LoglineError("MANIFEST_UNTRUSTED", f"{check.reason}: {check.detail}", MANIFEST_ID)

@@ -81,4 +81,4 @@ def show(conn: Connection, root: str, name: str, tenant: str) -> dict[str, Any]:
 def test(host: LlmHost, name: str, tenant: str, user: str = "operator") -> dict[str, Any]:
     """One small real call through everything a kernel's call goes through, recorded."""
     return host.call(name, tenant, user, None, "chat", TEST_MESSAGES,
-                     {"max_tokens": 8}, caller={"name": "provider test"})
+                     {"max_tokens": 8}, caller={"name": "provider test"}, durable=True)

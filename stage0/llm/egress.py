@@ -14,7 +14,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable
+from functools import lru_cache
 
 import httpx
 
@@ -37,6 +40,32 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+class CachedResolver:
+    """A resolver that keeps each (host, port)'s answer for `ttl_s` seconds (10): a call
+    does not wait for DNS each time. Only the lookup is kept: every address is still judged
+    for each request (verdict()), the connection still goes to the address judged, and a
+    failure is never kept (the next call asks again)."""
+
+    def __init__(self, resolver: Resolver = resolve, ttl_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, size: int = 256) -> None:
+        self.resolver, self.ttl_s, self.clock, self.size = resolver, ttl_s, clock, size
+        self._answers: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        key, now = (host.lower(), port), self.clock()
+        with self._lock:
+            held = self._answers.get(key)
+        if held is not None and now < held[0]:
+            return list(held[1])
+        found = self.resolver(host, port)
+        with self._lock:
+            if len(self._answers) >= self.size:
+                self._answers.clear()
+            self._answers[key] = (now + self.ttl_s, list(found))
+        return found
+
+
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     ip = ipaddress.ip_address(text.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -44,13 +73,22 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ip
 
 
+@lru_cache(maxsize=256)
+def _named(addresses: tuple[str, ...]) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    return frozenset(_address(a) for a in addresses)
+
+
+def _explicit(provider: Provider) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses the row names (parsed once per list of them)."""
+    return _named(provider.egress.addresses)
+
+
 def verdict(provider: Provider, text: str) -> str | None:
     """Why connecting to address `text` is refused for `provider`, or None when it is allowed."""
     ip = _address(text)
     if ip in METADATA:
         return f"{ip} is a cloud metadata address"
-    explicit = {_address(a) for a in provider.egress.addresses}
-    if ip in explicit:
+    if ip in _explicit(provider):
         return None
     if not ip.is_global or ip.is_multicast:
         return (f"{ip} is not a public address (private, loopback, link-local or reserved); "
@@ -71,8 +109,7 @@ def pick_address(provider: Provider, scheme: str, host: str, port: int,
     reasons = []
     for text in resolver(host.strip("[]"), port):
         why = verdict(provider, text)
-        if why is None and scheme != "https" and _address(text) not in \
-                {_address(a) for a in provider.egress.addresses}:
+        if why is None and scheme != "https" and _address(text) not in _explicit(provider):
             why = f"plain http to {text}: only https, unless egress.addresses names it"
         if why is None:
             return text

@@ -4,9 +4,16 @@ Each call appends one `provider_execution` span (a platform kind): provider, mod
 tokens in and out, latency (duration_ms), the cost estimate when the row has prices, attempts,
 HTTP status, outcome and error code, and the caller's trace_id. Never the prompt, the answer or
 the credential: a BLAKE3 hash and a length of each. Breaker changes are `provider_breaker`
-spans. Records go through the host's own autocommit connection: they survive a rollback of the
-calling kernel's transaction, count against the token budget at once, and never hold the
-ledger's append lock while a model answers.
+spans. Records go through the host's recorder (stage0/llm/recorder.py): signed when the call
+ends, appended in batches on a connection of its own a few ms later (one commit for many calls),
+so they survive a rollback of the calling kernel's transaction and never hold the ledger's
+append lock while a model answers; the tokens of records still queued count against the
+budget (Recorder.pending_tokens). A crash loses at most the records still queued.
+
+Per call, the host reads one row: the provider row and the tenant's token count of the day
+together (`provider_for_call`); the row's parsed configuration is kept by its curr_hash, and
+the platform's keys come from the loader's manifest of this boot (or, without a loader, the
+manifest head cached by its hash: stage0.ledger.records.platform).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import re
 import ssl
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -23,13 +31,17 @@ from nacl.signing import SigningKey
 
 from stage0.config import Home
 from stage0.errors import LoglineError
-from stage0.ledger import provider_rows, records, store
+from stage0.ledger import provider_rows, records
 from stage0.ledger.db import Connection
-from stage0.llm import providers
+from stage0.llm import providers, transcripts
 from stage0.llm.client import CallResult, CredentialSource, LlmClient
-from stage0.llm.egress import Resolver, resolve
+from stage0.llm.egress import CachedResolver, Resolver, resolve
 from stage0.llm.hardening import BreakerChange
+from stage0.llm.recorder import Recorder
 from stage0.log import log
+from stage0.spans.canonical import now_at
+from stage0.vault.credentials import HomeOrMaster
+from stage0.vault.tenant_keys import DataKeys
 
 if TYPE_CHECKING:
     from stage0.boot.loader import Loader
@@ -86,58 +98,134 @@ def status_of(outcome: str) -> str:
 
 
 class LlmHost:
-    def __init__(self, conn: Connection, key: SigningKey, root: str,
+    """Stage 0's side of the model calls of one process (a loader's, the API's, the CLI's).
+
+    `connect()` gives a new kernel-role autocommit connection: the host takes one for its
+    look-ups and its recorder another; close() flushes the recorder and closes both.
+    `platform_keys()`, when given, says which keys sign platform records (the loader's
+    manifest of the current boot); otherwise the host reads the manifest head itself."""
+
+    def __init__(self, connect: Callable[[], Connection], key: SigningKey, root: str,
                  credentials: CredentialSource, worker: str = "stage0",
-                 resolver: Resolver = resolve, verify: bool | ssl.SSLContext = True,
-                 **client: Any) -> None:
-        self.conn, self.key, self.root, self.worker = conn, key, root, worker
+                 resolver: Resolver | None = None, verify: bool | ssl.SSLContext = True, *,
+                 platform_keys: Callable[[], frozenset[str]] | None = None,
+                 recorder: dict[str, Any] | None = None, master: HomeOrMaster | None = None,
+                 id_secret: bytes | None = None, **client: Any) -> None:
+        self.key, self.root, self.worker = key, root, worker
+        #: The master key (or the home holding it) that seals the transcripts of tenants
+        #: that keep them; None: such a tenant's calls are refused (MASTER_KEY_MISSING).
+        self.master, self.id_secret = master, id_secret
+        self.conn = connect()
+        self._platform_keys = platform_keys
         self._lock = threading.Lock()
         self._local = threading.local()
-        self.client = LlmClient(credentials, usage=self._usage, resolver=resolver,
+        self._parsed: dict[str, providers.Provider] = {}
+        self.recorder = Recorder(connect, key, name=worker, **(recorder or {}))
+        self.client = LlmClient(credentials, usage=self._usage,
+                                resolver=resolver or CachedResolver(resolve),
                                 on_breaker=self._breaker_changed, verify=verify, **client)
+        self._closed = False
 
     def close(self) -> None:
-        self.client.close()
-        self.conn.close()
+        """Flush the queued records, then close the client and both connections."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.recorder.close()
+        finally:
+            self.client.close()
+            self.conn.close()
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Return once every record of a call made so far is in the ledger."""
+        self.recorder.flush(timeout)
 
     def _keys(self) -> frozenset[str]:
-        """The platform's keys, read once per call (the manifest may change between calls)."""
-        keys = getattr(self._local, "keys", None)
-        return keys if keys is not None else records.platform(self.conn, self.root).keys
+        if self._platform_keys is not None:
+            return self._platform_keys()
+        return records.platform(self.conn, self.root).keys
 
     def _usage(self, tenant: str, provider: str) -> int:
+        """Tokens `tenant` used today with `provider`: the ledger's count read with the row
+        (provider_for_call) plus what the recorder still holds; read afresh when the client
+        is used without a look-up."""
+        found = getattr(self._local, "usage", None)
+        if found is not None and found[0] == (tenant, provider):
+            self._local.usage = None
+            return int(found[1])
+        pending = self.recorder.pending_tokens_by_day(tenant, provider)
         with self._lock:
-            return provider_rows.tokens_today(self.conn, tenant, provider)
+            used, day = provider_rows.tokens_today(self.conn, tenant, provider)
+        return used + pending.get(day, 0)
 
-    def provider(self, name: Any, tenant: str) -> tuple[dict[str, Any], providers.Provider]:
+    def provider(self, name: Any, tenant: str
+                 ) -> tuple[dict[str, Any], providers.Provider, bool]:
+        """The provider row `tenant` means by `name`, parsed, and whether the tenant keeps
+        transcripts."""
         if not isinstance(name, str) or not re.fullmatch(providers.NAME_PATTERN[1:-1], name):
             raise LoglineError("PROVIDER_NOT_FOUND", "a provider's name is 1-63 lowercase "
                                "letters, digits, '.', '_' or '-'")
+        keys = self._keys()
+        # Queued tokens first, the ledger's count second: a flush that commits in between
+        # is counted twice (a refusal a few ms early), never missed.
+        pending = self.recorder.pending_tokens_by_day(tenant, name)
         with self._lock:
-            self._local.keys = records.platform(self.conn, self.root).keys
-            span = provider_rows.find(self.conn, name, tenant, self._keys())
-        if span is None:
+            found = provider_rows.for_call(self.conn, name, tenant, keys)
+        if found is None:
             raise LoglineError("PROVIDER_NOT_FOUND", f"no provider {name!r} for tenant "
                                f"{tenant} (`logline provider list`)")
-        return span, providers.from_span(span)
+        span, used, day, keep = found
+        self._local.usage = ((tenant, name), used + pending.get(day, 0))
+        parsed = self._parsed.get(span["curr_hash"])
+        if parsed is None:
+            parsed = providers.from_span(span)
+            if len(self._parsed) > 256:
+                self._parsed.clear()
+            self._parsed[span["curr_hash"]] = parsed
+        return span, parsed, keep
 
     # --- one call ------------------------------------------------------------------------
     def call(self, name: Any, tenant: str, user: str, trace_id: str | None, operation: str,
              payload: Any, params: Any = None, *, caller: dict[str, Any] | None = None,
-             cancel: threading.Event | None = None) -> dict[str, Any]:
+             cancel: threading.Event | None = None, durable: bool = False) -> dict[str, Any]:
         """Call provider `name` for `tenant`; record it; the answer (never raises for a
-        provider's failure: `ok` is false and `error` says why)."""
+        provider's failure: `ok` is false and `error` says why). `durable`: return only once
+        the record is in the ledger (a one-off test); otherwise within the recorder's
+        interval."""
         span: dict[str, Any] | None = None
-        self._local.keys = None
+        sealing: DataKeys | None = None
+        self._local.usage = None
         try:
-            span, provider = self.provider(name, tenant)
+            span, provider, keep = self.provider(name, tenant)
+            if keep:  # fail closed: a transcript that could not be sealed is no call
+                sealing = self._data_keys(tenant)
         except LoglineError as exc:
             shown = name if isinstance(name, str) and len(name) <= 63 else "(invalid name)"
-            result = CallResult(shown, "", operation, tenant, exc.code, exc.message)
+            result = CallResult(shown if span is None else span["name"], "", operation,
+                                tenant, exc.code, exc.message)
         else:
             result = self.client.call(provider, tenant, operation, payload, params, cancel)
+        finally:
+            self._local.usage = None
         record = self._record(result, span, user, trace_id, payload, caller)
+        if sealing is not None and status_of(result.outcome) != "denied":
+            answer = result.answer if result.ok else None
+            output = None if answer is None else \
+                answer.text if answer.embeddings is None else answer.embeddings
+            self.recorder.add(transcripts.draft(sealing, tenant, record["id"], record["at"],
+                                                payload, output))
+        if durable:
+            self.flush()
         return self._answer(result, record["id"])
+
+    def _data_keys(self, tenant: str) -> DataKeys:
+        if self.master is None:
+            raise LoglineError("MASTER_KEY_MISSING", f"tenant {tenant} keeps transcripts and "
+                               "this process has no master key to seal them")
+        with self._lock:
+            return transcripts.data_keys(self.conn, self.key, self.master, tenant,
+                                         self.id_secret, self.root)
 
     @staticmethod
     def _answer(result: CallResult, execution_id: str) -> dict[str, Any]:
@@ -157,11 +245,12 @@ class LlmHost:
         output = None if answer is None else \
             answer.text if answer.embeddings is None else answer.embeddings
         meta = (provider_span or {}).get("metadata") or {}
+        at = now_at()
         span = {
             "entity_type": "provider_execution", "who": "stage0", "did": "called",
             "this": result.provider, "parent_id": (provider_span or {}).get("id"),
             "owner_id": user, "tenant_id": result.tenant_id, "visibility": "tenant",
-            "status": status_of(result.outcome), "trace_id": trace_id,
+            "status": status_of(result.outcome), "trace_id": trace_id, "at": at,
             "duration_ms": result.latency_ms, "error": result.error(),
             "metadata": {
                 "provider": result.provider, "provider_seq": (provider_span or {}).get("seq"),
@@ -174,8 +263,8 @@ class LlmHost:
                 "streamed": result.streamed, "input": fingerprint(payload),
                 "output": fingerprint(output), "caller": caller, "worker": self.worker},
         }
-        with self._lock:
-            stored = store.append(self.conn, [span], self.key)[0]
+        stored = self.recorder.add(span, (result.tenant_id, result.provider, at[:10]),
+                                   result.tokens_in + result.tokens_out)
         if span["status"] == "error":  # refusals are recorded, not logged (no log floods)
             log("provider_call_failed", provider=result.provider, tenant=result.tenant_id,
                 code=result.outcome, attempts=result.attempts, trace_id=trace_id)
@@ -189,8 +278,7 @@ class LlmHost:
                 "metadata": {"before": change.before, "after": change.after,
                              "reason": change.reason, "failures": change.failures,
                              "error_rate": change.error_rate, "worker": self.worker}}
-        with self._lock:
-            store.append(self.conn, [span], self.key)
+        self.recorder.add(span)  # in the same queue: after the failures that caused it
         log("provider_breaker", provider=change.provider, before=change.before,
             after=change.after, reason=change.reason, worker=self.worker)
 
@@ -200,19 +288,42 @@ _HOSTS_LOCK = threading.Lock()
 
 
 def attach(loader: Loader, **kw: Any) -> LlmHost:
-    """Give `loader` a host of its own: its own autocommit connection, the loader's signing
-    key, and (unless given) the credentials `credential_source` names. Tests pass
-    `credentials`, `resolver` and client settings here."""
+    """Give `loader` a host of its own: its own autocommit connections (look-ups, recorder),
+    the loader's signing key and manifest, and (unless given) the credentials
+    `credential_source` names. Tests pass `credentials`, `resolver` and client settings
+    here. Loader.close() closes it (flushing its records)."""
     with _HOSTS_LOCK:
         old = _HOSTS.pop(loader, None)
         if old is not None:
             old.close()
-        conn = loader.database.connect("kernel", autocommit=True)
-        kw.setdefault("credentials", credential_source(conn, loader.home))
-        host = LlmHost(conn, loader.key, loader.root, worker=loader.worker_id, **kw)
+        given = kw.pop("credentials", None)
+        kw.setdefault("master", loader.home)
+        host = LlmHost(lambda: loader.database.connect("kernel", autocommit=True),
+                       loader.key, loader.root, worker=loader.worker_id,
+                       platform_keys=loader.platform_keys,
+                       credentials=given or no_credentials, **kw)
+        host.id_secret = host.id_secret or _id_secret(loader)
+        if given is None:
+            host.client.credentials = credential_source(host.conn, loader.home)
         _HOSTS[loader] = host
-        weakref.finalize(loader, host.close)
+        loader.on_close(lambda: detach(loader))
+        weakref.finalize(loader, host.close)  # a loader dropped without close()
         return host
+
+
+def _id_secret(loader: Loader) -> bytes | None:
+    try:
+        return loader.id_secret
+    except LoglineError:  # a home without one: the data key is derived as the vault does
+        return None
+
+
+def detach(loader: Loader) -> None:
+    """Close `loader`'s host, if it has one (Loader.close() does it)."""
+    with _HOSTS_LOCK:
+        host = _HOSTS.pop(loader, None)
+    if host is not None:
+        host.close()
 
 
 def for_loader(loader: Loader) -> LlmHost:

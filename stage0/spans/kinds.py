@@ -42,6 +42,8 @@ PLATFORM_KINDS: frozenset[str] = frozenset({
     # memory (stage0/memory): written by stage 0 for the caller, never by a client
     "memory", "memory_audit", "memory_redaction", "memory_export", "memory_consent",
     "memory_promotion",
+    # opt-in transcripts (stage0/llm/transcripts.py): a tenant's setting, the sealed text
+    "tenant_setting", "provider_transcript",
 })
 
 #: The prompt system's kinds (docs/prompts.md). Blocks and variants are authored content
@@ -61,6 +63,8 @@ NEVER_EMITTED: frozenset[str] = frozenset({
     "prompt_build", "prompt_run", "prompt_eval_result", "prompt_variant_selection",
     "memory", "memory_audit", "memory_redaction", "memory_export", "memory_consent",
     "memory_promotion",
+    # opt-in transcripts (stage0/llm/transcripts.py): a tenant's setting, the sealed text
+    "tenant_setting", "provider_transcript",
 })
 
 

@@ -75,6 +75,16 @@ def seal_for(conn: Connection, key: SigningKey, master: HomeOrMaster, tenant_id:
             "key_version": keys.current}
 
 
+def seal_with(keys: tenant_keys.DataKeys, tenant_id: str, plaintext: bytes | str,
+              aad: Mapping[str, Any]) -> dict[str, Any]:
+    """seal_for() with data keys already at hand (read once before a call, sealed after it)."""
+    if keys.tenant_id != tenant_id:
+        raise LoglineError("SECRET_UNREADABLE", "these data keys are another tenant's",
+                           f"tenant {tenant_id}")
+    return {**crypto.seal(keys.key(), plaintext, _bound(tenant_id, aad)),
+            "key_version": keys.current}
+
+
 def open_for(conn: Connection, master: HomeOrMaster, tenant_id: str,
              sealed: Mapping[str, Any], aad: Mapping[str, Any], *,
              root_key: str | None = None) -> bytes:

@@ -138,6 +138,12 @@ def _write_once(conn: Connection, key: SigningKey, found: Master, secret: bytes,
     return _listed(span, _first_at(conn, [span["id"]]).get(span["id"]))
 
 
+def master_for_write(conn: Connection, given: HomeOrMaster) -> Master:
+    """The master key to seal with: the home's, created when the ledger holds no data key
+    yet (as the first `secrets set` does); MASTER_KEY_MISSING otherwise."""
+    return _master_for_write(conn, given)
+
+
 def _master_for_write(conn: Connection, given: HomeOrMaster) -> Master:
     try:
         return masters.resolve(given)

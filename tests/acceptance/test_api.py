@@ -69,6 +69,9 @@ PROTECTED = [
     ("POST", "/api/memory"), ("GET", "/api/memory/search"), ("POST", "/api/memory/forget"),
     ("GET", "/api/memory/export"), ("GET", "/api/memory/{id}"),
     ("POST", "/api/memory/{id}/promote"),
+    # opt-in LLM transcripts (tests/acceptance/test_llm_api.py)
+    ("GET", "/api/admin/llm-transcripts"), ("POST", "/api/admin/llm-transcripts"),
+    ("GET", "/api/admin/llm-transcripts/{execution_id}"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

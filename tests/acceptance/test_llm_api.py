@@ -118,6 +118,16 @@ def test_metrics_show_calls_tokens_latency_breaker_and_budget(api, operator, ada
     assert 'logline_provider_budget_refusals_total{provider="broke"} 1.0' in text
     assert 'logline_provider_breaker_state{provider="fragile",worker="api"} 2.0' in text
     assert "Reply with the single word" not in text
+    # the next scrape adds what was appended since the last one (the totals are kept)
+    assert ada.post("/api/admin/providers/metered/test", json={}).json()["ok"]
+    text = api.scrape().text
+    assert 'logline_provider_calls_total{outcome="ok",provider="metered"} 2.0' in text
+    assert 'logline_provider_tokens_total{direction="out",provider="metered"} 14.0' in text
+    assert 'logline_provider_calls_total{outcome="PROVIDER_UNAVAILABLE",provider="fragile"} ' \
+        '1.0' in text
+    assert 'logline_provider_breaker_state{provider="fragile",worker="api"} 2.0' in text
+    assert 'logline_provider_calls_total{outcome="ok",provider="metered"} 2.0' in \
+        api.scrape().text  # a scrape with nothing new adds nothing
 
 
 def test_a_misspelt_field_is_refused_not_dropped(operator, model_server):
@@ -151,3 +161,35 @@ def test_a_call_is_cancelled_when_the_request_ends(impatient, model_server):
             time.sleep(0.05)  # the record is written by the server's thread, after the 504
         span = recorded()
     assert span["status"] == "cancelled" and span["error"]["code"] == "PROVIDER_CANCELLED"
+
+
+def test_a_tenant_admin_keeps_and_reads_its_transcripts(api, operator, ada, gus,
+                                                        model_server):
+    assert operator.post("/api/admin/providers", json=row(model_server, "scribe")
+                         ).status_code == 201
+    assert ada.get("/api/admin/llm-transcripts").json() == {"tenant_id": "acme",
+                                                            "keep": False}
+    on = ada.post("/api/admin/llm-transcripts", json={"keep": True})
+    assert on.status_code == 200 and on.json() == {"tenant_id": "acme", "keep": True}
+    tested = ada.post("/api/admin/providers/scribe/test", json={}).json()
+    assert tested["ok"], tested
+    got = ada.get(f"/api/admin/llm-transcripts/{tested['execution_id']}")
+    assert got.status_code == 200, got.text
+    assert got.json()["output"] == "Hello from the loopback model."
+    assert got.json()["input"][0]["content"] == "Reply with the single word: pong"
+    # another tenant's admin: not its call, and it cannot ask as acme
+    assert gus.get(f"/api/admin/llm-transcripts/{tested['execution_id']}").status_code == 404
+    assert gus.get(f"/api/admin/llm-transcripts/{tested['execution_id']}",
+                   params={"tenant": "acme"}).status_code == 403
+    assert gus.post("/api/admin/llm-transcripts",
+                    json={"keep": True, "tenant_id": "acme"}).status_code == 403
+    reader = api.client(api.key("rio", "acme", "reader"))
+    assert reader.get(f"/api/admin/llm-transcripts/{tested['execution_id']}"
+                      ).status_code == 403
+    # the operator reads any tenant's; even the ciphertext is hidden from /api/spans
+    assert operator.get(f"/api/admin/llm-transcripts/{tested['execution_id']}",
+                        params={"tenant": "acme"}).status_code == 200
+    listed = ada.get("/api/spans", params={"entity_type": "provider_transcript"})
+    assert listed.status_code == 200 and "ciphertext" not in listed.text
+    assert ada.post("/api/admin/llm-transcripts", json={"keep": False}).json()["keep"] is False
+    assert ada.post("/api/admin/llm-transcripts", json={"keep": "yes"}).status_code == 422

@@ -91,3 +91,25 @@ def test_logline_boot_provider_exec(cli, model_server):
                                               "--json").stdout.splitlines()]
     assert [(s["tenant_id"], s["owner_id"], s["status"]) for s in spans] == \
         [("acme", "alice", "complete")]
+
+
+def test_transcripts_on_keep_the_prompt_and_answer_for_the_tenant(cli, model_server):
+    cli("provider", "add", "kept", "--kind", "openai", "--base-url",
+        model_server.url + "/v1", "--model", "tiny", "--address", "127.0.0.1")
+    assert "hashes and lengths only" in cli("provider", "transcripts", "show",
+                                            "--tenant", "acme").stdout
+    assert "keeps the prompts and answers" in cli("provider", "transcripts", "on",
+                                                  "--tenant", "acme").stdout
+    tested = cli("provider", "test", "kept", "--tenant", "acme").stdout
+    execution = tested.rsplit("recorded as ", 1)[1].strip().rstrip(")")
+    shown = json.loads(cli("provider", "transcript", execution, "--tenant", "acme",
+                           "--json").stdout)
+    assert shown["input"][0]["content"] == "Reply with the single word: pong"
+    assert shown["output"] == "Hello from the loopback model."
+    other = cli("provider", "transcript", execution, "--tenant", "globex", check=False)
+    assert other.returncode != 0 and "TRANSCRIPT_NOT_FOUND" in other.stderr
+    cli("provider", "transcripts", "off", "--tenant", "acme")
+    later = cli("provider", "test", "kept", "--tenant", "acme").stdout
+    execution = later.rsplit("recorded as ", 1)[1].strip().rstrip(")")
+    none = cli("provider", "transcript", execution, "--tenant", "acme", check=False)
+    assert none.returncode != 0 and "TRANSCRIPT_NOT_FOUND" in none.stderr

@@ -213,6 +213,49 @@ def test_the_checked_address_is_the_one_connected_to(server):
     assert server.requests[-1].headers["host"] == f"llm.test:{server.port}"
 
 
+def test_a_cached_name_is_still_judged_for_each_request_and_expires(server):
+    """The host keeps a name's addresses for a while (egress.CachedResolver): one lookup for
+    many calls, but each request still judges the address it connects to (a row that does
+    not name 127.0.0.1 is refused from the cached answer too), and the answer expires."""
+    from stage0.llm.egress import CachedResolver
+
+    calls, clock = [], Clock()
+
+    def resolver(host, port):
+        calls.append(host)
+        return ["127.0.0.1"]
+    cached = CachedResolver(resolver, ttl_s=10, clock=clock)
+    allowed = providers.parse({"name": "x", "kind": "openai", "model": "m",
+                               "base_url": f"http://llm.test:{server.port}/v1",
+                               "egress": {"addresses": ["127.0.0.1"]}})
+    other = providers.parse({"name": "y", "kind": "openai", "model": "m",
+                             "base_url": f"http://llm.test:{server.port}/v1"})
+    c = client(resolver=cached, credentials=lambda t, n: None)
+    assert c.call(allowed, "acme", "chat", MESSAGES).ok
+    assert c.call(allowed, "acme", "chat", MESSAGES).ok
+    assert c.call(other, "acme", "chat", MESSAGES).outcome == "EGRESS_DENIED"
+    assert calls == ["llm.test"] and len(server.requests) == 2
+    clock.offset += 11
+    assert c.call(allowed, "acme", "chat", MESSAGES).ok
+    assert calls == ["llm.test", "llm.test"]
+
+
+def test_a_failed_lookup_is_not_kept():
+    from stage0.llm.egress import CachedResolver
+
+    answers = [LoglineError("PROVIDER_UNAVAILABLE", "cannot resolve"), ["127.0.0.1"]]
+
+    def resolver(host, port):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    cached = CachedResolver(resolver)
+    with pytest.raises(LoglineError):
+        cached("llm.test", 443)
+    assert cached("llm.test", 443) == ["127.0.0.1"]
+
+
 @pytest.mark.parametrize("address", ["10.0.0.5", "192.168.1.1", "169.254.10.10",
                                      "100.64.0.1", "::1", "fd00::1", "fe80::1",
                                      "::ffff:127.0.0.1", "0.0.0.0"])

@@ -55,6 +55,7 @@ def run(loader, args, tenant="acme", trace=None):
 
 
 def executions(loader):
+    host.for_loader(loader).flush()  # records are appended in batches, a few ms later
     rows = loader.conn.execute(
         "SELECT * FROM ledger.universal_registry WHERE entity_type = 'provider_execution' "
         "ORDER BY position").fetchall()
@@ -78,6 +79,7 @@ def test_provider_exec_calls_and_records_without_the_text(loader, model_server):
     assert meta["input"]["length"] > len(PROMPT) and len(meta["input"]["blake3"]) == 64
     assert meta["output"]["length"] == len(ANSWER)
     assert meta["caller"]["name"] == "provider_exec"
+    host.for_loader(loader).flush()
     dump = loader.conn.execute(
         "SELECT string_agg(u::text, '') AS t FROM ledger.universal_registry u").fetchone()["t"]
     assert "zebra-unique-prompt" not in dump and ANSWER not in dump and SECRET not in dump
@@ -110,6 +112,7 @@ def test_failures_are_recorded_with_their_code_and_the_breaker_changes(loader, m
     assert [(s["status"], s["error"]["code"]) for s in executions(loader)] == [
         ("error", "PROVIDER_UNAVAILABLE"), ("error", "PROVIDER_UNAVAILABLE"),
         ("denied", "BREAKER_OPEN")]
+    host.for_loader(loader).flush()
     [change] = loader.conn.execute(
         "SELECT status, metadata FROM ledger.universal_registry "
         "WHERE entity_type = 'provider_breaker'").fetchall()

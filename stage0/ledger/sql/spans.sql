@@ -6,6 +6,13 @@
 -- The latest version of one span, with its position.
 SELECT {columns}, position FROM ledger.latest_spans WHERE id = %(id)s
 
+-- name: two_heads
+-- The latest versions of two spans (the manifest and a kernel, at each boot), from their
+-- heads' primary key: `= ANY(array)` through latest_spans was planned as a scan of every head.
+SELECT {columns:r}, r.position FROM ledger.span_heads h
+JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
+WHERE h.id IN (%(a)s::uuid, %(b)s::uuid)
+
 -- name: heads_of
 -- The latest versions of several spans, with their positions.
 SELECT {columns}, position FROM ledger.latest_spans WHERE id = ANY(%(ids)s::uuid[])
