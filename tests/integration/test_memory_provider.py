@@ -43,6 +43,7 @@ def test_memories_embedded_by_a_provider_are_found_with_it(loader, has_pgvector)
         {"text": "the lighthouse keeper's log"}]}, user_id="ana", tenant_id="acme")
     [one] = written["written"]
     assert one["vector"] == ("provider:local" if has_pgvector else None)
+    host.for_loader(loader).flush()  # provider records are appended in batches
     calls = loader.conn.execute("SELECT count(*) AS n FROM ledger.universal_registry WHERE "
                                 "entity_type = 'provider_execution'").fetchone()["n"]
     assert calls == 1

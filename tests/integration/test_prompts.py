@@ -158,6 +158,7 @@ def test_a_run_sends_system_context_and_user_and_records_the_run(runner, model_s
     assert blake3.blake3(messages[0]["content"].encode()).hexdigest() == out["compiled_hash"]
     [run] = spans(runner, "prompt_run")
     [build] = spans(runner, "prompt_build")
+    host.for_loader(runner).flush()  # provider records are appended in batches
     [execution] = spans(runner, "provider_execution")
     assert run["id"] == out["run_id"] and run["status"] == "complete"
     meta = run["metadata"]
