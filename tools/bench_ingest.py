@@ -72,6 +72,16 @@ from stage0.spans.canonical import (  # noqa: E402
 )
 from stage0.spans.proofs import public_key_hex, seal  # noqa: E402
 
+#: Issue 13: each path against its own primitive, measured in the same run.
+RATIO_GOALS = {
+    "batched": 0.85,      # batched append / COPY of signed rows through the append trigger
+    "trigger": 0.6,       # COPY through the trigger / COPY into the indexed table, no trigger
+    "per_commit": 0.7,    # one span per commit / one bare INSERT per commit
+    "verify_1": 0.9,      # verify, 1 process / canonicalise + BLAKE3 + Ed25519 verify
+    "verify_n": 0.9,      # verify, N processes / the same primitive on N processes
+    "verify_scaling": 1.8,  # verify on 2 processes / verify on 1 (x)
+    "peer": 1.0,          # LogLine / eventsourcing's recorder, same events, same batching
+}
 GOALS = {
     "batched_fresh": 15_000,    # spans/s
     "batched_large": 6_000,     # spans/s at 1M rows
@@ -235,8 +245,8 @@ def backend_cpu(pid: int | None) -> float | None:
 class Meter:
     """`with Meter(conn) as m:` ... then m.wall, m.cpu (ours), m.server (backend or None)."""
 
-    def __init__(self, *conns: psycopg.Connection) -> None:
-        self.pids = []
+    def __init__(self, *conns: psycopg.Connection, pids: tuple[int, ...] = ()) -> None:
+        self.pids = list(pids)
         for conn in conns:
             self.pids.append(conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"])
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
@@ -370,6 +380,8 @@ class Bench:
         self.results: dict[str, Any] = {"primitives": {}, "ingest": [], "verify": [],
                                         "lookups": [], "preload": None}
         self.tmp = Path(tempfile.mkdtemp(prefix="logline-bench-"))
+        if os.geteuid() == 0:  # the embedded server runs as another user: let it traverse (only)
+            self.tmp.chmod(0o711)
         self.home = Home(self.tmp / "home")
         self.external = bool(os.environ.get("LOGLINE_DATABASE_URL"))
         self.server: db.Database | None = None
@@ -469,6 +481,7 @@ class Bench:
         spans = self.fresh_signed(n)
         views = [signing_view(s) for s in spans]
         same = all(jcs_fast(v) == canonical_bytes(s) for v, s in zip(views, spans, strict=True))
+        self.results["span_bytes_avg"] = statistics.mean(len(jcs_fast(v)) for v in views)
         assert same, "the baseline must canonicalise exactly like stage0"
         key, vk = self.key, self.key.verify_key
         pairs = [(bytes.fromhex(s["curr_hash"]), bytes.fromhex(s["signature"])) for s in spans]
@@ -660,6 +673,104 @@ class Bench:
             "analyze_seconds": round(time.perf_counter() - t, 1), "rows_after": self.count(),
         }
 
+    # --- the peer -----------------------------------------------------------------------------
+
+    def peer(self) -> None:
+        """The same events into eventsourcing's PostgresApplicationRecorder (psycopg 3), on the
+        same server, in a database of its own: the same drafts (Workload, same seed), the same
+        payload (each event's state is the draft's JSON), the same batching. Timed from the
+        drafts to committed rows: the JSON encoding, the StoredEvent objects and
+        insert_events() (one transaction per call: the recorder's table lock, NOTIFY, INSERT
+        ... SELECT FROM unnest(array of composites) RETURNING notification_id, commit). Its
+        caller must know each event's version (an aggregate in memory does): those are counted
+        before the clock starts, where LogLine's append reads the heads itself."""
+        if self.args.no_peer:
+            self.results["peer"] = {"skipped": "--no-peer"}
+            return
+        try:
+            from eventsourcing.persistence import StoredEvent
+            from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+        except ImportError:
+            self.results["peer"] = {"skipped": "eventsourcing is not installed: "
+                                    "pip install -e '.[bench]'"}
+            return
+        from importlib.metadata import version as _version
+
+        from psycopg.conninfo import conninfo_to_dict
+
+        assert self.server is not None
+        n, batch, commits = self.args.spans, self.args.batch, self.args.commits
+        w = Workload(f"{self.run}-peer", 0, random.Random(self.args.seed))
+        versions: dict[str, int] = {}
+
+        def events(drafts: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+            out = []
+            for d in drafts:
+                versions[d["id"]] = versions.get(d["id"], -1) + 1
+                out.append((d, versions[d["id"]]))
+            return out
+
+        warm = events(w.take(100))
+        batches = [events(w.take(min(batch, n - done))) for done in range(0, n, batch)]
+        singles = [events([d]) for d in w.take(commits)]
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        sizes: list[int] = []
+        out: dict[str, Any] = {"system": "eventsourcing", "version": _version("eventsourcing"),
+                               "recorder": "PostgresApplicationRecorder", "batch": batch}
+        # Two ways the recorder writes: its default (a pipelined transaction: LOCK TABLE ...
+        # EXCLUSIVE, NOTIFY, INSERT ... RETURNING) and POSTGRES_ENABLE_DB_FUNCTIONS (one
+        # statement calling its PL/pgSQL function: NOTIFY and INSERT, no table lock). The
+        # default path deadlocks in psycopg's pipeline mode on a 1,000-event batch (~450 KB
+        # of parameters: both sides wait, the server in ClientRead), so batches use the
+        # function; single events are measured both ways.
+        for label, db_functions, modes in (("db function", True, ("batched", "per_commit")),
+                                           ("pipelined, LOCK TABLE", False, ("per_commit",))):
+            name = f"logline_bench_peer_{uuid.uuid4().hex[:8]}"
+            with self.server.connect("admin", autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            params = conninfo_to_dict(self.server.with_dbname(name).admin_url)
+            datastore = PostgresDatastore(
+                dbname=name, host=str(params.get("host") or ""),
+                port=params.get("port") or 5432, user=str(params.get("user") or ""),
+                password=str(params.get("password") or ""), pool_size=1,
+                enable_db_functions=db_functions)
+            try:
+                recorder = PostgresApplicationRecorder(datastore)
+                recorder.create_table()
+                with datastore.get_connection() as conn:
+                    pid = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+
+                def insert(items: list[tuple[dict[str, Any], int]],
+                           recorder: PostgresApplicationRecorder = recorder) -> None:
+                    stored = []
+                    for d, v in items:
+                        state = dumps(d).encode()
+                        sizes.append(len(state))
+                        stored.append(StoredEvent(uuid.UUID(d["id"]), v,
+                                                  f"bench.{d['entity_type']}", state))
+                    recorder.insert_events(stored)
+
+                insert(warm)  # warm-up, as LogLine's
+                figures: dict[str, Any] = {}
+                for mode in modes:
+                    work = batches if mode == "batched" else singles
+                    with Meter(pids=(pid,)) as m:
+                        for items in work:
+                            insert(items)
+                    figures[mode] = m.per(n if mode == "batched" else commits)
+                out[label] = figures
+            finally:
+                datastore.close()
+                with self.server.connect("admin", autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        out["state_bytes_avg"] = statistics.mean(sizes) if sizes else None
+        # The ratios compare LogLine with the peer's faster path of each mode.
+        out["batched"] = out["db function"]["batched"]
+        out["per_commit"] = max((out[k]["per_commit"] for k in ("db function",
+                                                                 "pipelined, LOCK TABLE")),
+                                key=lambda f: f["per_s"])
+        self.results["peer"] = out
+
     # --- verify -------------------------------------------------------------------------------
 
     def verify(self, label: str) -> None:
@@ -777,16 +888,17 @@ class Bench:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("raw primitives", self.primitives),
             ("ingest into a fresh ledger", lambda: self.ingest("fresh")),
+            ("the peer: eventsourcing's PostgreSQL recorder", self.peer),
             ("lookups at fresh size", lambda: self.lookups("fresh")),
         ]
-        if self.args.verify_at == "fresh":
+        if self.args.verify_at in ("fresh", "both"):
             steps.append(("verify at fresh size", lambda: self.verify("fresh")))
         steps += [
             (f"preload to {large} spans", lambda: self.preload(self.args.preload)),
             (f"ingest at {large}", lambda: self.ingest("large")),
             (f"lookups at {large}", lambda: self.lookups("large")),
         ]
-        if self.args.verify_at == "large":
+        if self.args.verify_at in ("large", "both"):
             steps.append((f"verify at {large}", lambda: self.verify("large")))
         if self.args.trigger_variants:
             steps.append(("trigger variants", self.trigger_variants))
@@ -834,6 +946,126 @@ def table(title: str, columns: list[str], left: tuple[str, ...] = ()) -> Table:
     for c in columns:
         t.add_column(c, justify="left" if c in left else "right")
     return t
+
+
+def ratio_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13's ratios: (path, LogLine figure, its primitive or peer, ratio, goal)."""
+    prim, meta, rows = results["primitives"], results["meta"], []
+
+    def add(path: str, ours: float | None, what: str, theirs: float | None, goal: float,
+            key: str) -> None:
+        ratio = ours / theirs if ours is not None and theirs else None
+        rows.append({"key": key, "path": path, "logline": ours, "primitive": what,
+                     "primitive_per_s": theirs, "ratio": ratio, "goal": goal,
+                     "met": ratio is not None and ratio >= goal})
+
+    def ingest(ledger: str, mode: str) -> dict[str, Any] | None:
+        return next((r for r in results["ingest"] if r["ledger"] == ledger
+                     and r["mode"] == mode), None)
+
+    trigger = prim["copy_ledger_trigger"]["per_s"]
+    for ledger in ("fresh", "large"):
+        rows_before = ingest(ledger, "batched")
+        if rows_before is None:
+            continue
+        size = f"{rows_before['rows_before']:,} rows"
+        add(f"batched ingest ({rows_before['batch']:,} a batch), {ledger} ({size})",
+            rows_before["per_s"], "COPY of signed rows through the append trigger", trigger,
+            RATIO_GOALS["batched"], f"batched_{ledger}")
+    add("the append trigger (COPY of signed rows through it)", trigger,
+        "COPY into the same table with its CHECKs and indexes, no trigger",
+        prim["copy_indexed_no_trigger"]["per_s"], RATIO_GOALS["trigger"], "trigger")
+    for ledger in ("fresh", "large"):
+        r = ingest(ledger, "per_commit")
+        if r is not None:
+            add(f"one span per commit, {ledger} ({r['rows_before']:,} rows)", r["per_s"],
+                "one bare INSERT per commit", prim["insert_per_commit"]["per_s"],
+                RATIO_GOALS["per_commit"], f"per_commit_{ledger}")
+    for v in results["verify"]:
+        size = f"{v['spans']:,} spans"
+        if v["jobs"] == 1:
+            add(f"verify, 1 process ({size})", v["per_s"],
+                "canonicalise + BLAKE3 + Ed25519 verify, 1 process",
+                prim["verify_jcs"]["per_s"], RATIO_GOALS["verify_1"], f"verify_1_{v['ledger']}")
+        else:
+            add(f"verify, {v['jobs']} processes ({size})", v["per_s"],
+                f"the same primitive on {meta['cpus']} processes",
+                prim["verify_jcs_all_cores"]["per_s"], RATIO_GOALS["verify_n"],
+                f"verify_n_{v['ledger']}")
+            one = next((o for o in results["verify"] if o["jobs"] == 1
+                        and o["ledger"] == v["ledger"]), None)
+            if one is not None:
+                add(f"verify, {v['jobs']} processes against 1 (scaling, x)", v["per_s"],
+                    "verify, 1 process, same ledger", one["per_s"],
+                    RATIO_GOALS["verify_scaling"] * v["jobs"] / 2,
+                    f"verify_scaling_{v['ledger']}")
+    peer = results.get("peer") or {}
+    if "batched" in peer:
+        for mode, label in (("batched", f"batched ({peer['batch']:,} a batch)"),
+                            ("per_commit", "one event per commit")):
+            r = ingest("fresh", mode)
+            if r is not None:
+                add(f"LogLine against the peer, {label}, fresh", r["per_s"],
+                    f"eventsourcing {peer['version']} {peer['recorder']}, same events",
+                    peer[mode]["per_s"], RATIO_GOALS["peer"], f"peer_{mode}")
+    return rows
+
+
+#: What one row costs each side (the peer table beside the ratios).
+PER_ROW = [
+    ("what the caller hands over", "a draft span (dict): no seq, no hash, no signature",
+     "an event's JSON state, its originator id and the version the caller counted"),
+    ("validation", "normalise: field types, UUIDs, timestamps, JSON walk (no floats NaN, "
+     "no lone surrogates), sizes", "none"),
+    ("versioning", "reads the id's head (seq, curr_hash) in the same statement, chains "
+     "seq + 1 and prev_hash; the trigger re-checks seq, prev_hash, owner, tenant and kind "
+     "under the append lock", "primary key (originator_id, originator_version) refuses a "
+     "duplicate version"),
+    ("integrity", "RFC 8785 canonical JSON + BLAKE3 + Ed25519 signature per row; a "
+     "ledger-wide SHA-256 chain hash per row", "none"),
+    ("ordering", "position from a sequence under a transaction-scoped advisory lock "
+     "(commit order)", "notification_id from a sequence; commit order only on the default "
+     "path (LOCK TABLE ... EXCLUSIVE), not through its db function"),
+    ("row stored", "30 columns, CHECK constraints, 12 indexes (2 GIN)",
+     "4 columns (+ notification_id), 2 indexes"),
+    ("after the statement", "head projection upsert, one NOTIFY per row, chain tip, "
+     "execution and token counters", "one NOTIFY per transaction, RETURNING ids"),
+]
+
+
+def report_ratios(results: dict[str, Any]) -> None:
+    rows = ratio_rows(results)
+    results["ratios"] = rows
+    t = table("Issue 13: each path against its primitive or peer, same run",
+              ["path", "LogLine /s", "primitive or peer (same run)", "its /s", "ratio", "goal",
+               "met"], ("path", "primitive or peer (same run)"))
+    for r in rows:
+        t.add_row(r["path"], fmt(r["logline"]), r["primitive"], fmt(r["primitive_per_s"]),
+                  "-" if r["ratio"] is None else f"{r['ratio']:.2f}", f">= {r['goal']:.2f}",
+                  met(r["met"]))
+    console.print(t)
+    peer = results.get("peer") or {}
+    if "skipped" in peer:
+        console.print(f"peer: skipped ({peer['skipped']})")
+    elif peer:
+        t = table(f"What each side does per row (LogLine spans: {results['span_bytes_avg']:.0f} "
+                  f"canonical bytes; the peer's events: {peer['state_bytes_avg']:.0f} bytes of "
+                  "state)", ["", "LogLine append", f"eventsourcing {peer['version']} "
+                  f"{peer['recorder']}"], ("", "LogLine append",
+                                           f"eventsourcing {peer['version']} "
+                                           f"{peer['recorder']}"))
+        for row in PER_ROW:
+            t.add_row(*row)
+        lo = {r["mode"]: r for r in results["ingest"] if r["ledger"] == "fresh"}
+        for path in ("db function", "pipelined, LOCK TABLE"):
+            for mode, p in peer.get(path, {}).items():
+                ours = lo.get(mode)
+                t.add_row(f"{mode}, the peer's {path}: rows/s; CPU µs/row client / server",
+                          "" if ours is None else f"{fmt(ours['per_s'])}/s; "
+                          f"{us(ours['client_cpu_us'])} / {us(ours['server_cpu_us'])}",
+                          f"{fmt(p['per_s'])}/s; {us(p['client_cpu_us'])} / "
+                          f"{us(p['server_cpu_us'])}")
+        console.print(t)
 
 
 def report(results: dict[str, Any]) -> None:
@@ -961,6 +1193,7 @@ def report(results: dict[str, Any]) -> None:
     if "profile_fresh_batched" in results:
         console.print("[bold]cProfile of 5 more batches of append (fresh), by own time[/]")
         console.print(results["profile_fresh_batched"], markup=False, highlight=False)
+    report_ratios(results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -980,14 +1213,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--primitive-spans", type=int, help="spans per primitive loop "
                         "(default 10,000; quick 5,000)")
     parser.add_argument("--lookups", type=int, default=2000, help="random head lookups")
-    parser.add_argument("--verify-at", choices=("fresh", "large"), default="fresh",
+    parser.add_argument("--verify-at", choices=("fresh", "large", "both"), default="fresh",
                         help="verify the ledger after the fresh ingest (default; the rate is "
-                        "per span) or after the preload (slow at 1M rows)")
+                        "per span), after the preload (slow at 1M rows), or both")
     parser.add_argument("--trigger-variants", action="store_true",
                         help="at the end, cost the parts of the append trigger by COPYing "
                         "through edited copies of it (the benchmark database only)")
     parser.add_argument("--variant-spans", type=int, default=4000,
                         help="rows per trigger variant and round")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the peer (eventsourcing's PostgreSQL recorder)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true",
                         help="cProfile 5 extra batches of append and print the top functions")
