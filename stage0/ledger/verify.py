@@ -233,9 +233,6 @@ def verify(conn: Connection, root_key: str, jobs: int | None = None,
             pending = []
             pool = None
             snapshot = one(conn.execute(q("export_snapshot")))["s"] if own else None
-            # The checks PostgreSQL computes, on a second connection in this snapshot, while
-            # this process (or the workers) verify signatures; here afterwards if it fails.
-            side = _ServerChecks(_conninfo(conn), snapshot, checkpoint) if snapshot else None
             if jobs > 1 and snapshot is not None:
                 pool = ProcessPoolExecutor(jobs, initializer=_worker_start,
                                            initargs=(_conninfo(conn),))
@@ -245,6 +242,11 @@ def verify(conn: Connection, root_key: str, jobs: int | None = None,
                     for *_, future in pending:
                         future.add_done_callback(
                             lambda f: f.exception() is None and progress(f.result()[0]))
+            # The checks PostgreSQL computes, on a second connection in this snapshot, while
+            # this process (or the workers) verify signatures; here afterwards if it fails.
+            # Started after the workers were forked (submit starts them): a fork never copies
+            # a process whose other thread is inside the driver.
+            side = _ServerChecks(_conninfo(conn), snapshot, checkpoint) if snapshot else None
             try:
                 for lo, hi in ranges if pool is None else ():
                     before = walk.spans
