@@ -12,7 +12,14 @@ the manifest, then measures, in one run:
 * stage0.ledger.store.append (normalise, chain, hash, sign, COPY through the append trigger) in
   batches and one span per commit, into a fresh ledger and into one preloaded to N spans;
 * stage0.ledger.verify.verify with one job and with every core;
-* stage0.ledger.store.head latency on random ids and the "all scheduled requests" queries.
+* stage0.ledger.store.head latency on random ids and the "all scheduled requests" queries;
+* the peer (issue 13): eventsourcing's PostgresApplicationRecorder appending the same events
+  (same drafts, payload and batching) in rounds alternating with LogLine's (`pip install -e
+  ".[bench]"`; without it, or with --no-peer, the peer is left out).
+
+It ends with issue 13's table: each path beside its primitive or the peer, the ratio, its goal
+and a CPU ratio (client + server CPU per row: what load moves least). One span per commit and
+the peer are measured in paired rounds, each beside the figure it is compared with.
 
 Each figure is printed beside the primitive it is bounded by and beside its goal (issue 2,
 item 9). Besides wall-clock rates it reports CPU time per span, of this process (with its
