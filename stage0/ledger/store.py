@@ -175,7 +175,8 @@ def _append_once(conn: Connection, spans: Sequence[Mapping[str, Any]],
     as LEDGER_SEQ_CONFLICT for a retry); a small batch of new ids costs one round trip."""
     autocommit = conn.autocommit
     try:
-        conn.autocommit = True
+        if not autocommit:  # setting it costs a pass through the driver's lock and wait loop
+            conn.autocommit = True
         if _small(conn, spans):
             stored = _append_small(conn, spans, key, trusted)
             progress(len(stored))
@@ -184,7 +185,8 @@ def _append_once(conn: Connection, spans: Sequence[Mapping[str, Any]],
             stored = _stream(conn, spans, key, trusted, progress)
             _remember(conn, stored)
             return stored
-        conn.autocommit = autocommit
+        if conn.autocommit != autocommit:
+            conn.autocommit = autocommit
         with conn.transaction():  # more rows than one INSERT takes, under row-level security
             prepared, rows = _prepare_all(conn, spans, key, trusted, progress)
             _insert_rows(conn, rows)
