@@ -22,9 +22,47 @@ CREATE FUNCTION ledger.after_append() RETURNS trigger
     AS $$
 DECLARE
   sent bigint;
+  one_row record;
+  rows_stored bigint;
+  done text;
 BEGIN
-  -- Heads: each appended id's last version (its first one's owner, tenant and kind, which
-  -- the row trigger kept equal to every version's), in the appending transaction.
+  SELECT a.id, a.seq, a.curr_hash, a.position, a.entity_type, a.status, a.owner_id,
+         a.tenant_id, a.visibility, a.is_deleted, a.at, a.chain_hash, a."this", a.metadata,
+         (SELECT count(*) FROM appended) AS n
+    INTO one_row FROM appended a LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN NULL;  -- the statement stored no row
+  END IF;
+  rows_stored := one_row.n;
+  IF rows_stored = 1 THEN
+    INSERT INTO ledger.span_heads VALUES (one_row.id, one_row.seq, one_row.curr_hash,
+      one_row.position, one_row.entity_type, one_row.status, one_row.owner_id,
+      one_row.tenant_id, one_row.visibility, one_row.is_deleted, one_row.at)
+    ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, curr_hash = EXCLUDED.curr_hash,
+      position = EXCLUDED.position, status = EXCLUDED.status, visibility = EXCLUDED.visibility,
+      is_deleted = EXCLUDED.is_deleted, at = EXCLUDED.at;
+    -- An assignment: PL/pgSQL evaluates it without a full SQL statement.
+    done := pg_notify('timeline_updates', json_build_object(
+      'position', one_row.position, 'id', one_row.id, 'seq', one_row.seq,
+      'tenant_id', one_row.tenant_id, 'visibility', one_row.visibility,
+      'entity_type', one_row.entity_type)::text)::text;
+    UPDATE ledger.chain_tip SET position = one_row.position, chain_hash = one_row.chain_hash;
+    IF one_row.entity_type = 'execution' THEN
+      INSERT INTO ledger.tenant_exec_counts (tenant_id, day, n)
+      VALUES (coalesce(one_row.tenant_id, ''), (one_row.at AT TIME ZONE 'UTC')::date, 1)
+      ON CONFLICT (tenant_id, day) DO UPDATE SET n = tenant_exec_counts.n + EXCLUDED.n;
+    ELSIF one_row.entity_type = 'provider_execution' THEN
+      INSERT INTO ledger.provider_token_counts (tenant_id, provider, day, tokens)
+      VALUES (coalesce(one_row.tenant_id, ''), coalesce(one_row."this", ''),
+              (one_row.at AT TIME ZONE 'UTC')::date,
+              ledger.token_count(one_row.metadata->'tokens_in')
+              + ledger.token_count(one_row.metadata->'tokens_out'))
+      ON CONFLICT (tenant_id, provider, day)
+      DO UPDATE SET tokens = provider_token_counts.tokens + EXCLUDED.tokens;
+    END IF;
+    RETURN NULL;
+  END IF;
+  -- Several rows: 0010's statements, unchanged.
   INSERT INTO ledger.span_heads
   SELECT DISTINCT ON (a.id) a.id, a.seq, a.curr_hash, a.position, a.entity_type, a.status,
     a.owner_id, a.tenant_id, a.visibility, a.is_deleted, a.at
@@ -32,22 +70,17 @@ BEGIN
   ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, curr_hash = EXCLUDED.curr_hash,
     position = EXCLUDED.position, status = EXCLUDED.status, visibility = EXCLUDED.visibility,
     is_deleted = EXCLUDED.is_deleted, at = EXCLUDED.at;
-  -- Only a small envelope: the row itself may be megabytes (NOTIFY caps payloads at 8000 bytes)
-  -- and listeners must re-read through row-level security anyway. Sent at commit.
   SELECT count(pg_notify('timeline_updates', json_build_object(
     'position', s.position, 'id', s.id, 'seq', s.seq, 'tenant_id', s.tenant_id,
     'visibility', s.visibility, 'entity_type', s.entity_type)::text)) INTO sent
   FROM (SELECT a.position, a.id, a.seq, a.tenant_id, a.visibility, a.entity_type
         FROM appended a ORDER BY a.position OFFSET 0) s;
-  -- The tip, written by every appending statement (see the top of this file).
   UPDATE ledger.chain_tip SET position = t.position, chain_hash = t.chain_hash
   FROM (SELECT a.position, a.chain_hash FROM appended a ORDER BY a.position DESC LIMIT 1) t;
-  -- Executions per tenant per UTC day (0003), one upsert per statement.
   INSERT INTO ledger.tenant_exec_counts (tenant_id, day, n)
   SELECT coalesce(tenant_id, ''), (at AT TIME ZONE 'UTC')::date, count(*)
   FROM appended WHERE entity_type = 'execution' GROUP BY 1, 2
   ON CONFLICT (tenant_id, day) DO UPDATE SET n = tenant_exec_counts.n + EXCLUDED.n;
-  -- LLM tokens per tenant, provider and UTC day (0010), one upsert per statement.
   INSERT INTO ledger.provider_token_counts (tenant_id, provider, day, tokens)
   SELECT coalesce(tenant_id, ''), coalesce("this", ''), (at AT TIME ZONE 'UTC')::date,
          sum(ledger.token_count(metadata->'tokens_in')

@@ -641,6 +641,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="logline-bench-api-"))
+        if os.geteuid() == 0:  # the embedded server runs as another user: let it traverse (only)
+            self.tmp.chmod(0o711)
         self.home = Home(self.tmp / "home")
         self.external = bool(os.environ.get("LOGLINE_DATABASE_URL"))
         self.server: db.Database | None = None

@@ -12,7 +12,14 @@ the manifest, then measures, in one run:
 * stage0.ledger.store.append (normalise, chain, hash, sign, COPY through the append trigger) in
   batches and one span per commit, into a fresh ledger and into one preloaded to N spans;
 * stage0.ledger.verify.verify with one job and with every core;
-* stage0.ledger.store.head latency on random ids and the "all scheduled requests" queries.
+* stage0.ledger.store.head latency on random ids and the "all scheduled requests" queries;
+* the peer (issue 13): eventsourcing's PostgresApplicationRecorder appending the same events
+  (same drafts, payload and batching) in rounds alternating with LogLine's (`pip install -e
+  ".[bench]"`; without it, or with --no-peer, the peer is left out).
+
+It ends with issue 13's table: each path beside its primitive or the peer, the ratio, its goal
+and a CPU ratio (client + server CPU per row: what load moves least). One span per commit and
+the peer are measured in paired rounds, each beside the figure it is compared with.
 
 Each figure is printed beside the primitive it is bounded by and beside its goal (issue 2,
 item 9). Besides wall-clock rates it reports CPU time per span, of this process (with its
@@ -72,6 +79,16 @@ from stage0.spans.canonical import (  # noqa: E402
 )
 from stage0.spans.proofs import public_key_hex, seal  # noqa: E402
 
+#: Issue 13: each path against its own primitive, measured in the same run.
+RATIO_GOALS = {
+    "batched": 0.85,      # batched append / COPY of signed rows through the append trigger
+    "trigger": 0.6,       # COPY through the trigger / COPY into the indexed table, no trigger
+    "per_commit": 0.7,    # one span per commit / one bare INSERT per commit
+    "verify_1": 0.9,      # verify, 1 process / canonicalise + BLAKE3 + Ed25519 verify
+    "verify_n": 0.9,      # verify, N processes / the same primitive on N processes
+    "verify_scaling": 1.8,  # verify on 2 processes / verify on 1 (x)
+    "peer": 1.0,          # LogLine / eventsourcing's recorder, same events, same batching
+}
 GOALS = {
     "batched_fresh": 15_000,    # spans/s
     "batched_large": 6_000,     # spans/s at 1M rows
@@ -80,6 +97,7 @@ GOALS = {
     "verify_scaling": 0.8,      # all-core rate >= 80% of jobs x one-core rate ("near-linear")
     "head_p99_ms": 1.0,         # head lookup at 1M rows
 }
+PAIRED_ROUNDS = 5  # one span per commit: rounds, each beside a round of bare INSERT + commit
 UPDATE_SHARE = 0.2  # share of appended spans that are the next version of an existing id
 console = Console(width=150)
 
@@ -235,8 +253,8 @@ def backend_cpu(pid: int | None) -> float | None:
 class Meter:
     """`with Meter(conn) as m:` ... then m.wall, m.cpu (ours), m.server (backend or None)."""
 
-    def __init__(self, *conns: psycopg.Connection) -> None:
-        self.pids = []
+    def __init__(self, *conns: psycopg.Connection, pids: tuple[int, ...] = ()) -> None:
+        self.pids = list(pids)
         for conn in conns:
             self.pids.append(conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"])
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
@@ -358,6 +376,86 @@ TRIGGER_VARIANTS: dict[str, Callable[[str], str | None]] = {
 # The benchmark
 # ---------------------------------------------------------------------------------------------
 
+#: The peer's two write paths: label -> POSTGRES_ENABLE_DB_FUNCTIONS.
+PEER_PATHS = {"db function": True, "pipelined, LOCK TABLE": False}
+
+
+class PeerRecorder:
+    """eventsourcing's PostgresApplicationRecorder in a database of its own. The same drafts
+    as LogLine's (Workload, same seed), the same payload (each event's state is the draft's
+    JSON), the same batching. insert() is what is timed: the JSON encoding, the StoredEvent
+    objects and insert_events() (one transaction per call). Its caller must know each event's
+    version (an aggregate in memory does): events() counts them before the clock starts,
+    where LogLine's append reads the heads itself."""
+
+    def __init__(self, server: db.Database, db_functions: bool, run: str, seed: int) -> None:
+        from eventsourcing.persistence import StoredEvent
+        from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+        from psycopg.conninfo import conninfo_to_dict
+
+        self.server, self.stored_event = server, StoredEvent
+        self.name = f"logline_bench_peer_{uuid.uuid4().hex[:8]}"
+        with server.connect("admin", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        params = conninfo_to_dict(server.with_dbname(self.name).admin_url)
+        self.datastore = PostgresDatastore(
+            dbname=self.name, host=str(params.get("host") or ""),
+            port=params.get("port") or 5432, user=str(params.get("user") or ""),
+            password=str(params.get("password") or ""), pool_size=1,
+            enable_db_functions=db_functions)
+        self.recorder = PostgresApplicationRecorder(self.datastore)
+        self.recorder.create_table()
+        with self.datastore.get_connection() as conn:
+            self.pid = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+        self.workload = Workload(f"{run}-peer-{int(db_functions)}", 0, random.Random(seed))
+        self.versions: dict[str, int] = {}
+        self.dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        self.sizes: list[int] = []
+        self.insert(self.events(100))  # warm-up, as LogLine's
+        self.sizes.clear()
+
+    def events(self, n: int) -> list[tuple[dict[str, Any], int]]:
+        out = []
+        for d in self.workload.take(n):
+            self.versions[d["id"]] = self.versions.get(d["id"], -1) + 1
+            out.append((d, self.versions[d["id"]]))
+        return out
+
+    def insert(self, items: list[tuple[dict[str, Any], int]]) -> None:
+        stored = []
+        for d, v in items:
+            state = self.dumps(d).encode()
+            self.sizes.append(len(state))
+            stored.append(self.stored_event(uuid.UUID(d["id"]), v,
+                                            f"bench.{d['entity_type']}", state))
+        self.recorder.insert_events(stored)
+
+    def close(self) -> None:
+        try:
+            self.datastore.close()
+        finally:
+            with self.server.connect("admin", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class Accumulated:
+    """Meter figures summed over rounds."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = self.server = 0.0
+        self.rates: list[float] = []
+
+    def add(self, m: Meter, n: int) -> None:
+        self.wall, self.cpu = self.wall + m.wall, self.cpu + m.cpu
+        self.server += m.server or 0.0
+        self.rates.append(rate(n, m.wall) or 0.0)
+
+    def per(self, n: int) -> dict[str, Any]:
+        return {"n": n, "seconds": round(self.wall, 3), "per_s": rate(n, self.wall),
+                "client_cpu_us": self.cpu * 1e6 / n, "server_cpu_us": self.server * 1e6 / n,
+                "round_rates": [round(r) for r in self.rates]}
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -370,6 +468,8 @@ class Bench:
         self.results: dict[str, Any] = {"primitives": {}, "ingest": [], "verify": [],
                                         "lookups": [], "preload": None}
         self.tmp = Path(tempfile.mkdtemp(prefix="logline-bench-"))
+        if os.geteuid() == 0:  # the embedded server runs as another user: let it traverse (only)
+            self.tmp.chmod(0o711)
         self.home = Home(self.tmp / "home")
         self.external = bool(os.environ.get("LOGLINE_DATABASE_URL"))
         self.server: db.Database | None = None
@@ -436,6 +536,9 @@ class Bench:
                          "ADD GENERATED BY DEFAULT AS IDENTITY")
 
     def teardown(self) -> None:
+        for peer in getattr(self, "peers", {}).values():
+            with contextlib.suppress(Exception):
+                peer.close()
         if self.args.keep:
             name = self.database.dbname if self.database else "?"
             console.print(f"[yellow]kept[/] database {name} and {self.tmp} (server running)")
@@ -469,6 +572,7 @@ class Bench:
         spans = self.fresh_signed(n)
         views = [signing_view(s) for s in spans]
         same = all(jcs_fast(v) == canonical_bytes(s) for v, s in zip(views, spans, strict=True))
+        self.results["span_bytes_avg"] = statistics.mean(len(jcs_fast(v)) for v in views)
         assert same, "the baseline must canonicalise exactly like stage0"
         key, vk = self.key, self.key.verify_key
         pairs = [(bytes.fromhex(s["curr_hash"]), bytes.fromhex(s["signature"])) for s in spans]
@@ -540,6 +644,7 @@ class Bench:
             for row in rows:
                 conn.execute(sql, row)
         prim["insert_per_commit"] = m.per(len(rows))
+        self.bare_insert = (sql, rows)
         clients = self.args.clients
         conns = [self.connect("admin", autocommit=True) for _ in range(clients)]
         try:
@@ -562,18 +667,71 @@ class Bench:
             # work, not append()'s.
             batches = [w.take(min(batch, n - done)) for done in range(0, n, batch)]
             acc: dict[str, float] = {}
-            with phase_times(acc), Meter(conn) as m:
-                for drafts in batches:
-                    store.append(conn, drafts, self.key)
-            self.record_ingest(label, "batched", size, m.per(n), acc,
+            # In rounds; into the fresh ledger each round is followed by the peer's round of
+            # the same size (its per-round ratios are what a loaded machine moves least).
+            peers = self.peers if label == "fresh" else {}
+            peer_batch = peers.get("db function")
+            ours, theirs = Accumulated(), Accumulated()
+            rounds = min(PAIRED_ROUNDS, len(batches))
+            for r in range(rounds):
+                part = batches[r * len(batches) // rounds:(r + 1) * len(batches) // rounds]
+                with phase_times(acc), Meter(conn) as m:
+                    for drafts in part:
+                        store.append(conn, drafts, self.key)
+                ours.add(m, sum(map(len, part)))
+                if peer_batch is not None:
+                    items = [peer_batch.events(len(d)) for d in part]
+                    with Meter(pids=(peer_batch.pid,)) as m:
+                        for evs in items:
+                            peer_batch.insert(evs)
+                    theirs.add(m, sum(map(len, part)))
+            self.record_ingest(label, "batched", size, ours.per(n), acc,
                                GOALS["batched_fresh" if label == "fresh" else "batched_large"])
+            if peer_batch is not None:
+                self.record_peer("batched", "db function", theirs.per(n))
+                self.results["peer"]["paired_batched"] = statistics.median(
+                    a / b for a, b in zip(ours.rates, theirs.rates, strict=True) if b)
             singles = w.take(commits)
             acc = {}
-            with phase_times(acc), Meter(conn) as m:
-                for one in singles:
-                    store.append(conn, [one], self.key)
-            self.record_ingest(label, "per_commit", size, m.per(commits), acc,
-                               GOALS["per_commit"])
+            # Latency-bound and so the figure a loaded machine moves most: measured in
+            # PAIRED_ROUNDS rounds, each beside a round of the bare INSERT + commit on the same
+            # server just before it; the per-round ratios' median is the ratio reported.
+            sql, bare_rows = self.bare_insert
+            rounds, wall, cpu, server, paired = PAIRED_ROUNDS, 0.0, 0.0, 0.0, []
+            theirs_by = {k: Accumulated() for k in peers}
+            bare_acc = Accumulated()
+            with self.connect("admin", autocommit=True) as bare:
+                for r in range(rounds):
+                    part = singles[r * commits // rounds:(r + 1) * commits // rounds]
+                    with Meter(bare) as mb:
+                        for row in bare_rows[:len(part)]:
+                            bare.execute(sql, row)
+                    bare_acc.add(mb, len(part))
+                    with phase_times(acc), Meter(conn) as m:
+                        for one in part:
+                            store.append(conn, [one], self.key)
+                    wall, cpu = wall + m.wall, cpu + m.cpu
+                    server += m.server or 0.0
+                    paired.append((len(part) / m.wall, len(part) / mb.wall))
+                    for k, peer in peers.items():
+                        items = [peer.events(1) for _ in part]
+                        with Meter(pids=(peer.pid,)) as mp:
+                            for evs in items:
+                                peer.insert(evs)
+                        theirs_by[k].add(mp, len(part))
+            figures = {"n": commits, "seconds": round(wall, 3), "per_s": rate(commits, wall),
+                       "client_cpu_us": cpu * 1e6 / commits,
+                       "server_cpu_us": server * 1e6 / commits,
+                       "paired_rounds": [(round(a), round(b)) for a, b in paired],
+                       "paired_bare": bare_acc.per(commits),
+                       "paired_ratio": statistics.median(a / b for a, b in paired)}
+            self.record_ingest(label, "per_commit", size, figures, acc, GOALS["per_commit"])
+            for k, acc_peer in theirs_by.items():
+                self.record_peer("per_commit", k, acc_peer.per(commits))
+            if theirs_by:
+                best = max(theirs_by.values(), key=lambda a: rate(commits, a.wall) or 0.0)
+                self.results["peer"]["paired_per_commit"] = statistics.median(
+                    a / b for (a, _), b in zip(paired, best.rates, strict=True) if b)
             # Concurrent appenders: batches from one client per core (signing of one batch
             # can overlap the COPY of another), and single spans from --clients clients.
             for clients, per_client, size_of in ((self.jobs, n // self.jobs, batch),
@@ -659,6 +817,47 @@ class Bench:
             "copy_seconds": round(copy_seconds, 1), "batch": batch, "workers": workers,
             "analyze_seconds": round(time.perf_counter() - t, 1), "rows_after": self.count(),
         }
+
+    # --- the peer -----------------------------------------------------------------------------
+
+    def setup_peer(self) -> None:
+        """eventsourcing's PostgresApplicationRecorder (psycopg 3) on the same server, in
+        databases of its own, measured inside ingest("fresh") in rounds alternating with
+        LogLine's (see PeerRecorder)."""
+        self.peers: dict[str, PeerRecorder] = {}
+        if self.args.no_peer:
+            self.results["peer"] = {"skipped": "--no-peer"}
+            return
+        try:
+            import eventsourcing.postgres  # noqa: F401
+        except ImportError:
+            self.results["peer"] = {"skipped": "eventsourcing is not installed: "
+                                    "pip install -e '.[bench]'"}
+            return
+        assert self.server is not None
+        # Two ways the recorder writes: its default (a pipelined transaction: LOCK TABLE ...
+        # EXCLUSIVE, NOTIFY, INSERT ... RETURNING) and POSTGRES_ENABLE_DB_FUNCTIONS (one
+        # statement calling its PL/pgSQL function: NOTIFY and INSERT, no table lock). The
+        # default path deadlocks in psycopg's pipeline mode on a 1,000-event batch (~450 KB
+        # of parameters: both sides wait, the server in ClientRead), so batches use the
+        # function; single events are measured both ways.
+        for label, db_functions in PEER_PATHS.items():
+            self.peers[label] = PeerRecorder(self.server, db_functions, self.run, self.args.seed)
+        from importlib.metadata import version as _version
+        self.results["peer"] = {"system": "eventsourcing", "version": _version("eventsourcing"),
+                                "recorder": "PostgresApplicationRecorder",
+                                "batch": self.args.batch}
+
+    def record_peer(self, mode: str, label: str, figures: dict[str, Any]) -> None:
+        peer = self.results["peer"]
+        peer.setdefault(label, {})[mode] = figures
+        peer["state_bytes_avg"] = statistics.mean(
+            b for p in self.peers.values() for b in p.sizes) if any(
+            p.sizes for p in self.peers.values()) else None
+        # The ratios compare LogLine with the peer's faster path of each mode.
+        best = max((peer[k][mode] for k in PEER_PATHS if mode in peer.get(k, {})),
+                   key=lambda f: f["per_s"])
+        peer[mode] = best
 
     # --- verify -------------------------------------------------------------------------------
 
@@ -776,17 +975,18 @@ class Bench:
         large = f"{self.args.preload:,}"
         steps: list[tuple[str, Callable[[], None]]] = [
             ("raw primitives", self.primitives),
-            ("ingest into a fresh ledger", lambda: self.ingest("fresh")),
+            ("the peer: eventsourcing's PostgreSQL recorder", self.setup_peer),
+            ("ingest into a fresh ledger (beside the peer)", lambda: self.ingest("fresh")),
             ("lookups at fresh size", lambda: self.lookups("fresh")),
         ]
-        if self.args.verify_at == "fresh":
+        if self.args.verify_at in ("fresh", "both"):
             steps.append(("verify at fresh size", lambda: self.verify("fresh")))
         steps += [
             (f"preload to {large} spans", lambda: self.preload(self.args.preload)),
             (f"ingest at {large}", lambda: self.ingest("large")),
             (f"lookups at {large}", lambda: self.lookups("large")),
         ]
-        if self.args.verify_at == "large":
+        if self.args.verify_at in ("large", "both"):
             steps.append((f"verify at {large}", lambda: self.verify("large")))
         if self.args.trigger_variants:
             steps.append(("trigger variants", self.trigger_variants))
@@ -834,6 +1034,151 @@ def table(title: str, columns: list[str], left: tuple[str, ...] = ()) -> Table:
     for c in columns:
         t.add_column(c, justify="left" if c in left else "right")
     return t
+
+
+def ratio_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13's ratios: (path, LogLine figure, its primitive or peer, ratio, goal)."""
+    prim, meta, rows = results["primitives"], results["meta"], []
+
+    def add(path: str, ours: float | None, what: str, theirs: float | None, goal: float,
+            key: str, cpu: tuple[float | None, float | None] = (None, None),
+            ratio: float | None = None) -> None:
+        """cpu: CPU µs per row, ours and theirs (client + server): their ratio is the work
+        ratio, which a loaded machine moves far less than the wall-clock one."""
+        if ratio is None:
+            ratio = ours / theirs if ours is not None and theirs else None
+        cpu_ratio = cpu[1] / cpu[0] if cpu[0] and cpu[1] else None
+        rows.append({"key": key, "path": path, "logline": ours, "primitive": what,
+                     "primitive_per_s": theirs, "ratio": ratio, "goal": goal,
+                     "cpu_ratio": cpu_ratio, "met": ratio is not None and ratio >= goal})
+
+    def work(r: dict[str, Any] | None) -> float | None:
+        if r is None or r.get("client_cpu_us") is None:
+            return None
+        return float(r["client_cpu_us"]) + float(r.get("server_cpu_us") or 0.0)
+
+    def ingest(ledger: str, mode: str) -> dict[str, Any] | None:
+        return next((r for r in results["ingest"] if r["ledger"] == ledger
+                     and r["mode"] == mode), None)
+
+    trigger = prim["copy_ledger_trigger"]["per_s"]
+    for ledger in ("fresh", "large"):
+        rows_before = ingest(ledger, "batched")
+        if rows_before is None:
+            continue
+        size = f"{rows_before['rows_before']:,} rows"
+        add(f"batched ingest ({rows_before['batch']:,} a batch), {ledger} ({size})",
+            rows_before["per_s"], "COPY of signed rows through the append trigger", trigger,
+            RATIO_GOALS["batched"], f"batched_{ledger}",
+            (work(rows_before), work(prim["copy_ledger_trigger"])))
+    add("the append trigger (COPY of signed rows through it)", trigger,
+        "COPY into the same table with its CHECKs and indexes, no trigger",
+        prim["copy_indexed_no_trigger"]["per_s"], RATIO_GOALS["trigger"], "trigger",
+        (work(prim["copy_ledger_trigger"]), work(prim["copy_indexed_no_trigger"])))
+    for ledger in ("fresh", "large"):
+        r = ingest(ledger, "per_commit")
+        if r is not None:
+            add(f"one span per commit, {ledger} ({r['rows_before']:,} rows; ratio: median of "
+                f"{len(r.get('paired_rounds') or [])} paired rounds)", r["per_s"],
+                "one bare INSERT per commit (rounds beside ours)",
+                statistics.median(b for _, b in r["paired_rounds"]) if r.get("paired_rounds")
+                else prim["insert_per_commit"]["per_s"],
+                RATIO_GOALS["per_commit"], f"per_commit_{ledger}",
+                (work(r), work(r.get("paired_bare") or prim["insert_per_commit"])),
+                r.get("paired_ratio"))
+    for v in results["verify"]:
+        size = f"{v['spans']:,} spans"
+        if v["jobs"] == 1:
+            per_cpu = prim["verify_jcs"]["per_cpu_s"]
+            add(f"verify, 1 process ({size})", v["per_s"],
+                "canonicalise + BLAKE3 + Ed25519 verify, 1 process",
+                prim["verify_jcs"]["per_s"], RATIO_GOALS["verify_1"], f"verify_1_{v['ledger']}",
+                (work(v), 1e6 / per_cpu if per_cpu else None))
+        else:
+            add(f"verify, {v['jobs']} processes ({size})", v["per_s"],
+                f"the same primitive on {meta['cpus']} processes",
+                prim["verify_jcs_all_cores"]["per_s"], RATIO_GOALS["verify_n"],
+                f"verify_n_{v['ledger']}")
+            one = next((o for o in results["verify"] if o["jobs"] == 1
+                        and o["ledger"] == v["ledger"]), None)
+            if one is not None:
+                add(f"verify, {v['jobs']} processes against 1 (scaling, x)", v["per_s"],
+                    "verify, 1 process, same ledger", one["per_s"],
+                    RATIO_GOALS["verify_scaling"] * v["jobs"] / 2,
+                    f"verify_scaling_{v['ledger']}")
+    peer = results.get("peer") or {}
+    if "batched" in peer:
+        for mode, label in (("batched", f"batched ({peer['batch']:,} a batch)"),
+                            ("per_commit", "one event per commit")):
+            r = ingest("fresh", mode)
+            if r is not None:
+                paired = peer.get(f"paired_{mode}")
+                add(f"LogLine against the peer, {label}, fresh (ratio: median of paired "
+                    "rounds)", r["per_s"],
+                    f"eventsourcing {peer['version']} {peer['recorder']}, same events",
+                    peer[mode]["per_s"], RATIO_GOALS["peer"], f"peer_{mode}",
+                    (work(r), work(peer[mode])), paired)
+    return rows
+
+
+#: What one row costs each side (the peer table beside the ratios).
+PER_ROW = [
+    ("what the caller hands over", "a draft span (dict): no seq, no hash, no signature",
+     "an event's JSON state, its originator id and the version the caller counted"),
+    ("validation", "normalise: field types, UUIDs, timestamps, JSON walk (no floats NaN, "
+     "no lone surrogates), sizes", "none"),
+    ("versioning", "reads the id's head (seq, curr_hash) in the same statement, chains "
+     "seq + 1 and prev_hash; the trigger re-checks seq, prev_hash, owner, tenant and kind "
+     "under the append lock", "primary key (originator_id, originator_version) refuses a "
+     "duplicate version"),
+    ("integrity", "RFC 8785 canonical JSON + BLAKE3 + Ed25519 signature per row; a "
+     "ledger-wide SHA-256 chain hash per row", "none"),
+    ("ordering", "position from a sequence under a transaction-scoped advisory lock "
+     "(commit order)", "notification_id from a sequence; commit order only on the default "
+     "path (LOCK TABLE ... EXCLUSIVE), not through its db function"),
+    ("row stored", "30 columns, CHECK constraints, 12 indexes (2 GIN)",
+     "4 columns (+ notification_id), 2 indexes"),
+    ("after the statement", "head projection upsert, one NOTIFY per row, chain tip, "
+     "execution and token counters", "one NOTIFY per transaction, RETURNING ids"),
+]
+
+
+def report_ratios(results: dict[str, Any]) -> None:
+    rows = ratio_rows(results)
+    results["ratios"] = rows
+    t = table("Issue 13: each path against its primitive or peer, same run",
+              ["path", "LogLine /s", "primitive or peer (same run)", "its /s", "ratio", "goal",
+               "met", "CPU ratio"], ("path", "primitive or peer (same run)"))
+    for r in rows:
+        t.add_row(r["path"], fmt(r["logline"]), r["primitive"], fmt(r["primitive_per_s"]),
+                  "-" if r["ratio"] is None else f"{r['ratio']:.2f}", f">= {r['goal']:.2f}",
+                  met(r["met"]), "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}")
+    console.print("CPU ratio: the primitive's (or peer's) CPU µs per row over ours, client + "
+                  "server (the work ratio: a loaded machine moves it far less than the wall "
+                  "clock). Load average now " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+    console.print(t)
+    peer = results.get("peer") or {}
+    if "skipped" in peer:
+        console.print(f"peer: skipped ({peer['skipped']})")
+    elif peer:
+        t = table(f"What each side does per row (LogLine spans: {results['span_bytes_avg']:.0f} "
+                  f"canonical bytes; the peer's events: {peer['state_bytes_avg']:.0f} bytes of "
+                  "state)", ["", "LogLine append", f"eventsourcing {peer['version']} "
+                  f"{peer['recorder']}"], ("", "LogLine append",
+                                           f"eventsourcing {peer['version']} "
+                                           f"{peer['recorder']}"))
+        for row in PER_ROW:
+            t.add_row(*row)
+        lo = {r["mode"]: r for r in results["ingest"] if r["ledger"] == "fresh"}
+        for path in ("db function", "pipelined, LOCK TABLE"):
+            for mode, p in peer.get(path, {}).items():
+                ours = lo.get(mode)
+                t.add_row(f"{mode}, the peer's {path}: rows/s; CPU µs/row client / server",
+                          "" if ours is None else f"{fmt(ours['per_s'])}/s; "
+                          f"{us(ours['client_cpu_us'])} / {us(ours['server_cpu_us'])}",
+                          f"{fmt(p['per_s'])}/s; {us(p['client_cpu_us'])} / "
+                          f"{us(p['server_cpu_us'])}")
+        console.print(t)
 
 
 def report(results: dict[str, Any]) -> None:
@@ -961,6 +1306,7 @@ def report(results: dict[str, Any]) -> None:
     if "profile_fresh_batched" in results:
         console.print("[bold]cProfile of 5 more batches of append (fresh), by own time[/]")
         console.print(results["profile_fresh_batched"], markup=False, highlight=False)
+    report_ratios(results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -980,14 +1326,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--primitive-spans", type=int, help="spans per primitive loop "
                         "(default 10,000; quick 5,000)")
     parser.add_argument("--lookups", type=int, default=2000, help="random head lookups")
-    parser.add_argument("--verify-at", choices=("fresh", "large"), default="fresh",
+    parser.add_argument("--verify-at", choices=("fresh", "large", "both"), default="fresh",
                         help="verify the ledger after the fresh ingest (default; the rate is "
-                        "per span) or after the preload (slow at 1M rows)")
+                        "per span), after the preload (slow at 1M rows), or both")
     parser.add_argument("--trigger-variants", action="store_true",
                         help="at the end, cost the parts of the append trigger by COPYing "
                         "through edited copies of it (the benchmark database only)")
     parser.add_argument("--variant-spans", type=int, default=4000,
                         help="rows per trigger variant and round")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the peer (eventsourcing's PostgreSQL recorder)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true",
                         help="cProfile 5 extra batches of append and print the top functions")

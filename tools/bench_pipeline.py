@@ -6,7 +6,7 @@ processes, beside the same workload on procrastinate (a PostgreSQL job queue), i
                                    [--no-peer] [--no-policies] [--variants] [--profile]
                                    [--json FILE] [--keep]
 
-The peer is a benchmark comparison, not a dependency: `pip install procrastinate` (and
+The peer is a benchmark comparison, not a dependency: `pip install -e ".[bench]"` (and
 `pip install py-spy` for --profile). Without it the script says so and prints LogLine's
 figures alone.
 
@@ -818,6 +818,8 @@ class Bench:
     policies_on: bool = False
 
     def __post_init__(self) -> None:
+        if os.geteuid() == 0:  # the embedded server runs as another user: let it traverse (only)
+            self.tmp.chmod(0o711)
         self.home = Home(self.tmp / "home")
         self.external = bool(os.environ.get("LOGLINE_DATABASE_URL"))
 

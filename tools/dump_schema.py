@@ -42,6 +42,8 @@ def main() -> int:
         text = current(db.Database(url))
     else:
         with tempfile.TemporaryDirectory(prefix="logline-schema-") as tmp:
+            if os.geteuid() == 0:  # the embedded server runs as another user: traverse only
+                Path(tmp).chmod(0o711)
             home = Home(Path(tmp))
             try:
                 text = current(db.embedded(home))

@@ -6,7 +6,9 @@ transaction. PostgreSQL re-checks the chain (ledger.on_append) so no caller can 
 Chaining is optimistic: the heads are read without a lock, and on a concurrent append to the
 same id the batch is re-chained and re-signed. A small batch is first sent as if its ids were
 new, in an INSERT that stores nothing and returns the heads if one exists (one round trip for
-new ids, the common case; two, as before, for a next version). A large batch is signed while
+new ids, the common case; two, as before, for a next version, unless this connection appended
+the version before: it remembers the heads it wrote, and the INSERT then stores the rows only
+if those heads are still current). A large batch is signed while
 it is COPYed, so PostgreSQL inserts the rows already sent while this process signs the next
 ones; the append lock (taken with the first row) is then held for the batch's signing time as
 well, which is about its insert time, the two running side by side.
@@ -173,14 +175,18 @@ def _append_once(conn: Connection, spans: Sequence[Mapping[str, Any]],
     as LEDGER_SEQ_CONFLICT for a retry); a small batch of new ids costs one round trip."""
     autocommit = conn.autocommit
     try:
-        conn.autocommit = True
+        if not autocommit:  # setting it costs a pass through the driver's lock and wait loop
+            conn.autocommit = True
         if _small(conn, spans):
             stored = _append_small(conn, spans, key, trusted)
             progress(len(stored))
             return stored
         if not _row_security(conn):
-            return _stream(conn, spans, key, trusted, progress)
-        conn.autocommit = autocommit
+            stored = _stream(conn, spans, key, trusted, progress)
+            _remember(conn, stored)
+            return stored
+        if conn.autocommit != autocommit:
+            conn.autocommit = autocommit
         with conn.transaction():  # more rows than one INSERT takes, under row-level security
             prepared, rows = _prepare_all(conn, spans, key, trusted, progress)
             _insert_rows(conn, rows)
@@ -198,20 +204,61 @@ def _small(conn: Connection, spans: Sequence[Mapping[str, Any]]) -> bool:
 
 def _append_small(conn: Connection, spans: Sequence[Mapping[str, Any]],
                   key: SigningKey, trusted: frozenset[str] | None) -> list[dict[str, Any]]:
-    """Up to INSERT_CHUNK spans in one INSERT, prepared as if every id they chain were new.
-    The statement inserts them only if none of those ids has a head, and returns the heads it
-    found otherwise (inserting nothing): then the spans are chained to those heads, signed
-    again and inserted. New ids, the common case, cost one round trip instead of two (heads
-    query, INSERT); the next version of an existing id costs what it did, plus a signature."""
+    """Up to INSERT_CHUNK spans in one INSERT, chained to the heads this connection last
+    wrote for their ids (_known_heads) and as if every other id were new. The statement
+    inserts them only if the ids' heads are exactly those, and returns the heads it found
+    otherwise (inserting nothing): then the spans are chained to those heads, signed again
+    and inserted. New ids, the common case, and next versions of spans this connection
+    appended cost one round trip instead of two (heads query, INSERT); any other next version
+    costs what it did, plus a signature. The guess is never trusted: the statement compares
+    it with the heads, and the append trigger checks every chain under the append lock."""
     ids = sorted(set(_chained_ids(spans)))
-    prepared, rows = _prepare_rows(spans, {}, key, trusted)
+    known = _known_heads(conn)
+    expected = {i: known[i] for i in ids if i in known}
+    prepared, rows = _prepare_rows(spans, dict(expected), key, trusted)
     if ids:
-        found = _insert_if_new(conn, ids, rows)
-        if not found:
+        try:
+            found = _insert_if_new(conn, ids, rows, expected)
+        except LoglineError:
+            for i in ids:
+                known.pop(i, None)
+            raise
+        if found == expected:
+            _remember(conn, prepared)
             return prepared
         prepared, rows = _prepare_rows(spans, found, key, trusted)
     _insert_rows(conn, rows)
+    _remember(conn, prepared)
     return prepared
+
+
+#: Per connection: the heads (id -> (seq, curr_hash)) of the spans it appended last, at most
+#: KNOWN_HEADS of them, oldest dropped first. A guess for the next append of those ids (a
+#: request then its next status, an execution then its result): wrong, it costs the round
+#: trip it would have cost anyway.
+_KNOWN: weakref.WeakKeyDictionary[Connection, dict[str, tuple[int, str]]] = \
+    weakref.WeakKeyDictionary()
+KNOWN_HEADS = 4096
+
+
+def _known_heads(conn: Connection) -> dict[str, tuple[int, str]]:
+    known = _KNOWN.get(conn)
+    if known is None:
+        known = _KNOWN[conn] = {}
+    return known
+
+
+def _remember(conn: Connection, stored: Sequence[Mapping[str, Any]]) -> None:
+    """Note the heads of what was stored, once it is committed: only outside a transaction
+    block (inside one a rollback would make them wrong, which would cost a round trip)."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return
+    known = _known_heads(conn)
+    for span in stored:
+        known.pop(span["id"], None)  # re-inserted: the newest last
+        known[span["id"]] = (span["seq"], span["curr_hash"])
+    while len(known) > KNOWN_HEADS:
+        del known[next(iter(known))]
 
 
 def _stream(conn: Connection, spans: Sequence[Mapping[str, Any]], key: SigningKey,
@@ -311,15 +358,26 @@ def _insert_rows(conn: Connection, rows: Sequence[list[Any]]) -> None:
         raise db_error(exc) from None
 
 
-def _insert_if_new(conn: Connection, ids: list[str], rows: Sequence[list[Any]]
+def _insert_if_new(conn: Connection, ids: list[str], rows: Sequence[list[Any]],
+                   expected: Mapping[str, tuple[int, str]] | None = None
                    ) -> dict[str, tuple[int, str]]:
-    """INSERT `rows` (at most INSERT_CHUNK) only if none of `ids` has a head; return the heads
-    found (then nothing was inserted). One statement: atomic, and no error when ids exist."""
+    """INSERT `rows` (at most INSERT_CHUNK) only if the heads of `ids` are exactly `expected`
+    (id -> (seq, curr_hash); an id not in it must have no head: by default, all are new);
+    return the heads found, which equal `expected` when the rows were inserted. One
+    statement: atomic, and no error when the heads differ."""
+    expected = expected or {}
+    if len(ids) == 1:  # the parameters in the statement's order: ids, rows, expected heads
+        seq, curr_hash = expected.get(ids[0], (-1, ""))
+        first: Any = ids[0]
+        heads: list[Any] = [seq, curr_hash]
+    else:
+        first = ids
+        heads = [list(expected), [h[0] for h in expected.values()],
+                 [h[1] for h in expected.values()]]
     try:
         with conn.cursor(row_factory=tuple_row) as cur:
             found = cur.execute(_insert_if_new_sql(len(rows), len(ids) == 1),
-                                [ids[0] if len(ids) == 1 else ids,
-                                 *(v for row in rows for v in row)]).fetchall()
+                                [first, *(v for row in rows for v in row), *heads]).fetchall()
     except psycopg.Error as exc:
         raise db_error(exc) from None
     return {span_id: (seq, curr_hash) for span_id, seq, curr_hash in found}
@@ -353,15 +411,25 @@ def _insert_sql(rows: int) -> str:
 
 @cache
 def _insert_if_new_sql(rows: int, one_id: bool) -> str:
-    # `known` is read once (a CTE referenced twice is materialised); under row-level security
-    # it holds the heads the caller may read, as current_heads() does. One id is compared as
-    # a scalar: PostgreSQL then keeps the prepared statement's generic plan, where for
-    # `= ANY(array)` it would plan every execution again (~80 us).
-    match = "id = %s::uuid" if one_id else "id = ANY(%s::uuid[])"
+    # `known` is read once (a CTE referenced several times is materialised); under row-level
+    # security it holds the heads the caller may read, as current_heads() does. One id is
+    # compared as a scalar, its expected head as (seq, hash), (-1, '') for none: PostgreSQL
+    # then keeps the prepared statement's generic plan, where for `= ANY(array)` it would
+    # plan every execution again (~80 us). Several ids: the expected heads as three arrays,
+    # and any head that is not expected, or expected and not found, or different, stops it.
+    if one_id:
+        match = "id = %s::uuid"
+        same = ("coalesce((SELECT seq FROM known), -1) = %s::integer "
+                "AND coalesce((SELECT curr_hash FROM known), '') = %s::text")
+    else:
+        match = "id = ANY(%s::uuid[])"
+        same = ("NOT EXISTS (SELECT FROM known k FULL JOIN unnest(%s::text[], %s::integer[], "
+                "%s::text[]) AS e(id, seq, curr_hash) ON e.id = k.id WHERE k.id IS NULL "
+                "OR e.id IS NULL OR k.seq <> e.seq OR k.curr_hash <> e.curr_hash)")
     return (f"WITH known AS (SELECT id::text, seq, curr_hash FROM ledger.span_heads "
             f"WHERE {match}), "
             f"stored AS (INSERT INTO {_TABLE} SELECT * FROM ({_values_sql(rows)}) AS v "
-            f"WHERE NOT EXISTS (SELECT FROM known)) "
+            f"WHERE {same}) "
             f"SELECT id, seq, curr_hash FROM known")
 
 

@@ -1,8 +1,12 @@
 """Verify every span in the ledger: hash, signature, key trust, version chain, head projection.
 
-Spans stream from server-side cursors over id ranges, in (id, seq) order, and are checked one
-by one (hash, signature, trust, version chain, position); with several jobs, worker processes
-take whole id ranges on their own connections in the same snapshot. Nothing is loaded whole.
+Spans stream over id ranges, in (id, seq) order, and are checked one by one (hash, signature,
+trust, version chain, position); with several jobs, worker processes take whole id ranges on
+their own connections in the same snapshot. Rows stream in chunks while they are checked (the
+server reads the next rows while this process verifies signatures). The checks that need no
+signature (the ledger-wide chain, its tip, a checkpoint, the head projection) run in
+PostgreSQL, on a second connection in the same snapshot, at the same time: this process only
+hears of rows that fail them. Nothing is loaded whole.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_loads
 
 from stage0.errors import LoglineError
@@ -129,15 +134,26 @@ def _loads(data: str | bytes) -> Any:
     return _DECODER.decode(data.decode())
 
 
+#: libpq 17 streams results in chunks (PQsetChunkedRowsMode): the server keeps sending the
+#: next rows while this process checks the ones it has; an older libpq uses a server-side
+#: cursor, fetched chunk by chunk (the server idles while the client works, and vice versa).
+_CHUNKED = psycopg.pq.version() >= 170000
+
+
 def _walk_range(conn: Connection, lo: str, hi: str, walk: _Walk) -> None:
     """Stream the versions of ids in [lo, hi] into `walk` (rows come back with ids, `at` and
     related_to already as the text a span holds: PostgreSQL converts them)."""
+    see, params = walk.see, {"lo": lo, "hi": hi}
+    if _CHUNKED:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            for row in cur.stream(q("stream_range_for_verify"), params, size=CHUNK):
+                see(dict(zip(FIELDS, row, strict=False)), row[-1])  # position comes last
+        return
     with conn.cursor(name="verify_stream", row_factory=tuple_row) as cur:
         cur.itersize = CHUNK
-        cur.execute(q("stream_range_for_verify"), {"lo": lo, "hi": hi})
-        see = walk.see
+        cur.execute(q("stream_range_for_verify"), params)
         for row in cur:
-            see(dict(zip(FIELDS, row, strict=False)), row[-1])  # position comes last
+            see(dict(zip(FIELDS, row, strict=False)), row[-1])
 
 
 def _ranges(parts: int) -> list[tuple[str, str]]:
@@ -216,8 +232,8 @@ def verify(conn: Connection, root_key: str, jobs: int | None = None,
             walk = _Walk(signers, root_key, high)
             pending = []
             pool = None
-            if jobs > 1 and own:
-                snapshot = one(conn.execute(q("export_snapshot")))["s"]
+            snapshot = one(conn.execute(q("export_snapshot")))["s"] if own else None
+            if jobs > 1 and snapshot is not None:
                 pool = ProcessPoolExecutor(jobs, initializer=_worker_start,
                                            initargs=(_conninfo(conn),))
                 pending = [(lo, hi, pool.submit(_worker_range, snapshot, lo, hi, signers,
@@ -226,26 +242,23 @@ def verify(conn: Connection, root_key: str, jobs: int | None = None,
                     for *_, future in pending:
                         future.add_done_callback(
                             lambda f: f.exception() is None and progress(f.result()[0]))
+            # The checks PostgreSQL computes, on a second connection in this snapshot, while
+            # this process (or the workers) verify signatures; here afterwards if it fails.
+            # Started after the workers were forked (submit starts them): a fork never copies
+            # a process whose other thread is inside the driver.
+            side = _ServerChecks(_conninfo(conn), snapshot, checkpoint) if snapshot else None
             try:
                 for lo, hi in ranges if pool is None else ():
                     before = walk.spans
                     _walk_range(conn, lo, hi, walk)
                     if progress:
                         progress(walk.spans - before)
-                # Meanwhile (or then): the ledger-wide chain and the head projection, here.
-                report.tip = _check_ledger_chain(conn, report.failures)
-                _check_tip(conn, report.tip, report.failures)
-                if checkpoint is not None:
-                    broken = pin.check(conn, checkpoint)
-                    if broken:
-                        report.failures.append(Failure("ledger", checkpoint["position"],
-                                                       *broken))
-                for row in conn.execute(q("heads_inconsistent")):
-                    detail = ("the head projection disagrees with the stored versions"
-                              if row["reason"] == "HEAD_MISMATCH"
-                              else "stored versions have no head")
-                    report.failures.append(Failure(row["id"], row["seq"], row["reason"],
-                                                   detail))
+                # Meanwhile (or then): the ledger-wide chain and the head projection.
+                done = side.result() if side is not None else None
+                if done is None:
+                    done = _server_checks(conn, checkpoint)
+                report.tip = done[0]
+                report.failures += done[1]
                 for lo, hi, future in pending:
                     try:
                         spans, ids, found = future.result()
@@ -277,21 +290,63 @@ def chain_link(prev: str | None, position: int, curr_hash: str) -> str:
 
 
 def _check_ledger_chain(conn: Connection, failures: list[Failure]) -> dict[str, Any] | None:
-    """Walk the ledger in position order: every row must extend the chain of the row before
-    it, so an edited position or a removed row shows up where it happened. Returns the tip."""
-    prev: str | None = None
-    tip = None
-    with conn.transaction(), conn.cursor(name="verify_chain") as cur:
-        cur.itersize = 10 * CHUNK
-        cur.execute(q("stream_ledger_chain"))
-        for row in cur:
-            if chain_link(prev, row["position"], row["curr_hash"] or "") != row["chain_hash"]:
-                failures.append(Failure(row["id"], row["seq"], "LEDGER_CHAIN_BROKEN",
-                                        f"chain_hash at position {row['position']} does not "
-                                        "extend the row before it (edited or removed rows)"))
-            prev = row["chain_hash"]
-            tip = {"position": row["position"], "chain_hash": prev}
-    return tip
+    """Every row in position order must extend the chain of the row before it (chain_link),
+    so an edited position or a removed row shows up where it happened. PostgreSQL computes
+    the links and returns the rows that break them. Returns the tip (the newest row)."""
+    for row in conn.execute(q("ledger_chain_breaks")):
+        failures.append(Failure(row["id"], row["seq"], "LEDGER_CHAIN_BROKEN",
+                                f"chain_hash at position {row['position']} does not "
+                                "extend the row before it (edited or removed rows)"))
+    newest = conn.execute(q("newest_row")).fetchone()
+    return None if newest is None else {"position": newest["position"],
+                                        "chain_hash": newest["chain_hash"]}
+
+
+def _server_checks(conn: Connection, checkpoint: dict[str, Any] | None
+                   ) -> tuple[dict[str, Any] | None, list[Failure]]:
+    """The checks PostgreSQL computes (no signature involved): the ledger-wide chain, its
+    recorded tip, a checkpoint, the head projection. Returns the tip and the failures."""
+    failures: list[Failure] = []
+    tip = _check_ledger_chain(conn, failures)
+    _check_tip(conn, tip, failures)
+    if checkpoint is not None:
+        broken = pin.check(conn, checkpoint)
+        if broken:
+            failures.append(Failure("ledger", checkpoint["position"], *broken))
+    for row in conn.execute(q("heads_inconsistent")):
+        detail = ("the head projection disagrees with the stored versions"
+                  if row["reason"] == "HEAD_MISMATCH" else "stored versions have no head")
+        failures.append(Failure(row["id"], row["seq"], row["reason"], detail))
+    return tip, failures
+
+
+class _ServerChecks:
+    """_server_checks on a connection of its own, in the verifying transaction's snapshot,
+    on a thread (which waits on PostgreSQL: the GIL is free for the signature checks).
+    result() is None when it could not run; the caller then runs them itself."""
+
+    def __init__(self, conninfo: str, snapshot: str, checkpoint: dict[str, Any] | None
+                 ) -> None:
+        self._out: tuple[dict[str, Any] | None, list[Failure]] | None = None
+        self._thread = threading.Thread(target=self._run, args=(conninfo, snapshot, checkpoint),
+                                        name="verify-server-checks", daemon=True)
+        self._thread.start()
+
+    def _run(self, conninfo: str, snapshot: str, checkpoint: dict[str, Any] | None) -> None:
+        try:
+            with psycopg.connect(conninfo, autocommit=False, row_factory=dict_row) as conn:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                with conn.transaction():
+                    conn.execute(sql.SQL(q("set_snapshot")).format(snapshot))
+                    conn.execute(q("unbounded_transaction"))
+                    self._out = _server_checks(conn, checkpoint)
+        except Exception:  # noqa: BLE001 - the caller runs them again, and raises if it must
+            self._out = None
+
+    def result(self) -> tuple[dict[str, Any] | None, list[Failure]] | None:
+        self._thread.join()
+        return self._out
 
 
 def _check_tip(conn: Connection, tip: dict[str, Any] | None, failures: list[Failure]

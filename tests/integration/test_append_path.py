@@ -11,6 +11,8 @@ each of these once left an honest ledger failing `verify`, or crashed it.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
@@ -142,3 +144,120 @@ def test_a_refused_span_in_a_small_batch_stores_nothing(seeded, operator):
         assert [v["seq"] for v in store.versions(conn, a)] == [0]
         assert conn.execute("SELECT count(*) AS n FROM ledger.universal_registry "
                             "WHERE this = 'lost'").fetchone()["n"] == 0
+
+
+# --- the statement trigger's one-row path (schema/0013) ---------------------------------------
+
+def _trigger_effects(conn, ids, tenant):
+    heads = conn.execute(
+        "SELECT id::text AS id, seq, curr_hash, position, entity_type, status, owner_id, "
+        "tenant_id, visibility, is_deleted, at FROM ledger.span_heads "
+        "WHERE id = ANY(%s::uuid[]) ORDER BY position", (ids,)).fetchall()
+    tip = conn.execute("SELECT position, chain_hash FROM ledger.chain_tip").fetchone()
+    newest = conn.execute("SELECT position, chain_hash FROM ledger.universal_registry "
+                          "ORDER BY position DESC LIMIT 1").fetchone()
+    execs = conn.execute("SELECT day, n FROM ledger.tenant_exec_counts WHERE tenant_id = %s",
+                         (tenant,)).fetchall()
+    tokens = conn.execute("SELECT provider, day, tokens FROM ledger.provider_token_counts "
+                          "WHERE tenant_id = %s ORDER BY provider", (tenant,)).fetchall()
+    return heads, tip == newest, execs, tokens
+
+
+@pytest.mark.parametrize("one_by_one", [True, False], ids=["one span a statement", "batched"])
+def test_single_span_statements_leave_what_a_batch_leaves(seeded, operator, home, one_by_one):
+    """Heads, notifications (in position order), the chain tip and the execution and token
+    counters are the same whether spans come one per statement (0013's one-row path) or in
+    one statement (the set-based path)."""
+    tenant = f"t13-{'single' if one_by_one else 'batch'}"
+    x = "6a2b5c1e-0000-4000-8000-0000000013" + ("01" if one_by_one else "02")
+    spans = [
+        note(id=x, tenant_id=tenant, status="first"),
+        note(entity_type="execution", tenant_id=tenant, status="complete"),
+        note(entity_type="provider_execution", tenant_id=tenant, this="prov-a",
+             metadata={"tokens_in": 7, "tokens_out": 5}),
+        note(id=x, tenant_id=tenant, status="second"),
+        note(entity_type="provider_execution", tenant_id=tenant, this="prov-a",
+             metadata={"tokens_in": 1, "tokens_out": "junk"}),
+        note(entity_type="execution", tenant_id=tenant, status="complete"),
+    ]
+    with seeded.connect("kernel") as conn:
+        conn.execute("LISTEN timeline_updates")
+        if one_by_one:
+            stored = [store.append(conn, [s], operator)[0] for s in spans]
+        else:
+            with conn.transaction():  # one multi-row statement (versions of x chained)
+                stored = store.append(conn, spans, operator)
+        heads, tip_ok, execs, tokens = _trigger_effects(
+            conn, sorted({s["id"] for s in stored}), tenant)
+        assert tip_ok
+        assert [(h["id"], h["seq"], h["status"]) for h in heads if h["id"] == x] == [
+            (x, 1, "second")]
+        assert {h["id"] for h in heads} == {s["id"] for s in stored}
+        last = {s["id"]: s for s in stored}
+        for h in heads:
+            assert (h["seq"], h["curr_hash"]) == (last[h["id"]]["seq"],
+                                                 last[h["id"]]["curr_hash"])
+        assert [e["n"] for e in execs] == [2]
+        assert [(t["provider"], t["tokens"]) for t in tokens] == [("prov-a", 13)]
+        notified = [n.payload for n in conn.notifies(timeout=0.5, stop_after=len(spans))]
+        assert [json.loads(p)["seq"] for p in notified] == [s["seq"] for s in stored]
+        assert [json.loads(p)["id"] for p in notified] == [s["id"] for s in stored]
+        positions = [json.loads(p)["position"] for p in notified]
+        assert positions == sorted(positions)
+        assert set(json.loads(notified[0])) == {"position", "id", "seq", "tenant_id",
+                                                "visibility", "entity_type"}
+        assert_verifies(conn, home)
+
+
+def test_an_insert_that_stores_nothing_touches_no_head_tip_or_counter(seeded, operator):
+    """store.append's "insert if these ids are new" stores nothing when one is not: the
+    statement trigger then writes nothing (0013 returns at once)."""
+    a = "6a2b5c1e-0000-4000-8000-000000001303"
+    with seeded.connect("kernel") as conn:
+        store.append(conn, [note(id=a, entity_type="execution", tenant_id="t13-none")],
+                     operator)
+        before = _trigger_effects(conn, [a], "t13-none")
+        conn.execute("LISTEN timeline_updates")
+        [draft] = store._prepare_rows([note(id=a, entity_type="execution",
+                                            tenant_id="t13-none")], {}, operator, None)[1]
+        found = store._insert_if_new(conn, [a], [draft])
+        assert a in found
+        assert _trigger_effects(conn, [a], "t13-none") == before
+        assert list(conn.notifies(timeout=0.3, stop_after=1)) == []
+
+
+# --- heads this connection wrote (store._KNOWN): a guess, checked by the statement ----------
+
+def test_a_stale_remembered_head_is_not_trusted(seeded, operator, home):
+    """Connection A remembers x at seq 0; B appends seq 1; A's next append of x is chained to
+    B's version (seq 2), not to what A remembered, and the ledger verifies."""
+    x = "6a2b5c1e-0000-4000-8000-000000001304"
+    y = "6a2b5c1e-0000-4000-8000-000000001305"
+    with seeded.connect("kernel") as a, seeded.connect("kernel") as b:
+        store.append(a, [note(id=x), note(id=y)], operator)
+        assert store._known_heads(a)[x][0] == 0
+        from_b = store.append(b, [note(id=x, status="from b")], operator)[0]
+        assert from_b["seq"] == 1
+        stored = store.append(a, [note(id=x, status="from a")], operator)[0]
+        assert (stored["seq"], stored["prev_hash"]) == (2, from_b["curr_hash"])
+        # Several ids: y as remembered (right), x remembered again (right), a new id.
+        store.append(b, [note(id=y, status="from b")], operator)
+        both = store.append(a, [note(id=x, status="again"), note(id=y, status="again"),
+                                note()], operator)
+        assert [s["seq"] for s in both] == [3, 2, 0]
+        assert [v["seq"] for v in store.versions(a, x)] == [0, 1, 2, 3]
+        assert [v["seq"] for v in store.versions(a, y)] == [0, 1, 2]
+        assert_verifies(a, home)
+
+
+def test_heads_of_a_rolled_back_transaction_are_not_remembered(seeded, operator, home):
+    x = "6a2b5c1e-0000-4000-8000-000000001306"
+    with seeded.connect("kernel") as conn:
+        first = store.append(conn, [note(id=x)], operator)[0]
+        with pytest.raises(RuntimeError), conn.transaction():
+            store.append(conn, [note(id=x, status="rolled back")], operator)
+            raise RuntimeError("roll back")
+        assert store._known_heads(conn)[x] == (0, first["curr_hash"])
+        stored = store.append(conn, [note(id=x, status="kept")], operator)[0]
+        assert (stored["seq"], stored["prev_hash"]) == (1, first["curr_hash"])
+        assert_verifies(conn, home)

@@ -44,10 +44,22 @@ SELECT coalesce(h.id, l.id)::text, coalesce(l.seq, h.seq),
 FROM last l FULL JOIN ledger.span_heads h ON h.id = l.id
 WHERE h.id IS NULL OR (l.id IS NOT NULL AND l.seq > h.seq)
 
--- name: stream_ledger_chain
--- Every row's position and hashes in ledger order: the ledger-wide chain.
-SELECT position, id::text AS id, seq, curr_hash, chain_hash FROM ledger.universal_registry
-ORDER BY position
+-- name: ledger_chain_breaks
+-- The rows whose chain_hash does not extend the row before them in ledger order, computed
+-- where the rows are so that only breaks come back: the formula of ledger.on_append and of
+-- verify.chain_link (sha256 of "prev_chain:position:curr_hash", '' for a missing part).
+SELECT c.position, c.id::text AS id, c.seq FROM (
+  SELECT r.position, r.id, r.seq, r.chain_hash,
+         encode(sha256(convert_to(coalesce(lag(r.chain_hash) OVER (ORDER BY r.position), '')
+                                  || ':' || r.position || ':' || coalesce(r.curr_hash, ''),
+                                  'UTF8')), 'hex') AS expected
+  FROM ledger.universal_registry r
+) c
+WHERE c.chain_hash IS DISTINCT FROM c.expected ORDER BY c.position
+
+-- name: newest_row
+-- The row with the highest position: the tip of the ledger chain as stored.
+SELECT position, chain_hash FROM ledger.universal_registry ORDER BY position DESC LIMIT 1
 
 -- name: chain_tip
 -- The tip the last append recorded (schema/0004).
