@@ -20,7 +20,7 @@ from stage0.cli.base import command, out
 from stage0.errors import LoglineError
 from stage0.ledger import db
 from stage0.memory import service
-from stage0.vault import at_rest
+from stage0.vault import credentials
 from stage0.vault import master as masters
 
 SCOPES = ("session", "private", "tenant", "public")
@@ -92,7 +92,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     with db.resolve(home).connect("kernel") as conn:
         master: Any = home
         if action == "add" and args.sensitivity != "public":
-            master = at_rest.master_for_write(conn, home)
+            master = credentials.master_for_write(conn, home)
         elif action in ("status", "reindex", "expire", "forget"):
             master = _optional_master(home)
         memory = service.Memory(conn, key, master, id_secret=keys.id_secret(home, key),

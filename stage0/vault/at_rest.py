@@ -25,8 +25,8 @@ from stage0.ledger import store
 from stage0.ledger.db import Connection
 from stage0.ledger.store import CHAIN_CODES
 from stage0.vault import crypto, tenant_keys
-from stage0.vault.credentials import HomeOrMaster, _master_for_write, tenant_heads
-from stage0.vault.master import Master, resolve
+from stage0.vault.credentials import HomeOrMaster, tenant_heads
+from stage0.vault.master import resolve
 
 #: The name no secret has (names are 1-128 characters): tenant_heads() then reads the
 #: tenant's data key alone.
@@ -51,13 +51,6 @@ def data_keys(conn: Connection, key: SigningKey, master: HomeOrMaster, tenant_id
             if exc.code not in (*CHAIN_CODES, "LEDGER_DUPLICATE") or attempt == 4:
                 raise
     raise AssertionError("unreachable")
-
-
-def master_for_write(conn: Connection, given: HomeOrMaster) -> Master:
-    """The master key to seal with: as resolve() finds it, or, given a home without one and a
-    ledger that holds no data key yet, a new keys/master.key (as `logline secrets set` does
-    the first time); MASTER_KEY_MISSING otherwise."""
-    return _master_for_write(conn, given)
 
 
 def _bound(tenant_id: str, aad: Mapping[str, Any]) -> dict[str, Any]:
