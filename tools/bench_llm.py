@@ -34,16 +34,10 @@ reports. docs/benchmarks.md ("LLM providers") holds recorded runs.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +46,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))
 
 import httpx  # noqa: E402
+from benchkit import finish, run_facts, seeded_ledger  # noqa: E402
 from helpers.llm_server import LlmServer  # noqa: E402
 
 from stage0 import keys  # noqa: E402
 from stage0.boot.loader import Loader  # noqa: E402
-from stage0.config import Home, row_dir  # noqa: E402
-from stage0.ledger import db, manifest, migrate, provider_rows, seed, store  # noqa: E402
+from stage0.ledger import manifest, provider_rows, store  # noqa: E402
 from stage0.llm import admin, host, providers  # noqa: E402
 from stage0.llm.client import LlmClient  # noqa: E402
 
@@ -222,26 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="logline-bench-llm-"))
-    if os.geteuid() == 0:  # the embedded server runs as another user: let it traverse (only)
-        tmp.chmod(0o711)
-    home = Home(tmp / "home")
-    external = bool(os.environ.get("LOGLINE_DATABASE_URL"))
-    server_db = db.Database(os.environ["LOGLINE_DATABASE_URL"]) if external \
-        else db.embedded(home)
-    name = f"logline_bench_{uuid.uuid4().hex[:8]}"
-    results: dict[str, Any] = {"meta": {
-        "command": "python tools/bench_llm.py " + " ".join(argv or sys.argv[1:]),
-        "cpus": os.cpu_count(), "python": platform.python_version(),
-        "load_avg_at_start": os.getloadavg()}}
-    try:
-        with server_db.connect("admin", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database = server_db.with_dbname(name)
-        migrate.migrate(database)
-        key, _ = keys.ensure_operator_key(home)
-        with database.connect("kernel") as conn:
-            seed.seed(conn, [row_dir()], key)
+    results: dict[str, Any] = {"meta": run_facts("bench_llm.py", argv)}
+    with seeded_ledger("llm") as (home, database, key):
         fast = ServerProcess()
         try:
             with LlmServer(keep=False) as model, Loader(database, home) as loader:
@@ -255,19 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["breaker"] = breaker(model, loader, args.calls)
         finally:
             fast.close()
-    finally:
-        try:
-            with server_db.connect("admin", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            if not external:
-                db.stop_embedded(home)
-            shutil.rmtree(tmp, ignore_errors=True)
-    results["meta"]["load_avg_at_end"] = os.getloadavg()
-    report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return finish(results, report, args.json)
 
 
 def report(r: dict[str, Any]) -> None:

@@ -23,24 +23,19 @@ A benchmark never fails: it reports. docs/benchmarks.md holds a recorded run.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stage0 import keys  # noqa: E402
-from stage0.config import Home, row_dir  # noqa: E402
-from stage0.ledger import db, migrate, seed, store  # noqa: E402
+from benchkit import finish, run_facts, seeded_ledger  # noqa: E402
+
+from stage0.ledger import db, store  # noqa: E402
 from stage0.ledger import memory_index as mi  # noqa: E402
 from stage0.memory import embedder  # noqa: E402
 from stage0.memory.service import Caller, Memory  # noqa: E402
@@ -204,42 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.memories, args.queries = 10_000, 50
     rng = random.Random(12)
-    tmp = Path(tempfile.mkdtemp(prefix="logline-bench-memory-"))
-    if os.geteuid() == 0:  # the embedded server runs as another user: let it traverse (only)
-        tmp.chmod(0o711)
-    home = Home(tmp / "home")
-    external = bool(os.environ.get("LOGLINE_DATABASE_URL"))
-    server_db = db.Database(os.environ["LOGLINE_DATABASE_URL"]) if external \
-        else db.embedded(home)
-    name = f"logline_bench_{uuid.uuid4().hex[:8]}"
-    results: dict[str, Any] = {"meta": {
-        "command": "python tools/bench_memory.py " + " ".join(argv or sys.argv[1:]),
-        "cpus": os.cpu_count(), "python": platform.python_version(),
-        "load_avg_at_start": os.getloadavg()}}
+    results: dict[str, Any] = {"meta": run_facts("bench_memory.py", argv)}
     master = masters.Master(crypto.new_key(), "bench")
-    try:
-        with server_db.connect("admin", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database = server_db.with_dbname(name)
-        migrate.migrate(database)
-        key, _ = keys.ensure_operator_key(home)
-        with database.connect("kernel") as conn:
-            seed.seed(conn, [row_dir()], key)
+    with seeded_ledger("memory") as (_home, database, key):
         results["upsert"] = upsert_figures(database, key, master, args.batch, rng)
         results["search"] = search_figures(database, key, master, args, rng)
-    finally:
-        try:
-            with server_db.connect("admin", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            if not external:
-                db.stop_embedded(home)
-            shutil.rmtree(tmp, ignore_errors=True)
-    results["meta"]["load_avg_at_end"] = os.getloadavg()
-    report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return finish(results, report, args.json)
 
 
 def report(r: dict[str, Any]) -> None:

@@ -30,14 +30,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import platform
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -49,13 +44,13 @@ sys.path.insert(1, str(ROOT / "tests"))
 
 import blake3  # noqa: E402
 import httpx  # noqa: E402
+from benchkit import finish, run_facts, seeded_ledger  # noqa: E402
 from helpers.llm_server import LlmServer  # noqa: E402
 from helpers.prompts import contract  # noqa: E402
 
 from stage0 import keys  # noqa: E402
 from stage0.boot.loader import Loader  # noqa: E402
-from stage0.config import Home, row_dir  # noqa: E402
-from stage0.ledger import db, migrate, seed, store  # noqa: E402
+from stage0.ledger import store  # noqa: E402
 from stage0.llm import admin, host, providers  # noqa: E402
 
 BUILD = "00000000-0000-4000-8000-000000000011"
@@ -205,46 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="logline-bench-prompts-"))
-    if os.geteuid() == 0:  # the embedded server runs as another user: let it traverse (only)
-        tmp.chmod(0o711)
-    home = Home(tmp / "home")
-    external = bool(os.environ.get("LOGLINE_DATABASE_URL"))
-    server_db = db.Database(os.environ["LOGLINE_DATABASE_URL"]) if external \
-        else db.embedded(home)
-    name = f"logline_bench_{uuid.uuid4().hex[:8]}"
-    results: dict[str, Any] = {"meta": {
-        "command": "python tools/bench_prompts.py " + " ".join(argv or sys.argv[1:]),
-        "cpus": os.cpu_count(), "python": platform.python_version(),
-        "load_avg_at_start": os.getloadavg()}}
-    try:
-        with server_db.connect("admin", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database = server_db.with_dbname(name)
-        migrate.migrate(database)
-        key, _ = keys.ensure_operator_key(home)
-        with database.connect("kernel") as conn:
-            seed.seed(conn, [row_dir()], key)
-        with LlmServer(keep=False) as model, Loader(database, home) as loader:
-            model.answer = contract("pong", 0.9)
-            host.attach(loader, credentials=lambda t, c: None)
-            variant = setup(loader, key, model.url)
-            results["build"] = build(loader, variant, args.calls)
-            results["chat"] = chat(model, loader, args.calls)
-    finally:
-        try:
-            with server_db.connect("admin", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            if not external:
-                db.stop_embedded(home)
-            shutil.rmtree(tmp, ignore_errors=True)
+    results: dict[str, Any] = {"meta": run_facts("bench_prompts.py", argv)}
+    with seeded_ledger("prompts") as (home, database, key), \
+            LlmServer(keep=False) as model, Loader(database, home) as loader:
+        model.answer = contract("pong", 0.9)
+        host.attach(loader, credentials=lambda t, c: None)
+        variant = setup(loader, key, model.url)
+        results["build"] = build(loader, variant, args.calls)
+        results["chat"] = chat(model, loader, args.calls)
     results["bandit"] = bandit(args.trials, args.runs)
-    results["meta"]["load_avg_at_end"] = os.getloadavg()
-    report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return finish(results, report, args.json)
 
 
 def report(r: dict[str, Any]) -> None:
