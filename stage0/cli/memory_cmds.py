@@ -95,16 +95,24 @@ def memory_args(p: argparse.ArgumentParser) -> None:
     answer.add_argument("--reject", dest="approve", action="store_const", const=False,
                         help="answer as --user: reject")
     pr.add_argument("--json", action="store_true")
+    em = ms.add_parser("embedder", **about("the tenant's default embedder for the memory "
+                                           "kernels: wordllama (local) or a provider"),
+                       epilog="example: logline memory embedder set openai-embed --tenant acme")
+    em.add_argument("choice", choices=("set", "show"))
+    em.add_argument("name", nargs="?", help="with set: wordllama or a provider's name")
+    em.add_argument("--tenant", required=True)
 
 
 @command("memory", "memory as ledger rows: add, get, search, forget, export, reindex, "
-         "status, expire, promote", memory_args)
+         "status, expire, promote, embedder", memory_args)
 def cmd_memory(args: argparse.Namespace) -> int:
     home = base.home()
     key = keys.operator_key(home)
     action = args.memory_command
     if action == "promote":
         return _promote(args, home, key)
+    if action == "embedder":
+        return _embedder(args, home, key)
     with db.resolve(home).connect("kernel") as conn:
         master: Any = home
         if action == "add" and args.sensitivity != "public":
@@ -204,6 +212,27 @@ def _promote(args: argparse.Namespace, home: Any, key: Any) -> int:
         f"{done['approvals']}/{done['required']} approvals)")
     if done.get("memory"):
         out(f"memory {span_id} is permanent now (version {done['memory'].get('seq')})")
+    return 0
+
+
+def _embedder(args: argparse.Namespace, home: Any, key: Any) -> int:
+    from stage0.ledger import records
+    from stage0.memory import settings
+
+    root = base.root(home)
+    with db.resolve(home).connect("kernel") as conn:
+        if args.choice == "set":
+            if args.name is None:
+                raise LoglineError("MEMORY_INVALID", "name the embedder: wordllama or a "
+                                   "provider's name", "name")
+            settings.set_embedder(conn, key, root, keys.id_secret(home, key), args.tenant,
+                                  args.name)
+            name = args.name
+        else:
+            name = settings.embedder(conn, keys.id_secret(home, key),
+                                     records.platform(conn, root).keys, args.tenant)
+    out(f"tenant {args.tenant}: memory embeds with "
+        + ("wordllama (the local model)" if name == settings.LOCAL else f"provider {name}"))
     return 0
 
 

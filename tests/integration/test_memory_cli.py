@@ -105,3 +105,13 @@ def test_a_rejected_promotion_through_the_cli_changes_nothing(memcli):
     assert "rejected (G_REJECTED" in memcli("promote", span, "--tenant", "acme", "--user",
                                             "boss", "--reject").stdout
     assert json.loads(memcli("get", span, *ANA).stdout)["layer"] != "permanent"
+
+
+def test_the_embedder_setting_is_shown_and_set(memcli):
+    assert "memory embeds with wordllama" in memcli("embedder", "show", "--tenant",
+                                                    "acme").stdout
+    ran = memcli("embedder", "set", "nowhere", "--tenant", "acme", code=2)
+    assert "MEMORY_INVALID" in ran.stderr and "no provider named nowhere" in ran.stderr
+    assert "MEMORY_INVALID" in memcli("embedder", "set", "--tenant", "acme", code=2).stderr
+    memcli("embedder", "set", "wordllama", "--tenant", "acme")
+    assert "wordllama" in memcli("embedder", "show", "--tenant", "acme").stdout
