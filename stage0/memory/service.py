@@ -538,6 +538,42 @@ class Memory:
                 break
         return hits
 
+    def browse(self, caller: Caller, *, layer: str | None = None,
+               session_id: str | None = None, limit: int = 20,
+               before: str | None = None) -> dict[str, Any]:
+        """The caller's memories newest first: their own and those shared in their tenant
+        (live, unexpired), of one `layer` or one of their sessions if asked, after the
+        memory `before` (the previous page's `next_before`). Each item is described
+        (layer, type, tags, ...) with a `preview` only when the caller may read it now
+        (its key opens); otherwise `preview` is null."""
+        if layer is not None and layer not in LAYERS:
+            raise _bad(f"layer is one of {', '.join(LAYERS)}", "layer")
+        if not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise _bad("limit must be 1-100", "limit")
+        with self.conn.transaction():
+            rows = mi.listed(self.conn, tenant_id=caller.tenant_id, user_id=caller.user_id,
+                             caller_session=caller.session_id, layer=layer,
+                             session_id=session_id, before=before, limit=limit)
+            if rows is None:
+                raise _bad("before: not a memory in your list (forgotten, expired, or "
+                           "never yours to see)", "before")
+            spans, keys = self._readable(caller, [r["span_id"] for r in rows])
+            items = []
+            for row in rows:
+                span = spans.get(row["span_id"])
+                if span is None:
+                    continue
+                preview = None
+                try:
+                    preview = mtext.preview(self._open(span, keys)["text"] or "")
+                except LoglineError as exc:
+                    if exc.code not in ("MEMORY_FORGOTTEN", "MASTER_KEY_MISSING"):
+                        raise  # content that does not open is said, never hidden
+                items.append({**_described(span), "scope": mi.SCOPES[row["scope"]],
+                              "tokens": row["tokens"], "preview": preview})
+        return {"memories": items,
+                "next_before": rows[-1]["span_id"] if len(rows) == limit else None}
+
     # --- forgetting, export, expiry -----------------------------------------------------
     def forget(self, caller: Caller, what: str, *, session_id: str | None = None,
                span_id: str | None = None) -> dict[str, Any]:
