@@ -17,8 +17,6 @@ from stage0.runtime.worker import Worker
 from stage0.vault import crypto
 from stage0.vault import master as masters
 
-pytestmark = pytest.mark.integration
-
 ANA = Caller("ana", "acme")
 
 
