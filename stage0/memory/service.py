@@ -271,9 +271,12 @@ class Memory:
         self.conn.execute(q("append_lock"))
 
     # --- write --------------------------------------------------------------------------
-    def upsert(self, caller: Caller, items: Sequence[Any]) -> list[dict[str, Any]]:
+    def upsert(self, caller: Caller, items: Sequence[Any], *, promoted: bool = False
+               ) -> list[dict[str, Any]]:
         """Write memories (new, or the next version of one of the caller's own: `id`); all
-        or nothing. Returns [{span_id, seq, layer, sensitivity, curr_hash, vector}]."""
+        or nothing. Returns [{span_id, seq, layer, sensitivity, curr_hash, vector}]. The
+        `permanent` layer is reached only through review (`promoted`, from promote()) or
+        kept by a memory already there."""
         if not isinstance(items, list | tuple) or not 1 <= len(items) <= MAX_BATCH:
             raise _bad(f"a list of 1-{MAX_BATCH} memories", "memories")
         checked = [check_item(raw, f"memories[{i}]", caller.session_id)
@@ -292,6 +295,11 @@ class Memory:
                 head = heads.get(item["id"]) if item["id"] else None
                 span_id = item["id"] or str(uuid.uuid4())
                 seq = head["seq"] + 1 if head else 0
+                if item["layer"] == "permanent" and not promoted and not (
+                        head and head["metadata"].get("layer") == "permanent"):
+                    raise _bad("a memory becomes permanent only through review (POST "
+                               "/api/memory/{id}/promote, logline memory promote)",
+                               f"memories[{i}].layer")
                 if head and head["metadata"].get("sensitivity") != item["sensitivity"]:
                     raise _bad("a memory keeps its sensitivity: write a new memory",
                                f"memories[{i}].sensitivity")
@@ -641,7 +649,7 @@ class Memory:
         item = {k: v for k, v in item.items() if v is not None}
         [done] = self.upsert(owner, [{**item, "id": span_id, "layer": "permanent",
                                       "embed_sensitive": head["metadata"].get("model")
-                                      is not None}])
+                                      is not None}], promoted=True)
         return done
 
     def export(self, caller: Caller) -> dict[str, Any]:
