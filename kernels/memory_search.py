@@ -8,7 +8,8 @@ Output: {"hits": [{"span_id", "score", "preview", "layer", "scope", "tokens"}], 
 Scopes are ranked session -> private -> tenant -> public; full-text and vector rankings are
 fused by reciprocal rank; the hits fit the budget. "mode" is "text" on a server without
 pgvector. With "provider", the query is embedded by that provider (the memories must have
-been written with the same one).
+been written with the same one); without it, the tenant's default embedder
+(ctx.memory_embedder).
 """
 
 KERNEL_ID = "00000000-0000-4000-8000-000000000010"
@@ -19,7 +20,7 @@ def main(ctx):
     args = ctx.input if isinstance(ctx.input, dict) else {}
     embedding = None
     model = None
-    provider = args.get("provider")
+    provider = args.get("provider") or ctx.memory_embedder()
     if provider:
         answer = ctx.embed(provider, args.get("query"))
         if not answer.get("ok"):

@@ -7,7 +7,8 @@ Output: {"written": [{"span_id", "seq", "layer", "sensitivity", "curr_hash", "ve
 
 Stage 0 encrypts, signs, indexes and audits (ctx.memory_upsert), as the caller's user and
 tenant. With "provider", the vectors come from that provider's embeddings (ctx.embed, its
-egress and hardening) instead of the local default model.
+egress and hardening) instead of the local default model; without it, the tenant's default
+embedder (ctx.memory_embedder: `logline memory embedder set`).
 """
 
 KERNEL_ID = "00000000-0000-4000-8000-000000000009"
@@ -17,7 +18,7 @@ NAME = "memory_upsert"
 def main(ctx):
     args = ctx.input if isinstance(ctx.input, dict) else {}
     memories = args.get("memories")
-    provider = args.get("provider")
+    provider = args.get("provider") or ctx.memory_embedder()
     if provider and isinstance(memories, list):
         texts = [m.get("text") if isinstance(m, dict) else None for m in memories]
         answer = ctx.embed(provider, texts)

@@ -85,6 +85,24 @@ class SearchOut(BaseModel):
     note: str | None = None
 
 
+class Listed(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    span_id: str
+    at: str
+    owner_id: str
+    layer: str | None
+    scope: str = Field(description="session, private (your own), tenant or public")
+    preview: str | None = Field(description="the first 280 characters; null when you may "
+                                "not read it now (its key is gone)")
+
+
+class ListOut(BaseModel):
+    memories: list[Listed]
+    next_before: str | None = Field(description="pass as `before` for the next page; null "
+                                    "on the last one")
+
+
 class ForgetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -242,6 +260,28 @@ async def search_memory(call: Call) -> SearchOut:
     return SearchOut(**found)
 
 
+async def list_memory(call: Call) -> ListOut:
+    caller, mode = _caller(call), _mode(call)
+    layer = call.query("layer") or None
+    session_id = call.query("session") or None
+    if session_id is not None and not _SESSION.match(session_id):
+        raise ApiError.of("MEMORY_INVALID", "session: 1-200 letters, digits or . : @ - _")
+    limit = call.int_query("limit", 20, 1, 100)
+    before = call.uuid_query("before")
+    if mode == "session-only":
+        if caller.session_id is None:
+            raise ApiError.of("MEMORY_INVALID", "X-LogLine-Memory: session-only needs "
+                              "X-LogLine-Session")
+        if session_id not in (None, caller.session_id):
+            raise ApiError.of("MEMORY_INVALID", "X-LogLine-Memory: session-only lists the "
+                              "session of X-LogLine-Session alone")
+        session_id = caller.session_id
+    found = await call.db(lambda conn: _memory(call, conn).browse(
+        caller, layer=layer, session_id=session_id, limit=limit, before=before),
+        role="kernel")
+    return ListOut(**found)
+
+
 async def forget_memory(call: Call) -> ForgetOut:
     caller = _caller(call)
     body: ForgetIn = call.body
@@ -285,6 +325,14 @@ ENDPOINTS: list[Endpoint] = [
                     "budget": ("integer", "tokens, 1-200000, default 1000"),
                     "limit": ("integer", "1-100, default 10"),
                     "scope": ("string", "repeatable: session, private, tenant, public")}),
+    Endpoint("GET", "/api/memory", list_memory, "Browse your memories newest first: your own "
+             "and those shared in your tenant, live and unexpired, each with a preview when "
+             "you may read it. " + HEADERS, "api.memory_list", response=ListOut,
+             query={"layer": ("string", "only this layer: session, temporary, permanent, "
+                              "shared, local"),
+                    "session": ("string", "only your memories of this session"),
+                    "limit": ("integer", "1-100, default 20"),
+                    "before": ("string", "the previous page's next_before (a span id)")}),
     Endpoint("POST", "/api/memory/forget", forget_memory, "Forget for good (destroys the "
              "keys): last, session, me or one span", "api.memory_forget", limit="write",
              body=ForgetIn, response=ForgetOut),

@@ -246,6 +246,14 @@ class KernelContext:
             embedding=embedding, model=model)
         return found
 
+    def memory_embedder(self) -> str | None:
+        """The caller's tenant's default embedder for memory: a provider's name, or None
+        for the local model (stage0/memory/settings.py; `logline memory embedder set`)."""
+        from stage0.memory import settings
+        name = settings.embedder(self._conn, self._loader.id_secret, self.platform_keys,
+                                 self.identity["tenant_id"])
+        return None if name == settings.LOCAL else name
+
     # --- utilities ------------------------------------------------------------------------
     def now(self) -> str:
         return now_at()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,37 @@ def memory_args(p: argparse.ArgumentParser) -> None:
     st.add_argument("--json", action="store_true")
     ms.add_parser("expire", **about("make memories past their ttl_at unreadable (the TTL "
                                     "reaper's work)"))
+    pr = ms.add_parser("promote", **about("make a memory permanent through review: its owner "
+                                          "asks, another user answers as the tenant's admin"),
+                       epilog="example: logline memory promote ID --tenant acme --user ana; "
+                              "then: logline memory promote ID --tenant acme --user pat "
+                              "--approve")
+    pr.add_argument("id")
+    _who(pr, session=False)
+    answer = pr.add_mutually_exclusive_group()
+    answer.add_argument("--approve", dest="approve", action="store_const", const=True,
+                        help="answer as --user (never the owner who asked): approve")
+    answer.add_argument("--reject", dest="approve", action="store_const", const=False,
+                        help="answer as --user: reject")
+    pr.add_argument("--json", action="store_true")
+    em = ms.add_parser("embedder", **about("the tenant's default embedder for the memory "
+                                           "kernels: wordllama (local) or a provider"),
+                       epilog="example: logline memory embedder set openai-embed --tenant acme")
+    em.add_argument("choice", choices=("set", "show"))
+    em.add_argument("name", nargs="?", help="with set: wordllama or a provider's name")
+    em.add_argument("--tenant", required=True)
 
 
 @command("memory", "memory as ledger rows: add, get, search, forget, export, reindex, "
-         "status, expire", memory_args)
+         "status, expire, promote, embedder", memory_args)
 def cmd_memory(args: argparse.Namespace) -> int:
     home = base.home()
     key = keys.operator_key(home)
     action = args.memory_command
+    if action == "promote":
+        return _promote(args, home, key)
+    if action == "embedder":
+        return _embedder(args, home, key)
     with db.resolve(home).connect("kernel") as conn:
         master: Any = home
         if action == "add" and args.sensitivity != "public":
@@ -165,6 +189,50 @@ def cmd_memory(args: argparse.Namespace) -> int:
                 + (f", {status['vectors']} vectors" if status["vectors"] else ""))
             if status.get("note"):
                 out(status["note"])
+    return 0
+
+
+def _promote(args: argparse.Namespace, home: Any, key: Any) -> int:
+    """The API's review (stage0/gov/memory_review.py), with the operator acting as --user:
+    asking (no --approve/--reject) only for their own memory; answering with the tenant's
+    admin role, never for a promotion --user asked for (G_SOD_VIOLATION)."""
+    from stage0.gov import memory_review
+    from stage0.gov.apikeys import Principal
+
+    span_id = base.span_id(args.id, "the memory's id")
+    principal = Principal("cli", args.user, args.tenant, ("admin",))
+    with db.resolve(home).connect("kernel") as conn:
+        done = memory_review.promote(conn, key, home,
+                                     keys.id_secret(home, key), base.root(home), principal,
+                                     span_id, args.approve, f"cli-{uuid.uuid4()}")
+    if args.json:
+        out(json.dumps(done))
+        return 0
+    out(f"promotion {done['promotion_id']} of {span_id}: {done['status']} ({done['reason']}, "
+        f"{done['approvals']}/{done['required']} approvals)")
+    if done.get("memory"):
+        out(f"memory {span_id} is permanent now (version {done['memory'].get('seq')})")
+    return 0
+
+
+def _embedder(args: argparse.Namespace, home: Any, key: Any) -> int:
+    from stage0.ledger import records
+    from stage0.memory import settings
+
+    root = base.root(home)
+    with db.resolve(home).connect("kernel") as conn:
+        if args.choice == "set":
+            if args.name is None:
+                raise LoglineError("MEMORY_INVALID", "name the embedder: wordllama or a "
+                                   "provider's name", "name")
+            settings.set_embedder(conn, key, root, keys.id_secret(home, key), args.tenant,
+                                  args.name)
+            name = args.name
+        else:
+            name = settings.embedder(conn, keys.id_secret(home, key),
+                                     records.platform(conn, root).keys, args.tenant)
+    out(f"tenant {args.tenant}: memory embeds with "
+        + ("wordllama (the local model)" if name == settings.LOCAL else f"provider {name}"))
     return 0
 
 

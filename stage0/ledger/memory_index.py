@@ -129,6 +129,24 @@ def heads(conn: Connection, ids: Sequence[str], tenant_id: str,
     return {s["id"]: s for s in map(store.span_from_row, rows)}
 
 
+def listed(conn: Connection, *, tenant_id: str, user_id: str, caller_session: str | None,
+           layer: str | None, session_id: str | None, before: str | None,
+           limit: int) -> list[dict[str, Any]] | None:
+    """The caller's memories newest first (memory_list), after the memory `before`; None
+    when `before` is not a memory the caller sees in the index (any more)."""
+    before_at = None
+    if before is not None:
+        row = conn.execute(q("memory_list_cursor"), {"span_id": before, "tenant_id": tenant_id,
+                                                     "user_id": user_id}).fetchone()
+        if row is None:
+            return None
+        before_at = row["at"]
+    return list(conn.execute(q("memory_list"), {
+        "tenant_id": tenant_id, "user_id": user_id, "caller_session": caller_session,
+        "layer": layer, "session_id": session_id, "before_at": before_at,
+        "before_id": before, "limit": limit}))
+
+
 def heads_of_owner(conn: Connection, tenant_id: str, owner_id: str) -> list[dict[str, Any]]:
     return [store.span_from_row(r) for r in conn.execute(
         q("memory_heads_of_owner"), {"tenant_id": tenant_id, "owner_id": owner_id})]

@@ -271,9 +271,12 @@ class Memory:
         self.conn.execute(q("append_lock"))
 
     # --- write --------------------------------------------------------------------------
-    def upsert(self, caller: Caller, items: Sequence[Any]) -> list[dict[str, Any]]:
+    def upsert(self, caller: Caller, items: Sequence[Any], *, promoted: bool = False
+               ) -> list[dict[str, Any]]:
         """Write memories (new, or the next version of one of the caller's own: `id`); all
-        or nothing. Returns [{span_id, seq, layer, sensitivity, curr_hash, vector}]."""
+        or nothing. Returns [{span_id, seq, layer, sensitivity, curr_hash, vector}]. The
+        `permanent` layer is reached only through review (`promoted`, from promote()) or
+        kept by a memory already there."""
         if not isinstance(items, list | tuple) or not 1 <= len(items) <= MAX_BATCH:
             raise _bad(f"a list of 1-{MAX_BATCH} memories", "memories")
         checked = [check_item(raw, f"memories[{i}]", caller.session_id)
@@ -292,6 +295,11 @@ class Memory:
                 head = heads.get(item["id"]) if item["id"] else None
                 span_id = item["id"] or str(uuid.uuid4())
                 seq = head["seq"] + 1 if head else 0
+                if item["layer"] == "permanent" and not promoted and not (
+                        head and head["metadata"].get("layer") == "permanent"):
+                    raise _bad("a memory becomes permanent only through review (POST "
+                               "/api/memory/{id}/promote, logline memory promote)",
+                               f"memories[{i}].layer")
                 if head and head["metadata"].get("sensitivity") != item["sensitivity"]:
                     raise _bad("a memory keeps its sensitivity: write a new memory",
                                f"memories[{i}].sensitivity")
@@ -538,6 +546,42 @@ class Memory:
                 break
         return hits
 
+    def browse(self, caller: Caller, *, layer: str | None = None,
+               session_id: str | None = None, limit: int = 20,
+               before: str | None = None) -> dict[str, Any]:
+        """The caller's memories newest first: their own and those shared in their tenant
+        (live, unexpired), of one `layer` or one of their sessions if asked, after the
+        memory `before` (the previous page's `next_before`). Each item is described
+        (layer, type, tags, ...) with a `preview` only when the caller may read it now
+        (its key opens); otherwise `preview` is null."""
+        if layer is not None and layer not in LAYERS:
+            raise _bad(f"layer is one of {', '.join(LAYERS)}", "layer")
+        if not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise _bad("limit must be 1-100", "limit")
+        with self.conn.transaction():
+            rows = mi.listed(self.conn, tenant_id=caller.tenant_id, user_id=caller.user_id,
+                             caller_session=caller.session_id, layer=layer,
+                             session_id=session_id, before=before, limit=limit)
+            if rows is None:
+                raise _bad("before: not a memory in your list (forgotten, expired, or "
+                           "never yours to see)", "before")
+            spans, keys = self._readable(caller, [r["span_id"] for r in rows])
+            items = []
+            for row in rows:
+                span = spans.get(row["span_id"])
+                if span is None:
+                    continue
+                preview = None
+                try:
+                    preview = mtext.preview(self._open(span, keys)["text"] or "")
+                except LoglineError as exc:
+                    if exc.code not in ("MEMORY_FORGOTTEN", "MASTER_KEY_MISSING"):
+                        raise  # content that does not open is said, never hidden
+                items.append({**_described(span), "scope": mi.SCOPES[row["scope"]],
+                              "tokens": row["tokens"], "preview": preview})
+        return {"memories": items,
+                "next_before": rows[-1]["span_id"] if len(rows) == limit else None}
+
     # --- forgetting, export, expiry -----------------------------------------------------
     def forget(self, caller: Caller, what: str, *, session_id: str | None = None,
                span_id: str | None = None) -> dict[str, Any]:
@@ -605,7 +649,7 @@ class Memory:
         item = {k: v for k, v in item.items() if v is not None}
         [done] = self.upsert(owner, [{**item, "id": span_id, "layer": "permanent",
                                       "embed_sensitive": head["metadata"].get("model")
-                                      is not None}])
+                                      is not None}], promoted=True)
         return done
 
     def export(self, caller: Caller) -> dict[str, Any]:

@@ -8,6 +8,10 @@ notification costs at most one poll interval. Several workers, on one machine or
 one PostgreSQL: claims skip rows other workers hold, scheduling is idempotent and policy
 cursors are chained, so adding workers adds throughput and nothing runs twice.
 
+Beside the kernels it does stage 0's own periodic work (CHORES): `memory_expire` destroys the
+keys of memories whose ttl_at has passed, the same code as `logline memory expire`
+(docs/memory.md), every metadata.schedule.memory_expire.every_ms (default 30 s).
+
 SIGTERM/SIGINT: the current kernel call finishes (its transaction commits or rolls back as a
 whole), then the worker exits 0.
 """
@@ -32,12 +36,17 @@ from stage0.log import log
 KERNELS = {"observer_bot": "00000000-0000-4000-8000-000000000002",
            "request_worker": "00000000-0000-4000-8000-000000000003",
            "policy_agent": "00000000-0000-4000-8000-000000000004"}
-DEFAULT_EVERY_MS = {"observer_bot": 2000, "request_worker": 2000, "policy_agent": 5000}
+DEFAULT_EVERY_MS = {"observer_bot": 2000, "request_worker": 2000, "policy_agent": 5000,
+                    "memory_expire": 30000}
+#: Stage 0's own periodic work, run in this process (not kernels): what each one does.
+CHORES = ("memory_expire",)
 #: Spans the kernels write about their own work: they wake nobody.
 QUIET = ("policy_cursor", "policy_error", "rollup", "boot_event", "boot_refused")
 #: How long one kernel drains a backlog before the others get their turn: one tenant's
 #: flood of requests (or spans for the policies) never holds the other kernels up longer.
 DRAIN_S = 5.0
+#: Memories one round of memory_expire makes unreadable (a full batch runs again at once).
+EXPIRE_BATCH = 1000
 
 
 @dataclass
@@ -64,14 +73,18 @@ def _more(name: str, output: Any, kernel_input: dict[str, Any]) -> bool:
 
 class Worker:
     def __init__(self, database: Database, home: Home, worker_id: str | None = None,
-                 sandbox_size: int = 2, kernels: tuple[str, ...] = tuple(KERNELS)) -> None:
+                 sandbox_size: int = 2, kernels: tuple[str, ...] = tuple(KERNELS),
+                 chores: tuple[str, ...] = CHORES,
+                 every_ms: dict[str, int] | None = None) -> None:
         self.database = database
         self.home = home
         self.worker_id = worker_id or f"worker-{os.getpid()}"
         self.kernels = kernels
+        self.chores = chores
+        self.every_ms = every_ms or {}
         self.stop = threading.Event()
         self.sandbox_size = sandbox_size
-        self.stats = {name: 0 for name in kernels}
+        self.stats = {name: 0 for name in (*kernels, *chores)}
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,7 +121,7 @@ class Worker:
                                    "verify (`logline keys trust KEY --role platform`)")
             loader.id_secret  # noqa: B018 - ID_SECRET_MISSING now, not in every policy round
             notify.listen(listener)
-            due = Due({name: 0.0 for name in self.kernels})
+            due = Due({name: 0.0 for name in (*self.kernels, *self.chores)})
             loader.log("worker_started", kernels=list(self.kernels))
             cycles = 0
             try:
@@ -122,6 +135,8 @@ class Worker:
                 loader.log("worker_stopped", **self.stats)
 
     def _every_s(self, name: str) -> float:
+        if name in self.every_ms:
+            return self.every_ms[name] / 1000
         schedule = (self.loader.manifest_metadata().get("schedule") or {}).get(name) or {}
         return float(schedule.get("every_ms", DEFAULT_EVERY_MS[name])) / 1000
 
@@ -130,11 +145,31 @@ class Worker:
         return {k: v for k, v in schedule.items() if k != "every_ms"}
 
     def _run_due(self, due: Due) -> None:
-        for name in self.kernels:
+        for name in (*self.kernels, *self.chores):
             if self.stop.is_set() or due.at[name] > time.monotonic():
                 continue
-            more = self._boot(name)
+            more = self._chore(name) if name in self.chores else self._boot(name)
             due.at[name] = 0.0 if more else time.monotonic() + self._every_s(name)
+
+    def _chore(self, name: str) -> bool:
+        """One round of stage 0's periodic work; True when a full batch says there is more.
+        A failure is logged (the next round tries again), as a failed kernel is."""
+        from stage0.memory.service import Memory
+
+        assert name == "memory_expire", name
+        loader = self.loader
+        try:
+            done = Memory(loader.conn, loader.key, loader.home, id_secret=loader.id_secret,
+                          root_key=loader.root).expire(limit=EXPIRE_BATCH)
+        except LoglineError as exc:
+            if loader.conn.broken:
+                raise OperationalError(exc.message) from None
+            loader.log("chore_failed", chore=name, code=exc.code, message=exc.message[:500])
+            return False
+        self.stats[name] += 1
+        if done["expired"]:
+            loader.log("memories_expired", expired=done["expired"])
+        return bool(done["expired"] >= EXPIRE_BATCH)
 
     def _boot(self, name: str) -> bool:
         """Run one kernel. The request worker and the policy agent drain: they run again while

@@ -72,6 +72,8 @@ PROTECTED = [
     # opt-in LLM transcripts (tests/acceptance/test_llm_api.py)
     ("GET", "/api/admin/llm-transcripts"), ("POST", "/api/admin/llm-transcripts"),
     ("GET", "/api/admin/llm-transcripts/{execution_id}"),
+    # browsing memory (tests/acceptance/test_memory_api.py)
+    ("GET", "/api/memory"),
 ]
 PUBLIC = [("GET", "/healthz")]
 

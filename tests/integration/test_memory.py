@@ -100,6 +100,7 @@ def test_a_wrong_master_key_reads_nothing(memory, kernel_conn, operator):
     ({"ttl_at": "tomorrow"}, "memories[0].ttl_at"),
     ({"colour": "red"}, "memories[0].colour"),
     ({"text": ""}, "memories[0].text"),
+    ({"layer": "permanent"}, "memories[0].layer"),  # only through review (promote)
 ])
 def test_a_bad_field_is_refused_by_name_and_nothing_is_written(memory, kernel_conn, fields,
                                                                where):

@@ -77,3 +77,41 @@ def test_status_and_reindex_say_what_search_uses(memcli, has_pgvector):
         assert "no pgvector" in memcli("status").stdout
     assert "indexed 1 memories" in memcli("reindex").stdout
     assert "expired 0 memories" in memcli("expire").stdout
+
+
+def test_promote_goes_through_the_same_review_as_the_api(memcli):
+    added = json.loads(memcli("add", "the badge reader resets at six", *ANA, "--ttl-s",
+                              "3600", "--json").stdout)
+    span = added["span_id"]
+    asked = json.loads(memcli("promote", span, *ANA, "--json").stdout)
+    assert (asked["status"], asked["reason"]) == ("pending", "G_APPROVAL_REQUIRED")
+    # only the owner asks; the owner never answers their own request
+    assert "MEMORY_NOT_FOUND" in memcli("promote", span, "--tenant", "acme", "--user", "bo",
+                                        code=2).stderr
+    assert "G_SOD_VIOLATION" in memcli("promote", span, *ANA, "--approve", code=2).stderr
+    assert "MEMORY_NOT_FOUND" in memcli("promote", span, "--tenant", "globex", "--user",
+                                        "pat", "--approve", code=2).stderr
+    assert json.loads(memcli("get", span, *ANA).stdout)["layer"] == "temporary"
+    done = memcli("promote", span, "--tenant", "acme", "--user", "pat", "--approve").stdout
+    assert "approved (G_APPROVED, 1/1 approvals)" in done and "permanent now" in done
+    shown = json.loads(memcli("get", span, *ANA).stdout)
+    assert (shown["layer"], shown["ttl_at"]) == ("permanent", None)
+    assert "MEMORY_INVALID" in memcli("promote", span, *ANA, code=2).stderr
+
+
+def test_a_rejected_promotion_through_the_cli_changes_nothing(memcli):
+    span = json.loads(memcli("add", "spot B12 for today", *ANA, "--json").stdout)["span_id"]
+    memcli("promote", span, *ANA)
+    assert "rejected (G_REJECTED" in memcli("promote", span, "--tenant", "acme", "--user",
+                                            "boss", "--reject").stdout
+    assert json.loads(memcli("get", span, *ANA).stdout)["layer"] != "permanent"
+
+
+def test_the_embedder_setting_is_shown_and_set(memcli):
+    assert "memory embeds with wordllama" in memcli("embedder", "show", "--tenant",
+                                                    "acme").stdout
+    ran = memcli("embedder", "set", "nowhere", "--tenant", "acme", code=2)
+    assert "MEMORY_INVALID" in ran.stderr and "no provider named nowhere" in ran.stderr
+    assert "MEMORY_INVALID" in memcli("embedder", "set", "--tenant", "acme", code=2).stderr
+    memcli("embedder", "set", "wordllama", "--tenant", "acme")
+    assert "wordllama" in memcli("embedder", "show", "--tenant", "acme").stdout

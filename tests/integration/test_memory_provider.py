@@ -66,3 +66,36 @@ def test_a_provider_that_fails_writes_nothing(loader, model_server):
     assert out["written"] == [] and out["error"]["code"] == "PROVIDER_NOT_FOUND"
     assert loader.conn.execute("SELECT count(*) AS n FROM ledger.universal_registry WHERE "
                                "entity_type = 'memory'").fetchone()["n"] == 0
+
+
+def _provider_calls(loader) -> int:
+    host.for_loader(loader).flush()
+    return loader.conn.execute("SELECT count(*) AS n FROM ledger.universal_registry WHERE "
+                               "entity_type = 'provider_execution'").fetchone()["n"]
+
+
+def test_the_tenants_default_embedder_is_used_when_the_call_names_none(loader, has_pgvector):
+    from stage0.errors import LoglineError
+    from stage0.memory import settings
+
+    secret = keys.id_secret(loader.home, loader.key)
+    with pytest.raises(LoglineError) as caught:
+        settings.set_embedder(loader.conn, loader.key, loader.root, secret, "acme", "nowhere")
+    assert (caught.value.code, caught.value.where) == ("MEMORY_INVALID", "embedder")
+    settings.set_embedder(loader.conn, loader.key, loader.root, secret, "acme", "local")
+    [one] = loader.boot(UPSERT, {"memories": [{"text": "the ferry leaves at nine"}]},
+                        user_id="ana", tenant_id="acme")["written"]
+    assert one["vector"] == ("provider:local" if has_pgvector else None)
+    assert _provider_calls(loader) == 1
+    found = loader.boot(SEARCH, {"query": "unrelated words"}, user_id="ana", tenant_id="acme")
+    assert _provider_calls(loader) == 2
+    if has_pgvector:  # embedded by the same provider: the loopback vector matches
+        assert [h["span_id"] for h in found["hits"]] == [one["span_id"]]
+    # another tenant keeps the local model; back to wordllama, no provider is called
+    [other] = loader.boot(UPSERT, {"memories": [{"text": "the ferry leaves at ten"}]},
+                          user_id="ana", tenant_id="globex")["written"]
+    assert other["vector"] == ("wordllama-l2_supercat-256" if has_pgvector else None)
+    settings.set_embedder(loader.conn, loader.key, loader.root, secret, "acme", "wordllama")
+    loader.boot(UPSERT, {"memories": [{"text": "the ferry is late"}]}, user_id="ana",
+                tenant_id="acme")
+    assert _provider_calls(loader) == 2

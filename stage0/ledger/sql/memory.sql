@@ -180,3 +180,32 @@ SELECT {columns:r} FROM ledger.span_heads h
 JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq
 WHERE h.id = %(id)s::uuid AND h.entity_type = 'memory_contract' AND NOT h.is_deleted
   AND (h.tenant_id = %(tenant_id)s OR h.visibility = 'public')
+
+-- name: memory_list
+-- The caller's browse view, newest first: their own memories and those shared in their tenant
+-- (tenant or public visibility) that are live and unexpired, optionally of one layer or one of
+-- their sessions, after the cursor (at, span_id) of the previous page's last memory.
+SELECT i.span_id::text AS span_id, i.at, i.layer, i.tokens,
+  CASE WHEN i.owner_id = %(user_id)s AND i.session_id IS NOT NULL
+            AND i.session_id = %(caller_session)s THEN 0
+       WHEN i.owner_id = %(user_id)s THEN 1
+       WHEN i.visibility = 'tenant' THEN 2
+       ELSE 3 END AS scope
+FROM ledger.memory_index i
+WHERE i.tenant_id = %(tenant_id)s
+  AND (i.owner_id = %(user_id)s OR i.visibility IN ('tenant', 'public'))
+  AND (i.ttl_at IS NULL OR i.ttl_at > now())
+  AND (%(layer)s::text IS NULL OR i.layer = %(layer)s::text)
+  AND (%(session_id)s::text IS NULL
+       OR (i.owner_id = %(user_id)s AND i.session_id = %(session_id)s::text))
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (i.at, i.span_id) < (%(before_at)s::timestamptz, %(before_id)s::uuid))
+ORDER BY i.at DESC, i.span_id DESC
+LIMIT %(limit)s
+
+-- name: memory_list_cursor
+-- Where a page of memory_list starts: the previous page's last memory, if the caller still
+-- sees it in the index.
+SELECT i.at FROM ledger.memory_index i
+WHERE i.span_id = %(span_id)s::uuid AND i.tenant_id = %(tenant_id)s
+  AND (i.owner_id = %(user_id)s OR i.visibility IN ('tenant', 'public'))

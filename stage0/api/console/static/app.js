@@ -736,6 +736,7 @@
     if (view === 'approvals') loadApprovals();
     if (view === 'health') loadHealth();
     if (view === 'prompts') loadPrompts(arg);
+    if (view === 'memory' && !$('memory-q').value.trim()) browseMemory();
   }
 
   // --- prompts: a page per family (#prompts/FAMILY) ---------------------------------------
@@ -810,10 +811,14 @@
    * #memory-mode says when search is text-only; #memory-note what was last done. */
   async function searchMemory() {
     const q = $('memory-q').value.trim();
+    if (!q) return browseMemory();
     const rows = $('memory-rows');
     const mode = $('memory-mode');
+    state.memoryBrowsing = false;
+    const seq = (state.memorySeq = (state.memorySeq || 0) + 1);
+    $('memory-first-col').textContent = 'Score';
+    $('memory-more').hidden = true;
     clear(rows);
-    if (!q) return;
     const scope = $('memory-scope').value;
     let found;
     try {
@@ -822,6 +827,7 @@
       showError(err, 'Searching memory');
       return;
     }
+    if (seq !== state.memorySeq) return; // a later search or browse owns the table
     mode.textContent = found.note || '';
     mode.hidden = !found.note;
     if (!found.hits.length) {
@@ -839,6 +845,50 @@
     }
   }
 
+  /** Browse the caller's memories newest first (GET /api/memory), by layer, a page at a
+   * time (#memory-more asks for the next one with `before`). A memory the caller may not
+   * read now has no preview. */
+  async function browseMemory(more = false) {
+    const rows = $('memory-rows');
+    const moreButton = $('memory-more');
+    const before = more ? state.memoryNext : null;
+    if (!more) {
+      clear(rows);
+      $('memory-q').value = '';
+    }
+    state.memoryBrowsing = true;
+    const seq = (state.memorySeq = (state.memorySeq || 0) + 1);
+    $('memory-first-col').textContent = 'When';
+    $('memory-mode').hidden = true;
+    let found;
+    try {
+      found = await api(`/api/memory${query({ layer: $('memory-layer').value, limit: 50,
+        before })}`);
+    } catch (err) {
+      showError(err, 'Browsing memory');
+      return;
+    }
+    if (seq !== state.memorySeq) return; // a later search or browse owns the table
+    state.memoryNext = found.next_before;
+    moreButton.hidden = !found.next_before;
+    if (!found.memories.length && !more) {
+      rows.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, 'No memories yet')));
+      return;
+    }
+    for (const m of found.memories) {
+      const forget = h('button', { class: 'btn btn-ghost memory-forget', type: 'button',
+        'data-span': m.span_id }, 'Forget');
+      forget.addEventListener('click', () => forgetMemory({ what: 'span', span_id: m.span_id }));
+      const preview = m.preview === null
+        ? h('td', { class: 'memory-preview muted' }, '(not readable now)')
+        : h('td', { class: 'memory-preview' }, m.preview);
+      rows.append(h('tr', { 'data-span': m.span_id },
+        h('td', { class: 'mono', title: m.at }, m.at.replace('T', ' ').slice(0, 19)),
+        h('td', {}, m.scope), h('td', {}, m.layer || ''), preview,
+        h('td', {}, m.scope === 'session' || m.scope === 'private' ? forget : null)));
+    }
+  }
+
   async function forgetMemory(body) {
     const what = body.what === 'me' ? 'every memory of yours' : 'this memory';
     if (!window.confirm(`Forget ${what} for good? Its keys are destroyed.`)) return;
@@ -851,7 +901,7 @@
       showError(err, 'Forgetting');
       return;
     }
-    await searchMemory();
+    await (state.memoryBrowsing ? browseMemory() : searchMemory());
   }
 
   async function exportMemory() {
@@ -2785,6 +2835,11 @@
       searchMemory();
     });
     $('memory-forget-me').addEventListener('click', () => forgetMemory({ what: 'me' }));
+    $('memory-browse').addEventListener('click', () => {
+      $('memory-note').hidden = true;
+      browseMemory();
+    });
+    $('memory-more').addEventListener('click', () => browseMemory(true));
     $('memory-export').addEventListener('click', exportMemory);
     $('verify-run').addEventListener('click', runVerify);
     $('timeline-more').addEventListener('click', loadOlder);
