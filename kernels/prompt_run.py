@@ -24,8 +24,11 @@ Input: {"variant_id": ID | "family": NAME, "user": text, "context": [{role, cont
 - One `prompt_run` span records the run (model, latency, tokens, compiled_hash, the
   prompt_build and provider_execution ids, confidence, tool_use_count, how many actions were
   proposed; hashes and lengths of the texts, never the texts), with the prompt_build span
-  the first time that build is used. Both are appended after the model answered, so the
-  ledger's append lock is never held while a model thinks.
+  the first time that build is used. Both are written after the model answered, so the
+  ledger's append lock is never held while a model thinks: the prompt_build span (rare, its
+  id derived) with ctx.append, the prompt_run span with ctx.record: batched with the
+  provider records on the host's recorder connection, no commit of its own in this boot
+  (readable a few ms later; the API flushes before it answers).
 
 Output: {"ok", "run_id", "answer": contract | None, "variant_id", "family",
 "compiled_hash", "build_id", "provider", "model", "tokens_in", "tokens_out", "latency_ms",
@@ -309,7 +312,10 @@ def run(ctx, args):
         appended.extend(s for s in escalated.pop("spans") if s["id"] not in ids)
         out = dict(escalated, escalated_from=run_id)
     if args.get("record", True):
-        ctx.append(appended)
+        builds = [s for s in appended if s["entity_type"] == "prompt_build"]
+        if builds:  # the first run of a build: its id is derived, so appended at once
+            ctx.append(builds)
+        ctx.record([s for s in appended if s["entity_type"] != "prompt_build"])
     else:
         out["spans"] = appended  # the caller appends them (after its own model calls)
     return out

@@ -71,9 +71,15 @@ class Loaders:
 
     def boot(self, kernel: str, input: Any, principal: apikeys.Principal,
              trace_id: str) -> Any:
+        from stage0.llm.host import for_loader
+
         with self.loader() as loader:
-            return loader.boot(kernel, input, user_id=principal.user_id,
-                               tenant_id=principal.tenant_id, trace_id=trace_id)
+            out = loader.boot(kernel, input, user_id=principal.user_id,
+                              tenant_id=principal.tenant_id, trace_id=trace_id)
+            # What the kernel recorded (prompt_run, provider records) is readable before we
+            # answer: the client may look the run up at once.
+            for_loader(loader).flush()
+            return out
 
 
 _LOADERS: weakref.WeakKeyDictionary[Any, Loaders] = weakref.WeakKeyDictionary()

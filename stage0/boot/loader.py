@@ -87,6 +87,8 @@ class Loader:
         self._callees: dict[str, set[str]] = {}
         self._booting: str | None = None
         self._prefetched_calls: dict[str, dict[str, Any]] = {}
+        #: Ids kernels minted with ctx.new_id() in the running boot (ctx.record takes these).
+        self.minted: set[str] = set()
         self._manifest_head: dict[str, Any] | None = None
         self._transaction: ExitStack | _Begun | None = None
 
@@ -190,6 +192,7 @@ class Loader:
                     self._transaction = None
         finally:
             self._booting, self._prefetched_calls = None, {}
+            self.minted = set()
             self._flush_records()
 
     def begin(self) -> None:

@@ -178,3 +178,30 @@ def test_a_called_kernels_new_seq_and_an_edit_behind_its_back_are_seen_at_the_ne
     with pytest.raises(Exception) as refused:
         loader.boot(caller["id"])
     assert getattr(refused.value, "code", None) == "HASH_MISMATCH"
+
+
+def test_ctx_record_appends_new_drafts_later_and_refuses_anything_else(
+        loader, kernel_conn, operator):
+    """ctx.record: a new span with an id the boot minted is appended by the host's recorder
+    (readable once flushed); an id the boot did not mint (another span's) is refused."""
+    from stage0.llm import host
+
+    body = ("i = ctx.new_id()\n    ctx.record([{'id': i, 'entity_type': 'note', 'who': 'k', "
+            "'this': 'x', 'owner_id': 'system', 'tenant_id': 'system', "
+            "'visibility': 'tenant'}])\n    return i")
+    [fn] = store.append(kernel_conn, [function_span(code=f"def main(ctx):\n    {body}\n")],
+                        operator)
+    allow(kernel_conn, operator, fn["id"])
+    recorded = loader.boot(fn["id"])
+    host.for_loader(loader).flush()
+    assert store.head(kernel_conn, recorded)["entity_type"] == "note"
+    body = (f"ctx.record([{{'id': '{fn['id']}', 'entity_type': 'note', 'who': 'k', "
+            "'this': 'x', 'owner_id': 'system', 'tenant_id': 'system', "
+            "'visibility': 'tenant'}])")
+    [bad] = store.append(kernel_conn, [function_span(code=f"def main(ctx):\n    {body}\n")],
+                         operator)
+    allow(kernel_conn, operator, bad["id"])
+    with pytest.raises(Exception) as refused:
+        loader.boot(bad["id"])
+    assert getattr(refused.value, "code", None) == "KERNEL_RECORD_INVALID"
+    assert store.head(kernel_conn, fn["id"])["entity_type"] == "function"
