@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import wait_for
 from helpers.api import assert_error, start_api
 from helpers.llm_server import LlmServer
 from helpers.prompts import CONCISE, DOCTRINE, EXPLAIN, contract
@@ -222,3 +223,22 @@ def test_a_repair_streams_as_a_new_attempt_and_a_failure_voids_the_text(alice, m
     assert [e for e, _ in events if e == "token"] == ["token", "token"]
     assert events[-1][0] == "error" and events[-1][1]["void"] is True
     assert events[-1][1]["code"] == "PROMPT_OUTPUT_INVALID" and events[-1][1]["run_id"]
+
+
+def test_a_client_that_goes_away_cancels_the_model_call(alice, model_server):
+    model_server.plan("hold=3")
+    try:
+        with alice.stream("POST", "/api/chat", json={"provider": "local", "message": "bye",
+                                                     "family": "assistant"}) as r:
+            events = read_events(r.iter_lines())
+            assert next(events)[0] == "start" and next(events)[0] == "token"
+        # The response is closed while the model still holds its answer: the run ends
+        # with the provider call cancelled, and is recorded as such.
+        run = wait_for(lambda: next((x for x in alice.get(
+            "/api/prompts/runs?family=assistant").json()["runs"]
+            if x["error"] == "PROVIDER_CANCELLED"), None), 20, "a cancelled run")
+        assert run["status"] == "error"
+        assert model_server.holding.is_set()  # the model was still writing when it stopped
+    finally:
+        model_server.release.set()
+    model_server.release.clear()
