@@ -200,6 +200,8 @@ async def streamed(call: Call, body: ChatCompletionIn, input: dict[str, Any],
                 raise refusal(value.get("error") or {})
             if kind in ("token", "end"):
                 break
+        if not first:
+            raise refusal({"code": "KERNEL_ERROR", "message": "the run ended without a word"})
     except BaseException:
         run.stop()
         raise
@@ -275,5 +277,6 @@ ENDPOINTS = [
              "api.gateway_chat", limit="write", body=ChatCompletionIn,
              response=ChatCompletionOut, stream=True,
              stream_about="a chat.completion object (application/json), or with stream: "
-             "true, text/event-stream of chat.completion.chunk objects ending with [DONE]"),
+             "true, text/event-stream of chat.completion.chunk objects as the model writes, "
+             "ending with [DONE] (or an {error} chunk: the streamed text is void)"),
 ]
