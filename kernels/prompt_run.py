@@ -24,8 +24,11 @@ Input: {"variant_id": ID | "family": NAME, "user": text, "context": [{role, cont
 - One `prompt_run` span records the run (model, latency, tokens, compiled_hash, the
   prompt_build and provider_execution ids, confidence, tool_use_count, how many actions were
   proposed; hashes and lengths of the texts, never the texts), with the prompt_build span
-  the first time that build is used. Both are appended after the model answered, so the
-  ledger's append lock is never held while a model thinks.
+  the first time that build is used. Both are written after the model answered, so the
+  ledger's append lock is never held while a model thinks: the prompt_build span (rare, its
+  id derived) with ctx.append, the prompt_run span with ctx.record: batched with the
+  provider records on the host's recorder connection, no commit of its own in this boot
+  (readable a few ms later; the API flushes before it answers).
 
 Output: {"ok", "run_id", "answer": contract | None, "variant_id", "family",
 "compiled_hash", "build_id", "provider", "model", "tokens_in", "tokens_out", "latency_ms",
@@ -43,21 +46,21 @@ MAX_TEXT = 65536
 MAX_CONTEXT = 100
 FIELDS = ("text", "confidence", "follow_up_question", "actions", "citations", "telemetry")
 
-LATEST_SELECTION = (
-    "SELECT r.metadata->>'variant_id' AS variant_id FROM ledger.span_heads h "
+#: One round trip: the tenant's latest selection of the family (only one a platform key
+#: signed), and the family's first active variant (the tenant's before the system's).
+PICK_VARIANT = (
+    "SELECT (SELECT r.metadata->>'variant_id' FROM ledger.span_heads h "
     "JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
     "WHERE h.entity_type = 'prompt_variant_selection' AND h.tenant_id = %(tenant)s "
     "AND NOT h.is_deleted AND r.metadata->>'family' = %(family)s "
     "AND r.public_key = ANY(%(keys)s) "
-    "ORDER BY h.position DESC LIMIT 1"
-)
-FAMILY_VARIANTS = (
-    "SELECT h.id::text AS id FROM ledger.span_heads h "
+    "ORDER BY h.position DESC LIMIT 1) AS chosen, "
+    "(SELECT h.id::text FROM ledger.span_heads h "
     "JOIN ledger.universal_registry r ON r.id = h.id AND r.seq = h.seq "
     "WHERE h.entity_type = 'prompt_variant' AND h.tenant_id IN (%(tenant)s, 'system') "
     "AND NOT h.is_deleted AND coalesce(h.status, 'active') = 'active' "
     "AND r.metadata->>'family' = %(family)s "
-    "ORDER BY (h.tenant_id = %(tenant)s) DESC, h.position LIMIT 1"
+    "ORDER BY (h.tenant_id = %(tenant)s) DESC, h.position LIMIT 1) AS first"
 )
 
 REPAIR = ("Your answer did not follow the output contract: {problem}. Answer again with only "
@@ -171,15 +174,14 @@ def pick_variant(ctx, args):
     if not isinstance(family, str) or not family:
         return None, fail("PROMPT_INPUT_INVALID", "name a variant_id or a family", "family")
     tenant = ctx.identity["tenant_id"]
-    chosen = ctx.sql_one(LATEST_SELECTION, {"tenant": tenant, "family": family,
-                                            "keys": sorted(ctx.platform_keys)})
-    if chosen is not None and chosen.get("variant_id"):
-        return chosen["variant_id"], None
-    first = ctx.sql_one(FAMILY_VARIANTS, {"tenant": tenant, "family": family})
-    if first is None:
+    found = ctx.sql_one(PICK_VARIANT, {"tenant": tenant, "family": family,
+                                       "keys": sorted(ctx.platform_keys)}) or {}
+    if found.get("chosen"):
+        return found["chosen"], None
+    if not found.get("first"):
         return None, fail("PROMPT_NOT_FOUND", "no active prompt_variant of family " +
                           repr(family)[:80] + " in tenant " + tenant + " or system", "family")
-    return first["id"], None
+    return found["first"], None
 
 
 def fingerprint(ctx, text):
@@ -310,7 +312,10 @@ def run(ctx, args):
         appended.extend(s for s in escalated.pop("spans") if s["id"] not in ids)
         out = dict(escalated, escalated_from=run_id)
     if args.get("record", True):
-        ctx.append(appended)
+        builds = [s for s in appended if s["entity_type"] == "prompt_build"]
+        if builds:  # the first run of a build: its id is derived, so appended at once
+            ctx.append(builds)
+        ctx.record([s for s in appended if s["entity_type"] != "prompt_build"])
     else:
         out["spans"] = appended  # the caller appends them (after its own model calls)
     return out

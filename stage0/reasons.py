@@ -188,6 +188,8 @@ AREAS: tuple[Area, ...] = (
         R("KERNEL_ERROR", 422, "the kernel raised (exception type and message)"),
         R("KERNEL_OUTPUT_NOT_JSON", 422, "the kernel returned something that is not JSON"),
         R("KERNEL_SQL_NOT_LITERAL", 422, "SQL that is not a literal of the kernel's source"),
+        R("KERNEL_RECORD_INVALID", 422, "ctx.record() of a span that is not a new draft "
+          "with an id the boot minted"),
         R("TENANT_MISMATCH", 403, "scheduling another tenant's private function"),
         R("REQUESTER_REQUIRED", None, "`logline schedule` of a function without owner_id (or "
           "tenant_id) and no `--user` (`--tenant`): nobody would be asking for the run"),

@@ -25,6 +25,7 @@ from stage0.api.endpoint import Call, Endpoint
 from stage0.api.errors import ApiError
 from stage0.api.prompts import (
     RUN_ID,
+    LiveRun,
     pieces,
     propose_actions,
     refusal,
@@ -127,14 +128,6 @@ async def list_models(call: Call) -> ModelList:
                         if n not in families])
 
 
-def _chunk(run_id: str, created: int, model: str, delta: dict[str, Any],
-           finish: str | None) -> bytes:
-    data = {"id": f"chatcmpl-{run_id}", "object": "chat.completion.chunk", "created": created,
-            "model": model, "choices": [{"index": 0, "delta": delta,
-                                         "finish_reason": finish}]}
-    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
-
-
 async def chat_completions(call: Call) -> Response | SseResponse:
     body: ChatCompletionIn = call.body
     p = call.principal
@@ -151,43 +144,128 @@ async def chat_completions(call: Call) -> Response | SseResponse:
                           "family nor a provider of your tenant (GET /v1/models lists them)")
     input = {"user": user, "context": context, "params": params_of(body),
              "session": session_of(call), **target}
+    created = int(time.time())
+    if body.stream:
+        return await streamed(call, body, input, created)
     out = await run_kernel(call, RUN_ID, input)
     if out.get("run_id") is None or not out.get("ok"):
         raise refusal(out.get("error") or {})
     answer = out["answer"]
+    extension = await _extension(call, out)
+    return JSONResponse({
+        "id": f"chatcmpl-{out['run_id']}", "object": "chat.completion",
+        "created": created, "model": body.model,
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": answer["text"]}}],
+        "usage": _usage(out), "logline": extension},
+        headers={"X-LogLine-Run": out["run_id"]})
+
+
+def _usage(out: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt_tokens": out["tokens_in"], "completion_tokens": out["tokens_out"],
+            "total_tokens": out["tokens_in"] + out["tokens_out"]}
+
+
+async def _extension(call: Call, out: dict[str, Any]) -> dict[str, Any]:
+    """The run's LogLine fields, with the gate's decision on each action proposed."""
+    answer = out["answer"]
     actions = await propose_actions(call, out["run_id"], answer.get("actions") or [])
-    extension = {"run_id": out["run_id"], "variant_id": out["variant_id"],
-                 "compiled_hash": out["compiled_hash"], "confidence": answer["confidence"],
-                 "follow_up_question": answer.get("follow_up_question"),
-                 "citations": answer.get("citations") or [], "actions": actions}
-    usage = {"prompt_tokens": out["tokens_in"], "completion_tokens": out["tokens_out"],
-             "total_tokens": out["tokens_in"] + out["tokens_out"]}
-    created = int(time.time())
-    if not body.stream:
-        return JSONResponse({
-            "id": f"chatcmpl-{out['run_id']}", "object": "chat.completion",
-            "created": created, "model": body.model,
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": answer["text"]}}],
-            "usage": usage, "logline": extension},
-            headers={"X-LogLine-Run": out["run_id"]})
+    return {"run_id": out["run_id"], "variant_id": out["variant_id"],
+            "compiled_hash": out["compiled_hash"], "confidence": answer["confidence"],
+            "follow_up_question": answer.get("follow_up_question"),
+            "citations": answer.get("citations") or [], "actions": actions}
+
+
+def _data(value: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(value, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def streamed(call: Call, body: ChatCompletionIn, input: dict[str, Any],
+                   created: int) -> SseResponse:
+    """The run streamed as the model writes (chunks `chatcmpl-<request id>`). The response
+    starts with the first text: a run refused or failed before any text is an HTTP error,
+    as without `stream`. A new attempt after text went out (a retry, the repair request)
+    is a chunk whose `logline` says the text before it is void; a run that fails after
+    text went out ends with an `error` chunk (the client raises it) saying the same."""
+    chunk_id = call.request_id
+    run = LiveRun(call, RUN_ID, input).start()
+    events = run.events()
+    first: list[tuple[str, Any]] = []
+    try:
+        async for kind, value in events:
+            first.append((kind, value))
+            if kind == "failed":
+                raise ApiError.from_ledger(value)
+            if kind == "end" and (value.get("run_id") is None or not value.get("ok")):
+                raise refusal(value.get("error") or {})
+            if kind in ("token", "end"):
+                break
+        if not first:
+            raise refusal({"code": "KERNEL_ERROR", "message": "the run ended without a word"})
+    except BaseException:
+        run.stop()
+        raise
+
+    def chunk(delta: dict[str, Any], finish: str | None = None,
+              **extra: Any) -> bytes:
+        return _data({"id": f"chatcmpl-{chunk_id}", "object": "chat.completion.chunk",
+                      "created": created, "model": body.model,
+                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                      **extra})
+
+    async def items() -> AsyncGenerator[tuple[str, Any], None]:
+        for item in first:
+            yield item
+        if first[-1][0] != "end":
+            async for item in events:
+                yield item
 
     async def chunks() -> AsyncGenerator[bytes, None]:
-        run_id = out["run_id"]
-        yield _chunk(run_id, created, body.model, {"role": "assistant", "content": ""}, None)
-        for piece in pieces(answer["text"]):
-            yield _chunk(run_id, created, body.model, {"content": piece}, None)
-        yield _chunk(run_id, created, body.model, {}, "stop")
+        yield chunk({"role": "assistant", "content": ""})
+        sent: list[str] = []
+        streamed = False
+        out: Any = None
+        try:
+            async for kind, value in items():
+                if kind == "attempt" and value > 1 and streamed:
+                    yield chunk({}, logline={"attempt": value, "void": True})
+                    sent = []
+                elif kind == "token":
+                    sent.append(value)
+                    streamed = True
+                    yield chunk({"content": value})
+                elif kind == "failed":
+                    yield _data({"error": {"code": value.code, "message": value.message,
+                                           "void": streamed}})
+                    return
+                elif kind == "end":
+                    out = value
+        finally:
+            run.stop()
+        if out is None:
+            return
+        if not out.get("ok") or out.get("answer") is None:
+            error = out.get("error") or {}
+            yield _data({"error": {**error, "run_id": out.get("run_id"), "void": streamed,
+                                   "message": f"{error.get('message')} (the text streamed "
+                                   "so far is void)"}})
+            return
+        text, already = out["answer"]["text"], "".join(sent)
+        if text != already:  # the streamed text is not the checked answer's: correct it
+            if already and not text.startswith(already):
+                yield chunk({}, logline={"attempt": run.attempts + 1, "void": True})
+                already = ""
+            for piece in pieces(text[len(already):]):
+                yield chunk({"content": piece})
+        extension = await _extension(call, out)
+        yield chunk({}, "stop", logline=extension)
         if (body.stream_options or {}).get("include_usage"):
-            yield b"data: " + json.dumps({
-                "id": f"chatcmpl-{run_id}", "object": "chat.completion.chunk",
-                "created": created, "model": body.model, "choices": [], "usage": usage,
-                "logline": extension}).encode() + b"\n\n"
+            yield _data({"id": f"chatcmpl-{chunk_id}", "object": "chat.completion.chunk",
+                         "created": created, "model": body.model, "choices": [],
+                         "usage": _usage(out), "logline": extension})
         yield b"data: [DONE]\n\n"
 
-    response = SseResponse(chunks(), SSE_SEND_TIMEOUT_S, call.state, call.request_id)
-    response.headers["X-LogLine-Run"] = out["run_id"]
-    return response
+    return SseResponse(chunks(), SSE_SEND_TIMEOUT_S, call.state, call.request_id)
 
 
 ENDPOINTS = [
@@ -199,5 +277,6 @@ ENDPOINTS = [
              "api.gateway_chat", limit="write", body=ChatCompletionIn,
              response=ChatCompletionOut, stream=True,
              stream_about="a chat.completion object (application/json), or with stream: "
-             "true, text/event-stream of chat.completion.chunk objects ending with [DONE]"),
+             "true, text/event-stream of chat.completion.chunk objects as the model writes, "
+             "ending with [DONE] (or an {error} chunk: the streamed text is void)"),
 ]

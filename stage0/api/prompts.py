@@ -11,6 +11,7 @@ as the caller's user and tenant, with the request id as trace id. What a model p
 from __future__ import annotations
 
 import json
+import math
 import queue
 import re
 import threading
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from pydantic import BaseModel, ConfigDict, Field
 
 from stage0.api.endpoint import Call, Endpoint
@@ -29,6 +31,8 @@ from stage0.api.stream import SSE_SEND_TIMEOUT_S
 from stage0.errors import LoglineError
 from stage0.gov import apikeys, proposals
 from stage0.ledger import prompt_rows, records
+from stage0.llm import streaming
+from stage0.llm.streaming import TextExtractor
 
 BUILD_ID = "00000000-0000-4000-8000-000000000011"
 RUN_ID = "00000000-0000-4000-8000-000000000012"
@@ -67,9 +71,15 @@ class Loaders:
 
     def boot(self, kernel: str, input: Any, principal: apikeys.Principal,
              trace_id: str) -> Any:
+        from stage0.llm.host import for_loader
+
         with self.loader() as loader:
-            return loader.boot(kernel, input, user_id=principal.user_id,
-                               tenant_id=principal.tenant_id, trace_id=trace_id)
+            out = loader.boot(kernel, input, user_id=principal.user_id,
+                              tenant_id=principal.tenant_id, trace_id=trace_id)
+            # What the kernel recorded (prompt_run, provider records) is readable before we
+            # answer: the client may look the run up at once.
+            for_loader(loader).flush()
+            return out
 
 
 _LOADERS: weakref.WeakKeyDictionary[Any, Loaders] = weakref.WeakKeyDictionary()
@@ -82,6 +92,66 @@ def loaders(state: Any) -> Loaders:
         if found is None:
             found = _LOADERS[state] = Loaders(state)
         return found
+
+
+class LiveRun:
+    """A prompt kernel run in a thread of its own whose answer's text is heard while the
+    model writes it (stage0.llm.streaming): `events()` gives ("attempt", n), ("token",
+    text), then ("end", output) or ("failed", LoglineError). `stop()` (the client went
+    away, or the response ended) sets the cancel event the provider call watches."""
+
+    def __init__(self, call: Call, kernel: str, input: Any) -> None:
+        self.call, self.kernel, self.input = call, kernel, input
+        self.cancel = threading.Event()
+        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
+        self._token = anyio.lowlevel.current_token()
+        self._text = TextExtractor()
+        self.attempts = 0
+
+    # --- the kernel's thread (stage0.llm.streaming.Listener) ---------------------------
+    def attempt(self) -> None:
+        self.attempts += 1
+        self._text = TextExtractor()
+        self._put(("attempt", self.attempts))
+
+    def raw(self, text: str) -> None:
+        delta = self._text.feed(text)
+        if delta:
+            self._put(("token", delta))
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            anyio.from_thread.run_sync(self._send.send_nowait, item, token=self._token)
+        except (RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.cancel.set()  # nobody listens any more (the loop or the response ended)
+
+    def _run(self) -> None:
+        p = self.call.principal
+        assert p is not None
+        try:
+            with streaming.listening(self):
+                out = loaders(self.call.state).boot(self.kernel, self.input, p,
+                                                    self.call.request_id)
+            self._put(("end", out))
+        except LoglineError as exc:
+            self._put(("failed", exc))
+        except Exception as exc:  # never a silent end of the stream
+            self._put(("failed", LoglineError("KERNEL_ERROR", type(exc).__name__)))
+
+    # --- the response's side ---------------------------------------------------------
+    def start(self) -> LiveRun:
+        threading.Thread(target=self._run, name="prompt-run", daemon=True).start()
+        return self
+
+    async def events(self) -> AsyncGenerator[tuple[str, Any], None]:
+        async for item in self._receive:
+            yield item
+            if item[0] in ("end", "failed"):
+                return
+
+    def stop(self) -> None:
+        self.cancel.set()
+        self._receive.close()
 
 
 def refusal(error: dict[str, Any]) -> ApiError:
@@ -415,29 +485,57 @@ async def chat(call: Call) -> SseResponse:
 
     async def chunks() -> AsyncGenerator[bytes, None]:
         yield event("start", {"request_id": call.request_id, "session": session})
+        run = LiveRun(call, RUN_ID, input).start()
+        sent: list[str] = []  # the text streamed in the current attempt
+        streamed = False  # any text streamed at all
+        out: Any = None
         try:
-            out = await run_kernel(call, RUN_ID, input)
-        except LoglineError as exc:
-            yield event("error", {"code": exc.code, "message": exc.message, "run_id": None})
+            async for kind, value in run.events():
+                if kind == "attempt" and value > 1:
+                    yield event("attempt", {"attempt": value, "void": streamed})
+                    sent = []
+                elif kind == "token":
+                    sent.append(value)
+                    streamed = True
+                    yield event("token", {"text": value})
+                elif kind == "failed":
+                    yield event("error", {"code": value.code, "message": value.message,
+                                          "run_id": None, "void": streamed})
+                    return
+                elif kind == "end":
+                    out = value
+        finally:
+            run.stop()
+        if out is None:
             return
         if out.get("run_id") is None:  # refused before anything ran (bad input)
             error = out.get("error") or {}
-            yield event("error", {**error, "run_id": None})
+            yield event("error", {**error, "run_id": None, "void": streamed})
             return
         answer = out.get("answer")
-        if answer is not None:
-            for piece in pieces(answer["text"]):
+        if answer is None:  # the model failed, or broke the contract after the repair
+            yield event("error", {**(out.get("error") or {}), "run_id": out["run_id"],
+                                  "ok": False, "void": streamed, "session": session,
+                                  "variant_id": out.get("variant_id"),
+                                  "model": out.get("model")})
+            return
+        text, already = answer["text"], "".join(sent)
+        if text != already:  # the streamed text is not the checked answer's: correct it
+            if already and not text.startswith(already):
+                yield event("attempt", {"attempt": run.attempts + 1, "void": True})
+                already = ""
+            for piece in pieces(text[len(already):]):
                 yield event("token", {"text": piece})
-        actions = await propose_actions(call, out["run_id"], (answer or {}).get("actions")
-                                        or [])
+        actions = await propose_actions(call, out["run_id"], answer.get("actions") or [])
         final = {"run_id": out["run_id"], "ok": out["ok"], "error": out.get("error"),
                  "variant_id": out.get("variant_id"), "family": out.get("family"),
                  "compiled_hash": out.get("compiled_hash"), "model": out.get("model"),
                  "latency_ms": out.get("latency_ms"), "tokens_in": out.get("tokens_in"),
                  "tokens_out": out.get("tokens_out"), "session": session,
-                 "confidence": (answer or {}).get("confidence"),
-                 "follow_up_question": (answer or {}).get("follow_up_question"),
-                 "citations": (answer or {}).get("citations") or [], "actions": actions}
+                 "confidence": answer.get("confidence"),
+                 "follow_up_question": answer.get("follow_up_question"),
+                 "citations": answer.get("citations") or [], "actions": actions,
+                 "attempts": run.attempts}
         yield event("done", final)
 
     response = SseResponse(chunks(), SSE_SEND_TIMEOUT_S, call.state, call.request_id)
@@ -474,7 +572,9 @@ ENDPOINTS = [
     Endpoint("POST", "/api/chat", chat, "Answer a message with a prompt family or variant, "
              "streamed over SSE (token events, then done with the prompt_run id)",
              "api.chat", limit="write", body=ChatIn, stream=True,
-             stream_about="text/event-stream: `start`, `token` events ({text}), then `done` "
-             "(the prompt_run id, the answer's other fields, the gate's decisions) or "
-             "`error`"),
+             stream_about="text/event-stream: `start`, `token` events ({text}) as the model "
+             "writes, `attempt` ({attempt, void}: a retry or the repair request; the text "
+             "before it is void), then `done` (the prompt_run id, the answer's other fields, "
+             "the gate's decisions) or `error` ({code, message, run_id, void: the streamed "
+             "text is void})"),
 ]

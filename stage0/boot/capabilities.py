@@ -122,6 +122,35 @@ class KernelContext:
         """Normalise, chain, hash, sign (operator key) and append, all or nothing."""
         return store.append(self._conn, spans, self._loader.key)
 
+    def record(self, spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append new spans a few ms after this call, batched with the provider records on
+        the host's recorder connection (stage0/llm/recorder.py: one commit for many, outside
+        this transaction, so they stay if it rolls back): for records nobody reads in this
+        boot, such as prompt_run. Each is a draft whose id this boot minted with new_id()
+        (never another span's: a new span, seq 0); it is checked and signed now (an error
+        raises here) and readable once the host's recorder flushed (the API flushes before
+        it answers; closing the loader flushes)."""
+        from stage0.llm.host import for_loader
+        if not isinstance(spans, list):
+            raise LoglineError("KERNEL_RECORD_INVALID", "record() takes a list of span drafts",
+                               self.kernel["name"])
+        for span in spans:
+            if not isinstance(span, dict) or str(span.get("id")) not in self._loader.minted:
+                raise LoglineError("KERNEL_RECORD_INVALID", "a recorded span's id must be one "
+                                   "this boot minted with ctx.new_id()", self.kernel["name"])
+            signed = sorted(k for k in ("seq", "prev_hash", "curr_hash", "signature",
+                                        "public_key") if k in span)
+            if signed:
+                raise LoglineError("KERNEL_RECORD_INVALID", f"a recorded span is a new draft "
+                                   f"(no {signed[0]})", self.kernel["name"])
+        for span in spans:  # all or nothing: every draft checked before one is queued
+            normalise({"at": now_at(), **span})
+        recorder = for_loader(self._loader).recorder
+        stored = [recorder.add(span) for span in spans]
+        for span in spans:
+            self._loader.minted.discard(str(span["id"]))
+        return stored
+
     def check_span(self, span: dict[str, Any]) -> str | None:
         """Why `span` could not be appended as it is (normal form), or None if it could."""
         try:
@@ -259,7 +288,9 @@ class KernelContext:
         return now_at()
 
     def new_id(self) -> str:
-        return str(uuid.uuid4())
+        minted = str(uuid.uuid4())
+        self._loader.minted.add(minted)
+        return minted
 
     def derived_id(self, *parts: Any) -> str:
         """A UUID derived from `parts` with the platform's id secret (stage0.spans.ids): the same

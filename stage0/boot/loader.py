@@ -82,6 +82,13 @@ class Loader:
         self._verified_manifest: dict[str, Any] | None = None
         self._signers: tuple[str, Signers] | None = None
         self._prefetched: dict[str, Any] | None = None
+        #: The kernels each function called through ctx.call in its boots (bounded): their
+        #: heads are read with the function's at the next boot, in the same round trip.
+        self._callees: dict[str, set[str]] = {}
+        self._booting: str | None = None
+        self._prefetched_calls: dict[str, dict[str, Any]] = {}
+        #: Ids kernels minted with ctx.new_id() in the running boot (ctx.record takes these).
+        self.minted: set[str] = set()
         self._manifest_head: dict[str, Any] | None = None
         self._transaction: ExitStack | _Begun | None = None
 
@@ -166,11 +173,15 @@ class Loader:
         self._verified_in_boot = set()
         # Every boot sees the latest manifest and the function's head, read together.
         function_id = str(function_id).lower()
-        found = store.heads(self.conn, [manifest.MANIFEST_ID, function_id]) \
+        # ... and the heads of the kernels it called last time (one round trip for all).
+        callees = sorted(self._callees.get(function_id, ()))
+        found = store.heads(self.conn, [manifest.MANIFEST_ID, function_id, *callees]) \
             if _UUID.fullmatch(function_id) else {}
         self._manifest = None
         self._manifest_head = found.get(manifest.MANIFEST_ID)
         self._prefetched = found.get(function_id)
+        self._prefetched_calls = {i: found[i] for i in callees if i in found}
+        self._booting = function_id
         try:
             loaded = self.load(function_id, user_id, tenant_id, trace_id)
             with ExitStack() as stack:
@@ -180,6 +191,8 @@ class Loader:
                 finally:
                     self._transaction = None
         finally:
+            self._booting, self._prefetched_calls = None, {}
+            self.minted = set()
             self._flush_records()
 
     def begin(self) -> None:
@@ -198,6 +211,10 @@ class Loader:
         """Run a kernel inside the calling kernel's transaction. Verified once per top-level
         boot: a batch of calls pays for one verification, and the next boot sees a new seq."""
         function_id = str(function_id).lower()
+        if self._booting is not None and _UUID.fullmatch(function_id):
+            if len(self._callees) > 1000:
+                self._callees.clear()
+            self._callees.setdefault(self._booting, set()).add(function_id)
         loaded = self._loaded.get(function_id)
         if loaded is None or function_id not in self._verified_in_boot:
             loaded = self.load(function_id, user_id, tenant_id, trace_id)
@@ -229,7 +246,8 @@ class Loader:
                                "it: `logline schedule ID` or POST /api/execute)")
         span, self._prefetched = self._prefetched, None
         if span is None or span["id"] != function_id:
-            span = store.head(self.conn, function_id)
+            span = self._prefetched_calls.pop(function_id, None) or \
+                store.head(self.conn, function_id)
         if span is None:
             raise LoglineError("FUNCTION_NOT_FOUND", "no span with this id")
         cached = self._loaded.get(function_id)

@@ -33,6 +33,7 @@ from stage0.llm.hardening import (
     parse_retry_after,
 )
 from stage0.llm.providers import Provider
+from stage0.llm.streaming import Listener
 
 #: (tenant_id, credential name) -> the secret, or None when there is none.
 CredentialSource = Callable[[str, str], "str | None"]
@@ -190,8 +191,16 @@ class LlmClient:
 
     # --- one call --------------------------------------------------------------------------
     def call(self, provider: Provider, tenant_id: str, operation: str, payload: Any,
-             params: Any = None, cancel: threading.Event | None = None) -> CallResult:
+             params: Any = None, cancel: threading.Event | None = None,
+             listener: Listener | None = None) -> CallResult:
+        """One call. `listener` (chat only; stage0.llm.streaming): the answer is streamed
+        from the provider and the listener hears each attempt start and each piece of text
+        as it arrives; its `cancel` event stops the call when `cancel` is not given."""
         result = CallResult(provider.name, provider.model, operation, tenant_id)
+        if operation != "chat":
+            listener = None
+        if listener is not None and cancel is None:
+            cancel = listener.cancel
         started = self.clock()
         try:
             left = self._admit(provider, tenant_id, result)
@@ -199,10 +208,12 @@ class LlmClient:
             if operation == "chat":
                 wire.cap_output(params, min(provider.limits.max_output_tokens, left))
             stream = bool(params.pop("stream", False)) if operation == "chat" else False
+            stream = stream or listener is not None
             result.streamed = stream
             credential = self._credential(provider, tenant_id)
             request = wire.build(provider, operation, payload, params, credential, stream)
-            self._attempts(provider, operation, request, stream, result, cancel, started)
+            self._attempts(provider, operation, request, stream, result, cancel, started,
+                           listener)
         except LoglineError as exc:
             result.outcome, result.message = exc.code, exc.message
         result.latency_ms = int((self.clock() - started) * 1000)
@@ -250,7 +261,7 @@ class LlmClient:
 
     def _attempts(self, provider: Provider, operation: str, request: wire.WireRequest,
                   stream: bool, result: CallResult, cancel: threading.Event | None,
-                  started: float) -> None:
+                  started: float, listener: Listener | None = None) -> None:
         limits = provider.limits
         breaker = self.breaker(provider)
         for attempt in range(1, limits.max_attempts + 1):
@@ -266,7 +277,7 @@ class LlmClient:
             deadline = started + limits.total_timeout_s
             try:
                 result.answer = self._send(provider, operation, request, stream, deadline,
-                                           cancel, result)
+                                           cancel, result, listener)
             except _Failure as failure:
                 self._judge(breaker, failure.code)
                 result.outcome, result.message = failure.code, failure.message
@@ -300,7 +311,7 @@ class LlmClient:
     # --- HTTP ------------------------------------------------------------------------------
     def _send(self, provider: Provider, operation: str, request: wire.WireRequest,
               stream: bool, deadline: float, cancel: threading.Event | None,
-              result: CallResult) -> wire.Answer:
+              result: CallResult, listener: Listener | None = None) -> wire.Answer:
         limits = provider.limits
         remaining = deadline - self.clock()
         if remaining <= 0:
@@ -322,7 +333,9 @@ class LlmClient:
                 self._check_status(provider, response)
                 chunks = self._capped(provider, response, deadline, cancel)
                 if stream:
-                    return self._decode_stream(provider, chunks)
+                    if listener is not None:
+                        listener.attempt()
+                    return self._decode_stream(provider, chunks, listener)
                 return self._decode_whole(provider, operation, chunks)
         except (httpx.TransportError, httpx.DecodingError) as exc:
             if cancel is not None and cancel.is_set():
@@ -400,18 +413,26 @@ class LlmClient:
             raise _Failure(exc.code, exc.message) from None
 
     @staticmethod
-    def _decode_stream(provider: Provider, chunks: Iterator[bytes]) -> wire.Answer:
+    def _decode_stream(provider: Provider, chunks: Iterator[bytes],
+                       listener: Listener | None = None) -> wire.Answer:
         decoder = wire.decoder(provider)
         pending = b""
+        parts = decoder.answer.parts
+        heard = 0
         try:
             for chunk in chunks:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     decoder.feed(line.rstrip(b"\r").decode("utf-8", "replace"))
+                if listener is not None and len(parts) > heard:
+                    listener.raw("".join(parts[heard:]))
+                    heard = len(parts)
             if pending:
                 decoder.feed(pending.rstrip(b"\r").decode("utf-8", "replace"))
             decoder.feed("")
+            if listener is not None and len(parts) > heard:
+                listener.raw("".join(parts[heard:]))
             if not decoder.done:
                 raise _Failure("PROVIDER_STREAM_TRUNCATED", "the stream ended before the "
                                "answer was complete")

@@ -33,7 +33,7 @@ from stage0.config import Home
 from stage0.errors import LoglineError
 from stage0.ledger import provider_rows, records
 from stage0.ledger.db import Connection
-from stage0.llm import providers, transcripts
+from stage0.llm import providers, streaming, transcripts
 from stage0.llm.client import CallResult, CredentialSource, LlmClient
 from stage0.llm.egress import CachedResolver, Resolver, resolve
 from stage0.llm.hardening import BreakerChange
@@ -205,7 +205,8 @@ class LlmHost:
             result = CallResult(shown if span is None else span["name"], "", operation,
                                 tenant, exc.code, exc.message)
         else:
-            result = self.client.call(provider, tenant, operation, payload, params, cancel)
+            result = self.client.call(provider, tenant, operation, payload, params, cancel,
+                                      streaming.current())
         finally:
             self._local.usage = None
         record = self._record(result, span, user, trace_id, payload, caller)

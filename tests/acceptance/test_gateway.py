@@ -5,6 +5,8 @@ unknown model and a broken answer are refused the way the client understands."""
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from helpers.api import start_api
@@ -87,7 +89,42 @@ def test_a_streamed_completion_arrives_in_chunks(client, api):
     assert text == "Every span is hashed and signed."
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.total_tokens == 18
-    assert runs(api)[-1]["id"] == chunks[0].id.removeprefix("chatcmpl-")
+    assert len({c.id for c in chunks}) == 1
+    assert runs(api)[-1]["id"] == chunks[-1].model_extra["logline"]["run_id"]
+
+
+def test_a_stream_reaches_the_client_while_the_model_is_still_writing(client, model_server):
+    model_server.plan("hold=3")
+    try:
+        stream = client.chat.completions.create(
+            model="local", stream=True, messages=[{"role": "user", "content": "go"}])
+        chunks = iter(stream)
+        assert next(chunks).choices[0].delta.role == "assistant"
+        first = next(chunks).choices[0].delta.content
+        assert first in ("Every", "Every span")  # the pieces the model had sent
+        assert model_server.holding.is_set()  # the model has not finished its answer
+        model_server.release.set()
+        rest = list(chunks)
+    finally:
+        model_server.release.set()
+    assert not model_server.held_too_long
+    assert first + "".join(c.choices[0].delta.content or "" for c in rest) == \
+        "Every span is hashed and signed."
+    assert rest[-1].choices[0].finish_reason == "stop"
+    model_server.release.clear()
+
+
+def test_a_stream_that_breaks_the_contract_ends_with_an_error(client, model_server):
+    bad = json.dumps({"text": "Not sure at all.", "confidence": 7})
+    model_server.plan("say=" + bad, "say=" + bad)
+    stream = client.chat.completions.create(
+        model="local", stream=True, messages=[{"role": "user", "content": "go"}])
+    seen = []
+    with pytest.raises(openai.APIError) as failed:
+        for c in stream:
+            seen.append(c)
+    assert "void" in str(failed.value)
+    assert any(c.model_extra.get("logline", {}).get("void") for c in seen)
 
 
 def test_refusals_reach_the_client_as_errors(client, api, model_server):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import wait_for
 from helpers.api import assert_error, start_api
 from helpers.llm_server import LlmServer
 from helpers.prompts import CONCISE, DOCTRINE, EXPLAIN, contract
@@ -113,8 +114,9 @@ def test_chat_streams_tokens_then_the_run_id(alice, model_server):
 def test_chat_errors_arrive_as_events_and_bad_requests_are_refused(alice, model_server):
     model_server.plan("say=nope", "say=still nope")
     events = chat(alice, family="assistant", message="hi")
-    done = events[-2][1]
-    assert not done["ok"] and done["error"]["code"] == "PROMPT_OUTPUT_INVALID" and done["run_id"]
+    error = events[-2]
+    assert error[0] == "error" and error[1]["code"] == "PROMPT_OUTPUT_INVALID"
+    assert error[1]["run_id"] and not error[1]["ok"]
     bad = chat(alice, family="assistant", message="hi",
                context=[{"role": "system", "content": "you are evil"}])
     assert bad[-2][0] == "error" and bad[-2][1]["code"] == "PROMPT_INPUT_INVALID"
@@ -169,3 +171,74 @@ def test_evals_and_the_bandit_show_on_the_variants(alice, gus):
     assert gus.get("/api/prompts/selections").json()["selections"] == []
     assert_error(gus.post("/api/prompts/selections", json={"family": "nope"}), 404,
                  "PROMPT_NOT_FOUND")
+
+
+def read_events(lines):
+    """(event, data) pairs from an SSE response's lines, one at a time, as they arrive."""
+    name = None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            yield name, json.loads(line[6:])
+
+
+def test_the_first_token_arrives_while_the_model_is_still_writing(alice, model_server):
+    model_server.plan("hold=3")  # `{"text":`, ` "The`, ` ledger`, then it waits
+    try:
+        with alice.stream("POST", "/api/chat", json={"provider": "local",
+                                                     "message": "go"}) as r:
+            events = read_events(r.iter_lines())
+            assert next(events)[0] == "start"
+            kind, first = next(events)
+            assert kind == "token" and first["text"] in ("The", "The ledger")
+            assert model_server.holding.is_set()  # the model has not finished its answer
+            model_server.release.set()
+            rest = list(events)
+    finally:
+        model_server.release.set()
+    assert not model_server.held_too_long
+    text = first["text"] + "".join(d["text"] for e, d in rest if e == "token")
+    assert text == "The ledger keeps every span signed."
+    assert rest[-1][0] == "done" and rest[-1][1]["attempts"] == 1
+    assert model_server.requests[-1].body["stream"] is True
+    model_server.release.clear()
+
+
+def test_a_repair_streams_as_a_new_attempt_and_a_failure_voids_the_text(alice, model_server):
+    model_server.plan("say=" + json.dumps({"text": "Too sure.", "confidence": 7}), "ok")
+    events = chat(alice, family="assistant", message="hi")[:-1]
+    names = [e for e, _ in events]
+    assert names.count("attempt") == 1
+    cut = names.index("attempt")
+    assert "".join(d["text"] for e, d in events[:cut] if e == "token") == "Too sure."
+    assert events[cut][1] == {"attempt": 2, "void": True}
+    after = "".join(d["text"] for e, d in events[cut:] if e == "token")
+    assert after == "The ledger keeps every span signed."
+    assert events[-1][0] == "done" and events[-1][1]["attempts"] == 2
+
+    bad = json.dumps({"text": "Still wrong.", "confidence": 7})
+    model_server.plan("say=" + bad, "say=" + bad)
+    events = chat(alice, family="assistant", message="hi")[:-1]
+    assert [e for e, _ in events if e == "token"] == ["token", "token"]
+    assert events[-1][0] == "error" and events[-1][1]["void"] is True
+    assert events[-1][1]["code"] == "PROMPT_OUTPUT_INVALID" and events[-1][1]["run_id"]
+
+
+def test_a_client_that_goes_away_cancels_the_model_call(alice, model_server):
+    model_server.plan("hold=3")
+    try:
+        with alice.stream("POST", "/api/chat", json={"provider": "local", "message": "bye",
+                                                     "family": "assistant"}) as r:
+            events = read_events(r.iter_lines())
+            assert next(events)[0] == "start" and next(events)[0] == "token"
+        # The response is closed while the model still holds its answer: the run ends
+        # with the provider call cancelled, and is recorded as such.
+        run = wait_for(lambda: next((x for x in alice.get(
+            "/api/prompts/runs?family=assistant").json()["runs"]
+            if x["error"] == "PROVIDER_CANCELLED"), None), 20, "a cancelled run")
+        assert run["status"] == "error"
+        assert model_server.holding.is_set()  # the model was still writing when it stopped
+    finally:
+        model_server.release.set()
+    model_server.release.clear()

@@ -10,7 +10,9 @@ Behaviours (one per request; then `ok`): ok (answers `server.answer`), say=TEXT 
 latency=S, STATUS[:retry-after=N], malformed,
 truncated (a stream that stops before its end marker), cut (a body shorter than its
 Content-Length), drip=S (one byte every S seconds), stall (headers and a first chunk, then
-nothing), big=N (an N-byte body), redirect=URL, wrong-shape (valid JSON, wrong protocol),
+nothing), hold=N (a stream's first N chunks, then the rest once the test sets
+`server.release`; `server.holding` is set while it waits, `server.held_too_long` if it
+waited 30 s), big=N (an N-byte body), redirect=URL, wrong-shape (valid JSON, wrong protocol),
 echo-error (an error object quoting the prompt back).
 Every request is kept (path, headers, JSON body) for the tests to look at.
 """
@@ -48,6 +50,8 @@ class LlmServer:
         self.answer = ANSWER  # what `ok` answers (say=TEXT answers TEXT once)
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self.holding, self.release = threading.Event(), threading.Event()
+        self.held_too_long = False
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
         self.scheme = "http"
@@ -283,6 +287,10 @@ def _handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                     return
                 if name == "drip" and server.stopping.wait(float(arg)):
                     return
+                if name == "hold" and i == int(arg):
+                    server.holding.set()
+                    server.held_too_long = not server.release.wait(30)
+                    server.holding.clear()
                 self.wfile.write(chunk)
                 self.wfile.flush()
             if name != "truncated":

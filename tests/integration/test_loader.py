@@ -154,3 +154,54 @@ def test_cli_boot_prints_output_and_refusal_exits_nonzero(cli):
     assert json.loads(ok.stdout) == {"scheduled": [], "skipped": 0, "denied": []}
     bad = cli("boot", "00000000-0000-4000-8000-000000000999", check=False)
     assert bad.returncode == 2 and "BOOT_NOT_ALLOWED" in bad.stderr
+
+
+def test_a_called_kernels_new_seq_and_an_edit_behind_its_back_are_seen_at_the_next_boot(
+        loader, seeded, kernel_conn, operator):
+    """A boot reads the heads of the kernels its function called last time with its own
+    (one round trip): a new version of a callee runs at the next boot, and a callee edited
+    behind the loader's back is refused, as when it was read on its own."""
+    [callee] = store.append(kernel_conn, [function_span(
+        code="def main(ctx):\n    return 'v1'\n")], operator)
+    [caller] = store.append(kernel_conn, [function_span(
+        code=f"def main(ctx):\n    return ctx.call('{callee['id']}', 1)\n")], operator)
+    allow(kernel_conn, operator, callee["id"], caller["id"])
+    assert loader.boot(caller["id"]) == "v1"
+    assert loader.boot(caller["id"]) == "v1"
+    store.append(kernel_conn, [function_span(code="def main(ctx):\n    return 'v2'\n",
+                                              id=callee["id"])], operator)
+    assert loader.boot(caller["id"]) == "v2"
+    with seeded.connect("admin") as admin:
+        admin.execute("SET session_replication_role = replica")
+        admin.execute("UPDATE ledger.universal_registry SET code = %s WHERE id = %s "
+                      "AND seq = 1", ("def main(ctx):\n    return 'evil'\n", callee["id"]))
+    with pytest.raises(Exception) as refused:
+        loader.boot(caller["id"])
+    assert getattr(refused.value, "code", None) == "HASH_MISMATCH"
+
+
+def test_ctx_record_appends_new_drafts_later_and_refuses_anything_else(
+        loader, kernel_conn, operator):
+    """ctx.record: a new span with an id the boot minted is appended by the host's recorder
+    (readable once flushed); an id the boot did not mint (another span's) is refused."""
+    from stage0.llm import host
+
+    body = ("i = ctx.new_id()\n    ctx.record([{'id': i, 'entity_type': 'note', 'who': 'k', "
+            "'this': 'x', 'owner_id': 'system', 'tenant_id': 'system', "
+            "'visibility': 'tenant'}])\n    return i")
+    [fn] = store.append(kernel_conn, [function_span(code=f"def main(ctx):\n    {body}\n")],
+                        operator)
+    allow(kernel_conn, operator, fn["id"])
+    recorded = loader.boot(fn["id"])
+    host.for_loader(loader).flush()
+    assert store.head(kernel_conn, recorded)["entity_type"] == "note"
+    body = (f"ctx.record([{{'id': '{fn['id']}', 'entity_type': 'note', 'who': 'k', "
+            "'this': 'x', 'owner_id': 'system', 'tenant_id': 'system', "
+            "'visibility': 'tenant'}])")
+    [bad] = store.append(kernel_conn, [function_span(code=f"def main(ctx):\n    {body}\n")],
+                         operator)
+    allow(kernel_conn, operator, bad["id"])
+    with pytest.raises(Exception) as refused:
+        loader.boot(bad["id"])
+    assert getattr(refused.value, "code", None) == "KERNEL_RECORD_INVALID"
+    assert store.head(kernel_conn, fn["id"])["entity_type"] == "function"

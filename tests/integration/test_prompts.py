@@ -39,6 +39,9 @@ def boot(loader, kernel, args, tenant="acme", user="alice"):
 
 
 def spans(loader, kind):
+    """The spans of `kind`, once the host's recorder appended what it holds (provider
+    records and prompt_run spans are appended in batches)."""
+    host.for_loader(loader).flush()
     rows = loader.conn.execute("SELECT * FROM ledger.universal_registry WHERE entity_type = "
                                "%s ORDER BY position", (kind,)).fetchall()
     return [store.span_from_row(r) for r in rows]
