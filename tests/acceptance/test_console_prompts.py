@@ -11,7 +11,7 @@ import pytest
 from helpers.api import Api, start_api
 from helpers.browser import require_chromium, shot
 from helpers.llm_server import LlmServer
-from helpers.prompts import CONCISE, EXPLAIN, contract
+from helpers.prompts import CONCISE, EXPLAIN, contract, provider_row
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -29,10 +29,8 @@ def model_server():
 @pytest.fixture(scope="module")
 def api(server, template, tmp_path_factory, model_server) -> Iterator[Api]:
     for api in start_api(server, template, tmp_path_factory.mktemp("console-prompts")):
-        r = api.client(api.operator()).post("/api/admin/providers", json={
-            "name": "local", "kind": "openai", "base_url": model_server.url + "/v1",
-            "model": "tiny", "tenant_id": "acme", "egress": {"addresses": ["127.0.0.1"]},
-            "limits": {"tenant_rps": 1000, "tenant_burst": 1000}})
+        r = api.client(api.operator()).post("/api/admin/providers",
+                                            json=provider_row(model_server.url))
         assert r.status_code == 201, r.text
         yield api
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from helpers.api import start_api
 from helpers.llm_server import LlmServer
-from helpers.prompts import contract
+from helpers.prompts import contract, provider_row
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,8 @@ def model_server():
 @pytest.fixture(scope="module")
 def api(server, template, tmp_path_factory, model_server):
     for api in start_api(server, template, tmp_path_factory.mktemp("gateway")):
-        r = api.client(api.operator()).post("/api/admin/providers", json={
-            "name": "local", "kind": "openai", "base_url": model_server.url + "/v1",
-            "model": "tiny", "tenant_id": "acme", "egress": {"addresses": ["127.0.0.1"]},
-            "limits": {"tenant_rps": 1000, "tenant_burst": 1000}})
+        r = api.client(api.operator()).post("/api/admin/providers",
+                                            json=provider_row(model_server.url))
         assert r.status_code == 201, r.text
         yield api
 

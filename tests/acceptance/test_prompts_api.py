@@ -11,7 +11,7 @@ import pytest
 from helpers import wait_for
 from helpers.api import assert_error, start_api
 from helpers.llm_server import LlmServer
-from helpers.prompts import CONCISE, DOCTRINE, EXPLAIN, contract
+from helpers.prompts import CONCISE, DOCTRINE, EXPLAIN, contract, provider_row
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,8 @@ def api(server, template, tmp_path_factory, model_server):
     for api in start_api(server, template, tmp_path_factory.mktemp("prompts-api")):
         operator = api.client(api.operator())
         for tenant in ("acme", "globex"):
-            r = operator.post("/api/admin/providers", json={
-                "name": "local", "kind": "openai", "base_url": model_server.url + "/v1",
-                "model": "tiny", "tenant_id": tenant, "egress": {"addresses": ["127.0.0.1"]},
-                "limits": {"rps": 1000, "burst": 1000, "tenant_rps": 1000,
-                           "tenant_burst": 1000}})
+            r = operator.post("/api/admin/providers",
+                              json=provider_row(model_server.url, tenant))
             assert r.status_code == 201, r.text
         yield api
 

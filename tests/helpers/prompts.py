@@ -20,14 +20,22 @@ EXPLAIN = "00000000-0000-4000-8000-000000000422"
 DOCTRINE = "00000000-0000-4000-8000-000000000401"
 
 
+def provider_row(url: str, tenant: str = "acme", name: str = "local",
+                 **limits: Any) -> dict[str, Any]:
+    """A provider row `name` for `tenant` on the loopback server at `url` (no credential), with
+    limits no test reaches (the defaults throttle evals), as `POST /api/admin/providers`
+    takes it."""
+    return {"name": name, "kind": "openai", "base_url": url + "/v1", "model": "tiny",
+            "tenant_id": tenant, "egress": {"addresses": ["127.0.0.1"]},
+            "limits": {"rps": 1000, "burst": 1000, "tenant_rps": 1000, "tenant_burst": 1000,
+                       **limits}}
+
+
 def add_provider(conn: Any, key: Any, root: str, home: Any, url: str, name: str = "local",
                  tenant: str = "acme", **limits: Any) -> dict[str, Any]:
-    """A provider row `name` for `tenant` on the loopback server at `url` (no credential)."""
-    p = providers.parse({
-        "name": name, "kind": "openai", "base_url": url + "/v1", "model": "tiny",
-        "tenant_id": tenant, "egress": {"addresses": ["127.0.0.1"]},
-        "limits": {"backoff_base_s": 0.01, "backoff_max_s": 0.02, "rps": 1000, "burst": 1000,
-                   "tenant_rps": 1000, "tenant_burst": 1000, **limits}})
+    """provider_row() added through the library, retrying fast."""
+    p = providers.parse(provider_row(url, tenant, name, backoff_base_s=0.01,
+                                     backoff_max_s=0.02, **limits))
     return admin.add(conn, key, root, keys.id_secret(home, key), p)
 
 
