@@ -34,6 +34,9 @@ from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 GREET = "def main(input):\n    return {'hello': (input or {}).get('name', 'world')}\n"
 FAIL = "def main(input):\n    raise ValueError('no such thing')\n"
+#: Busy for a few milliseconds: slow_exec labels a run slower than slow_ms, and a run of
+#: GREET can take 0 ms on a quiet machine, which no threshold (>= 0) counts as slow.
+BUSY = "def main(input):\n    for i in range(1000000):\n        pass\n    return {'done': True}\n"
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +104,12 @@ def test_a_trace_is_a_tree_from_request_to_execution_to_policy_output_with_durat
         api, browser, tmp_path):
     writer = api.key("alice", tenant(), "writer", "reader")
     alice = api.client(writer)
-    greet = function(alice)
+    busy = function(alice, BUSY, "busy")
     trace = str(uuid.uuid4())
     amend(api, policy={"slow_ms": 0, "timeout_ms": 30000})  # every run gets a `slow` patch
     try:
         scheduled = alice.post("/api/execute", headers={"X-Request-ID": trace},
-                               json={"span_id": greet["id"], "input": {"name": "trace"}})
+                               json={"span_id": busy["id"], "input": {}})
         assert scheduled.status_code == 202, scheduled.text
         work(api, policies=3)
     finally:
